@@ -1,0 +1,392 @@
+"""Benchmark: churnformer's sequence builder against a bare numpy reference, side by side in one run.
+
+Usage::
+
+    python scripts/bench_featurize.py [--events 10000000] [--customers 500000] [--max-len 128]
+                                      [--repeat 1] [--json PATH] [--profile] [--check]
+
+A standard event frame is generated directly with numpy (deterministic, seed 0): arbitrary int64
+customer ids (sparse, not 0..N-1) with a skewed, lognormal events-per-customer distribution,
+datetime64[ns] timestamps over two years, amounts (mostly 0 or positive, some negative), an
+``event_type`` column of pandas category dtype (5 values) and one numeric attribute with NaN.
+Rows are in random order. The cutoff is the last day of the log, so every event is a feature.
+
+Rows timed (wall clock, best of --repeat):
+
+* ``load_events``: validation of the already-standard frame (its own row, not part of the comparison).
+* ``fit_featurizer``: vocabularies and scalers.
+* ``numpy reference``: window mask, ``pd.factorize(sort=True)`` of the int64 ids (the ids are arbitrary
+  int64, so the reference has to factorize too), one stable ``np.argsort`` on the combined int64 key
+  ``code << 32 | seconds since min``, group offsets by bincount/cumsum, position within group,
+  truncation to the latest ``max_len``, and a scatter of amount and timestamp into padded float32
+  ``[n_customers, max_len]`` arrays.
+* ``build_sequences``: churnformer's ragged sequences.
+* ``build_sequences + pad()``: the full padded structure for all customers; this is the row compared
+  with the reference (target: ratio <= 1.5).
+
+Peak RSS is measured per step: the kernel's high-water mark (VmHWM) is reset through
+``/proc/self/clear_refs`` before each step and read after it, together with a psutil background thread
+sampling RSS every 2 ms; the larger of the two is reported (the method is printed and stored in JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import io
+import json
+import os
+import platform
+import pstats
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from churnformer.data.events import load_events
+from churnformer.data.featurizer import FeaturizerConfig, fit_featurizer
+from churnformer.data.sequences import build_sequences
+from churnformer.data.window import Window
+
+try:
+    import psutil
+except ImportError:  # pragma: no cover - the `bench` extra installs it
+    psutil = None
+
+START = np.datetime64("2023-01-01T00:00:00", "s")
+SPAN_SECONDS = 2 * 365 * 86_400
+EVENT_TYPES = ("purchase", "visit", "support_ticket", "complaint", "refund")
+RATIO_TARGET = 1.5
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+def generate_events(n_events: int, n_customers: int, seed: int = 0) -> pd.DataFrame:
+    """A standard event frame, generated directly (no load_events), deterministic for a seed."""
+    if n_customers < 1 or n_events < n_customers:
+        raise SystemExit("need --events >= --customers >= 1 (every customer gets at least one event)")
+    rng = np.random.default_rng(seed)
+    # Skewed activity: lognormal weights, every customer at least one event.
+    weights = rng.lognormal(mean=0.0, sigma=1.3, size=n_customers)
+    counts = 1 + rng.multinomial(n_events - n_customers, weights / weights.sum())
+    # Arbitrary (sparse) int64 ids: distinct values spread over [10**9, 10**15).
+    ids = np.unique(rng.integers(10**9, 10**15, size=int(n_customers * 1.05)))
+    ids = rng.permutation(ids)[:n_customers]
+    while len(ids) < n_customers:  # practically never: collisions of 15-digit draws
+        extra = np.setdiff1d(rng.integers(10**9, 10**15, size=n_customers), ids)
+        ids = np.concatenate([ids, extra])[:n_customers]
+    customer_id = np.repeat(ids.astype(np.int64), counts)
+    order = rng.permutation(n_events)
+    customer_id = customer_id[order]
+
+    seconds = rng.integers(0, SPAN_SECONDS, size=n_events)
+    timestamp = (START + seconds.astype("timedelta64[s]")).astype("datetime64[ns]")
+
+    kind = rng.random(n_events)
+    amount = np.zeros(n_events)
+    positive = kind < 0.35
+    negative = kind > 0.95
+    amount[positive] = np.round(rng.lognormal(3.0, 1.0, size=int(positive.sum())), 2)
+    amount[negative] = -np.round(rng.lognormal(2.5, 1.0, size=int(negative.sum())), 2)
+
+    event_type = pd.Categorical.from_codes(rng.integers(0, len(EVENT_TYPES), size=n_events), EVENT_TYPES)
+    basket = rng.poisson(3.0, size=n_events).astype(np.float64)
+    basket[rng.random(n_events) < 0.1] = np.nan
+
+    return pd.DataFrame(
+        {
+            "customer_id": customer_id,
+            "timestamp": timestamp,
+            "amount": amount,
+            "event_type": event_type,
+            "basket_size": basket,
+        }
+    )
+
+
+# ----------------------------------------------------------------------------------------- reference
+
+
+def numpy_reference(events: pd.DataFrame, feature_end_ns: int, max_len: int) -> dict[str, np.ndarray]:
+    """Bare numpy: the same grouping, ordering and truncation, scattering two padded float32 arrays."""
+    stamps = events["timestamp"].to_numpy(dtype="datetime64[ns]").view(np.int64)
+    kept = np.flatnonzero(stamps < feature_end_ns)
+    codes, uniques = pd.factorize(events["customer_id"].to_numpy()[kept], sort=True)
+    codes = codes.astype(np.int64)
+    seconds = stamps[kept] // 10**9
+    relative = seconds - seconds.min(initial=0)
+    order = np.argsort((codes << 32) | relative, kind="stable")
+    codes = codes[order]
+    n = len(uniques)
+    counts = np.bincount(codes, minlength=n)
+    starts = np.cumsum(counts) - counts
+    position = np.arange(len(codes)) - starts[codes]
+    first_kept = np.maximum(counts - max_len, 0)
+    keep = position >= first_kept[codes]
+    rows = kept[order[keep]]
+    row_of, slot = codes[keep], position[keep] - first_kept[codes[keep]]
+    width = max(int(min(counts.max(initial=0), max_len)), 1)
+    amount = np.zeros((n, width), dtype=np.float32)
+    timestamp = np.zeros((n, width), dtype=np.float32)
+    amount[row_of, slot] = events["amount"].to_numpy(dtype=np.float64)[rows]
+    timestamp[row_of, slot] = relative[order[keep]]
+    return {
+        "customer_ids": np.asarray(uniques),
+        "lengths": np.minimum(counts, max_len),
+        "amount": amount,
+        "timestamp": timestamp,
+    }
+
+
+# -------------------------------------------------------------------------------------------- memory
+
+
+def _rss() -> int:
+    if psutil is not None:
+        return psutil.Process().memory_info().rss
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _read_hwm() -> int | None:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+class PeakMemory:
+    """Peak RSS during a block: kernel high-water mark (reset first) and a psutil sampling thread."""
+
+    def __init__(self, interval: float = 0.002) -> None:
+        self.interval = interval
+        self.start = 0
+        self.sampled = 0
+        self.hwm: int | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._hwm_reset = False
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.sampled = max(self.sampled, _rss())
+            time.sleep(self.interval)
+
+    def __enter__(self) -> PeakMemory:
+        gc.collect()
+        self.start = self.sampled = _rss()
+        self._hwm_reset = _reset_hwm()
+        if psutil is not None:
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.sampled = max(self.sampled, _rss())
+        self.hwm = _read_hwm() if self._hwm_reset else None
+
+    @property
+    def peak(self) -> int:
+        return max(self.sampled, self.hwm or 0)
+
+
+def rss_method() -> str:
+    parts = []
+    if _reset_hwm() and _read_hwm() is not None:
+        parts.append("VmHWM reset via /proc/self/clear_refs")
+    if psutil is not None:
+        parts.append("psutil RSS sampled every 2 ms in a background thread")
+    return " + ".join(parts) if parts else "RSS after the step only (no psutil, no /proc)"
+
+
+# ------------------------------------------------------------------------------------------- runner
+
+
+@dataclass
+class Row:
+    step: str
+    wall_s: float
+    peak_rss_mb: float
+    rss_delta_mb: float
+    compared: bool = False
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def timed(step: str, fn: Callable[[], object], repeat: int, compared: bool = False) -> tuple[Row, object]:
+    best: Row | None = None
+    result: object = None
+    for _ in range(repeat):
+        result = None
+        with PeakMemory() as memory:
+            started = time.perf_counter()
+            result = fn()
+            wall = time.perf_counter() - started
+        row = Row(step, wall, memory.peak / 2**20, (memory.peak - memory.start) / 2**20, compared)
+        if best is None or row.wall_s < best.wall_s:
+            best = row
+    assert best is not None
+    return best, result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--customers", type=int, default=500_000)
+    parser.add_argument("--max-len", type=int, default=128)
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--profile", action="store_true", help="cProfile one extra build_sequences run")
+    parser.add_argument("--check", action="store_true", help=f"exit 1 if the ratio exceeds {RATIO_TARGET}")
+    args = parser.parse_args(argv)
+
+    started = time.perf_counter()
+    raw = generate_events(args.events, args.customers, args.seed)
+    generate_s = time.perf_counter() - started
+    last_day = (START + np.timedelta64(SPAN_SECONDS - 1, "s")).astype("datetime64[D]")
+    window = Window.from_cutoff(str(last_day), horizon_days=90)
+    config = FeaturizerConfig(max_len=args.max_len)
+    print(
+        f"generated {len(raw):,} events / {raw['customer_id'].nunique():,} customers in {generate_s:.1f} s; "
+        f"cutoff {last_day}, max_len {args.max_len}, repeat {args.repeat}, "
+        f"numpy {np.__version__}, pandas {pd.__version__}, {os.cpu_count()} CPU(s)",
+        flush=True,
+    )
+
+    rows: list[Row] = []
+    holder = {"raw": raw}
+    del raw
+    row, events = timed("load_events (standard frame in)", lambda: load_events(holder["raw"]), args.repeat)
+    rows.append(row)
+    holder.clear()
+    row, featurizer = timed("fit_featurizer", lambda: fit_featurizer(events, config=config), args.repeat)
+    rows.append(row)
+
+    row, reference = timed(
+        "numpy reference (factorize + argsort + pad 2 cols)",
+        lambda: numpy_reference(events, window.feature_end_ns, args.max_len),
+        args.repeat,
+    )
+    rows.append(row)
+    reference_ids, reference_lengths = reference["customer_ids"], reference["lengths"]
+    del reference
+    reference_row = row
+
+    row, sequences = timed("build_sequences (ragged)", lambda: build_sequences(events, window, featurizer), args.repeat)
+    rows.append(row)
+    if not (
+        np.array_equal(sequences.customer_ids, reference_ids) and np.array_equal(sequences.lengths, reference_lengths)
+    ):
+        print("WARNING: churnformer and the reference disagree on customers or lengths", file=sys.stderr)
+    n_kept_events, shapes = len(sequences.event_num), (sequences.event_cat.shape[1], sequences.event_num.shape[1])
+    del sequences
+
+    pad_seconds: list[float] = []
+
+    def build_and_pad() -> object:
+        built = build_sequences(events, window, featurizer)
+        pad_started = time.perf_counter()
+        batch = built.pad()
+        pad_seconds.append(time.perf_counter() - pad_started)
+        return batch
+
+    row, batch = timed("build_sequences + pad() all", build_and_pad, args.repeat, compared=True)
+    row.extra["pad_s"] = min(pad_seconds)
+    padded_shape = batch.event_num.shape
+    del batch
+    rows.append(row)
+
+    header = f"{'step':<52} {'wall s':>8} {'ratio':>7} {'peak RSS MB':>12} {'Δ RSS MB':>9}"
+    print()
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        ratio = r.wall_s / reference_row.wall_s
+        mark = "  <- compared" if r.compared else ""
+        print(f"{r.step:<52} {r.wall_s:>8.2f} {ratio:>7.2f} {r.peak_rss_mb:>12.0f} {r.rss_delta_mb:>9.0f}{mark}")
+    compared = next(r for r in rows if r.compared)
+    ratio = compared.wall_s / reference_row.wall_s
+    verdict = "OK" if ratio <= RATIO_TARGET else "OVER TARGET"
+    print(
+        f"\nratio (build_sequences + pad) / reference = {ratio:.2f} (target <= {RATIO_TARGET}): {verdict}; "
+        f"pad() alone {compared.extra['pad_s']:.2f} s"
+    )
+    print(
+        f"kept events {n_kept_events:,}; ragged event_cat x{shapes[0]}, event_num x{shapes[1]}; "
+        f"padded event_num {padded_shape}"
+    )
+    method = rss_method()
+    print(f"peak RSS: {method}; Δ = peak minus RSS at step start")
+
+    profile_text = None
+    if args.profile:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        build_sequences(events, window, featurizer)
+        profiler.disable()
+        buffer = io.StringIO()
+        stats = pstats.Stats(profiler, stream=buffer).strip_dirs()
+        stats.sort_stats("tottime").print_stats(20)
+        stats.sort_stats("cumulative").print_stats(25)
+        profile_text = buffer.getvalue()
+        print("\ncProfile of one build_sequences run:\n" + profile_text)
+
+    if args.json:
+        payload = {
+            "events": args.events,
+            "customers": args.customers,
+            "max_len": args.max_len,
+            "repeat": args.repeat,
+            "seed": args.seed,
+            "generate_s": generate_s,
+            "numpy": np.__version__,
+            "pandas": pd.__version__,
+            "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
+            "rss_method": method,
+            "ratio": ratio,
+            "ratio_target": RATIO_TARGET,
+            "rows": [
+                {
+                    "step": r.step,
+                    "wall_s": r.wall_s,
+                    "ratio_vs_reference": r.wall_s / reference_row.wall_s,
+                    "peak_rss_mb": r.peak_rss_mb,
+                    "rss_delta_mb": r.rss_delta_mb,
+                    "compared": r.compared,
+                    **r.extra,
+                }
+                for r in rows
+            ],
+            "profile": profile_text,
+        }
+        args.json.write_text(json.dumps(payload, indent=2))
+        print(f"wrote {args.json}")
+    return 1 if args.check and ratio > RATIO_TARGET else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

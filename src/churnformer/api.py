@@ -1,0 +1,69 @@
+"""Python API for notebooks: the same training and scoring jobs as the CLI, on pandas DataFrames.
+
+    >>> from churnformer.api import train, predict
+    >>> run = train(events, cutoff="2024-06-30", horizon_days=90, customers=customers, output_dir="runs/a")
+    >>> scores = predict(run.model_path, events, cutoff="2024-09-30", customers=customers)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from hydra import compose, initialize_config_module
+
+from churnformer.data.events import ColumnMapping
+from churnformer.scoring import Predictor
+
+
+@dataclass
+class TrainedRun:
+    run_dir: Path
+    metrics: dict[str, float]
+
+    @property
+    def model_path(self) -> Path:
+        return self.run_dir / "model.onnx"
+
+
+def train(
+    events: pd.DataFrame,
+    cutoff: str,
+    horizon_days: float = 90,
+    customers: pd.DataFrame | None = None,
+    output_dir: str | Path = "outputs/api",
+    overrides: Sequence[str] = (),
+) -> TrainedRun:
+    """Train on DataFrames; ``overrides`` are the CLI's ``key=value`` strings (e.g. ``"trainer.max_epochs=3"``)."""
+    from churnformer.train import train as run_training  # torch is imported only when training
+
+    output_dir = Path(output_dir).resolve()
+    with initialize_config_module("churnformer.conf", version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                "data=csv",
+                "data.events=in-memory",  # replaced by the DataFrame below
+                f"data.cutoff={cutoff}",
+                f"data.horizon_days={horizon_days}",
+                f"paths.output_dir={output_dir}",
+                "predict_after_training=false",
+                *overrides,
+            ],
+        )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    metrics = run_training(cfg, events=events, customers=customers)
+    return TrainedRun(run_dir=output_dir, metrics=metrics)
+
+
+def predict(
+    model: str | Path,
+    events: pd.DataFrame,
+    cutoff: str,
+    customers: pd.DataFrame | None = None,
+    columns: ColumnMapping | None = None,
+) -> pd.DataFrame:
+    """One row per customer with an event up to ``cutoff``; see :class:`churnformer.scoring.Predictor`."""
+    return Predictor(model).predict(events, cutoff, customers, columns).predictions

@@ -1,0 +1,54 @@
+"""Console entry points (Hydra apps): ``churnformer-train``, ``churnformer-export``, ``churnformer-predict``.
+
+Input problems (:class:`EventLogError`) end with one clear message and exit status 2; ``debug=true``
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from churnformer.data.events import EventLogError
+
+
+def _clear_errors(job: Callable[[DictConfig], float | None]) -> Callable[[DictConfig], float | None]:
+    @wraps(job)
+    def run(cfg: DictConfig) -> float | None:
+        try:
+            return job(cfg)
+        except EventLogError as error:
+            if cfg.get("debug"):
+                raise
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+
+    return run
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@_clear_errors
+def train(cfg: DictConfig) -> float | None:
+    from churnformer.train import configured_metric, train
+
+    return configured_metric(cfg, train(cfg))
+
+
+@hydra.main(version_base="1.3", config_path="conf/serving", config_name="export")
+@_clear_errors
+def export(cfg: DictConfig) -> None:
+    from churnformer.export import export_checkpoint
+
+    print(f"exported {export_checkpoint(cfg.ckpt, cfg.output)}")
+
+
+@hydra.main(version_base="1.3", config_path="conf/serving", config_name="predict")
+@_clear_errors
+def predict(cfg: DictConfig) -> None:
+    from churnformer.scoring import run_prediction
+
+    run_prediction(OmegaConf.to_container(cfg, resolve=True))

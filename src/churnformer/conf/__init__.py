@@ -1,0 +1,1 @@
+"""Hydra configuration tree (a package so Hydra can find it in an installed churnformer)."""

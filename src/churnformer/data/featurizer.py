@@ -1,0 +1,223 @@
+"""Fitted featurization state: vocabularies, scalers and the feature layout, stored as JSON.
+
+The same state is used by training, embedded in the ONNX file and read back by scoring, so a
+model can never be paired with the wrong vocabularies. JSON, never pickle: the state is data.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from churnformer.data.events import CUSTOMER_ID, STANDARD_COLUMNS, EventLogError
+
+FORMAT_VERSION = 1
+PADDING_ID = 0
+UNKNOWN_ID = 1
+# Per-event numeric features computed from the standard columns, in this order, before attributes.
+BASE_EVENT_NUMERIC = ("amount_signed_log", "log_gap_days", "is_first_event", "log_days_before_cutoff")
+# Per-customer numeric features computed from the history, in this order, before static attributes.
+BASE_CUSTOMER_NUMERIC = ("log_n_events", "log_tenure_days")
+CALENDAR = {"day_of_week": [str(d) for d in range(7)], "month": [str(m) for m in range(1, 13)]}
+NUMERIC_CLIP = 10.0
+
+
+@dataclass
+class CategoricalEncoder:
+    """Maps values to ids: 0 is padding, 1 is unknown (unseen, rare or missing), 2.. the vocabulary."""
+
+    name: str
+    vocabulary: list[str]
+
+    @property
+    def cardinality(self) -> int:
+        return len(self.vocabulary) + 2
+
+    @classmethod
+    def fit(cls, name: str, values: pd.Series, max_size: int, min_count: int) -> CategoricalEncoder:
+        codes, uniques = pd.factorize(pd.Series(values), use_na_sentinel=True)
+        counts = pd.Series(np.bincount(codes[codes >= 0], minlength=len(uniques)), index=category_labels(uniques))
+        counts = counts.groupby(level=0).sum()
+        counts = counts[counts >= min_count]
+        # Frequency first, then value, so the vocabulary does not depend on row order.
+        ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:max_size]
+        return cls(name=name, vocabulary=[value for value, _ in ordered])
+
+    def encode(self, values: pd.Series | np.ndarray) -> tuple[np.ndarray, int]:
+        """Return int32 ids and the number of non-missing values that fell into the unknown bucket."""
+        codes, uniques = pd.factorize(pd.Series(values), use_na_sentinel=True)
+        lookup = pd.Index(self.vocabulary).get_indexer(category_labels(uniques))
+        lookup = np.append(np.where(lookup >= 0, lookup + 2, UNKNOWN_ID), UNKNOWN_ID).astype(np.int32)
+        ids = lookup[codes]  # code -1 (missing) takes the appended unknown id
+        unseen = int(np.count_nonzero((codes >= 0) & (ids == UNKNOWN_ID)))
+        return ids, unseen
+
+
+def category_labels(uniques: pd.Index | np.ndarray) -> pd.Index:
+    """Category values as strings; integral floats print as integers, so 10.0 (an int column that also
+    holds NaN) and 10 are the same category in training and scoring."""
+    uniques = pd.Index(uniques)
+    if pd.api.types.is_float_dtype(uniques.dtype):
+        values = uniques.to_numpy(dtype="float64")
+        whole = np.isfinite(values) & (values == np.round(values))
+        return pd.Index([str(int(v)) if w else str(v) for v, w in zip(values, whole, strict=True)])
+    return uniques.astype(str)
+
+
+@dataclass
+class NumericScaler:
+    """Standardizes with training mean and std, clips to +-NUMERIC_CLIP; missing -> 0 plus an indicator."""
+
+    name: str
+    mean: float
+    std: float
+
+    @classmethod
+    def fit(cls, name: str, values: pd.Series) -> NumericScaler:
+        finite = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+        finite = finite[np.isfinite(finite)]
+        mean = float(finite.mean()) if len(finite) else 0.0
+        std = float(finite.std()) if len(finite) > 1 else 1.0
+        return cls(name=name, mean=mean, std=std if std > 0 else 1.0)
+
+    def encode(self, values: pd.Series | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Return (scaled values, missing indicator), both float32."""
+        raw = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+        missing = ~np.isfinite(raw)
+        scaled = np.clip((raw - self.mean) / self.std, -NUMERIC_CLIP, NUMERIC_CLIP)
+        scaled[missing] = 0.0
+        return scaled.astype(np.float32), missing.astype(np.float32)
+
+
+@dataclass
+class FeaturizerConfig:
+    """Knobs for fitting; mirrored by ``conf/data/*.yaml`` under ``features``."""
+
+    max_len: int = 128
+    max_vocab_size: int = 1000
+    min_category_count: int = 5
+    categorical: list[str] = field(default_factory=list)  # force these attribute columns categorical
+    drop: list[str] = field(default_factory=list)  # attribute columns to ignore
+
+
+@dataclass
+class Featurizer:
+    """Everything needed to turn a standard event frame into model inputs, fitted on training data."""
+
+    max_len: int
+    event_categorical: list[CategoricalEncoder]
+    event_numeric: list[NumericScaler]
+    customer_categorical: list[CategoricalEncoder]
+    customer_numeric: list[NumericScaler]
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def event_categorical_names(self) -> list[str]:
+        return [e.name for e in self.event_categorical] + list(CALENDAR)
+
+    @property
+    def event_categorical_cardinalities(self) -> list[int]:
+        return [e.cardinality for e in self.event_categorical] + [len(v) + 2 for v in CALENDAR.values()]
+
+    @property
+    def event_numeric_names(self) -> list[str]:
+        return list(BASE_EVENT_NUMERIC) + _with_indicators(self.event_numeric)
+
+    @property
+    def customer_categorical_names(self) -> list[str]:
+        return [e.name for e in self.customer_categorical]
+
+    @property
+    def customer_categorical_cardinalities(self) -> list[int]:
+        return [e.cardinality for e in self.customer_categorical]
+
+    @property
+    def customer_numeric_names(self) -> list[str]:
+        return list(BASE_CUSTOMER_NUMERIC) + _with_indicators(self.customer_numeric)
+
+    @property
+    def event_attribute_columns(self) -> list[str]:
+        return [e.name for e in self.event_categorical] + [s.name for s in self.event_numeric]
+
+    @property
+    def customer_attribute_columns(self) -> list[str]:
+        return [e.name for e in self.customer_categorical] + [s.name for s in self.customer_numeric]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Featurizer:
+        state = json.loads(text)
+        if state.get("format_version") != FORMAT_VERSION:
+            raise EventLogError(
+                f"featurization state has format version {state.get('format_version')!r}; "
+                f"this churnformer reads version {FORMAT_VERSION}"
+            )
+        return cls(
+            max_len=int(state["max_len"]),
+            event_categorical=[CategoricalEncoder(**e) for e in state["event_categorical"]],
+            event_numeric=[NumericScaler(**s) for s in state["event_numeric"]],
+            customer_categorical=[CategoricalEncoder(**e) for e in state["customer_categorical"]],
+            customer_numeric=[NumericScaler(**s) for s in state["customer_numeric"]],
+        )
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Featurizer:
+        return cls.from_json(Path(path).read_text())
+
+
+def _with_indicators(scalers: list[NumericScaler]) -> list[str]:
+    return [s.name for s in scalers] + [f"{s.name}__missing" for s in scalers]
+
+
+def split_attributes(frame: pd.DataFrame, config: FeaturizerConfig, where: str) -> tuple[list[str], list[str]]:
+    """Attribute columns by kind: strings, categories and booleans are categorical; numbers numeric."""
+    categorical, numeric = [], []
+    for column in frame.columns:
+        if column in STANDARD_COLUMNS or column in config.drop:
+            continue
+        dtype = frame[column].dtype
+        if column in config.categorical or not pd.api.types.is_numeric_dtype(dtype) or (
+            pd.api.types.is_bool_dtype(dtype)
+        ):
+            if pd.api.types.is_datetime64_any_dtype(dtype):
+                raise EventLogError(
+                    f"{where}: attribute column {column!r} holds datetimes; derive a number from it or "
+                    "list it in data.features.drop"
+                )
+            categorical.append(column)
+        else:
+            numeric.append(column)
+    return categorical, numeric
+
+
+def fit_featurizer(
+    events: pd.DataFrame, customers: pd.DataFrame | None = None, config: FeaturizerConfig | None = None
+) -> Featurizer:
+    """Fit vocabularies and scalers on the training events (already restricted to the feature window)."""
+    config = config or FeaturizerConfig()
+    event_cat, event_num = split_attributes(events, config, "events")
+    static = customers if customers is not None else pd.DataFrame({CUSTOMER_ID: []})
+    static_cat, static_num = split_attributes(static, config, "customers")
+
+    def categorical(frame: pd.DataFrame, columns: list[str]) -> list[CategoricalEncoder]:
+        return [
+            CategoricalEncoder.fit(c, frame[c], config.max_vocab_size, config.min_category_count)
+            for c in columns
+        ]
+
+    return Featurizer(
+        max_len=config.max_len,
+        event_categorical=categorical(events, event_cat),
+        event_numeric=[NumericScaler.fit(c, events[c]) for c in event_num],
+        customer_categorical=categorical(static, static_cat),
+        customer_numeric=[NumericScaler.fit(c, static[c]) for c in static_num],
+    )

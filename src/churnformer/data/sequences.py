@@ -1,0 +1,265 @@
+"""Leakage-safe, vectorized sequence builder: standard event frame -> per-customer event sequences.
+
+One sort on a combined int64 (customer, second) key, group offsets from counts, and gathers; no
+per-customer Python loop. Sequences are stored ragged (events of all customers back to back plus
+offsets) and padded per batch with :meth:`Sequences.pad`, so memory follows the real number of
+events rather than customers x max_len, and batches of similar lengths waste no compute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from churnformer.data.events import AMOUNT, CUSTOMER_ID, TIMESTAMP, EventLogError
+from churnformer.data.featurizer import CALENDAR, UNKNOWN_ID, Featurizer
+from churnformer.data.window import NS_PER_DAY, Window
+
+_KEY_TIME_BITS = 32
+
+
+@dataclass
+class PaddedBatch:
+    """Model-ready arrays for a batch of B customers, events left-aligned, padding (zeros) at the end.
+
+    Shapes: event_cat (B, T, Ce) int32, event_num (B, T, Fe) float32, lengths (B,) int64,
+    customer_cat (B, Cc) int32, customer_num (B, Fc) float32. Position t of row b is a real event
+    iff t < lengths[b]; events are in time order, the latest at lengths[b] - 1.
+    """
+
+    event_cat: np.ndarray
+    event_num: np.ndarray
+    lengths: np.ndarray
+    customer_cat: np.ndarray
+    customer_num: np.ndarray
+
+    def as_inputs(self) -> dict[str, np.ndarray]:
+        """The arrays by model input name (shared by training, export and scoring)."""
+        return {
+            "event_cat": self.event_cat,
+            "event_num": self.event_num,
+            "lengths": self.lengths,
+            "customer_cat": self.customer_cat,
+            "customer_num": self.customer_num,
+        }
+
+
+@dataclass
+class BuildReport:
+    """What the builder did with the input, so nothing is dropped silently."""
+
+    events_read: int = 0
+    events_after_cutoff: int = 0
+    events_truncated: int = 0
+    customers: int = 0
+    customers_truncated: int = 0
+    unknown_categories: dict[str, int] = field(default_factory=dict)
+    customers_without_static: int = 0
+
+
+@dataclass
+class Sequences:
+    """Ragged per-customer sequences: customer i owns event rows ``offsets[i]:offsets[i + 1]``.
+
+    ``customer_ids`` are the ids exactly as given, sorted, one per customer with at least one event
+    in the feature window. ``n_events_total`` counts events before truncation to ``max_len``.
+    """
+
+    customer_ids: np.ndarray
+    offsets: np.ndarray
+    event_cat: np.ndarray
+    event_num: np.ndarray
+    customer_cat: np.ndarray
+    customer_num: np.ndarray
+    n_events_total: np.ndarray
+    report: BuildReport
+
+    def __len__(self) -> int:
+        return len(self.customer_ids)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def pad(self, rows: np.ndarray | None = None) -> PaddedBatch:
+        """Pad the chosen customers (all by default) to the longest among them."""
+        rows = np.arange(len(self)) if rows is None else np.asarray(rows, dtype=np.int64)
+        starts, lengths = self.offsets[rows], self.lengths[rows]
+        width = max(int(lengths.max(initial=0)), 1)
+        batch_row = np.repeat(np.arange(len(rows)), lengths)
+        first = np.cumsum(lengths) - lengths
+        position = np.arange(len(batch_row)) - np.repeat(first, lengths)
+        source = np.repeat(starts, lengths) + position
+        event_cat = np.zeros((len(rows), width, self.event_cat.shape[1]), dtype=np.int32)
+        event_num = np.zeros((len(rows), width, self.event_num.shape[1]), dtype=np.float32)
+        event_cat[batch_row, position] = self.event_cat[source]
+        event_num[batch_row, position] = self.event_num[source]
+        return PaddedBatch(
+            event_cat=event_cat,
+            event_num=event_num,
+            lengths=lengths.astype(np.int64),
+            customer_cat=self.customer_cat[rows],
+            customer_num=self.customer_num[rows],
+        )
+
+
+def _time_order(codes: np.ndarray, seconds: np.ndarray, events: pd.DataFrame, kept: np.ndarray) -> np.ndarray:
+    """Order events by (customer, time); ties broken by content so row order never matters."""
+    relative = seconds - seconds.min(initial=0)
+    if len(codes) and (relative.max() >= 2**_KEY_TIME_BITS or codes.max() >= 2 ** (63 - _KEY_TIME_BITS)):
+        order = np.lexsort((seconds, codes))
+    else:
+        order = np.argsort((codes << _KEY_TIME_BITS) | relative, kind="stable")
+    sorted_codes, sorted_seconds = codes[order], seconds[order]
+    tied = np.flatnonzero(
+        (sorted_codes[1:] == sorted_codes[:-1]) & (sorted_seconds[1:] == sorted_seconds[:-1])
+    )
+    if len(tied) == 0:
+        return order
+    slots = np.union1d(tied, tied + 1)
+    rows = kept[order[slots]]
+    columns = [c for c in events.columns if c != CUSTOMER_ID]
+    tie_frame = events.iloc[rows][columns].reset_index(drop=True)
+    tie_frame.insert(0, "_code", codes[order[slots]])
+    tie_frame.insert(1, "_second", seconds[order[slots]])
+    for column in columns:
+        if tie_frame[column].dtype == object or isinstance(tie_frame[column].dtype, pd.CategoricalDtype):
+            tie_frame[column] = tie_frame[column].astype(str)
+    resolved = tie_frame.sort_values(list(tie_frame.columns), kind="stable", na_position="last").index
+    order[slots] = order[slots][resolved.to_numpy()]
+    return order
+
+
+def _signed_log1p(values: np.ndarray) -> np.ndarray:
+    return np.sign(values) * np.log1p(np.abs(values))
+
+
+def _static_features(
+    customer_ids: np.ndarray, customers: pd.DataFrame | None, featurizer: Featurizer, report: BuildReport
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Static customer attributes aligned to ``customer_ids``; absent customers are unknown/missing."""
+    n = len(customer_ids)
+    if customers is None:  # no table given: every customer is absent from it
+        customers = pd.DataFrame({CUSTOMER_ID: [], **{c: [] for c in featurizer.customer_attribute_columns}})
+    missing = [c for c in featurizer.customer_attribute_columns if c not in customers.columns]
+    if missing:
+        raise EventLogError(
+            f"customers table lacks column(s) {missing} that the model was trained with; "
+            f"columns present: {list(customers.columns)}"
+        )
+    table_ids, wanted = customers[CUSTOMER_ID], pd.Index(customer_ids)
+    if pd.api.types.is_integer_dtype(table_ids.dtype) != pd.api.types.is_integer_dtype(wanted.dtype):
+        table_ids, wanted = table_ids.astype(str), wanted.astype(str)
+    position = pd.Index(table_ids).get_indexer(wanted)
+    present = position >= 0
+    report.customers_without_static = int(n - present.sum()) if featurizer.customer_attribute_columns else 0
+    cat, num, indicators = [], [], []
+    for encoder in featurizer.customer_categorical:
+        ids, unseen = encoder.encode(customers[encoder.name].to_numpy()[position[present]])
+        column = np.full(n, UNKNOWN_ID, dtype=np.int32)
+        column[present] = ids
+        report.unknown_categories[f"customers.{encoder.name}"] = unseen
+        cat.append(column)
+    for scaler in featurizer.customer_numeric:
+        values = np.full(n, np.nan)
+        values[present] = pd.to_numeric(customers[scaler.name], errors="coerce").to_numpy(
+            dtype="float64", na_value=np.nan
+        )[position[present]]
+        scaled, indicator = scaler.encode(values)
+        num.append(scaled)
+        indicators.append(indicator)
+    return cat, num + indicators
+
+
+def build_sequences(
+    events: pd.DataFrame,
+    window: Window,
+    featurizer: Featurizer,
+    customers: pd.DataFrame | None = None,
+) -> Sequences:
+    """Build the sequences of every customer with at least one event before ``window.feature_end``.
+
+    ``events`` is a standard frame (:func:`churnformer.data.events.load_events`), in any row order.
+    Events at or after the feature end are ignored (counted in the report): no future event reaches
+    any feature. Each customer keeps the latest ``featurizer.max_len`` events.
+    """
+    missing = [c for c in featurizer.event_attribute_columns if c not in events.columns]
+    if missing:
+        raise EventLogError(
+            f"events lack attribute column(s) {missing} that the model was trained with; "
+            f"columns present: {list(events.columns)}"
+        )
+    report = BuildReport(events_read=len(events))
+    stamps = events[TIMESTAMP].to_numpy(dtype="datetime64[ns]").view(np.int64)
+    in_window = stamps < window.feature_end_ns
+    kept = np.flatnonzero(in_window)
+    report.events_after_cutoff = int(len(events) - len(kept))
+    stamps = stamps[kept]
+    codes, customer_ids = pd.factorize(events[CUSTOMER_ID].to_numpy()[kept], sort=True)
+    customer_ids = np.asarray(customer_ids)
+    codes = codes.astype(np.int64)
+    seconds = stamps // 10**9
+
+    order = _time_order(codes, seconds, events, kept)
+    codes, stamps = codes[order], stamps[order]
+    counts = np.bincount(codes, minlength=len(customer_ids))
+    starts = np.cumsum(counts) - counts
+    position = np.arange(len(codes)) - starts[codes]
+    first_in_group = position == 0
+    gap_days = np.zeros(len(codes))
+    gap_days[1:] = (stamps[1:] - stamps[:-1]) / NS_PER_DAY
+    gap_days[first_in_group] = 0.0
+    first_stamp = stamps[starts[counts > 0]]
+
+    keep = position >= counts[codes] - featurizer.max_len
+    rows = kept[order[keep]]  # input row of each kept event, in (customer, time) order
+    stamps, gap_days, first_in_group = stamps[keep], gap_days[keep], first_in_group[keep]
+    lengths = np.minimum(counts, featurizer.max_len)
+    report.customers = len(customer_ids)
+    report.events_truncated = int((~keep).sum())
+    report.customers_truncated = int((counts > featurizer.max_len).sum())
+
+    days = stamps // NS_PER_DAY
+    event_cat = [encoder.encode(events[encoder.name].to_numpy()[rows]) for encoder in featurizer.event_categorical]
+    for encoder, (_, unseen) in zip(featurizer.event_categorical, event_cat, strict=True):
+        report.unknown_categories[f"events.{encoder.name}"] = unseen
+    calendar = {
+        "day_of_week": (days + 3) % 7,  # 1970-01-01 was a Thursday; Monday = 0
+        "month": stamps.astype("datetime64[ns]").astype("datetime64[M]").astype(np.int64) % 12,
+    }
+    cat_columns = [ids for ids, _ in event_cat] + [(calendar[name] + 2).astype(np.int32) for name in CALENDAR]
+
+    amounts = events[AMOUNT].to_numpy(dtype="float64")[rows]
+    num_columns = [
+        _signed_log1p(amounts),
+        np.log1p(gap_days),
+        first_in_group.astype(np.float64),
+        np.log1p((window.feature_end_ns - stamps) / NS_PER_DAY),
+    ]
+    scaled_pairs = [scaler.encode(events[scaler.name].to_numpy()[rows]) for scaler in featurizer.event_numeric]
+    num_columns += [s for s, _ in scaled_pairs] + [m for _, m in scaled_pairs]
+
+    static_cat, static_num = _static_features(customer_ids, customers, featurizer, report)
+    tenure_days = (window.feature_end_ns - first_stamp) / NS_PER_DAY
+    customer_num = [np.log1p(counts), np.log1p(tenure_days), *static_num]
+
+    n = len(customer_ids)
+    return Sequences(
+        customer_ids=customer_ids,
+        offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        event_cat=_stack(cat_columns, len(rows), np.int32),
+        event_num=_stack(num_columns, len(rows), np.float32),
+        customer_cat=_stack(static_cat, n, np.int32),
+        customer_num=_stack(customer_num, n, np.float32),
+        n_events_total=counts.astype(np.int64),
+        report=report,
+    )
+
+
+def _stack(columns: list[np.ndarray], rows: int, dtype: type) -> np.ndarray:
+    out = np.empty((rows, len(columns)), dtype=dtype)
+    for j, column in enumerate(columns):
+        out[:, j] = column
+    return out

@@ -1,0 +1,97 @@
+"""Export a trained network to one self-contained ONNX file with its featurization state embedded."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+
+from churnformer import __version__
+from churnformer.data.featurizer import Featurizer
+from churnformer.model import PREDICTION_COLUMNS, ChurnFormer, ScoringModel
+from churnformer.module import INPUT_NAMES, build_network
+
+# opset 23 turns SDPA into an ONNX `Attention` op whose CPU kernel rejects broadcast key-padding masks.
+OPSET = 20
+METADATA_PREFIX = "churnformer."
+
+
+def load_checkpoint(path: str | Path) -> tuple[ChurnFormer, dict[str, Any]]:
+    """Rebuild the network from a Lightning checkpoint without unpickling code (``weights_only=True``)."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    hparams = checkpoint["hyper_parameters"]
+    network = build_network(hparams["network"], hparams["featurizer_json"])
+    state = {k.removeprefix("network."): v for k, v in checkpoint["state_dict"].items() if k.startswith("network.")}
+    network.load_state_dict(state)
+    return network.eval(), hparams
+
+
+def example_inputs(featurizer: Featurizer, batch: int = 3, length: int = 5) -> tuple[torch.Tensor, ...]:
+    """A valid example batch; batch and length >= 2 so the exporter keeps both dimensions symbolic."""
+    generator = torch.Generator().manual_seed(0)
+
+    def ids(shape: tuple[int, ...], cardinalities: list[int]) -> torch.Tensor:
+        high = torch.tensor(cardinalities or [2])[: len(cardinalities)]
+        return (torch.rand(*shape, len(cardinalities), generator=generator) * (high - 1)).int() + 1
+
+    lengths = torch.arange(length, length - batch, -1).clamp(min=1)
+    return (
+        ids((batch, length), featurizer.event_categorical_cardinalities),
+        torch.randn(batch, length, len(featurizer.event_numeric_names), generator=generator),
+        lengths.long(),
+        ids((batch,), featurizer.customer_categorical_cardinalities),
+        torch.randn(batch, len(featurizer.customer_numeric_names), generator=generator),
+    )
+
+
+def export_onnx(
+    network: ChurnFormer, featurizer_json: str, output: str | Path, metadata: dict[str, Any] | None = None
+) -> Path:
+    """Write ``output`` atomically; batch and length are symbolic, metadata holds the featurizer state."""
+    featurizer = Featurizer.from_json(featurizer_json)
+    model = ScoringModel(network).eval()
+    batch, length = torch.export.Dim("batch"), torch.export.Dim("length")
+    dynamic_shapes = {
+        "event_cat": {0: batch, 1: length},
+        "event_num": {0: batch, 1: length},
+        "lengths": {0: batch},
+        "customer_cat": {0: batch},
+        "customer_num": {0: batch},
+    }
+    # The exporter logs every graph pass at INFO and warns that torchvision (unused here) is missing.
+    for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model,
+            example_inputs(featurizer),
+            dynamo=True,
+            opset_version=OPSET,
+            dynamic_shapes=dynamic_shapes,
+            input_names=list(INPUT_NAMES),
+            output_names=list(PREDICTION_COLUMNS),
+            verbose=False,
+        )
+    proto = program.model_proto
+    props = {"featurizer": featurizer_json, "version": __version__, "outputs": json.dumps(PREDICTION_COLUMNS)}
+    props.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()})
+    onnx.helper.set_model_props(proto, {METADATA_PREFIX + k: v for k, v in props.items()})
+    onnx.checker.check_model(proto)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(output.name + ".partial")
+    onnx.save(proto, partial)
+    os.replace(partial, output)
+    return output
+
+
+def export_checkpoint(checkpoint: str | Path, output: str | Path) -> Path:
+    network, hparams = load_checkpoint(checkpoint)
+    return export_onnx(network, hparams["featurizer_json"], output, hparams.get("export_metadata"))

@@ -1,0 +1,86 @@
+"""The training job: compose config -> data, model, trainer -> fit -> validate best -> export -> score."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from churnformer.datamodule import ChurnDataModule
+from churnformer.export import export_checkpoint
+from churnformer.module import ChurnFormerModule
+from churnformer.scoring import Predictor, describe, write_result
+
+
+def _instantiate_all(section: DictConfig | None) -> list[Any]:
+    return [hydra.utils.instantiate(c) for c in (section or {}).values() if c is not None and "_target_" in c]
+
+
+def train(
+    cfg: DictConfig, events: pd.DataFrame | None = None, customers: pd.DataFrame | None = None
+) -> dict[str, float]:
+    """Run one training job; return the final validation metrics of the best checkpoint.
+
+    ``events``/``customers`` DataFrames (the Python API) replace the paths in ``cfg.data``.
+    """
+    pl.seed_everything(cfg.seed, workers=True)
+    torch.set_num_threads(cfg.get("threads") or torch.get_num_threads())
+    frames = {k: v for k, v in {"events": events, "customers": customers}.items() if v is not None}
+    datamodule: ChurnDataModule = hydra.utils.instantiate(cfg.data, **frames)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    export_metadata = {
+        "horizon_days": datamodule.window.horizon_days,
+        "trained_cutoff": str(datamodule.window.feature_end),
+        "columns": asdict(datamodule.columns),
+    }
+    model: ChurnFormerModule = hydra.utils.instantiate(
+        cfg.model,
+        _recursive_=False,
+        _convert_="all",
+        featurizer_json=datamodule.featurizer.to_json(),
+        label_stats=asdict(datamodule.label_stats()),
+        export_metadata=export_metadata,
+    )
+    trainer: pl.Trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=_instantiate_all(cfg.get("callbacks")), logger=_instantiate_all(cfg.get("logger"))
+    )
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    validated = trainer.validate(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    metrics = {k: float(v) for k, v in sorted(validated[0].items())}
+    if not trainer.is_global_zero:
+        return metrics
+
+    output_dir = Path(cfg.paths.output_dir)
+    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    print("validation metrics (best checkpoint):")
+    for name, value in metrics.items():
+        print(f"  {name:<22} {value:.4f}")
+    if best and cfg.get("export", True):
+        onnx_path = export_checkpoint(best, output_dir / "model.onnx")
+        print(f"exported {onnx_path}")
+        if cfg.get("predict_after_training", False):
+            events, customers = datamodule.load_frames()
+            result = Predictor(onnx_path).predict(events, cfg.data.cutoff, customers)
+            paths = write_result(result, output_dir / "predictions.parquet")
+            print(describe(result.summary))
+            print(f"predictions: {paths['predictions']}")
+    print(f"TensorBoard: tensorboard --logdir {output_dir}")
+    return metrics
+
+
+def configured_metric(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
+    """The value a Hydra sweeper optimizes (``optimized_metric``), if configured."""
+    name = cfg.get("optimized_metric")
+    if name and name not in metrics:
+        raise KeyError(f"optimized_metric {name!r} not among {sorted(metrics)}")
+    return metrics[name] if name else None

@@ -1,0 +1,64 @@
+"""Shared fixtures: a tiny synthetic world on disk, and a small trained run made once per session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from churnformer.data.synthetic import SyntheticWorldConfig, write_world
+
+BIN = Path(sys.executable).parent
+TINY_CUTOFF = "2023-09-30"
+
+
+def run_cli(tool: str, *overrides: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a console entry point as a user would; tests see its exit code and output."""
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    result = subprocess.run(
+        [str(BIN / tool), *overrides], cwd=cwd, capture_output=True, text=True, env=env, timeout=600
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"{tool} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """400 customers over 52 weeks, as CSV: (events, customers)."""
+    out = tmp_path_factory.mktemp("world")
+    return write_world(SyntheticWorldConfig(n_customers=400, n_weeks=52, seed=3), out, fmt="csv")
+
+
+TRAIN_OVERRIDES = (
+    "data=csv",
+    f"data.cutoff={TINY_CUTOFF}",
+    "data.horizon_days=60",
+    "data.batch_size=64",
+    "data.features.max_len=32",
+    "model.network.d_model=16",
+    "model.network.n_layers=1",
+    "model.network.n_heads=2",
+    "trainer.max_epochs=2",
+    "trainer.enable_progress_bar=false",
+    "predict_after_training=false",
+)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_world: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run directory trained on the tiny world through the real CLI."""
+    events, customers = tiny_world
+    run_dir = tmp_path_factory.mktemp("run")
+    run_cli(
+        "churnformer-train",
+        *TRAIN_OVERRIDES,
+        f"data.events={events}",
+        f"data.customers={customers}",
+        f"hydra.run.dir={run_dir}",
+        cwd=run_dir,
+    )
+    return run_dir

@@ -1,0 +1,148 @@
+"""End to end through the console entry points, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from churnformer.data.events import load_events
+from tests.conftest import TINY_CUTOFF, run_cli
+
+
+def test_train_writes_a_complete_run_directory(trained_run: Path) -> None:
+    for name in ("model.onnx", "metrics.json", "config.yaml", "checkpoints/last.ckpt"):
+        assert (trained_run / name).is_file(), name
+    assert list((trained_run / "tensorboard").glob("events.out.tfevents.*"))
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert 0.0 <= metrics["val/churn_auroc"] <= 1.0
+    assert np.isfinite(metrics["val/loss"])
+
+
+@pytest.fixture(scope="module")
+def predictions(trained_run: Path, tiny_world: tuple[Path, Path], tmp_path_factory) -> tuple[Path, pd.DataFrame]:
+    events, customers = tiny_world
+    out = tmp_path_factory.mktemp("predict") / "scores.parquet"
+    run_cli(
+        "churnformer-predict",
+        f"model={trained_run}",
+        f"events={events}",
+        f"customers={customers}",
+        f"cutoff={TINY_CUTOFF}",
+        f"output={out}",
+        "progress=false",
+        cwd=out.parent,
+    )
+    return out, pd.read_parquet(out)
+
+
+def test_predict_scores_every_eligible_customer_once(predictions, tiny_world) -> None:
+    out, scores = predictions
+    events = load_events(pd.read_csv(tiny_world[0], dtype={"customer_id": str}))
+    eligible = events.loc[events["timestamp"] < pd.Timestamp(TINY_CUTOFF) + pd.Timedelta(days=1), "customer_id"]
+    assert sorted(scores["customer_id"]) == sorted(eligible.unique())
+    assert scores["customer_id"].is_unique
+    assert list(scores.columns) == [
+        "customer_id",
+        "churn_probability",
+        "expected_spend",
+        "spend_p10",
+        "spend_p50",
+        "spend_p90",
+        "n_events",
+    ]
+    assert scores["churn_probability"].between(0, 1).all()
+    assert (scores["expected_spend"] >= 0).all()
+    summary = json.loads(out.with_name(out.name + ".summary.json").read_text())
+    rejects = pd.read_csv(out.with_name(out.name + ".rejects.csv"))
+    assert summary["customers_scored"] + len(rejects) == events["customer_id"].nunique()
+
+
+def test_predictions_ignore_events_after_the_cutoff(predictions, trained_run, tiny_world, tmp_path) -> None:
+    """Truncating the events file at the cutoff changes no score."""
+    _, scores = predictions
+    events = pd.read_csv(tiny_world[0], dtype={"customer_id": str})
+    truncated = events[pd.to_datetime(events["timestamp"]) < pd.Timestamp(TINY_CUTOFF) + pd.Timedelta(days=1)]
+    path = tmp_path / "truncated.csv"
+    truncated.to_csv(path, index=False)
+    out = tmp_path / "scores.parquet"
+    run_cli(
+        "churnformer-predict",
+        f"model={trained_run / 'model.onnx'}",
+        f"events={path}",
+        f"customers={tiny_world[1]}",
+        f"cutoff={TINY_CUTOFF}",
+        f"output={out}",
+        "progress=false",
+        cwd=tmp_path,
+    )
+    pd.testing.assert_frame_equal(pd.read_parquet(out), scores, check_exact=True)
+
+
+def test_csv_output_keeps_ids_as_given(trained_run, tiny_world, tmp_path) -> None:
+    out = tmp_path / "scores.csv"
+    run_cli(
+        "churnformer-predict",
+        f"model={trained_run}",
+        f"events={tiny_world[0]}",
+        f"cutoff={TINY_CUTOFF}",
+        f"output={out}",
+        "progress=false",
+        cwd=tmp_path,
+    )
+    scores = pd.read_csv(out, dtype={"customer_id": str})
+    events = pd.read_csv(tiny_world[0], dtype={"customer_id": str})
+    assert set(scores["customer_id"]) <= set(events["customer_id"])
+    assert scores["customer_id"].str.startswith("C").all()
+
+
+def test_export_cli(trained_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "exported.onnx"
+    result = run_cli(
+        "churnformer-export", f"ckpt={trained_run / 'checkpoints' / 'last.ckpt'}", f"output={out}", cwd=tmp_path
+    )
+    assert out.is_file() and "exported" in result.stdout
+    assert not list(tmp_path.glob("outputs"))  # export writes only what it was asked to
+
+
+def test_bad_input_is_one_clear_message(tmp_path: Path) -> None:
+    bad = tmp_path / "events.csv"
+    bad.write_text("customer,when,amount\n1,2024-01-01,3\n")
+    result = run_cli(
+        "churnformer-train",
+        "data=csv",
+        f"data.events={bad}",
+        "data.cutoff=2024-01-01",
+        "data.columns.customer_id=customer",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "required column(s) ['timestamp']" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_two_process_cpu_ddp(tiny_world: tuple[Path, Path], tmp_path: Path) -> None:
+    """trainer=ddp runs two gloo processes (in a subprocess: DDP re-launches the entry point)."""
+    events, customers = tiny_world
+    from tests.conftest import TRAIN_OVERRIDES
+
+    run_cli(
+        "churnformer-train",
+        *TRAIN_OVERRIDES,
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.max_epochs=1",
+        f"data.events={events}",
+        f"data.customers={customers}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert np.isfinite(metrics["val/loss"])
+    assert (tmp_path / "run" / "model.onnx").is_file()

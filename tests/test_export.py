@@ -1,0 +1,82 @@
+"""ONNX export: parity with PyTorch, symbolic shapes, embedded featurization, safe checkpoint loading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from churnformer.data.featurizer import Featurizer
+from churnformer.export import example_inputs, export_checkpoint, export_onnx, load_checkpoint
+from churnformer.model import PREDICTION_COLUMNS, ScoringModel
+from churnformer.module import INPUT_NAMES
+from churnformer.scoring import Predictor
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ScoringModel, Featurizer]:
+    checkpoint = next((trained_run / "checkpoints").glob("epoch*.ckpt"))
+    network, hparams = load_checkpoint(checkpoint)
+    # Perturb the trained weights so parity is checked on a network whose every path matters.
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    path = export_onnx(network, hparams["featurizer_json"], tmp_path_factory.mktemp("onnx") / "model.onnx")
+    return path, ScoringModel(network).eval(), Featurizer.from_json(hparams["featurizer_json"])
+
+
+@pytest.mark.parametrize(("batch", "length"), [(1, 1), (2, 3), (7, 50), (64, 200)])
+def test_onnxruntime_matches_pytorch(exported, batch: int, length: int) -> None:
+    path, model, featurizer = exported
+    inputs = example_inputs(featurizer, batch=batch, length=length)
+    with torch.no_grad():
+        expected = [t.numpy() for t in model(*inputs)]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = {name: tensor.numpy() for name, tensor in zip(INPUT_NAMES, inputs, strict=True)}
+    got = session.run(None, {i.name: feed[i.name] for i in session.get_inputs()})
+    for name, a, b in zip(PREDICTION_COLUMNS, got, expected, strict=True):
+        assert a.shape == (batch,), name
+        scale = max(1.0, float(np.abs(b).max())) if "spend" in name else 1.0
+        assert np.abs(a - b).max() <= 1e-4 * scale, name
+
+
+def test_batch_and_length_are_symbolic(exported) -> None:
+    path, _, _ = exported
+    graph = onnx.load(path).graph
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input}
+    assert isinstance(dims["event_cat"][0], str) and isinstance(dims["event_cat"][1], str)
+    assert dims["event_num"][:2] == dims["event_cat"][:2]
+    assert isinstance(dims["lengths"][0], str)
+    assert [o.name for o in graph.output] == list(PREDICTION_COLUMNS)
+
+
+def test_featurizer_state_is_embedded(exported) -> None:
+    path, _, featurizer = exported
+    props = {p.key: p.value for p in onnx.load(path).metadata_props}
+    assert Featurizer.from_json(props["churnformer.featurizer"]) == featurizer
+    assert Predictor(path).featurizer == featurizer
+
+
+def test_checkpoints_load_without_pickled_code(trained_run: Path) -> None:
+    """Checkpoints hold only tensors and plain data: torch.load(weights_only=True) reads them."""
+    checkpoint = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert isinstance(checkpoint["hyper_parameters"]["featurizer_json"], str)
+
+
+def test_export_checkpoint_reproduces_training_export(trained_run: Path, tmp_path: Path) -> None:
+    """churnformer-export on the best checkpoint gives the model the training run exported."""
+    best = next((trained_run / "checkpoints").glob("epoch*.ckpt"))
+    path = export_checkpoint(best, tmp_path / "again.onnx")
+    inputs = example_inputs(Predictor(path).featurizer, batch=5, length=9)
+    feed = {name: t.numpy() for name, t in zip(INPUT_NAMES, inputs, strict=True)}
+    outputs = []
+    for model_path in (path, trained_run / "model.onnx"):
+        session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+        outputs.append(session.run(None, {i.name: feed[i.name] for i in session.get_inputs()}))
+    for a, b in zip(*outputs, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -1,0 +1,136 @@
+"""The network: masking, padding invariance, head consistency, loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from churnformer.losses import LossWeights, joint_loss
+from churnformer.model import ChurnFormer, ModelConfig, ScoringModel, normal_quantile
+
+
+def make_model(seed: int = 0, n_customer_cat: int = 1) -> ScoringModel:
+    torch.manual_seed(seed)
+    config = ModelConfig(
+        d_model=32,
+        n_layers=2,
+        n_heads=4,
+        event_cat_cardinalities=[6, 9, 14],
+        n_event_num=5,
+        time_feature_index=[1, 3],
+        customer_cat_cardinalities=[5] * n_customer_cat,
+        n_customer_num=2,
+    )
+    network = ChurnFormer(config)
+    # Non-trivial weights everywhere (init leaves biases at zero and embeddings tiny).
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    return ScoringModel(network).eval()
+
+
+def random_batch(batch: int, length: int, n_customer_cat: int = 1, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, length + 1, (batch,), generator=generator)
+    lengths[0] = length
+    event_cat = torch.randint(1, 6, (batch, length, 3), generator=generator).int()
+    event_num = torch.randn(batch, length, 5, generator=generator)
+    positions = torch.arange(length)[None, :, None]
+    event_cat = torch.where(positions < lengths[:, None, None], event_cat, 0)
+    event_num = torch.where(positions < lengths[:, None, None], event_num, 0.0)
+    customer_cat = torch.randint(1, 5, (batch, n_customer_cat), generator=generator).int()
+    return event_cat, event_num, lengths, customer_cat, torch.randn(batch, 2, generator=generator)
+
+
+def test_padding_invariance() -> None:
+    """A customer scored alone or next to much longer sequences gets the same scores."""
+    model = make_model()
+    event_cat, event_num, lengths, customer_cat, customer_num = random_batch(8, 60)
+    with torch.no_grad():
+        together = model(event_cat, event_num, lengths, customer_cat, customer_num)
+        for row in range(8):
+            n = int(lengths[row])
+            alone = model(
+                event_cat[row : row + 1, :n],
+                event_num[row : row + 1, :n],
+                lengths[row : row + 1],
+                customer_cat[row : row + 1],
+                customer_num[row : row + 1],
+            )
+            for a, b in zip(alone, together, strict=True):
+                torch.testing.assert_close(a[0], b[row], atol=1e-5, rtol=1e-5)
+
+
+def test_padding_content_is_ignored() -> None:
+    """Garbage in padded positions must not change anything (the mask really masks)."""
+    model = make_model()
+    event_cat, event_num, lengths, customer_cat, customer_num = random_batch(6, 20)
+    positions = torch.arange(20)[None, :, None]
+    junk_num = torch.where(positions < lengths[:, None, None], event_num, 1e3)
+    junk_cat = torch.where(positions < lengths[:, None, None], event_cat, 4)
+    with torch.no_grad():
+        clean = model(event_cat, event_num, lengths, customer_cat, customer_num)
+        dirty = model(junk_cat, junk_num, lengths, customer_cat, customer_num)
+    for a, b in zip(clean, dirty, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_single_event_and_no_static_columns_give_finite_outputs() -> None:
+    model = make_model(n_customer_cat=0)
+    batch = random_batch(4, 1, n_customer_cat=0)
+    with torch.no_grad():
+        outputs = model(*batch)
+    assert all(torch.isfinite(o).all() for o in outputs)
+
+
+def test_heads_are_consistent() -> None:
+    """Expected spend and quantiles follow from one zero-inflated log-normal whose zero mass is P(churn)."""
+    model = make_model()
+    batch = random_batch(64, 30)
+    with torch.no_grad():
+        p_churn, expected, p10, p50, p90 = model(*batch)
+        heads = model.network(*batch)
+    assert ((p_churn > 0) & (p_churn < 1)).all()
+    mean_if_buying = torch.exp(heads.spend_mu + heads.spend_sigma**2 / 2)
+    torch.testing.assert_close(expected, (1 - p_churn) * mean_if_buying)
+    assert (p10 <= p50).all() and (p50 <= p90).all()
+    assert torch.equal(p50 == 0, p_churn >= 0.5)
+    # Where buying is likely, the median is the log-normal quantile at the renormalized level.
+    level = (0.5 - p_churn) / (1 - p_churn)
+    exact = torch.exp(heads.spend_mu + heads.spend_sigma * torch.special.ndtri(level.double()).float())
+    buying = p_churn < 0.4
+    torch.testing.assert_close(p50[buying], exact[buying], rtol=2e-3, atol=1e-4)
+
+
+def test_normal_quantile_matches_exact() -> None:
+    p = torch.linspace(1e-4, 1 - 1e-4, 20001)
+    exact = torch.special.ndtri(p.double()).float()
+    assert (normal_quantile(p) - exact).abs().max() < 1e-4
+
+
+def test_joint_loss_learns_a_separable_signal() -> None:
+    """A few optimizer steps on a learnable signal must lower both parts of the loss."""
+    model = make_model(seed=1).network.train()
+    event_cat, event_num, lengths, customer_cat, customer_num = random_batch(128, 10, seed=5)
+    churn = (customer_num[:, 0] > 0).float()
+    spend = torch.where(churn > 0, 0.0, torch.exp(2 + customer_num[:, 1]))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    weights = LossWeights(churn=1.0, spend=1.0)
+    first = None
+    for _ in range(60):
+        losses = joint_loss(model(event_cat, event_num, lengths, customer_cat, customer_num), churn, spend, weights)
+        first = first or {k: float(v.detach()) for k, v in losses.items()}
+        optimizer.zero_grad()
+        losses["loss"].backward()
+        optimizer.step()
+    assert float(losses["churn_loss"]) < 0.5 * first["churn_loss"]
+    assert float(losses["spend_loss"]) < first["spend_loss"] - 0.5
+
+
+@pytest.mark.parametrize("zero_spend", [True, False])
+def test_joint_loss_is_finite_for_all_zero_or_all_positive_batches(zero_spend: bool) -> None:
+    heads = make_model().network(*random_batch(8, 5))
+    spend = torch.zeros(8) if zero_spend else torch.full((8,), 12.5)
+    losses = joint_loss(heads, torch.ones(8) if zero_spend else torch.zeros(8), spend, LossWeights())
+    assert all(torch.isfinite(v) for v in losses.values())
+    losses["loss"].backward()
