@@ -4,6 +4,10 @@ Usage::
 
     python scripts/bench_featurize.py [--events 10000000] [--customers 500000] [--max-len 128]
                                       [--repeat 1] [--json PATH] [--profile] [--check]
+                                      [--warm-mb 6144] [--keep-heap]
+
+For a steady ratio on a small or virtual machine use ``--repeat 3 --keep-heap`` (timings), and a plain
+run for the per-step peak RSS.
 
 A standard event frame is generated directly with numpy (deterministic, seed 0): arbitrary int64
 customer ids (sparse, not 0..N-1) with a skewed, lognormal events-per-customer distribution,
@@ -11,7 +15,8 @@ datetime64[ns] timestamps over two years, amounts (mostly 0 or positive, some ne
 ``event_type`` column of pandas category dtype (5 values) and one numeric attribute with NaN.
 Rows are in random order. The cutoff is the last day of the log, so every event is a feature.
 
-Rows timed (wall clock, best of --repeat):
+Rows timed (wall clock; with --repeat N the steps run in N interleaved rounds, each round running every
+step once, so that drifting machine conditions hit all rows alike; the fastest run of each is shown):
 
 * ``load_events``: validation of the already-standard frame (its own row, not part of the comparison).
 * ``fit_featurizer``: vocabularies and scalers.
@@ -20,11 +25,15 @@ Rows timed (wall clock, best of --repeat):
   ``code << 32 | seconds since min``, group offsets by bincount/cumsum, position within group,
   truncation to the latest ``max_len``, and a scatter of amount and timestamp into padded float32
   ``[n_customers, max_len]`` arrays.
+* ``(info) numpy reference, pad ...``: the reference writing as many padded columns as ``pad()`` does
+  (same bytes out); informational, not the comparison.
 * ``build_sequences``: churnformer's ragged sequences.
 * ``build_sequences + pad()``: the full padded structure for all customers; this is the row compared
   with the reference (target: ratio <= 1.5).
 
-Peak RSS is measured per step: the kernel's high-water mark (VmHWM) is reset through
+Before timing, ``--warm-mb`` of memory is touched and freed (on a VM the first touch of memory the
+host has not yet backed costs about a second per GB and otherwise lands on whichever step grows the
+heap first). Peak RSS is measured per step: the kernel's high-water mark (VmHWM) is reset through
 ``/proc/self/clear_refs`` before each step and read after it, together with a psutil background thread
 sampling RSS every 2 ms; the larger of the two is reported (the method is printed and stored in JSON).
 """
@@ -51,7 +60,7 @@ import pandas as pd
 
 from churnformer.data.events import load_events
 from churnformer.data.featurizer import FeaturizerConfig, fit_featurizer
-from churnformer.data.sequences import build_sequences
+from churnformer.data.sequences import PaddedBatch, Sequences, build_sequences
 from churnformer.data.window import Window
 
 try:
@@ -63,6 +72,7 @@ START = np.datetime64("2023-01-01T00:00:00", "s")
 SPAN_SECONDS = 2 * 365 * 86_400
 EVENT_TYPES = ("purchase", "visit", "support_ticket", "complaint", "refund")
 RATIO_TARGET = 1.5
+KEEP_HEAP_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**40)}
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -114,8 +124,15 @@ def generate_events(n_events: int, n_customers: int, seed: int = 0) -> pd.DataFr
 # ----------------------------------------------------------------------------------------- reference
 
 
-def numpy_reference(events: pd.DataFrame, feature_end_ns: int, max_len: int) -> dict[str, np.ndarray]:
-    """Bare numpy: the same grouping, ordering and truncation, scattering two padded float32 arrays."""
+def numpy_reference(
+    events: pd.DataFrame, feature_end_ns: int, max_len: int, wide: tuple[int, int] | None = None
+) -> dict[str, np.ndarray]:
+    """Bare numpy: the same grouping, ordering and truncation, scattering two padded float32 arrays.
+
+    With ``wide=(n_cat, n_num)`` it also fills padded int32 [n, width, n_cat] and float32
+    [n, width, n_num] arrays (copies of the same two values), i.e. the bytes ``Sequences.pad()`` writes;
+    that variant is informational only.
+    """
     stamps = events["timestamp"].to_numpy(dtype="datetime64[ns]").view(np.int64)
     kept = np.flatnonzero(stamps < feature_end_ns)
     codes, uniques = pd.factorize(events["customer_id"].to_numpy()[kept], sort=True)
@@ -137,6 +154,18 @@ def numpy_reference(events: pd.DataFrame, feature_end_ns: int, max_len: int) -> 
     timestamp = np.zeros((n, width), dtype=np.float32)
     amount[row_of, slot] = events["amount"].to_numpy(dtype=np.float64)[rows]
     timestamp[row_of, slot] = relative[order[keep]]
+    if wide is not None:
+        n_cat, n_num = wide
+        flat = row_of * width + slot
+        ragged_num = np.empty((len(rows), n_num), dtype=np.float32)
+        ragged_num[:] = amount[row_of, slot][:, None]
+        ragged_cat = np.empty((len(rows), n_cat), dtype=np.int32)
+        ragged_cat[:] = (codes[keep] % 1000)[:, None]
+        event_num = np.zeros((n, width, n_num), dtype=np.float32)
+        event_cat = np.zeros((n, width, n_cat), dtype=np.int32)
+        event_num.reshape(-1, n_num)[flat] = ragged_num
+        event_cat.reshape(-1, n_cat)[flat] = ragged_cat
+        return {"event_num": event_num, "event_cat": event_cat}
     return {
         "customer_ids": np.asarray(uniques),
         "lengths": np.minimum(counts, max_len),
@@ -225,30 +254,48 @@ def rss_method() -> str:
 # ------------------------------------------------------------------------------------------- runner
 
 
+def warm_memory(megabytes: int) -> float:
+    """Touch and free ``megabytes`` of memory, so that no timed step pays for the VM backing fresh pages."""
+    started = time.perf_counter()
+    if megabytes > 0:
+        block = np.ones(megabytes * 2**20 // 8)
+        del block
+    return time.perf_counter() - started
+
+
 @dataclass
 class Row:
     step: str
-    wall_s: float
-    peak_rss_mb: float
-    rss_delta_mb: float
+    wall_s: float = float("inf")
+    peak_rss_mb: float = 0.0
+    rss_delta_mb: float = 0.0
     compared: bool = False
-    extra: dict[str, float] = field(default_factory=dict)
+    info: bool = False
+    all_wall_s: list[float] = field(default_factory=list)
+    extra: dict[str, object] = field(default_factory=dict)
 
 
-def timed(step: str, fn: Callable[[], object], repeat: int, compared: bool = False) -> tuple[Row, object]:
-    best: Row | None = None
+@dataclass
+class Step:
+    row: Row
+    run: Callable[[], object]
+    keep: Callable[[object], None] | None = None  # receives the result of the first round
+
+
+def measure(step: Step, first_round: bool) -> None:
     result: object = None
-    for _ in range(repeat):
-        result = None
-        with PeakMemory() as memory:
-            started = time.perf_counter()
-            result = fn()
-            wall = time.perf_counter() - started
-        row = Row(step, wall, memory.peak / 2**20, (memory.peak - memory.start) / 2**20, compared)
-        if best is None or row.wall_s < best.wall_s:
-            best = row
-    assert best is not None
-    return best, result
+    with PeakMemory() as memory:
+        started = time.perf_counter()
+        result = step.run()
+        wall = time.perf_counter() - started
+    row = step.row
+    row.all_wall_s.append(wall)
+    if wall < row.wall_s:  # report the fastest run, with that run's memory
+        row.wall_s, row.peak_rss_mb = wall, memory.peak / 2**20
+        row.rss_delta_mb = (memory.peak - memory.start) / 2**20
+    if first_round and step.keep is not None:
+        step.keep(result)
+    del result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -256,12 +303,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=10_000_000)
     parser.add_argument("--customers", type=int, default=500_000)
     parser.add_argument("--max-len", type=int, default=128)
-    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=1, help="rounds; each round runs every step once")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--profile", action="store_true", help="cProfile one extra build_sequences run")
     parser.add_argument("--check", action="store_true", help=f"exit 1 if the ratio exceeds {RATIO_TARGET}")
+    parser.add_argument(
+        "--warm-mb",
+        type=int,
+        default=6144,
+        help="touch and free this much memory before timing (0: off); on VMs the first touch of memory "
+        "the host has not backed yet costs ~1 s/GB and would land on whichever step grows the heap first",
+    )
+    parser.add_argument(
+        "--keep-heap",
+        action="store_true",
+        help="re-run under glibc settings that never give freed memory back to the OS (MALLOC_MMAP_MAX_=0, "
+        "huge MALLOC_TRIM_THRESHOLD_): steadier timings from the second round on, but the RSS columns then "
+        "show the process heap, not per-step peaks",
+    )
     args = parser.parse_args(argv)
+    if args.keep_heap and os.environ.get("MALLOC_MMAP_MAX_") != "0":
+        env = {**os.environ, **KEEP_HEAP_ENV}
+        script_args = sys.argv[1:] if argv is None else list(argv)
+        os.execve(sys.executable, [sys.executable, str(Path(__file__).resolve()), *script_args], env)
 
     started = time.perf_counter()
     raw = generate_events(args.events, args.customers, args.seed)
@@ -271,53 +336,83 @@ def main(argv: list[str] | None = None) -> int:
     config = FeaturizerConfig(max_len=args.max_len)
     print(
         f"generated {len(raw):,} events / {raw['customer_id'].nunique():,} customers in {generate_s:.1f} s; "
-        f"cutoff {last_day}, max_len {args.max_len}, repeat {args.repeat}, "
+        f"cutoff {last_day}, max_len {args.max_len}, repeat {args.repeat}, keep_heap {args.keep_heap}, "
         f"numpy {np.__version__}, pandas {pd.__version__}, {os.cpu_count()} CPU(s)",
         flush=True,
     )
 
-    rows: list[Row] = []
-    holder = {"raw": raw}
+    warm_s = warm_memory(args.warm_mb)
+    if args.warm_mb:
+        print(f"warmed {args.warm_mb} MB of memory in {warm_s:.1f} s", flush=True)
+
+    state: dict[str, object] = {"raw": raw}
     del raw
-    row, events = timed("load_events (standard frame in)", lambda: load_events(holder["raw"]), args.repeat)
-    rows.append(row)
-    holder.clear()
-    row, featurizer = timed("fit_featurizer", lambda: fit_featurizer(events, config=config), args.repeat)
-    rows.append(row)
-
-    row, reference = timed(
-        "numpy reference (factorize + argsort + pad 2 cols)",
-        lambda: numpy_reference(events, window.feature_end_ns, args.max_len),
-        args.repeat,
-    )
-    rows.append(row)
-    reference_ids, reference_lengths = reference["customer_ids"], reference["lengths"]
-    del reference
-    reference_row = row
-
-    row, sequences = timed("build_sequences (ragged)", lambda: build_sequences(events, window, featurizer), args.repeat)
-    rows.append(row)
-    if not (
-        np.array_equal(sequences.customer_ids, reference_ids) and np.array_equal(sequences.lengths, reference_lengths)
-    ):
-        print("WARNING: churnformer and the reference disagree on customers or lengths", file=sys.stderr)
-    n_kept_events, shapes = len(sequences.event_num), (sequences.event_cat.shape[1], sequences.event_num.shape[1])
-    del sequences
-
     pad_seconds: list[float] = []
 
     def build_and_pad() -> object:
-        built = build_sequences(events, window, featurizer)
+        built = build_sequences(state["events"], window, state["featurizer"])
         pad_started = time.perf_counter()
         batch = built.pad()
         pad_seconds.append(time.perf_counter() - pad_started)
         return batch
 
-    row, batch = timed("build_sequences + pad() all", build_and_pad, args.repeat, compared=True)
-    row.extra["pad_s"] = min(pad_seconds)
-    padded_shape = batch.event_num.shape
-    del batch
-    rows.append(row)
+    def keep_reference(result: dict[str, np.ndarray]) -> None:
+        state["reference_ids"], state["reference_lengths"] = result["customer_ids"], result["lengths"]
+
+    def keep_sequences(result: Sequences) -> None:
+        ok = np.array_equal(result.customer_ids, state["reference_ids"]) and np.array_equal(
+            result.lengths, state["reference_lengths"]
+        )
+        if not ok:
+            print("WARNING: churnformer and the reference disagree on customers or lengths", file=sys.stderr)
+        state["shapes"] = (len(result.event_num), result.event_cat.shape[1], result.event_num.shape[1])
+
+    def keep_batch(result: PaddedBatch) -> None:
+        state["padded_shape"] = result.event_num.shape
+
+    def wide() -> tuple[int, int]:
+        featurizer = state["featurizer"]
+        return len(featurizer.event_categorical_names), len(featurizer.event_numeric_names)
+
+    steps = [
+        Step(
+            Row("load_events (standard frame in)"),
+            lambda: load_events(state["raw"]),
+            lambda result: state.__setitem__("events", result),
+        ),
+        Step(
+            Row("fit_featurizer"),
+            lambda: fit_featurizer(state["events"], config=config),
+            lambda result: state.__setitem__("featurizer", result),
+        ),
+        Step(
+            Row("numpy reference (factorize + argsort + pad 2 cols)"),
+            lambda: numpy_reference(state["events"], window.feature_end_ns, args.max_len),
+            keep_reference,
+        ),
+        Step(
+            Row("(info) numpy reference, pad all pad() columns", info=True),
+            lambda: numpy_reference(state["events"], window.feature_end_ns, args.max_len, wide=wide()),
+        ),
+        Step(
+            Row("build_sequences (ragged)"),
+            lambda: build_sequences(state["events"], window, state["featurizer"]),
+            keep_sequences,
+        ),
+        Step(Row("build_sequences + pad() all", compared=True), build_and_pad, keep_batch),
+    ]
+    for round_number in range(args.repeat):
+        for step in steps:
+            measure(step, first_round=round_number == 0)
+    state.pop("raw")
+    events, featurizer = state["events"], state["featurizer"]
+    rows = [step.row for step in steps]
+    reference_row = rows[2]
+    rows[3].step = f"(info) numpy reference, pad {wide()[0]}+{wide()[1]} cols like pad()"
+    rows[-1].extra["pad_s"] = min(pad_seconds)
+    rows[-1].extra["all_pad_s"] = pad_seconds
+    n_kept_events, *shapes = state["shapes"]
+    padded_shape = state["padded_shape"]
 
     header = f"{'step':<52} {'wall s':>8} {'ratio':>7} {'peak RSS MB':>12} {'Δ RSS MB':>9}"
     print()
@@ -326,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         ratio = r.wall_s / reference_row.wall_s
         mark = "  <- compared" if r.compared else ""
-        print(f"{r.step:<52} {r.wall_s:>8.2f} {ratio:>7.2f} {r.peak_rss_mb:>12.0f} {r.rss_delta_mb:>9.0f}{mark}")
+        runs = "" if args.repeat == 1 else "  runs " + " ".join(f"{w:.2f}" for w in r.all_wall_s)
+        print(f"{r.step:<52} {r.wall_s:>8.2f} {ratio:>7.2f} {r.peak_rss_mb:>12.0f} {r.rss_delta_mb:>9.0f}{mark}{runs}")
     compared = next(r for r in rows if r.compared)
     ratio = compared.wall_s / reference_row.wall_s
     verdict = "OK" if ratio <= RATIO_TARGET else "OVER TARGET"
@@ -339,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
         f"padded event_num {padded_shape}"
     )
     method = rss_method()
+    if args.keep_heap:
+        method += " (--keep-heap: freed memory stays in the heap, so RSS is the process high-water, not per step)"
     print(f"peak RSS: {method}; Δ = peak minus RSS at step start")
 
     profile_text = None
@@ -362,6 +460,9 @@ def main(argv: list[str] | None = None) -> int:
             "repeat": args.repeat,
             "seed": args.seed,
             "generate_s": generate_s,
+            "warm_mb": args.warm_mb,
+            "keep_heap": args.keep_heap,
+            "warm_s": warm_s,
             "numpy": np.__version__,
             "pandas": pd.__version__,
             "python": platform.python_version(),
@@ -377,6 +478,8 @@ def main(argv: list[str] | None = None) -> int:
                     "peak_rss_mb": r.peak_rss_mb,
                     "rss_delta_mb": r.rss_delta_mb,
                     "compared": r.compared,
+                    "info": r.info,
+                    "all_wall_s": r.all_wall_s,
                     **r.extra,
                 }
                 for r in rows

@@ -146,3 +146,16 @@ def test_two_process_cpu_ddp(tiny_world: tuple[Path, Path], tmp_path: Path) -> N
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert np.isfinite(metrics["val/loss"])
     assert (tmp_path / "run" / "model.onnx").is_file()
+
+
+def test_same_config_and_seed_give_the_same_metrics(trained_run: Path, tiny_world, tmp_path: Path) -> None:
+    from tests.conftest import TRAIN_OVERRIDES
+
+    events, customers = tiny_world
+    run_cli(
+        "churnformer-train", *TRAIN_OVERRIDES, f"data.events={events}", f"data.customers={customers}",
+        f"hydra.run.dir={tmp_path / 'again'}", cwd=tmp_path,
+    )
+    first = json.loads((trained_run / "metrics.json").read_text())
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert again == first

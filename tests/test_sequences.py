@@ -326,14 +326,6 @@ def test_forced_categorical_and_dropped_columns():
     assert len(set(ids[:-1].tolist())) == 12 and min(ids[:-1]) >= 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "src bug: CategoricalEncoder.fit/encode stringify values with astype(str), so a forced-categorical "
-        "integer column fitted while it holds NaN (float64: '10.0') maps every value to unknown when it "
-        "is scored without NaN (int64: '10') - featurizer.py lines 42 and 51"
-    ),
-)
 def test_forced_categorical_numbers_encode_the_same_with_and_without_nan():
     def log(stores) -> pd.DataFrame:
         n = len(stores)
@@ -355,13 +347,6 @@ def test_forced_categorical_numbers_encode_the_same_with_and_without_nan():
     assert sequences.report.unknown_categories == {"events.store": 0}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "src bug: CategoricalEncoder.encode raises IndexError when every value is missing (pd.factorize "
-        "returns no uniques, so lookup[np.maximum(codes, 0)] indexes an empty array) - featurizer.py line 53"
-    ),
-)
 @pytest.mark.parametrize("where", ["events", "customers", "encoder"])
 def test_all_missing_categorical_values_are_unknown(where):
     events = _events(
@@ -515,14 +500,6 @@ def test_static_table_row_order_and_extra_customers_do_not_matter():
     assert_same_sequences(expected, build_sequences(events, WINDOW, featurizer, shuffled))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "src bug: build_sequences(customers=None) with a featurizer fitted on a customer table raises "
-        "TypeError ('NoneType' object is not subscriptable) in sequences._static_features lines 155/162, "
-        "although line 145 prepares the all-absent case"
-    ),
-)
 def test_static_featurizer_without_a_table_gives_unknowns_or_a_clear_error():
     events, customers = _static_setup()
     featurizer = fit_featurizer(events, customers, FeaturizerConfig(min_category_count=1))
@@ -533,6 +510,15 @@ def test_static_featurizer_without_a_table_gives_unknowns_or_a_clear_error():
     assert sequences.customer_cat[:, 0].tolist() == [UNKNOWN_ID] * 4
     assert sequences.customer_num[:, 3].tolist() == [1.0] * 4
     assert sequences.report.customers_without_static == 4
+
+
+def test_attribute_columns_missing_at_build_time_are_named():
+    events, customers = _static_setup()
+    featurizer = fit_featurizer(events, customers, FeaturizerConfig(min_category_count=1))
+    with pytest.raises(EventLogError, match=r"\['channel'\]"):
+        build_sequences(events.drop(columns=["channel"]), WINDOW, featurizer, customers)
+    with pytest.raises(EventLogError, match=r"\['age'\]"):
+        build_sequences(events, WINDOW, featurizer, customers.drop(columns=["age"]))
 
 
 def test_no_static_attributes():
@@ -602,7 +588,6 @@ def test_no_event_before_cutoff_gives_empty_sequences():
 BASE = pd.Timestamp("2024-03-01")
 SPAN_SECONDS = 60 * 86_400
 CHANNELS = ["a", "b", "c", None]
-ANCHOR_CHANNELS = True  # set to False once CategoricalEncoder.encode accepts all-missing input
 
 
 @st.composite
@@ -650,14 +635,6 @@ def event_logs(draw):
     elif cutoff_as == "date":
         cutoff = cutoff.date()
     window = Window.from_cutoff(cutoff, horizon_days=30)
-    if ANCHOR_CHANNELS:
-        # Every customer's latest feature events get a channel, so the kept events are never all
-        # missing (CategoricalEncoder.encode raises on all-missing input; see the xfail test above).
-        before = stamps < window.feature_end_ns
-        frame = pd.DataFrame({"id": raw["customer_id"], "ns": stamps})[before]
-        latest = frame["ns"].to_numpy() == frame.groupby("id")["ns"].transform("max").to_numpy()
-        anchored = np.flatnonzero(before)[latest]
-        raw.loc[anchored, "channel"] = raw.loc[anchored, "channel"].fillna("a")
     max_len = draw(st.integers(1, 6))
     min_count = draw(st.integers(1, 3))
     return raw, window, max_len, min_count, id_kind

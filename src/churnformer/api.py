@@ -1,8 +1,8 @@
 """Python API for notebooks: the same training and scoring jobs as the CLI, on pandas DataFrames.
 
-    >>> from churnformer.api import train, predict
-    >>> run = train(events, cutoff="2024-06-30", horizon_days=90, customers=customers, output_dir="runs/a")
-    >>> scores = predict(run.model_path, events, cutoff="2024-09-30", customers=customers)
+>>> from churnformer.api import train, predict
+>>> run = train(events, cutoff="2024-06-30", horizon_days=90, customers=customers, output_dir="runs/a")
+>>> scores = predict(run.model_path, events, cutoff="2024-09-30", customers=customers)
 """
 
 from __future__ import annotations

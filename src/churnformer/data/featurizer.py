@@ -47,9 +47,15 @@ class CategoricalEncoder:
         ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:max_size]
         return cls(name=name, vocabulary=[value for value, _ in ordered])
 
-    def encode(self, values: pd.Series | np.ndarray) -> tuple[np.ndarray, int]:
-        """Return int32 ids and the number of non-missing values that fell into the unknown bucket."""
-        codes, uniques = pd.factorize(pd.Series(values), use_na_sentinel=True)
+    def encode(self, values: pd.Series | np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+        """Ids of ``values[rows]`` (int32) and how many non-missing ones fell into the unknown bucket.
+
+        The column is factorized whole and then indexed: for category and Arrow string columns that
+        is far cheaper than materializing the selected values as Python objects first.
+        """
+        codes, uniques = pd.factorize(values if isinstance(values, pd.Series) else pd.Series(values))
+        if rows is not None:
+            codes = codes[rows]
         lookup = pd.Index(self.vocabulary).get_indexer(category_labels(uniques))
         lookup = np.append(np.where(lookup >= 0, lookup + 2, UNKNOWN_ID), UNKNOWN_ID).astype(np.int32)
         ids = lookup[codes]  # code -1 (missing) takes the appended unknown id
@@ -78,19 +84,28 @@ class NumericScaler:
 
     @classmethod
     def fit(cls, name: str, values: pd.Series) -> NumericScaler:
-        finite = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+        finite = numeric_values(values)
         finite = finite[np.isfinite(finite)]
         mean = float(finite.mean()) if len(finite) else 0.0
         std = float(finite.std()) if len(finite) > 1 else 1.0
         return cls(name=name, mean=mean, std=std if std > 0 else 1.0)
 
-    def encode(self, values: pd.Series | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Return (scaled values, missing indicator), both float32."""
-        raw = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    def encode(self, values: pd.Series | np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Scaled ``values[rows]`` and their missing indicator, both float32."""
+        raw = numeric_values(values, rows)
         missing = ~np.isfinite(raw)
         scaled = np.clip((raw - self.mean) / self.std, -NUMERIC_CLIP, NUMERIC_CLIP)
         scaled[missing] = 0.0
         return scaled.astype(np.float32), missing.astype(np.float32)
+
+
+def numeric_values(values: pd.Series | np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """``values[rows]`` as float64; anything that is not a number becomes NaN (a missing value)."""
+    series = values if isinstance(values, pd.Series) else pd.Series(values)
+    if not pd.api.types.is_numeric_dtype(series.dtype) or pd.api.types.is_bool_dtype(series.dtype):
+        series = pd.to_numeric(series, errors="coerce")
+    raw = series.to_numpy(dtype="float64", na_value=np.nan)
+    return raw if rows is None else raw[rows]
 
 
 @dataclass
@@ -185,8 +200,10 @@ def split_attributes(frame: pd.DataFrame, config: FeaturizerConfig, where: str) 
         if column in STANDARD_COLUMNS or column in config.drop:
             continue
         dtype = frame[column].dtype
-        if column in config.categorical or not pd.api.types.is_numeric_dtype(dtype) or (
-            pd.api.types.is_bool_dtype(dtype)
+        if (
+            column in config.categorical
+            or not pd.api.types.is_numeric_dtype(dtype)
+            or (pd.api.types.is_bool_dtype(dtype))
         ):
             if pd.api.types.is_datetime64_any_dtype(dtype):
                 raise EventLogError(
@@ -209,10 +226,7 @@ def fit_featurizer(
     static_cat, static_num = split_attributes(static, config, "customers")
 
     def categorical(frame: pd.DataFrame, columns: list[str]) -> list[CategoricalEncoder]:
-        return [
-            CategoricalEncoder.fit(c, frame[c], config.max_vocab_size, config.min_category_count)
-            for c in columns
-        ]
+        return [CategoricalEncoder.fit(c, frame[c], config.max_vocab_size, config.min_category_count) for c in columns]
 
     return Featurizer(
         max_len=config.max_len,

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from churnformer.data.events import AMOUNT, CUSTOMER_ID, TIMESTAMP, EventLogError
-from churnformer.data.featurizer import CALENDAR, UNKNOWN_ID, Featurizer
+from churnformer.data.featurizer import CALENDAR, UNKNOWN_ID, Featurizer, numeric_values
 from churnformer.data.window import NS_PER_DAY, Window
 
 _KEY_TIME_BITS = 32
@@ -85,17 +85,22 @@ class Sequences:
 
     def pad(self, rows: np.ndarray | None = None) -> PaddedBatch:
         """Pad the chosen customers (all by default) to the longest among them."""
-        rows = np.arange(len(self)) if rows is None else np.asarray(rows, dtype=np.int64)
-        starts, lengths = self.offsets[rows], self.lengths[rows]
+        every_row = rows is None
+        rows = np.arange(len(self)) if every_row else np.asarray(rows, dtype=np.int64)
+        lengths = self.lengths[rows]
         width = max(int(lengths.max(initial=0)), 1)
-        batch_row = np.repeat(np.arange(len(rows)), lengths)
+        # Flat destination of each event: row * width + position within its sequence.
         first = np.cumsum(lengths) - lengths
-        position = np.arange(len(batch_row)) - np.repeat(first, lengths)
-        source = np.repeat(starts, lengths) + position
+        destination = np.arange(int(lengths.sum())) + np.repeat(np.arange(len(rows)) * width - first, lengths)
         event_cat = np.zeros((len(rows), width, self.event_cat.shape[1]), dtype=np.int32)
         event_num = np.zeros((len(rows), width, self.event_num.shape[1]), dtype=np.float32)
-        event_cat[batch_row, position] = self.event_cat[source]
-        event_num[batch_row, position] = self.event_num[source]
+        if every_row:  # the ragged storage is already in this order: no gather
+            cat_values, num_values = self.event_cat, self.event_num
+        else:
+            source = np.arange(len(destination)) + np.repeat(self.offsets[rows] - first, lengths)
+            cat_values, num_values = self.event_cat[source], self.event_num[source]
+        event_cat.reshape(-1, event_cat.shape[2])[destination] = cat_values
+        event_num.reshape(-1, event_num.shape[2])[destination] = num_values
         return PaddedBatch(
             event_cat=event_cat,
             event_num=event_num,
@@ -105,31 +110,38 @@ class Sequences:
         )
 
 
-def _time_order(codes: np.ndarray, seconds: np.ndarray, events: pd.DataFrame, kept: np.ndarray) -> np.ndarray:
-    """Order events by (customer, time); ties broken by content so row order never matters."""
-    relative = seconds - seconds.min(initial=0)
+def _time_order(
+    codes: np.ndarray, seconds: np.ndarray, events: pd.DataFrame, kept: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Order events by (customer, second); return the order and the sorted customer codes.
+
+    The sort need not be stable: events of one customer in the same second are put in order by
+    their content (full timestamp, amount, attributes) afterwards, so input row order never matters.
+    """
+    base = seconds.min(initial=0)
+    relative = seconds - base
     if len(codes) and (relative.max() >= 2**_KEY_TIME_BITS or codes.max() >= 2 ** (63 - _KEY_TIME_BITS)):
         order = np.lexsort((seconds, codes))
+        sorted_codes, sorted_seconds = codes[order], seconds[order]
+        tied = np.flatnonzero((sorted_codes[1:] == sorted_codes[:-1]) & (sorted_seconds[1:] == sorted_seconds[:-1]))
     else:
-        order = np.argsort((codes << _KEY_TIME_BITS) | relative, kind="stable")
-    sorted_codes, sorted_seconds = codes[order], seconds[order]
-    tied = np.flatnonzero(
-        (sorted_codes[1:] == sorted_codes[:-1]) & (sorted_seconds[1:] == sorted_seconds[:-1])
-    )
-    if len(tied) == 0:
-        return order
-    slots = np.union1d(tied, tied + 1)
-    rows = kept[order[slots]]
-    columns = [c for c in events.columns if c != CUSTOMER_ID]
-    tie_frame = events.iloc[rows][columns].reset_index(drop=True)
-    tie_frame.insert(0, "_code", codes[order[slots]])
-    tie_frame.insert(1, "_second", seconds[order[slots]])
-    for column in columns:
-        if tie_frame[column].dtype == object or isinstance(tie_frame[column].dtype, pd.CategoricalDtype):
-            tie_frame[column] = tie_frame[column].astype(str)
-    resolved = tie_frame.sort_values(list(tie_frame.columns), kind="stable", na_position="last").index
-    order[slots] = order[slots][resolved.to_numpy()]
-    return order
+        key = (codes << _KEY_TIME_BITS) | relative
+        order = np.argsort(key)
+        key = key[order]
+        sorted_codes, sorted_seconds = key >> _KEY_TIME_BITS, (key & (2**_KEY_TIME_BITS - 1)) + base
+        tied = np.flatnonzero(key[1:] == key[:-1])
+    if len(tied):
+        slots = np.union1d(tied, tied + 1)
+        columns = [c for c in events.columns if c != CUSTOMER_ID]
+        tie_frame = events.iloc[kept[order[slots]]][columns].reset_index(drop=True)
+        tie_frame.insert(0, "_code", sorted_codes[slots])
+        tie_frame.insert(1, "_second", sorted_seconds[slots])
+        for column in columns:
+            if tie_frame[column].dtype == object or isinstance(tie_frame[column].dtype, pd.CategoricalDtype):
+                tie_frame[column] = tie_frame[column].astype(str)
+        resolved = tie_frame.sort_values(list(tie_frame.columns), kind="stable", na_position="last").index
+        order[slots] = order[slots][resolved.to_numpy()]
+    return order, sorted_codes
 
 
 def _signed_log1p(values: np.ndarray) -> np.ndarray:
@@ -157,16 +169,14 @@ def _static_features(
     report.customers_without_static = int(n - present.sum()) if featurizer.customer_attribute_columns else 0
     cat, num, indicators = [], [], []
     for encoder in featurizer.customer_categorical:
-        ids, unseen = encoder.encode(customers[encoder.name].to_numpy()[position[present]])
+        ids, unseen = encoder.encode(customers[encoder.name], position[present])
         column = np.full(n, UNKNOWN_ID, dtype=np.int32)
         column[present] = ids
         report.unknown_categories[f"customers.{encoder.name}"] = unseen
         cat.append(column)
     for scaler in featurizer.customer_numeric:
         values = np.full(n, np.nan)
-        values[present] = pd.to_numeric(customers[scaler.name], errors="coerce").to_numpy(
-            dtype="float64", na_value=np.nan
-        )[position[present]]
+        values[present] = numeric_values(customers[scaler.name], position[present])
         scaled, indicator = scaler.encode(values)
         num.append(scaled)
         indicators.append(indicator)
@@ -196,20 +206,17 @@ def build_sequences(
     in_window = stamps < window.feature_end_ns
     kept = np.flatnonzero(in_window)
     report.events_after_cutoff = int(len(events) - len(kept))
-    stamps = stamps[kept]
     codes, customer_ids = pd.factorize(events[CUSTOMER_ID].to_numpy()[kept], sort=True)
     customer_ids = np.asarray(customer_ids)
-    codes = codes.astype(np.int64)
-    seconds = stamps // 10**9
-
-    order = _time_order(codes, seconds, events, kept)
-    codes, stamps = codes[order], stamps[order]
+    stamps = stamps[kept]
+    order, codes = _time_order(codes.astype(np.int64), stamps // 10**9, events, kept)
+    stamps = stamps[order]
     counts = np.bincount(codes, minlength=len(customer_ids))
     starts = np.cumsum(counts) - counts
     position = np.arange(len(codes)) - starts[codes]
     first_in_group = position == 0
     gap_days = np.zeros(len(codes))
-    gap_days[1:] = (stamps[1:] - stamps[:-1]) / NS_PER_DAY
+    gap_days[1:] = np.diff(stamps) / NS_PER_DAY
     gap_days[first_in_group] = 0.0
     first_stamp = stamps[starts[counts > 0]]
 
@@ -220,9 +227,8 @@ def build_sequences(
     report.customers = len(customer_ids)
     report.events_truncated = int((~keep).sum())
     report.customers_truncated = int((counts > featurizer.max_len).sum())
-
     days = stamps // NS_PER_DAY
-    event_cat = [encoder.encode(events[encoder.name].to_numpy()[rows]) for encoder in featurizer.event_categorical]
+    event_cat = [encoder.encode(events[encoder.name], rows) for encoder in featurizer.event_categorical]
     for encoder, (_, unseen) in zip(featurizer.event_categorical, event_cat, strict=True):
         report.unknown_categories[f"events.{encoder.name}"] = unseen
     calendar = {
@@ -238,7 +244,7 @@ def build_sequences(
         first_in_group.astype(np.float64),
         np.log1p((window.feature_end_ns - stamps) / NS_PER_DAY),
     ]
-    scaled_pairs = [scaler.encode(events[scaler.name].to_numpy()[rows]) for scaler in featurizer.event_numeric]
+    scaled_pairs = [scaler.encode(events[scaler.name], rows) for scaler in featurizer.event_numeric]
     num_columns += [s for s, _ in scaled_pairs] + [m for _, m in scaled_pairs]
 
     static_cat, static_num = _static_features(customer_ids, customers, featurizer, report)
