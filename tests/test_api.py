@@ -14,9 +14,18 @@ def test_train_and_predict_on_dataframes(tiny_world: tuple[Path, Path], tmp_path
     events = pd.read_csv(tiny_world[0], dtype={"customer_id": str})
     customers = pd.read_csv(tiny_world[1], dtype={"customer_id": str})
     run = train(
-        events, cutoff=TINY_CUTOFF, horizon_days=60, customers=customers, output_dir=tmp_path / "run",
-        overrides=["trainer.max_epochs=1", "model.network.d_model=16", "model.network.n_layers=1",
-                   "model.network.n_heads=2", "trainer.enable_progress_bar=false"],
+        events,
+        cutoff=TINY_CUTOFF,
+        horizon_days=60,
+        customers=customers,
+        output_dir=tmp_path / "run",
+        overrides=[
+            "trainer.max_epochs=1",
+            "model.network.d_model=16",
+            "model.network.n_layers=1",
+            "model.network.n_heads=2",
+            "trainer.enable_progress_bar=false",
+        ],
     )
     assert run.model_path.is_file()
     assert 0 <= run.metrics["val/churn_auroc"] <= 1

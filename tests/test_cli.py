@@ -153,8 +153,12 @@ def test_same_config_and_seed_give_the_same_metrics(trained_run: Path, tiny_worl
 
     events, customers = tiny_world
     run_cli(
-        "churnformer-train", *TRAIN_OVERRIDES, f"data.events={events}", f"data.customers={customers}",
-        f"hydra.run.dir={tmp_path / 'again'}", cwd=tmp_path,
+        "churnformer-train",
+        *TRAIN_OVERRIDES,
+        f"data.events={events}",
+        f"data.customers={customers}",
+        f"hydra.run.dir={tmp_path / 'again'}",
+        cwd=tmp_path,
     )
     first = json.loads((trained_run / "metrics.json").read_text())
     again = json.loads((tmp_path / "again" / "metrics.json").read_text())

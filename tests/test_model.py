@@ -123,8 +123,8 @@ def test_joint_loss_learns_a_separable_signal() -> None:
         optimizer.zero_grad()
         losses["loss"].backward()
         optimizer.step()
-    assert float(losses["churn_loss"]) < 0.5 * first["churn_loss"]
-    assert float(losses["spend_loss"]) < first["spend_loss"] - 0.5
+    assert float(losses["churn_loss"].detach()) < 0.5 * first["churn_loss"]
+    assert float(losses["spend_loss"].detach()) < first["spend_loss"] - 0.5
 
 
 @pytest.mark.parametrize("zero_spend", [True, False])
