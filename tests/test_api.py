@@ -28,7 +28,7 @@ def test_train_and_predict_on_dataframes(tiny_world: tuple[Path, Path], tmp_path
         ],
     )
     assert run.model_path.is_file()
-    assert 0 <= run.metrics["val/churn_auroc"] <= 1
+    assert 0 <= run.metrics["churn/auroc/val"] <= 1
     scores = predict(run.model_path, events, cutoff=TINY_CUTOFF, customers=customers)
     before = events[pd.to_datetime(events["timestamp"]) < pd.Timestamp(TINY_CUTOFF) + pd.Timedelta(days=1)]
     assert set(scores["customer_id"]) == set(before["customer_id"])

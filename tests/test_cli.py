@@ -18,8 +18,8 @@ def test_train_writes_a_complete_run_directory(trained_run: Path) -> None:
         assert (trained_run / name).is_file(), name
     assert list((trained_run / "tensorboard").glob("events.out.tfevents.*"))
     metrics = json.loads((trained_run / "metrics.json").read_text())
-    assert 0.0 <= metrics["val/churn_auroc"] <= 1.0
-    assert np.isfinite(metrics["val/loss"])
+    assert 0.0 <= metrics["churn/auroc/val"] <= 1.0
+    assert np.isfinite(metrics["joint/loss/val"])
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +144,7 @@ def test_two_process_cpu_ddp(tiny_world: tuple[Path, Path], tmp_path: Path) -> N
         cwd=tmp_path,
     )
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert np.isfinite(metrics["val/loss"])
+    assert np.isfinite(metrics["joint/loss/val"])
     assert (tmp_path / "run" / "model.onnx").is_file()
 
 

@@ -121,10 +121,10 @@ def test_joint_loss_learns_a_separable_signal() -> None:
         losses = joint_loss(model(event_cat, event_num, lengths, customer_cat, customer_num), churn, spend, weights)
         first = first or {k: float(v.detach()) for k, v in losses.items()}
         optimizer.zero_grad()
-        losses["loss"].backward()
+        losses["joint"].backward()
         optimizer.step()
-    assert float(losses["churn_loss"].detach()) < 0.5 * first["churn_loss"]
-    assert float(losses["spend_loss"].detach()) < first["spend_loss"] - 0.5
+    assert float(losses["churn"].detach()) < 0.5 * first["churn"]
+    assert float(losses["spend"].detach()) < first["spend"] - 0.5
 
 
 @pytest.mark.parametrize("zero_spend", [True, False])
@@ -133,4 +133,4 @@ def test_joint_loss_is_finite_for_all_zero_or_all_positive_batches(zero_spend: b
     spend = torch.zeros(8) if zero_spend else torch.full((8,), 12.5)
     losses = joint_loss(heads, torch.ones(8) if zero_spend else torch.zeros(8), spend, LossWeights())
     assert all(torch.isfinite(v) for v in losses.values())
-    losses["loss"].backward()
+    losses["joint"].backward()

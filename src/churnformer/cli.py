@@ -1,7 +1,7 @@
 """Console entry points (Hydra apps): ``churnformer-train``, ``churnformer-export``, ``churnformer-predict``.
 
-Input problems (:class:`EventLogError`) end with one clear message and exit status 2; ``debug=true``
-shows the traceback instead.
+Problems the user can fix (:class:`ChurnformerError`: bad input, impossible config) end with one
+clear message and exit status 2; ``debug=true`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from functools import wraps
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from churnformer.data.events import EventLogError
+from churnformer.errors import ChurnformerError
 
 
 def _clear_errors(job: Callable[[DictConfig], float | None]) -> Callable[[DictConfig], float | None]:
@@ -21,7 +21,7 @@ def _clear_errors(job: Callable[[DictConfig], float | None]) -> Callable[[DictCo
     def run(cfg: DictConfig) -> float | None:
         try:
             return job(cfg)
-        except EventLogError as error:
+        except ChurnformerError as error:
             if cfg.get("debug"):
                 raise
             print(f"error: {error}", file=sys.stderr)

@@ -111,16 +111,24 @@ class ChurnDataModule(pl.LightningDataModule):
             if written_events != Path(str(self.events_path)):
                 raise EventLogError(f"synthetic world written to {written_events}, expected {self.events_path}")
 
+    def sources(self) -> tuple[str | Path | pd.DataFrame | None, str | Path | pd.DataFrame | None]:
+        """Where events and customers come from (paths or DataFrames), for fingerprints."""
+        if self.source == "cdnow" and self.events_path is None:
+            from churnformer.data.cdnow import cdnow_master_path
+
+            return cdnow_master_path(), None
+        return self.events_path, self.customers_path if self._has_customers() else None
+
+    def _has_customers(self) -> bool:
+        return isinstance(self.customers_path, pd.DataFrame) or bool(self.customers_path)
+
     def load_frames(self) -> tuple[pd.DataFrame, pd.DataFrame | None]:
         if self.source == "cdnow":
             from churnformer.data.cdnow import load_cdnow
 
             return load_events(load_cdnow(self.events_path), name="CDNOW master log"), None
         events = load_events(self.events_path, self.columns)
-        has_customers = self.customers_path is not None and not (
-            isinstance(self.customers_path, str) and not self.customers_path
-        )
-        customers = load_customers(self.customers_path, self.columns.customer_id) if has_customers else None
+        customers = load_customers(self.customers_path, self.columns.customer_id) if self._has_customers() else None
         return events, customers
 
     def setup(self, stage: str | None = None) -> None:

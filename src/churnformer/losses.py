@@ -32,7 +32,7 @@ def lognormal_nll(spend: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) ->
 def joint_loss(
     heads: HeadOutputs, churn: torch.Tensor, spend: torch.Tensor, weights: LossWeights
 ) -> dict[str, torch.Tensor]:
-    """Return the weighted total (``loss``) and its parts, each a scalar averaged over the batch."""
+    """Return the weighted total (``joint``) and each head's part, scalars averaged over the batch."""
     churn_loss = F.binary_cross_entropy_with_logits(heads.churn_logit, churn)
     positive = spend > 0
     buys = F.binary_cross_entropy_with_logits(-heads.churn_logit, positive.to(heads.churn_logit.dtype))
@@ -40,7 +40,7 @@ def joint_loss(
     amount = torch.where(positive, lognormal_nll(safe_spend, heads.spend_mu, heads.spend_sigma), 0.0).mean()
     spend_loss = buys + amount
     return {
-        "loss": weights.churn * churn_loss + weights.spend * spend_loss,
-        "churn_loss": churn_loss,
-        "spend_loss": spend_loss,
+        "joint": weights.churn * churn_loss + weights.spend * spend_loss,
+        "churn": churn_loss,
+        "spend": spend_loss,
     }

@@ -6,7 +6,7 @@ import warnings
 
 import torch
 from torchmetrics import Metric, MetricCollection
-from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision
+from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision, BinaryCalibrationError
 from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, SpearmanCorrCoef
 from torchmetrics.utilities import dim_zero_cat
 
@@ -42,20 +42,32 @@ class NormalizedGini(Metric):
         return normalized_gini(dim_zero_cat(self.actual), dim_zero_cat(self.score)).float()
 
 
-def churn_metrics(prefix: str) -> MetricCollection:
-    """AUROC, average precision (positive = churn) and Brier score of churn probabilities."""
+def metric_name(head: str, metric: str, split: str) -> str:
+    """Tags are ``head/metric/split`` (``churn/auroc/val``) so TensorBoard groups them per head."""
+    return f"{head}/{metric}/{split}"
+
+
+def churn_metrics(split: str) -> MetricCollection:
+    """AUROC, average precision (positive = churn), Brier score and 10-bin ECE of churn probabilities."""
     return MetricCollection(
-        {"churn_auroc": BinaryAUROC(), "churn_pr_auc": BinaryAveragePrecision(), "churn_brier": MeanSquaredError()},
-        prefix=prefix,
+        {
+            "auroc": BinaryAUROC(),
+            "pr_auc": BinaryAveragePrecision(),
+            "brier": MeanSquaredError(),
+            "ece": BinaryCalibrationError(n_bins=10, norm="l1"),
+        },
+        prefix="churn/",
+        postfix=f"/{split}",
     )
 
 
-def spend_metrics(prefix: str) -> MetricCollection:
+def spend_metrics(split: str) -> MetricCollection:
     """MAE, Spearman rank correlation and normalized Gini of expected spend."""
     with warnings.catch_warnings():  # ranks need every prediction; the buffer is the point, not a surprise
         warnings.filterwarnings("ignore", message="Metric `SpearmanCorrcoef` will save")
         spearman = SpearmanCorrCoef()
     return MetricCollection(
-        {"spend_mae": MeanAbsoluteError(), "spend_spearman": spearman, "spend_gini": NormalizedGini()},
-        prefix=prefix,
+        {"mae": MeanAbsoluteError(), "spearman": spearman, "gini": NormalizedGini()},
+        prefix="spend/",
+        postfix=f"/{split}",
     )

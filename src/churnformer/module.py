@@ -8,12 +8,15 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.loggers import TensorBoardLogger
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
+from torch.utils.tensorboard import SummaryWriter
 
 from churnformer.data.featurizer import Featurizer
 from churnformer.losses import LossWeights, joint_loss
-from churnformer.metrics import churn_metrics, spend_metrics
+from churnformer.metrics import churn_metrics, metric_name, spend_metrics
 from churnformer.model import ChurnFormer, ModelConfig, ScoringModel
+from churnformer.review import architecture_text, custom_scalar_layout, log_validation_review
 
 INPUT_NAMES = ("event_cat", "event_num", "lengths", "customer_cat", "customer_num")
 
@@ -37,18 +40,20 @@ class ChurnFormerModule(pl.LightningModule):
         export_metadata: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # Not sent to the logger: it would flood HPARAMS with the featurizer JSON; train.py logs a curated set.
+        self.save_hyperparameters(logger=False)
         self.network = build_network(network, featurizer_json)
         if label_stats:
             self.network.init_output_biases(**label_stats)
         self.loss_weights = LossWeights(**loss)
         self.metrics = torch.nn.ModuleDict(
             {
-                f"{split}_{head}": make(f"{split}/")
+                f"{split}_{head}": make(split)
                 for split in ("train", "val")
                 for head, make in (("churn", churn_metrics), ("spend", spend_metrics))
             }
         )
+        self._validation_outputs: list[tuple[torch.Tensor, ...]] = []
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """Predictions as exported: churn probability, expected spend, spend p10/p50/p90."""
@@ -58,14 +63,18 @@ class ChurnFormerModule(pl.LightningModule):
         heads = self.network(*(batch[name] for name in INPUT_NAMES))
         losses = joint_loss(heads, batch["churn"], batch["spend"], self.loss_weights)
         size = len(batch["churn"])
-        for name, value in losses.items():
-            self.log(f"{split}/{name}", value, on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
+        for head, value in losses.items():
+            self.log(
+                metric_name(head, "loss", split), value, on_epoch=True, on_step=False, batch_size=size, sync_dist=True
+            )
         with torch.no_grad():
             p_churn = torch.sigmoid(heads.churn_logit.float())
             expected = (1 - p_churn) * torch.exp(heads.spend_mu.float() + 0.5 * heads.spend_sigma.float() ** 2)
         self.metrics[f"{split}_churn"].update(p_churn, batch["churn"].long())
         self.metrics[f"{split}_spend"].update(expected, batch["spend"])
-        return losses["loss"]
+        if split == "val":
+            self._validation_outputs.append((p_churn, batch["churn"], expected, batch["spend"]))
+        return losses["joint"]
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
@@ -82,8 +91,28 @@ class ChurnFormerModule(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         self._log_epoch_metrics("train")
 
+    def on_validation_epoch_start(self) -> None:
+        self._validation_outputs.clear()
+
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_metrics("val")
+        writer = self._tensorboard()
+        if writer is not None and self._validation_outputs and not self.trainer.sanity_checking:
+            columns = (torch.cat(c).float().cpu() for c in zip(*self._validation_outputs, strict=True))
+            log_validation_review(writer, self.global_step, *columns)
+        self._validation_outputs.clear()
+
+    def on_fit_start(self) -> None:
+        writer = self._tensorboard()
+        if writer is not None:
+            writer.add_custom_scalars(custom_scalar_layout())
+            writer.add_text("model/architecture", architecture_text(self.network))
+
+    def _tensorboard(self) -> SummaryWriter | None:
+        """The TensorBoard writer on the main process, if a TensorBoardLogger is configured."""
+        if not self.trainer.is_global_zero:
+            return None
+        return next((lg.experiment for lg in self.loggers if isinstance(lg, TensorBoardLogger)), None)
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = hydra.utils.instantiate(self.hparams.optimizer)(self.parameters())
@@ -100,4 +129,7 @@ class ChurnFormerModule(pl.LightningModule):
             ],
             milestones=[warmup],
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": schedule, "interval": "step", "name": "optim/lr"},
+        }

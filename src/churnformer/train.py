@@ -11,11 +11,17 @@ import hydra
 import pandas as pd
 import pytorch_lightning as pl
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import TensorBoardLogger
 
 from churnformer.datamodule import ChurnDataModule
+from churnformer.errors import ConfigError
 from churnformer.export import export_checkpoint
 from churnformer.module import ChurnFormerModule
+from churnformer.review import selected_hparams
+from churnformer.run_info import run_info
 from churnformer.scoring import Predictor, describe, write_result
 
 
@@ -30,6 +36,7 @@ def train(
 
     ``events``/``customers`` DataFrames (the Python API) replace the paths in ``cfg.data``.
     """
+    refuse_ddp_under_multirun(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     torch.set_num_threads(cfg.get("threads") or torch.get_num_threads())
     frames = {k: v for k, v in {"events": events, "customers": customers}.items() if v is not None}
@@ -62,6 +69,15 @@ def train(
     output_dir = Path(cfg.paths.output_dir)
     (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    info = run_info(cfg.seed, str(cfg.data.cutoff), datamodule.window.horizon_days, *datamodule.sources())
+    (output_dir / "run_info.json").write_text(json.dumps(info, indent=2))
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            # HPARAMS tab: the run's knobs next to its final metrics (own tags, so curves stay clean).
+            logger.log_hyperparams(selected_hparams(cfg), {f"hparams/{k}": v for k, v in metrics.items()})
+            logger.experiment.add_text("run/info", f"```json\n{json.dumps(info, indent=2)}\n```")
+            logger.experiment.add_text("run/config", f"```yaml\n{OmegaConf.to_yaml(cfg, resolve=True)}\n```")
+            logger.experiment.flush()
     print("validation metrics (best checkpoint):")
     for name, value in metrics.items():
         print(f"  {name:<22} {value:.4f}")
@@ -74,8 +90,29 @@ def train(
             paths = write_result(result, output_dir / "predictions.parquet")
             print(describe(result.summary))
             print(f"predictions: {paths['predictions']}")
-    print(f"TensorBoard: tensorboard --logdir {output_dir}")
+    print(f"TensorBoard: tensorboard --logdir {tensorboard_root(output_dir)}")
     return metrics
+
+
+def tensorboard_root(output_dir: Path) -> Path:
+    """The directory to open: the whole sweep under ``-m`` (all trials side by side), else the run."""
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return Path(HydraConfig.get().sweep.dir)
+    return output_dir
+
+
+def refuse_ddp_under_multirun(cfg: DictConfig) -> None:
+    """Lightning DDP re-launches the entry point in child ranks; under ``-m`` that re-runs the whole
+    sweep in every child (Lightning issue 11300). Refuse it before anything starts."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return
+    strategy = str(OmegaConf.select(cfg, "trainer.strategy", default="") or "")
+    if strategy.startswith("ddp"):
+        raise ConfigError(
+            f"trainer.strategy={strategy} cannot run under Hydra multirun (-m): Lightning's DDP launcher would "
+            "re-run the whole sweep in each child process (Lightning issue 11300). Sweep on one device, or "
+            "launch each DDP run on its own without -m."
+        )
 
 
 def configured_metric(cfg: DictConfig, metrics: dict[str, float]) -> float | None:

@@ -13,13 +13,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from churnformer.errors import ChurnformerError
+
 CUSTOMER_ID = "customer_id"
 TIMESTAMP = "timestamp"
 AMOUNT = "amount"
 STANDARD_COLUMNS = (CUSTOMER_ID, TIMESTAMP, AMOUNT)
 
 
-class EventLogError(ValueError):
+class EventLogError(ChurnformerError):
     """Input that does not satisfy the event-log contract; the message names file, column and rows."""
 
 
