@@ -53,6 +53,9 @@ def test_predict_scores_every_eligible_customer_once(predictions, tiny_world) ->
         "spend_p50",
         "spend_p90",
         "n_events",
+        "churn_risk_decile",
+        "value_decile",
+        "segment",
     ]
     assert scores["churn_probability"].between(0, 1).all()
     assert (scores["expected_spend"] >= 0).all()

@@ -9,9 +9,10 @@ from churnformer.losses import LossWeights, joint_loss
 from churnformer.model import ChurnFormer, ModelConfig, ScoringModel, normal_quantile
 
 
-def make_model(seed: int = 0, n_customer_cat: int = 1) -> ScoringModel:
+def make_model(seed: int = 0, n_customer_cat: int = 1, encoder: str = "transformer") -> ScoringModel:
     torch.manual_seed(seed)
     config = ModelConfig(
+        encoder=encoder,
         d_model=32,
         n_layers=2,
         n_heads=4,
@@ -42,9 +43,10 @@ def random_batch(batch: int, length: int, n_customer_cat: int = 1, seed: int = 0
     return event_cat, event_num, lengths, customer_cat, torch.randn(batch, 2, generator=generator)
 
 
-def test_padding_invariance() -> None:
+@pytest.mark.parametrize("encoder", ["transformer", "gru"])
+def test_padding_invariance(encoder: str) -> None:
     """A customer scored alone or next to much longer sequences gets the same scores."""
-    model = make_model()
+    model = make_model(encoder=encoder)
     event_cat, event_num, lengths, customer_cat, customer_num = random_batch(8, 60)
     with torch.no_grad():
         together = model(event_cat, event_num, lengths, customer_cat, customer_num)
@@ -61,9 +63,10 @@ def test_padding_invariance() -> None:
                 torch.testing.assert_close(a[0], b[row], atol=1e-5, rtol=1e-5)
 
 
-def test_padding_content_is_ignored() -> None:
+@pytest.mark.parametrize("encoder", ["transformer", "gru"])
+def test_padding_content_is_ignored(encoder: str) -> None:
     """Garbage in padded positions must not change anything (the mask really masks)."""
-    model = make_model()
+    model = make_model(encoder=encoder)
     event_cat, event_num, lengths, customer_cat, customer_num = random_batch(6, 20)
     positions = torch.arange(20)[None, :, None]
     junk_num = torch.where(positions < lengths[:, None, None], event_num, 1e3)

@@ -138,7 +138,7 @@ def test_runs_table_rejects_unknown_metric(sweep_dir: Path, capsys) -> None:
 
 
 def test_ddp_under_multirun_is_refused(tiny_world, tmp_path: Path) -> None:
-    events, customers = tiny_world
+    events, _ = tiny_world
     result = run_cli(
         "churnformer-train",
         "-m",

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from churnformer.data.events import EventLogError, load_customers, load_events
 from churnformer.data.featurizer import (
+    BASE_CUSTOMER_NUMERIC,
     PADDING_ID,
     UNKNOWN_ID,
     Featurizer,
@@ -446,14 +447,15 @@ def test_static_attributes_are_joined_and_absent_customers_unknown():
     events, customers = _static_setup()  # c4 has events but no row in the table
     featurizer = fit_featurizer(events, customers, FeaturizerConfig(min_category_count=1))
     assert featurizer.customer_categorical_names == ["region"]
-    assert featurizer.customer_numeric_names == ["log_n_events", "log_tenure_days", "age", "age__missing"]
+    assert featurizer.customer_numeric_names == [*BASE_CUSTOMER_NUMERIC, "age", "age__missing"]
     sequences = build_sequences(events, WINDOW, featurizer, customers)
     assert list(sequences.customer_ids) == ["c1", "c2", "c3", "c4"]
     vocab = featurizer.customer_categorical[0].vocabulary
     assert vocab == ["north", "south"]
     assert sequences.customer_cat[:, 0].tolist() == [2, 3, 2, UNKNOWN_ID]
-    age = sequences.customer_num[:, 2]
-    age_missing = sequences.customer_num[:, 3]
+    names = featurizer.customer_numeric_names
+    age = sequences.customer_num[:, names.index("age")]
+    age_missing = sequences.customer_num[:, names.index("age__missing")]
     assert age_missing.tolist() == [0.0, 1.0, 0.0, 1.0]
     assert age.tolist()[1] == 0.0 and age.tolist()[3] == 0.0
     assert age[0] == pytest.approx(-1.0) and age[2] == pytest.approx(1.0)
@@ -500,15 +502,13 @@ def test_static_table_row_order_and_extra_customers_do_not_matter():
     assert_same_sequences(expected, build_sequences(events, WINDOW, featurizer, shuffled))
 
 
-def test_static_featurizer_without_a_table_gives_unknowns_or_a_clear_error():
+def test_static_featurizer_without_a_table_gives_unknowns():
     events, customers = _static_setup()
     featurizer = fit_featurizer(events, customers, FeaturizerConfig(min_category_count=1))
-    try:
-        sequences = build_sequences(events, WINDOW, featurizer, None)
-    except EventLogError:
-        return
+    sequences = build_sequences(events, WINDOW, featurizer, None)
     assert sequences.customer_cat[:, 0].tolist() == [UNKNOWN_ID] * 4
-    assert sequences.customer_num[:, 3].tolist() == [1.0] * 4
+    missing = featurizer.customer_numeric_names.index("age__missing")
+    assert sequences.customer_num[:, missing].tolist() == [1.0] * 4
     assert sequences.report.customers_without_static == 4
 
 
@@ -525,7 +525,7 @@ def test_no_static_attributes():
     events = _base_log()
     sequences = build_sequences(events, WINDOW, fit_featurizer(events))
     assert sequences.customer_cat.shape == (4, 0)
-    assert sequences.customer_num.shape == (4, 2)
+    assert sequences.customer_num.shape == (4, len(BASE_CUSTOMER_NUMERIC))
     assert sequences.report.customers_without_static == 0
 
 
@@ -738,6 +738,20 @@ def test_property_structure_and_pandas_reference(log):
         customer_names = featurizer.customer_numeric_names
         assert sequences.customer_num[i, customer_names.index("log_n_events")] == pytest.approx(np.log1p(n), rel=1e-6)
         assert sequences.customer_num[i, customer_names.index("log_tenure_days")] == pytest.approx(tenure, rel=1e-6)
+        # History summary over every event up to the cutoff (truncated ones too); a purchase is amount > 0.
+        bought = group[group["amount"] > 0]
+        summary = dict(zip(customer_names, sequences.customer_num[i].astype(np.float64), strict=False))
+        assert summary["log_purchases"] == pytest.approx(np.log1p(len(bought)), rel=1e-6)
+        assert summary["has_purchase"] == float(len(bought) > 0)
+        purchase_days = np.unique(bought["ns"].to_numpy() // NS_PER_DAY)
+        assert summary["log_purchase_days"] == pytest.approx(np.log1p(len(purchase_days)), rel=1e-6)
+        since = (fe - bought["ns"].max()) / NS_PER_DAY if len(bought) else (fe - ns[0]) / NS_PER_DAY
+        assert summary["log_days_since_last_purchase"] == pytest.approx(np.log1p(since), rel=1e-5)
+        assert summary["log_days_since_last_event"] == pytest.approx(np.log1p((fe - ns[-1]) / NS_PER_DAY), rel=1e-5)
+        net = group["amount"].sum()
+        assert summary["signed_log_net_amount"] == pytest.approx(np.sign(net) * np.log1p(abs(net)), rel=1e-5, abs=1e-6)
+        recent = (bought["ns"] >= fe - 90 * NS_PER_DAY).sum()
+        assert summary["log_purchases_last_90d"] == pytest.approx(np.log1p(recent), rel=1e-6)
 
         boundary = kept_ns[0]
         for stamp in np.unique(kept_ns):

@@ -1,4 +1,4 @@
-"""Console entry points (Hydra apps): ``churnformer-train``, ``churnformer-export``, ``churnformer-predict``.
+"""Console entry points (Hydra apps): ``churnformer-train``, ``-export``, ``-predict``, ``-evaluate``.
 
 Problems the user can fix (:class:`ChurnformerError`: bad input, impossible config) end with one
 clear message and exit status 2; ``debug=true`` shows the traceback instead.
@@ -43,7 +43,7 @@ def train(cfg: DictConfig) -> float | None:
 def export(cfg: DictConfig) -> None:
     from churnformer.export import export_checkpoint
 
-    print(f"exported {export_checkpoint(cfg.ckpt, cfg.output)}")
+    print(f"exported {export_checkpoint(cfg.ckpt, cfg.output, cfg.get('calibration'))}")
 
 
 @hydra.main(version_base="1.3", config_path="conf/serving", config_name="predict")
@@ -52,3 +52,11 @@ def predict(cfg: DictConfig) -> None:
     from churnformer.scoring import run_prediction
 
     run_prediction(OmegaConf.to_container(cfg, resolve=True))
+
+
+@hydra.main(version_base="1.3", config_path="conf/serving", config_name="evaluate")
+@_clear_errors
+def evaluate(cfg: DictConfig) -> None:
+    from churnformer.evaluation import run_evaluation
+
+    run_evaluation(OmegaConf.to_container(cfg, resolve=True))

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from churnformer.data.events import CUSTOMER_ID, TIMESTAMP, ColumnMapping, EventLogError, load_customers, load_events
 from churnformer.data.featurizer import Featurizer, FeaturizerConfig, fit_featurizer
 from churnformer.data.labels import make_labels
-from churnformer.data.sequences import Sequences, build_sequences
+from churnformer.data.sequences import Sequences, build_sequences, concat_sequences
 from churnformer.data.window import Window
 from churnformer.sampler import LengthBucketBatchSampler
 
@@ -77,6 +77,7 @@ class ChurnDataModule(pl.LightningDataModule):
         event_type_column: str = "event_type",
         features: dict[str, Any] | None = None,
         synthetic: dict[str, Any] | None = None,
+        rolling_cutoffs: dict[str, int] | None = None,
         val_fraction: float = 0.2,
         batch_size: int = 256,
         seed: int = 0,
@@ -95,6 +96,7 @@ class ChurnDataModule(pl.LightningDataModule):
         self.event_type_column = event_type_column
         self.feature_config = FeaturizerConfig(**(features or {}))
         self.synthetic = dict(synthetic or {})
+        self.rolling_cutoffs = dict(rolling_cutoffs or {})
         self.val_fraction = val_fraction
         self.batch_size = batch_size
         self.seed = seed
@@ -146,17 +148,41 @@ class ChurnDataModule(pl.LightningDataModule):
         train_events = events.loc[before & events[CUSTOMER_ID].isin(train_ids)]
         train_customers = customers[customers[CUSTOMER_ID].isin(train_ids)] if customers is not None else None
         self.featurizer = fit_featurizer(train_events, train_customers, self.feature_config)
-        self.sequences = build_sequences(events, self.window, self.featurizer, customers)
-        self.labels = make_labels(
-            events, self.window, self.sequences.customer_ids, self.purchase_types, self.event_type_column
-        )
-        is_val = validation_mask(self.sequences.customer_ids, self.val_fraction)
+        parts, labels = [], []
+        for index, window in enumerate(self.training_windows()):
+            sequences = build_sequences(events, window, self.featurizer, customers)
+            if index > 0:  # earlier cutoffs: extra examples of the training customers only
+                sequences = sequences.subset(
+                    np.flatnonzero(~validation_mask(sequences.customer_ids, self.val_fraction))
+                )
+            if len(sequences):
+                parts.append(sequences)
+                labels.append(
+                    make_labels(events, window, sequences.customer_ids, self.purchase_types, self.event_type_column)
+                )
+        self.sequences, self.labels = concat_sequences(parts), pd.concat(labels, ignore_index=True)
+        main_count = len(parts[0])
+        is_val = np.zeros(len(self.sequences), dtype=bool)
+        is_val[:main_count] = validation_mask(parts[0].customer_ids, self.val_fraction)
         self.train_rows, self.val_rows = np.flatnonzero(~is_val), np.flatnonzero(is_val)
         if len(self.train_rows) == 0 or len(self.val_rows) == 0:
             raise EventLogError(
                 f"{len(self.sequences)} customers are too few for a train/validation split "
                 f"(val_fraction={self.val_fraction})"
             )
+
+    def training_windows(self) -> list[Window]:
+        """The main window, then ``rolling_cutoffs.count`` earlier cutoffs ``step_days`` apart.
+
+        Each earlier cutoff gives every training customer active by then another labelled example
+        (its label window lies inside the log, before the main label window ends): the only way to
+        get more labels out of one log. Validation uses the main cutoff only.
+        """
+        count, step = self.rolling_cutoffs.get("count", 0), self.rolling_cutoffs.get("step_days", 30)
+        return [
+            Window(self.window.feature_end - pd.Timedelta(days=k * step), self.window.horizon_days)
+            for k in range(count + 1)
+        ]
 
     def label_stats(self) -> LabelStats:
         train = self.labels.iloc[self.train_rows]

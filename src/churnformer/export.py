@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +14,14 @@ import onnx
 import torch
 
 from churnformer import __version__
+from churnformer.calibration import Calibration
 from churnformer.data.featurizer import Featurizer
 from churnformer.model import PREDICTION_COLUMNS, ChurnFormer, ScoringModel
 from churnformer.module import INPUT_NAMES, build_network
 
 # opset 23 turns SDPA into an ONNX `Attention` op whose CPU kernel rejects broadcast key-padding masks.
 OPSET = 20
+CALIBRATION_FILE = "calibration.json"
 METADATA_PREFIX = "churnformer."
 
 
@@ -51,11 +54,16 @@ def example_inputs(featurizer: Featurizer, batch: int = 3, length: int = 5) -> t
 
 
 def export_onnx(
-    network: ChurnFormer, featurizer_json: str, output: str | Path, metadata: dict[str, Any] | None = None
+    network: ChurnFormer,
+    featurizer_json: str,
+    output: str | Path,
+    metadata: dict[str, Any] | None = None,
+    calibration: Calibration | None = None,
 ) -> Path:
     """Write ``output`` atomically; batch and length are symbolic, metadata holds the featurizer state."""
     featurizer = Featurizer.from_json(featurizer_json)
-    model = ScoringModel(network).eval()
+    calibration = calibration or Calibration()
+    model = ScoringModel(network, calibration.churn_temperature, calibration.spend_log_scale).eval()
     batch, length = torch.export.Dim("batch"), torch.export.Dim("length")
     dynamic_shapes = {
         "event_cat": {0: batch, 1: length},
@@ -80,7 +88,12 @@ def export_onnx(
             verbose=False,
         )
     proto = program.model_proto
-    props = {"featurizer": featurizer_json, "version": __version__, "outputs": json.dumps(PREDICTION_COLUMNS)}
+    props = {
+        "featurizer": featurizer_json,
+        "version": __version__,
+        "outputs": json.dumps(PREDICTION_COLUMNS),
+        "calibration": json.dumps(asdict(calibration)),
+    }
     props.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()})
     onnx.helper.set_model_props(proto, {METADATA_PREFIX + k: v for k, v in props.items()})
     onnx.checker.check_model(proto)
@@ -92,6 +105,12 @@ def export_onnx(
     return output
 
 
-def export_checkpoint(checkpoint: str | Path, output: str | Path) -> Path:
+def export_checkpoint(checkpoint: str | Path, output: str | Path, calibration: str | Path | None = None) -> Path:
+    """Export a checkpoint; the run's ``calibration.json`` (next to ``checkpoints/``) is applied when present."""
+    checkpoint = Path(checkpoint)
+    calibration_file = Path(calibration) if calibration else checkpoint.parent.parent / CALIBRATION_FILE
+    fitted = Calibration.load(calibration_file) if calibration_file.is_file() else None
+    if fitted is not None:
+        print(f"calibration from {calibration_file}: {fitted}")
     network, hparams = load_checkpoint(checkpoint)
-    return export_onnx(network, hparams["featurizer_json"], output, hparams.get("export_metadata"))
+    return export_onnx(network, hparams["featurizer_json"], output, hparams.get("export_metadata"), fitted)

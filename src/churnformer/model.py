@@ -31,6 +31,7 @@ MIN_SIGMA = 0.05
 class ModelConfig:
     """Architecture knobs (``conf/model/*.yaml``); feature sizes come from the fitted featurizer."""
 
+    encoder: str = "transformer"  # or "gru": the recurrent reference over the same inputs and heads
     d_model: int = 64
     n_layers: int = 2
     n_heads: int = 4
@@ -46,6 +47,7 @@ class ModelConfig:
     def with_features(self, featurizer: Featurizer) -> ModelConfig:
         names = featurizer.event_numeric_names
         return ModelConfig(
+            encoder=self.encoder,
             d_model=self.d_model,
             n_layers=self.n_layers,
             n_heads=self.n_heads,
@@ -175,7 +177,12 @@ class ChurnFormer(nn.Module):
         self.config = config
         self.events = EventEncoder(config)
         self.customer = CustomerEncoder(config)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        if config.encoder not in {"transformer", "gru"}:
+            raise ValueError(f"model.network.encoder must be transformer or gru, got {config.encoder!r}")
+        if config.encoder == "gru":
+            self.recurrent = nn.GRU(config.d_model, config.d_model, num_layers=config.n_layers, batch_first=True)
+        else:
+            self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm = nn.LayerNorm(config.d_model)
         self.pool = nn.Sequential(nn.Linear(2 * config.d_model, config.d_model), nn.GELU())
         self.churn_head = nn.Linear(config.d_model, 1)
@@ -195,13 +202,19 @@ class ChurnFormer(nn.Module):
         x = torch.cat([summary, events], dim=1)  # (B, 1 + T, D)
         positions = torch.arange(x.shape[1], device=x.device)
         real = positions.unsqueeze(0) <= lengths.unsqueeze(1)  # (B, 1 + T); position 0 is the summary
-        key_mask = real[:, None, None, :]  # (B, 1, 1, 1 + T)
-        for block in self.blocks:
-            x = block(x, key_mask)
-        x = self.norm(x)
+        if self.config.encoder == "gru":
+            # Causal, so padding after a row's last event never reaches that event's state.
+            x = self.norm(self.recurrent(x)[0])  # (B, 1 + T, D)
+            summary_out = x[torch.arange(x.shape[0], device=x.device), lengths]  # state after the last event
+        else:
+            key_mask = real[:, None, None, :]  # (B, 1, 1, 1 + T)
+            for block in self.blocks:
+                x = block(x, key_mask)
+            x = self.norm(x)
+            summary_out = x[:, 0]
         weights = real[:, 1:].unsqueeze(-1).to(x.dtype)  # (B, T, 1)
         mean_events = (x[:, 1:] * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (B, D)
-        pooled = self.pool(torch.cat([x[:, 0], mean_events], dim=-1))  # (B, D)
+        pooled = self.pool(torch.cat([summary_out, mean_events], dim=-1))  # (B, D)
         spend = self.spend_head(pooled)  # (B, 2)
         return HeadOutputs(
             churn_logit=self.churn_head(pooled).squeeze(-1),
@@ -272,16 +285,18 @@ class ScoringModel(nn.Module):
     zero-inflated log-normal (a quantile below P(spend = 0) is 0).
     """
 
-    def __init__(self, network: ChurnFormer, churn_temperature: float = 1.0) -> None:
+    def __init__(self, network: ChurnFormer, churn_temperature: float = 1.0, spend_log_scale: float = 0.0) -> None:
         super().__init__()
         self.network = network
+        # Post-hoc calibration (churnformer.calibration): identity by default.
         self.register_buffer("churn_temperature", torch.tensor(float(churn_temperature)))
+        self.register_buffer("spend_log_scale", torch.tensor(float(spend_log_scale)))
 
     def forward(self, event_cat, event_num, lengths, customer_cat, customer_num) -> tuple[torch.Tensor, ...]:
         heads = self.network(event_cat, event_num, lengths, customer_cat, customer_num)
         p_churn = torch.sigmoid(heads.churn_logit / self.churn_temperature)
         p_buy = 1 - p_churn
-        mu, sigma = heads.spend_mu, heads.spend_sigma
+        mu, sigma = heads.spend_mu + self.spend_log_scale, heads.spend_sigma
         quantiles = []
         for q in SPEND_QUANTILES:
             level = ((q - p_churn) / p_buy.clamp(min=1e-6)).clamp(1e-6, 1 - 1e-6)

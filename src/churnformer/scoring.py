@@ -91,6 +91,44 @@ def default_providers() -> list[str]:
     )
 
 
+@dataclass(frozen=True)
+class SegmentRules:
+    """Retention segments: at risk if churn_probability >= ``risk_threshold``; high value if expected_spend
+    is in the top ``1 - high_value_quantile`` of the scored customers (or >= ``high_value_min_spend``)."""
+
+    risk_threshold: float = 0.5
+    high_value_quantile: float = 0.7
+    high_value_min_spend: float | None = None
+
+
+def descending_decile(values: np.ndarray) -> np.ndarray:
+    """1 for the highest tenth of ``values`` ... 10 for the lowest; ties keep row order."""
+    order = np.argsort(-values, kind="stable")
+    rank = np.empty(len(values), dtype=np.int64)
+    rank[order] = np.arange(len(values))
+    return (rank * 10 // max(len(values), 1) + 1).astype(np.int8)
+
+
+def add_retention_columns(predictions: pd.DataFrame, rules: SegmentRules) -> pd.DataFrame:
+    """``churn_risk_decile``, ``value_decile`` (1 = highest) and ``segment``, relative to this population."""
+    churn = predictions["churn_probability"].to_numpy()
+    spend = predictions["expected_spend"].to_numpy()
+    threshold = (
+        rules.high_value_min_spend
+        if rules.high_value_min_spend is not None
+        else float(np.quantile(spend, rules.high_value_quantile))
+        if len(spend)
+        else 0.0
+    )
+    value = np.where(spend >= threshold, "high value", "low value")
+    risk = np.where(churn >= rules.risk_threshold, "at risk", "loyal")
+    return predictions.assign(
+        churn_risk_decile=descending_decile(churn),
+        value_decile=descending_decile(spend),
+        segment=np.char.add(np.char.add(value.astype(str), " "), risk.astype(str)),
+    )
+
+
 def token_budget_batches(lengths: np.ndarray, batch_tokens: int, max_batch_size: int) -> list[np.ndarray]:
     """Rows sorted by length, cut so each padded batch (rows x its longest length) fits ``batch_tokens``."""
     order = np.argsort(lengths, kind="stable")
@@ -115,8 +153,10 @@ class Predictor:
         batch_tokens: int = 65_536,
         max_batch_size: int = 2048,
         threads: int = 0,
+        segments: SegmentRules | None = None,
     ) -> None:
         self.path = resolve_model_path(model)
+        self.segments = segments or SegmentRules()
         raw, self.metadata = read_model(self.path)
         self.featurizer = Featurizer.from_json(self.metadata["featurizer"])
         self.columns = ColumnMapping(**json.loads(self.metadata.get("columns", "{}")))
@@ -145,7 +185,7 @@ class Predictor:
         frame = pd.DataFrame(results, columns=self.outputs)
         frame.insert(0, CUSTOMER_ID, sequences.customer_ids)
         frame["n_events"] = sequences.n_events_total
-        return frame
+        return add_retention_columns(frame, self.segments)
 
     def predict(
         self,
@@ -222,6 +262,7 @@ def run_prediction(config: dict[str, Any]) -> dict[str, Path]:
         providers=config.get("providers"),
         batch_tokens=config.get("batch_tokens", 65_536),
         threads=config.get("threads", 0),
+        segments=SegmentRules(**(config.get("segments") or {})),
     )
     columns = ColumnMapping(**config["columns"]) if config.get("columns") else None
     result = predictor.predict(

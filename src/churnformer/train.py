@@ -16,9 +16,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from churnformer.calibration import fit_calibration
 from churnformer.datamodule import ChurnDataModule
 from churnformer.errors import ConfigError
-from churnformer.export import export_checkpoint
+from churnformer.export import CALIBRATION_FILE, export_checkpoint
 from churnformer.module import ChurnFormerModule
 from churnformer.review import selected_hparams
 from churnformer.run_info import run_info
@@ -81,6 +82,10 @@ def train(
     print("validation metrics (best checkpoint):")
     for name, value in metrics.items():
         print(f"  {name:<22} {value:.4f}")
+    if best and cfg.get("calibrate", True):
+        calibration = fit_calibration(model.network, datamodule.val_dataloader())
+        calibration.save(output_dir / CALIBRATION_FILE)
+        print(f"calibration (fitted on validation): {calibration}")
     if best and cfg.get("export", True):
         onnx_path = export_checkpoint(best, output_dir / "model.onnx")
         print(f"exported {onnx_path}")

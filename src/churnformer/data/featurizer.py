@@ -20,8 +20,22 @@ PADDING_ID = 0
 UNKNOWN_ID = 1
 # Per-event numeric features computed from the standard columns, in this order, before attributes.
 BASE_EVENT_NUMERIC = ("amount_signed_log", "log_gap_days", "is_first_event", "log_days_before_cutoff")
-# Per-customer numeric features computed from the history, in this order, before static attributes.
-BASE_CUSTOMER_NUMERIC = ("log_n_events", "log_tenure_days")
+# Per-customer numeric features summarizing the whole history up to the cutoff (before truncation, so
+# nothing is lost for long histories), in this order, before static attributes. A purchase is amount > 0.
+BASE_CUSTOMER_NUMERIC = (
+    "log_n_events",
+    "log_tenure_days",
+    "log_days_since_last_event",
+    "log_days_since_last_purchase",
+    "has_purchase",
+    "log_purchases",
+    "log_purchase_days",
+    "log_purchases_last_30d",
+    "log_purchases_last_90d",
+    "log_total_purchase_amount",
+    "signed_log_net_amount",
+    "log_mean_purchase_amount",
+)
 CALENDAR = {"day_of_week": [str(d) for d in range(7)], "month": [str(m) for m in range(1, 13)]}
 NUMERIC_CLIP = 10.0
 

@@ -83,6 +83,22 @@ class Sequences:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
+    def subset(self, rows: np.ndarray) -> Sequences:
+        """The chosen customers only, as a compact ragged set."""
+        lengths = self.lengths[rows]
+        first = np.cumsum(lengths) - lengths
+        source = np.arange(int(lengths.sum())) + np.repeat(self.offsets[rows] - first, lengths)
+        return Sequences(
+            customer_ids=self.customer_ids[rows],
+            offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+            event_cat=self.event_cat[source],
+            event_num=self.event_num[source],
+            customer_cat=self.customer_cat[rows],
+            customer_num=self.customer_num[rows],
+            n_events_total=self.n_events_total[rows],
+            report=self.report,
+        )
+
     def pad(self, rows: np.ndarray | None = None) -> PaddedBatch:
         """Pad the chosen customers (all by default) to the longest among them."""
         every_row = rows is None
@@ -142,6 +158,41 @@ def _time_order(
         resolved = tie_frame.sort_values(list(tie_frame.columns), kind="stable", na_position="last").index
         order[slots] = order[slots][resolved.to_numpy()]
     return order, sorted_codes
+
+
+def _history_summary(
+    codes: np.ndarray, stamps: np.ndarray, amounts: np.ndarray, starts: np.ndarray, counts: np.ndarray, window: Window
+) -> list[np.ndarray]:
+    """The columns of ``BASE_CUSTOMER_NUMERIC`` from every event up to the cutoff, in (customer, time) order."""
+    end = window.feature_end_ns
+    purchase = amounts > 0
+    n = len(counts)
+    days_before = (end - stamps) / NS_PER_DAY
+    purchases = np.bincount(codes, weights=purchase, minlength=n)
+    # Latest purchase: the maximum purchase time per customer (events of a customer are contiguous).
+    purchase_stamps = np.where(purchase, stamps, np.iinfo(np.int64).min)
+    last_purchase = np.maximum.reduceat(purchase_stamps, starts) if n else np.zeros(0, np.int64)
+    tenure = (end - stamps[starts]) / NS_PER_DAY
+    since_purchase = np.where(purchases > 0, (end - last_purchase) / NS_PER_DAY, tenure)
+    # Distinct purchase days (same-day purchases are one visit, as in the BTYD literature).
+    purchase_codes, purchase_days = codes[purchase], stamps[purchase] // NS_PER_DAY
+    new_day = np.ones(len(purchase_codes), dtype=bool)
+    new_day[1:] = (purchase_codes[1:] != purchase_codes[:-1]) | (purchase_days[1:] != purchase_days[:-1])
+    purchase_total = np.bincount(codes, weights=np.where(purchase, amounts, 0.0), minlength=n)
+    return [
+        np.log1p(counts),
+        np.log1p(tenure),
+        np.log1p(days_before[starts + counts - 1]),
+        np.log1p(since_purchase),
+        (purchases > 0).astype(np.float64),
+        np.log1p(purchases),
+        np.log1p(np.bincount(purchase_codes[new_day], minlength=n)),
+        np.log1p(np.bincount(codes, weights=purchase & (days_before <= 30), minlength=n)),
+        np.log1p(np.bincount(codes, weights=purchase & (days_before <= 90), minlength=n)),
+        np.log1p(purchase_total),
+        _signed_log1p(np.bincount(codes, weights=amounts, minlength=n)),
+        np.log1p(purchase_total / np.maximum(purchases, 1)),
+    ]
 
 
 def _signed_log1p(values: np.ndarray) -> np.ndarray:
@@ -218,7 +269,7 @@ def build_sequences(
     gap_days = np.zeros(len(codes))
     gap_days[1:] = np.diff(stamps) / NS_PER_DAY
     gap_days[first_in_group] = 0.0
-    first_stamp = stamps[starts[counts > 0]]
+    summary = _history_summary(codes, stamps, events[AMOUNT].to_numpy("float64")[kept[order]], starts, counts, window)
 
     keep = position >= counts[codes] - featurizer.max_len
     rows = kept[order[keep]]  # input row of each kept event, in (customer, time) order
@@ -248,8 +299,7 @@ def build_sequences(
     num_columns += [s for s, _ in scaled_pairs] + [m for _, m in scaled_pairs]
 
     static_cat, static_num = _static_features(customer_ids, customers, featurizer, report)
-    tenure_days = (window.feature_end_ns - first_stamp) / NS_PER_DAY
-    customer_num = [np.log1p(counts), np.log1p(tenure_days), *static_num]
+    customer_num = [*summary, *static_num]
 
     n = len(customer_ids)
     return Sequences(
@@ -261,6 +311,25 @@ def build_sequences(
         customer_num=_stack(customer_num, n, np.float32),
         n_events_total=counts.astype(np.int64),
         report=report,
+    )
+
+
+def concat_sequences(parts: list[Sequences]) -> Sequences:
+    """Stack sequence sets (e.g. one per cutoff) into one; a customer may then appear more than once.
+
+    The report describes the first part (the main cutoff); the others are extra training examples.
+    """
+    shifts = np.cumsum([0] + [len(p.event_cat) for p in parts[:-1]])
+    offsets = [parts[0].offsets[:1]] + [p.offsets[1:] + shift for p, shift in zip(parts, shifts, strict=True)]
+    return Sequences(
+        customer_ids=np.concatenate([p.customer_ids for p in parts]),
+        offsets=np.concatenate(offsets),
+        event_cat=np.concatenate([p.event_cat for p in parts]),
+        event_num=np.concatenate([p.event_num for p in parts]),
+        customer_cat=np.concatenate([p.customer_cat for p in parts]),
+        customer_num=np.concatenate([p.customer_num for p in parts]),
+        n_events_total=np.concatenate([p.n_events_total for p in parts]),
+        report=parts[0].report,
     )
 
 

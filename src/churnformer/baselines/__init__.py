@@ -1,0 +1,49 @@
+"""Classical baselines the sequence model has to beat, behind one call signature.
+
+Every baseline answers the model's question (per customer, as of ``window.feature_end``: the probability of
+no purchase in the horizon and the expected net spend over it) from the same standard event log, and reads
+only events before ``feature_end`` for the customers it scores, so its output can be compared row by row with
+the model's. The helpers here are the parts of that contract every baseline shares.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from churnformer.data.events import CUSTOMER_ID, TIMESTAMP
+from churnformer.data.window import Window
+
+PREDICTION_COLUMNS = (CUSTOMER_ID, "churn_probability", "expected_spend")
+
+
+def history(events: pd.DataFrame, window: Window) -> pd.DataFrame:
+    """Events strictly before ``feature_end``: the only events a baseline may read as features.
+
+    Filtering once, up front, is what makes the no-leakage guarantee hold whatever a baseline does next.
+    """
+    stamps = events[TIMESTAMP].to_numpy(dtype="datetime64[ns]").view(np.int64)
+    return events.loc[stamps < window.feature_end_ns]
+
+
+def scored_ids(past: pd.DataFrame, customer_ids: np.ndarray) -> np.ndarray:
+    """``customer_ids`` with at least one event in ``past``, de-duplicated and sorted.
+
+    A customer with no history has nothing to predict from, so every baseline returns exactly these rows,
+    in this order, and trains on the same kind of rows.
+    """
+    ids = pd.Index(customer_ids).unique()
+    return ids[ids.isin(past[CUSTOMER_ID])].sort_values().to_numpy()
+
+
+def prediction_frame(
+    customer_ids: np.ndarray, churn_probability: np.ndarray, expected_spend: np.ndarray
+) -> pd.DataFrame:
+    """The common output: probabilities clipped to [0, 1] and spends floored at 0, whatever the model emits."""
+    return pd.DataFrame(
+        {
+            CUSTOMER_ID: customer_ids,
+            "churn_probability": np.clip(np.asarray(churn_probability, dtype=np.float64), 0.0, 1.0),
+            "expected_spend": np.maximum(np.asarray(expected_spend, dtype=np.float64), 0.0),
+        }
+    )

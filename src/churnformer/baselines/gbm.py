@@ -1,0 +1,254 @@
+"""RFM-style features + LightGBM baseline: the strong tabular answer the sequence model must beat.
+
+Hand-made recency / frequency / monetary aggregates with gradient boosting are what a practitioner would
+build first. Churn and spend come from two separate models (a binary classifier and a Tweedie regressor for
+the zero-inflated, skewed spend), each with its number of boosting rounds chosen by cross-validation on the
+training customers only, so nothing about the test customers' outcomes informs the fit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from churnformer.baselines import history, prediction_frame, scored_ids
+from churnformer.data.events import AMOUNT, CUSTOMER_ID, STANDARD_COLUMNS, TIMESTAMP
+from churnformer.data.labels import make_labels
+from churnformer.data.window import NS_PER_DAY, Window
+
+if TYPE_CHECKING:
+    import lightgbm as lgb
+
+RECENT_DAYS = (30, 90, 180)
+TREND_DAYS = 90
+EVENT_TYPE_COLUMN = "event_type"
+TOP_EVENT_TYPES = 10
+N_FOLDS = 5
+MAX_ROUNDS = 2000
+EARLY_STOPPING_ROUNDS = 50
+BASE_PARAMS: dict[str, object] = {
+    "learning_rate": 0.03,
+    "num_leaves": 15,
+    "min_data_in_leaf": 50,
+    "feature_fraction": 0.8,
+    "bagging_fraction": 0.8,
+    "bagging_freq": 1,
+    "deterministic": True,
+    "force_row_wise": True,
+    "verbosity": -1,
+}
+CHURN_PARAMS: dict[str, object] = {"objective": "binary", "metric": "binary_logloss"}
+SPEND_PARAMS: dict[str, object] = {"objective": "tweedie", "tweedie_variance_power": 1.5, "metric": "tweedie"}
+
+
+def _sum_by(position: np.ndarray, n: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """Per-customer count (or weighted sum): one bincount instead of a Python loop over customers."""
+    return np.bincount(position, weights=weights, minlength=n).astype(np.float64)
+
+
+def _reduce_by(ufunc: np.ufunc, position: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """Per-customer min or max (``np.fmin`` / ``np.fmax``), NaN for customers without values."""
+    out = np.full(n, np.nan)
+    ufunc.at(out, position, values)
+    return out
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """numerator / denominator, NaN where the denominator is 0 (an undefined mean is missing, not zero)."""
+    return np.divide(numerator, denominator, out=np.full(len(numerator), np.nan), where=denominator > 0)
+
+
+def top_event_types(events: pd.DataFrame, column: str = EVENT_TYPE_COLUMN, k: int = TOP_EVENT_TYPES) -> list[str]:
+    """The ``k`` most frequent values of ``column`` (ties by name), or none if the column is absent.
+
+    The caller picks them from training history only and passes the same list for every feature call, so
+    train and test share one feature layout and test events can never change the columns.
+    """
+    if column not in events.columns:
+        return []
+    counts = events[column].astype(str).value_counts()
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return [value for value, _ in ranked[:k]]
+
+
+def _recency_features(age: np.ndarray, purchase: np.ndarray, position: np.ndarray, n: int) -> dict[str, np.ndarray]:
+    """Days since the last/first event and purchase, and the mean gap between purchases."""
+    n_purchases = _sum_by(position[purchase], n)
+    last_purchase = _reduce_by(np.fmin, position[purchase], age[purchase], n)
+    first_purchase = _reduce_by(np.fmax, position[purchase], age[purchase], n)
+    return {
+        "days_since_last_event": _reduce_by(np.fmin, position, age, n),
+        "days_since_last_purchase": last_purchase,
+        "tenure_days": _reduce_by(np.fmax, position, age, n),
+        "days_since_first_purchase": first_purchase,
+        "purchase_gap_mean_days": _ratio(first_purchase - last_purchase, n_purchases - 1),
+    }
+
+
+def _frequency_monetary_features(
+    day: np.ndarray, amount: np.ndarray, position: np.ndarray, n: int
+) -> dict[str, np.ndarray]:
+    """Event and purchase counts, distinct purchase days, and positive-amount and refund aggregates."""
+    purchase = amount > 0
+    n_purchases = _sum_by(position[purchase], n)
+    spend = _sum_by(position[purchase], n, amount[purchase])
+    days = pd.DataFrame({"position": position[purchase], "day": day[purchase]}).drop_duplicates()
+    return {
+        "n_events": _sum_by(position, n),
+        "n_purchases": n_purchases,
+        "n_purchase_days": _sum_by(days["position"].to_numpy(), n),
+        "spend_sum": spend,
+        "spend_mean": _ratio(spend, n_purchases),
+        "spend_max": _reduce_by(np.fmax, position[purchase], amount[purchase], n),
+        "refund_sum": _sum_by(position[amount < 0], n, amount[amount < 0]),
+    }
+
+
+def _recent_features(age: np.ndarray, amount: np.ndarray, position: np.ndarray, n: int) -> dict[str, np.ndarray]:
+    """Activity in the last 30/90/180 days, and purchases in the last 90 days minus the 90 before."""
+    purchase = amount > 0
+    features: dict[str, np.ndarray] = {}
+    for days in RECENT_DAYS:
+        recent = age < days
+        features[f"n_events_{days}d"] = _sum_by(position[recent], n)
+        features[f"n_purchases_{days}d"] = _sum_by(position[recent & purchase], n)
+        features[f"spend_{days}d"] = _sum_by(position[recent & purchase], n, amount[recent & purchase])
+    last = _sum_by(position[purchase & (age < TREND_DAYS)], n)
+    previous = _sum_by(position[purchase & (age >= TREND_DAYS) & (age < 2 * TREND_DAYS)], n)
+    features[f"purchase_trend_{TREND_DAYS}d"] = last - previous
+    return features
+
+
+def _attribute_features(
+    past: pd.DataFrame, position: np.ndarray, n: int, event_types: Sequence[str], event_type_column: str
+) -> dict[str, np.ndarray]:
+    """Counts per given event type, and the sum of every numeric attribute column (e.g. ``quantity``)."""
+    features: dict[str, np.ndarray] = {}
+    if event_types and event_type_column in past.columns:
+        values = past[event_type_column].astype(str).to_numpy()
+        for value in event_types:
+            features[f"n_{event_type_column}_{value}"] = _sum_by(position[values == value], n)
+    numeric = [
+        column
+        for column in past.columns
+        if column not in (*STANDARD_COLUMNS, event_type_column)
+        and pd.api.types.is_numeric_dtype(past[column].dtype)
+        and not pd.api.types.is_bool_dtype(past[column].dtype)
+    ]
+    for column in numeric:
+        features[f"{column}_sum"] = _sum_by(position, n, np.nan_to_num(past[column].to_numpy(dtype=np.float64)))
+    return features
+
+
+def rfm_features(
+    events: pd.DataFrame,
+    window: Window,
+    customer_ids: np.ndarray,
+    event_types: Sequence[str] | None = None,
+    event_type_column: str = EVENT_TYPE_COLUMN,
+) -> pd.DataFrame:
+    """Recency / frequency / monetary features per customer from events before ``feature_end``.
+
+    Ages are in days before ``feature_end``; a purchase is an event with amount > 0 and refunds are negative
+    amounts. Missing values are NaN (no purchase yet: no recency, no mean), which LightGBM handles natively.
+    ``event_types`` fixes which event-type counts appear (default: the top values in these customers'
+    history; pass a fixed list to keep train and test layouts equal). Returns ``customer_id`` and the
+    features, one row per given customer in the given order (customers without history get zero counts).
+    """
+    ids = pd.Index(customer_ids)
+    if not ids.is_unique:
+        raise ValueError("rfm_features: customer_ids must be unique")
+    past = history(events, window)
+    position = ids.get_indexer(past[CUSTOMER_ID])
+    past, position = past.loc[position >= 0], position[position >= 0]
+    if event_types is None:
+        event_types = top_event_types(past, event_type_column)
+    stamps = past[TIMESTAMP].to_numpy(dtype="datetime64[ns]").view(np.int64)
+    age = (window.feature_end_ns - stamps) / NS_PER_DAY
+    amount = past[AMOUNT].to_numpy(dtype=np.float64)
+    n = len(ids)
+    return pd.DataFrame(
+        {
+            CUSTOMER_ID: ids.to_numpy(),
+            **_recency_features(age, amount > 0, position, n),
+            **_frequency_monetary_features(stamps // NS_PER_DAY, amount, position, n),
+            **_recent_features(age, amount, position, n),
+            **_attribute_features(past, position, n, event_types, event_type_column),
+        }
+    )
+
+
+def stratified_folds(labels: np.ndarray, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, validation) index pairs with each label value spread evenly over the folds.
+
+    Built with numpy so that cross-validation needs no scikit-learn; the same folds serve both models
+    (stratifying on churn also balances the zero-spend share of the spend folds).
+    """
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(labels), dtype=np.int64)
+    for value in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == value))
+        fold[members] = np.arange(len(members)) % n_folds
+    return [(np.flatnonzero(fold != k), np.flatnonzero(fold == k)) for k in range(n_folds)]
+
+
+def _fit_booster(
+    features: np.ndarray,
+    target: np.ndarray,
+    params: Mapping[str, object],
+    folds: list[tuple[np.ndarray, np.ndarray]],
+    max_rounds: int,
+    early_stopping_rounds: int,
+) -> lgb.Booster:
+    """Choose the number of rounds by early-stopped cross-validation, then refit on all rows with it."""
+    import lightgbm as lgb
+
+    data = lgb.Dataset(features, label=target, free_raw_data=False)
+    scores = lgb.cv(
+        dict(params),
+        data,
+        num_boost_round=max_rounds,
+        folds=folds,
+        callbacks=[lgb.early_stopping(early_stopping_rounds, verbose=False)],
+    )
+    rounds = len(next(iter(scores.values())))
+    return lgb.train(dict(params), data, num_boost_round=rounds)
+
+
+def fit_predict_gbm(
+    events: pd.DataFrame,
+    window: Window,
+    train_ids: np.ndarray,
+    test_ids: np.ndarray,
+    seed: int = 0,
+    num_threads: int = 2,
+    params: Mapping[str, object] | None = None,
+    n_folds: int = N_FOLDS,
+    max_rounds: int = MAX_ROUNDS,
+    early_stopping_rounds: int = EARLY_STOPPING_ROUNDS,
+) -> pd.DataFrame:
+    """Fit churn and spend boosters on ``train_ids``; predict for ``test_ids`` from their history only.
+
+    Training rows are the training customers with any event before ``feature_end``, labelled from the
+    horizon window (:func:`make_labels`; spend is floored at 0). ``params`` override the LightGBM parameters
+    (:data:`BASE_PARAMS` and the per-model objective settings) of both models. Deterministic for a given
+    ``seed`` and ``num_threads``. Returns one row per test customer with any event before ``feature_end``,
+    sorted by customer id.
+    """
+    past = history(events, window)
+    train, test = scored_ids(past, train_ids), scored_ids(past, test_ids)
+    event_types = top_event_types(past.loc[past[CUSTOMER_ID].isin(train).to_numpy()])
+    x_train = rfm_features(past, window, train, event_types).drop(columns=CUSTOMER_ID).to_numpy(dtype=np.float64)
+    x_test = rfm_features(past, window, test, event_types).drop(columns=CUSTOMER_ID).to_numpy(dtype=np.float64)
+    labels = make_labels(events, window, train)
+    churn = labels["churn"].to_numpy(dtype=np.float64)
+    folds = stratified_folds(churn, n_folds, seed)
+    common = {**BASE_PARAMS, "seed": seed, "num_threads": num_threads}
+    fit = {"folds": folds, "max_rounds": max_rounds, "early_stopping_rounds": early_stopping_rounds}
+    churn_model = _fit_booster(x_train, churn, {**common, **CHURN_PARAMS, **(params or {})}, **fit)
+    spend = labels["spend"].to_numpy(dtype=np.float64)
+    spend_model = _fit_booster(x_train, spend, {**common, **SPEND_PARAMS, **(params or {})}, **fit)
+    return prediction_frame(test, churn_model.predict(x_test), spend_model.predict(x_test))
