@@ -14,7 +14,16 @@ from tests.conftest import TINY_CUTOFF, run_cli
 
 
 def test_train_writes_a_complete_run_directory(trained_run: Path) -> None:
-    for name in ("model.onnx", "metrics.json", "config.yaml", "checkpoints/last.ckpt"):
+    for name in (
+        "model.onnx",
+        "metrics.json",
+        "config.yaml",
+        "run_info.json",
+        "calibration.json",
+        "checkpoints/last.ckpt",
+        "evaluation/report.md",
+        "evaluation/calibration.png",
+    ):
         assert (trained_run / name).is_file(), name
     assert list((trained_run / "tensorboard").glob("events.out.tfevents.*"))
     metrics = json.loads((trained_run / "metrics.json").read_text())

@@ -17,8 +17,10 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from churnformer.calibration import fit_calibration
+from churnformer.data.events import CUSTOMER_ID
 from churnformer.datamodule import ChurnDataModule
 from churnformer.errors import ConfigError
+from churnformer.evaluation import MIN_CUSTOMERS, align, compute_metrics, report_figures, write_report
 from churnformer.export import CALIBRATION_FILE, export_checkpoint
 from churnformer.module import ChurnFormerModule
 from churnformer.review import selected_hparams
@@ -89,14 +91,29 @@ def train(
     if best and cfg.get("export", True):
         onnx_path = export_checkpoint(best, output_dir / "model.onnx")
         print(f"exported {onnx_path}")
+        events, customers = datamodule.load_frames()
+        result = Predictor(onnx_path).predict(events, cfg.data.cutoff, customers)
+        report = evaluate_validation(result.predictions, datamodule, output_dir / "evaluation")
+        print(f"validation report of the exported model (calibrated): {report}")
         if cfg.get("predict_after_training", False):
-            events, customers = datamodule.load_frames()
-            result = Predictor(onnx_path).predict(events, cfg.data.cutoff, customers)
             paths = write_result(result, output_dir / "predictions.parquet")
             print(describe(result.summary))
             print(f"predictions: {paths['predictions']}")
     print(f"TensorBoard: tensorboard --logdir {tensorboard_root(output_dir)}")
     return metrics
+
+
+def evaluate_validation(predictions: pd.DataFrame, datamodule: ChurnDataModule, out_dir: Path) -> Path | None:
+    """The offline evaluation report (churnformer-evaluate's metrics and figures) of the exported model
+    on the validation customers at the main cutoff; None when they are too few for deciles. Calibration
+    was fitted on these customers, so its calibration metrics here are optimistic."""
+    val_labels = datamodule.labels.iloc[datamodule.val_rows]
+    if len(val_labels) < MIN_CUSTOMERS:
+        return None
+    val_predictions = predictions[predictions[CUSTOMER_ID].isin(val_labels[CUSTOMER_ID])]
+    joined = align(val_predictions, val_labels)
+    paths = write_report(compute_metrics(joined), report_figures(joined), out_dir, "Validation customers")
+    return paths["report"]
 
 
 def tensorboard_root(output_dir: Path) -> Path:
