@@ -175,3 +175,21 @@ def test_same_config_and_seed_give_the_same_metrics(trained_run: Path, tiny_worl
     first = json.loads((trained_run / "metrics.json").read_text())
     again = json.loads((tmp_path / "again" / "metrics.json").read_text())
     assert again == first
+
+
+def test_evaluate_cli_scores_predictions_against_the_horizon(predictions, tiny_world, tmp_path: Path) -> None:
+    scores_path, scores = predictions
+    out = tmp_path / "eval"
+    result = run_cli(
+        "churnformer-evaluate",
+        f"predictions={scores_path}",
+        f"events={tiny_world[0]}",
+        f"cutoff={TINY_CUTOFF}",
+        "horizon_days=60",
+        f"output={out}",
+        cwd=tmp_path,
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_customers"] == len(scores)
+    assert 0 <= metrics["churn_auc"] <= 1 and "churn_auc" in result.stdout
+    assert (out / "report.md").is_file() and (out / "cumulative_gains.png").is_file()
