@@ -27,16 +27,18 @@ CONSTANT_COLUMNS_SHOWN = ("seed",)
 
 
 def collect_runs(root: Path) -> pd.DataFrame:
-    """One row per run directory under ``root`` (a directory holding ``metrics.json``)."""
+    """One row per training run under ``root``: a directory holding ``metrics.json`` and ``config.yaml``
+    (so a run's ``evaluation/metrics.json`` is not mistaken for a run)."""
     rows = []
     for metrics_file in sorted(root.rglob("metrics.json")):
         run_dir = metrics_file.parent
-        row: dict[str, object] = {"run": str(run_dir.relative_to(root)) or "."}
         config_file = run_dir / "config.yaml"
-        if config_file.is_file():
-            config = OmegaConf.load(config_file)
-            for key in HPARAM_KEYS:
-                row[key] = OmegaConf.select(config, key, default=None)
+        if not config_file.is_file():
+            continue
+        row: dict[str, object] = {"run": str(run_dir.relative_to(root)) or "."}
+        config = OmegaConf.load(config_file)
+        for key in HPARAM_KEYS:
+            row[key] = OmegaConf.select(config, key, default=None)
         row.update(json.loads(metrics_file.read_text()))
         rows.append(row)
     return pd.DataFrame(rows)
