@@ -29,3 +29,17 @@ def test_segments_follow_the_configured_thresholds() -> None:
     absolute = add_retention_columns(predictions, SegmentRules(risk_threshold=0.95, high_value_min_spend=450.0))
     assert absolute["segment"].tolist() == ["high value loyal", "low value loyal", "low value loyal", "low value loyal"]
     assert out["churn_risk_decile"].tolist() == [1, 8, 3, 6]  # ranks 0..3 of 4 spread over 1..10
+
+
+def test_scoring_and_evaluation_never_import_torch() -> None:
+    """A batch scoring job needs onnxruntime, numpy, pandas and pyarrow only."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, churnformer.scoring, churnformer.evaluation, churnformer.cli; "
+        "print(sorted(m for m in ('torch', 'pytorch_lightning') if m in sys.modules))"
+    )
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    )

@@ -29,7 +29,6 @@ from churnformer.data.events import (
 )
 from churnformer.data.labels import make_labels
 from churnformer.data.window import Window
-from churnformer.review import decile_means
 
 CHURN_PROBABILITY = "churn_probability"
 EXPECTED_SPEND = "expected_spend"
@@ -150,6 +149,12 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     ranks_a, ranks_b = ranks_a - ranks_a.mean(), ranks_b - ranks_b.mean()
     scale = math.sqrt(float(np.sum(ranks_a**2) * np.sum(ranks_b**2)))
     return float(np.sum(ranks_a * ranks_b) / scale) if scale > 0 else math.nan
+
+
+def decile_means(predicted: np.ndarray, actual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean predicted and mean actual in 10 equal groups ordered by prediction (highest first)."""
+    groups = np.array_split(np.argsort(-predicted, kind="stable"), 10)
+    return np.array([predicted[g].mean() for g in groups]), np.array([actual[g].mean() for g in groups])
 
 
 def decile_mape(predicted: np.ndarray, actual: np.ndarray) -> float:

@@ -10,22 +10,12 @@ from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision, Bin
 from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, SpearmanCorrCoef
 from torchmetrics.utilities import dim_zero_cat
 
-
-def gini(actual: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
-    """Gini of the ranking by ``score``: how much of ``actual`` the top of the ranking captures."""
-    order = torch.argsort(score, descending=True, stable=True)
-    captured = torch.cumsum(actual[order].double(), 0) / actual.double().sum().clamp(min=1e-12)
-    n = actual.numel()
-    return captured.sum() / n - (n + 1) / (2 * n)
-
-
-def normalized_gini(actual: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
-    """Gini of the model's ranking over the Gini of the perfect ranking (Wang et al., 2019)."""
-    best = gini(actual, actual)
-    return gini(actual, score) / best if best > 0 else torch.tensor(float("nan"), dtype=torch.float64)
+from churnformer.evaluation import normalized_gini
 
 
 class NormalizedGini(Metric):
+    """Normalized Gini of expected spend (Wang et al., 2019), accumulated over an epoch."""
+
     higher_is_better = True
     full_state_update = False
 
@@ -39,7 +29,9 @@ class NormalizedGini(Metric):
         self.actual.append(actual.detach())
 
     def compute(self) -> torch.Tensor:
-        return normalized_gini(dim_zero_cat(self.actual), dim_zero_cat(self.score)).float()
+        """The same numbers as ``churnformer-evaluate`` (ties in the score count as their group average)."""
+        actual, score = (dim_zero_cat(t).double().cpu().numpy() for t in (self.actual, self.score))
+        return torch.tensor(normalized_gini(actual, score), dtype=torch.float32)
 
 
 def metric_name(head: str, metric: str, split: str) -> str:

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from torchmetrics.functional.classification import binary_roc
 
+from churnformer.evaluation import decile_means
 from churnformer.metrics import metric_name
 
 matplotlib.use("Agg")  # figures are rendered to images, never shown
@@ -94,12 +95,6 @@ def _roc_figure(p_churn: torch.Tensor, churn: torch.Tensor) -> Figure:
     axes.plot(fpr.numpy(), tpr.numpy())
     axes.set(xlabel="false positive rate", ylabel="true positive rate", title="Churn ROC")
     return figure
-
-
-def decile_means(predicted: np.ndarray, actual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean predicted and mean actual in 10 equal groups ordered by prediction (highest first)."""
-    groups = np.array_split(np.argsort(-predicted, kind="stable"), 10)
-    return np.array([predicted[g].mean() for g in groups]), np.array([actual[g].mean() for g in groups])
 
 
 def _decile_figure(p_churn: np.ndarray, churn: np.ndarray, expected: np.ndarray, spend: np.ndarray) -> Figure:
