@@ -1,4 +1,4 @@
-"""Retention outputs: deciles and segments that users act on."""
+"""Scoring without torch, and the retention outputs (deciles and segments) users act on."""
 
 from __future__ import annotations
 
