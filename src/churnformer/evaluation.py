@@ -261,10 +261,14 @@ def align(
 # --- metrics and figures of an aligned frame ------------------------------------------------------------------
 
 
+def _columns(joined: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Churn probability, churn label, expected spend and actual spend of an aligned frame."""
+    return tuple(joined[c].to_numpy() for c in (CHURN_PROBABILITY, "churn", EXPECTED_SPEND, "spend"))
+
+
 def compute_metrics(joined: pd.DataFrame) -> dict[str, float]:
     """Every metric of :func:`evaluate` from a frame made by :func:`align`."""
-    p, churn = joined[CHURN_PROBABILITY].to_numpy(), joined["churn"].to_numpy()
-    expected, spend = joined[EXPECTED_SPEND].to_numpy(), joined["spend"].to_numpy()
+    p, churn, expected, spend = _columns(joined)
     return {
         "churn_auc": roc_auc(churn, p),
         "churn_pr_auc": average_precision(churn, p),
@@ -335,8 +339,7 @@ def gains_figure(expected: np.ndarray, spend: np.ndarray, probability: np.ndarra
 
 def report_figures(joined: pd.DataFrame) -> dict[str, Figure]:
     """The report's figures by file stem, from a frame made by :func:`align`."""
-    p, churn = joined[CHURN_PROBABILITY].to_numpy(), joined["churn"].to_numpy()
-    expected, spend = joined[EXPECTED_SPEND].to_numpy(), joined["spend"].to_numpy()
+    p, churn, expected, spend = _columns(joined)
     return {
         "calibration": calibration_figure(p, churn),
         "spend_deciles": decile_figure(expected, spend),
