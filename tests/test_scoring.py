@@ -1,19 +1,38 @@
-"""Scoring without torch, and the retention outputs (deciles and segments) users act on."""
+"""Batch scoring: retention outputs, exact agreement of sharded, spilled and in-memory runs, atomic
+output, loud provider fallback, int8 quantization, and no torch in the scoring process."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
+import onnx
 import pandas as pd
+import pytest
 
-from churnformer.scoring import SegmentRules, add_retention_columns, descending_decile
+from churnformer.errors import ChurnformerError
+from churnformer.partition import Shard, customer_hash
+from churnformer.predict_job import score_log
+from churnformer.scoring import (
+    Predictor,
+    ReferencePercentiles,
+    SegmentRules,
+    add_retention_columns,
+    descending_decile,
+    padded_width,
+    token_budget_batches,
+    write_result,
+)
+from tests.conftest import TINY_CUTOFF, run_cli
+
+LEVELS = np.arange(1, 100, dtype=float)
 
 
-def test_deciles_rank_highest_first_in_equal_groups() -> None:
-    values = np.arange(100, dtype=float)
-    decile = descending_decile(values)
-    assert decile[99] == 1 and decile[0] == 10
-    assert np.bincount(decile)[1:].tolist() == [10] * 10
-    assert (np.diff(decile[np.argsort(-values)]) >= 0).all()
+def test_deciles_follow_the_reference_percentiles() -> None:
+    values = np.array([0.0, 9.99, 10.0, 50.0, 89.99, 90.0, 1000.0])
+    assert descending_decile(values, LEVELS.tolist()).tolist() == [10, 10, 9, 5, 2, 1, 1]
 
 
 def test_segments_follow_the_configured_thresholds() -> None:
@@ -28,16 +47,214 @@ def test_segments_follow_the_configured_thresholds() -> None:
     assert out["segment"].tolist() == ["high value at risk", "high value loyal", "low value at risk", "low value loyal"]
     absolute = add_retention_columns(predictions, SegmentRules(risk_threshold=0.95, high_value_min_spend=450.0))
     assert absolute["segment"].tolist() == ["high value loyal", "low value loyal", "low value loyal", "low value loyal"]
-    assert out["churn_risk_decile"].tolist() == [1, 8, 3, 6]  # ranks 0..3 of 4 spread over 1..10
+    reference = ReferencePercentiles(churn_probability=(LEVELS / 100).tolist(), expected_spend=(LEVELS * 10).tolist())
+    fixed = add_retention_columns(predictions, SegmentRules(high_value_quantile=0.45), reference)
+    assert fixed["churn_risk_decile"].tolist() == [1, 9, 4, 8]
+    assert fixed["segment"].tolist()[:2] == ["high value at risk", "low value loyal"]  # threshold 450
+
+
+def test_batches_cover_every_row_once_within_the_token_budget() -> None:
+    lengths = np.random.default_rng(0).integers(1, 129, size=5000)
+    batches = token_budget_batches(lengths, batch_tokens=4096, max_batch_size=512)
+    rows = np.concatenate(batches)
+    assert np.array_equal(np.sort(rows), np.arange(len(lengths)))
+    for batch in batches:
+        widths = padded_width(lengths[batch])
+        assert (widths == widths[0]).all() and (widths >= lengths[batch]).all()
+        assert len(batch) * widths[0] <= max(4096, widths[0]) and len(batch) <= 512
+    assert padded_width(np.array([1, 8, 9, 33, 65, 128])).tolist() == [1, 8, 12, 40, 80, 128]
+
+
+def test_shard_spec() -> None:
+    assert Shard.parse("2/8") == Shard(2, 8) and Shard.parse(None) == Shard()
+    for bad in ("8/8", "x", "1/0", "-1/2"):
+        with pytest.raises(ChurnformerError, match="shard="):
+            Shard.parse(bad)
+    ids = np.array(["a", "b", "c"], dtype=object)
+    assert np.array_equal(customer_hash(ids), customer_hash(ids.copy()))  # stable
+
+
+@pytest.fixture(scope="module")
+def model(trained_run: Path) -> Predictor:
+    return Predictor(trained_run / "model.onnx")
+
+
+@pytest.fixture(scope="module")
+def full(model: Predictor, tiny_world: tuple[Path, Path]):
+    events, customers = tiny_world
+    return score_log(model, events, TINY_CUTOFF, customers)
+
+
+def test_model_carries_reference_percentiles(model: Predictor, full) -> None:
+    assert model.reference is not None and len(model.reference.churn_probability) == 99
+    deciles = full.predictions["churn_risk_decile"]
+    assert deciles.between(1, 10).all() and deciles.nunique() >= 5
+
+
+def test_job_shards_concatenate_to_the_full_result(model: Predictor, tiny_world: tuple[Path, Path], full) -> None:
+    events, customers = tiny_world
+    parts = [score_log(model, events, TINY_CUTOFF, customers, shard=Shard(i, 3)) for i in range(3)]
+    assert all(len(p.predictions) for p in parts)
+    joined = pd.concat([p.predictions for p in parts]).sort_values("customer_id", ignore_index=True)
+    pd.testing.assert_frame_equal(joined, full.predictions, check_exact=True)
+    assert sum(p.summary.customers_seen for p in parts) == full.summary.customers_seen
+    assert sum(p.summary.rows_read for p in parts) == full.summary.rows_read
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_spilled_chunks_score_exactly_like_memory(
+    model: Predictor, tiny_world: tuple[Path, Path], full, tmp_path: Path, fmt: str
+) -> None:
+    events, customers = tiny_world
+    if fmt == "parquet":
+        path = tmp_path / "events.parquet"
+        pd.read_csv(events, dtype={"customer_id": str}).to_parquet(path, row_group_size=997)
+        events = path
+    spilled = score_log(model, events, TINY_CUTOFF, customers, memory_budget_mb=513, chunk_rows=1000)
+    assert spilled.summary.partitions > 1
+    pd.testing.assert_frame_equal(spilled.predictions, full.predictions, check_exact=True)
+    pd.testing.assert_frame_equal(spilled.rejects, full.rejects)
+    assert spilled.summary.events_ignored == full.summary.events_ignored
+
+
+def test_scores_are_identical_when_the_log_is_truncated_at_the_cutoff(
+    model: Predictor, tiny_world: tuple[Path, Path], full, tmp_path: Path
+) -> None:
+    """No event after the cutoff reaches any feature: removing them all changes no score."""
+    events, customers = tiny_world
+    frame = pd.read_csv(events, dtype={"customer_id": str})
+    before = pd.to_datetime(frame["timestamp"]) < pd.Timestamp(TINY_CUTOFF) + pd.Timedelta(days=1)
+    assert 0 < before.sum() < len(frame)
+    truncated = tmp_path / "truncated.csv"
+    frame[before].to_csv(truncated, index=False)
+    result = score_log(model, truncated, TINY_CUTOFF, customers)
+    pd.testing.assert_frame_equal(result.predictions, full.predictions, check_exact=True)
+    assert result.summary.events_ignored["after_cutoff"] == 0 < full.summary.events_ignored["after_cutoff"]
+
+
+@pytest.mark.parametrize("budget", [4096, 513])
+def test_every_customer_of_a_messy_log_is_scored_or_rejected(
+    model: Predictor, tiny_world: tuple[Path, Path], tmp_path: Path, budget: int
+) -> None:
+    """Duplicates, future-only customers, unseen categories, long histories, shuffled rows: the accounting
+    still adds up, in memory and spilled, for the whole log and for each shard."""
+    events, customers = tiny_world
+    frame = pd.read_csv(events, dtype={"customer_id": str})
+    rng = np.random.default_rng(0)
+    late = frame.sample(40, random_state=1)
+    late = late.assign(customer_id="late-" + late["customer_id"], timestamp="2030-01-01")
+    hours = pd.date_range("2023-01-01", periods=300, freq="h")
+    busy = frame.iloc[[0] * 300].assign(customer_id="busy", timestamp=hours)
+    odd = frame.sample(25, random_state=2).assign(event_type="never-seen-before")
+    copies = frame.sample(50, random_state=3)
+    messy = pd.concat([frame, copies, late, busy, odd], ignore_index=True)
+    messy = messy.iloc[rng.permutation(len(messy))]
+    path = tmp_path / "messy.csv"
+    messy.to_csv(path, index=False)
+    distinct = set(messy["customer_id"])
+    for shard in (Shard(), Shard(0, 2), Shard(1, 2)):
+        result = score_log(model, path, TINY_CUTOFF, customers, shard=shard, memory_budget_mb=budget, chunk_rows=777)
+        mine = {c for c in distinct if customer_hash(np.array([c], dtype=object))[0] % shard.count == shard.index}
+        scored, rejected = set(result.predictions["customer_id"]), set(result.rejects["customer_id"])
+        assert scored | rejected == mine and not scored & rejected
+        summary = result.summary
+        not_scored = sum(summary.customers_not_scored.values())
+        assert summary.customers_scored + not_scored == summary.customers_seen == len(mine)
+        assert {c for c in mine if c.startswith("late-")} <= rejected
+        if "busy" in mine:
+            assert summary.events_ignored["truncated"] > 0
+    full = score_log(model, path, TINY_CUTOFF, customers, memory_budget_mb=budget, chunk_rows=777).summary
+
+    def before_cutoff(rows: pd.DataFrame) -> int:
+        return int((pd.to_datetime(rows["timestamp"]) < pd.Timestamp(TINY_CUTOFF) + pd.Timedelta(days=1)).sum())
+
+    copies_before = before_cutoff(copies)
+    assert full.events_ignored["duplicate"] == copies_before > 0
+    assert full.events_ignored["after_cutoff"] >= 40 + len(copies) - copies_before
+    assert full.unknown_categories["events.event_type"] == before_cutoff(odd) > 0
+    assert full.rows_read == len(messy)
+
+
+def test_a_shard_with_no_event_before_the_cutoff_rejects_everyone(model: Predictor, tmp_path: Path) -> None:
+    """Found by fuzzing: an empty shard used to crash the batcher."""
+    path = tmp_path / "events.csv"
+    ids = [f"c{i}" for i in range(40)]
+    late = [c for c in ids if customer_hash(np.array([c], dtype=object))[0] % 2 == 1]
+    stamps = ["2030-01-01" if c in late else "2023-06-01" for c in ids]
+    columns = {"amount": 1.0, "event_type": "purchase", "channel": "web", "n_items": 1}
+    pd.DataFrame({"customer_id": ids, "timestamp": stamps, **columns}).to_csv(path, index=False)
+    result = score_log(model, path, TINY_CUTOFF, shard=Shard(1, 2))
+    assert result.predictions.empty and sorted(result.rejects["customer_id"]) == sorted(late)
+
+
+def test_interrupted_write_leaves_no_file(full, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    output = tmp_path / "scores.parquet"
+
+    def interrupted(self, path, **kwargs) -> None:
+        Path(path).write_bytes(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_result(full, output)
+    assert not output.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no partial left behind
+
+
+def test_rescoring_is_byte_identical(trained_run: Path, tiny_world: tuple[Path, Path], tmp_path: Path) -> None:
+    events, customers = tiny_world
+    outputs = []
+    for name in ("a", "b"):
+        output = tmp_path / name / "scores.parquet"
+        run_cli(
+            "churnformer-predict",
+            f"model={trained_run}",
+            f"events={events}",
+            f"customers={customers}",
+            f"cutoff={TINY_CUTOFF}",
+            f"output={output}",
+            "progress=false",
+            cwd=tmp_path,
+        )
+        outputs.append(output.read_bytes())
+    assert outputs[0] == outputs[1]
+
+
+def test_unavailable_provider_fallback_is_loud(trained_run: Path, capsys: pytest.CaptureFixture) -> None:
+    predictor = Predictor(trained_run, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    if predictor.provider == "CUDAExecutionProvider":
+        pytest.skip("this machine has a usable CUDA provider")
+    assert predictor.provider == "CPUExecutionProvider"
+    assert "CUDAExecutionProvider was requested but is not usable" in capsys.readouterr().err
+
+
+def test_int8_quantization_is_checked_on_validation(
+    trained_run: Path, tiny_world: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from churnformer import quantize
+
+    fp32 = tmp_path / "model.onnx"
+    fp32.write_bytes((trained_run / "model.onnx").read_bytes())
+    events, customers, cutoff, labels = quantize.run_validation_data(trained_run)
+    int8, check = quantize.quantize_checked(fp32, events, customers, cutoff, labels)
+    assert check.customers == len(labels) and 0 <= check.max_abs_churn_change < 0.1
+    if check.accepted:
+        assert int8 == tmp_path / "model.int8.onnx"
+        props = {p.key: p.value for p in onnx.load(int8).metadata_props}
+        assert props["churnformer.quantized"] == "int8"
+        assert "MatMulInteger" in {n.op_type for n in onnx.load(int8).graph.node} or any(
+            n.op_type == "DynamicQuantizeMatMul" for n in onnx.load(int8).graph.node
+        )
+        Predictor(int8)  # loads with its featurizer
+    monkeypatch.setattr(quantize, "MAX_AUC_DROP", -1.0)  # any change refused
+    refused, check = quantize.quantize_checked(fp32, events, customers, cutoff, labels)
+    assert refused is None and not check.accepted and not (tmp_path / "model.int8.onnx").exists()
 
 
 def test_scoring_and_evaluation_never_import_torch() -> None:
     """A batch scoring job needs onnxruntime, numpy, pandas and pyarrow only."""
-    import subprocess
-    import sys
-
     code = (
-        "import sys, churnformer.scoring, churnformer.evaluation, churnformer.cli; "
+        "import sys, churnformer.scoring, churnformer.predict_job, churnformer.evaluation, churnformer.cli; "
         "print(sorted(m for m in ('torch', 'pytorch_lightning') if m in sys.modules))"
     )
     assert (

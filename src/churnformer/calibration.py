@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -26,6 +26,13 @@ SPEND_SCALE_LIMITS = (0.2, 5.0)
 class Calibration:
     churn_temperature: float = 1.0
     spend_log_scale: float = 0.0
+    # Percentiles 1..99 of the calibrated predictions on validation: the reference population that
+    # scoring's deciles and value segments are relative to (churnformer.scoring.ReferencePercentiles).
+    churn_percentiles: list[float] = field(default_factory=list)
+    spend_percentiles: list[float] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return f"churn temperature {self.churn_temperature:.3f}, spend scale {math.exp(self.spend_log_scale):.3f}"
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2))
@@ -64,4 +71,10 @@ def fit_calibration(network: ChurnFormer, batches) -> Calibration:
     expected = (1 - p_churn) * torch.exp(data["mu"] + 0.5 * data["sigma"] ** 2)
     scale = float(data["spend"].sum() / expected.sum().clamp(min=1e-12))
     scale = min(max(scale, SPEND_SCALE_LIMITS[0]), SPEND_SCALE_LIMITS[1])
-    return Calibration(churn_temperature=temperature, spend_log_scale=math.log(scale))
+    levels = torch.arange(1, 100, dtype=torch.float64) / 100
+    return Calibration(
+        churn_temperature=temperature,
+        spend_log_scale=math.log(scale),
+        churn_percentiles=torch.quantile(p_churn, levels).tolist(),
+        spend_percentiles=torch.quantile(expected * scale, levels).tolist(),
+    )

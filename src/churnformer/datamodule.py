@@ -103,6 +103,8 @@ class ChurnDataModule(pl.LightningDataModule):
         self.featurizer: Featurizer | None = None
         self.sequences: Sequences | None = None
         self.labels: pd.DataFrame | None = None
+        self._train_sampler: LengthBucketBatchSampler | None = None
+        self._train_sampler_state: dict[str, int] | None = None
 
     def prepare_data(self) -> None:
         """Runs once per machine before ``setup``: writes the synthetic world if it is not there yet."""
@@ -204,10 +206,30 @@ class ChurnDataModule(pl.LightningDataModule):
             rank=trainer.global_rank if trainer else 0,
             world_size=trainer.world_size if trainer else 1,
         )
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=dataset.collate)
+        # Its own generator: iterating a loader otherwise draws a seed from the global torch RNG, and a resumed
+        # run starts its iteration at another point of that stream than the uninterrupted run (dropout masks).
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=dataset.collate, generator=generator)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_rows, shuffle=True)
+        loader = self._loader(self.train_rows, shuffle=True)
+        self._train_sampler = loader.batch_sampler
+        if self._train_sampler_state is not None:
+            self._train_sampler.load_state_dict(self._train_sampler_state)
+            self._train_sampler_state = None
+        return loader
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_rows, shuffle=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in every checkpoint: where the training epoch stands, so a run resumed from a mid-epoch checkpoint
+        continues with the next batch instead of replaying the epoch from its start.
+
+        The datamodule carries it, not the loader: Lightning 2.x drops a loader's own state on resume when
+        ``configure_optimizers`` reads ``trainer.estimated_stepping_batches`` (Lightning issue 20550)."""
+        return {"train_sampler": self._train_sampler.state_dict()} if self._train_sampler is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Restored before the training loader exists; train_dataloader() applies it.
+        self._train_sampler_state = state_dict.get("train_sampler")

@@ -139,14 +139,14 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out = nn.Linear(d_model, d_model)
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
         batch, length, width = x.shape
-        q, k, v = self.qkv(x).split(width, dim=-1)
-        # (B, T, D) -> (B, H, T, D/H)
-        q, k, v = (t.view(batch, length, self.n_heads, -1).transpose(1, 2) for t in (q, k, v))
-        # key_mask (B, 1, 1, T): True where the key is a real position. The summary token is always real,
-        # so no row is fully masked and softmax never sees only -inf (no NaN for short or empty rows).
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
+        # (B, T, 3D) -> (3, B, H, T, D/H) in one transpose (exported, transposes cost as much as matmuls).
+        q, k, v = self.qkv(x).view(batch, length, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        # key_bias (B, 1, 1, T): 0 for real keys, -inf for padding. The summary token is always real, so no
+        # row is fully masked (no NaN). Additive rather than boolean: exported, it is one Add instead of
+        # the Where and IsNaN guards a boolean mask brings into every layer.
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias)
         return self.out(y.transpose(1, 2).reshape(batch, length, width))
 
 
@@ -164,8 +164,8 @@ class Block(nn.Module):
         )
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        x = x + self.dropout(self.attention(self.norm1(x), key_mask))
+    def forward(self, x: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
+        x = x + self.dropout(self.attention(self.norm1(x), key_bias))
         return x + self.dropout(self.mlp(self.norm2(x)))
 
 
@@ -207,9 +207,10 @@ class ChurnFormer(nn.Module):
             x = self.norm(self.recurrent(x)[0])  # (B, 1 + T, D)
             summary_out = x[torch.arange(x.shape[0], device=x.device), lengths]  # state after the last event
         else:
-            key_mask = real[:, None, None, :]  # (B, 1, 1, 1 + T)
+            key_bias = torch.zeros(real.shape, dtype=x.dtype, device=x.device).masked_fill(~real, float("-inf"))
+            key_bias = key_bias[:, None, None, :]  # (B, 1, 1, 1 + T)
             for block in self.blocks:
-                x = block(x, key_mask)
+                x = block(x, key_bias)
             x = self.norm(x)
             summary_out = x[:, 0]
         weights = real[:, 1:].unsqueeze(-1).to(x.dtype)  # (B, T, 1)

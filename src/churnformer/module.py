@@ -13,12 +13,27 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 from torch.utils.tensorboard import SummaryWriter
 
 from churnformer.data.featurizer import Featurizer
+from churnformer.errors import ConfigError
 from churnformer.losses import LossWeights, joint_loss
 from churnformer.metrics import churn_metrics, metric_name, spend_metrics
 from churnformer.model import ChurnFormer, ModelConfig, ScoringModel
 from churnformer.review import architecture_text, custom_scalar_layout, log_validation_review
 
 INPUT_NAMES = ("event_cat", "event_num", "lengths", "customer_cat", "customer_num")
+RESUME_STATE = "churnformer_resume_state"
+
+
+def rng_states() -> dict[str, Any]:
+    """The random streams training draws from: torch's, on CPU and each GPU (dropout). numpy's and Python's
+    global streams are not used in training (the batch sampler has its own seeded generator)."""
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Inverse of :func:`rng_states`."""
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def build_network(network: dict[str, Any], featurizer_json: str) -> ChurnFormer:
@@ -54,6 +69,7 @@ class ChurnFormerModule(pl.LightningModule):
             }
         )
         self._validation_outputs: list[tuple[torch.Tensor, ...]] = []
+        self._resume_state: dict[str, Any] | None = None
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """Predictions as exported: churn probability, expected spend, spend p10/p50/p90."""
@@ -107,6 +123,29 @@ class ChurnFormerModule(pl.LightningModule):
         if writer is not None:
             writer.add_custom_scalars(custom_scalar_layout())
             writer.add_text("model/architecture", architecture_text(self.network))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning saves neither: without the RNG state dropout draws other masks after a resume, and a run
+        # killed after early stopping decided to stop (while exporting) would train on when resumed.
+        checkpoint[RESUME_STATE] = {"rng": rng_states(), "should_stop": self.trainer.should_stop}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint["hyper_parameters"]
+        for key in ("featurizer_json", "network"):
+            if saved.get(key) != self.hparams[key]:
+                raise ConfigError(
+                    f"the checkpoint was trained with another {key.removesuffix('_json')} than this run builds "
+                    "(other data, features or model config); resume with the interrupted run's exact overrides"
+                )
+        self._resume_state = checkpoint.get(RESUME_STATE)
+
+    def on_train_start(self) -> None:
+        # Applied here rather than at load, so only resumed training (not validate/test) moves the global
+        # random streams, and nothing Lightning draws while setting up can shift them.
+        if self._resume_state is not None:
+            set_rng_states(self._resume_state["rng"])
+            self.trainer.should_stop = self._resume_state["should_stop"]
+            self._resume_state = None
 
     def _tensorboard(self) -> SummaryWriter | None:
         """The TensorBoard writer on the main process, if a TensorBoardLogger is configured."""

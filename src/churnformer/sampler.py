@@ -14,8 +14,13 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
     Training: shuffle, cut into pools of ``pool_batches`` batches, sort each pool by length, cut into
     batches, shuffle the batch order. Evaluation (``shuffle=False``): sorted by length, in order.
     With several processes (DDP) each rank takes every ``world_size``-th batch of the same order, and
-    in training all ranks get the same number of batches. Deterministic given ``seed`` and the epoch
-    (Lightning calls :meth:`set_epoch`).
+    in training all ranks get the same number of batches. Deterministic given ``seed`` and the epoch.
+
+    Resumable: :meth:`state_dict` holds the epoch and how many of its batches were handed out; after
+    :meth:`load_state_dict` the next pass over that epoch starts with the following batch, so a run
+    resumed from a mid-epoch checkpoint trains on exactly the batches of the uninterrupted run. The
+    count is of batches handed to the loader, which equals batches trained on only when the loader has
+    no worker processes (workers read ahead).
     """
 
     def __init__(
@@ -36,9 +41,25 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         self.rank = rank
         self.world_size = world_size
         self.epoch = 0
+        self._handed_out = 0
+        self._resume_at: tuple[int, int] | None = None
+
+    @property
+    def sampler(self) -> LengthBucketBatchSampler:
+        """Lightning calls ``set_epoch`` on ``loader.sampler`` and ``loader.batch_sampler.sampler`` (torch's
+        ``BatchSampler`` layout), never on a batch sampler itself; this one is its own sampler, so every epoch
+        gets its own shuffle."""
+        return self
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batches": self._handed_out}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch = int(state["epoch"])
+        self._resume_at = (self.epoch, int(state["batches"]))
 
     def _batches(self) -> list[np.ndarray]:
         if not self.shuffle:
@@ -55,8 +76,13 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         return [batches[i] for i in rng.permutation(len(batches))]
 
     def __iter__(self) -> Iterator[list[int]]:
-        batches = self._batches()[self.rank :: self.world_size]
-        for batch in batches[: len(self)]:
+        # A generator: this body runs at the first batch, after Lightning has set the epoch.
+        skip = self._resume_at[1] if self._resume_at is not None and self._resume_at[0] == self.epoch else 0
+        self._resume_at = None
+        batches = self._batches()[self.rank :: self.world_size][: len(self)]
+        self._handed_out = skip
+        for batch in batches[skip:]:
+            self._handed_out += 1
             yield batch.tolist()
 
     def __len__(self) -> int:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,9 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from churnformer.calibration import fit_calibration
 from churnformer.data.events import CUSTOMER_ID
@@ -23,6 +27,7 @@ from churnformer.errors import ConfigError
 from churnformer.evaluation import MIN_CUSTOMERS, align, compute_metrics, report_figures, write_report
 from churnformer.export import CALIBRATION_FILE, export_checkpoint
 from churnformer.module import ChurnFormerModule
+from churnformer.quantize import quantize_checked
 from churnformer.review import selected_hparams
 from churnformer.run_info import run_info
 from churnformer.scoring import Predictor, describe, write_result
@@ -59,11 +64,18 @@ def train(
         label_stats=asdict(datamodule.label_stats()),
         export_metadata=export_metadata,
     )
+    callbacks = _instantiate_all(cfg.get("callbacks"))
+    resume_from = resolve_ckpt_path(cfg.get("ckpt_path"), callbacks)
     trainer: pl.Trainer = hydra.utils.instantiate(
-        cfg.trainer, callbacks=_instantiate_all(cfg.get("callbacks")), logger=_instantiate_all(cfg.get("logger"))
+        cfg.trainer, callbacks=callbacks, logger=_instantiate_all(cfg.get("logger"))
     )
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if resume_from:
+        print(f"resuming from {resume_from}")
+    with warnings.catch_warnings():
+        # Lightning warns that a mid-epoch resume replays the epoch; ours does not (ChurnDataModule.state_dict).
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
+    best = best_checkpoint(trainer)
     validated = trainer.validate(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
     metrics = {k: float(v) for k, v in sorted(validated[0].items())}
     if not trainer.is_global_zero:
@@ -95,12 +107,80 @@ def train(
         result = Predictor(onnx_path).predict(events, cfg.data.cutoff, customers)
         report = evaluate_validation(result.predictions, datamodule, output_dir / "evaluation")
         print(f"validation report of the exported model (calibrated): {report}")
+        if cfg.get("quantize", False):
+            val_labels = datamodule.labels.iloc[datamodule.val_rows]
+            quantize_checked(onnx_path, events, customers, str(cfg.data.cutoff), val_labels)
         if cfg.get("predict_after_training", False):
             paths = write_result(result, output_dir / "predictions.parquet")
             print(describe(result.summary))
             print(f"predictions: {paths['predictions']}")
     print(f"TensorBoard: tensorboard --logdir {tensorboard_root(output_dir)}")
     return metrics
+
+
+def resolve_ckpt_path(ckpt_path: str | None, callbacks: list[Any]) -> str | None:
+    """The checkpoint to resume from: ``last`` means ``last.ckpt`` in the run's checkpoint directory.
+
+    Resolved here rather than by Lightning, whose ``"last"`` warns and silently starts from scratch when
+    there is nothing to resume (a wrong ``hydra.run.dir`` would then retrain without anyone noticing).
+    """
+    if not ckpt_path:
+        return None
+    if ckpt_path != "last":
+        if "://" not in ckpt_path and not Path(ckpt_path).is_file():  # remote URLs are Lightning's to check
+            raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+        return str(ckpt_path)
+    directories = sorted({Path(c.dirpath) for c in callbacks if isinstance(c, ModelCheckpoint) and c.dirpath})
+    found = [d / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}.ckpt" for d in directories]
+    found = [path for path in found if path.is_file()]
+    if not found:
+        where = ", ".join(str(d) for d in directories) or "no checkpoint directory is configured"
+        raise ConfigError(
+            f"ckpt_path=last: nothing to resume, no last.ckpt in {where}. Pass the interrupted run's directory "
+            "as hydra.run.dir (or paths.output_dir), or drop ckpt_path to start a new run."
+        )
+    return str(found[0])
+
+
+def best_checkpoint(trainer: pl.Trainer) -> str:
+    """Best checkpoint of the callback that monitors a metric ("" if none): the callback that keeps
+    ``last.ckpt`` current during an epoch monitors nothing, and its "best" is merely the latest."""
+    monitored = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor]
+    return monitored[0].best_model_path if monitored else ""
+
+
+class MidEpochCheckpoint(ModelCheckpoint):
+    """Keeps ``last.ckpt`` current during an epoch (every ``train_time_interval`` or ``every_n_train_steps``).
+
+    Never on an epoch's last batch: Lightning 2.x resumes from a checkpoint taken there as if that epoch's
+    validation had run, so the epoch would escape best-checkpoint selection and early stopping. The
+    checkpoint written after that validation (``save_last`` of the monitored callback) follows at once.
+    """
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint next to its final path, then renames it into place, so a process killed while
+    saving leaves the previous ``last.ckpt`` intact. Lightning's own save goes through a file in the system
+    temp directory and ``shutil.move``, which becomes a plain, interruptible copy when that directory is on
+    another filesystem (and a kill leaves the temp file behind)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.partial")
+        with partial.open("wb") as file:
+            torch.save(checkpoint, file)
+            file.flush()
+            os.fsync(file.fileno())  # the rename must not reach the disk before the data (power loss)
+        os.replace(partial, path)
 
 
 def evaluate_validation(predictions: pd.DataFrame, datamodule: ChurnDataModule, out_dir: Path) -> Path | None:

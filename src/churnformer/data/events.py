@@ -19,6 +19,14 @@ CUSTOMER_ID = "customer_id"
 TIMESTAMP = "timestamp"
 AMOUNT = "amount"
 STANDARD_COLUMNS = (CUSTOMER_ID, TIMESTAMP, AMOUNT)
+# Where a standard frame came from (file name or "events DataFrame"), kept in ``DataFrame.attrs`` so that
+# later steps (featurization, labels) can name the file in their messages without being passed it.
+SOURCE_ATTR = "churnformer_source"
+# No single event moves a trillion in any currency unit; amounts this large are a unit or column mix-up
+# (epoch milliseconds are ~1.7e12, ids and phone numbers are larger). Below it, float64 sums over a whole
+# history stay exact to the cent (2**53 cents is ~9e13).
+MAX_ABS_AMOUNT = 1e12
+PARQUET_MAGIC = b"PAR1"
 
 
 class EventLogError(ChurnformerError):
@@ -34,25 +42,53 @@ class ColumnMapping:
     amount: str = AMOUNT
 
 
-def read_table(path: str | Path, id_column: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
-    """Read CSV or Parquet by file extension.
+def check_table_file(path: str | Path) -> bool:
+    """Check that ``path`` is a non-empty CSV or Parquet file whose bytes match its name; True for Parquet.
 
-    CSV ids are read as strings so that ids such as ``00042`` come back unchanged in outputs.
+    Only the first and last bytes are read, so a CSV named ``.parquet`` (or the reverse) and a truncated
+    Parquet file get a message that says so instead of a parser's internals.
     """
     path = Path(path)
     if not path.is_file():
         raise EventLogError(f"{path}: file not found")
     suffixes = "".join(path.suffixes[-2:]).lower()
+    is_parquet = suffixes.endswith((".parquet", ".pq"))
+    if not is_parquet and not suffixes.endswith((".csv", ".csv.gz", ".tsv")):
+        raise EventLogError(f"{path}: unknown file type; use .csv, .csv.gz, .tsv or .parquet")
+    size = path.stat().st_size
+    if size == 0:
+        raise EventLogError(f"{path}: the file is empty (0 bytes); expected a header row and events")
+    with path.open("rb") as handle:
+        head = handle.read(len(PARQUET_MAGIC))
+        handle.seek(max(size - len(PARQUET_MAGIC), 0))
+        tail = handle.read()
+    if is_parquet and head != PARQUET_MAGIC:
+        raise EventLogError(
+            f"{path}: not a Parquet file (it does not start with the Parquet magic bytes {PARQUET_MAGIC!r}); "
+            "a CSV file must be named .csv"
+        )
+    if is_parquet and tail != PARQUET_MAGIC:
+        raise EventLogError(f"{path}: corrupt or truncated Parquet file (its footer is missing)")
+    if not is_parquet and head == PARQUET_MAGIC:
+        raise EventLogError(f"{path}: this is a Parquet file; name it .parquet")
+    return is_parquet
+
+
+def read_table(path: str | Path, id_column: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Read CSV or Parquet by file extension, after :func:`check_table_file`.
+
+    CSV ids are read as strings so that ids such as ``00042`` come back unchanged in outputs.
+    """
+    path = Path(path)
+    is_parquet = check_table_file(path)
     try:
-        if suffixes.endswith((".parquet", ".pq")):
+        if is_parquet:
             frame = pd.read_parquet(path, columns=list(columns) if columns else None)
-        elif suffixes.endswith((".csv", ".csv.gz", ".tsv")):
-            sep = "\t" if ".tsv" in suffixes else ","
-            frame = pd.read_csv(path, sep=sep, usecols=columns, dtype={id_column: str})
         else:
-            raise EventLogError(f"{path}: unknown file type; use .csv, .csv.gz, .tsv or .parquet")
-    except EventLogError:
-        raise
+            sep = "\t" if ".tsv" in "".join(path.suffixes[-2:]).lower() else ","
+            frame = pd.read_csv(path, sep=sep, usecols=columns, dtype={id_column: str})
+    except pd.errors.EmptyDataError as error:  # only blank lines: no header to read
+        raise EventLogError(f"{path}: the file has no header row and no events") from error
     except (ValueError, OSError, pd.errors.ParserError) as error:
         raise EventLogError(f"{path}: cannot read as {path.suffix or 'table'}: {error}") from error
     return frame
@@ -62,6 +98,10 @@ def _first_rows(mask: np.ndarray, limit: int = 5) -> str:
     rows = np.flatnonzero(mask)
     shown = ", ".join(str(r) for r in rows[:limit])
     return f"{len(rows)} row(s), first at row index {shown}"
+
+
+# Largest |epoch seconds| that datetime64[ns] holds (years 1677..2262).
+EPOCH_SECONDS_LIMIT = 9.2e9
 
 
 def parse_timestamps(values: pd.Series, where: str) -> pd.Series:
@@ -81,6 +121,12 @@ def parse_timestamps(values: pd.Series, where: str) -> pd.Series:
         bad = ~np.isfinite(seconds.to_numpy())
         if bad.any():
             raise EventLogError(f"{where}: missing or non-finite epoch seconds in {_first_rows(bad)}")
+        out = (seconds.abs() > EPOCH_SECONDS_LIMIT).to_numpy()
+        if out.any():
+            raise EventLogError(
+                f"{where}: epoch seconds outside 1677..2262 in {_first_rows(out)} (e.g. {values[out].iloc[0]!r}); "
+                "milliseconds or microseconds? Convert to seconds or to datetimes"
+            )
         parsed = pd.to_datetime(seconds, unit="s")
     else:
         try:
@@ -89,6 +135,13 @@ def parse_timestamps(values: pd.Series, where: str) -> pd.Series:
             # Mixed python objects (dates next to strings): element-wise parse.
             parsed = pd.to_datetime(values.astype(str), utc=True, format="mixed", errors="coerce")
         parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
+    out = ((parsed < pd.Timestamp.min) | (parsed > pd.Timestamp.max)).to_numpy()
+    if out.any():
+        raise EventLogError(
+            f"{where}: timestamps outside {pd.Timestamp.min:%Y-%m-%d}..{pd.Timestamp.max:%Y-%m-%d} in "
+            f"{_first_rows(out)} (e.g. {values[out].iloc[0]!r}); a placeholder such as 9999-12-31? Use a missing "
+            "event instead"
+        )
     parsed = parsed.astype("datetime64[ns]")
     missing = parsed.isna().to_numpy()
     if missing.any():
@@ -107,10 +160,16 @@ def check_customer_ids(ids: pd.Series, where: str) -> pd.Series:
         raise EventLogError(f"{where}: missing customer ids in {_first_rows(missing)}")
     if pd.api.types.is_integer_dtype(ids.dtype) or pd.api.types.is_string_dtype(ids.dtype):
         if ids.dtype == object:
-            kinds = ids.map(type).astype(str)
-            if kinds.nunique() > 1:
-                counts = kinds.value_counts().to_dict()
-                raise EventLogError(f"{where}: customer ids mix types {counts}; use one type")
+            kinds = ids.map(lambda value: type(value).__name__)
+            counts = kinds.value_counts()
+            if len(counts) > 1:
+                # The rarer types are the ones to fix; name where they are.
+                odd = (kinds != counts.index[0]).to_numpy()
+                mix = ", ".join(f"{count} {kind}" for kind, count in counts.items())
+                raise EventLogError(
+                    f"{where}: customer ids mix types ({mix}); the ones not of type {counts.index[0]} are in "
+                    f"{_first_rows(odd)}; use one type"
+                )
         return ids
     if pd.api.types.is_float_dtype(ids.dtype):
         whole = np.isclose(ids.to_numpy() % 1, 0)
@@ -130,10 +189,17 @@ def _parse_amounts(values: pd.Series, where: str) -> pd.Series:
             raise EventLogError(f"{where}: non-numeric amounts in {_first_rows(bad)} (e.g. {example!r})")
         values = numeric
     amounts = values.astype("float64")
-    bad = ~np.isfinite(amounts.to_numpy())
+    numbers = amounts.to_numpy()
+    bad = ~np.isfinite(numbers)
     if bad.any():
         raise EventLogError(
             f"{where}: missing or infinite amounts in {_first_rows(bad)}; use 0 for non-monetary events"
+        )
+    extreme = np.abs(numbers) >= MAX_ABS_AMOUNT
+    if extreme.any():
+        raise EventLogError(
+            f"{where}: amounts of absolute value >= {MAX_ABS_AMOUNT:.0e} in {_first_rows(extreme)} "
+            f"(e.g. {float(numbers[extreme][0])!r}); no single event is that large: is this the right column and unit?"
         )
     return amounts
 
@@ -145,6 +211,7 @@ def load_events(
 
     Returns a frame with ``customer_id`` (as given), ``timestamp`` (tz-naive UTC datetime64[ns]),
     ``amount`` (float64) and every other input column as an event attribute, in input row order.
+    ``attrs[SOURCE_ATTR]`` names where it came from.
     """
     mapping = mapping or ColumnMapping()
     if isinstance(source, pd.DataFrame):
@@ -154,18 +221,21 @@ def load_events(
     required = {mapping.customer_id: CUSTOMER_ID, mapping.timestamp: TIMESTAMP, mapping.amount: AMOUNT}
     missing = [column for column in required if column not in frame.columns]
     if missing:
+        mapped = ", ".join(f"{standard}={column!r}" for column, standard in required.items() if column != standard)
         raise EventLogError(
             f"{where}: required column(s) {missing} not found; columns present: {list(frame.columns)}. "
-            "Map your names with data.columns.customer_id / timestamp / amount."
+            + (f"The column mapping in use is {mapped}. " if mapped else "")
+            + "Map your names with data.columns.customer_id / timestamp / amount (training) "
+            "or columns.* (scoring)."
         )
     clashes = [c for c in STANDARD_COLUMNS if c in frame.columns and c not in required]
     if clashes:
         raise EventLogError(f"{where}: column(s) {clashes} clash with the standard names after mapping")
     if len(frame) == 0:
-        raise EventLogError(f"{where}: no events (the table is empty)")
+        raise EventLogError(f"{where}: no events (the table is empty: a header and no rows)")
     frame = frame.rename(columns=required)
     attributes = [c for c in frame.columns if c not in STANDARD_COLUMNS]
-    return pd.DataFrame(
+    events = pd.DataFrame(
         {
             CUSTOMER_ID: check_customer_ids(frame[CUSTOMER_ID], f"{where}, column {mapping.customer_id!r}"),
             TIMESTAMP: parse_timestamps(frame[TIMESTAMP], f"{where}, column {mapping.timestamp!r}"),
@@ -173,6 +243,13 @@ def load_events(
             **{c: frame[c] for c in attributes},
         }
     ).reset_index(drop=True)
+    events.attrs[SOURCE_ATTR] = where
+    return events
+
+
+def source_of(frame: pd.DataFrame, default: str) -> str:
+    """The file (or DataFrame) a standard frame was loaded from, for messages; ``default`` if unknown."""
+    return str(frame.attrs.get(SOURCE_ATTR, default))
 
 
 def load_customers(
@@ -190,4 +267,6 @@ def load_customers(
     duplicated = frame[CUSTOMER_ID].duplicated().to_numpy()
     if duplicated.any():
         raise EventLogError(f"{where}: duplicate customer ids in {_first_rows(duplicated)}")
-    return frame.reset_index(drop=True)
+    customers = frame.reset_index(drop=True)
+    customers.attrs[SOURCE_ATTR] = where
+    return customers

@@ -40,6 +40,13 @@ CALENDAR = {"day_of_week": [str(d) for d in range(7)], "month": [str(m) for m in
 NUMERIC_CLIP = 10.0
 
 
+class FeatureMismatchError(EventLogError):
+    """Data that lacks what the fitted featurization (the model) needs, e.g. a column it was trained with.
+
+    Its own class so that scoring can add which model asked for it.
+    """
+
+
 @dataclass
 class CategoricalEncoder:
     """Maps values to ids: 0 is padding, 1 is unknown (unseen, rare or missing), 2.. the vocabulary."""

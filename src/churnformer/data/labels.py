@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from churnformer.data.events import AMOUNT, CUSTOMER_ID, TIMESTAMP, EventLogError
+from churnformer.data.events import AMOUNT, CUSTOMER_ID, TIMESTAMP, EventLogError, source_of
 from churnformer.data.window import Window
 
 
@@ -35,11 +35,22 @@ def make_labels(
     """Labels for ``customer_ids`` (normally :attr:`Sequences.customer_ids`), in that order.
 
     ``churn`` is 1 when the customer makes no purchase in the horizon window; ``spend`` is the net sum
-    of amounts in the window (refunds subtract), floored at 0.
+    of amounts in the window (refunds subtract), floored at 0. Identical duplicate events count once, as
+    in the features (:func:`churnformer.data.sequences.build_sequences`).
+
+    A log that ends before the cutoff is an error: nothing after the cutoff was observed, so every label
+    would read "churned, spent 0" and a model would learn that from nothing.
     """
     stamps = events[TIMESTAMP].to_numpy(dtype="datetime64[ns]").view(np.int64)
+    if len(stamps) and stamps.max() < window.feature_end_ns:
+        raise EventLogError(
+            f"{source_of(events, 'events')}: no events after the cutoff (the log ends at {pd.Timestamp(stamps.max())}, "
+            f"features end at {window.feature_end}), so churn and spend in the {window.horizon_days:g}-day horizon "
+            f"cannot be observed. Choose a cutoff at least {window.horizon_days:g} days before the end of the log."
+        )
     in_horizon = (stamps >= window.feature_end_ns) & (stamps < window.label_end_ns)
     horizon = events.loc[in_horizon]
+    horizon = horizon.loc[~horizon.duplicated().to_numpy()]
     position = pd.Index(customer_ids).get_indexer(horizon[CUSTOMER_ID].to_numpy())
     known = position >= 0
     n = len(customer_ids)

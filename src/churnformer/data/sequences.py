@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from churnformer.data.events import AMOUNT, CUSTOMER_ID, TIMESTAMP, EventLogError
-from churnformer.data.featurizer import CALENDAR, UNKNOWN_ID, Featurizer, numeric_values
+from churnformer.data.events import AMOUNT, CUSTOMER_ID, TIMESTAMP, source_of
+from churnformer.data.featurizer import CALENDAR, UNKNOWN_ID, FeatureMismatchError, Featurizer, numeric_values
 from churnformer.data.window import NS_PER_DAY, Window
 
 _KEY_TIME_BITS = 32
@@ -48,10 +48,15 @@ class PaddedBatch:
 
 @dataclass
 class BuildReport:
-    """What the builder did with the input, so nothing is dropped silently."""
+    """What the builder did with the input, so nothing is dropped silently.
+
+    ``events_read = events_after_cutoff + events_duplicate + sum(n_events_total)``; of the events kept,
+    ``events_truncated`` fall outside the latest ``max_len`` of their customer (still in the summary).
+    """
 
     events_read: int = 0
     events_after_cutoff: int = 0
+    events_duplicate: int = 0
     events_truncated: int = 0
     customers: int = 0
     customers_truncated: int = 0
@@ -99,12 +104,12 @@ class Sequences:
             report=self.report,
         )
 
-    def pad(self, rows: np.ndarray | None = None) -> PaddedBatch:
-        """Pad the chosen customers (all by default) to the longest among them."""
+    def pad(self, rows: np.ndarray | None = None, width: int | None = None) -> PaddedBatch:
+        """Pad the chosen customers (all by default) to ``width`` (default: the longest among them)."""
         every_row = rows is None
         rows = np.arange(len(self)) if every_row else np.asarray(rows, dtype=np.int64)
         lengths = self.lengths[rows]
-        width = max(int(lengths.max(initial=0)), 1)
+        width = max(int(lengths.max(initial=0)), 1, width or 0)
         # Flat destination of each event: row * width + position within its sequence.
         first = np.cumsum(lengths) - lengths
         destination = np.arange(int(lengths.sum())) + np.repeat(np.arange(len(rows)) * width - first, lengths)
@@ -128,11 +133,13 @@ class Sequences:
 
 def _time_order(
     codes: np.ndarray, seconds: np.ndarray, events: pd.DataFrame, kept: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Order events by (customer, second); return the order and the sorted customer codes.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Order events by (customer, second); return the order, the sorted customer codes and the duplicates.
 
     The sort need not be stable: events of one customer in the same second are put in order by
     their content (full timestamp, amount, attributes) afterwards, so input row order never matters.
+    Identical events (same customer and content) share a second, so only those tied rows need comparing:
+    the positions (in the returned order) of every copy after the first are returned as duplicates.
     """
     base = seconds.min(initial=0)
     relative = seconds - base
@@ -146,6 +153,7 @@ def _time_order(
         key = key[order]
         sorted_codes, sorted_seconds = key >> _KEY_TIME_BITS, (key & (2**_KEY_TIME_BITS - 1)) + base
         tied = np.flatnonzero(key[1:] == key[:-1])
+    duplicates = np.zeros(0, dtype=np.int64)
     if len(tied):
         slots = np.union1d(tied, tied + 1)
         columns = [c for c in events.columns if c != CUSTOMER_ID]
@@ -157,7 +165,8 @@ def _time_order(
                 tie_frame[column] = tie_frame[column].astype(str)
         resolved = tie_frame.sort_values(list(tie_frame.columns), kind="stable", na_position="last").index
         order[slots] = order[slots][resolved.to_numpy()]
-    return order, sorted_codes
+        duplicates = slots[tie_frame.loc[resolved].duplicated().to_numpy()]
+    return order, sorted_codes, duplicates
 
 
 def _history_summary(
@@ -208,9 +217,9 @@ def _static_features(
         customers = pd.DataFrame({CUSTOMER_ID: [], **{c: [] for c in featurizer.customer_attribute_columns}})
     missing = [c for c in featurizer.customer_attribute_columns if c not in customers.columns]
     if missing:
-        raise EventLogError(
-            f"customers table lacks column(s) {missing} that the model was trained with; "
-            f"columns present: {list(customers.columns)}"
+        raise FeatureMismatchError(
+            f"{source_of(customers, 'customers table')}: lacks column(s) {missing} that the model was trained "
+            f"with; columns present: {list(customers.columns)}"
         )
     table_ids, wanted = customers[CUSTOMER_ID], pd.Index(customer_ids)
     if pd.api.types.is_integer_dtype(table_ids.dtype) != pd.api.types.is_integer_dtype(wanted.dtype):
@@ -244,13 +253,15 @@ def build_sequences(
 
     ``events`` is a standard frame (:func:`churnformer.data.events.load_events`), in any row order.
     Events at or after the feature end are ignored (counted in the report): no future event reaches
-    any feature. Each customer keeps the latest ``featurizer.max_len`` events.
+    any feature. Identical duplicate events (same customer, timestamp, amount and attributes: a log
+    written twice) count once; the extra copies are dropped and counted. Each customer keeps the latest
+    ``featurizer.max_len`` events.
     """
     missing = [c for c in featurizer.event_attribute_columns if c not in events.columns]
     if missing:
-        raise EventLogError(
-            f"events lack attribute column(s) {missing} that the model was trained with; "
-            f"columns present: {list(events.columns)}"
+        raise FeatureMismatchError(
+            f"{source_of(events, 'events')}: lacks attribute column(s) {missing} that the model was trained "
+            f"with; columns present: {list(events.columns)}"
         )
     report = BuildReport(events_read=len(events))
     stamps = events[TIMESTAMP].to_numpy(dtype="datetime64[ns]").view(np.int64)
@@ -260,7 +271,12 @@ def build_sequences(
     codes, customer_ids = pd.factorize(events[CUSTOMER_ID].to_numpy()[kept], sort=True)
     customer_ids = np.asarray(customer_ids)
     stamps = stamps[kept]
-    order, codes = _time_order(codes.astype(np.int64), stamps // 10**9, events, kept)
+    order, codes, duplicates = _time_order(codes.astype(np.int64), stamps // 10**9, events, kept)
+    if len(duplicates):
+        unique = np.ones(len(order), dtype=bool)
+        unique[duplicates] = False
+        order, codes = order[unique], codes[unique]
+    report.events_duplicate = len(duplicates)
     stamps = stamps[order]
     counts = np.bincount(codes, minlength=len(customer_ids))
     starts = np.cumsum(counts) - counts

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
+import numbers
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from churnformer.data.events import EventLogError
@@ -25,8 +28,10 @@ class Window:
 
     @classmethod
     def from_cutoff(cls, cutoff: str | dt.date | pd.Timestamp, horizon_days: float = 90) -> Window:
-        if horizon_days is None or not horizon_days > 0:
-            raise EventLogError(f"horizon_days must be > 0, got {horizon_days!r}")
+        horizon = _horizon_days(horizon_days)
+        if isinstance(cutoff, numbers.Number):
+            # pd.Timestamp(20240630) is 20 ms after 1970: a number here is a typo for a date, never meant.
+            raise EventLogError(f"cutoff {cutoff!r} is a number; write it as a date, YYYY-MM-DD")
         try:
             stamp = pd.Timestamp(cutoff)
         except (ValueError, TypeError) as error:
@@ -40,7 +45,7 @@ class Window:
             or (isinstance(cutoff, str) and len(cutoff.strip()) <= 10)
         )
         end = stamp + pd.Timedelta(days=1) if is_date else stamp + pd.Timedelta(1, "ns")
-        return cls(feature_end=end.as_unit("ns"), horizon_days=float(horizon_days))
+        return cls(feature_end=end.as_unit("ns"), horizon_days=horizon)
 
     @property
     def feature_end_ns(self) -> int:
@@ -49,3 +54,30 @@ class Window:
     @property
     def label_end_ns(self) -> int:
         return self.feature_end_ns + round(self.horizon_days * NS_PER_DAY)
+
+
+def _horizon_days(value: object) -> float:
+    """A finite number of days > 0: labels need a window of positive length that ends."""
+    try:
+        days = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        days = math.nan
+    if not (math.isfinite(days) and days > 0):
+        raise EventLogError(f"horizon_days must be a finite number of days > 0, got {value!r}")
+    return days
+
+
+def require_events_before(stamps: pd.Series | np.ndarray, window: Window, cutoff: object, where: str) -> None:
+    """Stop when no event time in ``stamps`` precedes the feature end: nobody to train on or score at ``cutoff``.
+
+    An empty result would look like a successful run; a cutoff before the whole log is a mistake in the
+    cutoff (or the file), so the message gives the span of the log to pick a better one. ``stamps`` may be
+    a whole timestamp column, or the first and last times of each chunk of a log read in chunks.
+    """
+    values = np.asarray(stamps, dtype="datetime64[ns]").view(np.int64)
+    if len(values) and values.min() >= window.feature_end_ns:
+        first, last = pd.Timestamp(values.min()), pd.Timestamp(values.max())
+        raise EventLogError(
+            f"{where}: no events up to the cutoff {cutoff}; the log starts at {first} (and ends at {last}). "
+            "Choose a later cutoff."
+        )

@@ -1,0 +1,242 @@
+"""Benchmark: batch scoring at scale, side by side with a plain torch-eager scorer and the machine's peak.
+
+Usage::
+
+    python scripts/bench_score.py [--events 10000000] [--customers 500000]
+                                  [--budget-mb 1024] [--eager-sample 20000] [--json PATH] [--workdir DIR]
+
+One run measures, on the same machine and the same model:
+
+* ``churnformer-predict`` end to end (the real CLI in a subprocess: Parquet in, Parquet out), with the
+  default memory budget, and again with ``memory_budget_mb=--budget-mb`` (spilled partitions);
+  wall clock includes interpreter start-up; peak RSS is the child's ``ru_maxrss``.
+* a plain torch-eager scorer of the same network: batches of 256 customers padded to ``max_len``
+  (what a straightforward PyTorch job does), on ``--eager-sample`` random customers (rate extrapolated;
+  featurization is not timed for it, which flatters it);
+* a large float32 matmul (torch) for the machine's peak GFLOP/s.
+
+"Useful" FLOPs count real events only (no padding): per customer with n = events + 1 tokens (the
+summary token), per layer 2·n·(4·d² + 2·d·ff) for the projections and MLP and 4·n²·d for attention.
+``useful_gflops`` divides them by the time spent inside onnxruntime (``infer_s`` of the job summary);
+the table also shows them over the whole end-to-end wall time.
+
+The log (``benchlog.generate_events``: skewed lognormal lengths, ~85% padding at max_len 128) and a
+default-architecture model (``conf/model/small.yaml``, random weights: speed does not depend on them)
+are created in ``--workdir`` on first use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from benchlog import SPAN_SECONDS, START, generate_events
+from omegaconf import OmegaConf
+
+from churnformer.data.featurizer import FeaturizerConfig, fit_featurizer
+from churnformer.data.sequences import build_sequences
+from churnformer.data.window import Window
+from churnformer.export import export_onnx
+from churnformer.model import ScoringModel
+from churnformer.module import build_network
+from churnformer.scoring import Predictor
+
+CONF = Path(__file__).resolve().parents[1] / "src" / "churnformer" / "conf"
+TARGETS = {"wall_s": 30.0, "peak_rss_mb": 3072.0, "speedup_vs_torch_eager": 3.0, "useful_share_of_peak": 0.5}
+EAGER_BATCH = 256
+
+
+def cutoff_date() -> str:
+    return str((START + np.timedelta64(SPAN_SECONDS - 1, "s")).astype("datetime64[D]"))
+
+
+def make_log(workdir: Path, n_events: int, n_customers: int) -> Path:
+    path = workdir / f"events-{n_events}-{n_customers}.parquet"
+    if not path.exists():
+        frame = generate_events(n_events, n_customers)
+        frame.to_parquet(path.with_suffix(".partial"), index=False, row_group_size=1_000_000)
+        os.replace(path.with_suffix(".partial"), path)
+    return path
+
+
+def make_model(workdir: Path, log: Path) -> Path:
+    """The default small architecture with random weights, featurizer fitted on the first 1 M events."""
+    path = workdir / f"model-{log.stem}.onnx"
+    if not path.exists():
+        sample = pd.read_parquet(log).head(1_000_000)
+        featurizer = fit_featurizer(sample, config=FeaturizerConfig(max_len=128))
+        torch.manual_seed(0)
+        network = build_network(small_network(), featurizer.to_json()).eval()
+        torch.save(network.state_dict(), path.with_suffix(".pt"))
+        export_onnx(network, featurizer.to_json(), path, {"horizon_days": 90})
+    return path
+
+
+def run_cli(args: list[str]) -> dict[str, float]:
+    """Run a console entry point in a wrapper that reports its wall time and peak RSS."""
+    wrapper = (
+        "import resource, subprocess, sys, time\n"
+        "t = time.perf_counter(); code = subprocess.call(sys.argv[1:])\n"
+        "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, code)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", wrapper, *args], capture_output=True, text=True, check=True)
+    wall, rss_kb, code = done.stdout.strip().splitlines()[-1].split()
+    if code != "0":
+        raise SystemExit(f"{args[0]} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+    return {"wall_s": float(wall), "peak_rss_mb": int(rss_kb) / 1024}
+
+
+def score_end_to_end(model: Path, log: Path, output: Path, extra: list[str]) -> dict[str, float]:
+    binary = str(Path(sys.executable).parent / "churnformer-predict")
+    args = [binary, f"model={model}", f"events={log}", f"cutoff={cutoff_date()}", f"output={output}", "progress=false"]
+    measured = run_cli(args + extra)
+    summary = json.loads(output.with_name(output.name + ".summary.json").read_text())
+    measured.update(
+        customers=summary["customers_scored"],
+        events=summary["rows_read"],
+        infer_s=summary["infer_s"],
+        featurize_s=summary["featurize_s"],
+        partitions=summary["partitions"],
+        customers_per_s=summary["customers_scored"] / measured["wall_s"],
+    )
+    return measured
+
+
+def useful_flops(lengths: np.ndarray, d_model: int, ff: int, layers: int) -> float:
+    tokens = lengths.astype(np.float64) + 1
+    per_layer = 2 * tokens * (4 * d_model**2 + 2 * d_model * ff) + 4 * tokens**2 * d_model
+    return float(per_layer.sum() * layers)
+
+
+def torch_eager(model: Path, log: Path, sample: int, max_len: int) -> tuple[float, np.ndarray]:
+    """Customers/s of the same network in torch eager, batches of 256 padded to max_len; and the
+    real (truncated) lengths of every customer for the FLOP count."""
+    predictor = Predictor(model)
+    frame = pd.read_parquet(log)
+    window = Window.from_cutoff(cutoff_date(), 90)
+    ids = pd.unique(frame["customer_id"].to_numpy())
+    lengths = np.minimum(frame.groupby("customer_id", sort=False).size().to_numpy(), max_len)
+    chosen = np.random.default_rng(0).choice(ids, size=min(sample, len(ids)), replace=False)
+    sequences = build_sequences(frame[frame["customer_id"].isin(chosen)], window, predictor.featurizer)
+    del frame
+    network = load_network(model)
+    scorer = ScoringModel(network).eval()
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for start in range(0, len(sequences), EAGER_BATCH):
+            rows = np.arange(start, min(start + EAGER_BATCH, len(sequences)))
+            batch = sequences.pad(rows, width=max_len).as_inputs()
+            scorer(*(torch.from_numpy(batch[name]) for name in INPUT_ORDER))
+    return len(sequences) / (time.perf_counter() - started), lengths
+
+
+INPUT_ORDER = ("event_cat", "event_num", "lengths", "customer_cat", "customer_num")
+
+
+def load_network(model: Path) -> torch.nn.Module:
+    """The benchmark network with the weights exported to ``model`` (saved beside it as plain tensors)."""
+    predictor = Predictor(model)
+    network = build_network(small_network(), predictor.featurizer.to_json())
+    network.load_state_dict(torch.load(model.with_suffix(".pt"), weights_only=True))
+    return network.eval()
+
+
+def small_network() -> dict:
+    return OmegaConf.to_container(OmegaConf.load(CONF / "model" / "small.yaml").network)
+
+
+def matmul_peak(size: int = 2048, repeats: int = 20) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--customers", type=int, default=500_000)
+    parser.add_argument("--budget-mb", type=float, default=1024)
+    parser.add_argument("--eager-sample", type=int, default=20_000)
+    parser.add_argument("--workdir", type=Path, default=Path("bench-score"))
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    cores = os.cpu_count() or 1
+    torch.set_num_threads(cores)
+
+    log = make_log(args.workdir, args.events, args.customers)
+    model = make_model(args.workdir, log)
+    network = OmegaConf.load(CONF / "model" / "small.yaml").network
+    e2e = score_end_to_end(model, log, args.workdir / "predictions.parquet", [])
+    budget = score_end_to_end(
+        model, log, args.workdir / "predictions-budget.parquet", [f"memory_budget_mb={args.budget_mb:g}"]
+    )
+    identical = pd.read_parquet(args.workdir / "predictions.parquet").equals(
+        pd.read_parquet(args.workdir / "predictions-budget.parquet")
+    )
+    eager_rate, lengths = torch_eager(model, log, args.eager_sample, 128)
+    peak = matmul_peak()
+    flops = useful_flops(lengths, network.d_model, network.d_model * network.ff_multiplier, network.n_layers)
+    result = {
+        "machine": f"{platform.processor() or platform.machine()}, {cores} cores",
+        "events": e2e["events"],
+        "customers": e2e["customers"],
+        "wall_s": e2e["wall_s"],
+        "customers_per_s": e2e["customers_per_s"],
+        "peak_rss_mb": e2e["peak_rss_mb"],
+        "featurize_s": e2e["featurize_s"],
+        "infer_s": e2e["infer_s"],
+        "useful_gflop": flops / 1e9,
+        "useful_gflops": flops / e2e["infer_s"] / 1e9,
+        "useful_gflops_end_to_end": flops / e2e["wall_s"] / 1e9,
+        "peak_matmul_gflops": peak,
+        "torch_eager_customers_per_s": eager_rate,
+        "speedup_vs_torch_eager": e2e["customers_per_s"] / eager_rate,
+        "budget_mb": args.budget_mb,
+        "budget_wall_s": budget["wall_s"],
+        "budget_peak_rss_mb": budget["peak_rss_mb"],
+        "budget_partitions": budget["partitions"],
+        "budget_output_identical": identical,
+    }
+    share = result["useful_gflops"] / peak
+    rows = [
+        ("end-to-end wall (s)", f"{result['wall_s']:.1f}", f"<= {TARGETS['wall_s']:g}"),
+        ("  of which featurize / inference (s)", f"{result['featurize_s']:.1f} / {result['infer_s']:.1f}", ""),
+        ("customers/s", f"{result['customers_per_s']:,.0f}", ""),
+        ("peak RSS (MB)", f"{result['peak_rss_mb']:,.0f}", f"<= {TARGETS['peak_rss_mb']:g}"),
+        ("torch eager padded, customers/s", f"{eager_rate:,.0f}", ""),
+        ("speedup vs torch eager", f"{result['speedup_vs_torch_eager']:.1f}x", ">= 3x"),
+        ("useful GFLOP/s (inference)", f"{result['useful_gflops']:.0f} ({share:.0%} of peak)", ">= 50% of peak"),
+        ("useful GFLOP/s (end to end)", f"{result['useful_gflops_end_to_end']:.0f}", ""),
+        ("fp32 matmul peak GFLOP/s", f"{peak:.0f}", ""),
+        (
+            f"budget {args.budget_mb:g} MB: wall (s) / peak RSS (MB)",
+            f"{budget['wall_s']:.1f} / {budget['peak_rss_mb']:,.0f} ({budget['partitions']} partitions)",
+            f"RSS <= {args.budget_mb:g}",
+        ),
+        ("budget run output identical", str(identical), "True"),
+    ]
+    print(f"{result['events']:,} events, {result['customers']:,} customers; {result['machine']}")
+    width = max(len(r[0]) for r in rows)
+    for name, value, target in rows:
+        print(f"{name:<{width}}  {value:>28}  {target}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,240 @@
+"""Split a large event log by customer: job shards (``shard=i/N``) and on-disk spill partitions.
+
+Both use one stable hash of the customer id, so every event of a customer lands in the same job shard
+and the same partition whatever the input's row order or chunking, and N independent jobs together
+cover every customer exactly once. The log is read in chunks with only the columns the model needs
+(Parquet row groups, CSV chunks), so no step needs the whole log in memory.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from churnformer.data.events import (
+    CUSTOMER_ID,
+    SOURCE_ATTR,
+    TIMESTAMP,
+    ColumnMapping,
+    EventLogError,
+    check_table_file,
+    load_events,
+    read_table,
+)
+from churnformer.data.featurizer import Featurizer, category_labels, numeric_values
+from churnformer.errors import ConfigError
+
+# Peak resident bytes per input event while one block of events is loaded, featurized and scored: at
+# most 260 B measured per spill partition of the benchmark log (scripts/bench_score.py), plus margin.
+PEAK_BYTES_PER_EVENT = 448
+# Memory in use before a block is scored: interpreter, libraries, the onnxruntime session (about 165 MB)
+# and what the spill pass leaves allocated (about 300 MB more), rounded up.
+BASE_BYTES = 512 * 2**20
+CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Job shard ``index`` of ``count``: the customers whose id hash is ``index`` modulo ``count``."""
+
+    index: int = 0
+    count: int = 1
+
+    @classmethod
+    def parse(cls, spec: str | None) -> Shard:
+        if spec is None or str(spec).strip() == "":
+            return cls()
+        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(spec))
+        if not match or not int(match[1]) < int(match[2]):
+            raise ConfigError(f"shard={spec!r}: expected i/N with 0 <= i < N, e.g. shard=0/8")
+        return cls(int(match[1]), int(match[2]))
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def customer_hash(ids: pd.Series | np.ndarray) -> np.ndarray:
+    """A stable 64-bit hash per id (pandas' fixed-key SipHash): the same on every machine and run."""
+    return pd.util.hash_array(np.asarray(ids), categorize=True)
+
+
+def keep_shard(frame: pd.DataFrame, shard: Shard) -> pd.DataFrame:
+    """The rows of ``frame`` (standard columns) whose customer belongs to ``shard``."""
+    if shard.count == 1:
+        return frame
+    mine = customer_hash(frame[CUSTOMER_ID].to_numpy()) % np.uint64(shard.count) == shard.index
+    return frame.loc[mine].reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class EventSource:
+    """An event-log file, read with the columns the model needs only."""
+
+    path: Path
+    mapping: ColumnMapping
+    columns: list[str]  # the file's columns to read (required ones under the user's names + attributes)
+
+    @classmethod
+    def open(cls, path: str | Path, mapping: ColumnMapping, featurizer: Featurizer) -> EventSource:
+        """Project to the required columns and the model's attribute columns present in the file."""
+        path = Path(path)
+        present = file_columns(path)
+        wanted = [mapping.customer_id, mapping.timestamp, mapping.amount, *featurizer.event_attribute_columns]
+        # Absent ones are left to load_events / build_sequences, which name them in their errors.
+        return cls(path, mapping, [c for c in dict.fromkeys(wanted) if c in present])
+
+    @property
+    def is_csv(self) -> bool:
+        return "".join(self.path.suffixes[-2:]).lower().endswith(CSV_SUFFIXES)
+
+    def estimated_rows(self) -> int:
+        """Exact for Parquet (footer); for CSV, file size over the mean size of the first rows."""
+        if not self.is_csv:
+            return _parquet_file(self.path).metadata.num_rows
+        sample = pd.read_csv(self.path, sep=self._sep, nrows=10_000, dtype=str, usecols=self.columns)
+        if len(sample) == 0:
+            return 0
+        size = self.path.stat().st_size * (5 if self.path.suffix.lower() == ".gz" else 1)
+        bytes_per_row = max(sample.to_csv(index=False).encode().__len__() / (len(sample) + 1), 1.0)
+        return math.ceil(size / bytes_per_row)
+
+    @property
+    def _sep(self) -> str:
+        return "\t" if ".tsv" in "".join(self.path.suffixes).lower() else ","
+
+    def read_all(self) -> pd.DataFrame:
+        """The whole file as the standard frame (validated by load_events)."""
+        raw = read_table(self.path, self.mapping.customer_id, self.columns)
+        return load_events(raw, self.mapping, name=str(self.path))
+
+    def chunks(self, rows_per_chunk: int) -> Iterator[pd.DataFrame]:
+        """Standard frames of at most ``rows_per_chunk`` input rows each, in file order."""
+        if self.is_csv:
+            reader = pd.read_csv(
+                self.path,
+                sep=self._sep,
+                usecols=self.columns,
+                dtype={self.mapping.customer_id: str},
+                chunksize=rows_per_chunk,
+            )
+            raw_chunks: Iterator[pd.DataFrame] = iter(reader)
+        else:
+            batches = _parquet_file(self.path).iter_batches(batch_size=rows_per_chunk, columns=self.columns)
+            raw_chunks = (batch.to_pandas() for batch in batches)
+        first_row = 0
+        for raw in raw_chunks:
+            name = f"{self.path} (rows {first_row:,} to {first_row + len(raw) - 1:,} of the data)"
+            yield load_events(raw, self.mapping, name=name)
+            first_row += len(raw)
+
+
+def file_columns(path: Path) -> list[str]:
+    """Column names from the Parquet schema or the CSV header, without reading the data."""
+    is_parquet = check_table_file(path)
+    suffixes = "".join(path.suffixes[-2:]).lower()
+    if not is_parquet:
+        try:
+            return list(pd.read_csv(path, sep="\t" if ".tsv" in suffixes else ",", nrows=0).columns)
+        except (ValueError, OSError, pd.errors.ParserError) as error:
+            raise EventLogError(f"{path}: cannot read the CSV header: {error}") from error
+    return list(_parquet_file(path).schema_arrow.names)
+
+
+def _parquet_file(path: Path) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as error:
+        raise EventLogError(f"{path}: not a readable Parquet file ({error})") from error
+
+
+def partitions_needed(estimated_rows: int, memory_budget_mb: float) -> int:
+    """How many spill partitions keep one partition's processing within the budget (1: in memory)."""
+    available = memory_budget_mb * 2**20 - BASE_BYTES
+    if available <= 0:
+        raise ConfigError(
+            f"memory_budget_mb={memory_budget_mb} is below the {BASE_BYTES // 2**20} MB that libraries and the "
+            "model take before any event is read"
+        )
+    return max(1, math.ceil(estimated_rows * PEAK_BYTES_PER_EVENT / available))
+
+
+def spill_columns(frame: pd.DataFrame, featurizer: Featurizer) -> pd.DataFrame:
+    """Attribute columns in the form the featurizer reads them, so every chunk has the same Parquet
+    schema whatever types a CSV chunk was inferred as (categories as labels, numbers as float64)."""
+    converted = {}
+    for encoder in featurizer.event_categorical:
+        if encoder.name in frame.columns:
+            codes, uniques = pd.factorize(frame[encoder.name])
+            labels = np.append(np.asarray(category_labels(uniques), dtype=object), None)
+            converted[encoder.name] = labels[codes]
+    for scaler in featurizer.event_numeric:
+        if scaler.name in frame.columns:
+            converted[scaler.name] = numeric_values(frame[scaler.name])
+    return frame.assign(**converted)
+
+
+class SpillWriter:
+    """Appends chunks of a standard frame to ``count`` Parquet files, one per hash partition."""
+
+    def __init__(self, directory: Path, count: int, featurizer: Featurizer) -> None:
+        self.paths = [directory / f"partition-{k:05d}.parquet" for k in range(count)]
+        self.count = count
+        self.featurizer = featurizer
+        self._writers: dict[int, pq.ParquetWriter] = {}
+        self._schema: pa.Schema | None = None
+
+    def write(self, frame: pd.DataFrame, hashes: np.ndarray) -> None:
+        frame = spill_columns(frame, self.featurizer)
+        partition = spill_partition(hashes, self.count)
+        order = np.argsort(partition, kind="stable")
+        bounds = np.searchsorted(partition[order], np.arange(self.count + 1))
+        table = pa.Table.from_pandas(frame.iloc[order], preserve_index=False)
+        if self._schema is None:
+            self._schema = self._fixed_schema(table.schema)
+        table = table.cast(self._schema)
+        for k in range(self.count):
+            if bounds[k + 1] > bounds[k]:
+                if k not in self._writers:
+                    self._writers[k] = pq.ParquetWriter(self.paths[k], self._schema)
+                self._writers[k].write_table(table.slice(bounds[k], bounds[k + 1] - bounds[k]))
+
+    def _fixed_schema(self, inferred: pa.Schema) -> pa.Schema:
+        """The first chunk's schema with attribute types fixed (a chunk of all-missing values infers null)."""
+        categorical = {e.name for e in self.featurizer.event_categorical}
+        numeric = {s.name for s in self.featurizer.event_numeric}
+        # Categories stay dictionary-encoded, so a partition reads back as a compact pandas category.
+        fields = [
+            field.with_type(pa.dictionary(pa.int32(), pa.string()) if field.name in categorical else pa.float64())
+            if field.name in categorical | numeric
+            else field
+            for field in inferred
+        ]
+        return pa.schema(fields)
+
+    def close(self) -> list[Path]:
+        """The partition files written (partitions without customers have none)."""
+        for writer in self._writers.values():
+            writer.close()
+        return [self.paths[k] for k in sorted(self._writers)]
+
+
+def spill_partition(hashes: np.ndarray, count: int) -> np.ndarray:
+    """Partition from the high half of the hash; job shards use the low half, so a job's customers
+    spread over all partitions whatever ``count`` and the job count are."""
+    return ((hashes >> np.uint64(32)) % np.uint64(count)).astype(np.int64)
+
+
+def read_partition(path: Path, source: str) -> pd.DataFrame:
+    """A spill partition as a standard frame; messages about it name the original ``source``."""
+    frame = pd.read_parquet(path)
+    frame[TIMESTAMP] = frame[TIMESTAMP].astype("datetime64[ns]")
+    frame.attrs[SOURCE_ATTR] = source
+    return frame

@@ -1,0 +1,160 @@
+"""Fault tolerance: a training process killed with SIGKILL mid-epoch resumes from its last checkpoint
+(``ckpt_path=last`` in the same run directory) and ends exactly where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from churnformer.sampler import LengthBucketBatchSampler
+from tests.conftest import BIN, TRAIN_OVERRIDES, run_cli
+
+MAX_EPOCHS = 4
+# Mid-epoch checkpoints every 2 steps (the tiny world has 5 training batches per epoch); one thread per
+# process, so both runs do the same arithmetic whatever the machine.
+RESUMABLE_OVERRIDES = (
+    *(o for o in TRAIN_OVERRIDES if not o.startswith("trainer.max_epochs=")),
+    f"trainer.max_epochs={MAX_EPOCHS}",
+    "threads=1",
+    "calibrate=false",
+    "export=false",
+    "callbacks.last_checkpoint.train_time_interval=null",
+    "callbacks.last_checkpoint.every_n_train_steps=2",
+)
+
+
+def _freeze(process: subprocess.Popen) -> bool:
+    """SIGSTOP the process and wait until it is stopped (False if it exited first): while it is frozen its
+    checkpoint cannot change, so what the test reads is what a resume will read."""
+    os.kill(process.pid, signal.SIGSTOP)
+    _, status = os.waitpid(process.pid, os.WUNTRACED)
+    if os.WIFSTOPPED(status):
+        return True
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return False
+
+
+def _version(path: Path) -> tuple[int, int]:
+    """Each save renames a new file into place: a new inode, even within the filesystem's clock resolution."""
+    stat = path.stat()
+    return stat.st_ino, stat.st_mtime_ns
+
+
+def kill_mid_epoch(process: subprocess.Popen, checkpoint: Path, steps_per_epoch: int, timeout: float = 120) -> dict:
+    """SIGKILL ``process`` once its ``last.ckpt`` was written in the middle of an epoch after the first.
+
+    Polls the file; on each new version the process is frozen, the checkpoint read, and the process killed
+    (checkpoint mid-epoch) or let go on. Returns the checkpoint the resumed run will start from.
+    """
+    deadline = time.monotonic() + timeout
+    seen = None
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"training ended (exit {process.returncode}) before a mid-epoch checkpoint was written")
+        if checkpoint.is_file() and _version(checkpoint) != seen:
+            if not _freeze(process):
+                pytest.fail(f"training ended (exit {process.returncode}) before a mid-epoch checkpoint was written")
+            seen = _version(checkpoint)
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+            if state["epoch"] >= 1 and state["global_step"] % steps_per_epoch:
+                os.kill(process.pid, signal.SIGKILL)
+                process.wait(timeout=30)
+                return state
+            os.kill(process.pid, signal.SIGCONT)
+        time.sleep(0.005)  # poll interval
+    process.kill()
+    pytest.fail(f"no mid-epoch checkpoint at {checkpoint} within {timeout} s")
+
+
+def _state_dict(run_dir: Path) -> dict[str, Any]:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="POSIX signals")
+def test_run_killed_mid_epoch_resumes_to_the_same_metrics(tiny_world: tuple[Path, Path], tmp_path: Path) -> None:
+    events, customers = tiny_world
+    overrides = (*RESUMABLE_OVERRIDES, f"data.events={events}", f"data.customers={customers}")
+    uninterrupted, killed = tmp_path / "uninterrupted", tmp_path / "killed"
+
+    run_cli("churnformer-train", *overrides, f"hydra.run.dir={uninterrupted}", cwd=tmp_path)
+    final = _state_dict(uninterrupted)
+    steps_per_epoch = final["global_step"] // MAX_EPOCHS
+    assert final["global_step"] == MAX_EPOCHS * steps_per_epoch and steps_per_epoch > 2
+
+    log = (tmp_path / "killed.log").open("w")
+    process = subprocess.Popen(
+        [str(BIN / "churnformer-train"), *overrides, f"hydra.run.dir={killed}"],
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONHASHSEED": "0"},
+    )
+    try:
+        at_kill = kill_mid_epoch(process, killed / "checkpoints" / "last.ckpt", steps_per_epoch)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        log.close()
+    assert process.returncode == -signal.SIGKILL
+    assert not (killed / "metrics.json").exists()
+    position = at_kill["ChurnDataModule"]["train_sampler"]
+    assert position["epoch"] == at_kill["epoch"] and 0 < position["batches"] < steps_per_epoch
+
+    resumed = run_cli("churnformer-train", *overrides, f"hydra.run.dir={killed}", "ckpt_path=last", cwd=tmp_path)
+    assert f"resuming from {killed / 'checkpoints' / 'last.ckpt'}" in resumed.stdout
+    assert json.loads((killed / "metrics.json").read_text()) == json.loads((uninterrupted / "metrics.json").read_text())
+    again = _state_dict(killed)
+    assert again["global_step"] == final["global_step"]
+    for name, tensor in final["state_dict"].items():
+        assert torch.equal(again["state_dict"][name], tensor), name
+
+
+def test_resume_without_a_checkpoint_is_one_clear_error(tiny_world: tuple[Path, Path], tmp_path: Path) -> None:
+    events, customers = tiny_world
+    result = run_cli(
+        "churnformer-train",
+        *TRAIN_OVERRIDES,
+        f"data.events={events}",
+        f"data.customers={customers}",
+        f"hydra.run.dir={tmp_path / 'fresh'}",
+        "ckpt_path=last",
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "ckpt_path=last: nothing to resume, no last.ckpt in" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_sampler_reshuffles_each_epoch_and_resumes_mid_epoch() -> None:
+    lengths = np.random.default_rng(0).integers(1, 50, size=100)
+
+    def epoch(sampler: LengthBucketBatchSampler, number: int) -> list[list[int]]:
+        sampler.set_epoch(number)
+        return list(sampler)
+
+    sampler = LengthBucketBatchSampler(lengths, batch_size=8, shuffle=True, seed=1, pool_batches=2)
+    first, second = epoch(sampler, 0), epoch(sampler, 1)
+    assert first != second
+    for batches in (first, second):
+        assert sorted(row for batch in batches for row in batch) == list(range(100))
+
+    iterator = iter(sampler)
+    taken = [next(iterator) for _ in range(3)]
+    saved = sampler.state_dict()
+    assert saved == {"epoch": 1, "batches": 3} and taken == second[:3]
+
+    restored = LengthBucketBatchSampler(lengths, batch_size=8, shuffle=True, seed=1, pool_batches=2)
+    restored.load_state_dict(saved)
+    assert epoch(restored, 1) == second[3:]  # the rest of the interrupted epoch, then whole epochs
+    assert epoch(restored, 2) == epoch(sampler, 2)
