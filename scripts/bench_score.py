@@ -4,6 +4,7 @@ Usage::
 
     python scripts/bench_score.py [--events 10000000] [--customers 500000]
                                   [--budget-mb 1024] [--eager-sample 20000] [--json PATH] [--workdir DIR]
+                                  [--int8] [--sweep-session N]
 
 One run measures, on the same machine and the same model:
 
@@ -13,7 +14,12 @@ One run measures, on the same machine and the same model:
 * a plain torch-eager scorer of the same network: batches of 256 customers padded to ``max_len``
   (what a straightforward PyTorch job does), on ``--eager-sample`` random customers (rate extrapolated;
   featurization is not timed for it, which flatters it);
-* a large float32 matmul (torch) for the machine's peak GFLOP/s.
+* a large float32 matmul (torch) for the machine's peak GFLOP/s;
+* with ``--int8``, ``churnformer-predict`` again with the dynamic-int8 model (speed only: the benchmark
+  model has random weights, so its accuracy change means nothing; training measures that);
+* with ``--sweep-session N``, the onnxruntime session settings scoring uses against alternatives, on
+  the same batches of N customers (how the settings in ``churnformer.scoring.session_options`` were
+  chosen).
 
 "Useful" FLOPs count real events only (no padding): per customer with n = events + 1 tokens (the
 summary token), per layer 2·n·(4·d² + 2·d·ff) for the projections and MLP and 4·n²·d for attention.
@@ -111,6 +117,54 @@ def score_end_to_end(model: Path, log: Path, output: Path, extra: list[str]) -> 
     return measured
 
 
+def session_sweep(model: Path, log: Path, customers: int, rounds: int = 3) -> list[tuple[str, float]]:
+    """Seconds inside onnxruntime for the same batches of ``customers`` random customers, per session
+    setting, in interleaved rounds (fastest of each); the first row is what scoring uses."""
+    import onnxruntime as ort
+
+    from churnformer.predict_job import reuse_freed_memory
+    from churnformer.scoring import fill_rows, padded_width, session_options, token_budget_batches
+
+    reuse_freed_memory()  # as churnformer-predict does
+    predictor = Predictor(model)
+    frame = pd.read_parquet(log)
+    chosen = np.random.default_rng(1).choice(pd.unique(frame["customer_id"]), size=customers, replace=False)
+    window = predictor.window(cutoff_date())
+    sequences = build_sequences(frame[frame["customer_id"].isin(chosen)], window, predictor.featurizer)
+    del frame
+    feeds = [
+        sequences.pad(fill_rows(rows), width=int(padded_width(sequences.lengths[rows[:1]])[0])).as_inputs()
+        for rows in token_budget_batches(sequences.lengths, predictor.batch_tokens, predictor.max_batch_size)
+    ]
+
+    def variant(change) -> ort.InferenceSession:
+        options = session_options()
+        change(options)
+        return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+
+    def optimization(level: ort.GraphOptimizationLevel):
+        return lambda options: setattr(options, "graph_optimization_level", level)
+
+    variants = {
+        "scoring's settings": variant(lambda o: None),
+        "intra_op_num_threads=1": variant(lambda o: setattr(o, "intra_op_num_threads", 1)),
+        "graph optimization EXTENDED": variant(optimization(ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)),
+        "graph optimization ALL": variant(optimization(ort.GraphOptimizationLevel.ORT_ENABLE_ALL)),
+        "execution mode PARALLEL": variant(lambda o: setattr(o, "execution_mode", ort.ExecutionMode.ORT_PARALLEL)),
+        "CPU memory arena on": variant(lambda o: setattr(o, "enable_cpu_mem_arena", True)),
+        "spinning threads": variant(lambda o: o.add_session_config_entry("session.intra_op.allow_spinning", "1")),
+    }
+    times: dict[str, float] = dict.fromkeys(variants, float("inf"))
+    for _ in range(rounds):
+        for name, session in variants.items():
+            names = [i.name for i in session.get_inputs()]
+            started = time.perf_counter()
+            for feed in feeds:
+                session.run(None, {n: feed[n] for n in names})
+            times[name] = min(times[name], time.perf_counter() - started)
+    return list(times.items())
+
+
 def useful_flops(lengths: np.ndarray, d_model: int, ff: int, layers: int) -> float:
     tokens = lengths.astype(np.float64) + 1
     per_layer = 2 * tokens * (4 * d_model**2 + 2 * d_model * ff) + 4 * tokens**2 * d_model
@@ -173,6 +227,10 @@ def main() -> None:
     parser.add_argument("--eager-sample", type=int, default=20_000)
     parser.add_argument("--workdir", type=Path, default=Path("bench-score"))
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--int8", action="store_true", help="also score end to end with the int8 model")
+    parser.add_argument(
+        "--sweep-session", type=int, default=0, metavar="N", help="time onnxruntime settings on N customers"
+    )
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     cores = os.cpu_count() or 1
@@ -188,6 +246,11 @@ def main() -> None:
     identical = pd.read_parquet(args.workdir / "predictions.parquet").equals(
         pd.read_parquet(args.workdir / "predictions-budget.parquet")
     )
+    if args.int8:
+        from churnformer.quantize import int8_path, quantize_model
+
+        int8 = int8_path(model) if int8_path(model).exists() else quantize_model(model, int8_path(model))
+        quantized = score_end_to_end(int8, log, args.workdir / "predictions-int8.parquet", [])
     eager_rate, lengths = torch_eager(model, log, args.eager_sample, 128)
     peak = matmul_peak()
     flops = useful_flops(lengths, network.d_model, network.d_model * network.ff_multiplier, network.n_layers)
@@ -230,10 +293,19 @@ def main() -> None:
         ),
         ("budget run output identical", str(identical), "True"),
     ]
+    if args.int8:
+        result.update(int8_wall_s=quantized["wall_s"], int8_infer_s=quantized["infer_s"])
+        rows.append(("int8 model: wall / inference (s)", f"{quantized['wall_s']:.1f} / {quantized['infer_s']:.1f}", ""))
     print(f"{result['events']:,} events, {result['customers']:,} customers; {result['machine']}")
     width = max(len(r[0]) for r in rows)
     for name, value, target in rows:
         print(f"{name:<{width}}  {value:>28}  {target}")
+    if args.sweep_session:
+        sweep = session_sweep(model, log, args.sweep_session)
+        result["session_sweep_s"] = dict(sweep)
+        print(f"\nonnxruntime settings, {args.sweep_session:,} customers (seconds inside onnxruntime, fastest of 3):")
+        for name, seconds in sweep:
+            print(f"  {name:<30} {seconds:6.2f}  x{seconds / sweep[0][1]:.2f}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
 

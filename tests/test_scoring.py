@@ -110,7 +110,7 @@ def test_spilled_chunks_score_exactly_like_memory(
         path = tmp_path / "events.parquet"
         pd.read_csv(events, dtype={"customer_id": str}).to_parquet(path, row_group_size=997)
         events = path
-    spilled = score_log(model, events, TINY_CUTOFF, customers, memory_budget_mb=513, chunk_rows=1000)
+    spilled = score_log(model, events, TINY_CUTOFF, customers, memory_budget_mb=901, chunk_rows=1000)
     assert spilled.summary.partitions > 1
     pd.testing.assert_frame_equal(spilled.predictions, full.predictions, check_exact=True)
     pd.testing.assert_frame_equal(spilled.rejects, full.rejects)
@@ -132,7 +132,7 @@ def test_scores_are_identical_when_the_log_is_truncated_at_the_cutoff(
     assert result.summary.events_ignored["after_cutoff"] == 0 < full.summary.events_ignored["after_cutoff"]
 
 
-@pytest.mark.parametrize("budget", [4096, 513])
+@pytest.mark.parametrize("budget", [4096, 901])
 def test_every_customer_of_a_messy_log_is_scored_or_rejected(
     model: Predictor, tiny_world: tuple[Path, Path], tmp_path: Path, budget: int
 ) -> None:

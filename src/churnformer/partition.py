@@ -35,9 +35,10 @@ from churnformer.errors import ConfigError
 # Peak resident bytes per input event while one block of events is loaded, featurized and scored: at
 # most 260 B measured per spill partition of the benchmark log (scripts/bench_score.py), plus margin.
 PEAK_BYTES_PER_EVENT = 448
-# Memory in use before a block is scored: interpreter, libraries, the onnxruntime session (about 165 MB)
-# and what the spill pass leaves allocated (about 300 MB more), rounded up.
-BASE_BYTES = 512 * 2**20
+# Memory in use besides the block being scored: interpreter, libraries and the onnxruntime session (about
+# 165 MB), what the spill pass leaves allocated (about 300 MB), and freed heap that scoring keeps for reuse
+# (predict_job.reuse_freed_memory; up to about 400 MB measured on the benchmark log), rounded up.
+BASE_BYTES = 900 * 2**20
 CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv")
 
 

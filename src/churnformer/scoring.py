@@ -367,11 +367,16 @@ class Predictor:
 
 
 def session_options(threads: int = 0) -> ort.SessionOptions:
-    """The onnxruntime settings scoring uses (chosen with ``scripts/bench_score.py --sweep-session``)."""
+    """The onnxruntime settings scoring uses, chosen with ``scripts/bench_score.py --sweep-session``:
+    basic graph optimizations (the extended fusions were 3-6% slower for this small model), one thread
+    per core (one thread: 1.3x slower), sequential execution (parallel: 1.3-2x slower), no spinning
+    (within noise, and idle threads then leave the cores to Python, which pads the next batch), no
+    memory arena (see below)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     # Without the arena, memory follows the batch in flight; with it, onnxruntime keeps its high-water
     # mark for good (450 MB more between spill partitions, measured) at no measurable speed gain.
     options.enable_cpu_mem_arena = False
