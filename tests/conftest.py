@@ -26,6 +26,14 @@ def run_cli(tool: str, *overrides: str, cwd: Path, check: bool = True) -> subpro
     return result
 
 
+def run_predict(
+    model: Path, events: Path, output: Path, *overrides: str, cutoff: str = TINY_CUTOFF, check: bool = True
+) -> subprocess.CompletedProcess:
+    """``churnformer-predict`` on the tiny world's cutoff (customers and others via ``overrides``)."""
+    args = (f"model={model}", f"events={events}", f"cutoff={cutoff}", f"output={output}", "progress=false")
+    return run_cli("churnformer-predict", *args, *overrides, cwd=output.parent, check=check)
+
+
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """400 customers over 52 weeks, as CSV: (events, customers)."""

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from churnformer.data.events import load_events
-from tests.conftest import TINY_CUTOFF, run_cli
+from tests.conftest import TINY_CUTOFF, run_cli, run_predict
 
 
 def test_train_writes_a_complete_run_directory(trained_run: Path) -> None:
@@ -35,16 +35,7 @@ def test_train_writes_a_complete_run_directory(trained_run: Path) -> None:
 def predictions(trained_run: Path, tiny_world: tuple[Path, Path], tmp_path_factory) -> tuple[Path, pd.DataFrame]:
     events, customers = tiny_world
     out = tmp_path_factory.mktemp("predict") / "scores.parquet"
-    run_cli(
-        "churnformer-predict",
-        f"model={trained_run}",
-        f"events={events}",
-        f"customers={customers}",
-        f"cutoff={TINY_CUTOFF}",
-        f"output={out}",
-        "progress=false",
-        cwd=out.parent,
-    )
+    run_predict(trained_run, events, out, f"customers={customers}")
     return out, pd.read_parquet(out)
 
 

@@ -25,7 +25,7 @@ from churnformer.scoring import (
     token_budget_batches,
     write_result,
 )
-from tests.conftest import TINY_CUTOFF, run_cli
+from tests.conftest import TINY_CUTOFF, run_predict
 
 LEVELS = np.arange(1, 100, dtype=float)
 
@@ -206,16 +206,8 @@ def test_rescoring_is_byte_identical(trained_run: Path, tiny_world: tuple[Path, 
     outputs = []
     for name in ("a", "b"):
         output = tmp_path / name / "scores.parquet"
-        run_cli(
-            "churnformer-predict",
-            f"model={trained_run}",
-            f"events={events}",
-            f"customers={customers}",
-            f"cutoff={TINY_CUTOFF}",
-            f"output={output}",
-            "progress=false",
-            cwd=tmp_path,
-        )
+        output.parent.mkdir()
+        run_predict(trained_run, events, output, f"customers={customers}")
         outputs.append(output.read_bytes())
     assert outputs[0] == outputs[1]
 

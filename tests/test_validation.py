@@ -22,7 +22,7 @@ from churnformer.data.labels import make_labels
 from churnformer.data.sequences import Sequences, build_sequences
 from churnformer.data.window import Window, require_events_before
 from churnformer.scoring import Predictor, ScoringResult
-from tests.conftest import TINY_CUTOFF, run_cli
+from tests.conftest import TINY_CUTOFF, run_cli, run_predict
 
 CUTOFF = "2024-06-30"
 WINDOW = Window.from_cutoff(CUTOFF, horizon_days=30)  # features before 2024-07-01, labels until 07-31
@@ -54,17 +54,7 @@ def _assert_clean_exit(result) -> str:
 
 
 def _predict_cli(model: Path, events: Path, tmp_path: Path, *extra: str, cutoff: str = TINY_CUTOFF):
-    return run_cli(
-        "churnformer-predict",
-        f"model={model}",
-        f"events={events}",
-        f"cutoff={cutoff}",
-        f"output={tmp_path / 'scores.parquet'}",
-        "progress=false",
-        *extra,
-        cwd=tmp_path,
-        check=False,
-    )
+    return run_predict(model, events, tmp_path / "scores.parquet", *extra, cutoff=cutoff, check=False)
 
 
 def _train_cli(events: Path, tmp_path: Path, *extra: str):
