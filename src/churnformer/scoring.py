@@ -238,7 +238,7 @@ class Predictor:
         self,
         model: str | Path,
         providers: list[str] | None = None,
-        batch_tokens: int = 16_384,
+        batch_tokens: int = 8_192,
         max_batch_size: int = 4096,
         threads: int = 0,
         segments: SegmentRules | None = None,
@@ -368,7 +368,7 @@ class Predictor:
 
 def session_options(threads: int = 0) -> ort.SessionOptions:
     """The onnxruntime settings scoring uses, chosen with ``scripts/bench_score.py --sweep-session``:
-    basic graph optimizations (the extended fusions were 3-6% slower for this small model), one thread
+    basic graph optimizations (the extended fusions were 3-8% slower for this small model), one thread
     per core (one thread: 1.3x slower), sequential execution (parallel: 1.3-2x slower), no spinning
     (within noise, and idle threads then leave the cores to Python, which pads the next batch), no
     memory arena (see below)."""
