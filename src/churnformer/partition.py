@@ -26,6 +26,7 @@ from churnformer.data.events import (
     ColumnMapping,
     EventLogError,
     check_table_file,
+    csv_separator,
     load_events,
     read_table,
 )
@@ -39,7 +40,6 @@ PEAK_BYTES_PER_EVENT = 448
 # 165 MB), what the spill pass leaves allocated (about 300 MB), and freed heap that scoring keeps for reuse
 # (predict_job.reuse_freed_memory; up to about 400 MB measured on the benchmark log), rounded up.
 BASE_BYTES = 900 * 2**20
-CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv")
 
 
 @dataclass(frozen=True)
@@ -82,34 +82,28 @@ class EventSource:
     path: Path
     mapping: ColumnMapping
     columns: list[str]  # the file's columns to read (required ones under the user's names + attributes)
+    is_parquet: bool
 
     @classmethod
     def open(cls, path: str | Path, mapping: ColumnMapping, featurizer: Featurizer) -> EventSource:
         """Project to the required columns and the model's attribute columns present in the file."""
         path = Path(path)
-        present = file_columns(path)
+        is_parquet = check_table_file(path)
+        present = file_columns(path, is_parquet)
         wanted = [mapping.customer_id, mapping.timestamp, mapping.amount, *featurizer.event_attribute_columns]
         # Absent ones are left to load_events / build_sequences, which name them in their errors.
-        return cls(path, mapping, [c for c in dict.fromkeys(wanted) if c in present])
-
-    @property
-    def is_csv(self) -> bool:
-        return "".join(self.path.suffixes[-2:]).lower().endswith(CSV_SUFFIXES)
+        return cls(path, mapping, [c for c in dict.fromkeys(wanted) if c in present], is_parquet)
 
     def estimated_rows(self) -> int:
         """Exact for Parquet (footer); for CSV, file size over the mean size of the first rows."""
-        if not self.is_csv:
+        if self.is_parquet:
             return _parquet_file(self.path).metadata.num_rows
-        sample = pd.read_csv(self.path, sep=self._sep, nrows=10_000, dtype=str, usecols=self.columns)
+        sample = pd.read_csv(self.path, sep=csv_separator(self.path), nrows=10_000, dtype=str, usecols=self.columns)
         if len(sample) == 0:
             return 0
         size = self.path.stat().st_size * (5 if self.path.suffix.lower() == ".gz" else 1)
-        bytes_per_row = max(sample.to_csv(index=False).encode().__len__() / (len(sample) + 1), 1.0)
+        bytes_per_row = max(len(sample.to_csv(index=False).encode()) / (len(sample) + 1), 1.0)
         return math.ceil(size / bytes_per_row)
-
-    @property
-    def _sep(self) -> str:
-        return "\t" if ".tsv" in "".join(self.path.suffixes).lower() else ","
 
     def read_all(self) -> pd.DataFrame:
         """The whole file as the standard frame (validated by load_events)."""
@@ -118,10 +112,10 @@ class EventSource:
 
     def chunks(self, rows_per_chunk: int) -> Iterator[pd.DataFrame]:
         """Standard frames of at most ``rows_per_chunk`` input rows each, in file order."""
-        if self.is_csv:
+        if not self.is_parquet:
             reader = pd.read_csv(
                 self.path,
-                sep=self._sep,
+                sep=csv_separator(self.path),
                 usecols=self.columns,
                 dtype={self.mapping.customer_id: str},
                 chunksize=rows_per_chunk,
@@ -137,13 +131,11 @@ class EventSource:
             first_row += len(raw)
 
 
-def file_columns(path: Path) -> list[str]:
+def file_columns(path: Path, is_parquet: bool) -> list[str]:
     """Column names from the Parquet schema or the CSV header, without reading the data."""
-    is_parquet = check_table_file(path)
-    suffixes = "".join(path.suffixes[-2:]).lower()
     if not is_parquet:
         try:
-            return list(pd.read_csv(path, sep="\t" if ".tsv" in suffixes else ",", nrows=0).columns)
+            return list(pd.read_csv(path, sep=csv_separator(path), nrows=0).columns)
         except (ValueError, OSError, pd.errors.ParserError) as error:
             raise EventLogError(f"{path}: cannot read the CSV header: {error}") from error
     return list(_parquet_file(path).schema_arrow.names)

@@ -74,11 +74,10 @@ def score_log(
     source = EventSource.open(events, columns, predictor.featurizer)
     static = load_customers(customers, columns.customer_id) if customers is not None else None
     rows = source.estimated_rows()
-    count = partitions_needed(rows // shard.count, memory_budget_mb)
     parts: list[ScoringResult] = []
     other_shards, spilled = 0, 0
     with tqdm(total=0, unit="customers", disable=not progress, smoothing=0.1, desc="scoring") as bar:
-        if partitions_needed(rows, memory_budget_mb) == 1:
+        if partitions_needed(rows, memory_budget_mb) == 1:  # the whole file is read at once, whatever the shard
             frame = source.read_all()
             require_events_before(frame[TIMESTAMP], window, cutoff, str(source.path))
             mine = keep_shard(frame, shard)
@@ -88,9 +87,9 @@ def score_log(
         else:
             available = memory_budget_mb * 2**20 - BASE_BYTES
             chunk_rows = chunk_rows or max(MIN_CHUNK_ROWS, int(available / PEAK_BYTES_PER_EVENT / CHUNK_SHARE))
-            spilled = count
+            spilled = partitions_needed(rows // shard.count, memory_budget_mb)  # only this shard is spilled
             with tempfile.TemporaryDirectory(prefix="churnformer-spill-", dir=spill_dir) as directory:
-                writer = SpillWriter(Path(directory), count, predictor.featurizer)
+                writer = SpillWriter(Path(directory), spilled, predictor.featurizer)
                 time_range: list[np.datetime64] = []
                 for chunk in source.chunks(chunk_rows):
                     time_range += [chunk[TIMESTAMP].min(), chunk[TIMESTAMP].max()]

@@ -74,6 +74,10 @@ def check_table_file(path: str | Path) -> bool:
     return is_parquet
 
 
+def csv_separator(path: Path) -> str:
+    return "\t" if ".tsv" in "".join(path.suffixes[-2:]).lower() else ","
+
+
 def read_table(path: str | Path, id_column: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
     """Read CSV or Parquet by file extension, after :func:`check_table_file`.
 
@@ -85,8 +89,7 @@ def read_table(path: str | Path, id_column: str, columns: Sequence[str] | None =
         if is_parquet:
             frame = pd.read_parquet(path, columns=list(columns) if columns else None)
         else:
-            sep = "\t" if ".tsv" in "".join(path.suffixes[-2:]).lower() else ","
-            frame = pd.read_csv(path, sep=sep, usecols=columns, dtype={id_column: str})
+            frame = pd.read_csv(path, sep=csv_separator(path), usecols=columns, dtype={id_column: str})
     except pd.errors.EmptyDataError as error:  # only blank lines: no header to read
         raise EventLogError(f"{path}: the file has no header row and no events") from error
     except (ValueError, OSError, pd.errors.ParserError) as error:
