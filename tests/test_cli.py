@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pandas as pd
 import pytest
 
@@ -109,6 +110,11 @@ def test_export_cli(trained_run: Path, tmp_path: Path) -> None:
     )
     assert out.is_file() and "exported" in result.stdout
     assert not list(tmp_path.glob("outputs"))  # export writes only what it was asked to
+    assert any(node.domain == "com.microsoft" for node in onnx.load(out).graph.node)
+    portable = tmp_path / "portable.onnx"
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
+    run_cli("churnformer-export", f"ckpt={ckpt}", f"output={portable}", "fused_attention=false", cwd=tmp_path)
+    assert not any(node.domain == "com.microsoft" for node in onnx.load(portable).graph.node)
 
 
 def test_bad_input_is_one_clear_message(tmp_path: Path) -> None:

@@ -17,8 +17,10 @@ from churnformer.module import INPUT_NAMES
 from churnformer.scoring import Predictor
 
 
-@pytest.fixture(scope="module")
-def exported(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ScoringModel, Featurizer]:
+@pytest.fixture(scope="module", params=[True, False], ids=["fused-attention", "portable"])
+def exported(
+    request: pytest.FixtureRequest, trained_run: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, ScoringModel, Featurizer]:
     checkpoint = next((trained_run / "checkpoints").glob("epoch*.ckpt"))
     network, hparams = load_checkpoint(checkpoint)
     # Perturb the trained weights so parity is checked on a network whose every path matters.
@@ -26,8 +28,20 @@ def exported(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
     with torch.no_grad():
         for parameter in network.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))
-    path = export_onnx(network, hparams["featurizer_json"], tmp_path_factory.mktemp("onnx") / "model.onnx")
+    output = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    path = export_onnx(network, hparams["featurizer_json"], output, fused_attention=request.param)
     return path, ScoringModel(network).eval(), Featurizer.from_json(hparams["featurizer_json"])
+
+
+def test_attention_is_fused_or_standard_onnx(exported) -> None:
+    path, model, _ = exported
+    nodes = onnx.load(path).graph.node
+    fused = {(n.domain, n.op_type) for n in nodes if n.domain == "com.microsoft"}
+    if model.network.blocks[0].attention.fused_export:
+        assert fused == {("com.microsoft", "Attention")}
+        assert sum(n.op_type == "Attention" for n in nodes) == len(model.network.blocks)
+    else:
+        assert fused == set() and all(n.domain in ("", "ai.onnx") for n in nodes)
 
 
 @pytest.mark.parametrize(("batch", "length"), [(1, 1), (2, 3), (7, 50), (64, 200)])

@@ -86,7 +86,7 @@ def export(cfg: DictConfig) -> None:
 
     from churnformer.export import export_checkpoint
 
-    path = export_checkpoint(cfg.ckpt, cfg.output, cfg.get("calibration"))
+    path = export_checkpoint(cfg.ckpt, cfg.output, cfg.get("calibration"), cfg.fused_attention)
     print(f"exported {path}")
     if cfg.get("quantize"):
         from churnformer.errors import ConfigError

@@ -16,10 +16,11 @@ import torch
 from churnformer import __version__
 from churnformer.calibration import Calibration
 from churnformer.data.featurizer import Featurizer
-from churnformer.model import PREDICTION_COLUMNS, ChurnFormer, ScoringModel
+from churnformer.model import PREDICTION_COLUMNS, ChurnFormer, ScoringModel, SelfAttention
 from churnformer.module import INPUT_NAMES, build_network
 
-# opset 23 turns SDPA into an ONNX `Attention` op whose CPU kernel rejects broadcast key-padding masks.
+# opset 23 turns SDPA into an ONNX `Attention` op whose CPU kernel rejects broadcast key-padding masks, so the
+# portable export decomposes attention into opset-20 ops; the default is onnxruntime's fused kernel instead.
 OPSET = 20
 CALIBRATION_FILE = "calibration.json"
 METADATA_PREFIX = "churnformer."
@@ -59,8 +60,13 @@ def export_onnx(
     output: str | Path,
     metadata: dict[str, Any] | None = None,
     calibration: Calibration | None = None,
+    fused_attention: bool = True,
 ) -> Path:
-    """Write ``output`` atomically; batch and length are symbolic, metadata holds the featurizer state."""
+    """Write ``output`` atomically; batch and length are symbolic, metadata holds the featurizer state.
+
+    ``fused_attention``: attention as onnxruntime's ``com.microsoft.Attention`` kernel (CPU and CUDA; the
+    fastest), or, when False, as standard ONNX ops that any ONNX runtime can execute.
+    """
     featurizer = Featurizer.from_json(featurizer_json)
     calibration = calibration or Calibration()
     model = ScoringModel(network, calibration.churn_temperature, calibration.spend_log_scale).eval()
@@ -75,6 +81,9 @@ def export_onnx(
     # The exporter logs every graph pass at INFO and warns that torchvision (unused here) is missing.
     for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    for module in network.modules():
+        if isinstance(module, SelfAttention):
+            module.fused_export = fused_attention
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
@@ -105,7 +114,9 @@ def export_onnx(
     return output
 
 
-def export_checkpoint(checkpoint: str | Path, output: str | Path, calibration: str | Path | None = None) -> Path:
+def export_checkpoint(
+    checkpoint: str | Path, output: str | Path, calibration: str | Path | None = None, fused_attention: bool = True
+) -> Path:
     """Export a checkpoint; the run's ``calibration.json`` (next to ``checkpoints/``) is applied when present."""
     checkpoint = Path(checkpoint)
     calibration_file = Path(calibration) if calibration else checkpoint.parent.parent / CALIBRATION_FILE
@@ -113,4 +124,5 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, calibration: s
     if fitted is not None:
         print(f"calibration from {calibration_file}: {fitted}")
     network, hparams = load_checkpoint(checkpoint)
-    return export_onnx(network, hparams["featurizer_json"], output, hparams.get("export_metadata"), fitted)
+    metadata = hparams.get("export_metadata")
+    return export_onnx(network, hparams["featurizer_json"], output, metadata, fitted, fused_attention)
