@@ -10,6 +10,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from churnformer.calibration import Calibration
 from churnformer.data.featurizer import Featurizer
 from churnformer.export import example_inputs, export_checkpoint, export_onnx, load_checkpoint
 from churnformer.model import PREDICTION_COLUMNS, ScoringModel
@@ -29,8 +30,13 @@ def exported(
         for parameter in network.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))
     output = tmp_path_factory.mktemp("onnx") / "model.onnx"
-    path = export_onnx(network, hparams["featurizer_json"], output, fused_attention=request.param)
-    return path, ScoringModel(network).eval(), Featurizer.from_json(hparams["featurizer_json"])
+    # A calibration far from identity, so every calibration parameter is on the checked path.
+    calibration = Calibration(churn_temperature=1.3, churn_bias=-0.2, spend_log_scale=0.1, spend_power=1.2)
+    path = export_onnx(
+        network, hparams["featurizer_json"], output, calibration=calibration, fused_attention=request.param
+    )
+    model = ScoringModel(network, 1.3, -0.2, 0.1, 1.2).eval()
+    return path, model, Featurizer.from_json(hparams["featurizer_json"])
 
 
 def test_attention_is_fused_or_standard_onnx(exported) -> None:

@@ -1,9 +1,12 @@
 """Post-hoc calibration fitted on validation customers and carried into the exported model.
 
-Two numbers: a temperature for the churn logit (fixes over- or under-confidence without changing the
-ranking) and a scale for spend (the log-normal mean is biased by the spread of sigma; the scale
-makes total predicted spend match total actual spend on validation). Both keep the heads consistent:
-the spend mixture uses the calibrated churn probability.
+Churn: Platt scaling of the logit, a temperature (over- or under-confidence) and a bias (a base-rate
+offset), neither of which changes the ranking. Spend: the positive-spend log-normal LN(mu, sigma) is
+mapped to LN(a + b * mu, b * sigma), i.e. spend -> e^a * spend^b, fitted by Poisson deviance of the
+expected spend; b corrects a spread of predictions that is too wide or too narrow (level errors per
+decile), and at the optimum total predicted spend equals total actual spend on validation. Both keep
+the heads consistent: quantiles come from the same transformed log-normal, and the spend mixture uses
+the calibrated churn probability.
 """
 
 from __future__ import annotations
@@ -19,20 +22,26 @@ import torch.nn.functional as F
 from churnformer.model import ChurnFormer
 from churnformer.module import INPUT_NAMES
 
-SPEND_SCALE_LIMITS = (0.2, 5.0)
+SPEND_SCALE_LIMITS = (0.2, 5.0)  # a wilder fit means validation is too small or degenerate to trust
+SPEND_POWER_LIMITS = (0.5, 2.0)
 
 
 @dataclass(frozen=True)
 class Calibration:
     churn_temperature: float = 1.0
+    churn_bias: float = 0.0
     spend_log_scale: float = 0.0
+    spend_power: float = 1.0
     # Percentiles 1..99 of the calibrated predictions on validation: the reference population that
     # scoring's deciles and value segments are relative to (churnformer.scoring.ReferencePercentiles).
     churn_percentiles: list[float] = field(default_factory=list)
     spend_percentiles: list[float] = field(default_factory=list)
 
     def __str__(self) -> str:
-        return f"churn temperature {self.churn_temperature:.3f}, spend scale {math.exp(self.spend_log_scale):.3f}"
+        return (
+            f"churn temperature {self.churn_temperature:.3f}, bias {self.churn_bias:+.3f}; "
+            f"spend scale {math.exp(self.spend_log_scale):.3f}, power {self.spend_power:.3f}"
+        )
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2))
@@ -56,25 +65,53 @@ def _collect(network: ChurnFormer, batches) -> dict[str, torch.Tensor]:
 def fit_calibration(network: ChurnFormer, batches) -> Calibration:
     """Fit on validation batches (dicts as produced by the datamodule's loaders)."""
     data = _collect(network, batches)
-    log_temperature = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_temperature], lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
+    churn = torch.zeros(2, dtype=torch.float64, requires_grad=True)  # log temperature, bias
 
-    def loss() -> torch.Tensor:
-        optimizer.zero_grad()
-        value = F.binary_cross_entropy_with_logits(data["logit"] / log_temperature.exp(), data["churn"])
-        value.backward()
-        return value
+    def churn_loss() -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(data["logit"] / churn[0].exp() + churn[1], data["churn"])
 
-    optimizer.step(loss)
-    temperature = float(log_temperature.detach().exp())
-    p_churn = torch.sigmoid(data["logit"] / temperature)
-    expected = (1 - p_churn) * torch.exp(data["mu"] + 0.5 * data["sigma"] ** 2)
-    scale = float(data["spend"].sum() / expected.sum().clamp(min=1e-12))
-    scale = min(max(scale, SPEND_SCALE_LIMITS[0]), SPEND_SCALE_LIMITS[1])
+    _minimize(churn, churn_loss)
+    temperature, bias = float(churn[0].detach().exp()), float(churn[1].detach())
+    p_buy = 1 - torch.sigmoid(data["logit"] / temperature + bias)
+
+    def expected_spend(scale_and_power: torch.Tensor) -> torch.Tensor:
+        log_scale, power = scale_and_power[0], scale_and_power[1]
+        return p_buy * torch.exp(log_scale + power * data["mu"] + 0.5 * (power * data["sigma"]) ** 2)
+
+    def totals_matching_log_scale(power: float) -> float:
+        uncalibrated = expected_spend(torch.tensor([0.0, power], dtype=torch.float64)).sum().clamp(min=1e-12)
+        scale = float(data["spend"].sum() / uncalibrated)
+        return math.log(min(max(scale, SPEND_SCALE_LIMITS[0]), SPEND_SCALE_LIMITS[1]))
+
+    spend = torch.tensor([totals_matching_log_scale(1.0), 1.0], dtype=torch.float64, requires_grad=True)
+
+    def spend_loss() -> torch.Tensor:  # Poisson deviance up to constants, relative to mean spend
+        expected = expected_spend(spend).clamp(min=1e-12)
+        return (expected - data["spend"] * expected.log()).mean() / data["spend"].mean().clamp(min=1e-12)
+
+    _minimize(spend, spend_loss)
+    fitted = float(spend[1].detach())
+    power = min(max(fitted, SPEND_POWER_LIMITS[0]), SPEND_POWER_LIMITS[1]) if math.isfinite(fitted) else 1.0
+    log_scale = totals_matching_log_scale(power)  # the deviance optimum given the power, also when clamped
+    expected = expected_spend(torch.tensor([log_scale, power], dtype=torch.float64))
     levels = torch.arange(1, 100, dtype=torch.float64) / 100
     return Calibration(
         churn_temperature=temperature,
-        spend_log_scale=math.log(scale),
-        churn_percentiles=torch.quantile(p_churn, levels).tolist(),
-        spend_percentiles=torch.quantile(expected * scale, levels).tolist(),
+        churn_bias=bias,
+        spend_log_scale=log_scale,
+        spend_power=power,
+        churn_percentiles=torch.quantile(1 - p_buy, levels).tolist(),
+        spend_percentiles=torch.quantile(expected, levels).tolist(),
     )
+
+
+def _minimize(parameters: torch.Tensor, loss) -> None:
+    optimizer = torch.optim.LBFGS([parameters], lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        value = loss()
+        value.backward()
+        return value
+
+    optimizer.step(closure)

@@ -69,7 +69,13 @@ def export_onnx(
     """
     featurizer = Featurizer.from_json(featurizer_json)
     calibration = calibration or Calibration()
-    model = ScoringModel(network, calibration.churn_temperature, calibration.spend_log_scale).eval()
+    model = ScoringModel(
+        network,
+        calibration.churn_temperature,
+        calibration.churn_bias,
+        calibration.spend_log_scale,
+        calibration.spend_power,
+    ).eval()
     batch, length = torch.export.Dim("batch"), torch.export.Dim("length")
     dynamic_shapes = {
         "event_cat": {0: batch, 1: length},

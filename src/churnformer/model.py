@@ -319,18 +319,28 @@ class ScoringModel(nn.Module):
     zero-inflated log-normal (a quantile below P(spend = 0) is 0).
     """
 
-    def __init__(self, network: ChurnFormer, churn_temperature: float = 1.0, spend_log_scale: float = 0.0) -> None:
+    def __init__(
+        self,
+        network: ChurnFormer,
+        churn_temperature: float = 1.0,
+        churn_bias: float = 0.0,
+        spend_log_scale: float = 0.0,
+        spend_power: float = 1.0,
+    ) -> None:
         super().__init__()
         self.network = network
         # Post-hoc calibration (churnformer.calibration): identity by default.
         self.register_buffer("churn_temperature", torch.tensor(float(churn_temperature)))
+        self.register_buffer("churn_bias", torch.tensor(float(churn_bias)))
         self.register_buffer("spend_log_scale", torch.tensor(float(spend_log_scale)))
+        self.register_buffer("spend_power", torch.tensor(float(spend_power)))
 
     def forward(self, event_cat, event_num, lengths, customer_cat, customer_num) -> tuple[torch.Tensor, ...]:
         heads = self.network(event_cat, event_num, lengths, customer_cat, customer_num)
-        p_churn = torch.sigmoid(heads.churn_logit / self.churn_temperature)
+        p_churn = torch.sigmoid(heads.churn_logit / self.churn_temperature + self.churn_bias)
         p_buy = 1 - p_churn
-        mu, sigma = heads.spend_mu + self.spend_log_scale, heads.spend_sigma
+        mu = self.spend_log_scale + self.spend_power * heads.spend_mu
+        sigma = self.spend_power * heads.spend_sigma
         quantiles = []
         for q in SPEND_QUANTILES:
             level = ((q - p_churn) / p_buy.clamp(min=1e-6)).clamp(1e-6, 1 - 1e-6)

@@ -1,0 +1,64 @@
+"""Post-hoc calibration recovers known distortions of the churn logit and of the spend distribution."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from churnformer.calibration import SPEND_POWER_LIMITS, fit_calibration
+from churnformer.model import HeadOutputs, ScoringModel
+from churnformer.module import INPUT_NAMES
+
+
+class KnownHeads(nn.Module):
+    """Returns the heads stored in each batch: the distorted outputs a miscalibrated network would give."""
+
+    def forward(self, logit, mu, sigma, *_) -> HeadOutputs:
+        return HeadOutputs(churn_logit=logit, spend_mu=mu, spend_sigma=sigma)
+
+
+def batches(n: int, temperature: float, bias: float, log_scale: float, power: float, seed: int = 0):
+    """Customers whose true churn logit is z and positive spend LN(m, 0.6); the heads report them distorted
+    so that the exact inverse is ``logit / temperature + bias`` and ``LN(log_scale + power * mu, power * sigma)``."""
+    generator = torch.Generator().manual_seed(seed)
+    z = 1.5 * torch.randn(n, generator=generator, dtype=torch.float64)
+    churn = torch.bernoulli(torch.sigmoid(z), generator=generator)
+    m = 3.0 + torch.randn(n, generator=generator, dtype=torch.float64)
+    positive = torch.exp(m + 0.6 * torch.randn(n, generator=generator, dtype=torch.float64))
+    spend = torch.where(churn > 0, torch.zeros_like(positive), positive)
+    heads = {"logit": (z - bias) * temperature, "mu": (m - log_scale) / power, "sigma": torch.full_like(m, 0.6 / power)}
+    names = dict(zip(INPUT_NAMES, ("logit", "mu", "sigma", "logit", "logit"), strict=True))
+    for rows in torch.arange(n).split(4096):
+        yield {name: heads[key][rows] for name, key in names.items()} | {"churn": churn[rows], "spend": spend[rows]}
+
+
+def test_fit_recovers_known_distortions() -> None:
+    fitted = fit_calibration(KnownHeads(), list(batches(60_000, temperature=2.0, bias=0.5, log_scale=1.0, power=1.5)))
+    assert fitted.churn_temperature == pytest.approx(2.0, rel=0.05)
+    assert fitted.churn_bias == pytest.approx(0.5, abs=0.05)
+    assert fitted.spend_power == pytest.approx(1.5, rel=0.05)
+    assert fitted.spend_log_scale == pytest.approx(1.0, abs=0.15)
+
+
+def test_calibrated_totals_match_validation_and_identity_stays_identity() -> None:
+    data = list(batches(60_000, temperature=1.0, bias=0.0, log_scale=0.0, power=1.0, seed=1))
+    fitted = fit_calibration(KnownHeads(), data)
+    assert fitted.churn_temperature == pytest.approx(1.0, rel=0.05)
+    assert fitted.churn_bias == pytest.approx(0.0, abs=0.05)
+    assert fitted.spend_power == pytest.approx(1.0, rel=0.05)
+    # The exported arithmetic with these numbers: total expected spend equals total actual spend.
+    scoring = ScoringModel(
+        KnownHeads(), fitted.churn_temperature, fitted.churn_bias, fitted.spend_log_scale, fitted.spend_power
+    )
+    expected = sum(float(scoring(*(b[name] for name in INPUT_NAMES))[1].sum()) for b in data)
+    actual = sum(float(b["spend"].sum()) for b in data)
+    assert expected == pytest.approx(actual, rel=1e-6)
+
+
+def test_an_implausible_spend_power_is_clamped() -> None:
+    fitted = fit_calibration(KnownHeads(), list(batches(20_000, temperature=1.0, bias=0.0, log_scale=0.0, power=4.0)))
+    assert fitted.spend_power == SPEND_POWER_LIMITS[1]
+    assert math.isfinite(fitted.spend_log_scale)
