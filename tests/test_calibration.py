@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from torch import nn
 
-from churnformer.calibration import SPEND_POWER_LIMITS, fit_calibration
+from churnformer.calibration import SPEND_POWER_LIMITS, Calibration, fit_calibration
 from churnformer.model import HeadOutputs, ScoringModel
 from churnformer.module import INPUT_NAMES
 
@@ -35,6 +33,13 @@ def batches(n: int, temperature: float, bias: float, log_scale: float, power: fl
         yield {name: heads[key][rows] for name, key in names.items()} | {"churn": churn[rows], "spend": spend[rows]}
 
 
+def calibrated(fitted: Calibration) -> ScoringModel:
+    """The exported arithmetic over the stored heads, with the fitted calibration."""
+    return ScoringModel(
+        KnownHeads(), fitted.churn_temperature, fitted.churn_bias, fitted.spend_log_scale, fitted.spend_power
+    )
+
+
 def test_fit_recovers_known_distortions() -> None:
     fitted = fit_calibration(KnownHeads(), list(batches(60_000, temperature=2.0, bias=0.5, log_scale=1.0, power=1.5)))
     assert fitted.churn_temperature == pytest.approx(2.0, rel=0.05)
@@ -50,15 +55,24 @@ def test_calibrated_totals_match_validation_and_identity_stays_identity() -> Non
     assert fitted.churn_bias == pytest.approx(0.0, abs=0.05)
     assert fitted.spend_power == pytest.approx(1.0, rel=0.05)
     # The exported arithmetic with these numbers: total expected spend equals total actual spend.
-    scoring = ScoringModel(
-        KnownHeads(), fitted.churn_temperature, fitted.churn_bias, fitted.spend_log_scale, fitted.spend_power
-    )
+    scoring = calibrated(fitted)
     expected = sum(float(scoring(*(b[name] for name in INPUT_NAMES))[1].sum()) for b in data)
     actual = sum(float(b["spend"].sum()) for b in data)
     assert expected == pytest.approx(actual, rel=1e-6)
 
 
-def test_an_implausible_spend_power_is_clamped() -> None:
-    fitted = fit_calibration(KnownHeads(), list(batches(20_000, temperature=1.0, bias=0.0, log_scale=0.0, power=4.0)))
+def test_an_implausible_spend_power_is_clamped_and_totals_still_match() -> None:
+    data = list(batches(20_000, temperature=1.0, bias=0.0, log_scale=-2.0, power=4.0))
+    fitted = fit_calibration(KnownHeads(), data)
     assert fitted.spend_power == SPEND_POWER_LIMITS[1]
-    assert math.isfinite(fitted.spend_log_scale)
+    scoring = calibrated(fitted)
+    expected = sum(float(scoring(*(b[name] for name in INPUT_NAMES))[1].sum()) for b in data)
+    assert expected == pytest.approx(sum(float(b["spend"].sum()) for b in data), rel=1e-6)
+
+
+def test_spend_is_left_alone_when_nobody_bought_in_validation() -> None:
+    data = list(batches(5_000, temperature=1.0, bias=0.0, log_scale=0.0, power=1.0))
+    for batch in data:
+        batch["spend"] = torch.zeros_like(batch["spend"])
+    fitted = fit_calibration(KnownHeads(), data)
+    assert (fitted.spend_log_scale, fitted.spend_power) == (0.0, 1.0)

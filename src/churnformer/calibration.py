@@ -22,8 +22,7 @@ import torch.nn.functional as F
 from churnformer.model import ChurnFormer
 from churnformer.module import INPUT_NAMES
 
-SPEND_SCALE_LIMITS = (0.2, 5.0)  # a wilder fit means validation is too small or degenerate to trust
-SPEND_POWER_LIMITS = (0.5, 2.0)
+SPEND_POWER_LIMITS = (0.5, 2.0)  # a wilder fit means validation is too small or odd to trust
 
 
 @dataclass(frozen=True)
@@ -78,21 +77,23 @@ def fit_calibration(network: ChurnFormer, batches) -> Calibration:
         log_scale, power = scale_and_power[0], scale_and_power[1]
         return p_buy * torch.exp(log_scale + power * data["mu"] + 0.5 * (power * data["sigma"]) ** 2)
 
-    def totals_matching_log_scale(power: float) -> float:
+    def totals_matching_log_scale(power: float) -> float:  # the deviance optimum of the scale given the power
         uncalibrated = expected_spend(torch.tensor([0.0, power], dtype=torch.float64)).sum().clamp(min=1e-12)
-        scale = float(data["spend"].sum() / uncalibrated)
-        return math.log(min(max(scale, SPEND_SCALE_LIMITS[0]), SPEND_SCALE_LIMITS[1]))
+        return math.log(float(data["spend"].sum()) / float(uncalibrated))
 
-    spend = torch.tensor([totals_matching_log_scale(1.0), 1.0], dtype=torch.float64, requires_grad=True)
+    if float(data["spend"].sum()) > 0:
+        spend = torch.tensor([totals_matching_log_scale(1.0), 1.0], dtype=torch.float64, requires_grad=True)
 
-    def spend_loss() -> torch.Tensor:  # Poisson deviance up to constants, relative to mean spend
-        expected = expected_spend(spend).clamp(min=1e-12)
-        return (expected - data["spend"] * expected.log()).mean() / data["spend"].mean().clamp(min=1e-12)
+        def spend_loss() -> torch.Tensor:  # Poisson deviance up to constants, relative to mean spend
+            expected = expected_spend(spend).clamp(min=1e-12)
+            return (expected - data["spend"] * expected.log()).mean() / data["spend"].mean()
 
-    _minimize(spend, spend_loss)
-    fitted = float(spend[1].detach())
-    power = min(max(fitted, SPEND_POWER_LIMITS[0]), SPEND_POWER_LIMITS[1]) if math.isfinite(fitted) else 1.0
-    log_scale = totals_matching_log_scale(power)  # the deviance optimum given the power, also when clamped
+        _minimize(spend, spend_loss)
+        fitted = float(spend[1].detach())
+        power = min(max(fitted, SPEND_POWER_LIMITS[0]), SPEND_POWER_LIMITS[1]) if math.isfinite(fitted) else 1.0
+        log_scale = totals_matching_log_scale(power)
+    else:  # nobody bought in the validation horizon: nothing to fit spend on
+        log_scale, power = 0.0, 1.0
     expected = expected_spend(torch.tensor([log_scale, power], dtype=torch.float64))
     levels = torch.arange(1, 100, dtype=torch.float64) / 100
     return Calibration(
