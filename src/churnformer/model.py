@@ -160,7 +160,8 @@ class SelfAttention(nn.Module):
             return self.out(self.fused_attention(x, keys.counts).view(batch * length, -1))
         # (B, L, 3D) -> (3, B, H, L, D/H) in one transpose.
         q, k, v = self.qkv(x).view(batch, length, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-        # The summary token is always real, so no row is fully masked (no NaN).
+        # The summary token is always real, so no row is fully masked (no NaN). Additive rather than boolean:
+        # exported (portable form), one Add instead of the Where and IsNaN guards a boolean mask brings.
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=keys.bias)
         return self.out(y.transpose(1, 2).reshape(batch * length, -1))
 
