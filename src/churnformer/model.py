@@ -196,7 +196,7 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, keys: KeyPadding) -> torch.Tensor:  # (B, L, D) -> (B, L, D)
         # Token-wise layers see one (B * L, D) matrix: exported, each linear is then a Gemm with its bias
-        # fused, not a batched MatMul followed by an Add (4% faster scoring, measured).
+        # fused, not a batched MatMul followed by an Add (2–6% faster scoring, measured).
         tokens = x.reshape(-1, x.shape[-1])
         tokens = tokens + self.dropout(self.attention(self.norm1(tokens), keys))
         tokens = tokens + self.dropout(self.mlp(self.norm2(tokens)))
