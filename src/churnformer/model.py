@@ -168,7 +168,7 @@ class SelfAttention(nn.Module):
     def fused_attention(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """The same projection + masked softmax attention as onnxruntime's fused ``com.microsoft.Attention``
         (CPU and CUDA kernels): it writes Q, K, V straight into the per-head layout and masks by row length,
-        where the decomposed graph spends a fifth of scoring time on transposes and mask additions
+        where the decomposed graph spent a quarter of its kernel time on transposes and mask additions
         (``scripts/bench_score.py``). Only meaningful inside ``torch.onnx.export``."""
         return torch.onnx.ops.symbolic(
             "com.microsoft::Attention",
