@@ -105,14 +105,12 @@ def test_csv_output_keeps_ids_as_given(trained_run, tiny_world, tmp_path) -> Non
 
 def test_export_cli(trained_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "exported.onnx"
-    result = run_cli(
-        "churnformer-export", f"ckpt={trained_run / 'checkpoints' / 'last.ckpt'}", f"output={out}", cwd=tmp_path
-    )
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
+    result = run_cli("churnformer-export", f"ckpt={ckpt}", f"output={out}", cwd=tmp_path)
     assert out.is_file() and "exported" in result.stdout
     assert not list(tmp_path.glob("outputs"))  # export writes only what it was asked to
     assert any(node.domain == "com.microsoft" for node in onnx.load(out).graph.node)
     portable = tmp_path / "portable.onnx"
-    ckpt = trained_run / "checkpoints" / "last.ckpt"
     run_cli("churnformer-export", f"ckpt={ckpt}", f"output={portable}", "fused_attention=false", cwd=tmp_path)
     assert not any(node.domain == "com.microsoft" for node in onnx.load(portable).graph.node)
 
