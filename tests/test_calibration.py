@@ -76,3 +76,22 @@ def test_spend_is_left_alone_when_nobody_bought_in_validation() -> None:
         batch["spend"] = torch.zeros_like(batch["spend"])
     fitted = fit_calibration(KnownHeads(), data)
     assert (fitted.spend_log_scale, fitted.spend_power) == (0.0, 1.0)
+
+
+def test_levels_from_more_customers_match_their_rates_and_keep_the_validation_shapes() -> None:
+    validation = list(batches(2_000, temperature=2.0, bias=0.5, log_scale=1.0, power=1.5, seed=2))
+    training = list(batches(30_000, temperature=2.0, bias=0.5, log_scale=1.0, power=1.5, seed=3))
+    alone = fit_calibration(KnownHeads(), validation)
+    fitted = fit_calibration(KnownHeads(), validation, training)
+    assert fitted.churn_temperature == alone.churn_temperature
+    assert fitted.spend_power == alone.spend_power
+    assert fitted.churn_bias != alone.churn_bias
+    # Through the exported arithmetic: on all labelled customers together the mean churn probability is the
+    # churn rate and total expected spend is total spend.
+    scoring = calibrated(fitted)
+    everyone = validation + training
+    outputs = [scoring(*(b[name] for name in INPUT_NAMES)) for b in everyone]
+    churned = sum(float(b["churn"].sum()) for b in everyone)
+    assert sum(float(o[0].sum()) for o in outputs) == pytest.approx(churned, rel=1e-4)
+    spent = sum(float(b["spend"].sum()) for b in everyone)
+    assert sum(float(o[1].sum()) for o in outputs) == pytest.approx(spent, rel=1e-6)

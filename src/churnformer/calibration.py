@@ -1,4 +1,4 @@
-"""Post-hoc calibration fitted on validation customers and carried into the exported model.
+"""Post-hoc calibration fitted after training and carried into the exported model.
 
 Churn: Platt scaling of the logit, a temperature (over- or under-confidence) and a bias (a base-rate
 offset), neither of which changes the ranking. Spend: the positive-spend log-normal LN(mu, sigma) is
@@ -7,6 +7,10 @@ expected spend; b corrects a spread of predictions that is too wide or too narro
 decile), and at the optimum total predicted spend equals total actual spend on validation. Both keep
 the heads consistent: quantiles come from the same transformed log-normal, and the spend mixture uses
 the calibrated churn probability.
+
+Shapes (temperature, power) are fitted on validation customers only. The levels (churn bias, spend
+scale) can come from every labelled customer at the cutoff instead: they are single numbers, and a
+validation split of a few thousand customers pins a churn rate only to about +-1 point.
 """
 
 from __future__ import annotations
@@ -61,8 +65,13 @@ def _collect(network: ChurnFormer, batches) -> dict[str, torch.Tensor]:
     return {key: torch.cat(values) for key, values in parts.items()}
 
 
-def fit_calibration(network: ChurnFormer, batches) -> Calibration:
-    """Fit on validation batches (dicts as produced by the datamodule's loaders)."""
+def fit_calibration(network: ChurnFormer, batches, level_batches=None) -> Calibration:
+    """Fit on validation batches (dicts as produced by the datamodule's loaders).
+
+    ``level_batches``: more labelled customers at the same cutoff (the training customers). Once the
+    shapes are fitted on validation alone, the levels are reset so that over validation and these
+    together the mean churn probability is the churn rate and total expected spend is total spend.
+    """
     data = _collect(network, batches)
     churn = torch.zeros(2, dtype=torch.float64, requires_grad=True)  # log temperature, bias
 
@@ -71,16 +80,18 @@ def fit_calibration(network: ChurnFormer, batches) -> Calibration:
 
     _minimize(churn, churn_loss)
     temperature, bias = float(churn[0].detach().exp()), float(churn[1].detach())
-    p_buy = 1 - torch.sigmoid(data["logit"] / temperature + bias)
 
-    def expected_spend(scale_and_power: torch.Tensor) -> torch.Tensor:
+    def expected_spend(scale_and_power: torch.Tensor, heads: dict[str, torch.Tensor] = data) -> torch.Tensor:
         log_scale, power = scale_and_power[0], scale_and_power[1]
-        return p_buy * torch.exp(log_scale + power * data["mu"] + 0.5 * (power * data["sigma"]) ** 2)
+        p_buy = 1 - torch.sigmoid(heads["logit"] / temperature + bias)
+        return p_buy * torch.exp(log_scale + power * heads["mu"] + 0.5 * (power * heads["sigma"]) ** 2)
 
-    def totals_matching_log_scale(power: float) -> float:  # the deviance optimum of the scale given the power
-        uncalibrated = expected_spend(torch.tensor([0.0, power], dtype=torch.float64)).sum().clamp(min=1e-12)
-        return math.log(float(data["spend"].sum()) / float(uncalibrated))
+    def totals_matching_log_scale(power: float, heads: dict[str, torch.Tensor] = data) -> float:
+        # the deviance optimum of the scale given the power
+        uncalibrated = expected_spend(torch.tensor([0.0, power], dtype=torch.float64), heads).sum().clamp(min=1e-12)
+        return math.log(float(heads["spend"].sum()) / float(uncalibrated))
 
+    log_scale, power = 0.0, 1.0  # left alone when nobody bought in the validation horizon
     if float(data["spend"].sum()) > 0:
         spend = torch.tensor([totals_matching_log_scale(1.0), 1.0], dtype=torch.float64, requires_grad=True)
 
@@ -92,18 +103,30 @@ def fit_calibration(network: ChurnFormer, batches) -> Calibration:
         fitted = float(spend[1].detach())
         power = min(max(fitted, SPEND_POWER_LIMITS[0]), SPEND_POWER_LIMITS[1]) if math.isfinite(fitted) else 1.0
         log_scale = totals_matching_log_scale(power)
-    else:  # nobody bought in the validation horizon: nothing to fit spend on
-        log_scale, power = 0.0, 1.0
+    if level_batches is not None:
+        everyone = {key: torch.cat([data[key], values]) for key, values in _collect(network, level_batches).items()}
+        bias = _rate_matching_bias(everyone["logit"] / temperature, everyone["churn"], bias)
+        if float(data["spend"].sum()) > 0:
+            log_scale = totals_matching_log_scale(power, everyone)
     expected = expected_spend(torch.tensor([log_scale, power], dtype=torch.float64))
-    levels = torch.arange(1, 100, dtype=torch.float64) / 100
+    p_buy = 1 - torch.sigmoid(data["logit"] / temperature + bias)
+    quantile_levels = torch.arange(1, 100, dtype=torch.float64) / 100
     return Calibration(
         churn_temperature=temperature,
         churn_bias=bias,
         spend_log_scale=log_scale,
         spend_power=power,
-        churn_percentiles=torch.quantile(1 - p_buy, levels).tolist(),
-        spend_percentiles=torch.quantile(expected, levels).tolist(),
+        churn_percentiles=torch.quantile(1 - p_buy, quantile_levels).tolist(),
+        spend_percentiles=torch.quantile(expected, quantile_levels).tolist(),
     )
+
+
+def _rate_matching_bias(scaled_logit: torch.Tensor, churn: torch.Tensor, start: float) -> float:
+    """The log-loss optimal bias for fixed scaled logits: there the mean calibrated churn probability
+    equals the observed churn rate (the loss's gradient in the bias is their difference)."""
+    bias = torch.tensor(start, dtype=torch.float64, requires_grad=True)
+    _minimize(bias, lambda: F.binary_cross_entropy_with_logits(scaled_logit + bias, churn))
+    return float(bias.detach())
 
 
 def _minimize(parameters: torch.Tensor, loss) -> None:

@@ -103,6 +103,7 @@ class ChurnDataModule(pl.LightningDataModule):
         self.featurizer: Featurizer | None = None
         self.sequences: Sequences | None = None
         self.labels: pd.DataFrame | None = None
+        self.main_count = 0  # rows of the main cutoff (they come first in sequences and labels)
         self._train_sampler: LengthBucketBatchSampler | None = None
         self._train_sampler_state: dict[str, int] | None = None
 
@@ -163,9 +164,9 @@ class ChurnDataModule(pl.LightningDataModule):
                     make_labels(events, window, sequences.customer_ids, self.purchase_types, self.event_type_column)
                 )
         self.sequences, self.labels = concat_sequences(parts), pd.concat(labels, ignore_index=True)
-        main_count = len(parts[0])
+        self.main_count = len(parts[0])
         is_val = np.zeros(len(self.sequences), dtype=bool)
-        is_val[:main_count] = validation_mask(parts[0].customer_ids, self.val_fraction)
+        is_val[: self.main_count] = validation_mask(parts[0].customer_ids, self.val_fraction)
         self.train_rows, self.val_rows = np.flatnonzero(~is_val), np.flatnonzero(is_val)
         if len(self.train_rows) == 0 or len(self.val_rows) == 0:
             raise EventLogError(
@@ -195,9 +196,9 @@ class ChurnDataModule(pl.LightningDataModule):
             log_spend_std=float(positive.std()) if len(positive) > 1 else 1.0,
         )
 
-    def _loader(self, rows: np.ndarray, shuffle: bool) -> DataLoader:
+    def _loader(self, rows: np.ndarray, shuffle: bool, sharded: bool = True) -> DataLoader:
         dataset = SequenceDataset(self.sequences, self.labels, rows)
-        trainer = self.trainer
+        trainer = self.trainer if sharded else None
         sampler = LengthBucketBatchSampler(
             self.sequences.lengths[rows],
             self.batch_size,
@@ -221,6 +222,15 @@ class ChurnDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_rows, shuffle=False)
+
+    def calibration_dataloaders(self) -> tuple[DataLoader, DataLoader]:
+        """Validation customers, and the training customers at the main cutoff (no rolling-cutoff examples),
+        each whole on this process: unlike Lightning's loaders they are not split across DDP ranks."""
+        main_train = self.train_rows[self.train_rows < self.main_count]
+        return (
+            self._loader(self.val_rows, shuffle=False, sharded=False),
+            self._loader(main_train, shuffle=False, sharded=False),
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """Saved in every checkpoint: where the training epoch stands, so a run resumed from a mid-epoch checkpoint

@@ -45,6 +45,7 @@ def train(
     ``events``/``customers`` DataFrames (the Python API) replace the paths in ``cfg.data``.
     """
     refuse_ddp_under_multirun(cfg)
+    levels_from = calibration_levels(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     torch.set_num_threads(cfg.get("threads") or torch.get_num_threads())
     frames = {k: v for k, v in {"events": events, "customers": customers}.items() if v is not None}
@@ -97,9 +98,10 @@ def train(
     for name, value in metrics.items():
         print(f"  {name:<22} {value:.4f}")
     if best and cfg.get("calibrate", True):
-        calibration = fit_calibration(model.network, datamodule.val_dataloader())
+        validation, training = datamodule.calibration_dataloaders()
+        calibration = fit_calibration(model.network, validation, training if levels_from == "all" else None)
         calibration.save(output_dir / CALIBRATION_FILE)
-        print(f"calibration (fitted on validation): {calibration}")
+        print(f"calibration (shapes from validation, levels from {levels_from} customers): {calibration}")
     if best and cfg.get("export", True):
         onnx_path = export_checkpoint(best, output_dir / "model.onnx")
         print(f"exported {onnx_path}")
@@ -116,6 +118,14 @@ def train(
             print(f"predictions: {paths['predictions']}")
     print(f"TensorBoard: tensorboard --logdir {tensorboard_root(output_dir)}")
     return metrics
+
+
+def calibration_levels(cfg: DictConfig) -> str:
+    """Which customers set the calibrated levels: ``all`` labelled ones at the cutoff, or ``validation``."""
+    levels = cfg.get("calibration_levels", "all")
+    if levels not in {"all", "validation"}:
+        raise ConfigError(f"calibration_levels must be all or validation, got {levels!r}")
+    return levels
 
 
 def resolve_ckpt_path(ckpt_path: str | None, callbacks: list[Any]) -> str | None:
