@@ -4,7 +4,8 @@ Usage::
 
     python scripts/benchmark_cdnow.py [--dataset cdnow|synthetic] [--cutoff YYYY-MM-DD] [--horizon-days N]
                                       [--seeds 0 1 2]
-                                      [--models churnformer gru lightgbm btyd] [--json PATH] [--markdown PATH]
+                                      [--models churnformer gru lightgbm btyd] [--ensemble MODEL ...]
+                                      [--json PATH] [--markdown PATH]
                                       [--override key=value ...]
 
 CDNOW master log (pip install -e ".[baselines]"), cutoff 1997-09-30, horizon 273 days, all 23,570
@@ -12,6 +13,10 @@ customers split 50/50 at random by seed; every model trains on the training half
 validation split taken from inside it) and is scored on the test half. ``--dataset synthetic`` runs the
 same protocol on the built-in synthetic world (20,000 customers, cutoff 2024-06-30, horizon 90 days);
 ``--cutoff``/``--horizon-days`` run it at another cutoff of the same log (do the defaults generalize?).
+``--ensemble churnformer gru lightgbm`` adds the mean of those models' predictions as one more row: a
+rough ceiling of what the log's information supports, to read the single models' rows against.
+``churn_ece_floor`` is the ECE a perfectly calibrated model with the same predictions would show on the
+same number of test customers: the part of ``churn_ece`` that is sampling noise.
 churnformer and the GRU run with the package defaults (``--override`` passes Hydra overrides to both),
 trained and scored through the public API (ONNX model, onnxruntime). Prints mean ± std over seeds and
 writes every per-seed row to JSON.
@@ -36,17 +41,19 @@ from churnformer.api import predict, train
 from churnformer.data.events import CUSTOMER_ID, TIMESTAMP, load_events
 from churnformer.data.labels import make_labels
 from churnformer.data.window import Window
-from churnformer.evaluation import evaluate
+from churnformer.evaluation import evaluate, expected_calibration_error
 
 DATASETS = {
     "cdnow": {"cutoff": "1997-09-30", "horizon_days": 273},
     "synthetic": {"cutoff": "2024-06-30", "horizon_days": 90},
 }
+PREDICTED = ("churn_probability", "expected_spend")
 SHOWN = (
     "churn_auc",
     "churn_pr_auc",
     "churn_brier",
     "churn_ece",
+    "churn_ece_floor",
     "spend_gini",
     "spend_spearman",
     "spend_decile_mape",
@@ -105,8 +112,10 @@ def baseline_model(name: str, threads: int) -> Predictor:
 
 
 def run_protocol(
-    dataset: str, seeds: list[int], models: dict[str, Predictor], window: Window
+    dataset: str, seeds: list[int], models: dict[str, Predictor], window: Window, ensemble: list[str] | None = None
 ) -> list[dict[str, float | int | str]]:
+    """Rows of per-seed metrics; with ``ensemble``, one more row per seed for the mean of those models'
+    predictions (a rough ceiling: how much better any one model could get from what they jointly know)."""
     events, customers = load_dataset(dataset)
     eligible = np.sort(events.loc[events[TIMESTAMP] < window.feature_end, CUSTOMER_ID].unique())
     rows = []
@@ -114,18 +123,34 @@ def run_protocol(
         train_ids, test_ids = split(np.sort(events[CUSTOMER_ID].unique()), seed)
         test_population = np.intersect1d(test_ids, eligible)
         labels = make_labels(events[events[CUSTOMER_ID].isin(test_population)], window, test_population)
+        predicted, seconds = {}, {}
         for name, model in models.items():
             started = time.perf_counter()
             predictions = model(events, customers, window, train_ids, test_ids, seed)
-            seconds = time.perf_counter() - started
-            metrics = evaluate(predictions[[CUSTOMER_ID, "churn_probability", "expected_spend"]], labels)
-            rows.append({"dataset": dataset, "model": name, "seed": seed, **metrics, "train_s": seconds})
+            seconds[name] = time.perf_counter() - started
+            predicted[name] = predictions.set_index(CUSTOMER_ID)[list(PREDICTED)].sort_index()
+        if ensemble:
+            name = "mean(" + "+".join(ensemble) + ")"
+            predicted[name] = sum(predicted[member] for member in ensemble) / len(ensemble)
+            seconds[name] = sum(seconds[member] for member in ensemble)
+        for name, predictions in predicted.items():
+            metrics = evaluate(predictions.reset_index(), labels)
+            metrics["churn_ece_floor"] = calibrated_ece_floor(predictions["churn_probability"].to_numpy())
+            rows.append({"dataset": dataset, "model": name, "seed": seed, **metrics, "train_s": seconds[name]})
             print(
                 f"seed {seed} {name:<12} auc {metrics['churn_auc']:.4f} gini {metrics['spend_gini']:.4f} "
-                f"({seconds:.0f} s)",
+                f"({seconds[name]:.0f} s)",
                 flush=True,
             )
     return rows
+
+
+def calibrated_ece_floor(probability: np.ndarray, draws: int = 200) -> float:
+    """The ECE a perfectly calibrated model with these predictions would show on this many customers (mean
+    over label sets drawn from the predictions themselves): the sampling noise under any measured ECE."""
+    generator = np.random.default_rng(0)
+    labels = (generator.random((draws, len(probability))) < probability).astype(float)
+    return float(np.mean([expected_calibration_error(probability, drawn) for drawn in labels]))
 
 
 def summary_table(rows: list[dict]) -> pd.DataFrame:
@@ -153,6 +178,9 @@ def main() -> None:
     parser.add_argument("--horizon-days", type=float, default=None, help="another horizon than the protocol's")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--models", nargs="+", default=["churnformer", "gru", "lightgbm", "btyd"])
+    parser.add_argument(
+        "--ensemble", nargs="+", default=None, help="also score the mean of these models' predictions (a ceiling)"
+    )
     parser.add_argument("--override", nargs="*", default=[], help="Hydra overrides for churnformer and gru")
     parser.add_argument("--gbm-threads", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=None, help="where training runs go (default: a temp dir)")
@@ -170,7 +198,10 @@ def main() -> None:
     protocol = DATASETS[args.dataset]
     cutoff, horizon = args.cutoff or protocol["cutoff"], args.horizon_days or protocol["horizon_days"]
     window = Window.from_cutoff(cutoff, horizon)
-    rows = run_protocol(args.dataset, args.seeds, {name: builders[name]() for name in args.models}, window)
+    if args.ensemble and not set(args.ensemble) <= set(args.models):
+        parser.error(f"--ensemble {args.ensemble}: every member must be among --models {args.models}")
+    models = {name: builders[name]() for name in args.models}
+    rows = run_protocol(args.dataset, args.seeds, models, window, args.ensemble)
     table = summary_table(rows)
     print(f"\n{args.dataset}, cutoff {cutoff}, horizon {horizon:g} days: mean ± std over seeds {args.seeds}\n")
     print(table.to_string(index=False))
