@@ -92,7 +92,8 @@ def fit_calibration(network: ChurnFormer, batches, level_batches=None) -> Calibr
         return math.log(float(heads["spend"].sum()) / float(uncalibrated))
 
     log_scale, power = 0.0, 1.0  # left alone when nobody bought in the validation horizon
-    if float(data["spend"].sum()) > 0:
+    anyone_bought = float(data["spend"].sum()) > 0
+    if anyone_bought:
         spend = torch.tensor([totals_matching_log_scale(1.0), 1.0], dtype=torch.float64, requires_grad=True)
 
         def spend_loss() -> torch.Tensor:  # Poisson deviance up to constants, relative to mean spend
@@ -106,7 +107,7 @@ def fit_calibration(network: ChurnFormer, batches, level_batches=None) -> Calibr
     if level_batches is not None:
         everyone = {key: torch.cat([data[key], values]) for key, values in _collect(network, level_batches).items()}
         bias = _rate_matching_bias(everyone["logit"] / temperature, everyone["churn"], bias)
-        if float(data["spend"].sum()) > 0:
+        if anyone_bought:
             log_scale = totals_matching_log_scale(power, everyone)
     expected = expected_spend(torch.tensor([log_scale, power], dtype=torch.float64))
     p_buy = 1 - torch.sigmoid(data["logit"] / temperature + bias)
