@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -24,6 +28,46 @@ def run_cli(tool: str, *overrides: str, cwd: Path, check: bool = True) -> subpro
     if check and result.returncode != 0:
         raise AssertionError(f"{tool} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
     return result
+
+
+@dataclass
+class Finished:
+    """How an entry point run in this process ended: exit status and what it printed."""
+
+    code: int
+    out: str
+    err: str
+
+    @property
+    def error_line(self) -> str:
+        """The one line a user error prints; asserts it is the only output (nothing before it)."""
+        assert self.code == 2, self.err[-3000:]
+        assert self.out == "", self.out[-3000:]
+        lines = self.err.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), self.err[-3000:]
+        return lines[0]
+
+
+def run_in_process(tool: str, *overrides: str) -> Finished:
+    """Run a console entry point's function in this process (no interpreter start-up): the error paths,
+    which need no subprocess. One test per entry point still runs the real console script."""
+    from churnformer import cli
+
+    entry = {
+        "churnformer-train": cli.train,
+        "churnformer-predict": cli.predict,
+        "churnformer-export": cli.export,
+        "churnformer-evaluate": cli.evaluate,
+    }[tool]
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with mock.patch.object(sys, "argv", [tool, *overrides]), contextlib.redirect_stdout(out):
+        with contextlib.redirect_stderr(err):
+            try:
+                entry()
+            except SystemExit as stop:
+                code = stop.code if isinstance(stop.code, int) else 1
+    return Finished(code, out.getvalue(), err.getvalue())
 
 
 def run_predict(

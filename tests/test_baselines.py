@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churnformer.baselines import PREDICTION_COLUMNS, history, scored_ids
+from churnformer.baselines import BASELINE_COLUMNS, history, scored_ids
 from churnformer.data.synthetic import SyntheticWorldConfig, generate_world
 from churnformer.data.window import Window
 
@@ -63,7 +63,7 @@ def baseline(request: pytest.FixtureRequest, world) -> tuple[Callable[..., pd.Da
 def test_output_contract(world, baseline) -> None:
     events, window, _, test = world
     _, predictions = baseline
-    assert tuple(predictions.columns) == PREDICTION_COLUMNS
+    assert tuple(predictions.columns) == BASELINE_COLUMNS
     expected = np.sort(test[~np.isin(test, ["LATE", GHOST])])
     np.testing.assert_array_equal(predictions["customer_id"].to_numpy(), expected)
     np.testing.assert_array_equal(expected, scored_ids(history(events, window), test))

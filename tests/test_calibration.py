@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from churnformer.calibration import SPEND_POWER_LIMITS, Calibration, fit_calibration
+from churnformer.calibration import CHURN_TEMPERATURE_LIMITS, SPEND_POWER_LIMITS, Calibration, fit_calibration
 from churnformer.model import HeadOutputs, ScoringModel
-from churnformer.module import INPUT_NAMES
+from churnformer.schema import MODEL_INPUTS
 
 
 class KnownHeads(nn.Module):
@@ -28,7 +28,7 @@ def batches(n: int, temperature: float, bias: float, log_scale: float, power: fl
     positive = torch.exp(m + 0.6 * torch.randn(n, generator=generator, dtype=torch.float64))
     spend = torch.where(churn > 0, torch.zeros_like(positive), positive)
     heads = {"logit": (z - bias) * temperature, "mu": (m - log_scale) / power, "sigma": torch.full_like(m, 0.6 / power)}
-    names = dict(zip(INPUT_NAMES, ("logit", "mu", "sigma", "logit", "logit"), strict=True))
+    names = dict(zip(MODEL_INPUTS, ("logit", "mu", "sigma", "logit", "logit"), strict=True))
     for rows in torch.arange(n).split(4096):
         yield {name: heads[key][rows] for name, key in names.items()} | {"churn": churn[rows], "spend": spend[rows]}
 
@@ -56,18 +56,36 @@ def test_calibrated_totals_match_validation_and_identity_stays_identity() -> Non
     assert fitted.spend_power == pytest.approx(1.0, rel=0.05)
     # The exported arithmetic with these numbers: total expected spend equals total actual spend.
     scoring = calibrated(fitted)
-    expected = sum(float(scoring(*(b[name] for name in INPUT_NAMES))[1].sum()) for b in data)
+    expected = sum(float(scoring(*(b[name] for name in MODEL_INPUTS))[1].sum()) for b in data)
     actual = sum(float(b["spend"].sum()) for b in data)
     assert expected == pytest.approx(actual, rel=1e-6)
 
 
-def test_an_implausible_spend_power_is_clamped_and_totals_still_match() -> None:
+def test_an_implausible_spend_power_leaves_spend_at_the_identity() -> None:
     data = list(batches(20_000, temperature=1.0, bias=0.0, log_scale=-2.0, power=4.0))
     fitted = fit_calibration(KnownHeads(), data)
-    assert fitted.spend_power == SPEND_POWER_LIMITS[1]
-    scoring = calibrated(fitted)
-    expected = sum(float(scoring(*(b[name] for name in INPUT_NAMES))[1].sum()) for b in data)
-    assert expected == pytest.approx(sum(float(b["spend"].sum()) for b in data), rel=1e-6)
+    assert (fitted.spend_log_scale, fitted.spend_power) == (0.0, 1.0)
+    assert fitted.fallback == [f"spend power 4 outside [{SPEND_POWER_LIMITS[0]}, {SPEND_POWER_LIMITS[1]}]"]
+    assert fitted.churn_temperature == pytest.approx(1.0, rel=0.05)  # the churn part is kept
+    assert "identity instead: spend power 4" in str(fitted)
+
+
+def test_an_implausible_churn_temperature_leaves_churn_at_the_identity() -> None:
+    """An undertrained network (one epoch on a tiny log) gives near-constant logits; Platt scaling then
+    wants a temperature near 0.01, which would turn tiny logit noise into confident probabilities."""
+    data = list(batches(20_000, temperature=0.01, bias=0.0, log_scale=0.0, power=1.0))
+    fitted = fit_calibration(KnownHeads(), data)
+    assert (fitted.churn_temperature, fitted.churn_bias) == (1.0, 0.0)
+    (reason,) = fitted.fallback
+    assert reason.startswith("churn temperature 0.0") and reason.endswith(f"outside {list(CHURN_TEMPERATURE_LIMITS)}")
+    assert fitted.spend_power == pytest.approx(1.0, rel=0.05)  # the spend part is kept
+
+
+def test_a_churn_bias_beyond_the_base_rate_leaves_churn_at_the_identity() -> None:
+    data = list(batches(20_000, temperature=1.0, bias=-9.0, log_scale=0.0, power=1.0))
+    fitted = fit_calibration(KnownHeads(), data)
+    assert (fitted.churn_temperature, fitted.churn_bias) == (1.0, 0.0)
+    assert fitted.fallback[0].startswith("churn bias -9")
 
 
 def test_spend_is_left_alone_when_nobody_bought_in_validation() -> None:
@@ -90,7 +108,7 @@ def test_levels_from_more_customers_match_their_rates_and_keep_the_validation_sh
     # churn rate and total expected spend is total spend.
     scoring = calibrated(fitted)
     everyone = validation + training
-    outputs = [scoring(*(b[name] for name in INPUT_NAMES)) for b in everyone]
+    outputs = [scoring(*(b[name] for name in MODEL_INPUTS)) for b in everyone]
     churned = sum(float(b["churn"].sum()) for b in everyone)
     assert sum(float(o[0].sum()) for o in outputs) == pytest.approx(churned, rel=1e-4)
     spent = sum(float(b["spend"].sum()) for b in everyone)

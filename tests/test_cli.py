@@ -53,6 +53,7 @@ def test_predict_scores_every_eligible_customer_once(predictions, tiny_world) ->
         "spend_p10",
         "spend_p50",
         "spend_p90",
+        "spend_if_retained",
         "n_events",
         "churn_risk_decile",
         "value_decile",

@@ -13,8 +13,8 @@ import torch
 from churnformer.calibration import Calibration
 from churnformer.data.featurizer import Featurizer
 from churnformer.export import example_inputs, export_checkpoint, export_onnx, load_checkpoint
-from churnformer.model import PREDICTION_COLUMNS, ScoringModel
-from churnformer.module import INPUT_NAMES
+from churnformer.model import ScoringModel
+from churnformer.schema import MODEL_INPUTS, MODEL_OUTPUTS
 from churnformer.scoring import Predictor
 
 
@@ -33,7 +33,12 @@ def exported(
     # A calibration far from identity, so every calibration parameter is on the checked path.
     calibration = Calibration(churn_temperature=1.3, churn_bias=-0.2, spend_log_scale=0.1, spend_power=1.2)
     path = export_onnx(
-        network, hparams["featurizer_json"], output, calibration=calibration, fused_attention=request.param
+        network,
+        hparams["featurizer_json"],
+        output,
+        {"horizon_days": 60},
+        calibration=calibration,
+        fused_attention=request.param,
     )
     model = ScoringModel(network, 1.3, -0.2, 0.1, 1.2).eval()
     return path, model, Featurizer.from_json(hparams["featurizer_json"])
@@ -57,9 +62,9 @@ def test_onnxruntime_matches_pytorch(exported, batch: int, length: int) -> None:
     with torch.no_grad():
         expected = [t.numpy() for t in model(*inputs)]
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feed = {name: tensor.numpy() for name, tensor in zip(INPUT_NAMES, inputs, strict=True)}
+    feed = {name: tensor.numpy() for name, tensor in zip(MODEL_INPUTS, inputs, strict=True)}
     got = session.run(None, {i.name: feed[i.name] for i in session.get_inputs()})
-    outputs = dict(zip(PREDICTION_COLUMNS, zip(got, expected, strict=True), strict=True))
+    outputs = dict(zip(MODEL_OUTPUTS, zip(got, expected, strict=True), strict=True))
     for name, (a, _) in outputs.items():
         assert a.shape == (batch,), name
     a, b = outputs["churn_probability"]
@@ -68,6 +73,8 @@ def test_onnxruntime_matches_pytorch(exported, batch: int, length: int) -> None:
     assert np.abs(a - b).max() <= 1e-4 * max(1.0, float(np.abs(b).max()))
     # Quantiles just above the zero mass (P(churn) close to q) sit where the normal quantile is steep, so
     # float rounding differences between the runtimes are amplified: checked relative, at 1e-3.
+    a, b = outputs["spend_if_retained"]
+    np.testing.assert_allclose(a, b, rtol=1e-4)
     for name in ("spend_p10", "spend_p50", "spend_p90"):
         a, b = outputs[name]
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4, err_msg=name)
@@ -80,7 +87,7 @@ def test_batch_and_length_are_symbolic(exported) -> None:
     assert isinstance(dims["event_cat"][0], str) and isinstance(dims["event_cat"][1], str)
     assert dims["event_num"][:2] == dims["event_cat"][:2]
     assert isinstance(dims["lengths"][0], str)
-    assert [o.name for o in graph.output] == list(PREDICTION_COLUMNS)
+    assert [o.name for o in graph.output] == list(MODEL_OUTPUTS)
 
 
 def test_featurizer_state_is_embedded(exported) -> None:
@@ -101,7 +108,7 @@ def test_export_checkpoint_reproduces_training_export(trained_run: Path, tmp_pat
     best = next((trained_run / "checkpoints").glob("epoch*.ckpt"))
     path = export_checkpoint(best, tmp_path / "again.onnx")
     inputs = example_inputs(Predictor(path).featurizer, batch=5, length=9)
-    feed = {name: t.numpy() for name, t in zip(INPUT_NAMES, inputs, strict=True)}
+    feed = {name: t.numpy() for name, t in zip(MODEL_INPUTS, inputs, strict=True)}
     outputs = []
     for model_path in (path, trained_run / "model.onnx"):
         session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])

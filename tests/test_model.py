@@ -91,10 +91,11 @@ def test_heads_are_consistent() -> None:
     model = make_model()
     batch = random_batch(64, 30)
     with torch.no_grad():
-        p_churn, expected, p10, p50, p90 = model(*batch)
+        p_churn, expected, p10, p50, p90, if_retained = model(*batch)
         heads = model.network(*batch)
     assert ((p_churn > 0) & (p_churn < 1)).all()
     mean_if_buying = torch.exp(heads.spend_mu + heads.spend_sigma**2 / 2)
+    torch.testing.assert_close(if_retained, mean_if_buying)
     torch.testing.assert_close(expected, (1 - p_churn) * mean_if_buying)
     assert (p10 <= p50).all() and (p50 <= p90).all()
     assert torch.equal(p50 == 0, p_churn >= 0.5)

@@ -15,12 +15,9 @@ import pytest
 from churnformer.errors import ChurnformerError
 from churnformer.partition import Shard, customer_hash
 from churnformer.predict_job import score_log
+from churnformer.retention import ReferencePercentiles, SegmentRules, add_retention_columns, descending_decile
 from churnformer.scoring import (
     Predictor,
-    ReferencePercentiles,
-    SegmentRules,
-    add_retention_columns,
-    descending_decile,
     padded_width,
     token_budget_batches,
     write_result,
@@ -35,22 +32,58 @@ def test_deciles_follow_the_reference_percentiles() -> None:
     assert descending_decile(values, LEVELS.tolist()).tolist() == [10, 10, 9, 5, 2, 1, 1]
 
 
+def rules(**changes) -> SegmentRules:
+    """churnformer-predict's default segment rules with ``changes``."""
+    from churnformer.defaults import serving_defaults
+
+    return SegmentRules(**{**serving_defaults("predict")["segments"], **changes})
+
+
 def test_segments_follow_the_configured_thresholds() -> None:
     predictions = pd.DataFrame(
         {
             "customer_id": ["a", "b", "c", "d"],
             "churn_probability": [0.9, 0.1, 0.6, 0.2],
-            "expected_spend": [500.0, 400.0, 5.0, 1.0],
+            "expected_spend": [50.0, 360.0, 2.0, 0.8],
+            "spend_if_retained": [500.0, 400.0, 5.0, 1.0],
         }
     )
-    out = add_retention_columns(predictions, SegmentRules(risk_threshold=0.5, high_value_quantile=0.5))
+    out = add_retention_columns(predictions, rules(risk_threshold=0.5, high_value_quantile=0.5))
     assert out["segment"].tolist() == ["high value at risk", "high value loyal", "low value at risk", "low value loyal"]
-    absolute = add_retention_columns(predictions, SegmentRules(risk_threshold=0.95, high_value_min_spend=450.0))
+    absolute = add_retention_columns(predictions, rules(risk_threshold=0.95, high_value_min_spend=450.0))
     assert absolute["segment"].tolist() == ["high value loyal", "low value loyal", "low value loyal", "low value loyal"]
-    reference = ReferencePercentiles(churn_probability=(LEVELS / 100).tolist(), expected_spend=(LEVELS * 10).tolist())
-    fixed = add_retention_columns(predictions, SegmentRules(high_value_quantile=0.45), reference)
+    reference = ReferencePercentiles(
+        {
+            "churn_probability": (LEVELS / 100).tolist(),
+            "expected_spend": LEVELS.tolist(),
+            "spend_if_retained": (LEVELS * 10).tolist(),
+        }
+    )
+    fixed = add_retention_columns(predictions, rules(high_value_quantile=0.45), reference)
     assert fixed["churn_risk_decile"].tolist() == [1, 9, 4, 8]
     assert fixed["segment"].tolist()[:2] == ["high value at risk", "low value loyal"]  # threshold 450
+    assert fixed["value_decile"].tolist() == [5, 6, 10, 10]  # spend if retained against 10..990
+
+
+def test_value_basis_expected_spend_discounts_churn() -> None:
+    """On the expected-spend basis the likely churner "a" is not high value: its expected spend already
+    counts the 90% chance of losing it. The default basis (spend if retained) puts it at the top."""
+    predictions = pd.DataFrame(
+        {
+            "customer_id": ["a", "b", "c", "d"],
+            "churn_probability": [0.9, 0.1, 0.6, 0.2],
+            "expected_spend": [50.0, 360.0, 2.0, 0.8],
+            "spend_if_retained": [500.0, 400.0, 5.0, 1.0],
+        }
+    )
+    expected = add_retention_columns(predictions, rules(value="expected", high_value_quantile=0.5))
+    assert expected["segment"].tolist()[:2] == ["high value at risk", "high value loyal"]  # median split
+    top = add_retention_columns(predictions, rules(value="expected", high_value_quantile=0.75))
+    retained = add_retention_columns(predictions, rules(high_value_quantile=0.75))
+    assert top["segment"].tolist()[0] == "low value at risk"
+    assert retained["segment"].tolist()[0] == "high value at risk"
+    with pytest.raises(ChurnformerError, match=r"segments\.value='spend'"):
+        rules(value="spend")
 
 
 def test_batches_cover_every_row_once_within_the_token_budget() -> None:
@@ -86,7 +119,9 @@ def full(model: Predictor, tiny_world: tuple[Path, Path]):
 
 
 def test_model_carries_reference_percentiles(model: Predictor, full) -> None:
-    assert model.reference is not None and len(model.reference.churn_probability) == 99
+    assert model.reference is not None
+    for column in ("churn_probability", "expected_spend", "spend_if_retained"):
+        assert len(model.reference.percentiles(column)) == 99
     deciles = full.predictions["churn_risk_decile"]
     assert deciles.between(1, 10).all() and deciles.nunique() >= 5
 

@@ -9,6 +9,7 @@ the ``BuildReport`` and the scoring summary.
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from churnformer.data.labels import make_labels
 from churnformer.data.sequences import Sequences, build_sequences
 from churnformer.data.window import Window, require_events_before
 from churnformer.scoring import Predictor, ScoringResult
-from tests.conftest import TINY_CUTOFF, run_cli, run_predict
+from tests.conftest import TINY_CUTOFF, Finished, run_in_process
 
 CUTOFF = "2024-06-30"
 WINDOW = Window.from_cutoff(CUTOFF, horizon_days=30)  # features before 2024-07-01, labels until 07-31
@@ -45,27 +46,19 @@ def _message(error: pytest.ExceptionInfo) -> str:
     return str(error.value)
 
 
-def _assert_clean_exit(result) -> str:
-    """Exit status 2, no traceback; returns stderr for the message checks."""
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr
-    assert result.stderr.startswith("error: ") or "\nerror: " in result.stderr
-    return result.stderr
+def _assert_clean_exit(result: Finished) -> str:
+    """Exit status 2, the error line alone (nothing before it, no traceback); returns it for the message checks."""
+    return result.error_line
 
 
-def _predict_cli(model: Path, events: Path, tmp_path: Path, *extra: str, cutoff: str = TINY_CUTOFF):
-    return run_predict(model, events, tmp_path / "scores.parquet", *extra, cutoff=cutoff, check=False)
+def _predict_cli(model: Path, events: Path, tmp_path: Path, *extra: str, cutoff: str = TINY_CUTOFF) -> Finished:
+    args = (f"model={model}", f"events={events}", f"cutoff={cutoff}", f"output={tmp_path / 'scores.parquet'}")
+    return run_in_process("churnformer-predict", *args, "progress=false", *extra)
 
 
-def _train_cli(events: Path, tmp_path: Path, *extra: str):
-    return run_cli(
-        "churnformer-train",
-        "data=csv",
-        f"data.events={events}",
-        f"hydra.run.dir={tmp_path / 'run'}",
-        *extra,
-        cwd=tmp_path,
-        check=False,
+def _train_cli(events: Path, tmp_path: Path, *extra: str) -> Finished:
+    return run_in_process(
+        "churnformer-train", "data=csv", f"data.events={events}", f"hydra.run.dir={tmp_path / 'run'}", *extra
     )
 
 
@@ -364,17 +357,22 @@ def test_cutoff_given_as_a_number_is_an_error(cutoff):
 def test_cutoff_before_every_event_is_an_error():
     stamps = _log([("a", "2024-05-01", 1.0, "web"), ("b", "2024-03-01", 1.0, "web")])["timestamp"]
     with pytest.raises(EventLogError) as error:
-        require_events_before(stamps, Window.from_cutoff("2024-01-31"), "2024-01-31", "log.csv")
+        require_events_before(stamps, Window.from_cutoff("2024-01-31"), "log.csv")
     assert _message(error) == (
         "log.csv: no events up to the cutoff 2024-01-31; the log starts at 2024-03-01 00:00:00 "
         "(and ends at 2024-05-01 00:00:00). Choose a later cutoff."
     )
-    require_events_before(stamps, Window.from_cutoff("2024-03-01"), "2024-03-01", "log.csv")  # one event is enough
+    require_events_before(stamps, Window.from_cutoff("2024-03-01"), "log.csv")  # one event is enough
 
 
 def test_cutoff_before_every_event_in_training_exits_2(tiny_world, tmp_path):
-    stderr = _assert_clean_exit(_train_cli(tiny_world[0], tmp_path, "data.cutoff=2020-01-01"))
-    assert "no event before the cutoff" in stderr and "choose a later data.cutoff" in stderr
+    """One line, nothing before it (no seed or hardware report), the cutoff as given, the file named; and
+    the run's log file says why the run stopped."""
+    line = _assert_clean_exit(_train_cli(tiny_world[0], tmp_path, "data.cutoff=2020-01-01"))
+    assert line.startswith(f"error: {tiny_world[0]}: no events up to the cutoff 2020-01-01; the log starts at 2023-")
+    assert "Choose a later cutoff" in line
+    log = (tmp_path / "run" / "cli.log").read_text()
+    assert "[ERROR] - " + line.removeprefix("error: ") in log
 
 
 def test_cutoff_after_every_event_leaves_no_labels_an_error():
@@ -382,7 +380,7 @@ def test_cutoff_after_every_event_leaves_no_labels_an_error():
     with pytest.raises(EventLogError) as error:
         make_labels(events, WINDOW, np.array(["a", "b"], dtype=object))
     message = _message(error)
-    assert message.startswith("log.csv: no events after the cutoff (the log ends at 2024-06-30 23:00:00")
+    assert message.startswith("log.csv: no events after the cutoff 2024-06-30 (the log ends at 2024-06-30 23:00:00)")
     assert "30-day horizon cannot be observed" in message
 
 
@@ -392,15 +390,13 @@ def test_cutoff_after_every_event_in_training_exits_2(tiny_world, tmp_path):
 
 
 def test_cutoff_after_every_event_in_evaluation_exits_2(tiny_world, tmp_path):
-    result = run_cli(
+    result = run_in_process(
         "churnformer-evaluate",
         f"predictions={tmp_path / 'scores.parquet'}",
         f"events={tiny_world[0]}",
         "cutoff=2024-06-30",
         "horizon_days=30",
         f"output={tmp_path / 'evaluation'}",
-        cwd=tmp_path,
-        check=False,
     )
     stderr = _assert_clean_exit(result)
     assert f"{tiny_world[0]}: no events after the cutoff" in stderr
@@ -601,16 +597,60 @@ def test_bad_model_file_through_the_cli_exits_2(trained_run, tiny_world, tmp_pat
 # --------------------------------------------------------------------------------- entry points
 
 
-def test_missing_required_setting_exits_2(tmp_path):
-    stderr = _assert_clean_exit(run_cli("churnformer-predict", "model=m.onnx", cwd=tmp_path, check=False))
+def test_missing_required_setting_exits_2():
+    stderr = _assert_clean_exit(run_in_process("churnformer-predict", "model=m.onnx"))
     assert "missing required setting(s) events, cutoff" in stderr
 
 
-def test_debug_true_shows_the_traceback(trained_run, tmp_path):
+def test_debug_true_shows_the_traceback_above_the_same_line(trained_run, tmp_path):
     path = _write(tmp_path, "events.csv", "customer_id,amount\nC1,1.0\n")
     result = _predict_cli(trained_run, path, tmp_path, "debug=true")
-    assert result.returncode != 0
-    assert "Traceback" in result.stderr and "EventLogError" in result.stderr
+    assert result.code == 2
+    assert result.err.startswith("Traceback") and "EventLogError" in result.err
+    assert result.err.splitlines()[-1] == _predict_cli(trained_run, path, tmp_path).error_line
+
+
+def test_columns_present_lists_every_column_of_the_file(trained_run, world_events, tmp_path):
+    """Scoring reads only the columns the model needs; the message still lists every column the file has,
+    including the user's own id column that a wrong mapping missed."""
+    path = tmp_path / "events.parquet"
+    world_events.rename(columns={"customer_id": "user"}).assign(note="x").to_parquet(path)
+    line = _assert_clean_exit(_predict_cli(trained_run, path, tmp_path))
+    assert "required column(s) ['customer_id'] not found" in line
+    assert "columns present: ['user', 'timestamp', 'amount', 'event_type', 'channel', 'n_items', 'note']" in line
+
+
+def test_column_mapping_keys_work_one_by_one(trained_run, world_events, tmp_path):
+    """``columns.customer_id=user`` (what the error message suggests) works like ``data.columns.*`` does in
+    training: the other names stay the model's."""
+    path = tmp_path / "events.parquet"
+    world_events.rename(columns={"customer_id": "user"}).to_parquet(path)
+    result = _predict_cli(trained_run, path, tmp_path, "columns.customer_id=user")
+    assert result.code == 0, result.err
+    assert pd.read_parquet(tmp_path / "scores.parquet")["customer_id"].isin(world_events["customer_id"]).all()
+    line = _assert_clean_exit(_predict_cli(trained_run, path, tmp_path, "columns.id=user"))
+    assert line == "error: Could not override 'columns.id'; there is no setting 'id' there"
+
+
+def test_missing_spill_dir_is_refused_at_start_up(trained_run, tiny_world, tmp_path):
+    line = _assert_clean_exit(_predict_cli(trained_run, tiny_world[0], tmp_path, f"spill_dir={tmp_path / 'nope'}"))
+    assert line == f"error: spill_dir={tmp_path / 'nope'}: no such directory; create it or leave spill_dir unset"
+    assert not list(tmp_path.glob("scores*"))
+
+
+def test_memory_budget_below_the_floor_is_refused_at_start_up(trained_run, tiny_world, tmp_path):
+    line = _assert_clean_exit(_predict_cli(trained_run, tiny_world[0], tmp_path, "memory_budget_mb=512"))
+    assert "memory_budget_mb=512 is below the 900 MB" in line
+
+
+def test_a_failed_run_is_marked_in_the_runs_table(tiny_world, tmp_path, capsys):
+    from churnformer.runs import main
+
+    _train_cli(tiny_world[0], tmp_path, "data.cutoff=2020-01-01")
+    assert main([str(tmp_path), "--format", "csv"]) == 0
+    table = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    (status,) = table.loc[table["run"] == "run", "status"]
+    assert status.startswith("failed: ") and "no events up to the cutoff 2020-01-01" in status
 
 
 @pytest.mark.parametrize(

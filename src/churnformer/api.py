@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,10 +33,13 @@ def train(
     cutoff: str,
     horizon_days: float = 90,
     customers: pd.DataFrame | None = None,
+    columns: Mapping[str, str] | None = None,
     output_dir: str | Path = "outputs/api",
     overrides: Sequence[str] = (),
 ) -> TrainedRun:
-    """Train on DataFrames; ``overrides`` are the CLI's ``key=value`` strings (e.g. ``"trainer.max_epochs=3"``)."""
+    """Train on DataFrames; ``columns`` maps your column names (``{"customer_id": "user", ...}``, as
+    ``data.columns.*``) and the model keeps the mapping for :func:`predict`; ``overrides`` are the CLI's
+    ``key=value`` strings (e.g. ``"trainer.max_epochs=3"``)."""
     from churnformer.train import train as run_training  # torch is imported only when training
 
     output_dir = Path(output_dir).resolve()
@@ -50,6 +53,7 @@ def train(
                 f"data.horizon_days={horizon_days}",
                 f"paths.output_dir={output_dir}",
                 "predict_after_training=false",
+                *(f"data.columns.{key}={name}" for key, name in (columns or {}).items()),
                 *overrides,
             ],
         )
@@ -63,7 +67,7 @@ def predict(
     events: pd.DataFrame,
     cutoff: str,
     customers: pd.DataFrame | None = None,
-    columns: ColumnMapping | None = None,
+    columns: ColumnMapping | Mapping[str, str | None] | None = None,
 ) -> pd.DataFrame:
     """One row per customer with an event up to ``cutoff``; see :class:`churnformer.scoring.Predictor`."""
     return Predictor(model).predict(events, cutoff, customers, columns).predictions

@@ -24,9 +24,17 @@ import torch
 import torch.nn.functional as F
 
 from churnformer.model import ChurnFormer
-from churnformer.module import INPUT_NAMES
+from churnformer.schema import MODEL_INPUTS, PERCENTILE_LEVELS
 
-SPEND_POWER_LIMITS = (0.5, 2.0)  # a wilder fit means validation is too small or odd to trust
+# Fits outside these ranges mean the network or the validation set is not fit to calibrate from (an
+# undertrained network after one epoch gives churn temperatures near 0.01); such a part stays the identity.
+CHURN_TEMPERATURE_LIMITS = (0.2, 5.0)
+SPEND_POWER_LIMITS = (0.5, 2.0)
+# The churn bias may move the logit by what the temperature's rescaling of the base rate needs
+# (|logit(rate)| * |1 - 1/temperature|) plus this: a factor of e^2 ~ 7 in the odds.
+CHURN_BIAS_MARGIN = 2.0
+# Calibrated expected spend of the median validation customer within this factor of the network's own.
+SPEND_RATIO_LIMIT = 10.0
 
 
 @dataclass(frozen=True)
@@ -39,12 +47,16 @@ class Calibration:
     # scoring's deciles and value segments are relative to (churnformer.scoring.ReferencePercentiles).
     churn_percentiles: list[float] = field(default_factory=list)
     spend_percentiles: list[float] = field(default_factory=list)
+    spend_if_retained_percentiles: list[float] = field(default_factory=list)
+    # Why a fitted part was replaced by the identity (empty: everything fitted was kept).
+    fallback: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
-        return (
+        kept = (
             f"churn temperature {self.churn_temperature:.3f}, bias {self.churn_bias:+.3f}; "
             f"spend scale {math.exp(self.spend_log_scale):.3f}, power {self.spend_power:.3f}"
         )
+        return kept + "".join(f" (identity instead: {reason})" for reason in self.fallback)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2))
@@ -59,7 +71,7 @@ def _collect(network: ChurnFormer, batches) -> dict[str, torch.Tensor]:
     network.eval()
     parts: dict[str, list[torch.Tensor]] = {"logit": [], "mu": [], "sigma": [], "churn": [], "spend": []}
     for batch in batches:
-        heads = network(*(batch[name] for name in INPUT_NAMES))
+        heads = network(*(batch[name] for name in MODEL_INPUTS))
         for key, value in zip(parts, (*heads, batch["churn"], batch["spend"]), strict=True):
             parts[key].append(value.double())
     return {key: torch.cat(values) for key, values in parts.items()}
@@ -71,8 +83,50 @@ def fit_calibration(network: ChurnFormer, batches, level_batches=None) -> Calibr
     ``level_batches``: more labelled customers at the same cutoff (the training customers). Once the
     shapes are fitted on validation alone, the levels are reset so that over validation and these
     together the mean churn probability is the churn rate and total expected spend is total spend.
+
+    A part (churn or spend) whose fit falls outside the sane ranges above is left at the identity, and
+    ``fallback`` says why.
     """
     data = _collect(network, batches)
+    everyone = data
+    if level_batches is not None:
+        everyone = {key: torch.cat([data[key], values]) for key, values in _collect(network, level_batches).items()}
+    fallback: list[str] = []
+    temperature, bias = _fit_platt(data, fallback)
+    power = _fit_spend_power(data, temperature, bias)
+    if level_batches is not None and (temperature, bias) != (1.0, 0.0):
+        bias = _rate_matching_bias(everyone["logit"] / temperature, everyone["churn"], bias)
+        if not _churn_bias_is_sane(bias, temperature, data, fallback):
+            temperature, bias = 1.0, 0.0
+    log_scale = 0.0
+    if power is not None:
+        log_scale = _totals_matching_log_scale(everyone, temperature, bias, power)
+        median_ratio = math.exp(abs(log_scale + (power - 1) * float(data["mu"].median())))
+        if not SPEND_POWER_LIMITS[0] <= power <= SPEND_POWER_LIMITS[1]:  # also false for NaN
+            fallback.append(f"spend power {power:.3g} outside {list(SPEND_POWER_LIMITS)}")
+            log_scale, power = 0.0, 1.0
+        elif not median_ratio <= SPEND_RATIO_LIMIT:
+            fallback.append(f"spend changed {median_ratio:.3g}x for the median customer (limit {SPEND_RATIO_LIMIT:g}x)")
+            log_scale, power = 0.0, 1.0
+    power = 1.0 if power is None else power
+    p_churn = torch.sigmoid(data["logit"] / temperature + bias)
+    if_retained = _spend_if_retained(data, log_scale, power)
+    levels = torch.tensor(PERCENTILE_LEVELS, dtype=torch.float64)
+    return Calibration(
+        churn_temperature=temperature,
+        churn_bias=bias,
+        spend_log_scale=log_scale,
+        spend_power=power,
+        churn_percentiles=torch.quantile(p_churn, levels).tolist(),
+        spend_percentiles=torch.quantile((1 - p_churn) * if_retained, levels).tolist(),
+        spend_if_retained_percentiles=torch.quantile(if_retained, levels).tolist(),
+        fallback=fallback,
+    )
+
+
+def _fit_platt(data: dict[str, torch.Tensor], fallback: list[str]) -> tuple[float, float]:
+    """Temperature and bias of the churn logit on validation; the identity (1, 0) when either is out of its
+    sane range (the reason appended to ``fallback``)."""
     churn = torch.zeros(2, dtype=torch.float64, requires_grad=True)  # log temperature, bias
 
     def churn_loss() -> torch.Tensor:
@@ -80,46 +134,53 @@ def fit_calibration(network: ChurnFormer, batches, level_batches=None) -> Calibr
 
     _minimize(churn, churn_loss)
     temperature, bias = float(churn[0].detach().exp()), float(churn[1].detach())
+    low, high = CHURN_TEMPERATURE_LIMITS
+    if not low <= temperature <= high:  # also false for NaN
+        fallback.append(f"churn temperature {temperature:.3g} outside {[low, high]}")
+        return 1.0, 0.0
+    if not _churn_bias_is_sane(bias, temperature, data, fallback):
+        return 1.0, 0.0
+    return temperature, bias
 
-    def expected_spend(scale_and_power: torch.Tensor, heads: dict[str, torch.Tensor] = data) -> torch.Tensor:
-        log_scale, power = scale_and_power[0], scale_and_power[1]
-        p_buy = 1 - torch.sigmoid(heads["logit"] / temperature + bias)
-        return p_buy * torch.exp(log_scale + power * heads["mu"] + 0.5 * (power * heads["sigma"]) ** 2)
 
-    def totals_matching_log_scale(power: float, heads: dict[str, torch.Tensor] = data) -> float:
-        # the deviance optimum of the scale given the power
-        uncalibrated = expected_spend(torch.tensor([0.0, power], dtype=torch.float64), heads).sum().clamp(min=1e-12)
-        return math.log(float(heads["spend"].sum()) / float(uncalibrated))
+def _churn_bias_is_sane(bias: float, temperature: float, data: dict[str, torch.Tensor], fallback: list[str]) -> bool:
+    """Whether ``bias`` is within what rescaling the validation base rate by ``temperature`` needs, plus a margin."""
+    rate = min(max(float(data["churn"].mean()), 1e-3), 1 - 1e-3)
+    limit = abs(math.log(rate / (1 - rate))) * abs(1 - 1 / temperature) + CHURN_BIAS_MARGIN
+    if abs(bias) <= limit:
+        return True
+    fallback.append(f"churn bias {bias:+.3g} beyond +-{limit:.3g} (validation churn rate {rate:.3f})")
+    return False
 
-    log_scale, power = 0.0, 1.0  # left alone when nobody bought in the validation horizon
-    anyone_bought = float(data["spend"].sum()) > 0
-    if anyone_bought:
-        spend = torch.tensor([totals_matching_log_scale(1.0), 1.0], dtype=torch.float64, requires_grad=True)
 
-        def spend_loss() -> torch.Tensor:  # Poisson deviance up to constants, relative to mean spend
-            expected = expected_spend(spend).clamp(min=1e-12)
-            return (expected - data["spend"] * expected.log()).mean() / data["spend"].mean()
+def _spend_if_retained(heads: dict[str, torch.Tensor], log_scale, power) -> torch.Tensor:
+    """Mean of positive spend, LN(log_scale + power * mu, power * sigma)."""
+    return torch.exp(log_scale + power * heads["mu"] + 0.5 * (power * heads["sigma"]) ** 2)
 
-        _minimize(spend, spend_loss)
-        fitted = float(spend[1].detach())
-        power = min(max(fitted, SPEND_POWER_LIMITS[0]), SPEND_POWER_LIMITS[1]) if math.isfinite(fitted) else 1.0
-        log_scale = totals_matching_log_scale(power)
-    if level_batches is not None:
-        everyone = {key: torch.cat([data[key], values]) for key, values in _collect(network, level_batches).items()}
-        bias = _rate_matching_bias(everyone["logit"] / temperature, everyone["churn"], bias)
-        if anyone_bought:
-            log_scale = totals_matching_log_scale(power, everyone)
-    expected = expected_spend(torch.tensor([log_scale, power], dtype=torch.float64))
-    p_buy = 1 - torch.sigmoid(data["logit"] / temperature + bias)
-    quantile_levels = torch.arange(1, 100, dtype=torch.float64) / 100
-    return Calibration(
-        churn_temperature=temperature,
-        churn_bias=bias,
-        spend_log_scale=log_scale,
-        spend_power=power,
-        churn_percentiles=torch.quantile(1 - p_buy, quantile_levels).tolist(),
-        spend_percentiles=torch.quantile(expected, quantile_levels).tolist(),
-    )
+
+def _expected_spend(heads: dict[str, torch.Tensor], temperature: float, bias: float, log_scale, power) -> torch.Tensor:
+    return (1 - torch.sigmoid(heads["logit"] / temperature + bias)) * _spend_if_retained(heads, log_scale, power)
+
+
+def _totals_matching_log_scale(heads: dict[str, torch.Tensor], temperature: float, bias: float, power: float) -> float:
+    """The scale (the deviance optimum given the power) at which total expected spend equals total spend."""
+    uncalibrated = _expected_spend(heads, temperature, bias, 0.0, power).sum().clamp(min=1e-12)
+    return math.log(float(heads["spend"].sum()) / float(uncalibrated))
+
+
+def _fit_spend_power(data: dict[str, torch.Tensor], temperature: float, bias: float) -> float | None:
+    """The power of the spend transform by Poisson deviance on validation; None when nobody bought."""
+    if not float(data["spend"].sum()) > 0:
+        return None
+    start = _totals_matching_log_scale(data, temperature, bias, 1.0)
+    spend = torch.tensor([start, 1.0], dtype=torch.float64, requires_grad=True)
+
+    def spend_loss() -> torch.Tensor:  # Poisson deviance up to constants, relative to mean spend
+        expected = _expected_spend(data, temperature, bias, spend[0], spend[1]).clamp(min=1e-12)
+        return (expected - data["spend"] * expected.log()).mean() / data["spend"].mean()
+
+    _minimize(spend, spend_loss)
+    return float(spend[1].detach())
 
 
 def _rate_matching_bias(scaled_logit: torch.Tensor, churn: torch.Tensor, start: float) -> float:

@@ -6,14 +6,20 @@ clear message and exit status 2; ``debug=true`` shows the traceback instead.
 
 from __future__ import annotations
 
+import io
+import logging
+import os
+import re
 import sys
+import traceback
 from collections.abc import Callable
 from functools import wraps
-from typing import Any
+from typing import Any, TextIO
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from churnformer.console import silence_known_noise
 from churnformer.errors import ChurnformerError, ConfigError
 
 
@@ -55,41 +61,120 @@ def check_required(cfg: DictConfig) -> None:
         )
 
 
-def _clear_errors(job: Callable[[DictConfig], float | None]) -> Callable[[DictConfig], float | None]:
+def report_error(message: str, debug: bool) -> None:
+    """Print ``error: message`` as the one line on stderr (after the traceback under ``debug``), and put it in
+    the run's log file too, so ``cli.log`` says why a run stopped."""
+    if debug:
+        traceback.print_exc()
+    print(f"error: {message}", file=sys.stderr)
+    record = logging.LogRecord("churnformer", logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+class HeldStderr(io.StringIO):
+    """Stands in for stderr until the job starts, so that what Hydra prints when it refuses a command line
+    (an unknown group option, a misspelled key) can be turned into churnformer's one-line error."""
+
+    def __init__(self, real: TextIO) -> None:
+        super().__init__()
+        self.real = real
+
+    def release(self) -> None:
+        """Put the real stderr back and pass on what was held (Hydra's own warnings, if any)."""
+        if sys.stderr is self:
+            sys.stderr = self.real
+            self.real.write(self.getvalue())
+
+
+def condense_hydra_error(text: str) -> str:
+    """Hydra's multi-line refusal as one line: what is wrong and the choices, without the config search
+    path, internal key paths, advice to add keys with ``+`` and the hint to set HYDRA_FULL_ERROR."""
+    skipped = ("Set the environment variable HYDRA_FULL_ERROR", "full_key:", "object_type=", "To append to your config")
+    parts: list[str] = []
+    listing: list[str] | None = None  # the indented choices under a line ending in ":"
+    for raw in text.splitlines():
+        line = raw.strip()
+        if raw.startswith("\t") and listing is not None:
+            listing.append(line)
+            continue
+        listing = None
+        if not line or line.startswith(skipped) or line.startswith("See https://hydra.cc"):
+            continue
+        if line == "Config search path:":
+            listing = []  # read and dropped
+            continue
+        parts.append(line.rstrip("."))
+        if line.endswith(":"):
+            listing = []
+            parts.append(listing)  # type: ignore[arg-type]  # filled in place
+    words = [", ".join(part) if isinstance(part, list) else part for part in parts]
+    condensed = "; ".join(word for word in words if word).replace(":;", ":")
+    return re.sub(r"Key '([^']+)' is not in struct", r"there is no setting '\1' there", condensed)
+
+
+def _job(job: Callable[[DictConfig], float | None]) -> Callable[[DictConfig], float | None]:
+    """The job as Hydra calls it: user errors end in one line and exit status 2."""
+
     @wraps(job)
     def run(cfg: DictConfig) -> float | None:
+        if isinstance(sys.stderr, HeldStderr):
+            sys.stderr.release()
+        silence_known_noise()
         try:
             check_required(cfg)
             return job(cfg)
         except Exception as error:
             clear = user_error(error)
-            if clear is None or cfg.get("debug"):
+            if clear is None:
                 raise
-            print(f"error: {clear}", file=sys.stderr)
+            report_error(str(clear), bool(cfg.get("debug")))
             sys.exit(2)
 
     return run
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
-@_clear_errors
-def train(cfg: DictConfig) -> float | None:
+def console_script(main: Callable[[], Any]) -> Callable[[], None]:
+    """Wrap a Hydra main so that a command line Hydra refuses (an unknown option of a config group, a key
+    that does not exist, a malformed override) also ends in one ``error:`` line with exit status 2.
+    ``HYDRA_FULL_ERROR=1`` keeps Hydra's own report and traceback."""
+
+    @wraps(main)
+    def entry() -> None:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            main()
+            return
+        held = HeldStderr(sys.stderr)
+        sys.stderr = held
+        try:
+            main()
+        except SystemExit as stop:
+            if sys.stderr is held and stop.code not in (0, None):  # refused before the job started
+                sys.stderr = held.real
+                print(f"error: {condense_hydra_error(held.getvalue())}", file=sys.stderr)
+                sys.exit(2)
+            raise
+        finally:
+            held.release()
+
+    return entry
+
+
+def _train(cfg: DictConfig) -> float | None:
     from churnformer.train import configured_metric, train
 
     return configured_metric(cfg, train(cfg))
 
 
-@hydra.main(version_base="1.3", config_path="conf/serving", config_name="export")
-@_clear_errors
-def export(cfg: DictConfig) -> None:
+def _export(cfg: DictConfig) -> None:
     from pathlib import Path
 
     from churnformer.export import export_checkpoint
 
-    path = export_checkpoint(cfg.ckpt, cfg.output, cfg.get("calibration"), cfg.fused_attention)
+    path = export_checkpoint(cfg.ckpt, cfg.output, cfg.calibration, cfg.fused_attention)
     print(f"exported {path}")
-    if cfg.get("quantize"):
-        from churnformer.errors import ConfigError
+    if cfg.quantize:
         from churnformer.quantize import quantize_checked, run_validation_data
 
         quantized, check = quantize_checked(path, *run_validation_data(Path(cfg.ckpt).parent.parent))
@@ -98,17 +183,23 @@ def export(cfg: DictConfig) -> None:
         print(f"exported {quantized}")
 
 
-@hydra.main(version_base="1.3", config_path="conf/serving", config_name="predict")
-@_clear_errors
-def predict(cfg: DictConfig) -> None:
+def _predict(cfg: DictConfig) -> None:
     from churnformer.predict_job import run_prediction
 
     run_prediction(OmegaConf.to_container(cfg, resolve=True))
 
 
-@hydra.main(version_base="1.3", config_path="conf/serving", config_name="evaluate")
-@_clear_errors
-def evaluate(cfg: DictConfig) -> None:
+def _evaluate(cfg: DictConfig) -> None:
     from churnformer.evaluation import run_evaluation
 
     run_evaluation(OmegaConf.to_container(cfg, resolve=True))
+
+
+train = console_script(hydra.main(version_base="1.3", config_path="conf", config_name="train")(_job(_train)))
+export = console_script(hydra.main(version_base="1.3", config_path="conf/serving", config_name="export")(_job(_export)))
+predict = console_script(
+    hydra.main(version_base="1.3", config_path="conf/serving", config_name="predict")(_job(_predict))
+)
+evaluate = console_script(
+    hydra.main(version_base="1.3", config_path="conf/serving", config_name="evaluate")(_job(_evaluate))
+)

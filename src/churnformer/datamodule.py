@@ -12,11 +12,19 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from churnformer.data.events import CUSTOMER_ID, TIMESTAMP, ColumnMapping, EventLogError, load_customers, load_events
+from churnformer.data.events import (
+    CUSTOMER_ID,
+    TIMESTAMP,
+    ColumnMapping,
+    EventLogError,
+    load_customers,
+    load_events,
+    source_of,
+)
 from churnformer.data.featurizer import Featurizer, FeaturizerConfig, fit_featurizer
 from churnformer.data.labels import make_labels
 from churnformer.data.sequences import Sequences, build_sequences, concat_sequences
-from churnformer.data.window import Window
+from churnformer.data.window import Window, require_events_before
 from churnformer.sampler import LengthBucketBatchSampler
 
 
@@ -140,12 +148,8 @@ class ChurnDataModule(pl.LightningDataModule):
         if self.sequences is not None:
             return
         events, customers = self.load_frames()
+        require_events_before(events[TIMESTAMP], self.window, source_of(events, "events"))
         before = events[TIMESTAMP] < self.window.feature_end
-        if not before.any():
-            raise EventLogError(
-                f"no event before the cutoff {self.window.feature_end} (events span "
-                f"{events[TIMESTAMP].min()} .. {events[TIMESTAMP].max()}); choose a later data.cutoff"
-            )
         population = np.sort(events.loc[before, CUSTOMER_ID].unique())
         train_ids = population[~validation_mask(population, self.val_fraction)]
         train_events = events.loc[before & events[CUSTOMER_ID].isin(train_ids)]
@@ -182,9 +186,13 @@ class ChurnDataModule(pl.LightningDataModule):
         get more labels out of one log. Validation uses the main cutoff only.
         """
         count, step = self.rolling_cutoffs.get("count", 0), self.rolling_cutoffs.get("step_days", 30)
-        return [
-            Window(self.window.feature_end - pd.Timedelta(days=k * step), self.window.horizon_days)
-            for k in range(count + 1)
+        return [self.window] + [
+            Window(
+                self.window.feature_end - pd.Timedelta(days=k * step),
+                self.window.horizon_days,
+                given=f"{self.window} - {k * step} days",
+            )
+            for k in range(1, count + 1)
         ]
 
     def label_stats(self) -> LabelStats:

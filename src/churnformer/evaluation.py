@@ -26,14 +26,15 @@ from churnformer.data.events import (
     check_customer_ids,
     load_events,
     read_table,
+    source_of,
 )
 from churnformer.data.labels import make_labels
-from churnformer.data.window import Window
+from churnformer.data.window import Window, require_events_before
+from churnformer.defaults import serving_defaults
+from churnformer.schema import CHURN, CHURN_PROBABILITY, EXPECTED_SPEND, LABEL_COLUMNS, SPEND
 
-CHURN_PROBABILITY = "churn_probability"
-EXPECTED_SPEND = "expected_spend"
-PREDICTION_COLUMNS = (CHURN_PROBABILITY, EXPECTED_SPEND)
-LABEL_COLUMNS = ("churn", "spend")
+# What an evaluation needs of a predictions file (any model's: churnformer's or a baseline's).
+EVALUATED_COLUMNS = (CHURN_PROBABILITY, EXPECTED_SPEND)
 N_BINS = 10
 LOG_LOSS_EPS = 1e-7
 MIN_CUSTOMERS = 10  # deciles need at least one customer each
@@ -213,7 +214,7 @@ def _check_ranges(joined: pd.DataFrame, names: tuple[str, str]) -> None:
             f"{names[0]}: {int(outside.sum())} {CHURN_PROBABILITY} value(s) outside [0, 1], "
             f"e.g. for customer(s) {_examples(joined.loc[outside, CUSTOMER_ID].to_numpy())}"
         )
-    not_binary = ~joined["churn"].isin([0.0, 1.0])
+    not_binary = ~joined[CHURN].isin([0.0, 1.0])
     if not_binary.any():
         raise EventLogError(
             f"{names[1]}: {int(not_binary.sum())} churn value(s) other than 0 or 1, "
@@ -236,7 +237,7 @@ def align(
     An inner join would silently evaluate a subset (say, only customers the model happened to score), so
     any customer on one side only is an error that names how many and which.
     """
-    predicted = _checked_frame(predictions, PREDICTION_COLUMNS, names[0])
+    predicted = _checked_frame(predictions, EVALUATED_COLUMNS, names[0])
     labelled = _checked_frame(labels, LABEL_COLUMNS, names[1])
     predicted, labelled = _same_id_type(predicted, labelled)
     predicted_ids, labelled_ids = pd.Index(predicted[CUSTOMER_ID]), pd.Index(labelled[CUSTOMER_ID])
@@ -263,7 +264,7 @@ def align(
 
 def _columns(joined: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Churn probability, churn label, expected spend and actual spend of an aligned frame."""
-    return tuple(joined[c].to_numpy() for c in (CHURN_PROBABILITY, "churn", EXPECTED_SPEND, "spend"))
+    return tuple(joined[c].to_numpy() for c in (CHURN_PROBABILITY, CHURN, EXPECTED_SPEND, SPEND))
 
 
 def compute_metrics(joined: pd.DataFrame) -> dict[str, float]:
@@ -396,9 +397,8 @@ def labels_from_events(
     """Labels of every customer with at least one event before the cutoff: the population the predictor scores."""
     frame = load_events(events, columns)
     window = Window.from_cutoff(cutoff, horizon_days)
+    require_events_before(frame[TIMESTAMP], window, source_of(frame, "events"))
     before = frame[TIMESTAMP].to_numpy(dtype="datetime64[ns]").view(np.int64) < window.feature_end_ns
-    if not before.any():
-        raise EventLogError(f"{events}: no events up to the cutoff {cutoff}, so no customer to evaluate")
     population = np.sort(pd.unique(frame[CUSTOMER_ID].to_numpy()[before]))
     return make_labels(frame, window, population, purchase_types)
 
@@ -451,14 +451,15 @@ def evaluate_files(
 
 def run_evaluation(config: dict[str, Any]) -> dict[str, Path]:
     """The ``churnformer-evaluate`` job from a plain config dict (see ``conf/serving/evaluate.yaml``)."""
-    columns = ColumnMapping(**config["columns"]) if config.get("columns") else None
+    config = {**serving_defaults("evaluate"), **config}
+    columns = ColumnMapping().overridden(config["columns"])
     return evaluate_files(
         config["predictions"],
-        config.get("labels"),
-        events=config.get("events"),
-        cutoff=config.get("cutoff"),
-        horizon_days=config.get("horizon_days"),
+        config["labels"],
+        events=config["events"],
+        cutoff=config["cutoff"],
+        horizon_days=config["horizon_days"],
         columns=columns,
-        purchase_types=config.get("purchase_types"),
-        output_dir=config.get("output", "evaluation"),
+        purchase_types=config["purchase_types"],
+        output_dir=config["output"],
     )

@@ -16,14 +16,23 @@ import torch
 from churnformer import __version__
 from churnformer.calibration import Calibration
 from churnformer.data.featurizer import Featurizer
-from churnformer.model import PREDICTION_COLUMNS, ChurnFormer, ScoringModel, SelfAttention
-from churnformer.module import INPUT_NAMES, build_network
+from churnformer.model import ChurnFormer, ScoringModel, SelfAttention
+from churnformer.module import build_network
+from churnformer.schema import (
+    DYNAMIC_AXES,
+    META_CALIBRATION,
+    META_FEATURIZER,
+    META_OUTPUTS,
+    META_VERSION,
+    METADATA_PREFIX,
+    MODEL_INPUTS,
+    MODEL_OUTPUTS,
+    RUN_CALIBRATION,
+)
 
 # opset 23 turns SDPA into an ONNX `Attention` op whose CPU kernel rejects broadcast key-padding masks, so the
 # portable export decomposes attention into opset-20 ops; the default is onnxruntime's fused kernel instead.
 OPSET = 20
-CALIBRATION_FILE = "calibration.json"
-METADATA_PREFIX = "churnformer."
 
 
 def load_checkpoint(path: str | Path) -> tuple[ChurnFormer, dict[str, Any]]:
@@ -76,14 +85,8 @@ def export_onnx(
         calibration.spend_log_scale,
         calibration.spend_power,
     ).eval()
-    batch, length = torch.export.Dim("batch"), torch.export.Dim("length")
-    dynamic_shapes = {
-        "event_cat": {0: batch, 1: length},
-        "event_num": {0: batch, 1: length},
-        "lengths": {0: batch},
-        "customer_cat": {0: batch},
-        "customer_num": {0: batch},
-    }
+    dims = {name: torch.export.Dim(name) for name in ("batch", "length")}
+    dynamic_shapes = {name: {i: dims[axis] for i, axis in enumerate(DYNAMIC_AXES[name])} for name in MODEL_INPUTS}
     # The exporter logs every graph pass at INFO and warns that torchvision (unused here) is missing.
     for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
@@ -98,16 +101,16 @@ def export_onnx(
             dynamo=True,
             opset_version=OPSET,
             dynamic_shapes=dynamic_shapes,
-            input_names=list(INPUT_NAMES),
-            output_names=list(PREDICTION_COLUMNS),
+            input_names=list(MODEL_INPUTS),
+            output_names=list(MODEL_OUTPUTS),
             verbose=False,
         )
     proto = program.model_proto
     props = {
-        "featurizer": featurizer_json,
-        "version": __version__,
-        "outputs": json.dumps(PREDICTION_COLUMNS),
-        "calibration": json.dumps(asdict(calibration)),
+        META_FEATURIZER: featurizer_json,
+        META_VERSION: __version__,
+        META_OUTPUTS: json.dumps(MODEL_OUTPUTS),
+        META_CALIBRATION: json.dumps(asdict(calibration)),
     }
     props.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()})
     onnx.helper.set_model_props(proto, {METADATA_PREFIX + k: v for k, v in props.items()})
@@ -125,7 +128,7 @@ def export_checkpoint(
 ) -> Path:
     """Export a checkpoint; the run's ``calibration.json`` (next to ``checkpoints/``) is applied when present."""
     checkpoint = Path(checkpoint)
-    calibration_file = Path(calibration) if calibration else checkpoint.parent.parent / CALIBRATION_FILE
+    calibration_file = Path(calibration) if calibration else checkpoint.parent.parent / RUN_CALIBRATION
     fitted = Calibration.load(calibration_file) if calibration_file.is_file() else None
     if fitted is not None:
         print(f"calibration from {calibration_file}: {fitted}")

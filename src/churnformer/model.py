@@ -21,9 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from churnformer.data.featurizer import Featurizer
+from churnformer.schema import SPEND_QUANTILES
 
-PREDICTION_COLUMNS = ("churn_probability", "expected_spend", "spend_p10", "spend_p50", "spend_p90")
-SPEND_QUANTILES = (0.1, 0.5, 0.9)
 MIN_SIGMA = 0.05
 
 
@@ -316,8 +315,9 @@ def normal_quantile(p: torch.Tensor) -> torch.Tensor:
 class ScoringModel(nn.Module):
     """What is exported to ONNX: the network plus the arithmetic that turns heads into predictions.
 
-    Outputs, each (B,): churn_probability, expected_spend and spend quantiles p10/p50/p90 of the
-    zero-inflated log-normal (a quantile below P(spend = 0) is 0).
+    Outputs, each (B,), in the order of ``churnformer.schema.MODEL_OUTPUTS``: churn_probability,
+    expected_spend, spend quantiles p10/p50/p90 of the zero-inflated log-normal (a quantile below
+    P(spend = 0) is 0), and spend_if_retained, the mean of positive spend.
     """
 
     def __init__(
@@ -347,5 +347,5 @@ class ScoringModel(nn.Module):
             level = ((q - p_churn) / p_buy.clamp(min=1e-6)).clamp(1e-6, 1 - 1e-6)
             value = torch.exp(mu + sigma * normal_quantile(level))
             quantiles.append(torch.where(p_churn >= q, torch.zeros_like(value), value))
-        expected = p_buy * torch.exp(mu + 0.5 * sigma * sigma)
-        return (p_churn, expected, *quantiles)
+        if_retained = torch.exp(mu + 0.5 * sigma * sigma)
+        return (p_churn, p_buy * if_retained, *quantiles, if_retained)

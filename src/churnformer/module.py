@@ -18,8 +18,8 @@ from churnformer.losses import LossWeights, joint_loss
 from churnformer.metrics import churn_metrics, metric_name, spend_metrics
 from churnformer.model import ChurnFormer, ModelConfig, ScoringModel
 from churnformer.review import architecture_text, custom_scalar_layout, log_validation_review
+from churnformer.schema import MODEL_INPUTS
 
-INPUT_NAMES = ("event_cat", "event_num", "lengths", "customer_cat", "customer_num")
 RESUME_STATE = "churnformer_resume_state"
 
 
@@ -73,10 +73,10 @@ class ChurnFormerModule(pl.LightningModule):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """Predictions as exported: churn probability, expected spend, spend p10/p50/p90."""
-        return ScoringModel(self.network)(*(batch[name] for name in INPUT_NAMES))
+        return ScoringModel(self.network)(*(batch[name] for name in MODEL_INPUTS))
 
     def _step(self, batch: dict[str, torch.Tensor], split: str) -> torch.Tensor:
-        heads = self.network(*(batch[name] for name in INPUT_NAMES))
+        heads = self.network(*(batch[name] for name in MODEL_INPUTS))
         losses = joint_loss(heads, batch["churn"], batch["spend"], self.loss_weights)
         size = len(batch["churn"])
         for head, value in losses.items():

@@ -29,6 +29,7 @@ from churnformer.data.events import (
     csv_separator,
     load_events,
     read_table,
+    require_columns,
 )
 from churnformer.data.featurizer import Featurizer, category_labels, numeric_values
 from churnformer.errors import ConfigError
@@ -61,6 +62,11 @@ class Shard:
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"
 
+    def contains(self, hashes: np.ndarray) -> np.ndarray:
+        """Which of the customers with these :func:`customer_hash` values belong to this shard (low half of
+        the hash; spill partitions use the high half)."""
+        return hashes % np.uint64(self.count) == self.index
+
 
 def customer_hash(ids: pd.Series | np.ndarray) -> np.ndarray:
     """A stable 64-bit hash per id (pandas' fixed-key SipHash): the same on every machine and run."""
@@ -71,8 +77,7 @@ def keep_shard(frame: pd.DataFrame, shard: Shard) -> pd.DataFrame:
     """The rows of ``frame`` (standard columns) whose customer belongs to ``shard``."""
     if shard.count == 1:
         return frame
-    mine = customer_hash(frame[CUSTOMER_ID].to_numpy()) % np.uint64(shard.count) == shard.index
-    return frame.loc[mine].reset_index(drop=True)
+    return frame.loc[shard.contains(customer_hash(frame[CUSTOMER_ID].to_numpy()))].reset_index(drop=True)
 
 
 @dataclass(frozen=True)
@@ -90,9 +95,10 @@ class EventSource:
         path = Path(path)
         is_parquet = check_table_file(path)
         present = file_columns(path, is_parquet)
+        require_columns(present, mapping, str(path))  # before projecting, so the message lists every column
+        featurizer.require_event_columns(present, str(path))
         wanted = [mapping.customer_id, mapping.timestamp, mapping.amount, *featurizer.event_attribute_columns]
-        # Absent ones are left to load_events / build_sequences, which name them in their errors.
-        return cls(path, mapping, [c for c in dict.fromkeys(wanted) if c in present], is_parquet)
+        return cls(path, mapping, list(dict.fromkeys(wanted)), is_parquet)
 
     def estimated_rows(self) -> int:
         """Exact for Parquet (footer); for CSV, file size over the mean size of the first rows."""

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import os
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +26,10 @@ from tqdm.auto import tqdm
 
 from churnformer.data.events import CUSTOMER_ID, TIMESTAMP, ColumnMapping, load_customers
 from churnformer.data.window import require_events_before
+from churnformer.errors import ConfigError
 from churnformer.partition import (
     BASE_BYTES,
     PEAK_BYTES_PER_EVENT,
-    EventSource,
     Shard,
     SpillWriter,
     customer_hash,
@@ -35,11 +37,11 @@ from churnformer.partition import (
     partitions_needed,
     read_partition,
 )
+from churnformer.retention import SegmentRules
 from churnformer.scoring import (
     Predictor,
     ScoringResult,
     ScoringSummary,
-    SegmentRules,
     check_output_path,
     describe,
     write_result,
@@ -55,7 +57,7 @@ def score_log(
     events: str | Path,
     cutoff: str,
     customers: str | Path | None = None,
-    columns: ColumnMapping | None = None,
+    columns: ColumnMapping | Mapping[str, str | None] | None = None,
     shard: Shard | None = None,
     memory_budget_mb: float = 4096,
     spill_dir: str | Path | None = None,
@@ -69,41 +71,45 @@ def score_log(
     """
     started = time.perf_counter()
     shard = shard or Shard()
-    columns = columns or predictor.columns
+    columns = predictor.column_mapping(columns)
     window = predictor.window(cutoff)
-    source = EventSource.open(events, columns, predictor.featurizer)
+    source = predictor.open_events(events, columns)
     static = load_customers(customers, columns.customer_id) if customers is not None else None
     rows = source.estimated_rows()
-    parts: list[ScoringResult] = []
-    other_shards, spilled = 0, 0
-    with tqdm(total=0, unit="customers", disable=not progress, smoothing=0.1, desc="scoring") as bar:
-        if partitions_needed(rows, memory_budget_mb) == 1:  # the whole file is read at once, whatever the shard
-            frame = source.read_all()
-            require_events_before(frame[TIMESTAMP], window, cutoff, str(source.path))
-            mine = keep_shard(frame, shard)
-            other_shards = len(frame) - len(mine)
-            del frame
-            parts.append(predictor.score_frame(mine, window, static, bar))
-        else:
-            available = memory_budget_mb * 2**20 - BASE_BYTES
-            chunk_rows = chunk_rows or max(MIN_CHUNK_ROWS, int(available / PEAK_BYTES_PER_EVENT / CHUNK_SHARE))
-            spilled = partitions_needed(rows // shard.count, memory_budget_mb)  # only this shard is spilled
-            with tempfile.TemporaryDirectory(prefix="churnformer-spill-", dir=spill_dir) as directory:
-                writer = SpillWriter(Path(directory), spilled, predictor.featurizer)
-                time_range: list[np.datetime64] = []
-                for chunk in source.chunks(chunk_rows):
-                    time_range += [chunk[TIMESTAMP].min(), chunk[TIMESTAMP].max()]
-                    hashes = customer_hash(chunk[CUSTOMER_ID].to_numpy())
-                    mine = hashes % np.uint64(shard.count) == shard.index
-                    other_shards += int((~mine).sum())
-                    writer.write(chunk.loc[mine], hashes[mine])
-                partitions = writer.close()
-                release_memory()
-                require_events_before(np.array(time_range, dtype="datetime64[ns]"), window, cutoff, str(source.path))
+    if partitions_needed(rows, memory_budget_mb) == 1:  # the whole file is read at once, whatever the shard
+        frame = source.read_all()
+        require_events_before(frame[TIMESTAMP], window, str(source.path))
+        mine = keep_shard(frame, shard)
+        other_shards, spilled = len(frame) - len(mine), 0
+        del frame
+        parts = [predictor.score_frame(mine, window, static, progress)]
+    else:
+        available = memory_budget_mb * 2**20 - BASE_BYTES
+        chunk_rows = chunk_rows or max(MIN_CHUNK_ROWS, int(available / PEAK_BYTES_PER_EVENT / CHUNK_SHARE))
+        spilled = partitions_needed(rows // shard.count, memory_budget_mb)  # only this shard is spilled
+        parts, other_shards = [], 0
+        with tempfile.TemporaryDirectory(prefix="churnformer-spill-", dir=spill_dir) as directory:
+            writer = SpillWriter(Path(directory), spilled, predictor.featurizer)
+            time_range: list[np.datetime64] = []
+            for chunk in source.chunks(chunk_rows):
+                time_range += [chunk[TIMESTAMP].min(), chunk[TIMESTAMP].max()]
+                hashes = customer_hash(chunk[CUSTOMER_ID].to_numpy())
+                mine = shard.contains(hashes)
+                other_shards += int((~mine).sum())
+                writer.write(chunk.loc[mine], hashes[mine])
+            partitions = writer.close()
+            release_memory()
+            require_events_before(np.array(time_range, dtype="datetime64[ns]"), window, str(source.path))
+            # One step per partition: the customer total is only known once every partition is featurized.
+            with tqdm(total=len(partitions), unit="partition", disable=not progress, desc="scoring") as bar:
+                scoring_started, scored = time.perf_counter(), 0
                 for path in partitions:
-                    parts.append(predictor.score_frame(read_partition(path, str(source.path)), window, static, bar))
+                    parts.append(predictor.score_frame(read_partition(path, str(source.path)), window, static))
                     path.unlink()
                     release_memory()
+                    scored += parts[-1].summary.customers_scored
+                    bar.set_postfix_str(f"{scored / (time.perf_counter() - scoring_started):,.0f} customers/s")
+                    bar.update(1)
     result = combine(parts, predictor)
     result.summary.shard = str(shard)
     result.summary.partitions = spilled
@@ -111,6 +117,17 @@ def score_log(
         result.summary.events_ignored["other_shards"] = other_shards
     result.summary.wall_s = round(time.perf_counter() - started, 3)
     return result
+
+
+def check_spill_dir(spill_dir: str | Path | None) -> None:
+    """A ``spill_dir`` that is missing or not writable is refused at start-up, not once spilling begins."""
+    if spill_dir is None:
+        return
+    path = Path(spill_dir)
+    if not path.is_dir():
+        raise ConfigError(f"spill_dir={spill_dir}: no such directory; create it or leave spill_dir unset")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"spill_dir={spill_dir}: the directory is not writable")
 
 
 def release_memory() -> None:
@@ -165,11 +182,14 @@ def combine(parts: list[ScoringResult], predictor: Predictor) -> ScoringResult:
 def run_prediction(config: dict[str, Any]) -> dict[str, Path]:
     """The ``churnformer-predict`` job from a plain config dict (see ``conf/serving/predict.yaml``)."""
     output = check_output_path(config["output"])
+    check_spill_dir(config["spill_dir"])
+    partitions_needed(0, config["memory_budget_mb"])  # a budget below the floor is refused before any work
     reuse_freed_memory()
     predictor = Predictor(
         config["model"],
         providers=config["providers"],
         batch_tokens=config["batch_tokens"],
+        max_batch_size=config["max_batch_size"],
         threads=config["threads"],
         segments=SegmentRules(**config["segments"]),
     )
@@ -178,7 +198,7 @@ def run_prediction(config: dict[str, Any]) -> dict[str, Path]:
         config["events"],
         config["cutoff"],
         customers=config["customers"],
-        columns=ColumnMapping(**config["columns"]) if config["columns"] else None,
+        columns=config["columns"],
         shard=Shard.parse(config["shard"]),
         memory_budget_mb=config["memory_budget_mb"],
         spill_dir=config["spill_dir"],

@@ -83,7 +83,7 @@ def check_quantized(
     ids = labels[CUSTOMER_ID]
     scored = []
     for path in (fp32, int8):
-        predictions = Predictor(path).predict(events, cutoff, customers).predictions
+        predictions = Predictor(path).predict_standard(events, cutoff, customers).predictions
         scored.append(align(predictions[predictions[CUSTOMER_ID].isin(ids)], labels))
     fp32_frame, int8_frame = scored
     churn = fp32_frame["churn"].to_numpy()
@@ -98,9 +98,17 @@ def check_quantized(
 def quantize_checked(
     fp32: Path, events: pd.DataFrame, customers: pd.DataFrame | None, cutoff: str, labels: pd.DataFrame
 ) -> tuple[Path | None, QuantizationCheck]:
-    """Write ``<model>.int8.onnx`` beside ``fp32`` if it passes the AUC check; delete it otherwise."""
+    """Write ``<model>.int8.onnx`` beside ``fp32`` if it passes the AUC check; delete it otherwise, and also
+    when the check itself cannot run (an unchecked int8 model must never be left where it could be shipped).
+
+    ``events`` and ``customers`` are standard frames (the training run's, already column-mapped).
+    """
     output = quantize_model(fp32, int8_path(fp32))
-    check = check_quantized(fp32, output, events, customers, cutoff, labels)
+    try:
+        check = check_quantized(fp32, output, events, customers, cutoff, labels)
+    except BaseException:
+        output.unlink(missing_ok=True)
+        raise
     if check.accepted:
         print(check)
         return output, check

@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from churnformer.review import HPARAM_KEYS
+from churnformer.schema import RUN_CONFIG, RUN_LOG, RUN_METRICS, RUN_MODEL, RUN_PREDICTIONS
 
 DEFAULT_METRICS = (
     "churn/auroc/val",
@@ -27,26 +28,49 @@ CONSTANT_COLUMNS_SHOWN = ("seed",)
 
 
 def collect_runs(root: Path) -> pd.DataFrame:
-    """One row per training run under ``root``: a directory holding ``metrics.json`` and ``config.yaml``
-    (so a run's ``evaluation/metrics.json`` is not mistaken for a run)."""
+    """One row per training run under ``root``, finished or not: a directory where Hydra recorded a job
+    (``.hydra/config.yaml``, written when the run starts) or that holds a run's ``config.yaml``. ``status``
+    says whether it produced what its config asked for (a run's ``evaluation/`` is not taken for a run)."""
     rows = []
-    for metrics_file in sorted(root.rglob("metrics.json")):
-        run_dir = metrics_file.parent
-        config_file = run_dir / "config.yaml"
-        if not config_file.is_file():
-            continue
-        row: dict[str, object] = {"run": str(run_dir.relative_to(root)) or "."}
+    started = {path.parent.parent for path in root.rglob(".hydra/config.yaml")}
+    # Hydra's own records (.hydra, Lightning's .pl_hydra_rank_N) also hold a config.yaml: not runs.
+    finished = {path.parent for path in root.rglob(RUN_CONFIG) if not path.parent.name.startswith(".")}
+    for run_dir in sorted(started | finished):
+        config_file = run_dir / RUN_CONFIG if run_dir in finished else run_dir / ".hydra" / RUN_CONFIG
         config = OmegaConf.load(config_file)
+        if OmegaConf.select(config, "task_name") is None:  # not a churnformer-train run
+            continue
+        row: dict[str, object] = {"run": str(run_dir.relative_to(root)) or ".", "status": run_status(run_dir, config)}
         for key in HPARAM_KEYS:
             row[key] = OmegaConf.select(config, key, default=None)
-        row.update(json.loads(metrics_file.read_text()))
+        metrics_file = run_dir / RUN_METRICS
+        if metrics_file.is_file():
+            row.update(json.loads(metrics_file.read_text()))
         rows.append(row)
     return pd.DataFrame(rows)
 
 
+def run_status(run_dir: Path, config: DictConfig) -> str:
+    """``ok``, or ``failed: `` and the error the run logged (``cli.log``), else what is missing."""
+    expected = [RUN_METRICS]
+    if config.get("export"):
+        expected.append(RUN_MODEL)
+        if config.get("predict_after_training"):
+            expected.append(RUN_PREDICTIONS)
+    missing = [name for name in expected if not (run_dir / name).is_file()]
+    if not missing:
+        return "ok"
+    log = run_dir / RUN_LOG
+    errors = (
+        [line for line in log.read_text(errors="replace").splitlines() if "[ERROR] - " in line] if log.is_file() else []
+    )
+    reason = errors[-1].split("[ERROR] - ", 1)[1] if errors else f"no {', '.join(missing)}"
+    return f"failed: {reason}"
+
+
 def runs_table(runs: pd.DataFrame, sort: str, metrics: tuple[str, ...] = DEFAULT_METRICS) -> pd.DataFrame:
     """Sorted by ``sort`` (best first); hyperparameters that are the same in every run are dropped."""
-    if sort not in runs.columns:
+    if sort not in runs.columns:  # no run finished training (or a misspelled metric)
         raise KeyError(f"metric {sort!r} not found; metrics present: {[c for c in runs.columns if '/' in c]}")
     ascending = any(word in sort for word in LOWER_IS_BETTER)
     knobs = [
@@ -56,7 +80,7 @@ def runs_table(runs: pd.DataFrame, sort: str, metrics: tuple[str, ...] = DEFAULT
     ]
     shown = [m for m in dict.fromkeys((sort, *metrics)) if m in runs.columns]
     table = runs.sort_values(sort, ascending=ascending, kind="stable", na_position="last")
-    return table[["run", *knobs, *shown]].reset_index(drop=True)
+    return table[["run", "status", *knobs, *shown]].reset_index(drop=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     runs = collect_runs(args.directory)
     if runs.empty:
-        print(f"no runs (metrics.json) under {args.directory}", file=sys.stderr)
+        print(f"error: no training runs under {args.directory}", file=sys.stderr)
         return 2
     try:
         table = runs_table(runs, args.sort)

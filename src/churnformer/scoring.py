@@ -11,8 +11,9 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import onnxruntime as ort
 import pandas as pd
 from tqdm.auto import tqdm
 
+from churnformer.console import counts_in_words, reason_in_words
 from churnformer.data.events import (
     CUSTOMER_ID,
     TIMESTAMP,
@@ -34,10 +36,19 @@ from churnformer.data.events import (
 from churnformer.data.featurizer import FeatureMismatchError, Featurizer
 from churnformer.data.sequences import Sequences, build_sequences
 from churnformer.data.window import Window, require_events_before
+from churnformer.defaults import serving_defaults
 from churnformer.partition import EventSource
+from churnformer.retention import ReferencePercentiles, SegmentRules, add_retention_columns
+from churnformer.schema import (
+    META_COLUMNS,
+    META_FEATURIZER,
+    META_HORIZON_DAYS,
+    META_OUTPUTS,
+    METADATA_PREFIX,
+    REQUIRED_METADATA,
+    REQUIRED_MODEL_INPUTS,
+)
 
-METADATA_PREFIX = "churnformer."
-REQUIRED_INPUTS = {"event_cat", "event_num", "lengths", "customer_num"}
 # Rows per batch are filled up to a multiple of this (see fill_rows).
 ROW_MULTIPLE = 16
 
@@ -105,11 +116,13 @@ def read_model(path: Path) -> tuple[bytes, dict[str, str]]:
     metadata = {
         p.key.removeprefix(METADATA_PREFIX): p.value for p in proto.metadata_props if p.key.startswith(METADATA_PREFIX)
     }
-    if "featurizer" not in metadata:
+    missing = [key for key in REQUIRED_METADATA if key not in metadata]
+    if missing:
         raise EventLogError(
-            f"{path}: ONNX model has no churnformer featurization metadata; export it with churnformer-export"
+            f"{path}: ONNX model lacks churnformer metadata {[METADATA_PREFIX + key for key in missing]}; "
+            "export it with churnformer-export"
         )
-    missing = REQUIRED_INPUTS - {i.name for i in proto.graph.input}
+    missing = set(REQUIRED_MODEL_INPUTS) - {i.name for i in proto.graph.input}
     if missing:
         raise EventLogError(f"{path}: ONNX model lacks inputs {sorted(missing)}; not a churnformer model")
     return raw, metadata
@@ -121,76 +134,6 @@ def default_providers() -> list[str]:
         ["CUDAExecutionProvider", "CPUExecutionProvider"]
         if "CUDAExecutionProvider" in available
         else ["CPUExecutionProvider"]
-    )
-
-
-@dataclass(frozen=True)
-class SegmentRules:
-    """Retention segments: at risk if churn_probability >= ``risk_threshold``; high value if expected_spend
-    is in the top ``1 - high_value_quantile`` of the reference population (or >= ``high_value_min_spend``)."""
-
-    risk_threshold: float = 0.5
-    high_value_quantile: float = 0.7
-    high_value_min_spend: float | None = None
-
-
-@dataclass(frozen=True)
-class ReferencePercentiles:
-    """Percentiles 1..99 of churn probability and expected spend over a reference population: the
-    validation customers at training time, stored in the model. Deciles and the high-value threshold
-    taken from them do not depend on which customers one job scores, so shards agree with a full run
-    and segments are stable from one scoring run to the next."""
-
-    churn_probability: list[float]
-    expected_spend: list[float]
-
-    @classmethod
-    def from_metadata(cls, metadata: dict[str, str]) -> ReferencePercentiles | None:
-        calibration = json.loads(metadata.get("calibration", "{}"))
-        churn, spend = calibration.get("churn_percentiles"), calibration.get("spend_percentiles")
-        return cls(churn, spend) if churn and spend else None
-
-    @classmethod
-    def of(cls, predictions: pd.DataFrame) -> ReferencePercentiles:
-        """The scored population itself (models exported without reference percentiles)."""
-        levels = np.arange(1, 100) / 100
-        churn = predictions["churn_probability"].to_numpy(dtype="float64")
-        spend = predictions["expected_spend"].to_numpy(dtype="float64")
-        empty = [0.0] * len(levels)
-        return cls(
-            np.quantile(churn, levels).tolist() if len(churn) else empty,
-            np.quantile(spend, levels).tolist() if len(spend) else empty,
-        )
-
-    def spend_at(self, quantile: float) -> float:
-        return float(np.interp(quantile * 100, np.arange(1, 100), self.expected_spend))
-
-
-def descending_decile(values: np.ndarray, percentiles: list[float]) -> np.ndarray:
-    """1 for values at or above the reference 90th percentile ... 10 below the 10th."""
-    cuts = np.asarray(percentiles)[9::10]  # percentiles 10, 20, ..., 90
-    return (10 - np.searchsorted(cuts, values, side="right")).astype(np.int8)
-
-
-def add_retention_columns(
-    predictions: pd.DataFrame, rules: SegmentRules, reference: ReferencePercentiles | None = None
-) -> pd.DataFrame:
-    """``churn_risk_decile``, ``value_decile`` (1 = highest) and ``segment``, relative to ``reference``
-    (default: the scored population itself)."""
-    reference = reference or ReferencePercentiles.of(predictions)
-    churn = predictions["churn_probability"].to_numpy()
-    spend = predictions["expected_spend"].to_numpy()
-    threshold = (
-        rules.high_value_min_spend
-        if rules.high_value_min_spend is not None
-        else reference.spend_at(rules.high_value_quantile)
-    )
-    value = np.where(spend >= threshold, "high value", "low value")
-    risk = np.where(churn >= rules.risk_threshold, "at risk", "loyal")
-    return predictions.assign(
-        churn_risk_decile=descending_decile(churn, reference.churn_probability),
-        value_decile=descending_decile(spend, reference.expected_spend),
-        segment=np.char.add(np.char.add(value.astype(str), " "), risk.astype(str)),
     )
 
 
@@ -233,25 +176,30 @@ def fill_rows(rows: np.ndarray, multiple: int = ROW_MULTIPLE) -> np.ndarray:
 
 
 class Predictor:
-    """One onnxruntime session reused for every batch: ``Predictor(path).predict(events, cutoff)``."""
+    """One onnxruntime session reused for every batch: ``Predictor(path).predict(events, cutoff)``.
+
+    Settings left at None take ``churnformer-predict``'s defaults (``conf/serving/predict.yaml``).
+    """
 
     def __init__(
         self,
         model: str | Path,
         providers: list[str] | None = None,
-        batch_tokens: int = 8_192,
-        max_batch_size: int = 4096,
-        threads: int = 0,
+        batch_tokens: int | None = None,
+        max_batch_size: int | None = None,
+        threads: int | None = None,
         segments: SegmentRules | None = None,
     ) -> None:
+        defaults = serving_defaults("predict")
         self.path = resolve_model_path(model)
-        self.segments = segments or SegmentRules()
+        self.segments = segments or SegmentRules(**defaults["segments"])
         raw, self.metadata = read_model(self.path)
-        self.featurizer = Featurizer.from_json(self.metadata["featurizer"])
-        self.columns = ColumnMapping(**json.loads(self.metadata.get("columns", "{}")))
-        self.outputs = json.loads(self.metadata["outputs"])
+        self.featurizer = Featurizer.from_json(self.metadata[META_FEATURIZER])
+        self.columns = ColumnMapping(**json.loads(self.metadata.get(META_COLUMNS, "{}")))
+        self.outputs = json.loads(self.metadata[META_OUTPUTS])
         self.reference = ReferencePercentiles.from_metadata(self.metadata)
         requested = providers or default_providers()
+        threads = defaults["threads"] if threads is None else threads
         self.session = ort.InferenceSession(raw, session_options(threads), providers=requested)
         self.provider = self.session.get_providers()[0]
         if requested[0] != self.provider:
@@ -262,8 +210,8 @@ class Predictor:
                 file=sys.stderr,
             )
         self.input_names = [i.name for i in self.session.get_inputs()]
-        self.batch_tokens = batch_tokens
-        self.max_batch_size = max_batch_size
+        self.batch_tokens = batch_tokens or defaults["batch_tokens"]
+        self.max_batch_size = max_batch_size or defaults["max_batch_size"]
         self.infer_s = 0.0  # time inside onnxruntime during the last score_sequences call
 
     def _run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -279,12 +227,9 @@ class Predictor:
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()
 
-    def score_sequences(self, sequences: Sequences, bar: tqdm | None = None) -> pd.DataFrame:
+    def score_sequences(self, sequences: Sequences, progress: bool = False) -> pd.DataFrame:
         """Model outputs per customer (no retention columns: those need the whole population)."""
         results = np.zeros((len(sequences), len(self.outputs)), dtype=np.float32)
-        if bar is not None:
-            bar.total = (bar.total or 0) + len(sequences)
-            bar.refresh()
         self.infer_s = 0.0
         batches = token_budget_batches(sequences.lengths, self.batch_tokens, self.max_batch_size)
 
@@ -294,7 +239,11 @@ class Predictor:
 
         # The next batch is padded on a helper thread while onnxruntime (which releases the GIL) runs
         # this one: 4% less scoring time on the benchmark log.
-        with ThreadPoolExecutor(max_workers=1) as pool:
+        # The bar starts once the customers are known (after featurization), so its total never moves.
+        with (
+            ThreadPoolExecutor(max_workers=1) as pool,
+            tqdm(total=len(sequences), unit="customers", disable=not progress, smoothing=0.1, desc="scoring") as bar,
+        ):
             pending = pool.submit(padded, batches[0]) if batches else None
             for index, rows in enumerate(batches):
                 inputs = pending.result()
@@ -304,8 +253,7 @@ class Predictor:
                 outputs = self._run(inputs)
                 self.infer_s += time.perf_counter() - started
                 results[rows] = np.stack(outputs, axis=1)[: len(rows)]
-                if bar is not None:
-                    bar.update(len(rows))
+                bar.update(len(rows))
         frame = pd.DataFrame(results, columns=self.outputs)
         frame.insert(0, CUSTOMER_ID, sequences.customer_ids)
         frame["n_events"] = sequences.n_events_total
@@ -315,16 +263,14 @@ class Predictor:
         return add_retention_columns(predictions, self.segments, self.reference)
 
     def score_frame(
-        self, frame: pd.DataFrame, window: Window, static: pd.DataFrame | None, bar: tqdm | None = None
+        self, frame: pd.DataFrame, window: Window, static: pd.DataFrame | None, progress: bool = False
     ) -> ScoringResult:
         """Score one standard frame (a whole log, a job shard or a spill partition); no retention columns."""
         started = time.perf_counter()
-        try:
+        with self.naming_the_model():
             sequences = build_sequences(frame, window, self.featurizer, static)
-        except FeatureMismatchError as error:
-            raise FeatureMismatchError(f"{error}; model: {self.path}") from error
         featurize_s = time.perf_counter() - started
-        predictions = self.score_sequences(sequences, bar)
+        predictions = self.score_sequences(sequences, progress)
         seen = pd.unique(frame[CUSTOMER_ID].to_numpy())
         not_scored = pd.Index(seen).difference(pd.Index(sequences.customer_ids))
         rejects = pd.DataFrame({CUSTOMER_ID: np.asarray(not_scored), "reason": "no_event_before_cutoff"})
@@ -348,32 +294,64 @@ class Predictor:
         return ScoringResult(predictions, rejects, summary)
 
     def window(self, cutoff: str | pd.Timestamp) -> Window:
-        return Window.from_cutoff(cutoff, float(self.metadata.get("horizon_days", 1)))
+        return Window.from_cutoff(cutoff, float(self.metadata[META_HORIZON_DAYS]))
 
     def predict(
         self,
         events: str | Path | pd.DataFrame,
         cutoff: str | pd.Timestamp,
         customers: str | Path | pd.DataFrame | None = None,
-        columns: ColumnMapping | None = None,
+        columns: ColumnMapping | Mapping[str, str | None] | None = None,
         progress: bool = False,
     ) -> ScoringResult:
         """Score every customer with at least one event up to ``cutoff``; report everyone else.
 
-        In memory; ``churnformer-predict`` (:func:`churnformer.predict_job.run_prediction`) adds
-        memory-bounded spilling and job shards for logs of any size.
+        ``events`` and ``customers`` are the user's file or DataFrame, with the user's column names:
+        ``columns`` maps them (a :class:`ColumnMapping`, or ``{"customer_id": "user", ...}`` where keys left
+        out keep the names the model was trained with). In memory; ``churnformer-predict``
+        (:func:`churnformer.predict_job.run_prediction`) adds memory-bounded spilling and job shards.
         """
         started = time.perf_counter()
-        columns = columns or self.columns
+        columns = self.column_mapping(columns)
         if isinstance(events, pd.DataFrame):
             frame = load_events(events, columns)
         else:
-            frame = EventSource.open(events, columns, self.featurizer).read_all()
+            frame = self.open_events(events, columns).read_all()
         static = load_customers(customers, columns.customer_id) if customers is not None else None
+        result = self.predict_standard(frame, cutoff, static, progress)
+        result.summary.wall_s = round(time.perf_counter() - started, 3)
+        return result
+
+    def open_events(self, path: str | Path, columns: ColumnMapping) -> EventSource:
+        """The event-log file, checked against what the model needs (a mismatch names the model)."""
+        with self.naming_the_model():
+            return EventSource.open(path, columns, self.featurizer)
+
+    @contextmanager
+    def naming_the_model(self) -> Iterator[None]:
+        """Adds which model asked for a column to a :class:`FeatureMismatchError`."""
+        try:
+            yield
+        except FeatureMismatchError as error:
+            raise FeatureMismatchError(f"{error}; model: {self.path}") from error
+
+    def column_mapping(self, columns: ColumnMapping | Mapping[str, str | None] | None) -> ColumnMapping:
+        """The mapping to read a log with: ``columns`` given in full, or the model's with some names replaced."""
+        return columns if isinstance(columns, ColumnMapping) else self.columns.overridden(columns)
+
+    def predict_standard(
+        self,
+        events: pd.DataFrame,
+        cutoff: str | pd.Timestamp,
+        customers: pd.DataFrame | None = None,
+        progress: bool = False,
+    ) -> ScoringResult:
+        """:meth:`predict` on frames already in the standard contract (``load_events`` / ``load_customers``
+        output, as training holds them): no column mapping is applied again."""
+        started = time.perf_counter()
         window = self.window(cutoff)
-        require_events_before(frame[TIMESTAMP], window, cutoff, source_of(frame, "events"))
-        with tqdm(total=None, unit="customers", disable=not progress, smoothing=0.1) as bar:
-            result = self.score_frame(frame, window, static, bar)
+        require_events_before(events[TIMESTAMP], window, source_of(events, "events"))
+        result = self.score_frame(events, window, customers, progress)
         result.predictions = self.retention(result.predictions)
         result.summary.wall_s = round(time.perf_counter() - started, 3)
         return result
@@ -442,8 +420,16 @@ def describe(summary: ScoringSummary) -> str:
     where = f" (shard {summary.shard})" if summary.shard != "0/1" else ""
     spill = f", {summary.partitions} spill partitions" if summary.partitions else ""
     return (
-        f"scored {summary.customers_scored:,} of {summary.customers_seen:,} customers{where} "
-        f"({sum(summary.customers_not_scored.values()):,} not scored: {summary.customers_not_scored or 'none'}) "
-        f"from {summary.rows_read:,} events in {summary.wall_s:.1f} s ({rate:,.0f} customers/s) on "
-        f"{summary.provider}{spill}"
+        f"scored {summary.customers_scored:,} of {summary.customers_seen:,} customers{where}"
+        f"{not_scored_words(summary.customers_not_scored)} from {summary.rows_read:,} events in "
+        f"{summary.wall_s:.1f} s ({rate:,.0f} customers/s) on {summary.provider}{spill}"
     )
+
+
+def not_scored_words(reasons: dict[str, int]) -> str:
+    """`` (1,992 not scored: no event before the cutoff)``, or nothing when every customer was scored."""
+    total = sum(reasons.values())
+    if not total:
+        return ""
+    why = reason_in_words(next(iter(reasons))) if len(reasons) == 1 else counts_in_words(reasons)
+    return f" ({total:,} not scored: {why})"

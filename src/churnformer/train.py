@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -21,15 +22,17 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from churnformer.calibration import fit_calibration
+from churnformer.console import silence_known_noise
 from churnformer.data.events import CUSTOMER_ID
 from churnformer.datamodule import ChurnDataModule
 from churnformer.errors import ConfigError
 from churnformer.evaluation import MIN_CUSTOMERS, align, compute_metrics, report_figures, write_report
-from churnformer.export import CALIBRATION_FILE, export_checkpoint
+from churnformer.export import export_checkpoint
 from churnformer.module import ChurnFormerModule
 from churnformer.quantize import quantize_checked
 from churnformer.review import selected_hparams
 from churnformer.run_info import run_info
+from churnformer.schema import META_COLUMNS, META_HORIZON_DAYS, META_TRAINED_CUTOFF, RUN_CALIBRATION
 from churnformer.scoring import Predictor, describe, write_result
 
 
@@ -44,6 +47,7 @@ def train(
 
     ``events``/``customers`` DataFrames (the Python API) replace the paths in ``cfg.data``.
     """
+    silence_known_noise()
     refuse_ddp_under_multirun(cfg)
     levels_from = calibration_levels(cfg)
     pl.seed_everything(cfg.seed, workers=True)
@@ -53,9 +57,9 @@ def train(
     datamodule.prepare_data()
     datamodule.setup("fit")
     export_metadata = {
-        "horizon_days": datamodule.window.horizon_days,
-        "trained_cutoff": str(datamodule.window.feature_end),
-        "columns": asdict(datamodule.columns),
+        META_HORIZON_DAYS: datamodule.window.horizon_days,
+        META_TRAINED_CUTOFF: str(datamodule.window),
+        META_COLUMNS: asdict(datamodule.columns),
     }
     model: ChurnFormerModule = hydra.utils.instantiate(
         cfg.model,
@@ -100,13 +104,19 @@ def train(
     if best and cfg.get("calibrate", True):
         validation, training = datamodule.calibration_dataloaders()
         calibration = fit_calibration(model.network, validation, training if levels_from == "all" else None)
-        calibration.save(output_dir / CALIBRATION_FILE)
+        calibration.save(output_dir / RUN_CALIBRATION)
         print(f"calibration (shapes from validation, levels from {levels_from} customers): {calibration}")
+        if calibration.fallback:
+            print(
+                f"warning: calibration left at the identity ({'; '.join(calibration.fallback)}): the network is not "
+                "fit to calibrate from; train longer (trainer.max_epochs) or on more customers",
+                file=sys.stderr,
+            )
     if best and cfg.get("export", True):
         onnx_path = export_checkpoint(best, output_dir / "model.onnx")
         print(f"exported {onnx_path}")
         events, customers = datamodule.load_frames()
-        result = Predictor(onnx_path).predict(events, cfg.data.cutoff, customers)
+        result = Predictor(onnx_path).predict_standard(events, cfg.data.cutoff, customers)
         report = evaluate_validation(result.predictions, datamodule, output_dir / "evaluation")
         print(f"validation report of the exported model (calibrated): {report}")
         if cfg.get("quantize", False):

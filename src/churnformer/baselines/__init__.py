@@ -13,8 +13,10 @@ import pandas as pd
 
 from churnformer.data.events import CUSTOMER_ID, TIMESTAMP
 from churnformer.data.window import Window
+from churnformer.schema import CHURN_PROBABILITY, EXPECTED_SPEND
 
-PREDICTION_COLUMNS = (CUSTOMER_ID, "churn_probability", "expected_spend")
+# A baseline answers the two questions every model answers (no quantiles, no retention columns).
+BASELINE_COLUMNS = (CUSTOMER_ID, CHURN_PROBABILITY, EXPECTED_SPEND)
 
 
 def history(events: pd.DataFrame, window: Window) -> pd.DataFrame:
@@ -43,7 +45,7 @@ def prediction_frame(
     return pd.DataFrame(
         {
             CUSTOMER_ID: customer_ids,
-            "churn_probability": np.clip(np.asarray(churn_probability, dtype=np.float64), 0.0, 1.0),
-            "expected_spend": np.maximum(np.asarray(expected_spend, dtype=np.float64), 0.0),
+            CHURN_PROBABILITY: np.clip(np.asarray(churn_probability, dtype=np.float64), 0.0, 1.0),
+            EXPECTED_SPEND: np.maximum(np.asarray(expected_spend, dtype=np.float64), 0.0),
         }
     )

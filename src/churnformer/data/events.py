@@ -6,8 +6,8 @@ for column names, id types and timestamps live here and nowhere else.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,17 @@ class ColumnMapping:
     customer_id: str = CUSTOMER_ID
     timestamp: str = TIMESTAMP
     amount: str = AMOUNT
+
+    def overridden(self, names: Mapping[str, str | None] | None) -> ColumnMapping:
+        """This mapping with the names given in ``names`` replaced; keys left out or null keep this mapping's
+        name (``columns.customer_id=user`` on the command line changes the id column only)."""
+        names = dict(names or {})
+        unknown = sorted(set(names) - {f.name for f in fields(self)})
+        if unknown:
+            raise EventLogError(
+                f"columns: unknown key(s) {unknown}; the mapped columns are customer_id, timestamp and amount"
+            )
+        return replace(self, **{key: str(value) for key, value in names.items() if value is not None})
 
 
 def check_table_file(path: str | Path) -> bool:
@@ -207,6 +218,22 @@ def _parse_amounts(values: pd.Series, where: str) -> pd.Series:
     return amounts
 
 
+def require_columns(present: Sequence[str], mapping: ColumnMapping, where: str) -> dict[str, str]:
+    """The renaming ``{user's name: standard name}`` of the required columns, after checking that the
+    file has them; ``present`` is every column of the file (not a projection), so the message lists them all."""
+    required = {mapping.customer_id: CUSTOMER_ID, mapping.timestamp: TIMESTAMP, mapping.amount: AMOUNT}
+    missing = [column for column in required if column not in present]
+    if missing:
+        mapped = ", ".join(f"{standard}={column!r}" for column, standard in required.items() if column != standard)
+        raise EventLogError(
+            f"{where}: required column(s) {missing} not found; columns present: {list(present)}. "
+            + (f"The column mapping in use is {mapped}. " if mapped else "")
+            + "Map your names with data.columns.customer_id=... / timestamp / amount (training) "
+            "or columns.customer_id=... / timestamp / amount (scoring, evaluation)."
+        )
+    return required
+
+
 def load_events(
     source: str | Path | pd.DataFrame, mapping: ColumnMapping | None = None, name: str | None = None
 ) -> pd.DataFrame:
@@ -221,16 +248,7 @@ def load_events(
         frame, where = source, name or "events DataFrame"
     else:
         frame, where = read_table(source, mapping.customer_id), name or str(source)
-    required = {mapping.customer_id: CUSTOMER_ID, mapping.timestamp: TIMESTAMP, mapping.amount: AMOUNT}
-    missing = [column for column in required if column not in frame.columns]
-    if missing:
-        mapped = ", ".join(f"{standard}={column!r}" for column, standard in required.items() if column != standard)
-        raise EventLogError(
-            f"{where}: required column(s) {missing} not found; columns present: {list(frame.columns)}. "
-            + (f"The column mapping in use is {mapped}. " if mapped else "")
-            + "Map your names with data.columns.customer_id / timestamp / amount (training) "
-            "or columns.* (scoring)."
-        )
+    required = require_columns(list(frame.columns), mapping, where)
     clashes = [c for c in STANDARD_COLUMNS if c in frame.columns and c not in required]
     if clashes:
         raise EventLogError(f"{where}: column(s) {clashes} clash with the standard names after mapping")

@@ -183,6 +183,16 @@ class Featurizer:
     def customer_attribute_columns(self) -> list[str]:
         return [e.name for e in self.customer_categorical] + [s.name for s in self.customer_numeric]
 
+    def require_event_columns(self, present: list[str], where: str) -> None:
+        """Stop when the event log lacks an attribute column the model was trained with (``present``: every
+        column of the file, so the message shows what is there instead)."""
+        missing = [c for c in self.event_attribute_columns if c not in present]
+        if missing:
+            raise FeatureMismatchError(
+                f"{where}: lacks attribute column(s) {missing} that the model was trained with; "
+                f"columns present: {present}"
+            )
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 

@@ -44,8 +44,8 @@ def make_labels(
     stamps = events[TIMESTAMP].to_numpy(dtype="datetime64[ns]").view(np.int64)
     if len(stamps) and stamps.max() < window.feature_end_ns:
         raise EventLogError(
-            f"{source_of(events, 'events')}: no events after the cutoff (the log ends at {pd.Timestamp(stamps.max())}, "
-            f"features end at {window.feature_end}), so churn and spend in the {window.horizon_days:g}-day horizon "
+            f"{source_of(events, 'events')}: no events after the cutoff {window} (the log ends at "
+            f"{pd.Timestamp(stamps.max())}), so churn and spend in the {window.horizon_days:g}-day horizon "
             f"cannot be observed. Choose a cutoff at least {window.horizon_days:g} days before the end of the log."
         )
     in_horizon = (stamps >= window.feature_end_ns) & (stamps < window.label_end_ns)

@@ -16,6 +16,7 @@ import pandas as pd
 from churnformer.data.events import AMOUNT, CUSTOMER_ID, TIMESTAMP, source_of
 from churnformer.data.featurizer import CALENDAR, UNKNOWN_ID, FeatureMismatchError, Featurizer, numeric_values
 from churnformer.data.window import NS_PER_DAY, Window
+from churnformer.schema import CUSTOMER_CAT, CUSTOMER_NUM, EVENT_CAT, EVENT_NUM, LENGTHS
 
 _KEY_TIME_BITS = 32
 
@@ -38,11 +39,11 @@ class PaddedBatch:
     def as_inputs(self) -> dict[str, np.ndarray]:
         """The arrays by model input name (shared by training, export and scoring)."""
         return {
-            "event_cat": self.event_cat,
-            "event_num": self.event_num,
-            "lengths": self.lengths,
-            "customer_cat": self.customer_cat,
-            "customer_num": self.customer_num,
+            EVENT_CAT: self.event_cat,
+            EVENT_NUM: self.event_num,
+            LENGTHS: self.lengths,
+            CUSTOMER_CAT: self.customer_cat,
+            CUSTOMER_NUM: self.customer_num,
         }
 
 
@@ -257,12 +258,7 @@ def build_sequences(
     written twice) count once; the extra copies are dropped and counted. Each customer keeps the latest
     ``featurizer.max_len`` events.
     """
-    missing = [c for c in featurizer.event_attribute_columns if c not in events.columns]
-    if missing:
-        raise FeatureMismatchError(
-            f"{source_of(events, 'events')}: lacks attribute column(s) {missing} that the model was trained "
-            f"with; columns present: {list(events.columns)}"
-        )
+    featurizer.require_event_columns(list(events.columns), source_of(events, "events"))
     report = BuildReport(events_read=len(events))
     stamps = events[TIMESTAMP].to_numpy(dtype="datetime64[ns]").view(np.int64)
     in_window = stamps < window.feature_end_ns

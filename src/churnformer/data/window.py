@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -25,6 +25,11 @@ class Window:
 
     feature_end: pd.Timestamp
     horizon_days: float
+    # The cutoff as the user wrote it, for messages (``feature_end`` of a date is the next midnight).
+    given: str = field(default="", compare=False)
+
+    def __str__(self) -> str:
+        return self.given or str(self.feature_end)
 
     @classmethod
     def from_cutoff(cls, cutoff: str | dt.date | pd.Timestamp, horizon_days: float = 90) -> Window:
@@ -45,7 +50,7 @@ class Window:
             or (isinstance(cutoff, str) and len(cutoff.strip()) <= 10)
         )
         end = stamp + pd.Timedelta(days=1) if is_date else stamp + pd.Timedelta(1, "ns")
-        return cls(feature_end=end.as_unit("ns"), horizon_days=horizon)
+        return cls(feature_end=end.as_unit("ns"), horizon_days=horizon, given=str(cutoff).strip())
 
     @property
     def feature_end_ns(self) -> int:
@@ -67,8 +72,8 @@ def _horizon_days(value: object) -> float:
     return days
 
 
-def require_events_before(stamps: pd.Series | np.ndarray, window: Window, cutoff: object, where: str) -> None:
-    """Stop when no event time in ``stamps`` precedes the feature end: nobody to train on or score at ``cutoff``.
+def require_events_before(stamps: pd.Series | np.ndarray, window: Window, where: str) -> None:
+    """Stop when no event time in ``stamps`` precedes the feature end: nobody to train on or score at the cutoff.
 
     An empty result would look like a successful run; a cutoff before the whole log is a mistake in the
     cutoff (or the file), so the message gives the span of the log to pick a better one. ``stamps`` may be
@@ -78,6 +83,6 @@ def require_events_before(stamps: pd.Series | np.ndarray, window: Window, cutoff
     if len(values) and values.min() >= window.feature_end_ns:
         first, last = pd.Timestamp(values.min()), pd.Timestamp(values.max())
         raise EventLogError(
-            f"{where}: no events up to the cutoff {cutoff}; the log starts at {first} (and ends at {last}). "
+            f"{where}: no events up to the cutoff {window}; the log starts at {first} (and ends at {last}). "
             "Choose a later cutoff."
         )

@@ -1,0 +1,68 @@
+"""The model's contract with everything around it, in one torch-free place.
+
+Training, export, scoring, evaluation and the run-directory tools all read these names from here; none
+spells them again. Changing a name here changes it everywhere, and a model file written before the change
+is refused by scoring with a message rather than misread.
+"""
+
+from __future__ import annotations
+
+# --- model inputs: the arrays of churnformer.data.sequences.PaddedBatch, by name ----------------------------
+EVENT_CAT = "event_cat"  # (B, T, Ce) int32: categorical ids per event
+EVENT_NUM = "event_num"  # (B, T, Fe) float32: numeric features per event
+LENGTHS = "lengths"  # (B,) int64: real events per row (padding after them)
+CUSTOMER_CAT = "customer_cat"  # (B, Cc) int32: static categorical ids
+CUSTOMER_NUM = "customer_num"  # (B, Fc) float32: history summary + static numerics
+MODEL_INPUTS = (EVENT_CAT, EVENT_NUM, LENGTHS, CUSTOMER_CAT, CUSTOMER_NUM)
+# Inputs a model file must have (a model without static categorical features may lack customer_cat).
+REQUIRED_MODEL_INPUTS = (EVENT_CAT, EVENT_NUM, LENGTHS, CUSTOMER_NUM)
+# Dimensions that vary from batch to batch, per input (the rest are fixed by the fitted featurizer).
+DYNAMIC_AXES = {EVENT_CAT: ("batch", "length"), EVENT_NUM: ("batch", "length"), LENGTHS: ("batch",)}
+DYNAMIC_AXES |= {CUSTOMER_CAT: ("batch",), CUSTOMER_NUM: ("batch",)}
+
+# --- model outputs: one value per customer, the first columns of every predictions file ---------------------
+CHURN_PROBABILITY = "churn_probability"  # P(no purchase in the horizon)
+EXPECTED_SPEND = "expected_spend"  # E[spend over the horizon] = (1 - churn_probability) * SPEND_IF_RETAINED
+SPEND_QUANTILES = (0.1, 0.5, 0.9)
+SPEND_QUANTILE_COLUMNS = tuple(f"spend_p{round(q * 100)}" for q in SPEND_QUANTILES)
+SPEND_IF_RETAINED = "spend_if_retained"  # E[spend | spend > 0]: what the customer is worth if retained
+MODEL_OUTPUTS = (CHURN_PROBABILITY, EXPECTED_SPEND, *SPEND_QUANTILE_COLUMNS, SPEND_IF_RETAINED)
+
+# --- predictions file: model outputs, then what scoring adds ------------------------------------------------
+N_EVENTS = "n_events"  # events up to the cutoff, before truncation to max_len
+CHURN_RISK_DECILE = "churn_risk_decile"  # 1 = highest churn probability, relative to the reference population
+VALUE_DECILE = "value_decile"  # 1 = highest value (the segments' value basis)
+SEGMENT = "segment"  # {high,low} value {at risk,loyal}
+RETENTION_COLUMNS = (CHURN_RISK_DECILE, VALUE_DECILE, SEGMENT)
+
+# --- labels (what happened in the horizon) ------------------------------------------------------------------
+CHURN = "churn"  # 1: no purchase in the horizon
+SPEND = "spend"  # net spend in the horizon, floored at 0
+LABEL_COLUMNS = (CHURN, SPEND)
+
+# --- ONNX metadata: JSON strings under this prefix in the model file's metadata_props -------------------------
+METADATA_PREFIX = "churnformer."
+META_FEATURIZER = "featurizer"  # fitted featurization state (churnformer.data.featurizer.Featurizer)
+META_VERSION = "version"  # churnformer version that exported the file
+META_OUTPUTS = "outputs"  # MODEL_OUTPUTS as exported
+META_CALIBRATION = "calibration"  # churnformer.calibration.Calibration, with the reference percentiles
+META_HORIZON_DAYS = "horizon_days"  # the training horizon
+META_TRAINED_CUTOFF = "trained_cutoff"
+META_COLUMNS = "columns"  # the column mapping of the training log (scoring's default)
+META_QUANTIZED = "quantized"  # "int8" for a dynamically quantized copy
+REQUIRED_METADATA = (META_FEATURIZER, META_OUTPUTS, META_HORIZON_DAYS)
+
+# --- reference percentiles: levels 1..99 % ------------------------------------------------------------------
+PERCENTILE_LEVELS = tuple(level / 100 for level in range(1, 100))
+
+# --- a training run directory -------------------------------------------------------------------------------
+RUN_MODEL = "model.onnx"
+RUN_METRICS = "metrics.json"  # validation metrics of the best checkpoint
+RUN_CONFIG = "config.yaml"  # the resolved config
+RUN_INFO = "run_info.json"  # versions, git commit, data fingerprints
+RUN_CALIBRATION = "calibration.json"
+RUN_PREDICTIONS = "predictions.parquet"
+RUN_CHECKPOINTS = "checkpoints"
+RUN_TENSORBOARD = "tensorboard"
+RUN_EVALUATION = "evaluation"
+RUN_LOG = "cli.log"
