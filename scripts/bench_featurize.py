@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     generate_s = time.perf_counter() - started
     last_day = (START + np.timedelta64(SPAN_SECONDS - 1, "s")).astype("datetime64[D]")
     window = Window.from_cutoff(str(last_day), horizon_days=90)
-    config = FeaturizerConfig(max_len=args.max_len)
+    config = FeaturizerConfig.with_defaults(max_len=args.max_len)
     print(
         f"generated {len(raw):,} events / {raw['customer_id'].nunique():,} customers in {generate_s:.1f} s; "
         f"cutoff {last_day}, max_len {args.max_len}, repeat {args.repeat}, keep_heap {args.keep_heap}, "

@@ -46,15 +46,15 @@ import numpy as np
 import pandas as pd
 import torch
 from benchlog import SPAN_SECONDS, START, generate_events
-from omegaconf import OmegaConf
-
-from churnformer.data.featurizer import FeaturizerConfig, fit_featurizer
-from churnformer.data.sequences import build_sequences
-from churnformer.data.window import Window
-from churnformer.export import export_onnx
 from churnformer.model import ScoringModel
 from churnformer.module import build_network
 from churnformer.scoring import Predictor
+from omegaconf import OmegaConf
+
+from churnformer.artifacts.export import export_onnx
+from churnformer.data.featurizer import FeaturizerConfig, fit_featurizer
+from churnformer.data.sequences import build_sequences
+from churnformer.data.window import Window
 
 CONF = Path(__file__).resolve().parents[1] / "src" / "churnformer" / "conf"
 TARGETS = {"wall_s": 30.0, "peak_rss_mb": 3072.0, "speedup_vs_torch_eager": 3.0, "useful_share_of_peak": 0.5}
@@ -79,7 +79,7 @@ def make_model(workdir: Path, log: Path) -> Path:
     path = workdir / f"model-{log.stem}.onnx"
     if not path.exists():
         sample = pd.read_parquet(log).head(1_000_000)
-        featurizer = fit_featurizer(sample, config=FeaturizerConfig(max_len=128))
+        featurizer = fit_featurizer(sample, config=FeaturizerConfig.with_defaults(max_len=128))
         torch.manual_seed(0)
         network = build_network(small_network(), featurizer.to_json()).eval()
         torch.save(network.state_dict(), path.with_suffix(".pt"))
@@ -127,9 +127,9 @@ def session_sweep(model: Path, log: Path, customers: int, rounds: int = 3) -> li
     """Seconds inside onnxruntime for the same batches of ``customers`` random customers, per session
     setting, in interleaved rounds (fastest of each); the first row is what scoring uses."""
     import onnxruntime as ort
-
-    from churnformer.predict_job import reuse_freed_memory
     from churnformer.scoring import fill_rows, padded_width, session_options, token_budget_batches
+
+    from churnformer.serving.job import reuse_freed_memory
 
     reuse_freed_memory()  # as churnformer-predict does
     predictor = Predictor(model)
@@ -254,7 +254,7 @@ def main() -> None:
         pd.read_parquet(args.workdir / "predictions-budget.parquet")
     )
     if args.int8:
-        from churnformer.quantize import int8_path, quantize_model
+        from churnformer.artifacts.quantize import int8_path, quantize_model
 
         int8 = int8_path(model) if int8_path(model).exists() else quantize_model(model, int8_path(model))
         quantized = score_end_to_end(int8, log, args.workdir / "predictions-int8.parquet", [])

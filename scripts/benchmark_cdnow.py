@@ -70,7 +70,7 @@ def load_dataset(name: str) -> tuple[pd.DataFrame, pd.DataFrame | None]:
         return load_events(load_cdnow()), None
     from churnformer.data.synthetic import SyntheticWorldConfig, generate_world
 
-    events, customers = generate_world(SyntheticWorldConfig(n_customers=20_000, seed=0))
+    events, customers = generate_world(SyntheticWorldConfig.with_defaults(n_customers=20_000, seed=0))
     return load_events(events), customers
 
 

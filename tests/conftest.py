@@ -17,6 +17,19 @@ from churnformer.data.synthetic import SyntheticWorldConfig, write_world
 
 BIN = Path(sys.executable).parent
 TINY_CUTOFF = "2023-09-30"
+BACKBONES = {
+    "transformer": "churnformer.modeling.backbones.Transformer",
+    "gru": "churnformer.modeling.backbones.GRU",
+}
+
+
+def network_config(backbone: str = "transformer", **changes):
+    """``conf/model/small.yaml``'s network settings with ``changes``, as a ModelConfig."""
+    from churnformer.defaults import yaml_defaults
+    from churnformer.modeling.config import ModelConfig
+
+    network = {**yaml_defaults("model/small")["network"], **changes, "backbone": {"_target_": BACKBONES[backbone]}}
+    return ModelConfig(**network)
 
 
 def run_cli(tool: str, *overrides: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -82,7 +95,7 @@ def run_predict(
 def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """400 customers over 52 weeks, as CSV: (events, customers)."""
     out = tmp_path_factory.mktemp("world")
-    return write_world(SyntheticWorldConfig(n_customers=400, n_weeks=52, seed=3), out, fmt="csv")
+    return write_world(SyntheticWorldConfig.with_defaults(n_customers=400, n_weeks=52, seed=3), out, fmt="csv")
 
 
 TRAIN_OVERRIDES = (

@@ -19,7 +19,7 @@ GHOST = "NO_SUCH_CUSTOMER"
 @pytest.fixture(scope="module")
 def world() -> tuple[pd.DataFrame, Window, np.ndarray, np.ndarray]:
     """600 synthetic customers split in halves; the test half also holds a late joiner and an unknown id."""
-    events, _ = generate_world(SyntheticWorldConfig(n_customers=600, n_weeks=60, seed=0))
+    events, _ = generate_world(SyntheticWorldConfig.with_defaults(n_customers=600, n_weeks=60, seed=0))
     window = Window.from_cutoff(CUTOFF, HORIZON_DAYS)
     late = pd.DataFrame(
         {"customer_id": ["LATE"], "timestamp": [window.feature_end], "amount": [12.0], "event_type": ["purchase"]}

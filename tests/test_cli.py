@@ -23,7 +23,7 @@ def test_train_writes_a_complete_run_directory(trained_run: Path) -> None:
         "calibration.json",
         "checkpoints/last.ckpt",
         "evaluation/report.md",
-        "evaluation/calibration.png",
+        "evaluation/churn_calibration.png",
     ):
         assert (trained_run / name).is_file(), name
     assert list((trained_run / "tensorboard").glob("events.out.tfevents.*"))

@@ -8,22 +8,26 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from churnformer.datamodule import ChurnDataModule
+from churnformer.data.sources import EventLogFiles
+from churnformer.defaults import yaml_defaults
+from churnformer.training.datamodule import ChurnDataModule, DataSettings
 from tests.conftest import TINY_CUTOFF
+
+
+def data_settings(**changes) -> DataSettings:
+    """``conf/data/settings/default.yaml`` with ``changes``."""
+    defaults = yaml_defaults("data/settings/default")
+    return DataSettings(**{**defaults, "seed": 0, **changes})
 
 
 @pytest.fixture(scope="module")
 def datamodule(tiny_world: tuple[Path, Path]) -> ChurnDataModule:
     events, customers = tiny_world
-    module = ChurnDataModule(
-        source="file",
-        cutoff=TINY_CUTOFF,
-        horizon_days=60,
-        events=str(events),
-        customers=str(customers),
-        rolling_cutoffs={"count": 2, "step_days": 30},
-        batch_size=64,
+    source = EventLogFiles(events, customers, {})
+    settings = data_settings(
+        cutoff=TINY_CUTOFF, horizon_days=60, rolling_cutoffs={"count": 2, "step_days": 30}, batch_size=64
     )
+    module = ChurnDataModule(source, settings)
     module.setup("fit")
     return module
 
@@ -34,23 +38,25 @@ def loaded_rows(loader) -> np.ndarray:
 
 
 def test_earlier_cutoffs_add_examples_of_training_customers_only(datamodule: ChurnDataModule) -> None:
-    ids = datamodule.sequences.customer_ids
-    assert (datamodule.val_rows < datamodule.main_count).all()
-    assert set(ids[datamodule.val_rows]).isdisjoint(ids[datamodule.train_rows])
-    main_training = (datamodule.train_rows < datamodule.main_count).sum()
-    assert len(datamodule.train_rows) > main_training  # the earlier cutoffs did add examples
+    data = datamodule.data
+    ids = data.sequences.customer_ids
+    assert (data.val_rows < data.main_count).all()
+    assert set(ids[data.val_rows]).isdisjoint(ids[data.train_rows])
+    assert len(data.train_rows) > len(data.main_train_rows)  # the earlier cutoffs did add examples
 
 
 def test_calibration_loaders_hold_each_main_cutoff_customer_once_on_every_rank(datamodule: ChurnDataModule) -> None:
     datamodule.trainer = SimpleNamespace(global_rank=0, world_size=2)  # as under two-process DDP
     try:
         sharded = loaded_rows(datamodule.val_dataloader())
-        validation, training = (loaded_rows(loader) for loader in datamodule.calibration_dataloaders())
+        validation = loaded_rows(datamodule.validation_loader())
+        training = loaded_rows(datamodule.main_training_loader())
     finally:
         datamodule.trainer = None
-    assert len(sharded) < len(datamodule.val_rows)  # Lightning's loader is this rank's share
-    assert sorted(validation) == sorted(datamodule.val_rows)
-    ids = datamodule.sequences.customer_ids
-    assert (training < datamodule.main_count).all()
+    data = datamodule.data
+    assert len(sharded) < len(data.val_rows)  # Lightning's loader is this rank's share
+    assert sorted(validation) == sorted(data.val_rows)
+    ids = data.sequences.customer_ids
+    assert (training < data.main_count).all()
     assert len(set(ids[training])) == len(training)
-    assert set(ids[training]) | set(ids[validation]) == set(ids[: datamodule.main_count])
+    assert set(ids[training]) | set(ids[validation]) == set(ids[: data.main_count])

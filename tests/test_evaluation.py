@@ -13,22 +13,21 @@ import torch
 from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision, BinaryCalibrationError
 from torchmetrics.regression import SpearmanCorrCoef
 
-from churnformer.data.events import EventLogError
-from churnformer.evaluation import (
+from churnformer.errors import InputError
+from churnformer.evaluation.metrics import (
     aggregate_error,
     average_precision,
     average_ranks,
     cumulative_gains,
     decile_mape,
-    evaluate,
     expected_calibration_error,
     log_loss,
     normalized_gini,
     roc_auc,
-    run_evaluation,
     spearman,
 )
-from churnformer.metrics import NormalizedGini
+from churnformer.evaluation.report import evaluate, run_evaluation
+from churnformer.training.metrics import NormalizedGini
 
 METRIC_KEYS = {
     "churn_auc",
@@ -45,7 +44,7 @@ METRIC_KEYS = {
     "spend_aggregate_error",
     "n_customers",
 }
-FIGURES = ("calibration", "spend_deciles", "cumulative_gains")
+FIGURES = ("churn_calibration", "churn_roc", "churn_deciles", "spend_deciles", "cumulative_gains")
 
 
 def frames(n: int = 20, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -175,9 +174,9 @@ def test_evaluate_joins_on_customer_id_whatever_the_row_order() -> None:
 def test_customers_missing_on_either_side_are_named() -> None:
     predictions, labels = frames()
     extra = pd.DataFrame({"customer_id": ["zz1"], "churn": [1.0], "spend": [0.0]})
-    with pytest.raises(EventLogError, match=r"1 labelled customer\(s\) have no prediction \(e.g. 'zz1'\)"):
+    with pytest.raises(InputError, match=r"1 labelled customer\(s\) have no prediction \(e.g. 'zz1'\)"):
         evaluate(predictions, pd.concat([labels, extra]))
-    with pytest.raises(EventLogError, match=r"2 predicted customer\(s\) have no label \(e.g. 'c01"):
+    with pytest.raises(InputError, match=r"2 predicted customer\(s\) have no label \(e.g. 'c01"):
         evaluate(predictions, labels.iloc[2:])
 
 
@@ -188,14 +187,14 @@ def test_duplicate_customers_are_refused(side: str) -> None:
         predictions = pd.concat([predictions, predictions.iloc[[3]]])
     else:
         labels = pd.concat([labels, labels.iloc[[3]]])
-    with pytest.raises(EventLogError, match=rf"{side}: 1 duplicate customer id\(s\)"):
+    with pytest.raises(InputError, match=rf"{side}: 1 duplicate customer id\(s\)"):
         evaluate(predictions, labels)
 
 
 def test_probabilities_outside_unit_interval_are_refused() -> None:
     predictions, labels = frames()
     predictions.loc[0, "churn_probability"] = 1.5
-    with pytest.raises(EventLogError, match=r"outside \[0, 1\]"):
+    with pytest.raises(InputError, match=r"outside \[0, 1\]"):
         evaluate(predictions, labels)
 
 
@@ -275,14 +274,12 @@ def test_run_evaluation_rejects_a_prediction_outside_the_population(tmp_path: Pa
         tmp_path / "predictions.csv", index=False
     )
     config = {"predictions": str(tmp_path / "predictions.csv"), "events": str(tmp_path / "events.csv")}
-    with pytest.raises(EventLogError, match=r"have no label \(e.g. 'late'\)"):
+    with pytest.raises(InputError, match=r"have no label \(e.g. 'late'\)"):
         run_evaluation({**config, "cutoff": "2024-01-31", "horizon_days": 60, "output": str(tmp_path / "out")})
 
 
 def test_run_evaluation_without_labels_says_what_to_pass(tmp_path: Path) -> None:
     predictions, _ = frames()
     predictions.to_csv(tmp_path / "predictions.csv", index=False)
-    with pytest.raises(
-        EventLogError, match=r"pass labels=PATH .* or events=PATH with cutoff=YYYY-MM-DD and horizon_days"
-    ):
+    with pytest.raises(InputError, match=r"pass labels=PATH .* or events=PATH with cutoff=YYYY-MM-DD and horizon_days"):
         run_evaluation({"predictions": str(tmp_path / "predictions.csv"), "events": str(tmp_path / "e.csv")})

@@ -10,7 +10,6 @@ import pytest
 
 from churnformer.data.events import (
     ColumnMapping,
-    EventLogError,
     load_customers,
     load_events,
     parse_timestamps,
@@ -19,6 +18,7 @@ from churnformer.data.events import (
 from churnformer.data.featurizer import fit_featurizer
 from churnformer.data.sequences import build_sequences
 from churnformer.data.window import Window
+from churnformer.errors import InputError
 
 
 def _frame(ids, stamps=None, amounts=None, **extra) -> pd.DataFrame:
@@ -230,12 +230,12 @@ def test_tz_aware_cutoff_converts_to_utc():
 
 @pytest.mark.parametrize("horizon", [0, -1, None])
 def test_bad_horizon_rejected(horizon):
-    with pytest.raises(EventLogError, match="horizon_days"):
+    with pytest.raises(InputError, match="horizon_days"):
         Window.from_cutoff("2024-01-01", horizon_days=horizon)
 
 
 def test_bad_cutoff_rejected():
-    with pytest.raises(EventLogError, match="cutoff"):
+    with pytest.raises(InputError, match="cutoff"):
         Window.from_cutoff("not a date")
 
 
@@ -245,7 +245,7 @@ def test_bad_cutoff_rejected():
 @pytest.mark.parametrize("column", ["customer_id", "timestamp", "amount"])
 def test_missing_required_column_is_named(column):
     raw = _frame(["a"]).drop(columns=[column])
-    with pytest.raises(EventLogError) as info:
+    with pytest.raises(InputError) as info:
         load_events(raw, name="my_events.csv")
     message = str(info.value)
     assert f"['{column}']" in message and "my_events.csv" in message
@@ -256,13 +256,13 @@ def test_missing_required_column_is_named(column):
 
 def test_missing_mapped_column_names_the_users_name():
     raw = pd.DataFrame({"user": ["a"], "timestamp": ["2024-01-01"], "amount": [1.0]})
-    with pytest.raises(EventLogError, match=r"\['when'\]"):
+    with pytest.raises(InputError, match=r"\['when'\]"):
         load_events(raw, ColumnMapping(customer_id="user", timestamp="when"))
 
 
 def test_unparseable_timestamps_name_column_and_row_count():
     raw = _frame(["a", "b", "c", "d"], stamps=["2024-01-01", "garbage", "2024-01-03", "31/31/2024"])
-    with pytest.raises(EventLogError) as info:
+    with pytest.raises(InputError) as info:
         load_events(raw.rename(columns={"timestamp": "when"}), ColumnMapping(timestamp="when"), name="log.csv")
     message = str(info.value)
     assert "'when'" in message and "log.csv" in message
@@ -272,23 +272,23 @@ def test_unparseable_timestamps_name_column_and_row_count():
 
 def test_missing_timestamps_are_reported():
     raw = _frame(["a", "b"], stamps=[pd.Timestamp("2024-01-01"), pd.NaT])
-    with pytest.raises(EventLogError, match=r"'timestamp'.*1 row\(s\), first at row index 1"):
+    with pytest.raises(InputError, match=r"'timestamp'.*1 row\(s\), first at row index 1"):
         load_events(raw)
 
 
 def test_non_finite_epoch_seconds_are_reported():
-    with pytest.raises(EventLogError, match=r"'timestamp'.*non-finite epoch seconds in 1 row\(s\)"):
+    with pytest.raises(InputError, match=r"'timestamp'.*non-finite epoch seconds in 1 row\(s\)"):
         load_events(_frame(["a", "b"], stamps=[1.0e9, np.inf]))
 
 
 def test_boolean_timestamps_rejected():
-    with pytest.raises(EventLogError, match="boolean"):
+    with pytest.raises(InputError, match="boolean"):
         load_events(_frame(["a", "b"], stamps=[True, False]))
 
 
 def test_non_numeric_amounts_are_reported():
     raw = _frame(["a", "b", "c"], amounts=["1.5", "ten", "3"])
-    with pytest.raises(EventLogError) as info:
+    with pytest.raises(InputError) as info:
         load_events(raw)
     message = str(info.value)
     assert "'amount'" in message and "non-numeric" in message and "1 row(s)" in message and "'ten'" in message
@@ -300,53 +300,53 @@ def test_numeric_strings_are_accepted_as_amounts():
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, None])
 def test_missing_or_infinite_amounts_are_reported(bad):
-    with pytest.raises(EventLogError, match=r"'amount'.*1 row\(s\), first at row index 1"):
+    with pytest.raises(InputError, match=r"'amount'.*1 row\(s\), first at row index 1"):
         load_events(_frame(["a", "b"], amounts=[1.0, bad]))
 
 
 def test_mixed_type_ids_are_rejected():
-    with pytest.raises(EventLogError, match="mix types") as info:
+    with pytest.raises(InputError, match="mix types") as info:
         load_events(_frame(pd.Series(["a", 1, "b"], dtype=object)))
     assert "'customer_id'" in str(info.value)
 
 
 @pytest.mark.parametrize("ids", [[1.5, 2.0], [True, False]])
 def test_ids_that_are_neither_strings_nor_integers_are_rejected(ids):
-    with pytest.raises(EventLogError, match="strings or integers"):
+    with pytest.raises(InputError, match="strings or integers"):
         load_events(_frame(ids))
 
 
 def test_missing_ids_are_reported():
-    with pytest.raises(EventLogError, match=r"missing customer ids in 1 row\(s\), first at row index 2"):
+    with pytest.raises(InputError, match=r"missing customer ids in 1 row\(s\), first at row index 2"):
         load_events(_frame(["a", "b", None]))
 
 
 def test_empty_table_is_rejected(tmp_path):
-    with pytest.raises(EventLogError, match="empty"):
+    with pytest.raises(InputError, match="empty"):
         load_events(pd.DataFrame({"customer_id": [], "timestamp": [], "amount": []}))
     path = tmp_path / "empty.csv"
     path.write_text("customer_id,timestamp,amount\n")
-    with pytest.raises(EventLogError, match="empty") as info:
+    with pytest.raises(InputError, match="empty") as info:
         load_events(path)
     assert str(path) in str(info.value)
 
 
 def test_column_clashing_with_standard_name_is_rejected():
     raw = pd.DataFrame({"user": ["a"], "customer_id": ["b"], "timestamp": ["2024-01-01"], "amount": [1.0]})
-    with pytest.raises(EventLogError, match="clash"):
+    with pytest.raises(InputError, match="clash"):
         load_events(raw, ColumnMapping(customer_id="user"))
 
 
 def test_file_errors(tmp_path):
-    with pytest.raises(EventLogError, match="not found"):
+    with pytest.raises(InputError, match="not found"):
         load_events(tmp_path / "nope.csv")
     other = tmp_path / "events.xlsx"
     other.write_text("x")
-    with pytest.raises(EventLogError, match="unknown file type"):
+    with pytest.raises(InputError, match="unknown file type"):
         read_table(other, "customer_id")
     broken = tmp_path / "broken.parquet"
     broken.write_text("this is not parquet")
-    with pytest.raises(EventLogError, match="not a Parquet file"):
+    with pytest.raises(InputError, match="not a Parquet file"):
         load_events(broken)
 
 
@@ -362,9 +362,9 @@ def test_load_customers_renames_and_keeps_ids(tmp_path):
 
 
 def test_load_customers_errors():
-    with pytest.raises(EventLogError, match="duplicate customer ids in 1 row"):
+    with pytest.raises(InputError, match="duplicate customer ids in 1 row"):
         load_customers(pd.DataFrame({"customer_id": [1, 2, 1], "region": ["a", "b", "c"]}))
-    with pytest.raises(EventLogError, match="'cid' not found"):
+    with pytest.raises(InputError, match="'cid' not found"):
         load_customers(pd.DataFrame({"customer_id": [1]}), customer_id="cid")
-    with pytest.raises(EventLogError, match="mix types"):
+    with pytest.raises(InputError, match="mix types"):
         load_customers(pd.DataFrame({"customer_id": pd.Series([1, "a"], dtype=object)}))

@@ -10,12 +10,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from churnformer.calibration import Calibration
+from churnformer.artifacts.checkpoint import load_checkpoint
+from churnformer.artifacts.export import example_inputs, export_checkpoint, export_onnx
 from churnformer.data.featurizer import Featurizer
-from churnformer.export import example_inputs, export_checkpoint, export_onnx, load_checkpoint
-from churnformer.model import ScoringModel
+from churnformer.modeling.scoring_model import Calibration, ScoringModel
 from churnformer.schema import MODEL_INPUTS, MODEL_OUTPUTS
-from churnformer.scoring import Predictor
+from churnformer.serving.predictor import Predictor
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["fused-attention", "portable"])
@@ -40,7 +40,7 @@ def exported(
         calibration=calibration,
         fused_attention=request.param,
     )
-    model = ScoringModel(network, 1.3, -0.2, 0.1, 1.2).eval()
+    model = ScoringModel(network, list(MODEL_INPUTS), calibration).eval()
     return path, model, Featurizer.from_json(hparams["featurizer_json"])
 
 
@@ -48,9 +48,10 @@ def test_attention_is_fused_or_standard_onnx(exported) -> None:
     path, model, _ = exported
     nodes = onnx.load(path).graph.node
     fused = {(n.domain, n.op_type) for n in nodes if n.domain == "com.microsoft"}
-    if model.network.blocks[0].attention.fused_export:
+    blocks = model.network.backbone.blocks
+    if blocks[0].attention.fused_export:
         assert fused == {("com.microsoft", "Attention")}
-        assert sum(n.op_type == "Attention" for n in nodes) == len(model.network.blocks)
+        assert sum(n.op_type == "Attention" for n in nodes) == len(blocks)
     else:
         assert fused == set() and all(n.domain in ("", "ai.onnx") for n in nodes)
 
@@ -60,9 +61,9 @@ def test_onnxruntime_matches_pytorch(exported, batch: int, length: int) -> None:
     path, model, featurizer = exported
     inputs = example_inputs(featurizer, batch=batch, length=length)
     with torch.no_grad():
-        expected = [t.numpy() for t in model(*inputs)]
+        expected = [t.numpy() for t in model(*inputs.values())]
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feed = {name: tensor.numpy() for name, tensor in zip(MODEL_INPUTS, inputs, strict=True)}
+    feed = {name: tensor.numpy() for name, tensor in inputs.items()}
     got = session.run(None, {i.name: feed[i.name] for i in session.get_inputs()})
     outputs = dict(zip(MODEL_OUTPUTS, zip(got, expected, strict=True), strict=True))
     for name, (a, _) in outputs.items():
@@ -106,9 +107,9 @@ def test_checkpoints_load_without_pickled_code(trained_run: Path) -> None:
 def test_export_checkpoint_reproduces_training_export(trained_run: Path, tmp_path: Path) -> None:
     """churnformer-export on the best checkpoint gives the model the training run exported."""
     best = next((trained_run / "checkpoints").glob("epoch*.ckpt"))
-    path = export_checkpoint(best, tmp_path / "again.onnx")
+    path = export_checkpoint(best, tmp_path / "again.onnx", calibration=None, fused_attention=True)
     inputs = example_inputs(Predictor(path).featurizer, batch=5, length=9)
-    feed = {name: t.numpy() for name, t in zip(MODEL_INPUTS, inputs, strict=True)}
+    feed = {name: t.numpy() for name, t in inputs.items()}
     outputs = []
     for model_path in (path, trained_run / "model.onnx"):
         session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])

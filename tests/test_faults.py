@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from churnformer.sampler import LengthBucketBatchSampler
+from churnformer.training.sampler import LengthBucketBatchSampler
 from tests.conftest import BIN, TRAIN_OVERRIDES, run_cli
 
 MAX_EPOCHS = 4

@@ -20,13 +20,15 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from churnformer.artifacts.export import export_onnx
 from churnformer.data.events import AMOUNT, CUSTOMER_ID, TIMESTAMP, load_events
 from churnformer.data.featurizer import FeaturizerConfig, fit_featurizer
 from churnformer.data.window import Window
 from churnformer.errors import ChurnformerError
-from churnformer.export import export_onnx
-from churnformer.model import ChurnFormer, ModelConfig
-from churnformer.scoring import Predictor
+from churnformer.modeling.config import FeatureSizes
+from churnformer.modeling.network import ChurnFormer
+from churnformer.serving.predictor import Predictor
+from tests.conftest import network_config
 
 CUTOFF = "2024-06-30"
 FEATURE_END = Window.from_cutoff(CUTOFF).feature_end  # events before it are features
@@ -54,11 +56,13 @@ def predictor(tmp_path_factory: pytest.TempPathFactory) -> Predictor:
             "score": rng.normal(0, 1, n),
         }
     )
-    featurizer = fit_featurizer(load_events(clean), None, FeaturizerConfig(max_len=8, min_category_count=1))
-    network = ChurnFormer(ModelConfig(d_model=8, n_layers=1, n_heads=2, time_frequencies=4).with_features(featurizer))
-    path = export_onnx(
-        network.eval(), featurizer.to_json(), tmp_path_factory.mktemp("fuzz") / "model.onnx", {"horizon_days": 30}
+    featurizer = fit_featurizer(
+        load_events(clean), None, FeaturizerConfig.with_defaults(max_len=8, min_category_count=1)
     )
+    config = network_config(d_model=8, n_layers=1, n_heads=2, time_frequencies=4)
+    network = ChurnFormer(config, FeatureSizes.of(featurizer)).eval()
+    output = tmp_path_factory.mktemp("fuzz") / "model.onnx"
+    path = export_onnx(network, featurizer.to_json(), output, {"horizon_days": 30}, fused_attention=True)
     return Predictor(path, providers=["CPUExecutionProvider"], threads=1)
 
 

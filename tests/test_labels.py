@@ -8,11 +8,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from churnformer.data.events import EventLogError, load_events
+from churnformer.data.events import load_events
 from churnformer.data.featurizer import fit_featurizer
 from churnformer.data.labels import is_purchase, make_labels
 from churnformer.data.sequences import build_sequences
 from churnformer.data.window import Window
+from churnformer.errors import InputError
 
 WINDOW = Window.from_cutoff("2024-06-30", horizon_days=30)  # features < 07-01, labels in [07-01, 07-31)
 
@@ -132,7 +133,7 @@ def test_purchase_types_with_a_renamed_or_categorical_column():
 
 def test_purchase_types_without_the_column_are_an_error():
     events = _events([("a", "2024-07-02", 1.0)])
-    with pytest.raises(EventLogError, match="'event_type'"):
+    with pytest.raises(InputError, match="'event_type'"):
         make_labels(events, WINDOW, np.array(["a"], dtype=object), purchase_types=["order"])
 
 
@@ -174,7 +175,7 @@ def test_property_labels_match_a_pandas_reference(rows, horizon_days):
     window = Window.from_cutoff("2024-06-30", horizon_days=horizon_days)
     population = np.array(["a", "b", "c", "d", "e"], dtype=object)
     if (events["timestamp"] < window.feature_end).all():  # the log ends before the cutoff: nothing observed
-        with pytest.raises(EventLogError, match="no events after the cutoff"):
+        with pytest.raises(InputError, match="no events after the cutoff"):
             make_labels(events, window, population)
         return
     labels = make_labels(events, window, population)

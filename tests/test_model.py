@@ -5,29 +5,30 @@ from __future__ import annotations
 import pytest
 import torch
 
-from churnformer.losses import LossWeights, joint_loss
-from churnformer.model import ChurnFormer, ModelConfig, ScoringModel, normal_quantile
+from churnformer.modeling.config import FeatureSizes
+from churnformer.modeling.heads import normal_quantile
+from churnformer.modeling.losses import LossWeights, joint_loss
+from churnformer.modeling.network import ChurnFormer
+from churnformer.modeling.scoring_model import ScoringModel
+from churnformer.schema import MODEL_INPUTS
+from tests.conftest import network_config
 
 
 def make_model(seed: int = 0, n_customer_cat: int = 1, encoder: str = "transformer") -> ScoringModel:
     torch.manual_seed(seed)
-    config = ModelConfig(
-        encoder=encoder,
-        d_model=32,
-        n_layers=2,
-        n_heads=4,
+    sizes = FeatureSizes(
         event_cat_cardinalities=[6, 9, 14],
         n_event_num=5,
         time_feature_index=[1, 3],
         customer_cat_cardinalities=[5] * n_customer_cat,
         n_customer_num=2,
     )
-    network = ChurnFormer(config)
+    network = ChurnFormer(network_config(encoder, d_model=32, n_layers=2, n_heads=4), sizes)
     # Non-trivial weights everywhere (init leaves biases at zero and embeddings tiny).
     with torch.no_grad():
         for parameter in network.parameters():
             parameter.add_(0.1 * torch.randn_like(parameter))
-    return ScoringModel(network).eval()
+    return ScoringModel(network, list(MODEL_INPUTS)).eval()
 
 
 def random_batch(batch: int, length: int, n_customer_cat: int = 1, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -92,7 +93,7 @@ def test_heads_are_consistent() -> None:
     batch = random_batch(64, 30)
     with torch.no_grad():
         p_churn, expected, p10, p50, p90, if_retained = model(*batch)
-        heads = model.network(*batch)
+        heads = model.network(dict(zip(MODEL_INPUTS, batch, strict=True)))
     assert ((p_churn > 0) & (p_churn < 1)).all()
     mean_if_buying = torch.exp(heads.spend_mu + heads.spend_sigma**2 / 2)
     torch.testing.assert_close(if_retained, mean_if_buying)
@@ -115,14 +116,16 @@ def test_normal_quantile_matches_exact() -> None:
 def test_joint_loss_learns_a_separable_signal() -> None:
     """A few optimizer steps on a learnable signal must lower both parts of the loss."""
     model = make_model(seed=1).network.train()
-    event_cat, event_num, lengths, customer_cat, customer_num = random_batch(128, 10, seed=5)
+    batch = random_batch(128, 10, seed=5)
+    inputs = dict(zip(MODEL_INPUTS, batch, strict=True))
+    customer_num = inputs["customer_num"]
     churn = (customer_num[:, 0] > 0).float()
     spend = torch.where(churn > 0, 0.0, torch.exp(2 + customer_num[:, 1]))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     weights = LossWeights(churn=1.0, spend=1.0)
     first = None
     for _ in range(60):
-        losses = joint_loss(model(event_cat, event_num, lengths, customer_cat, customer_num), churn, spend, weights)
+        losses = joint_loss(model(inputs), churn, spend, weights)
         first = first or {k: float(v.detach()) for k, v in losses.items()}
         optimizer.zero_grad()
         losses["joint"].backward()
@@ -133,8 +136,8 @@ def test_joint_loss_learns_a_separable_signal() -> None:
 
 @pytest.mark.parametrize("zero_spend", [True, False])
 def test_joint_loss_is_finite_for_all_zero_or_all_positive_batches(zero_spend: bool) -> None:
-    heads = make_model().network(*random_batch(8, 5))
+    heads = make_model().network(dict(zip(MODEL_INPUTS, random_batch(8, 5), strict=True)))
     spend = torch.zeros(8) if zero_spend else torch.full((8,), 12.5)
-    losses = joint_loss(heads, torch.ones(8) if zero_spend else torch.zeros(8), spend, LossWeights())
+    losses = joint_loss(heads, torch.ones(8) if zero_spend else torch.zeros(8), spend, LossWeights(1.0, 1.0))
     assert all(torch.isfinite(v) for v in losses.values())
     losses["joint"].backward()

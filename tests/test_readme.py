@@ -64,7 +64,7 @@ def tiny(command: str) -> str:
 def user_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny two-year log under a user's column names, as every file the README's commands name."""
     directory = tmp_path_factory.mktemp("readme")
-    events, customers = generate_world(SyntheticWorldConfig(n_customers=400, n_weeks=104, seed=5))
+    events, customers = generate_world(SyntheticWorldConfig.with_defaults(n_customers=400, n_weeks=104, seed=5))
     events = events.rename(columns=RENAMED)
     customers = customers.rename(columns={"customer_id": "user"})
     events.to_parquet(directory / "events.parquet", index=False)

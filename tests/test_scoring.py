@@ -13,15 +13,12 @@ import pandas as pd
 import pytest
 
 from churnformer.errors import ChurnformerError
-from churnformer.partition import Shard, customer_hash
-from churnformer.predict_job import score_log
-from churnformer.retention import ReferencePercentiles, SegmentRules, add_retention_columns, descending_decile
-from churnformer.scoring import (
-    Predictor,
-    padded_width,
-    token_budget_batches,
-    write_result,
-)
+from churnformer.serving.batching import padded_width, token_budget_batches
+from churnformer.serving.job import score_log
+from churnformer.serving.output import write_result
+from churnformer.serving.partition import Shard, customer_hash
+from churnformer.serving.predictor import Predictor
+from churnformer.serving.retention import ReferencePercentiles, SegmentRules, add_retention_columns, descending_decile
 from tests.conftest import TINY_CUTOFF, run_predict
 
 LEVELS = np.arange(1, 100, dtype=float)
@@ -258,7 +255,7 @@ def test_unavailable_provider_fallback_is_loud(trained_run: Path, capsys: pytest
 def test_int8_quantization_is_checked_on_validation(
     trained_run: Path, tiny_world: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from churnformer import quantize
+    from churnformer.artifacts import quantize
 
     fp32 = tmp_path / "model.onnx"
     fp32.write_bytes((trained_run / "model.onnx").read_bytes())
@@ -279,9 +276,18 @@ def test_int8_quantization_is_checked_on_validation(
 
 
 def test_scoring_and_evaluation_never_import_torch() -> None:
-    """A batch scoring job needs onnxruntime, numpy, pandas and pyarrow only."""
+    """A batch scoring job needs onnxruntime, numpy, pandas and pyarrow only: every module of serving/ and
+    evaluation/, the schema and the CLI load without torch or Lightning."""
+    import churnformer
+
+    package = Path(churnformer.__file__).parent
+    modules = [
+        f"churnformer.{part}.{path.stem}"
+        for part in ("serving", "evaluation")
+        for path in (package / part).glob("*.py")
+    ]
     code = (
-        "import sys, churnformer.scoring, churnformer.predict_job, churnformer.evaluation, churnformer.cli; "
+        f"import sys, churnformer.schema, churnformer.cli, {', '.join(modules)}; "
         "print(sorted(m for m in ('torch', 'pytorch_lightning') if m in sys.modules))"
     )
     assert (

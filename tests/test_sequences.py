@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from churnformer.data.events import EventLogError, load_customers, load_events
+from churnformer.data.events import load_customers, load_events
 from churnformer.data.featurizer import (
     BASE_CUSTOMER_NUMERIC,
     PADDING_ID,
@@ -27,6 +27,8 @@ from churnformer.data.featurizer import (
 )
 from churnformer.data.sequences import Sequences, build_sequences
 from churnformer.data.window import NS_PER_DAY, Window
+from churnformer.errors import InputError
+from churnformer.schema import CUSTOMER_CAT, CUSTOMER_NUM, EVENT_CAT, EVENT_NUM, LENGTHS, MODEL_INPUTS
 
 CUTOFF = "2024-06-30"
 WINDOW = Window.from_cutoff(CUTOFF, horizon_days=30)
@@ -38,11 +40,11 @@ def _events(rows: list[tuple], columns=("customer_id", "timestamp", "amount", "c
 
 
 def _num(featurizer: Featurizer, sequences: Sequences, name: str) -> np.ndarray:
-    return sequences.event_num[:, featurizer.event_numeric_names.index(name)]
+    return sequences.events[EVENT_NUM][:, featurizer.event_numeric_names.index(name)]
 
 
 def _cat(featurizer: Featurizer, sequences: Sequences, name: str) -> np.ndarray:
-    return sequences.event_cat[:, featurizer.event_categorical_names.index(name)]
+    return sequences.events[EVENT_CAT][:, featurizer.event_categorical_names.index(name)]
 
 
 def _customer_rows(sequences: Sequences, customer) -> slice:
@@ -57,8 +59,11 @@ def _decode_amounts(encoded: np.ndarray) -> np.ndarray:
 def assert_same_sequences(a: Sequences, b: Sequences, compare_report: bool = True) -> None:
     assert a.customer_ids.dtype.kind == b.customer_ids.dtype.kind
     assert list(a.customer_ids) == list(b.customer_ids)
-    for name in ("offsets", "event_cat", "event_num", "customer_cat", "customer_num", "n_events_total"):
-        left, right = getattr(a, name), getattr(b, name)
+    assert a.events.keys() == b.events.keys() and a.customers.keys() == b.customers.keys()
+    pairs = {"offsets": (a.offsets, b.offsets), "n_events_total": (a.n_events_total, b.n_events_total)}
+    pairs |= {name: (a.events[name], b.events[name]) for name in a.events}
+    pairs |= {name: (a.customers[name], b.customers[name]) for name in a.customers}
+    for name, (left, right) in pairs.items():
         assert left.dtype == right.dtype, name
         assert left.shape == right.shape, name
         assert np.array_equal(left, right), name
@@ -81,7 +86,7 @@ def _base_log() -> pd.DataFrame:
 
 def test_no_event_after_the_cutoff_reaches_any_feature():
     base = _base_log()
-    featurizer = fit_featurizer(base, config=FeaturizerConfig(max_len=4, min_category_count=1))
+    featurizer = fit_featurizer(base, config=FeaturizerConfig.with_defaults(max_len=4, min_category_count=1))
     before = build_sequences(base, WINDOW, featurizer)
 
     future = _events(
@@ -115,7 +120,7 @@ def test_events_at_end_of_cutoff_day_included_next_midnight_excluded():
             ("c", pd.Timestamp("2024-06-30 00:00:00"), 4.0, "web", 1.0),
         ]
     )
-    featurizer = fit_featurizer(events, config=FeaturizerConfig(min_category_count=1))
+    featurizer = fit_featurizer(events, config=FeaturizerConfig.with_defaults(min_category_count=1))
     sequences = build_sequences(events, Window.from_cutoff(CUTOFF), featurizer)
     assert list(sequences.customer_ids) == ["a", "c"]
     assert sequences.n_events_total.tolist() == [1, 1]
@@ -136,7 +141,7 @@ def test_truncation_keeps_the_latest_events_and_reports_it():
     rows += [("b", day + pd.Timedelta(days=k), float(100 + k), "web", 1.0) for k in range(4)]
     rows += [("c", day + pd.Timedelta(days=k), float(200 + k), "web", 1.0) for k in range(2)]
     events = _events(rows).sample(frac=1, random_state=3).reset_index(drop=True)
-    featurizer = fit_featurizer(events, config=FeaturizerConfig(max_len=4, min_category_count=1))
+    featurizer = fit_featurizer(events, config=FeaturizerConfig.with_defaults(max_len=4, min_category_count=1))
     sequences = build_sequences(events, WINDOW, featurizer)
 
     assert list(sequences.customer_ids) == ["a", "b", "c"]
@@ -161,16 +166,16 @@ def test_truncation_keeps_the_latest_events_and_reports_it():
 
     # Customer features count every event and date tenure from the true (truncated) first event.
     names = featurizer.customer_numeric_names
-    log_n = sequences.customer_num[:, names.index("log_n_events")]
+    log_n = sequences.customers[CUSTOMER_NUM][:, names.index("log_n_events")]
     assert np.allclose(np.expm1(log_n.astype(np.float64)), [10, 4, 2], rtol=1e-5)
-    tenure = np.expm1(sequences.customer_num[:, names.index("log_tenure_days")].astype(np.float64))
+    tenure = np.expm1(sequences.customers[CUSTOMER_NUM][:, names.index("log_tenure_days")].astype(np.float64))
     assert np.allclose(tenure, [30, 30, 30], rtol=1e-5)
 
 
 def test_max_len_one():
     rows = [("a", pd.Timestamp("2024-06-01") + pd.Timedelta(hours=k), float(k), "web", 1.0) for k in range(5)]
     events = _events(rows)
-    featurizer = fit_featurizer(events, config=FeaturizerConfig(max_len=1))
+    featurizer = fit_featurizer(events, config=FeaturizerConfig.with_defaults(max_len=1))
     sequences = build_sequences(events, WINDOW, featurizer)
     assert sequences.offsets.tolist() == [0, 1]
     assert np.allclose(_decode_amounts(_num(featurizer, sequences, "amount_signed_log")), [4.0], rtol=1e-5)
@@ -197,7 +202,9 @@ def test_shuffling_rows_changes_nothing_even_with_ties():
     ]
     events = _events(rows)
     for max_len in (3, 10):  # truncation falling inside the tied group, and none
-        featurizer = fit_featurizer(events, config=FeaturizerConfig(max_len=max_len, min_category_count=1))
+        featurizer = fit_featurizer(
+            events, config=FeaturizerConfig.with_defaults(max_len=max_len, min_category_count=1)
+        )
         expected = build_sequences(events, WINDOW, featurizer)
         for seed in range(12):
             shuffled = events.sample(frac=1, random_state=seed).reset_index(drop=True)
@@ -208,7 +215,7 @@ def test_shuffling_rows_changes_nothing_even_with_ties():
 
 def test_unsorted_index_is_irrelevant():
     events = _base_log()
-    featurizer = fit_featurizer(events, config=FeaturizerConfig(max_len=3))
+    featurizer = fit_featurizer(events, config=FeaturizerConfig.with_defaults(max_len=3))
     expected = build_sequences(events, WINDOW, featurizer)
     shuffled = events.sample(frac=1, random_state=1)  # index not reset: positions != labels
     assert_same_sequences(expected, build_sequences(shuffled, WINDOW, featurizer))
@@ -228,7 +235,7 @@ def _category_log() -> pd.DataFrame:
 
 def test_vocabulary_rare_values_unknown_and_missing():
     train = _category_log()
-    featurizer = fit_featurizer(train, config=FeaturizerConfig(max_len=100, min_category_count=3))
+    featurizer = fit_featurizer(train, config=FeaturizerConfig.with_defaults(max_len=100, min_category_count=3))
     encoder = featurizer.event_categorical[0]
     assert encoder.name == "channel"
     assert encoder.vocabulary == ["app", "web"]  # frequency, then value; "store" is rare
@@ -255,7 +262,7 @@ def test_vocabulary_rare_values_unknown_and_missing():
 
 def test_vocabulary_size_cap():
     train = _category_log()
-    featurizer = fit_featurizer(train, config=FeaturizerConfig(max_vocab_size=1, min_category_count=1))
+    featurizer = fit_featurizer(train, config=FeaturizerConfig.with_defaults(max_vocab_size=1, min_category_count=1))
     assert featurizer.event_categorical[0].vocabulary == ["app"]
     sequences = build_sequences(train, WINDOW, featurizer)
     ids = _cat(featurizer, sequences, "channel")
@@ -265,7 +272,7 @@ def test_vocabulary_size_cap():
 
 def test_vocabulary_does_not_depend_on_row_order():
     train = _category_log()
-    config = FeaturizerConfig(min_category_count=1)
+    config = FeaturizerConfig.with_defaults(min_category_count=1)
     expected = fit_featurizer(train, config=config).to_json()
     for seed in range(5):
         assert fit_featurizer(train.sample(frac=1, random_state=seed), config=config).to_json() == expected
@@ -273,7 +280,7 @@ def test_vocabulary_does_not_depend_on_row_order():
 
 def test_numeric_attribute_nan_is_zero_with_indicator():
     train = _category_log()
-    featurizer = fit_featurizer(train, config=FeaturizerConfig(max_len=100))
+    featurizer = fit_featurizer(train, config=FeaturizerConfig.with_defaults(max_len=100))
     scaler = featurizer.event_numeric[0]
     assert scaler.name == "score"
     assert scaler.mean == pytest.approx(5.5)
@@ -306,7 +313,7 @@ def test_string_categories_booleans_and_category_dtype_are_categorical():
             }
         )
     )
-    featurizer = fit_featurizer(events, config=FeaturizerConfig(min_category_count=1))
+    featurizer = fit_featurizer(events, config=FeaturizerConfig.with_defaults(min_category_count=1))
     assert [e.name for e in featurizer.event_categorical] == ["kind", "flag"]
     assert [s.name for s in featurizer.event_numeric] == ["qty"]
     sequences = build_sequences(events, WINDOW, featurizer)
@@ -317,7 +324,7 @@ def test_string_categories_booleans_and_category_dtype_are_categorical():
 def test_forced_categorical_and_dropped_columns():
     events = _category_log()
     featurizer = fit_featurizer(
-        events, config=FeaturizerConfig(categorical=["score"], drop=["channel"], min_category_count=1)
+        events, config=FeaturizerConfig.with_defaults(categorical=["score"], drop=["channel"], min_category_count=1)
     )
     assert [e.name for e in featurizer.event_categorical] == ["score"]
     assert featurizer.event_numeric == []
@@ -341,7 +348,7 @@ def test_forced_categorical_numbers_encode_the_same_with_and_without_nan():
             )
         )
 
-    config = FeaturizerConfig(categorical=["store"], min_category_count=1)
+    config = FeaturizerConfig.with_defaults(categorical=["store"], min_category_count=1)
     featurizer = fit_featurizer(log([10, 11, np.nan]), config=config)
     sequences = build_sequences(log([10, 11]), WINDOW, featurizer)
     assert _cat(featurizer, sequences, "store").tolist() == [2, 3]
@@ -358,18 +365,20 @@ def test_all_missing_categorical_values_are_unknown(where):
         ]
     )
     if where == "encoder":
-        encoder = fit_featurizer(events, config=FeaturizerConfig(min_category_count=1)).event_categorical[0]
+        encoder = fit_featurizer(events, config=FeaturizerConfig.with_defaults(min_category_count=1)).event_categorical[
+            0
+        ]
         ids, unseen = encoder.encode(pd.Series([None, np.nan], dtype=object))
         assert ids.tolist() == [UNKNOWN_ID, UNKNOWN_ID] and unseen == 0
         return
     customers = load_customers(pd.DataFrame({"customer_id": ["a", "b", "z"], "region": ["n", "s", "n"]}))
-    featurizer = fit_featurizer(events, customers, FeaturizerConfig(min_category_count=1))
+    featurizer = fit_featurizer(events, customers, FeaturizerConfig.with_defaults(min_category_count=1))
     if where == "events":  # the scoring batch has no channel for any event in the window
         events["channel"] = events["channel"].where(events["timestamp"] >= FEATURE_END, None)
     else:  # the customers that have events have no region
         customers["region"] = [None, None, "n"]
     sequences = build_sequences(events, WINDOW, featurizer, customers)
-    column = _cat(featurizer, sequences, "channel") if where == "events" else sequences.customer_cat[:, 0]
+    column = _cat(featurizer, sequences, "channel") if where == "events" else sequences.customers[CUSTOMER_CAT][:, 0]
     assert column.tolist() == [UNKNOWN_ID, UNKNOWN_ID]
     assert sum(sequences.report.unknown_categories.values()) == 0
 
@@ -409,9 +418,9 @@ def _static_setup():
     return events, customers
 
 
-def test_featurizer_json_round_trip(tmp_path):
+def test_featurizer_json_round_trip():
     events, customers = _static_setup()
-    featurizer = fit_featurizer(events, customers, FeaturizerConfig(max_len=3, min_category_count=1))
+    featurizer = fit_featurizer(events, customers, FeaturizerConfig.with_defaults(max_len=3, min_category_count=1))
     text = featurizer.to_json()
     json.loads(text)  # plain JSON
     restored = Featurizer.from_json(text)
@@ -419,13 +428,6 @@ def test_featurizer_json_round_trip(tmp_path):
     assert restored.to_json() == text
     assert_same_sequences(
         build_sequences(events, WINDOW, featurizer, customers), build_sequences(events, WINDOW, restored, customers)
-    )
-    path = tmp_path / "featurizer.json"
-    featurizer.save(path)
-    loaded = Featurizer.load(path)
-    assert loaded == featurizer
-    assert_same_sequences(
-        build_sequences(events, WINDOW, featurizer, customers), build_sequences(events, WINDOW, loaded, customers)
     )
 
 
@@ -436,7 +438,7 @@ def test_wrong_format_version_rejected(version):
         del state["format_version"]
     else:
         state["format_version"] = version
-    with pytest.raises(EventLogError, match="format version"):
+    with pytest.raises(InputError, match="format version"):
         Featurizer.from_json(json.dumps(state))
 
 
@@ -445,17 +447,17 @@ def test_wrong_format_version_rejected(version):
 
 def test_static_attributes_are_joined_and_absent_customers_unknown():
     events, customers = _static_setup()  # c4 has events but no row in the table
-    featurizer = fit_featurizer(events, customers, FeaturizerConfig(min_category_count=1))
+    featurizer = fit_featurizer(events, customers, FeaturizerConfig.with_defaults(min_category_count=1))
     assert featurizer.customer_categorical_names == ["region"]
     assert featurizer.customer_numeric_names == [*BASE_CUSTOMER_NUMERIC, "age", "age__missing"]
     sequences = build_sequences(events, WINDOW, featurizer, customers)
     assert list(sequences.customer_ids) == ["c1", "c2", "c3", "c4"]
     vocab = featurizer.customer_categorical[0].vocabulary
     assert vocab == ["north", "south"]
-    assert sequences.customer_cat[:, 0].tolist() == [2, 3, 2, UNKNOWN_ID]
+    assert sequences.customers[CUSTOMER_CAT][:, 0].tolist() == [2, 3, 2, UNKNOWN_ID]
     names = featurizer.customer_numeric_names
-    age = sequences.customer_num[:, names.index("age")]
-    age_missing = sequences.customer_num[:, names.index("age__missing")]
+    age = sequences.customers[CUSTOMER_NUM][:, names.index("age")]
+    age_missing = sequences.customers[CUSTOMER_NUM][:, names.index("age__missing")]
     assert age_missing.tolist() == [0.0, 1.0, 0.0, 1.0]
     assert age.tolist()[1] == 0.0 and age.tolist()[3] == 0.0
     assert age[0] == pytest.approx(-1.0) and age[2] == pytest.approx(1.0)
@@ -465,9 +467,11 @@ def test_static_attributes_are_joined_and_absent_customers_unknown():
 
 def test_static_table_unknown_region_counted():
     events, customers = _static_setup()
-    featurizer = fit_featurizer(events, customers, FeaturizerConfig(min_category_count=2))  # "south" is rare
+    featurizer = fit_featurizer(
+        events, customers, FeaturizerConfig.with_defaults(min_category_count=2)
+    )  # "south" is rare
     sequences = build_sequences(events, WINDOW, featurizer, customers)
-    assert sequences.customer_cat[:, 0].tolist() == [2, UNKNOWN_ID, 2, UNKNOWN_ID]
+    assert sequences.customers[CUSTOMER_CAT][:, 0].tolist() == [2, UNKNOWN_ID, 2, UNKNOWN_ID]
     assert sequences.report.unknown_categories["customers.region"] == 1
 
 
@@ -484,18 +488,18 @@ def test_int_and_string_ids_match_across_tables(event_ids, table_ids):
         )
     )
     customers = load_customers(pd.DataFrame({"customer_id": table_ids, "segment": ["gold", "silver"]}))
-    featurizer = fit_featurizer(events, customers, FeaturizerConfig(min_category_count=1))
+    featurizer = fit_featurizer(events, customers, FeaturizerConfig.with_defaults(min_category_count=1))
     sequences = build_sequences(events, WINDOW, featurizer, customers)
     assert list(sequences.customer_ids) == event_ids[1:]  # ids come back as given in the events
     vocab = featurizer.customer_categorical[0].vocabulary
     expected = [vocab.index("gold") + 2, vocab.index("silver") + 2, UNKNOWN_ID]
-    assert sequences.customer_cat[:, 0].tolist() == expected
+    assert sequences.customers[CUSTOMER_CAT][:, 0].tolist() == expected
     assert sequences.report.customers_without_static == 1
 
 
 def test_static_table_row_order_and_extra_customers_do_not_matter():
     events, customers = _static_setup()
-    featurizer = fit_featurizer(events, customers, FeaturizerConfig(min_category_count=1))
+    featurizer = fit_featurizer(events, customers, FeaturizerConfig.with_defaults(min_category_count=1))
     expected = build_sequences(events, WINDOW, featurizer, customers)
     extra = pd.DataFrame({"customer_id": ["zz", "c0"], "region": ["east", "west"], "age": [1.0, 2.0]})
     shuffled = load_customers(pd.concat([customers, extra]).sample(frac=1, random_state=4))
@@ -504,28 +508,28 @@ def test_static_table_row_order_and_extra_customers_do_not_matter():
 
 def test_static_featurizer_without_a_table_gives_unknowns():
     events, customers = _static_setup()
-    featurizer = fit_featurizer(events, customers, FeaturizerConfig(min_category_count=1))
+    featurizer = fit_featurizer(events, customers, FeaturizerConfig.with_defaults(min_category_count=1))
     sequences = build_sequences(events, WINDOW, featurizer, None)
-    assert sequences.customer_cat[:, 0].tolist() == [UNKNOWN_ID] * 4
+    assert sequences.customers[CUSTOMER_CAT][:, 0].tolist() == [UNKNOWN_ID] * 4
     missing = featurizer.customer_numeric_names.index("age__missing")
-    assert sequences.customer_num[:, missing].tolist() == [1.0] * 4
+    assert sequences.customers[CUSTOMER_NUM][:, missing].tolist() == [1.0] * 4
     assert sequences.report.customers_without_static == 4
 
 
 def test_attribute_columns_missing_at_build_time_are_named():
     events, customers = _static_setup()
-    featurizer = fit_featurizer(events, customers, FeaturizerConfig(min_category_count=1))
-    with pytest.raises(EventLogError, match=r"\['channel'\]"):
+    featurizer = fit_featurizer(events, customers, FeaturizerConfig.with_defaults(min_category_count=1))
+    with pytest.raises(InputError, match=r"\['channel'\]"):
         build_sequences(events.drop(columns=["channel"]), WINDOW, featurizer, customers)
-    with pytest.raises(EventLogError, match=r"\['age'\]"):
+    with pytest.raises(InputError, match=r"\['age'\]"):
         build_sequences(events, WINDOW, featurizer, customers.drop(columns=["age"]))
 
 
 def test_no_static_attributes():
     events = _base_log()
     sequences = build_sequences(events, WINDOW, fit_featurizer(events))
-    assert sequences.customer_cat.shape == (4, 0)
-    assert sequences.customer_num.shape == (4, len(BASE_CUSTOMER_NUMERIC))
+    assert sequences.customers[CUSTOMER_CAT].shape == (4, 0)
+    assert sequences.customers[CUSTOMER_NUM].shape == (4, len(BASE_CUSTOMER_NUMERIC))
     assert sequences.report.customers_without_static == 0
 
 
@@ -534,43 +538,42 @@ def test_no_static_attributes():
 
 def test_pad_subset_equals_rows_of_full_padding():
     events = _base_log()
-    featurizer = fit_featurizer(events, config=FeaturizerConfig(max_len=6, min_category_count=1))
+    featurizer = fit_featurizer(events, config=FeaturizerConfig.with_defaults(max_len=6, min_category_count=1))
     sequences = build_sequences(events, WINDOW, featurizer)
     assert sequences.lengths.tolist() == [3, 5, 6, 6]
     full = sequences.pad()
-    assert full.event_cat.shape == (4, 6, sequences.event_cat.shape[1])
-    assert full.event_num.shape == (4, 6, sequences.event_num.shape[1])
-    assert full.event_cat.dtype == np.int32 and full.event_num.dtype == np.float32
-    assert full.lengths.dtype == np.int64
+    assert full[EVENT_CAT].shape == (4, 6, sequences.events[EVENT_CAT].shape[1])
+    assert full[EVENT_NUM].shape == (4, 6, sequences.events[EVENT_NUM].shape[1])
+    assert full[EVENT_CAT].dtype == np.int32 and full[EVENT_NUM].dtype == np.float32
+    assert full[LENGTHS].dtype == np.int64
 
     for rows in ([2, 0], [0], [1, 0], [3, 3, 0], list(range(4))):
         batch = sequences.pad(np.array(rows))
         width = max(sequences.lengths[rows])
-        assert batch.event_cat.shape[1] == width
-        assert np.array_equal(batch.event_cat, full.event_cat[rows, :width])
-        assert np.array_equal(batch.event_num, full.event_num[rows, :width])
-        assert batch.lengths.tolist() == sequences.lengths[rows].tolist()
-        assert np.array_equal(batch.customer_cat, sequences.customer_cat[rows])
-        assert np.array_equal(batch.customer_num, sequences.customer_num[rows])
+        assert batch[EVENT_CAT].shape[1] == width
+        assert np.array_equal(batch[EVENT_CAT], full[EVENT_CAT][rows, :width])
+        assert np.array_equal(batch[EVENT_NUM], full[EVENT_NUM][rows, :width])
+        assert batch[LENGTHS].tolist() == sequences.lengths[rows].tolist()
+        assert np.array_equal(batch[CUSTOMER_CAT], sequences.customers[CUSTOMER_CAT][rows])
+        assert np.array_equal(batch[CUSTOMER_NUM], sequences.customers[CUSTOMER_NUM][rows])
 
     for b in range(4):
-        length = int(full.lengths[b])
+        length = int(full[LENGTHS][b])
         rows = slice(int(sequences.offsets[b]), int(sequences.offsets[b + 1]))
-        assert np.array_equal(full.event_cat[b, :length], sequences.event_cat[rows])
-        assert np.array_equal(full.event_num[b, :length], sequences.event_num[rows])
-        assert (full.event_cat[b, length:] == PADDING_ID).all()
-        assert (full.event_num[b, length:] == 0).all()
-    assert (sequences.event_cat != PADDING_ID).all()  # real events never use the padding id
+        assert np.array_equal(full[EVENT_CAT][b, :length], sequences.events[EVENT_CAT][rows])
+        assert np.array_equal(full[EVENT_NUM][b, :length], sequences.events[EVENT_NUM][rows])
+        assert (full[EVENT_CAT][b, length:] == PADDING_ID).all()
+        assert (full[EVENT_NUM][b, length:] == 0).all()
+    assert (sequences.events[EVENT_CAT] != PADDING_ID).all()  # real events never use the padding id
 
-    inputs = full.as_inputs()
-    assert set(inputs) == {"event_cat", "event_num", "lengths", "customer_cat", "customer_num"}
+    assert set(full) == set(MODEL_INPUTS)
 
 
 def test_pad_empty_selection():
     events = _base_log()
     sequences = build_sequences(events, WINDOW, fit_featurizer(events))
     batch = sequences.pad(np.array([], dtype=np.int64))
-    assert batch.event_cat.shape[0] == 0 and batch.lengths.tolist() == []
+    assert batch[EVENT_CAT].shape[0] == 0 and batch[LENGTHS].tolist() == []
 
 
 def test_no_event_before_cutoff_gives_empty_sequences():
@@ -580,7 +583,7 @@ def test_no_event_before_cutoff_gives_empty_sequences():
     assert len(sequences) == 0
     assert sequences.offsets.tolist() == [0]
     assert sequences.report.events_after_cutoff == len(events)
-    assert sequences.pad().event_num.shape[0] == 0
+    assert sequences.pad()[EVENT_NUM].shape[0] == 0
 
 
 # ------------------------------------------------------------------------------ property-based
@@ -647,7 +650,9 @@ PROPERTY_SETTINGS = settings(
 
 def _build(raw: pd.DataFrame, window: Window, max_len: int, min_count: int):
     events = load_events(raw)
-    featurizer = fit_featurizer(events, config=FeaturizerConfig(max_len=max_len, min_category_count=min_count))
+    featurizer = fit_featurizer(
+        events, config=FeaturizerConfig.with_defaults(max_len=max_len, min_category_count=min_count)
+    )
     return events, featurizer, build_sequences(events, window, featurizer)
 
 
@@ -696,11 +701,11 @@ def test_property_structure_and_pandas_reference(log):
     assert (np.diff(offsets) >= 1).all()
     assert offsets[-1] == sum(min(c, max_len) for c in reference_counts)
     assert (sequences.lengths <= max_len).all()
-    assert len(sequences.event_cat) == len(sequences.event_num) == offsets[-1]
-    assert np.isfinite(sequences.event_num).all() and np.isfinite(sequences.customer_num).all()
+    assert len(sequences.events[EVENT_CAT]) == len(sequences.events[EVENT_NUM]) == offsets[-1]
+    assert np.isfinite(sequences.events[EVENT_NUM]).all() and np.isfinite(sequences.customers[CUSTOMER_NUM]).all()
     for j, cardinality in enumerate(featurizer.event_categorical_cardinalities):
-        assert sequences.event_cat[:, j].min(initial=1) >= 1
-        assert sequences.event_cat[:, j].max(initial=1) < cardinality
+        assert sequences.events[EVENT_CAT][:, j].min(initial=1) >= 1
+        assert sequences.events[EVENT_CAT][:, j].max(initial=1) < cardinality
 
     report = sequences.report
     assert report.events_read == len(events)
@@ -722,7 +727,7 @@ def test_property_structure_and_pandas_reference(log):
         n, length = len(ns), min(len(ns), max_len)
         kept_ns = ns[n - length :]
         rows = slice(int(offsets[i]), int(offsets[i + 1]))
-        num, cat = sequences.event_num[rows], sequences.event_cat[rows]
+        num, cat = sequences.events[EVENT_NUM][rows], sequences.events[EVENT_CAT][rows]
 
         days_before = np.log1p((fe - kept_ns) / NS_PER_DAY)
         assert np.allclose(num[:, names.index("log_days_before_cutoff")], days_before, rtol=1e-6, atol=1e-6)
@@ -738,11 +743,15 @@ def test_property_structure_and_pandas_reference(log):
 
         tenure = np.log1p((fe - ns[0]) / NS_PER_DAY)
         customer_names = featurizer.customer_numeric_names
-        assert sequences.customer_num[i, customer_names.index("log_n_events")] == pytest.approx(np.log1p(n), rel=1e-6)
-        assert sequences.customer_num[i, customer_names.index("log_tenure_days")] == pytest.approx(tenure, rel=1e-6)
+        assert sequences.customers[CUSTOMER_NUM][i, customer_names.index("log_n_events")] == pytest.approx(
+            np.log1p(n), rel=1e-6
+        )
+        assert sequences.customers[CUSTOMER_NUM][i, customer_names.index("log_tenure_days")] == pytest.approx(
+            tenure, rel=1e-6
+        )
         # History summary over every event up to the cutoff (truncated ones too); a purchase is amount > 0.
         bought = group[group["amount"] > 0]
-        summary = dict(zip(customer_names, sequences.customer_num[i].astype(np.float64), strict=False))
+        summary = dict(zip(customer_names, sequences.customers[CUSTOMER_NUM][i].astype(np.float64), strict=False))
         assert summary["log_purchases"] == pytest.approx(np.log1p(len(bought)), rel=1e-6)
         assert summary["has_purchase"] == float(len(bought) > 0)
         purchase_days = np.unique(bought["ns"].to_numpy() // NS_PER_DAY)

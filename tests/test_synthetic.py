@@ -8,7 +8,7 @@ import pytest
 
 from churnformer.data.synthetic import SyntheticWorldConfig, generate_world, main, write_world
 
-SMALL = SyntheticWorldConfig(n_customers=400, n_weeks=30, seed=3)
+SMALL = SyntheticWorldConfig.with_defaults(n_customers=400, n_weeks=30, seed=3)
 CUTOFF_WEEK = 78
 HORIZON = pd.Timedelta(days=90)
 RECENT = pd.Timedelta(weeks=8)
@@ -16,12 +16,12 @@ RECENT = pd.Timedelta(weeks=8)
 
 @pytest.fixture(scope="module")
 def world() -> tuple[pd.DataFrame, pd.DataFrame]:
-    return generate_world(SyntheticWorldConfig())
+    return generate_world(SyntheticWorldConfig.with_defaults(n_customers=6000))
 
 
 @pytest.fixture(scope="module")
 def cutoff() -> pd.Timestamp:
-    return pd.Timestamp(SyntheticWorldConfig().start) + pd.Timedelta(weeks=CUTOFF_WEEK)
+    return pd.Timestamp(SyntheticWorldConfig.with_defaults(n_customers=6000).start) + pd.Timedelta(weeks=CUTOFF_WEEK)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_same_seed_gives_identical_frames():
 
 def test_different_seeds_differ():
     events, _ = generate_world(SMALL)
-    other, _ = generate_world(SyntheticWorldConfig(n_customers=400, n_weeks=30, seed=4))
+    other, _ = generate_world(SyntheticWorldConfig.with_defaults(n_customers=400, n_weeks=30, seed=4))
     assert not events.equals(other)
 
 
@@ -67,7 +67,7 @@ def test_event_schema(world):
 
 def test_events_sorted_and_inside_log(world):
     events, _ = world
-    config = SyntheticWorldConfig()
+    config = SyntheticWorldConfig.with_defaults(n_customers=6000)
     start = pd.Timestamp(config.start)
     assert events["timestamp"].min() >= start
     assert events["timestamp"].max() < start + pd.Timedelta(weeks=config.n_weeks)
@@ -100,7 +100,7 @@ def test_amounts_follow_event_types(world):
 
 def test_signups_are_staggered_over_the_first_60_percent(world):
     events, _ = world
-    config = SyntheticWorldConfig()
+    config = SyntheticWorldConfig.with_defaults(n_customers=6000)
     first_week = (events.groupby("customer_id")["timestamp"].min() - pd.Timestamp(config.start)).dt.days // 7
     assert first_week.max() < 0.6 * config.n_weeks
     assert first_week.min() < 0.1 * config.n_weeks

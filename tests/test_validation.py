@@ -17,12 +17,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churnformer.data.events import MAX_ABS_AMOUNT, ColumnMapping, EventLogError, load_customers, load_events
+from churnformer.data.events import MAX_ABS_AMOUNT, ColumnMapping, load_customers, load_events
 from churnformer.data.featurizer import FeatureMismatchError, FeaturizerConfig, fit_featurizer
 from churnformer.data.labels import make_labels
 from churnformer.data.sequences import Sequences, build_sequences
 from churnformer.data.window import Window, require_events_before
-from churnformer.scoring import Predictor, ScoringResult
+from churnformer.errors import InputError, ModelFileError
+from churnformer.serving.output import ScoringResult
+from churnformer.serving.predictor import Predictor
 from tests.conftest import TINY_CUTOFF, Finished, run_in_process
 
 CUTOFF = "2024-06-30"
@@ -64,8 +66,11 @@ def _train_cli(events: Path, tmp_path: Path, *extra: str) -> Finished:
 
 def _same_features(a: Sequences, b: Sequences) -> None:
     assert list(a.customer_ids) == list(b.customer_ids)
-    for name in ("offsets", "event_cat", "event_num", "customer_cat", "customer_num", "n_events_total"):
-        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    assert np.array_equal(a.offsets, b.offsets) and np.array_equal(a.n_events_total, b.n_events_total)
+    for name in a.events:
+        assert np.array_equal(a.events[name], b.events[name]), name
+    for name in a.customers:
+        assert np.array_equal(a.customers[name], b.customers[name]), name
 
 
 # --------------------------------------------------------------------------------- the event file
@@ -76,7 +81,7 @@ def test_missing_required_column_names_file_and_column(tmp_path, column):
     frame = pd.DataFrame({"customer_id": ["a"], "timestamp": ["2024-01-01"], "amount": [1.0], "channel": ["web"]})
     path = tmp_path / "events.csv"
     frame.drop(columns=[column]).to_csv(path, index=False)
-    with pytest.raises(EventLogError) as error:
+    with pytest.raises(InputError) as error:
         load_events(path)
     message = _message(error)
     assert str(path) in message and f"required column(s) ['{column}'] not found" in message
@@ -91,7 +96,7 @@ def test_missing_required_column_through_the_cli_exits_2(trained_run, tmp_path):
 
 def test_column_mapping_to_a_missing_column_names_the_mapped_name(tmp_path):
     path = _write(tmp_path, "events.csv", "user,ts,amount\nu1,2024-01-01,1\n")
-    with pytest.raises(EventLogError) as error:
+    with pytest.raises(InputError) as error:
         load_events(path, ColumnMapping(customer_id="user", timestamp="when"))
     message = _message(error)
     assert str(path) in message and "['when']" in message
@@ -108,7 +113,7 @@ def test_column_mapping_to_a_missing_column_through_the_cli_exits_2(trained_run,
 def test_empty_file_is_named(tmp_path, name):
     path = tmp_path / name
     path.write_bytes(b"")
-    with pytest.raises(EventLogError) as error:
+    with pytest.raises(InputError) as error:
         load_events(path)
     assert _message(error) == f"{path}: the file is empty (0 bytes); expected a header row and events"
 
@@ -122,7 +127,7 @@ def test_empty_file_through_the_predict_cli_exits_2(trained_run, tmp_path):
 
 def test_file_of_blank_lines_has_no_header(tmp_path):
     path = _write(tmp_path, "events.csv", "\n\n")
-    with pytest.raises(EventLogError, match="no header row and no events") as error:
+    with pytest.raises(InputError, match="no header row and no events") as error:
         load_events(path)
     assert str(path) in _message(error)
 
@@ -134,14 +139,14 @@ def test_header_only_file_has_no_events(tmp_path, kind):
         path.write_text(HEADER)
     else:
         pd.DataFrame({"customer_id": pd.Series([], dtype=str), "timestamp": [], "amount": []}).to_parquet(path)
-    with pytest.raises(EventLogError) as error:
+    with pytest.raises(InputError) as error:
         load_events(path)
     assert _message(error) == f"{path}: no events (the table is empty: a header and no rows)"
 
 
 def test_unparseable_timestamps_name_column_rows_and_an_example(tmp_path):
     path = _write(tmp_path, "events.csv", HEADER + "a,2024-01-01,1,web\nb,yesterday,2,web\nc,2024-13-45,3,app\n")
-    with pytest.raises(EventLogError) as error:
+    with pytest.raises(InputError) as error:
         load_events(path)
     message = _message(error)
     assert message.startswith(f"{path}, column 'timestamp': missing or unparseable timestamps")
@@ -166,7 +171,7 @@ def test_nan_or_infinite_amounts_name_rows(tmp_path, bad):
     path = _write(
         tmp_path, "events.csv", HEADER + f"a,2024-01-01,1,web\nb,2024-01-02,{bad},web\nc,2024-01-03,{bad},x\n"
     )
-    with pytest.raises(EventLogError) as error:
+    with pytest.raises(InputError) as error:
         load_events(path)
     message = _message(error)
     assert message.startswith(
@@ -176,7 +181,7 @@ def test_nan_or_infinite_amounts_name_rows(tmp_path, bad):
 
 def test_non_numeric_amount_strings_name_rows_and_an_example(tmp_path):
     path = _write(tmp_path, "events.csv", HEADER + "a,2024-01-01,12.50,web\nb,2024-01-02,$3,web\nc,2024-01-03,-1,web\n")
-    with pytest.raises(EventLogError) as error:
+    with pytest.raises(InputError) as error:
         load_events(path, ColumnMapping())
     message = _message(error)
     assert message.startswith(f"{path}, column 'amount': non-numeric amounts in 1 row(s), first at row index 1")
@@ -190,7 +195,7 @@ def test_extreme_amounts_name_rows(tmp_path):
         "events.csv",
         HEADER + "a,2024-01-01,1,web\nb,2024-01-02,1704153600000,web\nc,2024-01-03,-2e12,web\nd,2024-01-04,5,web\n",
     )
-    with pytest.raises(EventLogError) as error:
+    with pytest.raises(InputError) as error:
         load_events(path)
     message = _message(error)
     assert message.startswith(f"{path}, column 'amount': amounts of absolute value >= 1e+12 in 2 row(s)")
@@ -210,7 +215,7 @@ def test_customer_ids_of_mixed_types_name_types_and_rows():
             "amount": [1.0] * 5,
         }
     )
-    with pytest.raises(EventLogError) as error:
+    with pytest.raises(InputError) as error:
         load_events(frame, name="events.parquet")
     message = _message(error)
     assert message.startswith("events.parquet, column 'customer_id': customer ids mix types (3 str, 1 int, 1 float)")
@@ -221,7 +226,7 @@ def test_customer_ids_of_different_types_across_files_still_match(tmp_path):
     """Integer ids in Parquet events and the same ids as CSV text in the customers file are one customer."""
     events = load_events(pd.DataFrame({"customer_id": [1, 2], "timestamp": ["2024-01-01"] * 2, "amount": [1.0, 2.0]}))
     customers = load_customers(_write(tmp_path, "customers.csv", "customer_id,region\n1,north\n2,south\n"))
-    featurizer = fit_featurizer(events, customers, FeaturizerConfig(min_category_count=1))
+    featurizer = fit_featurizer(events, customers, FeaturizerConfig.with_defaults(min_category_count=1))
     sequences = build_sequences(events, WINDOW, featurizer, customers)
     assert sequences.report.customers_without_static == 0
 
@@ -244,7 +249,7 @@ def test_misnamed_or_corrupt_parquet_names_the_file(tmp_path, name, content, exp
     data = {"truncated": raw[: len(raw) // 2], "parquet": raw}.get(content, content)
     path = tmp_path / name
     path.write_bytes(data)
-    with pytest.raises(EventLogError) as error:
+    with pytest.raises(InputError) as error:
         load_events(path)
     assert _message(error).startswith(f"{path}: {expected}")
 
@@ -271,7 +276,7 @@ def test_duplicate_identical_events_are_dropped_and_counted():
         ("b", "2024-07-05", 9.0, "web"),
     ]
     events = _log(rows)
-    featurizer = fit_featurizer(events, config=FeaturizerConfig(min_category_count=1))
+    featurizer = fit_featurizer(events, config=FeaturizerConfig.with_defaults(min_category_count=1))
     built = build_sequences(events, WINDOW, featurizer)
     assert built.report.events_duplicate == 3
     assert built.report.events_after_cutoff == 2
@@ -288,7 +293,7 @@ def test_duplicate_identical_events_are_dropped_and_counted():
 def test_unsorted_input_is_fine():
     rows = [(f"c{k % 3}", pd.Timestamp("2024-05-01") + pd.Timedelta(hours=7 * k), float(k), "web") for k in range(30)]
     events = _log(rows)
-    featurizer = fit_featurizer(events, config=FeaturizerConfig(max_len=4, min_category_count=1))
+    featurizer = fit_featurizer(events, config=FeaturizerConfig.with_defaults(max_len=4, min_category_count=1))
     ordered = build_sequences(events, WINDOW, featurizer)
     shuffled = build_sequences(events.sample(frac=1, random_state=1).reset_index(drop=True), WINDOW, featurizer)
     reversed_ = build_sequences(events.iloc[::-1].reset_index(drop=True), WINDOW, featurizer)
@@ -309,7 +314,7 @@ def test_very_long_histories_are_truncated_and_counted():
     rows = [("long", pd.Timestamp("2024-01-01") + pd.Timedelta(days=k), 1.0, "web") for k in range(50)]
     rows += [("short", pd.Timestamp("2024-02-01") + pd.Timedelta(days=k), 1.0, "web") for k in range(3)]
     events = _log(rows)
-    featurizer = fit_featurizer(events, config=FeaturizerConfig(max_len=8))
+    featurizer = fit_featurizer(events, config=FeaturizerConfig.with_defaults(max_len=8))
     built = build_sequences(events, WINDOW, featurizer)
     assert built.report.events_truncated == 42 and built.report.customers_truncated == 1
     assert built.lengths.tolist() == [8, 3] and built.n_events_total.tolist() == [50, 3]  # counts keep everything
@@ -317,7 +322,7 @@ def test_very_long_histories_are_truncated_and_counted():
 
 def test_unseen_categories_go_to_the_unknown_bucket_and_are_counted():
     training = _log([("a", "2024-06-01", 1.0, "web"), ("b", "2024-06-02", 1.0, "app")])
-    featurizer = fit_featurizer(training, config=FeaturizerConfig(min_category_count=1))
+    featurizer = fit_featurizer(training, config=FeaturizerConfig.with_defaults(min_category_count=1))
     scoring = _log(
         [
             ("a", "2024-06-01", 1.0, "web"),
@@ -336,7 +341,7 @@ def test_unseen_categories_go_to_the_unknown_bucket_and_are_counted():
 
 @pytest.mark.parametrize("horizon", [0, -30, math.nan, math.inf, "ninety", True, None])
 def test_horizon_not_a_positive_number_of_days_is_an_error(horizon):
-    with pytest.raises(EventLogError) as error:
+    with pytest.raises(InputError) as error:
         Window.from_cutoff(CUTOFF, horizon_days=horizon)
     assert _message(error) == f"horizon_days must be a finite number of days > 0, got {horizon!r}"
 
@@ -350,13 +355,13 @@ def test_horizon_zero_through_the_train_cli_exits_2(tiny_world, tmp_path):
 
 @pytest.mark.parametrize("cutoff", [20240630, 2024.5])
 def test_cutoff_given_as_a_number_is_an_error(cutoff):
-    with pytest.raises(EventLogError, match="is a number; write it as a date, YYYY-MM-DD"):
+    with pytest.raises(InputError, match="is a number; write it as a date, YYYY-MM-DD"):
         Window.from_cutoff(cutoff)
 
 
 def test_cutoff_before_every_event_is_an_error():
     stamps = _log([("a", "2024-05-01", 1.0, "web"), ("b", "2024-03-01", 1.0, "web")])["timestamp"]
-    with pytest.raises(EventLogError) as error:
+    with pytest.raises(InputError) as error:
         require_events_before(stamps, Window.from_cutoff("2024-01-31"), "log.csv")
     assert _message(error) == (
         "log.csv: no events up to the cutoff 2024-01-31; the log starts at 2024-03-01 00:00:00 "
@@ -377,7 +382,7 @@ def test_cutoff_before_every_event_in_training_exits_2(tiny_world, tmp_path):
 
 def test_cutoff_after_every_event_leaves_no_labels_an_error():
     events = _log([("a", "2024-03-01", 1.0, "web"), ("b", "2024-06-30 23:00", 1.0, "web")])
-    with pytest.raises(EventLogError) as error:
+    with pytest.raises(InputError) as error:
         make_labels(events, WINDOW, np.array(["a", "b"], dtype=object))
     message = _message(error)
     assert message.startswith("log.csv: no events after the cutoff 2024-06-30 (the log ends at 2024-06-30 23:00:00)")
@@ -507,7 +512,7 @@ def test_cutoff_after_every_event_at_scoring_is_fine(predictor, world_events, ti
 
 
 def test_cutoff_before_every_event_at_scoring_is_an_error(predictor, tiny_world):
-    with pytest.raises(EventLogError) as error:
+    with pytest.raises(InputError) as error:
         predictor.predict(tiny_world[0], "2020-01-01", tiny_world[1])
     assert _message(error).startswith(f"{tiny_world[0]}: no events up to the cutoff 2020-01-01; the log starts at")
 
@@ -582,7 +587,7 @@ MODEL_CASES = {
 @pytest.mark.parametrize("kind", list(MODEL_CASES))
 def test_bad_model_file_is_named(trained_run, tmp_path, kind):
     path = _bad_model(trained_run, tmp_path, kind)
-    with pytest.raises(EventLogError) as error:
+    with pytest.raises(ModelFileError) as error:
         Predictor(path)
     assert _message(error).startswith(f"{path}: {MODEL_CASES[kind]}")
 
@@ -606,7 +611,7 @@ def test_debug_true_shows_the_traceback_above_the_same_line(trained_run, tmp_pat
     path = _write(tmp_path, "events.csv", "customer_id,amount\nC1,1.0\n")
     result = _predict_cli(trained_run, path, tmp_path, "debug=true")
     assert result.code == 2
-    assert result.err.startswith("Traceback") and "EventLogError" in result.err
+    assert result.err.startswith("Traceback") and "InputError" in result.err
     assert result.err.splitlines()[-1] == _predict_cli(trained_run, path, tmp_path).error_line
 
 
@@ -644,7 +649,7 @@ def test_memory_budget_below_the_floor_is_refused_at_start_up(trained_run, tiny_
 
 
 def test_a_failed_run_is_marked_in_the_runs_table(tiny_world, tmp_path, capsys):
-    from churnformer.runs import main
+    from churnformer.training.runs import main
 
     _train_cli(tiny_world[0], tmp_path, "data.cutoff=2020-01-01")
     assert main([str(tmp_path), "--format", "csv"]) == 0
@@ -661,6 +666,6 @@ def test_a_failed_run_is_marked_in_the_runs_table(tiny_world, tmp_path, capsys):
 def test_timestamps_outside_the_representable_range_name_rows(timestamps: list, expected: str) -> None:
     """Found by fuzzing: these used to crash with pandas' OutOfBoundsDatetime."""
     frame = pd.DataFrame({"customer_id": ["a", "b"], "timestamp": timestamps, "amount": [1.0, 2.0]})
-    with pytest.raises(EventLogError, match=expected) as error:
+    with pytest.raises(InputError, match=expected) as error:
         load_events(frame)
     assert "1 row(s), first at row index 1" in str(error.value)

@@ -15,7 +15,7 @@ import pandas as pd
 from hydra import compose, initialize_config_module
 
 from churnformer.data.events import ColumnMapping
-from churnformer.scoring import Predictor
+from churnformer.serving.predictor import Predictor
 
 
 @dataclass
@@ -40,7 +40,7 @@ def train(
     """Train on DataFrames; ``columns`` maps your column names (``{"customer_id": "user", ...}``, as
     ``data.columns.*``) and the model keeps the mapping for :func:`predict`; ``overrides`` are the CLI's
     ``key=value`` strings (e.g. ``"trainer.max_epochs=3"``)."""
-    from churnformer.train import train as run_training  # torch is imported only when training
+    from churnformer.training.job import train as run_training  # torch is imported only when training
 
     output_dir = Path(output_dir).resolve()
     with initialize_config_module("churnformer.conf", version_base="1.3"):
@@ -48,7 +48,7 @@ def train(
             "train",
             overrides=[
                 "data=csv",
-                "data.events=in-memory",  # replaced by the DataFrame below
+                "data.events=DataFrame",  # the DataFrames below replace the files
                 f"data.cutoff={cutoff}",
                 f"data.horizon_days={horizon_days}",
                 f"paths.output_dir={output_dir}",

@@ -162,7 +162,7 @@ def console_script(main: Callable[[], Any]) -> Callable[[], None]:
 
 
 def _train(cfg: DictConfig) -> float | None:
-    from churnformer.train import configured_metric, train
+    from churnformer.training.job import configured_metric, train
 
     return configured_metric(cfg, train(cfg))
 
@@ -170,12 +170,12 @@ def _train(cfg: DictConfig) -> float | None:
 def _export(cfg: DictConfig) -> None:
     from pathlib import Path
 
-    from churnformer.export import export_checkpoint
+    from churnformer.artifacts.export import export_checkpoint
 
-    path = export_checkpoint(cfg.ckpt, cfg.output, cfg.calibration, cfg.fused_attention)
+    path = export_checkpoint(cfg.ckpt, cfg.output, calibration=cfg.calibration, fused_attention=cfg.fused_attention)
     print(f"exported {path}")
     if cfg.quantize:
-        from churnformer.quantize import quantize_checked, run_validation_data
+        from churnformer.artifacts.quantize import quantize_checked, run_validation_data
 
         quantized, check = quantize_checked(path, *run_validation_data(Path(cfg.ckpt).parent.parent))
         if quantized is None:
@@ -184,13 +184,13 @@ def _export(cfg: DictConfig) -> None:
 
 
 def _predict(cfg: DictConfig) -> None:
-    from churnformer.predict_job import run_prediction
+    from churnformer.serving.job import run_prediction
 
     run_prediction(OmegaConf.to_container(cfg, resolve=True))
 
 
 def _evaluate(cfg: DictConfig) -> None:
-    from churnformer.evaluation import run_evaluation
+    from churnformer.evaluation.report import run_evaluation
 
     run_evaluation(OmegaConf.to_container(cfg, resolve=True))
 

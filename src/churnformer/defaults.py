@@ -1,5 +1,6 @@
 """The YAML files under ``conf/`` are the one home of every default; this reads them for code that runs
-without Hydra (the Python API, ``Predictor``, tests), so a default is never written a second time in code."""
+without Hydra (the Python API, ``Predictor``, ``churnformer-synthetic``, tests), so a default is never
+written a second time in code."""
 
 from __future__ import annotations
 
@@ -11,9 +12,19 @@ from omegaconf import OmegaConf
 
 
 @cache
-def serving_defaults(job: str) -> dict[str, Any]:
-    """The settings of ``conf/serving/<job>.yaml`` (``predict``, ``export``, ``evaluate``), without Hydra's keys."""
-    config = OmegaConf.load(str(files("churnformer.conf") / "serving" / f"{job}.yaml"))
+def _load(name: str) -> dict[str, Any]:
+    config = OmegaConf.load(str(files("churnformer.conf").joinpath(*f"{name}.yaml".split("/"))))
     plain = OmegaConf.to_container(config, resolve=False)
     plain.pop("defaults", None)
     return plain
+
+
+def yaml_defaults(name: str) -> dict[str, Any]:
+    """The settings of ``conf/<name>.yaml`` (e.g. ``serving/predict``, ``data/synthetic``), without Hydra's
+    defaults list and unresolved (interpolations stay strings); a fresh copy each call."""
+    return OmegaConf.to_container(OmegaConf.create(_load(name)))
+
+
+def serving_defaults(job: str) -> dict[str, Any]:
+    """``conf/serving/<job>.yaml``: ``predict``, ``export`` or ``evaluate``."""
+    return yaml_defaults(f"serving/{job}")

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from churnformer.errors import InputError
+
 DISTRIBUTION = "lifetimes"
 MASTER_FILE = "lifetimes/datasets/CDNOW_master.txt"
 FILE_COLUMNS = ("customer_id", "date", "number_of_cds", "dollar_value")
@@ -23,13 +25,13 @@ def cdnow_master_path() -> Path:
     try:
         distribution = metadata.distribution(DISTRIBUTION)
     except metadata.PackageNotFoundError as error:
-        raise FileNotFoundError(f"the CDNOW master log comes with the {DISTRIBUTION!r} package; {hint}") from error
+        raise InputError(f"the CDNOW master log comes with the {DISTRIBUTION!r} package; {hint}") from error
     for file in distribution.files or ():
         if file.as_posix() == MASTER_FILE:
             path = Path(str(distribution.locate_file(file)))
             if path.is_file():
                 return path
-    raise FileNotFoundError(f"{MASTER_FILE} is missing from the installed {DISTRIBUTION!r} package; {hint}")
+    raise InputError(f"{MASTER_FILE} is missing from the installed {DISTRIBUTION!r} package; {hint}")
 
 
 def load_cdnow(path: str | Path | None = None) -> pd.DataFrame:
@@ -40,10 +42,12 @@ def load_cdnow(path: str | Path | None = None) -> pd.DataFrame:
     CDs, a numeric attribute), in file order.
     """
     path = Path(path) if path is not None else cdnow_master_path()
+    if not path.is_file():
+        raise InputError(f"{path}: file not found (the CDNOW master log, CDNOW_master.txt)")
     raw = pd.read_csv(path, sep=r"\s+", dtype={"customer_id": str, "date": str})
     missing = [column for column in FILE_COLUMNS if column not in raw.columns]
     if missing:
-        raise ValueError(f"{path}: not a CDNOW master log, columns {missing} missing from {list(raw.columns)}")
+        raise InputError(f"{path}: not a CDNOW master log, columns {missing} missing from {list(raw.columns)}")
     return pd.DataFrame(
         {
             "customer_id": raw["customer_id"],

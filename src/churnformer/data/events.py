@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from churnformer.errors import ChurnformerError
+from churnformer.errors import InputError
 
 CUSTOMER_ID = "customer_id"
 TIMESTAMP = "timestamp"
@@ -27,10 +27,6 @@ SOURCE_ATTR = "churnformer_source"
 # history stay exact to the cent (2**53 cents is ~9e13).
 MAX_ABS_AMOUNT = 1e12
 PARQUET_MAGIC = b"PAR1"
-
-
-class EventLogError(ChurnformerError):
-    """Input that does not satisfy the event-log contract; the message names file, column and rows."""
 
 
 @dataclass(frozen=True)
@@ -47,7 +43,7 @@ class ColumnMapping:
         names = dict(names or {})
         unknown = sorted(set(names) - {f.name for f in fields(self)})
         if unknown:
-            raise EventLogError(
+            raise InputError(
                 f"columns: unknown key(s) {unknown}; the mapped columns are customer_id, timestamp and amount"
             )
         return replace(self, **{key: str(value) for key, value in names.items() if value is not None})
@@ -61,27 +57,27 @@ def check_table_file(path: str | Path) -> bool:
     """
     path = Path(path)
     if not path.is_file():
-        raise EventLogError(f"{path}: file not found")
+        raise InputError(f"{path}: file not found")
     suffixes = "".join(path.suffixes[-2:]).lower()
     is_parquet = suffixes.endswith((".parquet", ".pq"))
     if not is_parquet and not suffixes.endswith((".csv", ".csv.gz", ".tsv")):
-        raise EventLogError(f"{path}: unknown file type; use .csv, .csv.gz, .tsv or .parquet")
+        raise InputError(f"{path}: unknown file type; use .csv, .csv.gz, .tsv or .parquet")
     size = path.stat().st_size
     if size == 0:
-        raise EventLogError(f"{path}: the file is empty (0 bytes); expected a header row and events")
+        raise InputError(f"{path}: the file is empty (0 bytes); expected a header row and events")
     with path.open("rb") as handle:
         head = handle.read(len(PARQUET_MAGIC))
         handle.seek(max(size - len(PARQUET_MAGIC), 0))
         tail = handle.read()
     if is_parquet and head != PARQUET_MAGIC:
-        raise EventLogError(
+        raise InputError(
             f"{path}: not a Parquet file (it does not start with the Parquet magic bytes {PARQUET_MAGIC!r}); "
             "a CSV file must be named .csv"
         )
     if is_parquet and tail != PARQUET_MAGIC:
-        raise EventLogError(f"{path}: corrupt or truncated Parquet file (its footer is missing)")
+        raise InputError(f"{path}: corrupt or truncated Parquet file (its footer is missing)")
     if not is_parquet and head == PARQUET_MAGIC:
-        raise EventLogError(f"{path}: this is a Parquet file; name it .parquet")
+        raise InputError(f"{path}: this is a Parquet file; name it .parquet")
     return is_parquet
 
 
@@ -102,9 +98,9 @@ def read_table(path: str | Path, id_column: str, columns: Sequence[str] | None =
         else:
             frame = pd.read_csv(path, sep=csv_separator(path), usecols=columns, dtype={id_column: str})
     except pd.errors.EmptyDataError as error:  # only blank lines: no header to read
-        raise EventLogError(f"{path}: the file has no header row and no events") from error
+        raise InputError(f"{path}: the file has no header row and no events") from error
     except (ValueError, OSError, pd.errors.ParserError) as error:
-        raise EventLogError(f"{path}: cannot read as {path.suffix or 'table'}: {error}") from error
+        raise InputError(f"{path}: cannot read as {path.suffix or 'table'}: {error}") from error
     return frame
 
 
@@ -129,15 +125,15 @@ def parse_timestamps(values: pd.Series, where: str) -> pd.Series:
     elif pd.api.types.is_datetime64_any_dtype(values.dtype):
         parsed = values
     elif pd.api.types.is_bool_dtype(values.dtype):
-        raise EventLogError(f"{where}: boolean values are not timestamps")
+        raise InputError(f"{where}: boolean values are not timestamps")
     elif pd.api.types.is_numeric_dtype(values.dtype):
         seconds = values.astype("float64")
         bad = ~np.isfinite(seconds.to_numpy())
         if bad.any():
-            raise EventLogError(f"{where}: missing or non-finite epoch seconds in {_first_rows(bad)}")
+            raise InputError(f"{where}: missing or non-finite epoch seconds in {_first_rows(bad)}")
         out = (seconds.abs() > EPOCH_SECONDS_LIMIT).to_numpy()
         if out.any():
-            raise EventLogError(
+            raise InputError(
                 f"{where}: epoch seconds outside 1677..2262 in {_first_rows(out)} (e.g. {values[out].iloc[0]!r}); "
                 "milliseconds or microseconds? Convert to seconds or to datetimes"
             )
@@ -151,7 +147,7 @@ def parse_timestamps(values: pd.Series, where: str) -> pd.Series:
         parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
     out = ((parsed < pd.Timestamp.min) | (parsed > pd.Timestamp.max)).to_numpy()
     if out.any():
-        raise EventLogError(
+        raise InputError(
             f"{where}: timestamps outside {pd.Timestamp.min:%Y-%m-%d}..{pd.Timestamp.max:%Y-%m-%d} in "
             f"{_first_rows(out)} (e.g. {values[out].iloc[0]!r}); a placeholder such as 9999-12-31? Use a missing "
             "event instead"
@@ -160,7 +156,7 @@ def parse_timestamps(values: pd.Series, where: str) -> pd.Series:
     missing = parsed.isna().to_numpy()
     if missing.any():
         example = values[missing].iloc[0]
-        raise EventLogError(
+        raise InputError(
             f"{where}: missing or unparseable timestamps in {_first_rows(missing)} "
             f"(e.g. {example!r}); expected datetime, date, ISO-8601 string or epoch seconds"
         )
@@ -171,7 +167,7 @@ def check_customer_ids(ids: pd.Series, where: str) -> pd.Series:
     """Ids must be all strings or all integers, never missing: they are echoed back as given."""
     missing = ids.isna().to_numpy()
     if missing.any():
-        raise EventLogError(f"{where}: missing customer ids in {_first_rows(missing)}")
+        raise InputError(f"{where}: missing customer ids in {_first_rows(missing)}")
     if pd.api.types.is_integer_dtype(ids.dtype) or pd.api.types.is_string_dtype(ids.dtype):
         if ids.dtype == object:
             kinds = ids.map(lambda value: type(value).__name__)
@@ -180,7 +176,7 @@ def check_customer_ids(ids: pd.Series, where: str) -> pd.Series:
                 # The rarer types are the ones to fix; name where they are.
                 odd = (kinds != counts.index[0]).to_numpy()
                 mix = ", ".join(f"{count} {kind}" for kind, count in counts.items())
-                raise EventLogError(
+                raise InputError(
                     f"{where}: customer ids mix types ({mix}); the ones not of type {counts.index[0]} are in "
                     f"{_first_rows(odd)}; use one type"
                 )
@@ -191,7 +187,7 @@ def check_customer_ids(ids: pd.Series, where: str) -> pd.Series:
             return ids.astype("int64")
     if isinstance(ids.dtype, pd.CategoricalDtype):
         return check_customer_ids(ids.astype(ids.cat.categories.dtype), where)
-    raise EventLogError(f"{where}: customer ids must be strings or integers, got dtype {ids.dtype}")
+    raise InputError(f"{where}: customer ids must be strings or integers, got dtype {ids.dtype}")
 
 
 def _parse_amounts(values: pd.Series, where: str) -> pd.Series:
@@ -200,18 +196,16 @@ def _parse_amounts(values: pd.Series, where: str) -> pd.Series:
         bad = (numeric.isna() & values.notna()).to_numpy()
         if bad.any():
             example = values[bad].iloc[0]
-            raise EventLogError(f"{where}: non-numeric amounts in {_first_rows(bad)} (e.g. {example!r})")
+            raise InputError(f"{where}: non-numeric amounts in {_first_rows(bad)} (e.g. {example!r})")
         values = numeric
     amounts = values.astype("float64")
     numbers = amounts.to_numpy()
     bad = ~np.isfinite(numbers)
     if bad.any():
-        raise EventLogError(
-            f"{where}: missing or infinite amounts in {_first_rows(bad)}; use 0 for non-monetary events"
-        )
+        raise InputError(f"{where}: missing or infinite amounts in {_first_rows(bad)}; use 0 for non-monetary events")
     extreme = np.abs(numbers) >= MAX_ABS_AMOUNT
     if extreme.any():
-        raise EventLogError(
+        raise InputError(
             f"{where}: amounts of absolute value >= {MAX_ABS_AMOUNT:.0e} in {_first_rows(extreme)} "
             f"(e.g. {float(numbers[extreme][0])!r}); no single event is that large: is this the right column and unit?"
         )
@@ -225,7 +219,7 @@ def require_columns(present: Sequence[str], mapping: ColumnMapping, where: str) 
     missing = [column for column in required if column not in present]
     if missing:
         mapped = ", ".join(f"{standard}={column!r}" for column, standard in required.items() if column != standard)
-        raise EventLogError(
+        raise InputError(
             f"{where}: required column(s) {missing} not found; columns present: {list(present)}. "
             + (f"The column mapping in use is {mapped}. " if mapped else "")
             + "Map your names with data.columns.customer_id=... / timestamp / amount (training) "
@@ -251,9 +245,9 @@ def load_events(
     required = require_columns(list(frame.columns), mapping, where)
     clashes = [c for c in STANDARD_COLUMNS if c in frame.columns and c not in required]
     if clashes:
-        raise EventLogError(f"{where}: column(s) {clashes} clash with the standard names after mapping")
+        raise InputError(f"{where}: column(s) {clashes} clash with the standard names after mapping")
     if len(frame) == 0:
-        raise EventLogError(f"{where}: no events (the table is empty: a header and no rows)")
+        raise InputError(f"{where}: no events (the table is empty: a header and no rows)")
     frame = frame.rename(columns=required)
     attributes = [c for c in frame.columns if c not in STANDARD_COLUMNS]
     events = pd.DataFrame(
@@ -282,12 +276,12 @@ def load_customers(
     else:
         frame, where = read_table(source, customer_id), name or str(source)
     if customer_id not in frame.columns:
-        raise EventLogError(f"{where}: customer id column {customer_id!r} not found in {list(frame.columns)}")
+        raise InputError(f"{where}: customer id column {customer_id!r} not found in {list(frame.columns)}")
     frame = frame.rename(columns={customer_id: CUSTOMER_ID})
     frame[CUSTOMER_ID] = check_customer_ids(frame[CUSTOMER_ID], f"{where}, column {customer_id!r}")
     duplicated = frame[CUSTOMER_ID].duplicated().to_numpy()
     if duplicated.any():
-        raise EventLogError(f"{where}: duplicate customer ids in {_first_rows(duplicated)}")
+        raise InputError(f"{where}: duplicate customer ids in {_first_rows(duplicated)}")
     customers = frame.reset_index(drop=True)
     customers.attrs[SOURCE_ATTR] = where
     return customers

@@ -7,19 +7,22 @@ model can never be paired with the wrong vocabularies. JSON, never pickle: the s
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from churnformer.data.events import CUSTOMER_ID, STANDARD_COLUMNS, EventLogError
+from churnformer.data.events import CUSTOMER_ID, STANDARD_COLUMNS
+from churnformer.errors import InputError
 
 FORMAT_VERSION = 1
 PADDING_ID = 0
 UNKNOWN_ID = 1
 # Per-event numeric features computed from the standard columns, in this order, before attributes.
 BASE_EVENT_NUMERIC = ("amount_signed_log", "log_gap_days", "is_first_event", "log_days_before_cutoff")
+# Of those, the ones that measure time (the model encodes them with learned sinusoids).
+EVENT_TIME_FEATURES = ("log_gap_days", "log_days_before_cutoff")
 # Per-customer numeric features summarizing the whole history up to the cutoff (before truncation, so
 # nothing is lost for long histories), in this order, before static attributes. A purchase is amount > 0.
 BASE_CUSTOMER_NUMERIC = (
@@ -40,7 +43,7 @@ CALENDAR = {"day_of_week": [str(d) for d in range(7)], "month": [str(m) for m in
 NUMERIC_CLIP = 10.0
 
 
-class FeatureMismatchError(EventLogError):
+class FeatureMismatchError(InputError):
     """Data that lacks what the fitted featurization (the model) needs, e.g. a column it was trained with.
 
     Its own class so that scoring can add which model asked for it.
@@ -131,13 +134,20 @@ def numeric_values(values: pd.Series | np.ndarray, rows: np.ndarray | None = Non
 
 @dataclass
 class FeaturizerConfig:
-    """Knobs for fitting; mirrored by ``conf/data/*.yaml`` under ``features``."""
+    """Knobs for fitting: ``data.features`` (defaults in ``conf/data/settings/default.yaml``)."""
 
-    max_len: int = 128
-    max_vocab_size: int = 1000
-    min_category_count: int = 5
-    categorical: list[str] = field(default_factory=list)  # force these attribute columns categorical
-    drop: list[str] = field(default_factory=list)  # attribute columns to ignore
+    max_len: int
+    max_vocab_size: int
+    min_category_count: int
+    categorical: list[str]  # force these attribute columns categorical
+    drop: list[str]  # attribute columns to ignore
+
+    @classmethod
+    def with_defaults(cls, **changes: Any) -> FeaturizerConfig:
+        """The default ``data.features`` with ``changes``."""
+        from churnformer.defaults import yaml_defaults
+
+        return cls(**{**yaml_defaults("data/settings/default")["features"], **changes})
 
 
 @dataclass
@@ -162,6 +172,11 @@ class Featurizer:
     @property
     def event_numeric_names(self) -> list[str]:
         return list(BASE_EVENT_NUMERIC) + _with_indicators(self.event_numeric)
+
+    @property
+    def event_time_indices(self) -> list[int]:
+        """Columns of the event numeric features that hold time (:data:`EVENT_TIME_FEATURES`)."""
+        return [self.event_numeric_names.index(name) for name in EVENT_TIME_FEATURES]
 
     @property
     def customer_categorical_names(self) -> list[str]:
@@ -200,7 +215,7 @@ class Featurizer:
     def from_json(cls, text: str) -> Featurizer:
         state = json.loads(text)
         if state.get("format_version") != FORMAT_VERSION:
-            raise EventLogError(
+            raise InputError(
                 f"featurization state has format version {state.get('format_version')!r}; "
                 f"this churnformer reads version {FORMAT_VERSION}"
             )
@@ -211,13 +226,6 @@ class Featurizer:
             customer_categorical=[CategoricalEncoder(**e) for e in state["customer_categorical"]],
             customer_numeric=[NumericScaler(**s) for s in state["customer_numeric"]],
         )
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json())
-
-    @classmethod
-    def load(cls, path: str | Path) -> Featurizer:
-        return cls.from_json(Path(path).read_text())
 
 
 def _with_indicators(scalers: list[NumericScaler]) -> list[str]:
@@ -237,7 +245,7 @@ def split_attributes(frame: pd.DataFrame, config: FeaturizerConfig, where: str) 
             or (pd.api.types.is_bool_dtype(dtype))
         ):
             if pd.api.types.is_datetime64_any_dtype(dtype):
-                raise EventLogError(
+                raise InputError(
                     f"{where}: attribute column {column!r} holds datetimes; derive a number from it or "
                     "list it in data.features.drop"
                 )
@@ -251,7 +259,7 @@ def fit_featurizer(
     events: pd.DataFrame, customers: pd.DataFrame | None = None, config: FeaturizerConfig | None = None
 ) -> Featurizer:
     """Fit vocabularies and scalers on the training events (already restricted to the feature window)."""
-    config = config or FeaturizerConfig()
+    config = config or FeaturizerConfig.with_defaults()
     event_cat, event_num = split_attributes(events, config, "events")
     static = customers if customers is not None else pd.DataFrame({CUSTOMER_ID: []})
     static_cat, static_num = split_attributes(static, config, "customers")

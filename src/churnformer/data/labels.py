@@ -7,8 +7,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from churnformer.data.events import AMOUNT, CUSTOMER_ID, TIMESTAMP, EventLogError, source_of
+from churnformer.data.events import AMOUNT, CUSTOMER_ID, TIMESTAMP, source_of
 from churnformer.data.window import Window
+from churnformer.errors import InputError
 
 
 def is_purchase(
@@ -18,7 +19,7 @@ def is_purchase(
     if not purchase_types:
         return events[AMOUNT].to_numpy() > 0
     if event_type_column not in events.columns:
-        raise EventLogError(
+        raise InputError(
             f"events: purchase types {list(purchase_types)} need column {event_type_column!r}, "
             f"which is not among {list(events.columns)}"
         )
@@ -43,7 +44,7 @@ def make_labels(
     """
     stamps = events[TIMESTAMP].to_numpy(dtype="datetime64[ns]").view(np.int64)
     if len(stamps) and stamps.max() < window.feature_end_ns:
-        raise EventLogError(
+        raise InputError(
             f"{source_of(events, 'events')}: no events after the cutoff {window} (the log ends at "
             f"{pd.Timestamp(stamps.max())}), so churn and spend in the {window.horizon_days:g}-day horizon "
             f"cannot be observed. Choose a cutoff at least {window.horizon_days:g} days before the end of the log."

@@ -22,32 +22,6 @@ _KEY_TIME_BITS = 32
 
 
 @dataclass
-class PaddedBatch:
-    """Model-ready arrays for a batch of B customers, events left-aligned, padding (zeros) at the end.
-
-    Shapes: event_cat (B, T, Ce) int32, event_num (B, T, Fe) float32, lengths (B,) int64,
-    customer_cat (B, Cc) int32, customer_num (B, Fc) float32. Position t of row b is a real event
-    iff t < lengths[b]; events are in time order, the latest at lengths[b] - 1.
-    """
-
-    event_cat: np.ndarray
-    event_num: np.ndarray
-    lengths: np.ndarray
-    customer_cat: np.ndarray
-    customer_num: np.ndarray
-
-    def as_inputs(self) -> dict[str, np.ndarray]:
-        """The arrays by model input name (shared by training, export and scoring)."""
-        return {
-            EVENT_CAT: self.event_cat,
-            EVENT_NUM: self.event_num,
-            LENGTHS: self.lengths,
-            CUSTOMER_CAT: self.customer_cat,
-            CUSTOMER_NUM: self.customer_num,
-        }
-
-
-@dataclass
 class BuildReport:
     """What the builder did with the input, so nothing is dropped silently.
 
@@ -69,16 +43,18 @@ class BuildReport:
 class Sequences:
     """Ragged per-customer sequences: customer i owns event rows ``offsets[i]:offsets[i + 1]``.
 
-    ``customer_ids`` are the ids exactly as given, sorted, one per customer with at least one event
-    in the feature window. ``n_events_total`` counts events before truncation to ``max_len``.
+    ``events`` and ``customers`` hold the model's inputs by name (``churnformer.schema``): per event, e.g.
+    ``event_cat`` (N, Ce) int32 and ``event_num`` (N, Fe) float32, with N the events of all customers back
+    to back; per customer, e.g. ``customer_cat`` (C, Cc) int32 and ``customer_num`` (C, Fc) float32. A new
+    input is one more entry, padded and batched like the others. ``customer_ids`` are the ids exactly as
+    given, sorted, one per customer with at least one event in the feature window; ``n_events_total``
+    counts events before truncation to ``max_len``.
     """
 
     customer_ids: np.ndarray
     offsets: np.ndarray
-    event_cat: np.ndarray
-    event_num: np.ndarray
-    customer_cat: np.ndarray
-    customer_num: np.ndarray
+    events: dict[str, np.ndarray]
+    customers: dict[str, np.ndarray]
     n_events_total: np.ndarray
     report: BuildReport
 
@@ -89,24 +65,29 @@ class Sequences:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
+    def _event_rows(self, rows: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Storage rows of the events of customers ``rows``, in order."""
+        first = np.cumsum(lengths) - lengths
+        return np.arange(int(lengths.sum())) + np.repeat(self.offsets[rows] - first, lengths)
+
     def subset(self, rows: np.ndarray) -> Sequences:
         """The chosen customers only, as a compact ragged set."""
         lengths = self.lengths[rows]
-        first = np.cumsum(lengths) - lengths
-        source = np.arange(int(lengths.sum())) + np.repeat(self.offsets[rows] - first, lengths)
+        source = self._event_rows(rows, lengths)
         return Sequences(
             customer_ids=self.customer_ids[rows],
             offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-            event_cat=self.event_cat[source],
-            event_num=self.event_num[source],
-            customer_cat=self.customer_cat[rows],
-            customer_num=self.customer_num[rows],
+            events={name: values[source] for name, values in self.events.items()},
+            customers={name: values[rows] for name, values in self.customers.items()},
             n_events_total=self.n_events_total[rows],
             report=self.report,
         )
 
-    def pad(self, rows: np.ndarray | None = None, width: int | None = None) -> PaddedBatch:
-        """Pad the chosen customers (all by default) to ``width`` (default: the longest among them)."""
+    def pad(self, rows: np.ndarray | None = None, width: int | None = None) -> dict[str, np.ndarray]:
+        """Model inputs by name for the chosen customers (all by default), events left-aligned and padded with
+        zeros to ``width`` (default: the longest among them): each event input (B, T, ...), ``lengths`` (B,)
+        int64 and each customer input (B, ...). Position t of row b is a real event iff t < lengths[b];
+        events are in time order, the latest at lengths[b] - 1."""
         every_row = rows is None
         rows = np.arange(len(self)) if every_row else np.asarray(rows, dtype=np.int64)
         lengths = self.lengths[rows]
@@ -114,22 +95,17 @@ class Sequences:
         # Flat destination of each event: row * width + position within its sequence.
         first = np.cumsum(lengths) - lengths
         destination = np.arange(int(lengths.sum())) + np.repeat(np.arange(len(rows)) * width - first, lengths)
-        event_cat = np.zeros((len(rows), width, self.event_cat.shape[1]), dtype=np.int32)
-        event_num = np.zeros((len(rows), width, self.event_num.shape[1]), dtype=np.float32)
-        if every_row:  # the ragged storage is already in this order: no gather
-            cat_values, num_values = self.event_cat, self.event_num
-        else:
-            source = np.arange(len(destination)) + np.repeat(self.offsets[rows] - first, lengths)
-            cat_values, num_values = self.event_cat[source], self.event_num[source]
-        event_cat.reshape(-1, event_cat.shape[2])[destination] = cat_values
-        event_num.reshape(-1, event_num.shape[2])[destination] = num_values
-        return PaddedBatch(
-            event_cat=event_cat,
-            event_num=event_num,
-            lengths=lengths.astype(np.int64),
-            customer_cat=self.customer_cat[rows],
-            customer_num=self.customer_num[rows],
-        )
+        source = None if every_row else self._event_rows(rows, lengths)  # all rows: the storage order already
+        padded: dict[str, np.ndarray] = {}
+        for name, values in self.events.items():
+            out = np.zeros((len(rows), width, *values.shape[1:]), dtype=values.dtype)
+            out.reshape(len(rows) * width, *values.shape[1:])[destination] = (
+                values if source is None else values[source]
+            )
+            padded[name] = out
+        padded[LENGTHS] = lengths.astype(np.int64)
+        padded.update({name: values[rows] for name, values in self.customers.items()})
+        return padded
 
 
 def _time_order(
@@ -317,10 +293,11 @@ def build_sequences(
     return Sequences(
         customer_ids=customer_ids,
         offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-        event_cat=_stack(cat_columns, len(rows), np.int32),
-        event_num=_stack(num_columns, len(rows), np.float32),
-        customer_cat=_stack(static_cat, n, np.int32),
-        customer_num=_stack(customer_num, n, np.float32),
+        events={
+            EVENT_CAT: _stack(cat_columns, len(rows), np.int32),
+            EVENT_NUM: _stack(num_columns, len(rows), np.float32),
+        },
+        customers={CUSTOMER_CAT: _stack(static_cat, n, np.int32), CUSTOMER_NUM: _stack(customer_num, n, np.float32)},
         n_events_total=counts.astype(np.int64),
         report=report,
     )
@@ -331,15 +308,13 @@ def concat_sequences(parts: list[Sequences]) -> Sequences:
 
     The report describes the first part (the main cutoff); the others are extra training examples.
     """
-    shifts = np.cumsum([0] + [len(p.event_cat) for p in parts[:-1]])
+    shifts = np.cumsum([0] + [int(p.offsets[-1]) for p in parts[:-1]])
     offsets = [parts[0].offsets[:1]] + [p.offsets[1:] + shift for p, shift in zip(parts, shifts, strict=True)]
     return Sequences(
         customer_ids=np.concatenate([p.customer_ids for p in parts]),
         offsets=np.concatenate(offsets),
-        event_cat=np.concatenate([p.event_cat for p in parts]),
-        event_num=np.concatenate([p.event_num for p in parts]),
-        customer_cat=np.concatenate([p.customer_cat for p in parts]),
-        customer_num=np.concatenate([p.customer_num for p in parts]),
+        events={name: np.concatenate([p.events[name] for p in parts]) for name in parts[0].events},
+        customers={name: np.concatenate([p.customers[name] for p in parts]) for name in parts[0].customers},
         n_events_total=np.concatenate([p.n_events_total for p in parts]),
         report=parts[0].report,
     )

@@ -12,6 +12,7 @@ import argparse
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -48,12 +49,20 @@ SIGNUP_SPAN = 0.6  # customers sign up during the first 60% of the log
 
 @dataclass(frozen=True)
 class SyntheticWorldConfig:
-    """Size and seed of the simulated world; equal configs give identical frames."""
+    """Size and seed of the simulated world (``data.synthetic`` in ``conf/data/synthetic.yaml``, which holds
+    the defaults); equal configs give identical frames."""
 
-    n_customers: int = 6000
-    start: str = "2023-01-01"
-    n_weeks: int = 104
-    seed: int = 0
+    n_customers: int
+    start: str
+    n_weeks: int
+    seed: int
+
+    @classmethod
+    def with_defaults(cls, **changes: Any) -> SyntheticWorldConfig:
+        """The default world of ``conf/data/synthetic.yaml`` with ``changes``."""
+        from churnformer.defaults import yaml_defaults
+
+        return cls(**{**yaml_defaults("data/synthetic")["synthetic"], **changes})
 
 
 @dataclass(frozen=True)
@@ -336,7 +345,7 @@ def write_world(config: SyntheticWorldConfig, out_dir: Path, fmt: str = "parquet
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    defaults = SyntheticWorldConfig()
+    defaults = SyntheticWorldConfig.with_defaults()
     parser = argparse.ArgumentParser(
         prog="churnformer-synthetic", description="Write a synthetic customer event log and customer table."
     )

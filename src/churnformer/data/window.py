@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from churnformer.data.events import EventLogError
+from churnformer.errors import InputError
 
 NS_PER_DAY = 86_400 * 10**9
 
@@ -36,13 +36,13 @@ class Window:
         horizon = _horizon_days(horizon_days)
         if isinstance(cutoff, numbers.Number):
             # pd.Timestamp(20240630) is 20 ms after 1970: a number here is a typo for a date, never meant.
-            raise EventLogError(f"cutoff {cutoff!r} is a number; write it as a date, YYYY-MM-DD")
+            raise InputError(f"cutoff {cutoff!r} is a number; write it as a date, YYYY-MM-DD")
         try:
             stamp = pd.Timestamp(cutoff)
         except (ValueError, TypeError) as error:
-            raise EventLogError(f"cutoff {cutoff!r} is not a date or timestamp (use YYYY-MM-DD)") from error
+            raise InputError(f"cutoff {cutoff!r} is not a date or timestamp (use YYYY-MM-DD)") from error
         if stamp is pd.NaT:
-            raise EventLogError("cutoff is missing")
+            raise InputError("cutoff is missing")
         if stamp.tzinfo is not None:
             stamp = stamp.tz_convert("UTC").tz_localize(None)
         is_date = stamp == stamp.normalize() and (
@@ -68,7 +68,7 @@ def _horizon_days(value: object) -> float:
     except (TypeError, ValueError):
         days = math.nan
     if not (math.isfinite(days) and days > 0):
-        raise EventLogError(f"horizon_days must be a finite number of days > 0, got {value!r}")
+        raise InputError(f"horizon_days must be a finite number of days > 0, got {value!r}")
     return days
 
 
@@ -82,7 +82,7 @@ def require_events_before(stamps: pd.Series | np.ndarray, window: Window, where:
     values = np.asarray(stamps, dtype="datetime64[ns]").view(np.int64)
     if len(values) and values.min() >= window.feature_end_ns:
         first, last = pd.Timestamp(values.min()), pd.Timestamp(values.max())
-        raise EventLogError(
+        raise InputError(
             f"{where}: no events up to the cutoff {window}; the log starts at {first} (and ends at {last}). "
             "Choose a later cutoff."
         )

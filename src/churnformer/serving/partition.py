@@ -24,7 +24,6 @@ from churnformer.data.events import (
     SOURCE_ATTR,
     TIMESTAMP,
     ColumnMapping,
-    EventLogError,
     check_table_file,
     csv_separator,
     load_events,
@@ -32,7 +31,7 @@ from churnformer.data.events import (
     require_columns,
 )
 from churnformer.data.featurizer import Featurizer, category_labels, numeric_values
-from churnformer.errors import ConfigError
+from churnformer.errors import ConfigError, InputError
 
 # Peak resident bytes per input event while one block of events is loaded, featurized and scored: at
 # most 260 B measured per spill partition of the benchmark log (scripts/bench_score.py), plus margin.
@@ -143,7 +142,7 @@ def file_columns(path: Path, is_parquet: bool) -> list[str]:
         try:
             return list(pd.read_csv(path, sep=csv_separator(path), nrows=0).columns)
         except (ValueError, OSError, pd.errors.ParserError) as error:
-            raise EventLogError(f"{path}: cannot read the CSV header: {error}") from error
+            raise InputError(f"{path}: cannot read the CSV header: {error}") from error
     return list(_parquet_file(path).schema_arrow.names)
 
 
@@ -151,7 +150,7 @@ def _parquet_file(path: Path) -> pq.ParquetFile:
     try:
         return pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as error:
-        raise EventLogError(f"{path}: not a readable Parquet file ({error})") from error
+        raise InputError(f"{path}: not a readable Parquet file ({error})") from error
 
 
 def partitions_needed(estimated_rows: int, memory_budget_mb: float) -> int:

@@ -15,16 +15,18 @@ validation split of a few thousand customers pins a churn rate only to about +-1
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
 
-from churnformer.model import ChurnFormer
-from churnformer.schema import MODEL_INPUTS, PERCENTILE_LEVELS
+from churnformer.modeling.heads import expected_spend, spend_if_retained
+from churnformer.modeling.network import ChurnFormer
+from churnformer.modeling.scoring_model import Calibration
+from churnformer.schema import CHURN, PERCENTILE_LEVELS, SPEND
+
+Batches = Iterable[dict[str, torch.Tensor]]
 
 # Fits outside these ranges mean the network or the validation set is not fit to calibrate from (an
 # undertrained network after one epoch gives churn temperatures near 0.01); such a part stays the identity.
@@ -37,47 +39,18 @@ CHURN_BIAS_MARGIN = 2.0
 SPEND_RATIO_LIMIT = 10.0
 
 
-@dataclass(frozen=True)
-class Calibration:
-    churn_temperature: float = 1.0
-    churn_bias: float = 0.0
-    spend_log_scale: float = 0.0
-    spend_power: float = 1.0
-    # Percentiles 1..99 of the calibrated predictions on validation: the reference population that
-    # scoring's deciles and value segments are relative to (churnformer.scoring.ReferencePercentiles).
-    churn_percentiles: list[float] = field(default_factory=list)
-    spend_percentiles: list[float] = field(default_factory=list)
-    spend_if_retained_percentiles: list[float] = field(default_factory=list)
-    # Why a fitted part was replaced by the identity (empty: everything fitted was kept).
-    fallback: list[str] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        kept = (
-            f"churn temperature {self.churn_temperature:.3f}, bias {self.churn_bias:+.3f}; "
-            f"spend scale {math.exp(self.spend_log_scale):.3f}, power {self.spend_power:.3f}"
-        )
-        return kept + "".join(f" (identity instead: {reason})" for reason in self.fallback)
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(asdict(self), indent=2))
-
-    @classmethod
-    def load(cls, path: str | Path) -> Calibration:
-        return cls(**json.loads(Path(path).read_text()))
-
-
 @torch.no_grad()
-def _collect(network: ChurnFormer, batches) -> dict[str, torch.Tensor]:
+def _collect(network: ChurnFormer, batches: Batches) -> dict[str, torch.Tensor]:
     network.eval()
     parts: dict[str, list[torch.Tensor]] = {"logit": [], "mu": [], "sigma": [], "churn": [], "spend": []}
     for batch in batches:
-        heads = network(*(batch[name] for name in MODEL_INPUTS))
-        for key, value in zip(parts, (*heads, batch["churn"], batch["spend"]), strict=True):
+        heads = network(batch)
+        for key, value in zip(parts, (*heads, batch[CHURN], batch[SPEND]), strict=True):
             parts[key].append(value.double())
     return {key: torch.cat(values) for key, values in parts.items()}
 
 
-def fit_calibration(network: ChurnFormer, batches, level_batches=None) -> Calibration:
+def fit_calibration(network: ChurnFormer, batches: Batches, level_batches: Batches | None = None) -> Calibration:
     """Fit on validation batches (dicts as produced by the datamodule's loaders).
 
     ``level_batches``: more labelled customers at the same cutoff (the training customers). Once the
@@ -154,12 +127,13 @@ def _churn_bias_is_sane(bias: float, temperature: float, data: dict[str, torch.T
 
 
 def _spend_if_retained(heads: dict[str, torch.Tensor], log_scale, power) -> torch.Tensor:
-    """Mean of positive spend, LN(log_scale + power * mu, power * sigma)."""
-    return torch.exp(log_scale + power * heads["mu"] + 0.5 * (power * heads["sigma"]) ** 2)
+    """Mean of positive spend after the transform: LN(log_scale + power * mu, power * sigma)."""
+    return spend_if_retained(log_scale + power * heads["mu"], power * heads["sigma"])
 
 
 def _expected_spend(heads: dict[str, torch.Tensor], temperature: float, bias: float, log_scale, power) -> torch.Tensor:
-    return (1 - torch.sigmoid(heads["logit"] / temperature + bias)) * _spend_if_retained(heads, log_scale, power)
+    p_churn = torch.sigmoid(heads["logit"] / temperature + bias)
+    return expected_spend(p_churn, log_scale + power * heads["mu"], power * heads["sigma"])
 
 
 def _totals_matching_log_scale(heads: dict[str, torch.Tensor], temperature: float, bias: float, power: float) -> float:

@@ -8,124 +8,29 @@ model file, so a model cannot be paired with the wrong vocabularies.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pandas as pd
 from tqdm.auto import tqdm
 
-from churnformer.console import counts_in_words, reason_in_words
-from churnformer.data.events import (
-    CUSTOMER_ID,
-    TIMESTAMP,
-    ColumnMapping,
-    EventLogError,
-    load_customers,
-    load_events,
-    source_of,
-)
+from churnformer.data.events import CUSTOMER_ID, TIMESTAMP, ColumnMapping, load_customers, load_events, source_of
 from churnformer.data.featurizer import FeatureMismatchError, Featurizer
 from churnformer.data.sequences import Sequences, build_sequences
 from churnformer.data.window import Window, require_events_before
 from churnformer.defaults import serving_defaults
-from churnformer.partition import EventSource
-from churnformer.retention import ReferencePercentiles, SegmentRules, add_retention_columns
-from churnformer.schema import (
-    META_COLUMNS,
-    META_FEATURIZER,
-    META_HORIZON_DAYS,
-    META_OUTPUTS,
-    METADATA_PREFIX,
-    REQUIRED_METADATA,
-    REQUIRED_MODEL_INPUTS,
-)
-
-# Rows per batch are filled up to a multiple of this (see fill_rows).
-ROW_MULTIPLE = 16
-
-
-@dataclass
-class ScoringSummary:
-    """Where every input row and customer went; scored + not scored = customers seen, always."""
-
-    rows_read: int = 0
-    customers_seen: int = 0
-    customers_scored: int = 0
-    customers_not_scored: dict[str, int] = field(default_factory=dict)
-    events_ignored: dict[str, int] = field(default_factory=dict)
-    unknown_categories: dict[str, int] = field(default_factory=dict)
-    customers_without_static: int = 0
-    provider: str = ""
-    shard: str = "0/1"
-    partitions: int = 0  # spill partitions on disk; 0: scored in memory
-    featurize_s: float = 0.0
-    infer_s: float = 0.0
-    wall_s: float = 0.0
-
-    def add(self, other: ScoringSummary) -> None:
-        """Accumulate the counts of another part (job shard or spill partition) of the same job."""
-        self.rows_read += other.rows_read
-        self.customers_seen += other.customers_seen
-        self.customers_scored += other.customers_scored
-        for mine, theirs in (
-            (self.customers_not_scored, other.customers_not_scored),
-            (self.events_ignored, other.events_ignored),
-            (self.unknown_categories, other.unknown_categories),
-        ):
-            for key, value in theirs.items():
-                mine[key] = mine.get(key, 0) + value
-        self.customers_without_static += other.customers_without_static
-        self.featurize_s += other.featurize_s
-        self.infer_s += other.infer_s
-
-
-@dataclass
-class ScoringResult:
-    predictions: pd.DataFrame
-    rejects: pd.DataFrame
-    summary: ScoringSummary
-
-
-def resolve_model_path(model: str | Path) -> Path:
-    """A run directory means its ``model.onnx``."""
-    path = Path(model)
-    if path.is_dir():
-        path = path / "model.onnx"
-    if not path.is_file():
-        raise EventLogError(f"{path}: model file not found (pass an .onnx file or a training run directory)")
-    return path
-
-
-def read_model(path: Path) -> tuple[bytes, dict[str, str]]:
-    """Load and check the ONNX file; return its bytes and churnformer metadata."""
-    raw = path.read_bytes()
-    try:
-        proto = onnx.load_from_string(raw)
-        onnx.checker.check_model(proto)
-    except Exception as error:  # onnx raises DecodeError, ValidationError and others for junk files
-        raise EventLogError(f"{path}: not a valid ONNX model ({type(error).__name__}: {error})") from error
-    metadata = {
-        p.key.removeprefix(METADATA_PREFIX): p.value for p in proto.metadata_props if p.key.startswith(METADATA_PREFIX)
-    }
-    missing = [key for key in REQUIRED_METADATA if key not in metadata]
-    if missing:
-        raise EventLogError(
-            f"{path}: ONNX model lacks churnformer metadata {[METADATA_PREFIX + key for key in missing]}; "
-            "export it with churnformer-export"
-        )
-    missing = set(REQUIRED_MODEL_INPUTS) - {i.name for i in proto.graph.input}
-    if missing:
-        raise EventLogError(f"{path}: ONNX model lacks inputs {sorted(missing)}; not a churnformer model")
-    return raw, metadata
+from churnformer.schema import META_COLUMNS, META_FEATURIZER, META_HORIZON_DAYS, META_OUTPUTS, N_EVENTS
+from churnformer.serving.batching import fill_rows, padded_width, token_budget_batches
+from churnformer.serving.model_file import read_model, resolve_model_path
+from churnformer.serving.output import ScoringResult, ScoringSummary
+from churnformer.serving.partition import EventSource
+from churnformer.serving.retention import ReferencePercentiles, SegmentRules, add_retention_columns
 
 
 def default_providers() -> list[str]:
@@ -135,44 +40,6 @@ def default_providers() -> list[str]:
         if "CUDAExecutionProvider" in available
         else ["CPUExecutionProvider"]
     )
-
-
-def padded_width(lengths: np.ndarray) -> np.ndarray:
-    """The width a customer of each length is padded to: its length up to 8, then the next multiple of
-    4 (to 32), 8 (to 64) or 16. A fixed width per length keeps scores independent of batch-mates (see
-    :func:`fill_rows`) at about 7% padding on a skewed log."""
-    lengths = np.maximum(np.asarray(lengths, dtype=np.int64), 1)
-    step = np.select([lengths <= 8, lengths <= 32, lengths <= 64], [1, 4, 8], 16)
-    return -(-lengths // step) * step
-
-
-def token_budget_batches(lengths: np.ndarray, batch_tokens: int, max_batch_size: int) -> list[np.ndarray]:
-    """Rows grouped by padded width (shortest first), each group cut so that a batch (rows x width)
-    fits ``batch_tokens`` and ``max_batch_size``."""
-    if len(lengths) == 0:
-        return []
-    widths = padded_width(lengths)
-    order = np.argsort(widths, kind="stable")
-    sorted_widths = widths[order]
-    bounds = np.flatnonzero(np.diff(sorted_widths)) + 1
-    batches = []
-    for group in np.split(order, bounds):
-        width = int(widths[group[0]])
-        size = max(1, min(max_batch_size, batch_tokens // width))
-        batches += [group[start : start + size] for start in range(0, len(group), size)]
-    return batches
-
-
-def fill_rows(rows: np.ndarray, multiple: int = ROW_MULTIPLE) -> np.ndarray:
-    """``rows`` plus repeats of its first row up to a multiple of ``multiple``.
-
-    onnxruntime's vectorized kernels compute the tail of a tensor that does not fill a SIMD register
-    (and a softmax row of another length) with different rounding, so a customer's score would depend,
-    in the last bit, on its batch-mates. With whole registers and a width fixed by the customer's own
-    length (:func:`padded_width`), a customer's score is the same whichever customers share its batch,
-    so sharded, spilled and in-memory runs agree exactly (tested).
-    """
-    return np.concatenate([rows, np.repeat(rows[:1], (-len(rows)) % multiple)])
 
 
 class Predictor:
@@ -235,7 +102,7 @@ class Predictor:
 
         def padded(rows: np.ndarray) -> dict[str, np.ndarray]:
             width = int(padded_width(sequences.lengths[rows[:1]])[0])
-            return sequences.pad(fill_rows(rows), width=width).as_inputs()
+            return sequences.pad(fill_rows(rows), width=width)
 
         # The next batch is padded on a helper thread while onnxruntime (which releases the GIL) runs
         # this one: 4% less scoring time on the benchmark log.
@@ -256,7 +123,7 @@ class Predictor:
                 bar.update(len(rows))
         frame = pd.DataFrame(results, columns=self.outputs)
         frame.insert(0, CUSTOMER_ID, sequences.customer_ids)
-        frame["n_events"] = sequences.n_events_total
+        frame[N_EVENTS] = sequences.n_events_total
         return frame
 
     def retention(self, predictions: pd.DataFrame) -> pd.DataFrame:
@@ -372,64 +239,3 @@ def session_options(threads: int = 0) -> ort.SessionOptions:
     # mark for good (450 MB more between spill partitions, measured) at no measurable speed gain.
     options.enable_cpu_mem_arena = False
     return options
-
-
-def check_output_path(path: str | Path) -> Path:
-    path = Path(path)
-    if path.suffix.lower() not in {".parquet", ".pq", ".csv"}:
-        raise EventLogError(f"{path}: output must end in .parquet or .csv")
-    return path
-
-
-def write_atomically(path: Path, write: Callable[[Path], object]) -> Path:
-    """``write`` to a hidden temporary name beside ``path``, renamed into place only when complete, so
-    an interrupted job never leaves a partial file at ``path`` (the temporary is removed on errors)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        write(partial)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-    return path
-
-
-def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
-    """Parquet or CSV by extension, written atomically."""
-    path = check_output_path(path)
-    if path.suffix.lower() == ".csv":
-        return write_atomically(path, lambda partial: frame.to_csv(partial, index=False))
-    return write_atomically(path, lambda partial: frame.to_parquet(partial, index=False))
-
-
-def write_result(result: ScoringResult, output: str | Path) -> dict[str, Path]:
-    """Predictions at ``output``; ``<output>.rejects.csv`` and ``<output>.summary.json`` beside it.
-
-    The predictions are written last, so their presence means the job completed.
-    """
-    output = check_output_path(output)
-    rejects = write_table(result.rejects, output.with_name(output.name + ".rejects.csv"))
-    summary_text = json.dumps(asdict(result.summary), indent=2)
-    summary = write_atomically(output.with_name(output.name + ".summary.json"), lambda p: p.write_text(summary_text))
-    return {"predictions": write_table(result.predictions, output), "rejects": rejects, "summary": summary}
-
-
-def describe(summary: ScoringSummary) -> str:
-    """The one-line summary a batch job prints (the full accounting is in the summary JSON)."""
-    rate = summary.customers_scored / summary.wall_s if summary.wall_s else float("nan")
-    where = f" (shard {summary.shard})" if summary.shard != "0/1" else ""
-    spill = f", {summary.partitions} spill partitions" if summary.partitions else ""
-    return (
-        f"scored {summary.customers_scored:,} of {summary.customers_seen:,} customers{where}"
-        f"{not_scored_words(summary.customers_not_scored)} from {summary.rows_read:,} events in "
-        f"{summary.wall_s:.1f} s ({rate:,.0f} customers/s) on {summary.provider}{spill}"
-    )
-
-
-def not_scored_words(reasons: dict[str, int]) -> str:
-    """`` (1,992 not scored: no event before the cutoff)``, or nothing when every customer was scored."""
-    total = sum(reasons.values())
-    if not total:
-        return ""
-    why = reason_in_words(next(iter(reasons))) if len(reasons) == 1 else counts_in_words(reasons)
-    return f" ({total:,} not scored: {why})"

@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from churnformer.review import HPARAM_KEYS
 from churnformer.schema import RUN_CONFIG, RUN_LOG, RUN_METRICS, RUN_MODEL, RUN_PREDICTIONS
+from churnformer.training.review import HPARAMS, display_value
 
 DEFAULT_METRICS = (
     "churn/auroc/val",
@@ -41,8 +41,7 @@ def collect_runs(root: Path) -> pd.DataFrame:
         if OmegaConf.select(config, "task_name") is None:  # not a churnformer-train run
             continue
         row: dict[str, object] = {"run": str(run_dir.relative_to(root)) or ".", "status": run_status(run_dir, config)}
-        for key in HPARAM_KEYS:
-            row[key] = OmegaConf.select(config, key, default=None)
+        row.update({key: OmegaConf.select(config, key, default=None) for key in HPARAMS})
         metrics_file = run_dir / RUN_METRICS
         if metrics_file.is_file():
             row.update(json.loads(metrics_file.read_text()))
@@ -69,18 +68,22 @@ def run_status(run_dir: Path, config: DictConfig) -> str:
 
 
 def runs_table(runs: pd.DataFrame, sort: str, metrics: tuple[str, ...] = DEFAULT_METRICS) -> pd.DataFrame:
-    """Sorted by ``sort`` (best first); hyperparameters that are the same in every run are dropped."""
-    if sort not in runs.columns:  # no run finished training (or a misspelled metric)
-        raise KeyError(f"metric {sort!r} not found; metrics present: {[c for c in runs.columns if '/' in c]}")
+    """Sorted by ``sort`` (best first); the knobs under the names TensorBoard's HPARAMS tab shows, those that
+    are the same in every run dropped."""
+    metrics_present = [c for c in runs.columns if "/" in c]
+    if sort not in runs.columns and metrics_present:
+        raise KeyError(f"metric {sort!r} not found; metrics present: {metrics_present}")
+    if sort not in runs.columns:  # no run finished training: the table still shows why
+        runs = runs.assign(**{sort: float("nan")})
     ascending = any(word in sort for word in LOWER_IS_BETTER)
     knobs = [
-        k
-        for k in HPARAM_KEYS
-        if k in runs.columns and (runs[k].nunique(dropna=False) > 1 or k in CONSTANT_COLUMNS_SHOWN)
+        k for k in HPARAMS if k in runs.columns and (runs[k].nunique(dropna=False) > 1 or k in CONSTANT_COLUMNS_SHOWN)
     ]
     shown = [m for m in dict.fromkeys((sort, *metrics)) if m in runs.columns]
     table = runs.sort_values(sort, ascending=ascending, kind="stable", na_position="last")
-    return table[["run", "status", *knobs, *shown]].reset_index(drop=True)
+    table = table[["run", "status", *knobs, *shown]].reset_index(drop=True)
+    table[knobs] = table[knobs].map(display_value)
+    return table.rename(columns=HPARAMS)
 
 
 def main(argv: list[str] | None = None) -> int:

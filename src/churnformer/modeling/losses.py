@@ -1,7 +1,7 @@
 """Joint loss: churn cross-entropy plus the zero-inflated log-normal (ZILN) negative log-likelihood of spend.
 
 ZILN follows Wang et al. (2019), "A Deep Probabilistic Model for Customer Lifetime Value Prediction".
-Its zero part uses the churn logit (P(spend > 0) = 1 - P(churn)), see :mod:`churnformer.model`.
+Its zero part uses the churn logit (P(spend > 0) = 1 - P(churn)), see :mod:`churnformer.modeling.heads`.
 """
 
 from __future__ import annotations
@@ -12,15 +12,17 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from churnformer.model import HeadOutputs
+from churnformer.modeling.heads import HeadOutputs
 
 _HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
 
 
 @dataclass
 class LossWeights:
-    churn: float = 1.0
-    spend: float = 1.0
+    """``model.loss`` in ``conf/model/*.yaml``: the weight of each head's loss in the joint loss."""
+
+    churn: float
+    spend: float
 
 
 def lognormal_nll(spend: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

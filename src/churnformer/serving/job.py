@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 from churnformer.data.events import CUSTOMER_ID, TIMESTAMP, ColumnMapping, load_customers
 from churnformer.data.window import require_events_before
 from churnformer.errors import ConfigError
-from churnformer.partition import (
+from churnformer.serving.output import ScoringResult, ScoringSummary, check_output_path, describe, write_result
+from churnformer.serving.partition import (
     BASE_BYTES,
     PEAK_BYTES_PER_EVENT,
     Shard,
@@ -37,15 +38,8 @@ from churnformer.partition import (
     partitions_needed,
     read_partition,
 )
-from churnformer.retention import SegmentRules
-from churnformer.scoring import (
-    Predictor,
-    ScoringResult,
-    ScoringSummary,
-    check_output_path,
-    describe,
-    write_result,
-)
+from churnformer.serving.predictor import Predictor
+from churnformer.serving.retention import SegmentRules
 
 # Chunks are a quarter of what one partition may hold, so reading never dominates the peak.
 CHUNK_SHARE = 4

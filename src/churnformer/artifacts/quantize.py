@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +19,14 @@ import onnx
 import pandas as pd
 
 from churnformer.data.events import CUSTOMER_ID
+from churnformer.data.training_set import validation_labels
+from churnformer.data.window import Window
 from churnformer.errors import ConfigError
-from churnformer.evaluation import align, roc_auc
-from churnformer.scoring import Predictor, write_atomically
+from churnformer.evaluation.metrics import roc_auc
+from churnformer.evaluation.report import align
+from churnformer.schema import META_QUANTIZED, METADATA_PREFIX, RUN_CONFIG
+from churnformer.serving.output import write_atomically
+from churnformer.serving.predictor import Predictor
 
 MAX_AUC_DROP = 0.002
 INT8_SUFFIX = ".int8.onnx"
@@ -29,19 +36,31 @@ def int8_path(fp32: Path) -> Path:
     return fp32.with_name(fp32.name.removesuffix(".onnx") + INT8_SUFFIX)
 
 
+@contextmanager
+def quiet_root_logger() -> Iterator[None]:
+    """onnxruntime's quantizer logs, on the root logger, a suggestion to pre-process shapes that matters for
+    static quantization only: silenced while it runs, and the process's logging left as it was."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def quantize_model(fp32: str | Path, output: str | Path) -> Path:
     """Dynamic int8 quantization of the MatMul weights; churnformer metadata is carried over."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     fp32, output = Path(fp32), Path(output)
-    # It logs a suggestion to run shape-inference pre-processing, which matters for static quantization only.
-    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
 
     def write(partial: Path) -> None:
-        quantize_dynamic(fp32, partial, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+        with quiet_root_logger():
+            quantize_dynamic(fp32, partial, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
         quantized = onnx.load(partial)
         source = {p.key: p.value for p in onnx.load(fp32).metadata_props}
-        onnx.helper.set_model_props(quantized, {**source, "churnformer.quantized": "int8"})
+        onnx.helper.set_model_props(quantized, {**source, METADATA_PREFIX + META_QUANTIZED: "int8"})
         onnx.save(quantized, partial)
 
     return write_atomically(output, write)
@@ -118,16 +137,16 @@ def quantize_checked(
 
 
 def run_validation_data(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame | None, str, pd.DataFrame]:
-    """Events, customers, cutoff and validation labels of a training run, rebuilt from its config.yaml."""
+    """Events, customers, cutoff and validation labels of a training run, rebuilt from its config.yaml (the
+    source is instantiated alone: no Lightning, no features)."""
     import hydra
     from omegaconf import OmegaConf
 
-    config = run_dir / "config.yaml"
+    config = run_dir / RUN_CONFIG
     if not config.is_file():
         raise ConfigError(f"{config} not found: quantize=true measures accuracy on the run's validation customers")
-    cfg = OmegaConf.load(config)
-    datamodule = hydra.utils.instantiate(cfg.data)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    events, customers = datamodule.load_frames()
-    return events, customers, str(cfg.data.cutoff), datamodule.labels.iloc[datamodule.val_rows]
+    data = OmegaConf.load(config).data
+    events, customers = hydra.utils.instantiate(data.source).load()
+    window = Window.from_cutoff(data.cutoff, data.horizon_days)
+    labels = validation_labels(events, window, data.val_fraction, data.purchase_types, data.event_type_column)
+    return events, customers, str(data.cutoff), labels

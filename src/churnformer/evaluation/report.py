@@ -1,10 +1,6 @@
-"""Offline evaluation: a predictions file against what happened in the horizon, as metrics, figures and a report.
-
-Validation metrics during training come from torchmetrics on tensors; here the same quantities (and a few
-business ones: calibration error, decile error, aggregate error) are computed in numpy on whole files, so a
-scored population can be judged after the horizon has passed. The tests check the numpy versions against
-torchmetrics, ties included.
-"""
+"""``churnformer-evaluate``: a predictions file against what happened in the horizon, as metrics, figures
+and a markdown report. Predictions and labels must cover the same customers (an inner join would silently
+evaluate a subset)."""
 
 from __future__ import annotations
 
@@ -22,7 +18,6 @@ from churnformer.data.events import (
     CUSTOMER_ID,
     TIMESTAMP,
     ColumnMapping,
-    EventLogError,
     check_customer_ids,
     load_events,
     read_table,
@@ -31,150 +26,25 @@ from churnformer.data.events import (
 from churnformer.data.labels import make_labels
 from churnformer.data.window import Window, require_events_before
 from churnformer.defaults import serving_defaults
+from churnformer.errors import InputError
+from churnformer.evaluation.figures import review_figures
+from churnformer.evaluation.metrics import (
+    aggregate_error,
+    average_precision,
+    decile_mape,
+    expected_calibration_error,
+    log_loss,
+    normalized_gini,
+    roc_auc,
+    spearman,
+)
 from churnformer.schema import CHURN, CHURN_PROBABILITY, EXPECTED_SPEND, LABEL_COLUMNS, SPEND
 
 # What an evaluation needs of a predictions file (any model's: churnformer's or a baseline's).
 EVALUATED_COLUMNS = (CHURN_PROBABILITY, EXPECTED_SPEND)
-N_BINS = 10
-LOG_LOSS_EPS = 1e-7
 MIN_CUSTOMERS = 10  # deciles need at least one customer each
 EXAMPLES = 5
 DECILE_NOTE = "spend_decile_mape skips deciles whose mean actual spend is 0 (the relative error is undefined there)."
-
-
-# --- ranks and ties -------------------------------------------------------------------------------------------
-
-
-def _tie_groups(sorted_values: np.ndarray) -> np.ndarray:
-    """Group index (0, 1, ...) of each element of a sorted array; equal neighbours share a group."""
-    return np.cumsum(np.r_[False, sorted_values[1:] != sorted_values[:-1]])
-
-
-def average_ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks where tied values share the mean of the ranks they span, so ties favour no one."""
-    order = np.argsort(values, kind="stable")
-    group = _tie_groups(values[order])
-    starts = np.flatnonzero(np.r_[True, np.diff(group) > 0])
-    ends = np.r_[starts[1:], len(values)]
-    ranks = np.empty(len(values), dtype=np.float64)
-    ranks[order] = ((starts + 1 + ends) / 2)[group]
-    return ranks
-
-
-def cumulative_gains(actual: np.ndarray, score: np.ndarray) -> np.ndarray:
-    """Share of the total ``actual`` captured by the top k customers by ``score``, for k = 1..n.
-
-    Customers tied on score share their group's mean, which is the expected curve over every order of the
-    ties: a constant score gives the random diagonal instead of whatever order the file happened to have.
-    """
-    total = actual.sum()
-    if not total > 0:
-        return np.full(len(actual), np.nan)
-    order = np.argsort(-score, kind="stable")
-    group = _tie_groups(score[order])
-    group_means = np.bincount(group, weights=actual[order]) / np.bincount(group)
-    return np.cumsum(group_means[group]) / total
-
-
-# --- churn metrics --------------------------------------------------------------------------------------------
-
-
-def roc_auc(label: np.ndarray, score: np.ndarray) -> float:
-    """Mann-Whitney U over n_pos * n_neg with average ranks, so a tied pair counts one half; NaN with one class."""
-    positive = label == 1
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if n_pos == 0 or n_neg == 0:
-        return math.nan
-    rank_sum = average_ranks(score)[positive].sum()
-    return float((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def average_precision(label: np.ndarray, score: np.ndarray) -> float:
-    """Step-wise area under precision-recall, one step per distinct score (as scikit-learn); NaN without positives.
-
-    Tied scores form one threshold, so the result does not depend on the order of tied rows.
-    """
-    order = np.argsort(-score, kind="stable")
-    sorted_score, sorted_label = score[order], label[order]
-    last_of_threshold = np.r_[np.flatnonzero(np.diff(sorted_score)), len(score) - 1]
-    true_positives = np.cumsum(sorted_label)[last_of_threshold]
-    if true_positives[-1] == 0:
-        return math.nan
-    precision = true_positives / (last_of_threshold + 1)
-    recall = true_positives / true_positives[-1]
-    return float(np.sum(np.diff(recall, prepend=0.0) * precision))
-
-
-def calibration_bins(probability: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Counts, mean predicted and observed rate in 10 equal-width bins of probability (empty bins: NaN means)."""
-    bins = np.minimum((probability * N_BINS).astype(int), N_BINS - 1)
-    counts = np.bincount(bins, minlength=N_BINS)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        predicted = np.bincount(bins, weights=probability, minlength=N_BINS) / counts
-        observed = np.bincount(bins, weights=label, minlength=N_BINS) / counts
-    return counts, predicted, observed
-
-
-def expected_calibration_error(probability: np.ndarray, label: np.ndarray) -> float:
-    """L1 gap between mean predicted and observed rate per bin, weighted by the share of customers in the bin."""
-    counts, predicted, observed = calibration_bins(probability, label)
-    filled = counts > 0
-    return float(np.sum(counts[filled] * np.abs(predicted[filled] - observed[filled])) / counts.sum())
-
-
-def log_loss(label: np.ndarray, probability: np.ndarray) -> float:
-    """Mean negative log-likelihood; clipping keeps one confident mistake from making it infinite."""
-    p = np.clip(probability, LOG_LOSS_EPS, 1 - LOG_LOSS_EPS)
-    return float(-np.mean(label * np.log(p) + (1 - label) * np.log(1 - p)))
-
-
-# --- spend metrics --------------------------------------------------------------------------------------------
-
-
-def gini(actual: np.ndarray, score: np.ndarray) -> float:
-    """Area between the cumulative gains of the ranking by ``score`` and the random diagonal."""
-    n = len(actual)
-    return float(cumulative_gains(actual, score).mean() - (n + 1) / (2 * n))
-
-
-def normalized_gini(actual: np.ndarray, score: np.ndarray) -> float:
-    """Gini of the model's ranking over the Gini of the perfect ranking (Wang et al., 2019): 1 is perfect,
-    0 random, negative worse than random; NaN when there is nothing to rank (no or uniform spend)."""
-    best = gini(actual, actual)
-    return gini(actual, score) / best if best > 0 else math.nan
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of average ranks; NaN when either side is constant."""
-    ranks_a, ranks_b = average_ranks(a), average_ranks(b)
-    ranks_a, ranks_b = ranks_a - ranks_a.mean(), ranks_b - ranks_b.mean()
-    scale = math.sqrt(float(np.sum(ranks_a**2) * np.sum(ranks_b**2)))
-    return float(np.sum(ranks_a * ranks_b) / scale) if scale > 0 else math.nan
-
-
-def decile_means(predicted: np.ndarray, actual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean predicted and mean actual in 10 equal groups ordered by prediction (highest first)."""
-    groups = np.array_split(np.argsort(-predicted, kind="stable"), 10)
-    return np.array([predicted[g].mean() for g in groups]), np.array([actual[g].mean() for g in groups])
-
-
-def decile_mape(predicted: np.ndarray, actual: np.ndarray) -> float:
-    """Mean over deciles of prediction of |mean predicted - mean actual| / mean actual.
-
-    Deciles whose mean actual is 0 are skipped: the relative error is undefined there, and a decile of
-    customers who spent nothing is judged by MAE instead. NaN when every decile is skipped.
-    """
-    mean_predicted, mean_actual = decile_means(predicted, actual)
-    spent = mean_actual > 0
-    if not spent.any():
-        return math.nan
-    return float(np.mean(np.abs(mean_predicted[spent] - mean_actual[spent]) / mean_actual[spent]))
-
-
-def aggregate_error(predicted: np.ndarray, actual: np.ndarray) -> float:
-    """Relative error of total spend (sum predicted / sum actual - 1): what a budget built on the scores misses."""
-    total = actual.sum()
-    return float(predicted.sum() / total - 1) if total > 0 else math.nan
 
 
 # --- joining predictions and labels ---------------------------------------------------------------------------
@@ -188,17 +58,17 @@ def _checked_frame(frame: pd.DataFrame, columns: Sequence[str], where: str) -> p
     """The id and value columns of ``frame``: present, ids valid and unique, values finite numbers."""
     missing = [c for c in (CUSTOMER_ID, *columns) if c not in frame.columns]
     if missing:
-        raise EventLogError(f"{where}: required column(s) {missing} not found; columns present: {list(frame.columns)}")
+        raise InputError(f"{where}: required column(s) {missing} not found; columns present: {list(frame.columns)}")
     ids = check_customer_ids(frame[CUSTOMER_ID], f"{where}, column {CUSTOMER_ID!r}")
     duplicated = ids[ids.duplicated()].unique()
     if len(duplicated):
-        raise EventLogError(f"{where}: {len(duplicated)} duplicate customer id(s), e.g. {_examples(duplicated)}")
+        raise InputError(f"{where}: {len(duplicated)} duplicate customer id(s), e.g. {_examples(duplicated)}")
     values = {}
     for column in columns:
         numeric = pd.to_numeric(frame[column], errors="coerce").astype("float64").to_numpy()
         bad = ~np.isfinite(numeric)
         if bad.any():
-            raise EventLogError(
+            raise InputError(
                 f"{where}: {int(bad.sum())} missing or non-numeric value(s) in column {column!r}, "
                 f"e.g. for customer(s) {_examples(ids[bad])}"
             )
@@ -210,13 +80,13 @@ def _check_ranges(joined: pd.DataFrame, names: tuple[str, str]) -> None:
     """Probabilities outside [0, 1] or labels other than 0/1 mean the wrong column or file, not a bad model."""
     outside = ~joined[CHURN_PROBABILITY].between(0, 1)
     if outside.any():
-        raise EventLogError(
+        raise InputError(
             f"{names[0]}: {int(outside.sum())} {CHURN_PROBABILITY} value(s) outside [0, 1], "
             f"e.g. for customer(s) {_examples(joined.loc[outside, CUSTOMER_ID].to_numpy())}"
         )
     not_binary = ~joined[CHURN].isin([0.0, 1.0])
     if not_binary.any():
-        raise EventLogError(
+        raise InputError(
             f"{names[1]}: {int(not_binary.sum())} churn value(s) other than 0 or 1, "
             f"e.g. for customer(s) {_examples(joined.loc[not_binary, CUSTOMER_ID].to_numpy())}"
         )
@@ -248,12 +118,12 @@ def align(
         if len(ids)
     ]
     if gaps:
-        raise EventLogError(
+        raise InputError(
             f"{names[0]} and {names[1]} cover different customers: {'; '.join(gaps)}. Score and label the same "
             "population (every customer with an event up to the cutoff)"
         )
     if len(predicted) < MIN_CUSTOMERS:
-        raise EventLogError(f"{names[0]}: {len(predicted)} customer(s); evaluation needs at least {MIN_CUSTOMERS}")
+        raise InputError(f"{names[0]}: {len(predicted)} customer(s); evaluation needs at least {MIN_CUSTOMERS}")
     joined = predicted.merge(labelled, on=CUSTOMER_ID, how="inner", validate="one_to_one")
     _check_ranges(joined, names)
     return joined
@@ -293,59 +163,10 @@ def evaluate(predictions: pd.DataFrame, labels: pd.DataFrame) -> dict[str, float
     return compute_metrics(align(predictions, labels))
 
 
-def calibration_figure(probability: np.ndarray, label: np.ndarray) -> Figure:
-    """Observed churn rate against mean predicted probability per bin; points on the diagonal are calibrated."""
-    counts, predicted, observed = calibration_bins(probability, label)
-    filled = counts > 0
-    figure = Figure(figsize=(4.5, 4), layout="constrained")
-    axes = figure.subplots()
-    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect")
-    axes.plot(predicted[filled], observed[filled], marker="o", label="model")
-    axes.set(xlabel="predicted churn probability", ylabel="observed churn rate", title="Calibration (10 bins)")
-    axes.legend(loc="upper left")
-    return figure
-
-
-def decile_figure(expected: np.ndarray, spend: np.ndarray) -> Figure:
-    """Mean predicted and actual spend per decile of prediction: level errors and ranking in one picture."""
-    mean_predicted, mean_actual = decile_means(expected, spend)
-    x = np.arange(1, N_BINS + 1)
-    figure = Figure(figsize=(6, 4), layout="constrained")
-    axes = figure.subplots()
-    axes.bar(x - 0.2, mean_predicted, width=0.4, label="mean predicted")
-    axes.bar(x + 0.2, mean_actual, width=0.4, label="mean actual")
-    axes.set(xlabel="decile of expected spend (1 = highest)", ylabel="spend", title="Spend by decile", xticks=x)
-    axes.legend()
-    return figure
-
-
-def _gains_panel(axes: Any, actual: np.ndarray, score: np.ndarray, what: str, ranked_by: str) -> None:
-    share = np.arange(len(actual) + 1) / len(actual)
-    axes.plot(share, np.r_[0.0, cumulative_gains(actual, actual)], linestyle=":", color="black", label="perfect")
-    axes.plot(share, np.r_[0.0, cumulative_gains(actual, score)], label="model")
-    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", label="random")
-    axes.set(xlabel=f"share of customers, ranked by {ranked_by}", ylabel=f"share of {what} captured", title=what)
-    axes.legend(loc="lower right")
-
-
-def gains_figure(expected: np.ndarray, spend: np.ndarray, probability: np.ndarray, churn: np.ndarray) -> Figure:
-    """How much of the spend, and of the churners, the top of each ranking captures, against perfect and random."""
-    figure = Figure(figsize=(9, 4), layout="constrained")
-    spend_axes, churn_axes = figure.subplots(1, 2)
-    _gains_panel(spend_axes, spend, expected, "actual spend", "expected spend")
-    _gains_panel(churn_axes, churn, probability, "churners", "churn probability")
-    figure.suptitle("Cumulative gains")
-    return figure
-
-
 def report_figures(joined: pd.DataFrame) -> dict[str, Figure]:
     """The report's figures by file stem, from a frame made by :func:`align`."""
     p, churn, expected, spend = _columns(joined)
-    return {
-        "calibration": calibration_figure(p, churn),
-        "spend_deciles": decile_figure(expected, spend),
-        "cumulative_gains": gains_figure(expected, spend, p, churn),
-    }
+    return {name.replace("/", "_"): figure for name, figure in review_figures(p, churn, expected, spend).items()}
 
 
 # --- report ---------------------------------------------------------------------------------------------------
@@ -413,11 +234,11 @@ def load_labels(
 ) -> tuple[pd.DataFrame, str]:
     """Labels from a labels file or computed from an event log, and a description of where they came from."""
     if labels is not None and events is not None:
-        raise EventLogError("pass either labels=PATH or events=PATH with cutoff and horizon_days, not both")
+        raise InputError("pass either labels=PATH or events=PATH with cutoff and horizon_days, not both")
     if labels is not None:
         return read_table(labels, CUSTOMER_ID), str(labels)
     if events is None or cutoff is None or horizon_days is None:
-        raise EventLogError(
+        raise InputError(
             "no labels: pass labels=PATH (columns customer_id, churn, spend), or events=PATH with "
             "cutoff=YYYY-MM-DD and horizon_days=N (the cutoff and horizon the predictions were made for)"
         )

@@ -1,0 +1,38 @@
+"""Read a training checkpoint back into the network, without Lightning and without unpickling code."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from churnformer.data.featurizer import Featurizer
+from churnformer.errors import ModelFileError
+from churnformer.modeling.network import ChurnFormer
+
+# Where the LightningModule keeps its parts in a checkpoint (churnformer.training.module).
+HYPERPARAMETERS = "hyper_parameters"
+NETWORK_PREFIX = "network."
+
+
+def load_checkpoint(path: str | Path) -> tuple[ChurnFormer, dict[str, Any]]:
+    """The trained network (in eval mode) and the checkpoint's hyperparameters (``featurizer_json``,
+    ``network``, ``export_metadata``, ...). ``weights_only=True``: tensors and plain data only."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: checkpoint file not found")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        hparams = checkpoint[HYPERPARAMETERS]
+        state = checkpoint["state_dict"]
+    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, TypeError) as error:
+        raise ModelFileError(
+            f"{path}: not a churnformer training checkpoint ({type(error).__name__}: {error})"
+        ) from error
+    network = ChurnFormer.build(hparams["network"], Featurizer.from_json(hparams["featurizer_json"]))
+    network.load_state_dict(
+        {k.removeprefix(NETWORK_PREFIX): v for k, v in state.items() if k.startswith(NETWORK_PREFIX)}
+    )
+    return network.eval(), hparams

@@ -1,0 +1,124 @@
+"""Export a trained network to one self-contained ONNX file: the calibrated predictions as outputs, the
+featurization state, calibration and reference percentiles as metadata (``churnformer.schema``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+
+from churnformer import __version__
+from churnformer.artifacts.checkpoint import load_checkpoint
+from churnformer.data.featurizer import Featurizer
+from churnformer.modeling.backbones import SelfAttention
+from churnformer.modeling.network import ChurnFormer
+from churnformer.modeling.scoring_model import Calibration, ScoringModel
+from churnformer.schema import (
+    CUSTOMER_CAT,
+    CUSTOMER_NUM,
+    DYNAMIC_AXES,
+    EVENT_CAT,
+    EVENT_NUM,
+    LENGTHS,
+    META_CALIBRATION,
+    META_FEATURIZER,
+    META_OUTPUTS,
+    META_VERSION,
+    METADATA_PREFIX,
+    MODEL_OUTPUTS,
+    RUN_CALIBRATION,
+)
+from churnformer.serving.output import write_atomically
+
+# opset 23 turns SDPA into an ONNX `Attention` op whose CPU kernel rejects broadcast key-padding masks, so the
+# portable export decomposes attention into opset-20 ops; the default is onnxruntime's fused kernel instead.
+OPSET = 20
+
+
+def example_inputs(featurizer: Featurizer, batch: int = 3, length: int = 5) -> dict[str, torch.Tensor]:
+    """A valid example batch by input name; batch and length >= 2 so the exporter keeps both symbolic."""
+    generator = torch.Generator().manual_seed(0)
+
+    def ids(shape: tuple[int, ...], cardinalities: list[int]) -> torch.Tensor:
+        high = torch.tensor(cardinalities or [2])[: len(cardinalities)]
+        return (torch.rand(*shape, len(cardinalities), generator=generator) * (high - 1)).int() + 1
+
+    return {
+        EVENT_CAT: ids((batch, length), featurizer.event_categorical_cardinalities),
+        EVENT_NUM: torch.randn(batch, length, len(featurizer.event_numeric_names), generator=generator),
+        LENGTHS: torch.arange(length, length - batch, -1).clamp(min=1).long(),
+        CUSTOMER_CAT: ids((batch,), featurizer.customer_categorical_cardinalities),
+        CUSTOMER_NUM: torch.randn(batch, len(featurizer.customer_numeric_names), generator=generator),
+    }
+
+
+def export_onnx(
+    network: ChurnFormer,
+    featurizer_json: str,
+    output: str | Path,
+    metadata: dict[str, Any],
+    calibration: Calibration | None = None,
+    *,
+    fused_attention: bool,
+) -> Path:
+    """Write ``output`` atomically; batch and length are symbolic. ``metadata``: the training run's
+    (``schema.META_HORIZON_DAYS`` at least), stored beside the featurization state and calibration.
+
+    ``fused_attention``: attention as onnxruntime's ``com.microsoft.Attention`` kernel (CPU and CUDA; the
+    fastest), or, when False, as standard ONNX ops that any ONNX runtime can execute.
+    """
+    featurizer = Featurizer.from_json(featurizer_json)
+    calibration = calibration or Calibration()
+    inputs = example_inputs(featurizer)
+    model = ScoringModel(network, list(inputs), calibration).eval()
+    dims = {axis: torch.export.Dim(axis) for axis in ("batch", "length")}
+    # One entry for ScoringModel.forward's *inputs, a spec per input in order.
+    dynamic_shapes = {"inputs": tuple({i: dims[a] for i, a in enumerate(DYNAMIC_AXES[name])} for name in inputs)}
+    # The exporter logs every graph pass at INFO and warns that torchvision (unused here) is missing.
+    for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    for module in network.modules():
+        if isinstance(module, SelfAttention):
+            module.fused_export = fused_attention
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model,
+            tuple(inputs.values()),
+            dynamo=True,
+            opset_version=OPSET,
+            dynamic_shapes=dynamic_shapes,
+            input_names=list(inputs),
+            output_names=list(MODEL_OUTPUTS),
+            verbose=False,
+        )
+    proto = program.model_proto
+    props = {
+        META_FEATURIZER: featurizer_json,
+        META_VERSION: __version__,
+        META_OUTPUTS: json.dumps(MODEL_OUTPUTS),
+        META_CALIBRATION: json.dumps(asdict(calibration)),
+    }
+    props.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()})
+    onnx.helper.set_model_props(proto, {METADATA_PREFIX + k: v for k, v in props.items()})
+    onnx.checker.check_model(proto)
+    return write_atomically(Path(output), lambda partial: onnx.save(proto, partial))
+
+
+def export_checkpoint(
+    checkpoint: str | Path, output: str | Path, *, calibration: str | Path | None, fused_attention: bool
+) -> Path:
+    """Export a checkpoint (``churnformer-export``; settings in ``conf/serving/export.yaml``). ``calibration``:
+    a calibration.json to apply; None: the run's own (beside ``checkpoints/``), when there is one."""
+    checkpoint = Path(checkpoint)
+    calibration_file = Path(calibration) if calibration else checkpoint.parent.parent / RUN_CALIBRATION
+    fitted = Calibration.load(calibration_file) if calibration_file.is_file() else None
+    network, hparams = load_checkpoint(checkpoint)
+    metadata = hparams["export_metadata"]
+    return export_onnx(network, hparams["featurizer_json"], output, metadata, fitted, fused_attention=fused_attention)

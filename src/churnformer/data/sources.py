@@ -1,0 +1,101 @@
+"""Where a training job's event log comes from: ``data.source`` in the config, one component per kind.
+
+Each source hands back the log in the standard contract (:mod:`churnformer.data.events`); nothing after it
+knows which kind it was. A new kind (a warehouse table, a benchmark dataset) is one more class here and
+one more ``conf/data/*.yaml`` naming it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from pathlib import Path
+
+import pandas as pd
+
+from churnformer.data.events import ColumnMapping, load_customers, load_events
+
+Table = str | Path | pd.DataFrame
+
+
+class EventLogSource(ABC):
+    """The events (and optional static customer table) of a training job."""
+
+    #: The column names of the user's log (stored in the model, so scoring reads files with the same names).
+    columns: ColumnMapping = ColumnMapping()
+
+    def prepare(self) -> None:  # noqa: B027 (a no-op unless the source has something to make)
+        """Runs once per machine before :meth:`load` (Lightning's ``prepare_data``): make what is missing."""
+
+    @abstractmethod
+    def load(self) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+        """The standard events frame and the standard customers frame (None without a customer table)."""
+
+    @abstractmethod
+    def origins(self) -> tuple[Table | None, Table | None]:
+        """The events and customers as files or DataFrames, for the run's fingerprints (``run_info.json``)."""
+
+
+class EventLogFiles(EventLogSource):
+    """The user's own log (``data=csv``): CSV or Parquet files, or DataFrames through the Python API, with the
+    user's column names mapped by ``columns`` (``data.columns.*``)."""
+
+    def __init__(self, events: Table, customers: Table | None, columns: Mapping[str, str]) -> None:
+        self.events = events
+        self.customers = customers
+        self.columns = ColumnMapping().overridden(columns)
+
+    def load(self) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+        events = load_events(self.events, self.columns)
+        customers = load_customers(self.customers, self.columns.customer_id) if self.customers is not None else None
+        return events, customers
+
+    def origins(self) -> tuple[Table | None, Table | None]:
+        return self.events, self.customers
+
+
+class SyntheticWorld(EventLogSource):
+    """The built-in synthetic world (``data=synthetic``), written to ``directory`` on first use."""
+
+    def __init__(self, directory: str | Path, world: Mapping[str, object]) -> None:
+        from churnformer.data.synthetic import SyntheticWorldConfig
+
+        self.directory = Path(directory)
+        self.world = SyntheticWorldConfig(**world)
+
+    @property
+    def files(self) -> tuple[Path, Path]:
+        return self.directory / "events.parquet", self.directory / "customers.parquet"
+
+    def prepare(self) -> None:
+        from churnformer.data.synthetic import write_world
+
+        if not all(path.is_file() for path in self.files):
+            write_world(self.world, self.directory)
+
+    def load(self) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+        events, customers = self.files
+        return load_events(events), load_customers(customers)
+
+    def origins(self) -> tuple[Table | None, Table | None]:
+        return self.files
+
+
+class CdnowLog(EventLogSource):
+    """The CDNOW master log (``data=cdnow``): from the ``lifetimes`` distribution, or the file at ``path``."""
+
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = path
+
+    def _file(self) -> Path:
+        from churnformer.data.cdnow import cdnow_master_path
+
+        return Path(self.path) if self.path is not None else cdnow_master_path()
+
+    def load(self) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+        from churnformer.data.cdnow import load_cdnow
+
+        return load_events(load_cdnow(self._file()), name="CDNOW master log"), None
+
+    def origins(self) -> tuple[Table | None, Table | None]:
+        return self._file(), None

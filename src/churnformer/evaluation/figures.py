@@ -1,0 +1,149 @@
+"""The figures a reviewer reads, drawn once for both the evaluation report and TensorBoard.
+
+Each carries the number that matters in its title (ROC with its AUC, calibration with its ECE and bin
+counts) and is legible at TensorBoard's card size; spend axes are in the log's currency units.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+
+from churnformer.evaluation.metrics import (
+    N_BINS,
+    calibration_bins,
+    cumulative_gains,
+    decile_means,
+    expected_calibration_error,
+    normalized_gini,
+    roc_auc,
+)
+
+matplotlib.use("Agg")  # figures are rendered to files and images, never shown
+
+SPEND_UNITS = "spend (currency units of the log)"
+SIZE = (5.0, 4.0)
+
+
+def calibration_figure(probability: np.ndarray, label: np.ndarray) -> Figure:
+    """Observed churn rate against mean predicted probability per bin, each point labelled with its count;
+    points on the diagonal are calibrated."""
+    counts, predicted, observed = calibration_bins(probability, label)
+    filled = counts > 0
+    figure = Figure(figsize=SIZE, layout="constrained")
+    axes = figure.subplots()
+    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect")
+    axes.plot(predicted[filled], observed[filled], marker="o", label="model")
+    for x, y, n in zip(predicted[filled], observed[filled], counts[filled], strict=True):
+        axes.annotate(f"{n:,}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7, color="dimgrey")
+    ece = expected_calibration_error(probability, label)
+    axes.set(
+        xlabel="predicted churn probability",
+        ylabel="observed churn rate",
+        title=f"Calibration: ECE {ece:.4f} ({N_BINS} bins, customers per bin shown)",
+        xlim=(0, 1),
+        ylim=(0, 1),
+    )
+    axes.title.set_fontsize(9)
+    axes.legend(loc="upper left")
+    return figure
+
+
+def roc_figure(probability: np.ndarray, label: np.ndarray) -> Figure:
+    """ROC of churn: true against false positive rate over every threshold (ties as one step)."""
+    order = np.argsort(-probability, kind="stable")
+    scores, labels = probability[order], label[order]
+    last = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
+    positives = max(float(labels.sum()), 1.0)
+    negatives = max(float(len(labels) - labels.sum()), 1.0)
+    tpr = np.r_[0.0, np.cumsum(labels)[last] / positives]
+    fpr = np.r_[0.0, np.cumsum(1 - labels)[last] / negatives]
+    figure = Figure(figsize=SIZE, layout="constrained")
+    axes = figure.subplots()
+    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", label="random")
+    axes.plot(fpr, tpr, label="model")
+    axes.set(
+        xlabel="false positive rate",
+        ylabel="true positive rate",
+        title=f"Churn ROC: AUC {roc_auc(label, probability):.4f}",
+    )
+    axes.legend(loc="lower right")
+    return figure
+
+
+def _decile_bars(axes: Any, predicted: np.ndarray, actual: np.ndarray, ylabel: str) -> None:
+    mean_predicted, mean_actual = decile_means(predicted, actual)
+    x = np.arange(1, N_BINS + 1)
+    axes.bar(x - 0.2, mean_predicted, width=0.4, label="mean predicted")
+    axes.bar(x + 0.2, mean_actual, width=0.4, label="mean actual")
+    axes.set(xlabel="decile of prediction (1 = highest)", ylabel=ylabel, xticks=x)
+    axes.legend()
+
+
+def churn_decile_figure(probability: np.ndarray, label: np.ndarray) -> Figure:
+    """Mean predicted churn probability and observed churn rate per decile of prediction."""
+    figure = Figure(figsize=SIZE, layout="constrained")
+    axes = figure.subplots()
+    _decile_bars(axes, probability, label, "churn rate")
+    axes.set(title="Churn rate by decile of churn probability")
+    return figure
+
+
+def spend_decile_figure(expected: np.ndarray, spend: np.ndarray) -> Figure:
+    """Mean predicted and actual spend per decile of prediction: level errors and ranking in one picture."""
+    figure = Figure(figsize=SIZE, layout="constrained")
+    axes = figure.subplots()
+    _decile_bars(axes, expected, spend, SPEND_UNITS)
+    axes.set(title=f"Spend by decile of expected spend: Gini {normalized_gini(spend, expected):.4f}")
+    return figure
+
+
+def spend_scatter_figure(expected: np.ndarray, spend: np.ndarray) -> Figure:
+    """Predicted against actual spend per customer, on log1p axes (most customers spend little)."""
+    figure = Figure(figsize=SIZE, layout="constrained")
+    axes = figure.subplots()
+    axes.scatter(np.log1p(expected), np.log1p(spend), s=4, alpha=0.3)
+    top = float(max(np.log1p(expected).max(initial=0), np.log1p(spend).max(initial=0)))
+    axes.plot([0, top], [0, top], linestyle="--", color="grey")
+    axes.set(
+        xlabel="log1p(expected spend), currency units",
+        ylabel="log1p(actual spend), currency units",
+        title="Predicted against actual spend",
+    )
+    return figure
+
+
+def _gains_panel(axes: Any, actual: np.ndarray, score: np.ndarray, what: str, ranked_by: str) -> None:
+    share = np.arange(len(actual) + 1) / len(actual)
+    axes.plot(share, np.r_[0.0, cumulative_gains(actual, actual)], linestyle=":", color="black", label="perfect")
+    axes.plot(share, np.r_[0.0, cumulative_gains(actual, score)], label="model")
+    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", label="random")
+    axes.set(xlabel=f"share of customers, ranked by {ranked_by}", ylabel=f"share of {what} captured", title=what)
+    axes.legend(loc="lower right")
+
+
+def gains_figure(expected: np.ndarray, spend: np.ndarray, probability: np.ndarray, churn: np.ndarray) -> Figure:
+    """How much of the spend, and of the churners, the top of each ranking captures, against perfect and random."""
+    figure = Figure(figsize=(9, 4), layout="constrained")
+    spend_axes, churn_axes = figure.subplots(1, 2)
+    _gains_panel(spend_axes, spend, expected, "actual spend", "expected spend")
+    _gains_panel(churn_axes, churn, probability, "churners", "churn probability")
+    figure.suptitle("Cumulative gains")
+    return figure
+
+
+def review_figures(
+    probability: np.ndarray, churn: np.ndarray, expected: np.ndarray, spend: np.ndarray
+) -> dict[str, Figure]:
+    """Every figure of one population, by name (the report's file stems; TensorBoard's tags)."""
+    return {
+        "churn/roc": roc_figure(probability, churn),
+        "churn/calibration": calibration_figure(probability, churn),
+        "churn/deciles": churn_decile_figure(probability, churn),
+        "spend/deciles": spend_decile_figure(expected, spend),
+        "spend/predicted_vs_actual": spend_scatter_figure(expected, spend),
+        "cumulative_gains": gains_figure(expected, spend, probability, churn),
+    }

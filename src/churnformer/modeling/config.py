@@ -1,0 +1,44 @@
+"""What the network is built from: the architecture knobs (``model.network`` in ``conf/model/*.yaml``, the
+only place they have defaults) and the feature sizes of the fitted featurizer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from churnformer.data.featurizer import Featurizer
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture knobs; ``backbone`` names the sequence encoder (``{_target_: ...}``, see
+    :mod:`churnformer.modeling.backbones`)."""
+
+    backbone: dict[str, Any]
+    d_model: int
+    n_layers: int
+    n_heads: int
+    ff_multiplier: int
+    dropout: float  # residual and feed-forward dropout; attention weights are never dropped (slow on CPU)
+    time_frequencies: int  # learned sinusoidal frequencies per time feature
+
+
+@dataclass(frozen=True)
+class FeatureSizes:
+    """Input sizes the fitted featurizer implies."""
+
+    event_cat_cardinalities: list[int]
+    n_event_num: int
+    time_feature_index: list[int]  # columns of event_num that hold time
+    customer_cat_cardinalities: list[int]
+    n_customer_num: int
+
+    @classmethod
+    def of(cls, featurizer: Featurizer) -> FeatureSizes:
+        return cls(
+            event_cat_cardinalities=featurizer.event_categorical_cardinalities,
+            n_event_num=len(featurizer.event_numeric_names),
+            time_feature_index=featurizer.event_time_indices,
+            customer_cat_cardinalities=featurizer.customer_categorical_cardinalities,
+            n_customer_num=len(featurizer.customer_numeric_names),
+        )

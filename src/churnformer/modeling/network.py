@@ -1,0 +1,61 @@
+"""The churn + spend network: event encoder -> backbone (transformer by default) -> pooling -> two heads.
+
+Shapes: B customers, T events (padded), D = d_model. Inputs are the model inputs by name
+(``churnformer.schema``), as :meth:`churnformer.data.sequences.Sequences.pad` makes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from churnformer.data.featurizer import Featurizer
+from churnformer.modeling.backbones import build_backbone
+from churnformer.modeling.config import FeatureSizes, ModelConfig
+from churnformer.modeling.encoders import CustomerEncoder, EventEncoder
+from churnformer.modeling.heads import ChurnSpendHeads, HeadOutputs
+from churnformer.schema import CUSTOMER_CAT, CUSTOMER_NUM, EVENT_CAT, EVENT_NUM, LENGTHS
+
+
+class ChurnFormer(nn.Module):
+    """Reads a customer's event sequence and returns the churn logit and the positive-spend log-normal."""
+
+    def __init__(self, config: ModelConfig, sizes: FeatureSizes) -> None:
+        super().__init__()
+        self.config = config
+        self.events = EventEncoder(config, sizes)
+        self.customer = CustomerEncoder(config, sizes)
+        self.backbone = build_backbone(config.backbone, config)
+        self.norm = nn.LayerNorm(config.d_model)
+        self.pool = nn.Sequential(nn.Linear(2 * config.d_model, config.d_model), nn.GELU())
+        self.heads = ChurnSpendHeads(config.d_model)
+        self.apply(_init_weights)
+
+    @classmethod
+    def build(cls, network: Mapping[str, Any], featurizer: Featurizer) -> ChurnFormer:
+        """From the ``model.network`` config (a plain dict, as checkpoints keep it) and the fitted featurizer."""
+        return cls(ModelConfig(**network), FeatureSizes.of(featurizer))
+
+    def forward(self, inputs: Mapping[str, torch.Tensor]) -> HeadOutputs:
+        lengths = inputs[LENGTHS]  # (B,)
+        events = self.events(inputs[EVENT_CAT], inputs[EVENT_NUM])  # (B, T, D)
+        summary = self.customer(inputs[CUSTOMER_CAT], inputs[CUSTOMER_NUM]).unsqueeze(1)  # (B, 1, D)
+        x = self.norm(self.backbone(torch.cat([summary, events], dim=1), lengths))  # (B, 1 + T, D)
+        positions = torch.arange(events.shape[1], device=x.device)
+        weights = (positions.unsqueeze(0) < lengths.unsqueeze(1)).unsqueeze(-1).to(x.dtype)  # (B, T, 1) real events
+        mean_events = (x[:, 1:] * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (B, D)
+        pooled = self.pool(torch.cat([self.backbone.summary(x, lengths), mean_events], dim=-1))  # (B, D)
+        return self.heads(pooled)
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=0.02)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=0.02)
+        with torch.no_grad():
+            module.weight[0].zero_()

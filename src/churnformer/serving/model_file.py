@@ -1,0 +1,59 @@
+"""A churnformer model file: found, checked (ONNX checker, churnformer's inputs and metadata) and read
+before any data is, so a wrong file is named in one line rather than failing half-way through a job."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+
+from churnformer.errors import ModelFileError
+from churnformer.schema import (
+    META_OUTPUTS,
+    META_VERSION,
+    METADATA_PREFIX,
+    MODEL_OUTPUTS,
+    REQUIRED_METADATA,
+    REQUIRED_MODEL_INPUTS,
+    RUN_MODEL,
+)
+
+
+def resolve_model_path(model: str | Path) -> Path:
+    """A run directory means its ``model.onnx``."""
+    path = Path(model)
+    if path.is_dir():
+        path = path / RUN_MODEL
+    if not path.is_file():
+        raise ModelFileError(f"{path}: model file not found (pass an .onnx file or a training run directory)")
+    return path
+
+
+def read_model(path: Path) -> tuple[bytes, dict[str, str]]:
+    """Load and check the ONNX file; return its bytes and churnformer metadata."""
+    raw = path.read_bytes()
+    try:
+        proto = onnx.load_from_string(raw)
+        onnx.checker.check_model(proto)
+    except Exception as error:  # onnx raises DecodeError, ValidationError and others for junk files
+        raise ModelFileError(f"{path}: not a valid ONNX model ({type(error).__name__}: {error})") from error
+    metadata = {
+        p.key.removeprefix(METADATA_PREFIX): p.value for p in proto.metadata_props if p.key.startswith(METADATA_PREFIX)
+    }
+    missing = [key for key in REQUIRED_METADATA if key not in metadata]
+    if missing:
+        raise ModelFileError(
+            f"{path}: ONNX model lacks churnformer metadata {[METADATA_PREFIX + key for key in missing]}; "
+            "export it with churnformer-export"
+        )
+    missing = set(REQUIRED_MODEL_INPUTS) - {i.name for i in proto.graph.input}
+    if missing:
+        raise ModelFileError(f"{path}: ONNX model lacks inputs {sorted(missing)}; not a churnformer model")
+    lacking = [name for name in MODEL_OUTPUTS if name not in json.loads(metadata[META_OUTPUTS])]
+    if lacking:
+        raise ModelFileError(
+            f"{path}: exported by churnformer {metadata.get(META_VERSION, 'unknown')}, without the outputs "
+            f"{lacking}; export its checkpoint again with this version's churnformer-export"
+        )
+    return raw, metadata

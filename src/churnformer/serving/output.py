@@ -1,0 +1,121 @@
+"""What a scoring job writes and prints: the predictions, the rejects, the summary JSON and one line.
+
+Every file is written under a hidden temporary name and renamed into place only when complete; the
+predictions come last, so their presence means the job completed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from churnformer.console import counts_in_words, reason_in_words
+from churnformer.errors import ConfigError
+
+
+@dataclass
+class ScoringSummary:
+    """Where every input row and customer went; scored + not scored = customers seen, always."""
+
+    rows_read: int = 0
+    customers_seen: int = 0
+    customers_scored: int = 0
+    customers_not_scored: dict[str, int] = field(default_factory=dict)
+    events_ignored: dict[str, int] = field(default_factory=dict)
+    unknown_categories: dict[str, int] = field(default_factory=dict)
+    customers_without_static: int = 0
+    provider: str = ""
+    shard: str = "0/1"
+    partitions: int = 0  # spill partitions on disk; 0: scored in memory
+    featurize_s: float = 0.0
+    infer_s: float = 0.0
+    wall_s: float = 0.0
+
+    def add(self, other: ScoringSummary) -> None:
+        """Accumulate the counts of another part (job shard or spill partition) of the same job."""
+        self.rows_read += other.rows_read
+        self.customers_seen += other.customers_seen
+        self.customers_scored += other.customers_scored
+        for mine, theirs in (
+            (self.customers_not_scored, other.customers_not_scored),
+            (self.events_ignored, other.events_ignored),
+            (self.unknown_categories, other.unknown_categories),
+        ):
+            for key, value in theirs.items():
+                mine[key] = mine.get(key, 0) + value
+        self.customers_without_static += other.customers_without_static
+        self.featurize_s += other.featurize_s
+        self.infer_s += other.infer_s
+
+
+@dataclass
+class ScoringResult:
+    predictions: pd.DataFrame
+    rejects: pd.DataFrame
+    summary: ScoringSummary
+
+
+def check_output_path(path: str | Path) -> Path:
+    path = Path(path)
+    if path.suffix.lower() not in {".parquet", ".pq", ".csv"}:
+        raise ConfigError(f"output={path}: the output must end in .parquet or .csv")
+    return path
+
+
+def write_atomically(path: Path, write: Callable[[Path], object]) -> Path:
+    """``write`` to a hidden temporary name beside ``path``, renamed into place only when complete, so
+    an interrupted job never leaves a partial file at ``path`` (the temporary is removed on errors)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        write(partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
+def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
+    """Parquet or CSV by extension, written atomically."""
+    path = check_output_path(path)
+    if path.suffix.lower() == ".csv":
+        return write_atomically(path, lambda partial: frame.to_csv(partial, index=False))
+    return write_atomically(path, lambda partial: frame.to_parquet(partial, index=False))
+
+
+def write_result(result: ScoringResult, output: str | Path) -> dict[str, Path]:
+    """Predictions at ``output``; ``<output>.rejects.csv`` and ``<output>.summary.json`` beside it.
+
+    The predictions are written last, so their presence means the job completed.
+    """
+    output = check_output_path(output)
+    rejects = write_table(result.rejects, output.with_name(output.name + ".rejects.csv"))
+    summary_text = json.dumps(asdict(result.summary), indent=2)
+    summary = write_atomically(output.with_name(output.name + ".summary.json"), lambda p: p.write_text(summary_text))
+    return {"predictions": write_table(result.predictions, output), "rejects": rejects, "summary": summary}
+
+
+def describe(summary: ScoringSummary) -> str:
+    """The one-line summary a batch job prints (the full accounting is in the summary JSON)."""
+    rate = summary.customers_scored / summary.wall_s if summary.wall_s else float("nan")
+    where = f" (shard {summary.shard})" if summary.shard != "0/1" else ""
+    spill = f", {summary.partitions} spill partitions" if summary.partitions else ""
+    return (
+        f"scored {summary.customers_scored:,} of {summary.customers_seen:,} customers{where}"
+        f"{not_scored_words(summary.customers_not_scored)} from {summary.rows_read:,} events in "
+        f"{summary.wall_s:.1f} s ({rate:,.0f} customers/s) on {summary.provider}{spill}"
+    )
+
+
+def not_scored_words(reasons: dict[str, int]) -> str:
+    """`` (1,992 not scored: no event before the cutoff)``, or nothing when every customer was scored."""
+    total = sum(reasons.values())
+    if not total:
+        return ""
+    why = reason_in_words(next(iter(reasons))) if len(reasons) == 1 else counts_in_words(reasons)
+    return f" ({total:,} not scored: {why})"

@@ -1,0 +1,155 @@
+"""LightningDataModule: the configured event-log source -> training set -> length-bucketed batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from omegaconf import Container, DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from churnformer.data.featurizer import FeaturizerConfig
+from churnformer.data.sequences import Sequences
+from churnformer.data.sources import EventLogSource
+from churnformer.data.training_set import TrainingSet, build_training_set, rolling_windows
+from churnformer.data.window import Window
+from churnformer.schema import CHURN, SPEND
+from churnformer.training.sampler import LengthBucketBatchSampler
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """The datamodule's settings: ``data.*`` in the config (defaults in ``conf/datamodule/default.yaml``),
+    apart from the source and the keys the source is built from."""
+
+    cutoff: str
+    horizon_days: float
+    purchase_types: list[str] | None
+    event_type_column: str
+    features: dict[str, Any]
+    val_fraction: float
+    batch_size: int
+    seed: int
+    rolling_cutoffs: dict[str, float]
+
+    @classmethod
+    def of(cls, data: DictConfig) -> DataSettings:
+        """From the ``data`` node; only these keys are resolved (not the source's, which may be left unset
+        when the Python API passes DataFrames)."""
+        values = {f.name: data[f.name] for f in fields(cls)}
+        return cls(
+            **{k: OmegaConf.to_container(v, resolve=True) if isinstance(v, Container) else v for k, v in values.items()}
+        )
+
+
+class SequenceDataset(torch.utils.data.Dataset):
+    """Index-only dataset; batches are padded in :meth:`collate` from the ragged sequences."""
+
+    def __init__(self, sequences: Sequences, labels: pd.DataFrame, rows: np.ndarray) -> None:
+        self.sequences = sequences
+        self.churn = labels[CHURN].to_numpy(np.float32)
+        self.spend = labels[SPEND].to_numpy(np.float32)
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> int:
+        return int(self.rows[index])
+
+    def collate(self, rows: list[int]) -> dict[str, torch.Tensor]:
+        rows_array = np.asarray(rows, dtype=np.int64)
+        batch = {name: torch.from_numpy(a) for name, a in self.sequences.pad(rows_array).items()}
+        batch[CHURN] = torch.from_numpy(self.churn[rows_array])
+        batch[SPEND] = torch.from_numpy(self.spend[rows_array])
+        return batch
+
+
+class ChurnDataModule(pl.LightningDataModule):
+    """Loads the source's log, builds the training set (featurization fitted on training customers only) and
+    serves batches. DDP: training batches are split across ranks by the sampler (equal counts per rank)."""
+
+    def __init__(self, source: EventLogSource, settings: DataSettings) -> None:
+        super().__init__()
+        self.source = source
+        self.settings = settings
+        self.window = Window.from_cutoff(settings.cutoff, settings.horizon_days)
+        self.data: TrainingSet | None = None
+        self._train_sampler: LengthBucketBatchSampler | None = None
+        self._train_sampler_state: dict[str, int] | None = None
+
+    def prepare_data(self) -> None:
+        """Runs once per machine before ``setup``: makes what the source needs (the synthetic world)."""
+        self.source.prepare()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.data is not None:
+            return
+        events, customers = self.source.load()
+        rolling = self.settings.rolling_cutoffs
+        self.data = build_training_set(
+            events,
+            customers,
+            rolling_windows(self.window, int(rolling["count"]), float(rolling["step_days"])),
+            FeaturizerConfig(**self.settings.features),
+            self.settings.val_fraction,
+            self.settings.purchase_types,
+            self.settings.event_type_column,
+        )
+
+    def load_frames(self) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+        """The standard events and customers frames of the source (scored after training)."""
+        return self.source.load()
+
+    def _loader(self, rows: np.ndarray, shuffle: bool, sharded: bool = True) -> DataLoader:
+        dataset = SequenceDataset(self.data.sequences, self.data.labels, rows)
+        trainer = self.trainer if sharded else None
+        sampler = LengthBucketBatchSampler(
+            self.data.sequences.lengths[rows],
+            self.settings.batch_size,
+            shuffle=shuffle,
+            seed=self.settings.seed,
+            rank=trainer.global_rank if trainer else 0,
+            world_size=trainer.world_size if trainer else 1,
+        )
+        # Its own generator: iterating a loader otherwise draws a seed from the global torch RNG, and a resumed
+        # run starts its iteration at another point of that stream than the uninterrupted run (dropout masks).
+        generator = torch.Generator().manual_seed(self.settings.seed)
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=dataset.collate, generator=generator)
+
+    def train_dataloader(self) -> DataLoader:
+        loader = self._loader(self.data.train_rows, shuffle=True)
+        self._train_sampler = loader.batch_sampler
+        if self._train_sampler_state is not None:
+            self._train_sampler.load_state_dict(self._train_sampler_state)
+            self._train_sampler_state = None
+        return loader
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.data.val_rows, shuffle=False)
+
+    def validation_loader(self) -> DataLoader:
+        """Every validation customer on this process (not split across DDP ranks): final evaluation and
+        calibration."""
+        return self._loader(self.data.val_rows, shuffle=False, sharded=False)
+
+    def main_training_loader(self) -> DataLoader:
+        """Every training customer at the main cutoff (no rolling-cutoff copies) on this process: the
+        calibration levels."""
+        return self._loader(self.data.main_train_rows, shuffle=False, sharded=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in every checkpoint: where the training epoch stands, so a run resumed from a mid-epoch checkpoint
+        continues with the next batch instead of replaying the epoch from its start.
+
+        The datamodule carries it, not the loader: Lightning 2.x drops a loader's own state on resume when
+        ``configure_optimizers`` reads ``trainer.estimated_stepping_batches`` (Lightning issue 20550)."""
+        return {"train_sampler": self._train_sampler.state_dict()} if self._train_sampler is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Restored before the training loader exists; train_dataloader() applies it.
+        self._train_sampler_state = state_dict.get("train_sampler")

@@ -1,0 +1,332 @@
+"""The training job (``churnformer-train``, ``churnformer.api.train``), in the order it runs:
+
+compose the data, model and trainer -> fit -> evaluate the best checkpoint on every validation customer ->
+record the run -> calibrate -> export -> report -> (quantize) -> score the training log -> one summary line.
+
+Under DDP every rank fits; only rank 0 goes on after the fit, and nothing after it is a collective.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from churnformer.serving.output import describe, write_result
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from churnformer.artifacts.calibration import fit_calibration
+from churnformer.artifacts.checkpoint import load_checkpoint
+from churnformer.artifacts.export import export_checkpoint
+from churnformer.artifacts.quantize import quantize_checked
+from churnformer.console import silence_known_noise
+from churnformer.data.events import CUSTOMER_ID
+from churnformer.data.sources import EventLogFiles
+from churnformer.defaults import serving_defaults
+from churnformer.errors import ConfigError
+from churnformer.evaluation.report import MIN_CUSTOMERS, align, compute_metrics, report_figures, write_report
+from churnformer.modeling.losses import LossWeights
+from churnformer.modeling.network import ChurnFormer
+from churnformer.modeling.scoring_model import Calibration
+from churnformer.schema import (
+    META_COLUMNS,
+    META_HORIZON_DAYS,
+    META_TRAINED_CUTOFF,
+    RUN_CALIBRATION,
+    RUN_CONFIG,
+    RUN_EVALUATION,
+    RUN_INFO,
+    RUN_METRICS,
+    RUN_MODEL,
+    RUN_PREDICTIONS,
+)
+from churnformer.serving.predictor import Predictor, ScoringResult
+from churnformer.training.datamodule import ChurnDataModule, DataSettings
+from churnformer.training.module import ChurnFormerModule, evaluate_network
+from churnformer.training.review import SAMPLES_PER_PLUGIN, SplitRunsLogger, log_best, log_hparams
+from churnformer.training.run_info import run_info
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """What the fit left: the best checkpoint (by the monitored metric) and the epochs run."""
+
+    best_checkpoint: Path
+    best_epoch: int
+    epochs: int
+
+
+def train(
+    cfg: DictConfig, events: pd.DataFrame | None = None, customers: pd.DataFrame | None = None
+) -> dict[str, float]:
+    """Run one training job; return the validation metrics of the best checkpoint (empty on DDP ranks > 0).
+
+    ``events``/``customers`` DataFrames (the Python API) replace the configured source's files.
+    """
+    started = time.perf_counter()
+    silence_known_noise()
+    check_config(cfg)
+    pl.seed_everything(cfg.seed, workers=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    datamodule = build_datamodule(cfg, events, customers)
+    module = build_module(cfg, datamodule)
+    trainer = build_trainer(cfg)
+    fit(trainer, module, datamodule, cfg.ckpt_path)
+    if not trainer.is_global_zero:
+        return {}
+    fitted = fit_result(trainer)
+    run_dir = Path(cfg.paths.output_dir)
+    network, _ = load_checkpoint(fitted.best_checkpoint)
+    metrics, predictions = evaluate_network(network, datamodule.validation_loader(), LossWeights(**cfg.model.loss))
+    record_run(cfg, run_dir, metrics, datamodule)
+    review_run(cfg, trainer, metrics, fitted, predictions, run_dir)
+    if cfg.calibrate:
+        calibrate(cfg, network, datamodule, run_dir)
+    scored = None
+    if cfg.export:
+        model = export_model(fitted.best_checkpoint, run_dir)
+        result = score_training_log(model, datamodule)
+        report_validation(result, datamodule, run_dir / RUN_EVALUATION)
+        if cfg.quantize:
+            quantize(model, datamodule)
+        if cfg.predict_after_training:
+            scored = write_predictions(result, run_dir / RUN_PREDICTIONS)
+    print(summary_line(fitted, metrics, scored, time.perf_counter() - started, run_dir))
+    print(f"TensorBoard: tensorboard --logdir {tensorboard_root(run_dir)} --samples_per_plugin={SAMPLES_PER_PLUGIN}")
+    return metrics
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Settings that cannot run, refused before any data is read."""
+    if cfg.calibration_levels not in {"all", "validation"}:
+        raise ConfigError(f"calibration_levels must be all or validation, got {cfg.calibration_levels!r}")
+    if cfg.quantize and not cfg.export:
+        raise ConfigError("quantize=true needs export=true: the int8 model is made from the exported one")
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    strategy = str(OmegaConf.select(cfg, "trainer.strategy", default="") or "")
+    if multirun and strategy.startswith("ddp"):
+        raise ConfigError(
+            f"trainer.strategy={strategy} cannot run under Hydra multirun (-m): Lightning's DDP launcher would "
+            "re-run the whole sweep in each child process (Lightning issue 11300). Sweep on one device, or "
+            "launch each DDP run on its own without -m."
+        )
+    if "TORCHELASTIC_RUN_ID" in os.environ and HydraConfig.initialized():  # started by torchrun
+        overrides = HydraConfig.get().overrides
+        given = {o.split("=", 1)[0].lstrip("+~") for o in [*overrides.task, *overrides.hydra]}
+        if not given & {"hydra.run.dir", "paths.output_dir"}:
+            raise ConfigError(
+                "launched by torchrun (or another launcher that starts every rank): pass hydra.run.dir=DIR so "
+                "that all ranks write the same run directory (each would otherwise name its own by the time)"
+            )
+
+
+def build_datamodule(cfg: DictConfig, events: pd.DataFrame | None, customers: pd.DataFrame | None) -> ChurnDataModule:
+    """The configured source (or the API's DataFrames, with the configured column mapping), set up."""
+    if events is not None:
+        source = EventLogFiles(events, customers, OmegaConf.to_container(cfg.data.columns))
+    else:
+        source = hydra.utils.instantiate(cfg.data.source)
+    datamodule = ChurnDataModule(source, DataSettings.of(cfg.data))
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    return datamodule
+
+
+def build_module(cfg: DictConfig, datamodule: ChurnDataModule) -> ChurnFormerModule:
+    """The LightningModule, with the fitted featurizer, the label base rates and what the export stores."""
+    export_metadata = {
+        META_HORIZON_DAYS: datamodule.window.horizon_days,
+        META_TRAINED_CUTOFF: str(datamodule.window),
+        META_COLUMNS: asdict(datamodule.source.columns),
+    }
+    return hydra.utils.instantiate(
+        cfg.model,
+        _recursive_=False,
+        _convert_="all",
+        featurizer_json=datamodule.data.featurizer.to_json(),
+        label_stats=asdict(datamodule.data.label_stats()),
+        export_metadata=export_metadata,
+    )
+
+
+def build_trainer(cfg: DictConfig) -> pl.Trainer:
+    """Trainer with the configured callbacks and loggers; ``trainer.precision=auto`` is bf16-mixed on a GPU and
+    32-true on CPU."""
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.callbacks or {}).values() if c and "_target_" in c]
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.logger or {}).values() if c and "_target_" in c]
+    precision = cfg.trainer.precision
+    if precision == "auto":
+        on_gpu = cfg.trainer.accelerator in {"gpu", "cuda"} or (
+            cfg.trainer.accelerator == "auto" and torch.cuda.is_available()
+        )
+        precision = "bf16-mixed" if on_gpu else "32-true"
+    return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, precision=precision)
+
+
+def fit(trainer: pl.Trainer, module: ChurnFormerModule, datamodule: ChurnDataModule, ckpt_path: str | None) -> None:
+    """Lightning's fit, resumed from ``ckpt_path`` (``last``: this run directory's last.ckpt) when given."""
+    resume_from = resolve_ckpt_path(ckpt_path, trainer.checkpoint_callbacks)
+    if resume_from:
+        print(f"resuming from {resume_from}")
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+
+
+def fit_result(trainer: pl.Trainer) -> Fitted:
+    """The best checkpoint of the callback that monitors a metric (the one keeping ``last.ckpt`` current
+    during an epoch monitors nothing) and the epoch it was taken at."""
+    monitored = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor]
+    if not monitored or not monitored[0].best_model_path:
+        raise ConfigError("no best checkpoint was written: keep callbacks.model_checkpoint (it monitors a metric)")
+    best = Path(monitored[0].best_model_path)
+    best_epoch = int(torch.load(best, map_location="cpu", weights_only=True)["epoch"])
+    return Fitted(best_checkpoint=best, best_epoch=best_epoch, epochs=trainer.current_epoch)
+
+
+def resolve_ckpt_path(ckpt_path: str | None, callbacks: list[Any]) -> str | None:
+    """The checkpoint to resume from: ``last`` means ``last.ckpt`` in the run's checkpoint directory.
+
+    Resolved here rather than by Lightning, whose ``"last"`` warns and silently starts from scratch when
+    there is nothing to resume (a wrong ``hydra.run.dir`` would then retrain without anyone noticing).
+    """
+    if not ckpt_path:
+        return None
+    if ckpt_path != "last":
+        if "://" not in ckpt_path and not Path(ckpt_path).is_file():  # remote URLs are Lightning's to check
+            raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+        return str(ckpt_path)
+    directories = sorted({Path(c.dirpath) for c in callbacks if isinstance(c, ModelCheckpoint) and c.dirpath})
+    found = [d / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}.ckpt" for d in directories]
+    found = [path for path in found if path.is_file()]
+    if not found:
+        where = ", ".join(str(d) for d in directories) or "no checkpoint directory is configured"
+        raise ConfigError(
+            f"ckpt_path=last: nothing to resume, no last.ckpt in {where}. Pass the interrupted run's directory "
+            "as hydra.run.dir (or paths.output_dir), or drop ckpt_path to start a new run."
+        )
+    return str(found[0])
+
+
+def record_run(cfg: DictConfig, run_dir: Path, metrics: dict[str, float], datamodule: ChurnDataModule) -> None:
+    """config.yaml (resolved), metrics.json (the best checkpoint's validation metrics) and run_info.json."""
+    (run_dir / RUN_CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    (run_dir / RUN_METRICS).write_text(json.dumps(metrics, indent=2))
+    info = run_info(cfg.seed, str(cfg.data.cutoff), datamodule.window.horizon_days, *datamodule.source.origins())
+    (run_dir / RUN_INFO).write_text(json.dumps(info, indent=2))
+
+
+def review_run(
+    cfg: DictConfig,
+    trainer: pl.Trainer,
+    metrics: dict[str, float],
+    fitted: Fitted,
+    predictions: tuple[torch.Tensor, ...],
+    run_dir: Path,
+) -> None:
+    """TensorBoard: the best checkpoint's metrics and figures (``best/``), the HPARAMS session, the run's
+    config and record as text; none of it in the per-epoch curves."""
+    logger = next((lg for lg in trainer.loggers if isinstance(lg, SplitRunsLogger)), None)
+    if logger is None:
+        return
+    writer = logger.experiment
+    log_best(writer, metrics, fitted.best_epoch, predictions)
+    hydra_config = HydraConfig.get() if HydraConfig.initialized() else None
+    given = [o.split("=", 1)[0].lstrip("+~") for o in hydra_config.overrides.task] if hydra_config else []
+    sweep = dict(hydra_config.sweeper.get("params") or {}) if hydra_config else {}
+    trial = run_dir.name if not hydra_config or hydra_config.mode != RunMode.MULTIRUN else f"trial {run_dir.name}"
+    log_hparams(writer, cfg, trial, given, sweep)
+    writer.add_text("run/config", f"```yaml\n{OmegaConf.to_yaml(cfg, resolve=True)}\n```")
+    writer.add_text("run/info", f"```json\n{(run_dir / RUN_INFO).read_text()}\n```")
+    writer.flush()
+
+
+def calibrate(cfg: DictConfig, network: ChurnFormer, datamodule: ChurnDataModule, run_dir: Path) -> Calibration:
+    """Platt churn scaling and the spend power law (calibration.json), carried into the export."""
+    levels = datamodule.main_training_loader() if cfg.calibration_levels == "all" else None
+    calibration = fit_calibration(network, datamodule.validation_loader(), levels)
+    calibration.save(run_dir / RUN_CALIBRATION)
+    print(f"calibration (shapes from validation, levels from {cfg.calibration_levels} customers): {calibration}")
+    if calibration.fallback:
+        print(
+            f"warning: calibration left at the identity ({'; '.join(calibration.fallback)}): the network is not "
+            "fit to calibrate from; train longer (trainer.max_epochs) or on more customers",
+            file=sys.stderr,
+        )
+    return calibration
+
+
+def export_model(best_checkpoint: Path, run_dir: Path) -> Path:
+    """model.onnx from the best checkpoint with the run's calibration, in churnformer-export's default form."""
+    fused = serving_defaults("export")["fused_attention"]
+    return export_checkpoint(best_checkpoint, run_dir / RUN_MODEL, calibration=None, fused_attention=fused)
+
+
+def score_training_log(model: Path, datamodule: ChurnDataModule) -> ScoringResult:
+    """Every customer of the training log scored at the cutoff by the exported model: the end-to-end check."""
+    events, customers = datamodule.load_frames()
+    return Predictor(model).predict_standard(events, datamodule.settings.cutoff, customers)
+
+
+def report_validation(result: ScoringResult, datamodule: ChurnDataModule, out_dir: Path) -> Path | None:
+    """churnformer-evaluate's report of the exported model on the validation customers (None when too few).
+    Calibration was fitted on these customers, so its calibration metrics here are optimistic."""
+    labels = datamodule.data.labels.iloc[datamodule.data.val_rows]
+    if len(labels) < MIN_CUSTOMERS:
+        return None
+    predictions = result.predictions[result.predictions[CUSTOMER_ID].isin(labels[CUSTOMER_ID])]
+    joined = align(predictions, labels)
+    return write_report(compute_metrics(joined), report_figures(joined), out_dir, "Validation customers")["report"]
+
+
+def quantize(model: Path, datamodule: ChurnDataModule) -> None:
+    """model.int8.onnx, kept only if the validation churn AUC holds (see churnformer.artifacts.quantize)."""
+    events, customers = datamodule.load_frames()
+    labels = datamodule.data.labels.iloc[datamodule.data.val_rows]
+    quantize_checked(model, events, customers, datamodule.settings.cutoff, labels)
+
+
+def write_predictions(result: ScoringResult, output: Path) -> ScoringResult:
+    write_result(result, output)
+    print(describe(result.summary))
+    return result
+
+
+def summary_line(
+    fitted: Fitted, metrics: dict[str, float], scored: ScoringResult | None, seconds: float, run_dir: Path
+) -> str:
+    """One line, as predict's: what was trained, how good the best checkpoint is, where the run is."""
+    quality = (
+        f"churn AUROC {metrics['churn/auroc/val']:.4f}, PR-AUC {metrics['churn/pr_auc/val']:.4f}; "
+        f"spend Gini {metrics['spend/gini/val']:.4f}"
+    )
+    scoring = f"; {scored.summary.customers_scored:,} customers scored" if scored is not None else ""
+    return (
+        f"trained {fitted.epochs} epochs in {seconds:.0f} s; best checkpoint (epoch {fitted.best_epoch}) on the "
+        f"validation customers: {quality}{scoring}; run: {run_dir}"
+    )
+
+
+def tensorboard_root(output_dir: Path) -> Path:
+    """The directory to open: the whole sweep under ``-m`` (all trials side by side), else the run."""
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return Path(HydraConfig.get().sweep.dir)
+    return output_dir
+
+
+def configured_metric(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
+    """The value a Hydra sweeper optimizes (``optimized_metric``), if configured."""
+    name = cfg.optimized_metric
+    if name and metrics and name not in metrics:
+        raise ConfigError(f"optimized_metric={name!r} is not a metric; choose one of {sorted(metrics)}")
+    return metrics.get(name) if name else None

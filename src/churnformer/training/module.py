@@ -1,0 +1,179 @@
+"""LightningModule: the network, the joint loss, per-split epoch metrics, AdamW with warm-up + cosine decay.
+
+Distributed training (DDP) never hangs on a metric: the epoch's metrics are computed explicitly in the
+epoch-end hooks, which every rank runs at the same point, and logged as plain, already-reduced numbers
+(``sync_dist=False``); nothing is left for Lightning to reduce lazily when rank 0's progress bar or logger
+asks for it (see :mod:`churnformer.training.metrics`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
+
+from churnformer.data.featurizer import Featurizer
+from churnformer.errors import ConfigError
+from churnformer.modeling.heads import expected_spend
+from churnformer.modeling.losses import LossWeights, joint_loss
+from churnformer.modeling.network import ChurnFormer
+from churnformer.schema import CHURN, SPEND
+from churnformer.training.metrics import EpochMetrics, metric_name
+from churnformer.training.review import SplitRunsLogger, architecture_text
+
+RESUME_STATE = "churnformer_resume_state"
+# The training loss every log_every_n_steps (the epoch means are joint/loss/train and so on).
+STEP_LOSS = metric_name("joint", "loss_per_step", "train")
+
+
+def rng_states() -> dict[str, Any]:
+    """The random streams training draws from: torch's, on CPU and each GPU (dropout). numpy's and Python's
+    global streams are not used in training (the batch sampler has its own seeded generator)."""
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Inverse of :func:`rng_states`."""
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def step(
+    network: ChurnFormer, batch: dict[str, torch.Tensor], weights: LossWeights, metrics: EpochMetrics
+) -> torch.Tensor:
+    """Forward, losses, metric update; returns the joint loss (training, validation and final evaluation)."""
+    heads = network(batch)
+    losses = joint_loss(heads, batch[CHURN], batch[SPEND], weights)
+    with torch.no_grad():
+        p_churn = torch.sigmoid(heads.churn_logit.float())
+        expected = expected_spend(p_churn, heads.spend_mu.float(), heads.spend_sigma.float())
+    metrics.update(losses, p_churn, batch[CHURN], expected, batch[SPEND])
+    return losses["joint"]
+
+
+@torch.no_grad()
+def evaluate_network(
+    network: ChurnFormer, batches: Iterable[dict[str, torch.Tensor]], weights: LossWeights
+) -> tuple[dict[str, float], tuple[torch.Tensor, ...]]:
+    """The validation metrics (the names and definitions of the per-epoch ones) and the predictions of a
+    network over ``batches`` in this process alone: no collective, so rank 0 can run it after a DDP fit."""
+    metrics = EpochMetrics("val", keep_predictions=True, sync=False)
+    network.eval()
+    for batch in batches:
+        step(network, batch, weights, metrics)
+    return metrics.compute(), metrics.all_predictions()
+
+
+class ChurnFormerModule(pl.LightningModule):
+    """Hyperparameters are plain dicts and strings, so checkpoints load with ``weights_only=True``."""
+
+    def __init__(
+        self,
+        featurizer_json: str,
+        network: dict[str, Any],
+        loss: dict[str, float],
+        optimizer: dict[str, Any],
+        scheduler: dict[str, float],
+        label_stats: dict[str, float],
+        export_metadata: dict[str, Any],
+    ) -> None:
+        super().__init__()
+        # Not sent to the logger: it would flood HPARAMS with the featurizer JSON; the job logs a curated set.
+        self.save_hyperparameters(logger=False)
+        self.network = ChurnFormer.build(network, Featurizer.from_json(featurizer_json))
+        self.network.heads.init_output_biases(**label_stats)
+        self.loss_weights = LossWeights(**loss)
+        # Keyed by split, with a prefix: nn.Module already has a ``train`` attribute.
+        self.epoch_metrics = torch.nn.ModuleDict(
+            {"split_train": EpochMetrics("train"), "split_val": EpochMetrics("val", keep_predictions=True)}
+        )
+        self._resume_state: dict[str, Any] | None = None
+
+    def _step(self, batch: dict[str, torch.Tensor], split: str) -> torch.Tensor:
+        return step(self.network, batch, self.loss_weights, self.epoch_metrics[f"split_{split}"])
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self._step(batch, "train")
+        self.log(STEP_LOSS, loss.detach(), on_step=True, on_epoch=False, batch_size=len(batch[CHURN]))
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def _log_epoch(self, split: str) -> EpochMetrics:
+        metrics = self.epoch_metrics[f"split_{split}"]
+        # Already over all ranks: logging them reduced again would add a collective that rank 0 could reach
+        # alone (from its progress bar), the hang this design avoids.
+        self.log_dict(metrics.compute(), sync_dist=False)
+        return metrics
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train").reset()
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = self._log_epoch("val")
+        predictions = metrics.all_predictions()  # collective too: every rank gathers, rank 0 draws
+        logger = self.review_logger()
+        if logger is not None and not self.trainer.sanity_checking:
+            logger.stage_review(predictions)
+        metrics.reset()
+
+    def on_fit_start(self) -> None:
+        logger = self.review_logger()
+        if logger is not None:
+            logger.experiment.add_text("model/architecture", architecture_text(self.network))
+
+    def review_logger(self) -> SplitRunsLogger | None:
+        """The TensorBoard logger on the main process, if one is configured."""
+        if not self.trainer.is_global_zero:
+            return None
+        return next((lg for lg in self.loggers if isinstance(lg, SplitRunsLogger)), None)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning saves neither: without the RNG state dropout draws other masks after a resume, and a run
+        # killed after early stopping decided to stop (while exporting) would train on when resumed.
+        checkpoint[RESUME_STATE] = {"rng": rng_states(), "should_stop": self.trainer.should_stop}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint["hyper_parameters"]
+        for key in ("featurizer_json", "network"):
+            if saved.get(key) != self.hparams[key]:
+                raise ConfigError(
+                    f"the checkpoint was trained with another {key.removesuffix('_json')} than this run builds "
+                    "(other data, features or model config); resume with the interrupted run's exact overrides"
+                )
+        self._resume_state = checkpoint.get(RESUME_STATE)
+
+    def on_train_start(self) -> None:
+        # Applied here rather than at load, so only resumed training (not validate/test) moves the global
+        # random streams, and nothing Lightning draws while setting up can shift them.
+        if self._resume_state is not None:
+            set_rng_states(self._resume_state["rng"])
+            self.trainer.should_stop = self._resume_state["should_stop"]
+            self._resume_state = None
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = hydra.utils.instantiate(self.hparams.optimizer)(self.parameters())
+        total = max(int(self.trainer.estimated_stepping_batches), 2)
+        warmup = max(1, math.ceil(self.hparams.scheduler["warmup_fraction"] * total))
+        base_lr = optimizer.param_groups[0]["lr"]
+        schedule = SequentialLR(
+            optimizer,
+            [
+                LinearLR(optimizer, start_factor=1e-2, total_iters=warmup),
+                CosineAnnealingLR(
+                    optimizer, T_max=max(total - warmup, 1), eta_min=base_lr * self.hparams.scheduler["min_lr_ratio"]
+                ),
+            ],
+            milestones=[warmup],
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": schedule, "interval": "step", "name": "optim/lr"},
+        }
