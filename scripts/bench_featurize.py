@@ -61,8 +61,9 @@ from benchlog import SPAN_SECONDS, START, generate_events
 
 from churnformer.data.events import load_events
 from churnformer.data.featurizer import FeaturizerConfig, fit_featurizer
-from churnformer.data.sequences import PaddedBatch, Sequences, build_sequences
+from churnformer.data.sequences import Sequences, build_sequences
 from churnformer.data.window import Window
+from churnformer.schema import EVENT_CAT, EVENT_NUM
 
 try:
     import psutil
@@ -317,10 +318,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         if not ok:
             print("WARNING: churnformer and the reference disagree on customers or lengths", file=sys.stderr)
-        state["shapes"] = (len(result.event_num), result.event_cat.shape[1], result.event_num.shape[1])
+        event_cat, event_num = result.events[EVENT_CAT], result.events[EVENT_NUM]
+        state["shapes"] = (len(event_num), event_cat.shape[1], event_num.shape[1])
 
-    def keep_batch(result: PaddedBatch) -> None:
-        state["padded_shape"] = result.event_num.shape
+    def keep_batch(result: dict[str, np.ndarray]) -> None:
+        state["padded_shape"] = result[EVENT_NUM].shape
 
     def wide() -> tuple[int, int]:
         featurizer = state["featurizer"]

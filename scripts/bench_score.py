@@ -18,7 +18,7 @@ One run measures, on the same machine and the same model:
 * with ``--int8``, ``churnformer-predict`` again with the dynamic-int8 model (speed only: the benchmark
   model has random weights, so its accuracy change means nothing; training measures that);
 * with ``--sweep-session N``, the onnxruntime session settings scoring uses against alternatives, on
-  the same batches of N customers (how the settings in ``churnformer.scoring.session_options`` were
+  the same batches of N customers (how the settings in ``churnformer.serving.predictor.session_options`` were
   chosen), and the model exported with ``fused_attention=false`` (standard ONNX ops) under them.
 
 "Useful" FLOPs count real events only (no padding): per customer with n = events + 1 tokens (the
@@ -46,17 +46,17 @@ import numpy as np
 import pandas as pd
 import torch
 from benchlog import SPAN_SECONDS, START, generate_events
-from churnformer.model import ScoringModel
-from churnformer.module import build_network
-from churnformer.scoring import Predictor
-from omegaconf import OmegaConf
 
 from churnformer.artifacts.export import export_onnx
 from churnformer.data.featurizer import FeaturizerConfig, fit_featurizer
 from churnformer.data.sequences import build_sequences
 from churnformer.data.window import Window
+from churnformer.defaults import yaml_defaults
+from churnformer.modeling.network import ChurnFormer
+from churnformer.modeling.scoring_model import ScoringModel
+from churnformer.schema import MODEL_INPUTS
+from churnformer.serving.predictor import Predictor
 
-CONF = Path(__file__).resolve().parents[1] / "src" / "churnformer" / "conf"
 TARGETS = {"wall_s": 30.0, "peak_rss_mb": 3072.0, "speedup_vs_torch_eager": 3.0, "useful_share_of_peak": 0.5}
 EAGER_BATCH = 256
 
@@ -81,9 +81,9 @@ def make_model(workdir: Path, log: Path) -> Path:
         sample = pd.read_parquet(log).head(1_000_000)
         featurizer = fit_featurizer(sample, config=FeaturizerConfig.with_defaults(max_len=128))
         torch.manual_seed(0)
-        network = build_network(small_network(), featurizer.to_json()).eval()
+        network = ChurnFormer.build(small_network(), featurizer).eval()
         torch.save(network.state_dict(), path.with_suffix(".pt"))
-        export_onnx(network, featurizer.to_json(), path, {"horizon_days": 90})
+        export_onnx(network, featurizer.to_json(), path, {"horizon_days": 90}, fused_attention=True)
         export_onnx(network, featurizer.to_json(), portable_path(path), {"horizon_days": 90}, fused_attention=False)
     return path
 
@@ -127,9 +127,10 @@ def session_sweep(model: Path, log: Path, customers: int, rounds: int = 3) -> li
     """Seconds inside onnxruntime for the same batches of ``customers`` random customers, per session
     setting, in interleaved rounds (fastest of each); the first row is what scoring uses."""
     import onnxruntime as ort
-    from churnformer.scoring import fill_rows, padded_width, session_options, token_budget_batches
 
+    from churnformer.serving.batching import fill_rows, padded_width, token_budget_batches
     from churnformer.serving.job import reuse_freed_memory
+    from churnformer.serving.predictor import session_options
 
     reuse_freed_memory()  # as churnformer-predict does
     predictor = Predictor(model)
@@ -139,7 +140,7 @@ def session_sweep(model: Path, log: Path, customers: int, rounds: int = 3) -> li
     sequences = build_sequences(frame[frame["customer_id"].isin(chosen)], window, predictor.featurizer)
     del frame
     feeds = [
-        sequences.pad(fill_rows(rows), width=int(padded_width(sequences.lengths[rows[:1]])[0])).as_inputs()
+        sequences.pad(fill_rows(rows), width=int(padded_width(sequences.lengths[rows[:1]])[0]))
         for rows in token_budget_batches(sequences.lengths, predictor.batch_tokens, predictor.max_batch_size)
     ]
 
@@ -190,29 +191,26 @@ def torch_eager(model: Path, log: Path, sample: int, max_len: int) -> tuple[floa
     sequences = build_sequences(frame[frame["customer_id"].isin(chosen)], window, predictor.featurizer)
     del frame
     network = load_network(model)
-    scorer = ScoringModel(network).eval()
+    scorer = ScoringModel(network, list(MODEL_INPUTS)).eval()
     started = time.perf_counter()
     with torch.inference_mode():
         for start in range(0, len(sequences), EAGER_BATCH):
             rows = np.arange(start, min(start + EAGER_BATCH, len(sequences)))
-            batch = sequences.pad(rows, width=max_len).as_inputs()
-            scorer(*(torch.from_numpy(batch[name]) for name in INPUT_ORDER))
+            batch = sequences.pad(rows, width=max_len)
+            scorer(*(torch.from_numpy(batch[name]) for name in MODEL_INPUTS))
     return len(sequences) / (time.perf_counter() - started), lengths
-
-
-INPUT_ORDER = ("event_cat", "event_num", "lengths", "customer_cat", "customer_num")
 
 
 def load_network(model: Path) -> torch.nn.Module:
     """The benchmark network with the weights exported to ``model`` (saved beside it as plain tensors)."""
     predictor = Predictor(model)
-    network = build_network(small_network(), predictor.featurizer.to_json())
+    network = ChurnFormer.build(small_network(), predictor.featurizer)
     network.load_state_dict(torch.load(model.with_suffix(".pt"), weights_only=True))
     return network.eval()
 
 
 def small_network() -> dict:
-    return OmegaConf.to_container(OmegaConf.load(CONF / "model" / "small.yaml").network)
+    return yaml_defaults("model/small")["network"]
 
 
 def matmul_peak(size: int = 2048, repeats: int = 20) -> float:
@@ -245,7 +243,7 @@ def main() -> None:
 
     log = make_log(args.workdir, args.events, args.customers)
     model = make_model(args.workdir, log)
-    network = OmegaConf.load(CONF / "model" / "small.yaml").network
+    network = small_network()
     e2e = score_end_to_end(model, log, args.workdir / "predictions.parquet", [])
     budget = score_end_to_end(
         model, log, args.workdir / "predictions-budget.parquet", [f"memory_budget_mb={args.budget_mb:g}"]
@@ -260,7 +258,8 @@ def main() -> None:
         quantized = score_end_to_end(int8, log, args.workdir / "predictions-int8.parquet", [])
     eager_rate, lengths = torch_eager(model, log, args.eager_sample, 128)
     peak = matmul_peak()
-    flops = useful_flops(lengths, network.d_model, network.d_model * network.ff_multiplier, network.n_layers)
+    d_model, layers = network["d_model"], network["n_layers"]
+    flops = useful_flops(lengths, d_model, d_model * network["ff_multiplier"], layers)
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {cores} cores",
         "events": e2e["events"],

@@ -41,7 +41,8 @@ from churnformer.api import predict, train
 from churnformer.data.events import CUSTOMER_ID, TIMESTAMP, load_events
 from churnformer.data.labels import make_labels
 from churnformer.data.window import Window
-from churnformer.evaluation import evaluate, expected_calibration_error
+from churnformer.evaluation.metrics import expected_calibration_error
+from churnformer.evaluation.report import evaluate
 
 DATASETS = {
     "cdnow": {"cutoff": "1997-09-30", "horizon_days": 273},

@@ -5,13 +5,17 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
 
+import pandas as pd
 import pytest
+import torch
 
 from churnformer.data.synthetic import SyntheticWorldConfig, write_world
 
@@ -91,6 +95,60 @@ def run_predict(
     return run_cli("churnformer-predict", *args, *overrides, cwd=output.parent, check=check)
 
 
+def _signal(process: subprocess.Popen, number: int, group: bool) -> None:
+    """To the process, or to its whole process group (DDP ranks, torchrun's workers)."""
+    if group:
+        os.killpg(process.pid, number)
+    else:
+        os.kill(process.pid, number)
+
+
+def _freeze(process: subprocess.Popen, group: bool) -> bool:
+    """SIGSTOP the process (group) and wait until it is stopped (False if it exited first): while it is frozen
+    its checkpoint cannot change, so what the test reads is what a resume will read."""
+    _signal(process, signal.SIGSTOP, group)
+    _, status = os.waitpid(process.pid, os.WUNTRACED)
+    if os.WIFSTOPPED(status):
+        return True
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return False
+
+
+def _version(path: Path) -> tuple[int, int]:
+    """Each save renames a new file into place: a new inode, even within the filesystem's clock resolution."""
+    stat = path.stat()
+    return stat.st_ino, stat.st_mtime_ns
+
+
+def kill_mid_epoch(
+    process: subprocess.Popen, checkpoint: Path, steps_per_epoch: int, timeout: float = 180, group: bool = False
+) -> dict:
+    """SIGKILL ``process`` (``group``: its process group) once its ``last.ckpt`` was written in the middle of
+    an epoch after the first.
+
+    Polls the file; on each new version the process is frozen, the checkpoint read, and the process killed
+    (checkpoint mid-epoch) or let go on. Returns the checkpoint the resumed run will start from.
+    """
+    deadline = time.monotonic() + timeout
+    seen = None
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"training ended (exit {process.returncode}) before a mid-epoch checkpoint was written")
+        if checkpoint.is_file() and _version(checkpoint) != seen:
+            if not _freeze(process, group):
+                pytest.fail(f"training ended (exit {process.returncode}) before a mid-epoch checkpoint was written")
+            seen = _version(checkpoint)
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+            if state["epoch"] >= 1 and state["global_step"] % steps_per_epoch:
+                _signal(process, signal.SIGKILL, group)
+                process.wait(timeout=30)
+                return state
+            _signal(process, signal.SIGCONT, group)
+        time.sleep(0.005)  # poll interval
+    process.kill()
+    pytest.fail(f"no mid-epoch checkpoint at {checkpoint} within {timeout} s")
+
+
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """400 customers over 52 weeks, as CSV: (events, customers)."""
@@ -108,8 +166,6 @@ TRAIN_OVERRIDES = (
     "model.network.n_layers=1",
     "model.network.n_heads=2",
     "trainer.max_epochs=2",
-    "trainer.enable_progress_bar=false",
-    "predict_after_training=false",
 )
 
 
@@ -127,3 +183,9 @@ def trained_run(tiny_world: tuple[Path, Path], tmp_path_factory: pytest.TempPath
         cwd=run_dir,
     )
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def world_events(tiny_world: tuple[Path, Path]) -> pd.DataFrame:
+    """The tiny world's events as the raw CSV text reads (ids as strings)."""
+    return pd.read_csv(tiny_world[0], dtype={"customer_id": str})

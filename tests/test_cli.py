@@ -28,7 +28,7 @@ def test_train_writes_a_complete_run_directory(trained_run: Path) -> None:
         assert (trained_run / name).is_file(), name
     assert list((trained_run / "tensorboard").glob("events.out.tfevents.*"))
     metrics = json.loads((trained_run / "metrics.json").read_text())
-    assert 0.0 <= metrics["churn/auroc/val"] <= 1.0
+    assert metrics["churn/auroc/val"] > 0.6 and metrics["spend/gini/val"] > 0.3  # it learned something
     assert np.isfinite(metrics["joint/loss/val"])
 
 
@@ -87,90 +87,54 @@ def test_predictions_ignore_events_after_the_cutoff(predictions, trained_run, ti
     pd.testing.assert_frame_equal(pd.read_parquet(out), scores, check_exact=True)
 
 
-def test_csv_output_keeps_ids_as_given(trained_run, tiny_world, tmp_path) -> None:
+def test_csv_output_keeps_ids_as_given(trained_run, world_events, tmp_path) -> None:
+    """Numeric-looking ids with leading zeros come back as written, not as numbers."""
+    renamed = world_events.assign(customer_id="00" + world_events["customer_id"].str.removeprefix("C"))
+    events = tmp_path / "events.csv"
+    renamed.to_csv(events, index=False)
     out = tmp_path / "scores.csv"
-    run_cli(
-        "churnformer-predict",
-        f"model={trained_run}",
-        f"events={tiny_world[0]}",
-        f"cutoff={TINY_CUTOFF}",
-        f"output={out}",
-        "progress=false",
-        cwd=tmp_path,
-    )
+    run_predict(trained_run, events, out)
     scores = pd.read_csv(out, dtype={"customer_id": str})
-    events = pd.read_csv(tiny_world[0], dtype={"customer_id": str})
-    assert set(scores["customer_id"]) <= set(events["customer_id"])
-    assert scores["customer_id"].str.startswith("C").all()
+    assert scores["customer_id"].str.startswith("00").all() and scores["customer_id"].str.len().eq(8).all()
+    assert set(scores["customer_id"]) <= set(renamed["customer_id"])
 
 
-def test_export_cli(trained_run: Path, tmp_path: Path) -> None:
-    out = tmp_path / "exported.onnx"
+def test_export_cli_writes_the_portable_form(trained_run: Path, tmp_path: Path) -> None:
+    """``fused_attention=false``: standard ONNX ops only (the default, fused form is what the README's export
+    command and training write)."""
+    out = tmp_path / "portable.onnx"
     ckpt = trained_run / "checkpoints" / "last.ckpt"
-    result = run_cli("churnformer-export", f"ckpt={ckpt}", f"output={out}", cwd=tmp_path)
-    assert out.is_file() and "exported" in result.stdout
+    result = run_cli("churnformer-export", f"ckpt={ckpt}", f"output={out}", "fused_attention=false", cwd=tmp_path)
+    assert out.is_file() and f"exported {out}" in result.stdout
     assert not list(tmp_path.glob("outputs"))  # export writes only what it was asked to
-    assert any(node.domain == "com.microsoft" for node in onnx.load(out).graph.node)
-    portable = tmp_path / "portable.onnx"
-    run_cli("churnformer-export", f"ckpt={ckpt}", f"output={portable}", "fused_attention=false", cwd=tmp_path)
-    assert not any(node.domain == "com.microsoft" for node in onnx.load(portable).graph.node)
+    assert not any(node.domain == "com.microsoft" for node in onnx.load(out).graph.node)
 
 
-def test_bad_input_is_one_clear_message(tmp_path: Path) -> None:
-    bad = tmp_path / "events.csv"
-    bad.write_text("customer,when,amount\n1,2024-01-01,3\n")
-    result = run_cli(
-        "churnformer-train",
-        "data=csv",
-        f"data.events={bad}",
-        "data.cutoff=2024-01-01",
-        "data.columns.customer_id=customer",
-        f"hydra.run.dir={tmp_path / 'run'}",
-        cwd=tmp_path,
-        check=False,
-    )
-    assert result.returncode == 2
-    assert "required column(s) ['timestamp']" in result.stderr
-    assert "Traceback" not in result.stderr
-
-
-def test_two_process_cpu_ddp(tiny_world: tuple[Path, Path], tmp_path: Path) -> None:
-    """trainer=ddp runs two gloo processes (in a subprocess: DDP re-launches the entry point)."""
-    events, customers = tiny_world
-    from tests.conftest import TRAIN_OVERRIDES
-
-    run_cli(
-        "churnformer-train",
-        *TRAIN_OVERRIDES,
-        "trainer=ddp",
-        "trainer.accelerator=cpu",
-        "trainer.devices=2",
-        "trainer.max_epochs=1",
-        f"data.events={events}",
-        f"data.customers={customers}",
-        f"hydra.run.dir={tmp_path / 'run'}",
-        cwd=tmp_path,
-    )
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert np.isfinite(metrics["joint/loss/val"])
-    assert (tmp_path / "run" / "model.onnx").is_file()
-
-
-def test_same_config_and_seed_give_the_same_metrics(trained_run: Path, tiny_world, tmp_path: Path) -> None:
-    from tests.conftest import TRAIN_OVERRIDES
-
-    events, customers = tiny_world
-    run_cli(
-        "churnformer-train",
-        *TRAIN_OVERRIDES,
-        f"data.events={events}",
-        f"data.customers={customers}",
-        f"hydra.run.dir={tmp_path / 'again'}",
-        cwd=tmp_path,
-    )
-    first = json.loads((trained_run / "metrics.json").read_text())
-    again = json.loads((tmp_path / "again" / "metrics.json").read_text())
-    assert again == first
+@pytest.mark.parametrize(
+    ("tool", "arguments", "message"),
+    [
+        (
+            "churnformer-train",
+            ("data=csv", "data.events=missing.csv", "data.cutoff=2024-01-01"),
+            "missing.csv: file not",
+        ),
+        (
+            "churnformer-predict",
+            ("model=missing.onnx", "events=e.csv", "cutoff=2024-01-01"),
+            "missing.onnx: model file",
+        ),
+        ("churnformer-evaluate", ("predictions=missing.parquet", "labels=missing.csv"), "missing.csv: file not found"),
+        ("churnformer-export", ("ckpt=missing.ckpt",), "missing.ckpt: checkpoint file not found"),
+        ("churnformer-train", ("model=tranformer",), "Could not find 'model/tranformer'"),
+    ],
+    ids=["train", "predict", "evaluate", "export", "hydra"],
+)
+def test_each_entry_point_reports_an_error_in_one_line(tool: str, arguments: tuple, message: str, tmp_path) -> None:
+    """The console scripts themselves (the error paths are tested in process in test_validation.py)."""
+    result = run_cli(tool, *arguments, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, check=False)
+    assert result.returncode == 2 and result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: ") and message in line
 
 
 def test_evaluate_cli_scores_predictions_against_the_horizon(predictions, tiny_world, tmp_path: Path) -> None:
@@ -187,5 +151,5 @@ def test_evaluate_cli_scores_predictions_against_the_horizon(predictions, tiny_w
     )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_customers"] == len(scores)
-    assert 0 <= metrics["churn_auc"] <= 1 and "churn_auc" in result.stdout
+    assert metrics["churn_auc"] > 0.6 and "churn_auc" in result.stdout
     assert (out / "report.md").is_file() and (out / "cumulative_gains.png").is_file()

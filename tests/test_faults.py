@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import pytest
 import torch
 
 from churnformer.training.sampler import LengthBucketBatchSampler
-from tests.conftest import BIN, TRAIN_OVERRIDES, run_cli
+from tests.conftest import BIN, TRAIN_OVERRIDES, kill_mid_epoch, run_cli, run_in_process
 
 MAX_EPOCHS = 4
 # Mid-epoch checkpoints every 2 steps (the tiny world has 5 training batches per epoch); one thread per
@@ -30,49 +29,6 @@ RESUMABLE_OVERRIDES = (
     "callbacks.last_checkpoint.train_time_interval=null",
     "callbacks.last_checkpoint.every_n_train_steps=2",
 )
-
-
-def _freeze(process: subprocess.Popen) -> bool:
-    """SIGSTOP the process and wait until it is stopped (False if it exited first): while it is frozen its
-    checkpoint cannot change, so what the test reads is what a resume will read."""
-    os.kill(process.pid, signal.SIGSTOP)
-    _, status = os.waitpid(process.pid, os.WUNTRACED)
-    if os.WIFSTOPPED(status):
-        return True
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return False
-
-
-def _version(path: Path) -> tuple[int, int]:
-    """Each save renames a new file into place: a new inode, even within the filesystem's clock resolution."""
-    stat = path.stat()
-    return stat.st_ino, stat.st_mtime_ns
-
-
-def kill_mid_epoch(process: subprocess.Popen, checkpoint: Path, steps_per_epoch: int, timeout: float = 120) -> dict:
-    """SIGKILL ``process`` once its ``last.ckpt`` was written in the middle of an epoch after the first.
-
-    Polls the file; on each new version the process is frozen, the checkpoint read, and the process killed
-    (checkpoint mid-epoch) or let go on. Returns the checkpoint the resumed run will start from.
-    """
-    deadline = time.monotonic() + timeout
-    seen = None
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"training ended (exit {process.returncode}) before a mid-epoch checkpoint was written")
-        if checkpoint.is_file() and _version(checkpoint) != seen:
-            if not _freeze(process):
-                pytest.fail(f"training ended (exit {process.returncode}) before a mid-epoch checkpoint was written")
-            seen = _version(checkpoint)
-            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-            if state["epoch"] >= 1 and state["global_step"] % steps_per_epoch:
-                os.kill(process.pid, signal.SIGKILL)
-                process.wait(timeout=30)
-                return state
-            os.kill(process.pid, signal.SIGCONT)
-        time.sleep(0.005)  # poll interval
-    process.kill()
-    pytest.fail(f"no mid-epoch checkpoint at {checkpoint} within {timeout} s")
 
 
 def _state_dict(run_dir: Path) -> dict[str, Any]:
@@ -121,19 +77,15 @@ def test_run_killed_mid_epoch_resumes_to_the_same_metrics(tiny_world: tuple[Path
 
 def test_resume_without_a_checkpoint_is_one_clear_error(tiny_world: tuple[Path, Path], tmp_path: Path) -> None:
     events, customers = tiny_world
-    result = run_cli(
+    result = run_in_process(
         "churnformer-train",
         *TRAIN_OVERRIDES,
         f"data.events={events}",
         f"data.customers={customers}",
         f"hydra.run.dir={tmp_path / 'fresh'}",
         "ckpt_path=last",
-        cwd=tmp_path,
-        check=False,
     )
-    assert result.returncode == 2
-    assert "ckpt_path=last: nothing to resume, no last.ckpt in" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert "ckpt_path=last: nothing to resume, no last.ckpt in" in result.error_line
 
 
 def test_sampler_reshuffles_each_epoch_and_resumes_mid_epoch() -> None:

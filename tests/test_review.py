@@ -93,7 +93,8 @@ def test_hparams_show_every_knob_and_final_metric_under_display_names(trained_ru
     assert all(board.Scalars(".", info.name.tag) for info in experiment.metric_infos)
     start = hparams_data(board, "_hparams_/session_start_info").session_start_info
     assert start.group_name == trained_run.name  # the trial is named after the run directory
-    assert start.hparams["model.network.d_model"].number_value == 16
+    assert start.hparams["model.network.d_model"].string_value == "16"  # integers shown as integers
+    assert start.hparams["model.optimizer.lr"].number_value == pytest.approx(0.001)
     assert start.hparams["data.cutoff"].string_value == "2023-09-30"
     assert start.hparams["model.network.backbone._target_"].string_value == "Transformer"
     # knobs given on the command line come first (TensorBoard shows the first five by default)
@@ -147,7 +148,7 @@ def test_optuna_sweep_trials_are_named_rows_with_their_knobs(sweep_dir: Path) ->
         lr = next(info for info in experiment.hparam_infos if info.name == "model.optimizer.lr")
         assert lr.differs and (lr.domain_interval.min_value, lr.domain_interval.max_value) == (0.0003, 0.005)
         d_model = next(info for info in experiment.hparam_infos if info.name == "model.network.d_model")
-        assert list(d_model.domain_discrete.values) and d_model.differs
+        assert [v.string_value for v in d_model.domain_discrete.values] == ["32", "64", "128"] and d_model.differs
     results = OmegaConf.load(sweep_dir / "optimization_results.yaml")
     best = min(json.loads((t / "metrics.json").read_text())["joint/loss/val"] for t in trials)
     assert results.best_value == pytest.approx(best)

@@ -416,12 +416,6 @@ def predictor(trained_run: Path) -> Predictor:
 
 
 @pytest.fixture(scope="module")
-def world_events(tiny_world: tuple[Path, Path]) -> pd.DataFrame:
-    """The tiny world's events as the raw CSV text reads (ids as strings)."""
-    return pd.read_csv(tiny_world[0], dtype={"customer_id": str})
-
-
-@pytest.fixture(scope="module")
 def baseline(predictor: Predictor, tiny_world: tuple[Path, Path]) -> ScoringResult:
     return predictor.predict(tiny_world[0], TINY_CUTOFF, tiny_world[1])
 
@@ -605,6 +599,46 @@ def test_bad_model_file_through_the_cli_exits_2(trained_run, tiny_world, tmp_pat
 def test_missing_required_setting_exits_2():
     stderr = _assert_clean_exit(run_in_process("churnformer-predict", "model=m.onnx"))
     assert "missing required setting(s) events, cutoff" in stderr
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (("model=tranformer",), "Could not find 'model/tranformer'; Available options in 'model': base, gru, small"),
+        (("trainer=gpus",), "Could not find 'trainer/gpus'; Available options in 'trainer': cpu, ddp, gpu"),
+        (("data.nope=1",), "Could not override 'data.nope'; there is no setting 'nope' there"),
+        (
+            ("data=csv", "data.events=no/such/events.csv", "data.cutoff=2024-01-01"),
+            "no/such/events.csv: file not found",
+        ),
+        (
+            ("model.network.backbone._target_=os.system", "data.synthetic.n_customers=50"),
+            "model.network.backbone._target_='os.system' is not a churnformer backbone",
+        ),
+    ],
+    ids=["group-option", "trainer-option", "unknown-key", "missing-file", "backbone-not-a-backbone"],
+)
+def test_config_errors_a_user_can_fix_are_one_line(overrides, expected, tmp_path, monkeypatch):
+    monkeypatch.setenv("CHURNFORMER_DATA_DIR", str(tmp_path / "data"))
+    line = _assert_clean_exit(run_in_process("churnformer-train", *overrides, f"hydra.run.dir={tmp_path / 'run'}"))
+    assert expected in line
+
+
+def test_cdnow_without_its_package_is_one_line(tmp_path, monkeypatch):
+    from importlib import metadata
+
+    def not_installed(name: str) -> metadata.Distribution:
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "distribution", not_installed)
+    line = _assert_clean_exit(run_in_process("churnformer-train", "data=cdnow", f"hydra.run.dir={tmp_path / 'run'}"))
+    assert "the CDNOW master log comes with the 'lifetimes' package" in line
+
+
+def test_export_of_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path):
+    path = _write(tmp_path, "model.ckpt", "not a checkpoint")
+    line = _assert_clean_exit(run_in_process("churnformer-export", f"ckpt={path}", f"output={tmp_path / 'm.onnx'}"))
+    assert line.startswith(f"error: {path}: not a churnformer training checkpoint")
 
 
 def test_debug_true_shows_the_traceback_above_the_same_line(trained_run, tmp_path):

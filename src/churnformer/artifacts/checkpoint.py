@@ -28,8 +28,9 @@ def load_checkpoint(path: str | Path) -> tuple[ChurnFormer, dict[str, Any]]:
         hparams = checkpoint[HYPERPARAMETERS]
         state = checkpoint["state_dict"]
     except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, TypeError) as error:
+        first_line = str(error).splitlines()[0] if str(error) else ""  # torch's own messages run over many lines
         raise ModelFileError(
-            f"{path}: not a churnformer training checkpoint ({type(error).__name__}: {error})"
+            f"{path}: not a churnformer training checkpoint ({type(error).__name__}: {first_line})"
         ) from error
     network = ChurnFormer.build(hparams["network"], Featurizer.from_json(hparams["featurizer_json"]))
     network.load_state_dict(

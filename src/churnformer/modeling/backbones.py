@@ -9,11 +9,11 @@ Shapes: B customers, L = 1 + T tokens (the summary token first), D = d_model, H 
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-import hydra
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,10 +40,11 @@ def build_backbone(spec: Mapping[str, Any], config: ModelConfig) -> Backbone:
     Only :class:`Backbone` subclasses are accepted: the spec also comes back from checkpoints, and a
     checkpoint must never be able to name arbitrary code to run.
     """
-    target = spec.get("_target_")
+    target = str(spec.get("_target_"))
+    module, _, name = target.rpartition(".")
     try:
-        backbone = hydra.utils.get_class(str(target))
-    except Exception as error:  # hydra raises ImportError or ValueError, depending on what is wrong
+        backbone = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as error:
         raise ConfigError(f"model.network.backbone._target_={target!r}: no such class ({error})") from error
     if not (isinstance(backbone, type) and issubclass(backbone, Backbone)):
         raise ConfigError(

@@ -60,8 +60,11 @@ def expected_spend(p_churn: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor)
     return (1 - p_churn) * spend_if_retained(mu, sigma)
 
 
-def spend_quantile(q: float, p_churn: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """The q-quantile of the same mixture: 0 where P(churn) >= q, else the matching log-normal quantile."""
+def spend_quantile(
+    q: float | torch.Tensor, p_churn: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor
+) -> torch.Tensor:
+    """The q-quantile of the same mixture (broadcast over ``q``): 0 where P(churn) >= q, else the matching
+    log-normal quantile."""
     level = ((q - p_churn) / (1 - p_churn).clamp(min=1e-6)).clamp(1e-6, 1 - 1e-6)
     value = torch.exp(mu + sigma * normal_quantile(level))
     return torch.where(p_churn >= q, torch.zeros_like(value), value)

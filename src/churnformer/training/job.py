@@ -20,7 +20,6 @@ import hydra
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-from churnformer.serving.output import describe, write_result
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -51,6 +50,7 @@ from churnformer.schema import (
     RUN_MODEL,
     RUN_PREDICTIONS,
 )
+from churnformer.serving.output import describe, write_result
 from churnformer.serving.predictor import Predictor, ScoringResult
 from churnformer.training.datamodule import ChurnDataModule, DataSettings
 from churnformer.training.module import ChurnFormerModule, evaluate_network

@@ -188,7 +188,9 @@ def log_hparams(
             if isinstance(domain, tuple):
                 info.domain_interval.min_value, info.domain_interval.max_value = domain
             else:
-                info.domain_discrete.extend(domain)
+                info.domain_discrete.extend(
+                    display_value(choice) if isinstance(value, str) else choice for choice in domain
+                )
         infos.append(info)
     infos.sort(key=lambda info: not info.differs)  # stable: the order of HPARAMS within each group
     metrics = [
@@ -217,26 +219,30 @@ def log_hparams(
 
 
 def display_value(value: Any) -> str | float | None:
-    """A knob's value as HPARAMS shows it: numbers (integers too: TensorBoard has one numeric type) and
-    strings; a class path by its class name."""
+    """A knob's value as HPARAMS shows it: real numbers as numbers; integers as text, since TensorBoard's one
+    numeric type would show 256 as "256.00" (they are choices such as widths and depths anyway); a class
+    path by its class name."""
     if value is None:
         return None
     if isinstance(value, bool):
         return str(value).lower()
-    if isinstance(value, int | float):
-        return float(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return value
     text = str(value)
     return text.rsplit(".", 1)[-1] if re.fullmatch(r"[\w.]+\.[A-Z]\w*", text) else text
 
 
-def swept_domains(sweep_space: Mapping[str, str]) -> dict[str, tuple[float, float] | list[float]]:
+def swept_domains(sweep_space: Mapping[str, str]) -> dict[str, tuple[float, float] | list[int | float]]:
     """An Optuna search space (``hydra.sweeper.params``): ``interval(a, b)`` as (a, b), ``choice(...)`` as
     its values."""
-    domains: dict[str, tuple[float, float] | list[float]] = {}
+    domains: dict[str, tuple[float, float] | list[int | float]] = {}
     for key, spec in sweep_space.items():
-        numbers = [float(n) for n in re.findall(r"-?\d+(?:\.\d+)?(?:e-?\d+)?", str(spec))]
+        tokens = re.findall(r"-?\d+(?:\.\d+)?(?:e-?\d+)?", str(spec))
+        numbers = [int(t) if re.fullmatch(r"-?\d+", t) else float(t) for t in tokens]
         if "interval" in str(spec) and len(numbers) == 2:
-            domains[key] = (numbers[0], numbers[1])
+            domains[key] = (float(numbers[0]), float(numbers[1]))
         elif "choice" in str(spec) and numbers:
             domains[key] = numbers
     return domains

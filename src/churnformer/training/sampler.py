@@ -13,8 +13,14 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
 
     Training: shuffle, cut into pools of ``pool_batches`` batches, sort each pool by length, cut into
     batches, shuffle the batch order. Evaluation (``shuffle=False``): sorted by length, in order.
-    With several processes (DDP) each rank takes every ``world_size``-th batch of the same order, and
-    in training all ranks get the same number of batches. Deterministic given ``seed`` and the epoch.
+    Deterministic given ``seed`` and the epoch.
+
+    With several processes (DDP) each rank takes every ``world_size``-th batch of the same order, and every
+    rank gets the same number of batches (ranks that step a different number of times wait for each other
+    forever). Training pads: the first batches of the epoch's order are repeated until the count divides by
+    ``world_size``, so no customer is left out of an epoch and at most ``world_size - 1`` batches are seen
+    twice. Evaluation splits the customers into a multiple of ``world_size`` batches of nearly equal size
+    instead, so every customer is counted exactly once (batches are a little smaller than ``batch_size``).
 
     Resumable: :meth:`state_dict` holds the epoch and how many of its batches were handed out; after
     :meth:`load_state_dict` the next pass over that epoch starts with the following batch, so a run
@@ -64,7 +70,8 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
     def _batches(self) -> list[np.ndarray]:
         if not self.shuffle:
             order = np.argsort(self.lengths, kind="stable")
-            return np.array_split(order, max(1, -(-len(order) // self.batch_size)))
+            count = max(1, -(-len(order) // self.batch_size))
+            return np.array_split(order, -(-count // self.world_size) * self.world_size)
         rng = np.random.default_rng((self.seed, self.epoch))
         order = rng.permutation(len(self.lengths))
         batches = []
@@ -79,14 +86,15 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         # A generator: this body runs at the first batch, after Lightning has set the epoch.
         skip = self._resume_at[1] if self._resume_at is not None and self._resume_at[0] == self.epoch else 0
         self._resume_at = None
-        batches = self._batches()[self.rank :: self.world_size][: len(self)]
+        batches = self._batches()
+        batches += batches[: len(self) * self.world_size - len(batches)]  # training: pad to equal counts
+        batches = batches[self.rank :: self.world_size]
         self._handed_out = skip
         for batch in batches[skip:]:
             self._handed_out += 1
             yield batch.tolist()
 
     def __len__(self) -> int:
-        n_batches = -(-len(self.lengths) // self.batch_size)
-        if self.shuffle:  # equal counts keep DDP ranks in step during training
-            return n_batches // self.world_size
-        return len(range(self.rank, n_batches, self.world_size))
+        """Batches per rank, the same on every rank."""
+        n_batches = max(1, -(-len(self.lengths) // self.batch_size))
+        return -(-n_batches // self.world_size)
