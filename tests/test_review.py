@@ -149,6 +149,14 @@ def test_optuna_sweep_trials_are_named_rows_with_their_knobs(sweep_dir: Path) ->
         assert lr.differs and (lr.domain_interval.min_value, lr.domain_interval.max_value) == (0.0003, 0.005)
         d_model = next(info for info in experiment.hparam_infos if info.name == "model.network.d_model")
         assert [v.string_value for v in d_model.domain_discrete.values] == ["32", "64", "128"] and d_model.differs
+        differs = {info.name for info in experiment.hparam_infos if info.differs}
+        assert differs == {  # the swept knobs: the shared command line (data.cutoff, ...) does not tell trials apart
+            "model.optimizer.lr",
+            "model.network.d_model",
+            "model.network.n_layers",
+            "model.network.dropout",
+            "model.loss.spend",
+        }
     results = OmegaConf.load(sweep_dir / "optimization_results.yaml")
     best = min(json.loads((t / "metrics.json").read_text())["joint/loss/val"] for t in trials)
     assert results.best_value == pytest.approx(best)

@@ -172,13 +172,14 @@ def log_hparams(
 
     TensorBoard takes the experiment config of one run for all runs it shows, so ``differs`` (which knobs
     come first, shown by default) cannot be computed across runs here: it marks the knobs set on the command
-    line, which is what tells apart runs that are compared. ``sweep_space``: an Optuna sweep's
-    ``hydra.sweeper.params`` (their domains are shown), empty outside a sweep.
+    line, which is what tells apart runs that are compared, or in a sweep the knobs it varies. ``sweep_space``:
+    an Optuna sweep's ``hydra.sweeper.params`` (their domains are shown), empty outside a sweep.
     """
     values = {key: display_value(OmegaConf.select(cfg, key, default=None)) for key in HPARAMS}
     values = {key: value for key, value in values.items() if value is not None}
     swept = swept_domains(sweep_space)
-    given = set(command_line_keys)
+    # In a sweep every trial shares the command line: only the swept knobs tell the trials apart.
+    given = set() if swept else set(command_line_keys)
     infos = []
     for key, value in values.items():
         info = api_pb2.HParamInfo(name=key, display_name=HPARAMS[key], differs=key in given or key in swept)
