@@ -56,10 +56,20 @@ class DropAdvertisements(logging.Filter):
         return not any(marker in message for marker in ADVERTISEMENT_MARKERS)
 
 
+# The loggers Lightning reports through (rank_zero_info), which print on their own when no logging is configured
+# (the Python API in a notebook); a filter on a logger applies to what is logged to it by name.
+LIBRARY_LOGGERS = ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero")
+
+
 def silence_known_noise() -> None:
-    """Ignore :data:`KNOWN_HARMLESS_WARNINGS` for the rest of the process (entry points call this first)."""
+    """Ignore :data:`KNOWN_HARMLESS_WARNINGS` and drop the libraries' advertisements for the rest of the
+    process (entry points call this first; the console scripts' logging config drops them too)."""
     for pattern in KNOWN_HARMLESS_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, DropAdvertisements) for f in logger.filters):
+            logger.addFilter(DropAdvertisements())
 
 
 def reason_in_words(reason: str) -> str:
