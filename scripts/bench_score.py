@@ -59,6 +59,7 @@ from churnformer.serving.predictor import Predictor
 
 TARGETS = {"wall_s": 30.0, "peak_rss_mb": 3072.0, "speedup_vs_torch_eager": 3.0, "useful_share_of_peak": 0.5}
 EAGER_BATCH = 256
+HORIZONS = (30, 90, 180, 365)  # the default grid (conf/data/settings/default.yaml), main horizon 90
 
 
 def cutoff_date() -> str:
@@ -81,10 +82,11 @@ def make_model(workdir: Path, log: Path) -> Path:
         sample = pd.read_parquet(log).head(1_000_000)
         featurizer = fit_featurizer(sample, config=FeaturizerConfig.with_defaults(max_len=128))
         torch.manual_seed(0)
-        network = ChurnFormer.build(small_network(), featurizer).eval()
+        network = ChurnFormer.build(small_network(), featurizer, len(HORIZONS)).eval()
         torch.save(network.state_dict(), path.with_suffix(".pt"))
-        export_onnx(network, featurizer.to_json(), path, {"horizon_days": 90}, fused_attention=True)
-        export_onnx(network, featurizer.to_json(), portable_path(path), {"horizon_days": 90}, fused_attention=False)
+        metadata = {"horizon_days": 90, "horizons_days": list(HORIZONS)}
+        export_onnx(network, featurizer.to_json(), path, metadata, fused_attention=True)
+        export_onnx(network, featurizer.to_json(), portable_path(path), metadata, fused_attention=False)
     return path
 
 
@@ -191,7 +193,7 @@ def torch_eager(model: Path, log: Path, sample: int, max_len: int) -> tuple[floa
     sequences = build_sequences(frame[frame["customer_id"].isin(chosen)], window, predictor.featurizer)
     del frame
     network = load_network(model)
-    scorer = ScoringModel(network, list(MODEL_INPUTS)).eval()
+    scorer = ScoringModel(network, list(MODEL_INPUTS), HORIZONS.index(90)).eval()
     started = time.perf_counter()
     with torch.inference_mode():
         for start in range(0, len(sequences), EAGER_BATCH):
@@ -204,7 +206,7 @@ def torch_eager(model: Path, log: Path, sample: int, max_len: int) -> tuple[floa
 def load_network(model: Path) -> torch.nn.Module:
     """The benchmark network with the weights exported to ``model`` (saved beside it as plain tensors)."""
     predictor = Predictor(model)
-    network = ChurnFormer.build(small_network(), predictor.featurizer)
+    network = ChurnFormer.build(small_network(), predictor.featurizer, len(HORIZONS))
     network.load_state_dict(torch.load(model.with_suffix(".pt"), weights_only=True))
     return network.eval()
 

@@ -3,23 +3,36 @@
 Usage::
 
     python scripts/benchmark_cdnow.py [--dataset cdnow|synthetic] [--cutoff YYYY-MM-DD] [--horizon-days N]
-                                      [--seeds 0 1 2]
-                                      [--models churnformer gru lightgbm btyd] [--ensemble MODEL ...]
+                                      [--horizons-days 30 90 ...] [--discount-rate 0.1] [--seeds 0 1 2]
+                                      [--models churnformer gru lightgbm btyd churnformer_main_only]
+                                      [--ensemble MODEL ...]
                                       [--json PATH] [--markdown PATH]
                                       [--override key=value ...]
 
 CDNOW master log (pip install -e ".[baselines]"), cutoff 1997-09-30, horizon 273 days, all 23,570
 customers split 50/50 at random by seed; every model trains on the training half only (its own
 validation split taken from inside it) and is scored on the test half. ``--dataset synthetic`` runs the
-same protocol on the built-in synthetic world (20,000 customers, cutoff 2024-06-30, horizon 90 days);
+same protocol on the built-in synthetic world (20,000 customers, cutoff 2024-06-30, horizon 90 days, a
+year of log after the cutoff);
 ``--cutoff``/``--horizon-days`` run it at another cutoff of the same log (do the defaults generalize?).
-``--ensemble churnformer gru lightgbm`` adds the mean of those models' predictions as one more row: a
+``churnformer_main_only`` is churnformer trained on the main horizon alone (what releases before 0.2
+trained): the grid's effect on the main horizon. ``--ensemble churnformer gru lightgbm`` adds the mean of
+those models' predictions as one more row: a
 rough ceiling of what the log's information supports, to read the single models' rows against.
 ``churn_ece_floor`` is the ECE a perfectly calibrated model with the same predictions would show on the
 same number of test customers: the part of ``churn_ece`` that is sampling noise.
 churnformer and the GRU run with the package defaults (``--override`` passes Hydra overrides to both),
 trained and scored through the public API (ONNX model, onnxruntime). Prints mean ± std over seeds and
 writes every per-seed row to JSON.
+
+Over the horizon grid (CDNOW 30/90/180/273 days: the log ends 273 days after the cutoff; synthetic
+30/90/180/365): every model answers at each horizon (churnformer and the GRU from one network, LightGBM
+with a pair of boosters per horizon, BG/NBD + Gamma-Gamma from one fit), and a second table reports each
+horizon's metrics. A third reports the concordance index and integrated Brier score of S(t), the Gini of
+``clv`` (lifetimes' for BG/NBD + Gamma-Gamma, churnformer's own, and for the others the same formula on
+their spend by horizon) against the realized spend over the longest horizon discounted at ``--discount-rate`` (the same
+formula: (1 + d) ** (t / 365) per purchase at t days), and ``monotonicity_violations``: customers whose
+P(no purchase by t) rises or expected spend by t falls somewhere on the grid.
 """
 
 from __future__ import annotations
@@ -30,6 +43,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")  # LightGBM's spinning threads starve everything else
@@ -38,16 +52,27 @@ import numpy as np
 import pandas as pd
 
 from churnformer.api import predict, train
-from churnformer.data.events import CUSTOMER_ID, TIMESTAMP, load_events
-from churnformer.data.labels import make_labels
-from churnformer.data.window import Window
-from churnformer.evaluation.metrics import expected_calibration_error
-from churnformer.evaluation.report import evaluate
+from churnformer.data.events import AMOUNT, CUSTOMER_ID, TIMESTAMP, load_events
+from churnformer.data.labels import horizon_labels
+from churnformer.data.window import NS_PER_DAY, HorizonGrid, Window
+from churnformer.evaluation.metrics import expected_calibration_error, normalized_gini
+from churnformer.evaluation.report import evaluate, predicted_horizons
+from churnformer.schema import CHURN_PROBABILITY, CLV, EXPECTED_SPEND, per_horizon
+from churnformer.serving.retention import discounted_value
 
 DATASETS = {
-    "cdnow": {"cutoff": "1997-09-30", "horizon_days": 273},
-    "synthetic": {"cutoff": "2024-06-30", "horizon_days": 90},
+    "cdnow": {"cutoff": "1997-09-30", "horizon_days": 273, "horizons_days": [30, 90, 180, 273]},
+    "synthetic": {"cutoff": "2024-06-30", "horizon_days": 90, "horizons_days": [30, 90, 180, 365]},
 }
+BY_HORIZON = (
+    "churn_auc",
+    "churn_brier",
+    "churn_ece",
+    "spend_gini",
+    "spend_decile_mape",
+    "spend_aggregate_error",
+)
+OVER_THE_GRID = ("survival_c_index", "survival_integrated_brier", "clv_gini", "monotonicity_violations")
 PREDICTED = ("churn_probability", "expected_spend")
 SHOWN = (
     "churn_auc",
@@ -62,6 +87,15 @@ SHOWN = (
     "train_s",
 )
 Predictor = Callable[[pd.DataFrame, pd.DataFrame | None, Window, np.ndarray, np.ndarray, int], pd.DataFrame]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """What every model is asked: at ``window`` (the main horizon) and over ``grid``, CLV at ``discount_rate``."""
+
+    window: Window
+    grid: HorizonGrid
+    discount_rate: float
 
 
 def load_dataset(name: str) -> tuple[pd.DataFrame, pd.DataFrame | None]:
@@ -82,7 +116,9 @@ def split(customer_ids: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return customer_ids[order[:half]], customer_ids[order[half:]]
 
 
-def churnformer_model(overrides: list[str], workdir: Path) -> Predictor:
+def churnformer_model(overrides: list[str], workdir: Path, protocol: Protocol) -> Predictor:
+    horizons = ",".join(f"{days:g}" for days in protocol.grid.days)
+
     def run(events, customers, window, train_ids, test_ids, seed) -> pd.DataFrame:
         cutoff = str((window.feature_end - pd.Timedelta(days=1)).date())
         run_dir = workdir / f"seed{seed}"
@@ -92,51 +128,72 @@ def churnformer_model(overrides: list[str], workdir: Path) -> Predictor:
             horizon_days=window.horizon_days,
             customers=customers,
             output_dir=run_dir,
-            overrides=[f"seed={seed}", "trainer.enable_progress_bar=false", *overrides],
+            overrides=[
+                f"seed={seed}",
+                f"data.horizons_days=[{horizons}]",
+                "trainer.enable_progress_bar=false",
+                *overrides,
+            ],
         )
-        return predict(trained.model_path, events[events[CUSTOMER_ID].isin(test_ids)], cutoff, customers)
+        test_events = events[events[CUSTOMER_ID].isin(test_ids)]
+        return predict(trained.model_path, test_events, cutoff, customers, discount_rate=protocol.discount_rate)
 
     return run
 
 
-def baseline_model(name: str, threads: int) -> Predictor:
+def baseline_model(name: str, threads: int, protocol: Protocol) -> Predictor:
     def run(events, customers, window, train_ids, test_ids, seed) -> pd.DataFrame:
         if name == "lightgbm":
             from churnformer.baselines.gbm import fit_predict_gbm
 
-            return fit_predict_gbm(events, window, train_ids, test_ids, seed=seed, num_threads=threads)
+            return fit_predict_gbm(
+                events, window, train_ids, test_ids, seed=seed, num_threads=threads, horizons=protocol.grid.days
+            )
         from churnformer.baselines.btyd import fit_predict_btyd
 
-        return fit_predict_btyd(events, window, train_ids, test_ids, seed=seed)
+        return fit_predict_btyd(
+            events, window, train_ids, test_ids, horizons=protocol.grid.days, discount_rate=protocol.discount_rate
+        )
 
     return run
 
 
 def run_protocol(
-    dataset: str, seeds: list[int], models: dict[str, Predictor], window: Window, ensemble: list[str] | None = None
+    dataset: str, seeds: list[int], models: dict[str, Predictor], protocol: Protocol, ensemble: list[str] | None = None
 ) -> list[dict[str, float | int | str]]:
     """Rows of per-seed metrics; with ``ensemble``, one more row per seed for the mean of those models'
     predictions (a rough ceiling: how much better any one model could get from what they jointly know)."""
     events, customers = load_dataset(dataset)
+    window = protocol.window
     eligible = np.sort(events.loc[events[TIMESTAMP] < window.feature_end, CUSTOMER_ID].unique())
     rows = []
     for seed in seeds:
         train_ids, test_ids = split(np.sort(events[CUSTOMER_ID].unique()), seed)
         test_population = np.intersect1d(test_ids, eligible)
-        labels = make_labels(events[events[CUSTOMER_ID].isin(test_population)], window, test_population)
+        test_events = events[events[CUSTOMER_ID].isin(test_population)]
+        labels = horizon_labels(test_events, window, protocol.grid, test_population)
+        realized = discounted_spend(test_events, window, max(protocol.grid.days), protocol.discount_rate)
         predicted, seconds = {}, {}
         for name, model in models.items():
             started = time.perf_counter()
             predictions = model(events, customers, window, train_ids, test_ids, seed)
             seconds[name] = time.perf_counter() - started
-            predicted[name] = predictions.set_index(CUSTOMER_ID)[list(PREDICTED)].sort_index()
+            predicted[name] = predictions.set_index(CUSTOMER_ID).sort_index()
         if ensemble:
             name = "mean(" + "+".join(ensemble) + ")"
-            predicted[name] = sum(predicted[member] for member in ensemble) / len(ensemble)
+            shared = sorted(set.intersection(*(set(predicted[member].columns) for member in ensemble)) - {CLV})
+            predicted[name] = sum(predicted[member][shared] for member in ensemble) / len(ensemble)
             seconds[name] = sum(seconds[member] for member in ensemble)
         for name, predictions in predicted.items():
             metrics = evaluate(predictions.reset_index(), labels)
-            metrics["churn_ece_floor"] = calibrated_ece_floor(predictions["churn_probability"].to_numpy())
+            metrics["churn_ece_floor"] = calibrated_ece_floor(predictions[CHURN_PROBABILITY].to_numpy())
+            metrics["monotonicity_violations"] = monotonicity_violations(predictions)
+            if CLV not in predictions.columns:  # the grid formula on the model's spend by horizon
+                predictions = predictions.assign(
+                    **{CLV: discounted_value(predictions, protocol.grid.days, protocol.discount_rate)}
+                )
+            actual = realized.reindex(predictions.index, fill_value=0.0).to_numpy()
+            metrics["clv_gini"] = normalized_gini(actual, predictions[CLV].to_numpy())
             rows.append({"dataset": dataset, "model": name, "seed": seed, **metrics, "train_s": seconds[name]})
             print(
                 f"seed {seed} {name:<12} auc {metrics['churn_auc']:.4f} gini {metrics['spend_gini']:.4f} "
@@ -144,6 +201,28 @@ def run_protocol(
                 flush=True,
             )
     return rows
+
+
+def discounted_spend(events: pd.DataFrame, window: Window, days: float, discount_rate: float) -> pd.Series:
+    """Net spend per customer in the ``days`` after the cutoff, each amount discounted to the cutoff at
+    (1 + d) ** (t / 365) for t days after it (the realized counterpart of ``clv``), floored at 0."""
+    offset = (events[TIMESTAMP].to_numpy(dtype="datetime64[ns]").view(np.int64) - window.feature_end_ns) / NS_PER_DAY
+    inside = (offset >= 0) & (offset < days)
+    value = events[AMOUNT].to_numpy()[inside] / (1.0 + discount_rate) ** (offset[inside] / 365.0)
+    by_customer = pd.Series(value).groupby(events[CUSTOMER_ID].to_numpy()[inside]).sum()
+    return by_customer.clip(lower=0.0)
+
+
+def monotonicity_violations(predictions: pd.DataFrame, tolerance: float = 1e-6) -> int:
+    """Customers whose P(no purchase by t) rises, or whose expected spend by t falls, between two horizons."""
+    horizons = predicted_horizons(predictions)
+    if len(horizons) < 2:
+        return 0
+    survival = predictions[[per_horizon(CHURN_PROBABILITY, h) for h in horizons]].to_numpy(np.float64)
+    spend = predictions[[per_horizon(EXPECTED_SPEND, h) for h in horizons]].to_numpy(np.float64)
+    rises = (np.diff(survival, axis=1) > tolerance).any(axis=1)
+    falls = (np.diff(spend, axis=1) < -tolerance * np.maximum(spend[:, 1:], 1.0)).any(axis=1)
+    return int((rises | falls).sum())
 
 
 def calibrated_ece_floor(probability: np.ndarray, draws: int = 200) -> float:
@@ -154,15 +233,42 @@ def calibrated_ece_floor(probability: np.ndarray, draws: int = 200) -> float:
     return float(np.mean([expected_calibration_error(probability, drawn) for drawn in labels]))
 
 
-def summary_table(rows: list[dict]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows)
-    grouped = frame.groupby("model", sort=False)[list(SHOWN)]
+def mean_std(frame: pd.DataFrame, keys: list[str], columns: list[str]) -> pd.DataFrame:
+    """``mean ± std`` over seeds of ``columns``, per group of ``keys``."""
+    grouped = frame.groupby(keys, sort=False)[columns]
     mean, std = grouped.mean(), grouped.std(ddof=1).fillna(0.0)
     table = pd.DataFrame(index=mean.index)
-    for column in SHOWN:
-        digits = 0 if column == "train_s" else 4
-        table[column] = [f"{m:.{digits}f} ± {s:.{digits}f}" for m, s in zip(mean[column], std[column], strict=True)]
+    for column in columns:
+        digits = 0 if column in ("train_s", "monotonicity_violations") else 4
+        table[column] = [
+            "n/a" if np.isnan(m) else f"{m:.{digits}f} ± {s:.{digits}f}"
+            for m, s in zip(mean[column], std[column], strict=True)
+        ]
     return table.reset_index()
+
+
+def summary_table(rows: list[dict]) -> pd.DataFrame:
+    """The main horizon, as it has always been reported."""
+    return mean_std(pd.DataFrame(rows), ["model"], list(SHOWN))
+
+
+def horizon_table(rows: list[dict], horizons: tuple[float, ...]) -> pd.DataFrame:
+    """One row per model and horizon: each horizon's churn and spend metrics."""
+    long = []
+    for row in rows:
+        for days in horizons:
+            values = {metric: row.get(per_horizon(metric, days), np.nan) for metric in BY_HORIZON}
+            long.append({"model": row["model"], "horizon": f"{days:g}d", "seed": row["seed"], **values})
+    return mean_std(pd.DataFrame(long), ["model", "horizon"], list(BY_HORIZON))
+
+
+def grid_table(rows: list[dict]) -> pd.DataFrame:
+    """S(t) over the grid, CLV ranking and consistency, per model."""
+    frame = pd.DataFrame(rows)
+    for column in OVER_THE_GRID:
+        if column not in frame.columns:
+            frame[column] = np.nan
+    return mean_std(frame, ["model"], list(OVER_THE_GRID))
 
 
 def markdown(table: pd.DataFrame) -> str:
@@ -176,9 +282,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="cdnow")
     parser.add_argument("--cutoff", default=None, help="another cutoff than the protocol's (YYYY-MM-DD)")
-    parser.add_argument("--horizon-days", type=float, default=None, help="another horizon than the protocol's")
+    parser.add_argument("--horizon-days", type=float, default=None, help="another main horizon than the protocol's")
+    parser.add_argument("--horizons-days", type=float, nargs="+", default=None, help="another horizon grid")
+    parser.add_argument("--discount-rate", type=float, default=0.10, help="annual rate of clv and its realized value")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--models", nargs="+", default=["churnformer", "gru", "lightgbm", "btyd"])
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["churnformer", "gru", "lightgbm", "btyd"],
+        choices=["churnformer", "churnformer_main_only", "gru", "lightgbm", "btyd"],
+    )
     parser.add_argument(
         "--ensemble", nargs="+", default=None, help="also score the mean of these models' predictions (a ceiling)"
     )
@@ -190,27 +303,48 @@ def main() -> None:
     args = parser.parse_args()
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="churnformer-benchmark-"))
+    defaults = DATASETS[args.dataset]
+    cutoff, horizon = args.cutoff or defaults["cutoff"], args.horizon_days or defaults["horizon_days"]
+    grid = HorizonGrid.of(args.horizons_days or [d for d in defaults["horizons_days"] if d <= horizon], horizon)
+    protocol = Protocol(Window.from_cutoff(cutoff, horizon), grid, args.discount_rate)
+    main_only = HorizonGrid.of([], horizon)
     builders = {
-        "churnformer": lambda: churnformer_model(args.override, workdir / "churnformer"),
-        "gru": lambda: churnformer_model(["model=gru", *args.override], workdir / "gru"),
-        "lightgbm": lambda: baseline_model("lightgbm", args.gbm_threads),
-        "btyd": lambda: baseline_model("btyd", args.gbm_threads),
+        "churnformer": lambda: churnformer_model(args.override, workdir / "churnformer", protocol),
+        "gru": lambda: churnformer_model(["model=gru", *args.override], workdir / "gru", protocol),
+        "churnformer_main_only": lambda: churnformer_model(
+            args.override, workdir / "main_only", Protocol(protocol.window, main_only, args.discount_rate)
+        ),
+        "lightgbm": lambda: baseline_model("lightgbm", args.gbm_threads, protocol),
+        "btyd": lambda: baseline_model("btyd", args.gbm_threads, protocol),
     }
-    protocol = DATASETS[args.dataset]
-    cutoff, horizon = args.cutoff or protocol["cutoff"], args.horizon_days or protocol["horizon_days"]
-    window = Window.from_cutoff(cutoff, horizon)
     if args.ensemble and not set(args.ensemble) <= set(args.models):
         parser.error(f"--ensemble {args.ensemble}: every member must be among --models {args.models}")
     models = {name: builders[name]() for name in args.models}
-    rows = run_protocol(args.dataset, args.seeds, models, window, args.ensemble)
-    table = summary_table(rows)
-    print(f"\n{args.dataset}, cutoff {cutoff}, horizon {horizon:g} days: mean ± std over seeds {args.seeds}\n")
-    print(table.to_string(index=False))
+    rows = run_protocol(args.dataset, args.seeds, models, protocol, args.ensemble)
+    tables = {
+        "main horizon": summary_table(rows),
+        "by horizon": horizon_table(rows, grid.days),
+        "over the grid": grid_table(rows),
+    }
+    horizons = "/".join(f"{d:g}" for d in grid.days)
+    print(
+        f"\n{args.dataset}, cutoff {cutoff}, horizon {horizon:g} days (grid {horizons}, clv discount "
+        f"{args.discount_rate:g}): mean ± std over seeds {args.seeds}"
+    )
+    for title, table in tables.items():
+        print(f"\n{title}\n{table.to_string(index=False)}")
     if args.json:
-        header = {"dataset": args.dataset, "cutoff": cutoff, "horizon_days": horizon, "seeds": args.seeds}
+        header = {
+            "dataset": args.dataset,
+            "cutoff": cutoff,
+            "horizon_days": horizon,
+            "horizons_days": list(grid.days),
+            "discount_rate": args.discount_rate,
+            "seeds": args.seeds,
+        }
         args.json.write_text(json.dumps({**header, "rows": rows}, indent=2))
     if args.markdown:
-        args.markdown.write_text(markdown(table) + "\n")
+        args.markdown.write_text("\n\n".join(f"{title}:\n\n{markdown(t)}" for title, t in tables.items()) + "\n")
 
 
 if __name__ == "__main__":

@@ -216,3 +216,29 @@ def test_btyd_summary_on_hand_made_log(tiny_log) -> None:
     # b never bought: born at its first event, no repeat purchase yet.
     assert summary.loc["b"].to_dict() == {"frequency": 0.0, "recency": 0.0, "T": 21.0, "monetary_value": 0.0}
     assert summary.loc["c"].isna().all()
+
+
+# --- over a horizon grid --------------------------------------------------------------------------------------
+
+
+def test_gbm_answers_each_horizon_with_its_own_boosters_and_the_main_one_unchanged(world) -> None:
+    fit_predict = _gbm()
+    events, window, train, test = world
+    single = fit_predict(events, window, train, test, seed=0, max_rounds=50)
+    grid = fit_predict(events, window, train, test, seed=0, max_rounds=50, horizons=[30, 90, 180])
+    pd.testing.assert_frame_equal(grid[list(BASELINE_COLUMNS)], single)
+    np.testing.assert_array_equal(grid["churn_probability_90d"], grid["churn_probability"])
+    # Separate boosters per horizon: different answers, not one scaled copy.
+    assert not np.allclose(grid["churn_probability_30d"], grid["churn_probability_180d"])
+
+
+def test_btyd_is_consistent_over_horizons_and_its_undiscounted_clv_is_the_spend_by_then(world) -> None:
+    fit_predict = _btyd()
+    events, window, train, test = world
+    frame = fit_predict(events, window, train, test, seed=0, horizons=[30, 90, 360], discount_rate=0.0)
+    survival = frame[["churn_probability_30d", "churn_probability_90d", "churn_probability_360d"]].to_numpy()
+    spend = frame[["expected_spend_30d", "expected_spend_90d", "expected_spend_360d"]].to_numpy()
+    assert (np.diff(survival, axis=1) <= 1e-12).all() and (np.diff(spend, axis=1) >= -1e-9).all()
+    np.testing.assert_allclose(frame["clv"], frame["expected_spend_360d"], rtol=1e-9)  # 12 steps of 30 days
+    discounted = fit_predict(events, window, train, test, seed=0, horizons=[360], discount_rate=0.1)
+    assert (discounted["clv"] < frame["clv"]).all() and (discounted["clv"] > frame["clv"] / 1.1).all()

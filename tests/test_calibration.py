@@ -1,4 +1,5 @@
-"""Post-hoc calibration recovers known distortions of the churn logit and of the spend distribution."""
+"""Post-hoc calibration recovers known distortions of the hazard logits and of the spend distribution at
+every horizon, matches levels, and falls back to the identity on implausible fits."""
 
 from __future__ import annotations
 
@@ -8,108 +9,160 @@ from torch import nn
 
 from churnformer.artifacts.calibration import CHURN_TEMPERATURE_LIMITS, SPEND_POWER_LIMITS, fit_calibration
 from churnformer.modeling.heads import HeadOutputs
+from churnformer.modeling.losses import survival_nll
 from churnformer.modeling.scoring_model import Calibration, ScoringModel
-from churnformer.schema import MODEL_INPUTS
+from churnformer.schema import CHURN_BY_HORIZON, MODEL_INPUTS, OBSERVED_BY_HORIZON, SPEND_BY_HORIZON
+
+MAIN = 1  # the second of two horizons
+SIGMA = 0.6
 
 
 class KnownHeads(nn.Module):
     """Returns the heads stored in each batch: the distorted outputs a miscalibrated network would give."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.heads = nn.Module()
+        self.heads.n_horizons = 2
+
     def forward(self, inputs: dict[str, torch.Tensor]) -> HeadOutputs:
-        logit, mu, sigma = (inputs[name] for name in MODEL_INPUTS[:3])
-        return HeadOutputs(churn_logit=logit, spend_mu=mu, spend_sigma=sigma)
+        logit, log_mean, sigma = (inputs[name] for name in MODEL_INPUTS[:3])
+        return HeadOutputs(hazard_logits=logit, log_spend_mean=log_mean, spend_sigma=sigma)
 
 
-def batches(n: int, temperature: float, bias: float, log_scale: float, power: float, seed: int = 0):
-    """Customers whose true churn logit is z and positive spend LN(m, 0.6); the heads report them distorted
-    so that the exact inverse is ``logit / temperature + bias`` and ``LN(log_scale + power * mu, power * sigma)``."""
+def batches(n: int, temperature: float, bias: list[float], log_scale: list[float], power: float, seed: int = 0):
+    """Customers whose true hazard logits are z_k and positive spend LN(m_k, 0.6); the heads report them
+    distorted so that the exact inverse is ``logit / temperature + bias`` and ``LN(log_scale + power * mu,
+    power * sigma)`` at each of two horizons."""
     generator = torch.Generator().manual_seed(seed)
-    z = 1.5 * torch.randn(n, generator=generator, dtype=torch.float64)
-    churn = torch.bernoulli(torch.sigmoid(z), generator=generator)
-    m = 3.0 + torch.randn(n, generator=generator, dtype=torch.float64)
-    positive = torch.exp(m + 0.6 * torch.randn(n, generator=generator, dtype=torch.float64))
+
+    def normal(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator, dtype=torch.float64)
+
+    z = 1.2 * normal(n, 2) - torch.tensor([0.5, 1.0], dtype=torch.float64)
+    first = torch.bernoulli(torch.sigmoid(z[:, 0]), generator=generator)
+    second = torch.bernoulli(torch.sigmoid(z[:, 1]), generator=generator)
+    churn = torch.stack([1 - first, (1 - first) * (1 - second)], dim=1)  # no purchase by t_1, by t_2
+    mu = (3.0 + normal(n, 1)) + torch.tensor([0.0, 0.5], dtype=torch.float64)
+    positive = torch.exp(mu + SIGMA * normal(n, 2))
     spend = torch.where(churn > 0, torch.zeros_like(positive), positive)
-    heads = {"logit": (z - bias) * temperature, "mu": (m - log_scale) / power, "sigma": torch.full_like(m, 0.6 / power)}
-    names = dict(zip(MODEL_INPUTS, ("logit", "mu", "sigma", "logit", "logit"), strict=True))
+    reported_mu = (mu - torch.tensor(log_scale, dtype=torch.float64)) / power
+    reported_sigma = torch.full_like(mu, SIGMA / power)
+    heads = {
+        "logit": (z - torch.tensor(bias, dtype=torch.float64)) * temperature,
+        "log_mean": reported_mu + 0.5 * reported_sigma**2,
+        "sigma": reported_sigma,
+    }
+    names = dict(zip(MODEL_INPUTS, ("logit", "log_mean", "sigma", "logit", "logit"), strict=True))
     for rows in torch.arange(n).split(4096):
-        yield {name: heads[key][rows] for name, key in names.items()} | {"churn": churn[rows], "spend": spend[rows]}
+        batch = {name: heads[key][rows] for name, key in names.items()}
+        yield batch | {
+            CHURN_BY_HORIZON: churn[rows],
+            SPEND_BY_HORIZON: spend[rows],
+            OBSERVED_BY_HORIZON: torch.ones_like(churn[rows]),
+        }
 
 
-def calibrated(fitted: Calibration) -> ScoringModel:
+def outputs(fitted: Calibration, data: list[dict]) -> list[tuple[torch.Tensor, ...]]:
     """The exported arithmetic over the stored heads, with the fitted calibration."""
-    return ScoringModel(KnownHeads(), list(MODEL_INPUTS), fitted)
+    scoring = ScoringModel(KnownHeads(), list(MODEL_INPUTS), MAIN, fitted)
+    return [scoring(*(b[name] for name in MODEL_INPUTS)) for b in data]
 
 
 def test_fit_recovers_known_distortions() -> None:
-    fitted = fit_calibration(KnownHeads(), list(batches(60_000, temperature=2.0, bias=0.5, log_scale=1.0, power=1.5)))
+    data = list(batches(80_000, temperature=2.0, bias=[0.5, -0.3], log_scale=[0.8, 1.0], power=1.5))
+    fitted = fit_calibration(KnownHeads(), data, MAIN)
     assert fitted.churn_temperature == pytest.approx(2.0, rel=0.05)
-    assert fitted.churn_bias == pytest.approx(0.5, abs=0.05)
+    assert fitted.churn_bias == pytest.approx([0.5, -0.3], abs=0.06)
     assert fitted.spend_power == pytest.approx(1.5, rel=0.05)
-    assert fitted.spend_log_scale == pytest.approx(1.0, abs=0.15)
+    assert fitted.spend_log_scale[MAIN] == pytest.approx(1.0, abs=0.15)
+    assert fitted.fallback == []
 
 
-def test_calibrated_totals_match_validation_and_identity_stays_identity() -> None:
-    data = list(batches(60_000, temperature=1.0, bias=0.0, log_scale=0.0, power=1.0, seed=1))
-    fitted = fit_calibration(KnownHeads(), data)
+def test_identity_stays_identity_and_totals_match_at_every_horizon() -> None:
+    data = list(batches(60_000, temperature=1.0, bias=[0.0, 0.0], log_scale=[0.0, 0.0], power=1.0, seed=1))
+    fitted = fit_calibration(KnownHeads(), data, MAIN)
     assert fitted.churn_temperature == pytest.approx(1.0, rel=0.05)
-    assert fitted.churn_bias == pytest.approx(0.0, abs=0.05)
+    assert fitted.churn_bias == pytest.approx([0.0, 0.0], abs=0.05)
     assert fitted.spend_power == pytest.approx(1.0, rel=0.05)
-    # The exported arithmetic with these numbers: total expected spend equals total actual spend.
-    scoring = calibrated(fitted)
-    expected = sum(float(scoring(*(b[name] for name in MODEL_INPUTS))[1].sum()) for b in data)
-    actual = sum(float(b["spend"].sum()) for b in data)
-    assert expected == pytest.approx(actual, rel=1e-6)
+    # Through the exported arithmetic: total expected spend equals total spend at each horizon
+    # (outputs 7 and 9 are the expected spend at the two horizons).
+    out = outputs(fitted, data)
+    for column, k in ((7, 0), (9, 1)):
+        expected = sum(float(o[column].sum()) for o in out)
+        actual = sum(float(b[SPEND_BY_HORIZON][:, k].sum()) for b in data)
+        assert expected == pytest.approx(actual, rel=1e-4)
 
 
 def test_an_implausible_spend_power_leaves_spend_at_the_identity() -> None:
-    data = list(batches(20_000, temperature=1.0, bias=0.0, log_scale=-2.0, power=4.0))
-    fitted = fit_calibration(KnownHeads(), data)
-    assert (fitted.spend_log_scale, fitted.spend_power) == (0.0, 1.0)
-    assert fitted.fallback == [f"spend power 4 outside [{SPEND_POWER_LIMITS[0]}, {SPEND_POWER_LIMITS[1]}]"]
+    data = list(batches(20_000, temperature=1.0, bias=[0.0, 0.0], log_scale=[-2.0, -2.0], power=4.0))
+    fitted = fit_calibration(KnownHeads(), data, MAIN)
+    assert (fitted.spend_log_scale, fitted.spend_power) == ([0.0, 0.0], 1.0)
+    (reason,) = fitted.fallback
+    assert reason.startswith("spend power 3.9") and reason.endswith(f"outside {list(SPEND_POWER_LIMITS)}")
     assert fitted.churn_temperature == pytest.approx(1.0, rel=0.05)  # the churn part is kept
-    assert "identity instead: spend power 4" in str(fitted)
+    assert f"identity instead: {reason}" in str(fitted)
 
 
 def test_an_implausible_churn_temperature_leaves_churn_at_the_identity() -> None:
     """An undertrained network (one epoch on a tiny log) gives near-constant logits; Platt scaling then
     wants a temperature near 0.01, which would turn tiny logit noise into confident probabilities."""
-    data = list(batches(20_000, temperature=0.01, bias=0.0, log_scale=0.0, power=1.0))
-    fitted = fit_calibration(KnownHeads(), data)
-    assert (fitted.churn_temperature, fitted.churn_bias) == (1.0, 0.0)
+    data = list(batches(20_000, temperature=0.01, bias=[0.0, 0.0], log_scale=[0.0, 0.0], power=1.0))
+    fitted = fit_calibration(KnownHeads(), data, MAIN)
+    assert (fitted.churn_temperature, fitted.churn_bias) == (1.0, [0.0, 0.0])
     (reason,) = fitted.fallback
     assert reason.startswith("churn temperature 0.0") and reason.endswith(f"outside {list(CHURN_TEMPERATURE_LIMITS)}")
     assert fitted.spend_power == pytest.approx(1.0, rel=0.05)  # the spend part is kept
 
 
 def test_a_churn_bias_beyond_the_base_rate_leaves_churn_at_the_identity() -> None:
-    data = list(batches(20_000, temperature=1.0, bias=-9.0, log_scale=0.0, power=1.0))
-    fitted = fit_calibration(KnownHeads(), data)
-    assert (fitted.churn_temperature, fitted.churn_bias) == (1.0, 0.0)
-    assert fitted.fallback[0].startswith("churn bias -9")
+    data = list(batches(20_000, temperature=1.0, bias=[0.0, -9.0], log_scale=[0.0, 0.0], power=1.0))
+    fitted = fit_calibration(KnownHeads(), data, MAIN)
+    assert (fitted.churn_temperature, fitted.churn_bias) == (1.0, [0.0, 0.0])
+    assert fitted.fallback[0].startswith("churn bias -9") and "interval 2" in fitted.fallback[0]
 
 
 def test_spend_is_left_alone_when_nobody_bought_in_validation() -> None:
-    data = list(batches(5_000, temperature=1.0, bias=0.0, log_scale=0.0, power=1.0))
+    data = list(batches(5_000, temperature=1.0, bias=[0.0, 0.0], log_scale=[0.0, 0.0], power=1.0))
     for batch in data:
-        batch["spend"] = torch.zeros_like(batch["spend"])
-    fitted = fit_calibration(KnownHeads(), data)
-    assert (fitted.spend_log_scale, fitted.spend_power) == (0.0, 1.0)
+        batch[SPEND_BY_HORIZON] = torch.zeros_like(batch[SPEND_BY_HORIZON])
+    fitted = fit_calibration(KnownHeads(), data, MAIN)
+    assert (fitted.spend_log_scale, fitted.spend_power) == ([0.0, 0.0], 1.0)
 
 
 def test_levels_from_more_customers_match_their_rates_and_keep_the_validation_shapes() -> None:
-    validation = list(batches(2_000, temperature=2.0, bias=0.5, log_scale=1.0, power=1.5, seed=2))
-    training = list(batches(30_000, temperature=2.0, bias=0.5, log_scale=1.0, power=1.5, seed=3))
-    alone = fit_calibration(KnownHeads(), validation)
-    fitted = fit_calibration(KnownHeads(), validation, training)
+    distortion = {"temperature": 2.0, "bias": [0.5, -0.3], "log_scale": [0.8, 1.0], "power": 1.5}
+    validation = list(batches(3_000, **distortion, seed=2))
+    training = list(batches(40_000, **distortion, seed=3))
+    alone = fit_calibration(KnownHeads(), validation, MAIN)
+    fitted = fit_calibration(KnownHeads(), validation, MAIN, training)
     assert fitted.churn_temperature == alone.churn_temperature
     assert fitted.spend_power == alone.spend_power
     assert fitted.churn_bias != alone.churn_bias
-    # Through the exported arithmetic: on all labelled customers together the mean churn probability is the
-    # churn rate and total expected spend is total spend.
-    scoring = calibrated(fitted)
+    # Through the exported arithmetic, on all labelled customers together: the mean churn probability is the
+    # churn rate and total expected spend is total spend, at each horizon (outputs 6..9: S and spend by horizon).
     everyone = validation + training
-    outputs = [scoring(*(b[name] for name in MODEL_INPUTS)) for b in everyone]
-    churned = sum(float(b["churn"].sum()) for b in everyone)
-    assert sum(float(o[0].sum()) for o in outputs) == pytest.approx(churned, rel=1e-4)
-    spent = sum(float(b["spend"].sum()) for b in everyone)
-    assert sum(float(o[1].sum()) for o in outputs) == pytest.approx(spent, rel=1e-6)
+    out = outputs(fitted, everyone)
+    for k in range(2):
+        churned = sum(float(b[CHURN_BY_HORIZON][:, k].sum()) for b in everyone)
+        assert sum(float(o[6 + 2 * k].sum()) for o in out) == pytest.approx(churned, rel=2e-3)
+        spent = sum(float(b[SPEND_BY_HORIZON][:, k].sum()) for b in everyone)
+        assert sum(float(o[7 + 2 * k].sum()) for o in out) == pytest.approx(spent, rel=1e-4)
+
+
+def test_a_shared_churn_bias_is_one_number_and_fits_worse_than_one_per_interval() -> None:
+    """Distortions that differ by interval: per-interval biases recover each; a shared one cannot, and its
+    survival likelihood on the same customers is lower."""
+    data = list(batches(80_000, temperature=1.0, bias=[0.8, -0.4], log_scale=[0.0, 0.0], power=1.0, seed=2))
+    per_interval = fit_calibration(KnownHeads(), data, MAIN)
+    shared = fit_calibration(KnownHeads(), data, MAIN, shared_churn_bias=True)
+    assert per_interval.churn_bias == pytest.approx([0.8, -0.4], abs=0.06)
+    assert shared.churn_bias[0] == shared.churn_bias[1]
+
+    def nll(fitted: Calibration) -> float:
+        logits = torch.cat([b[MODEL_INPUTS[0]] for b in data]) / fitted.churn_temperature
+        logits = logits + torch.tensor(fitted.churn_bias)
+        churn, seen = (torch.cat([b[key] for b in data]) for key in (CHURN_BY_HORIZON, OBSERVED_BY_HORIZON))
+        return float(survival_nll(logits, churn, seen).mean())
+
+    assert nll(per_interval) < nll(shared) - 0.005

@@ -54,11 +54,27 @@ def test_predict_scores_every_eligible_customer_once(predictions, tiny_world) ->
         "spend_p50",
         "spend_p90",
         "spend_if_retained",
+        # the grid the tiny world observes at some training cutoff: the default grid with the main horizon of 60
+        # days, but 365
+        "churn_probability_30d",
+        "expected_spend_30d",
+        "churn_probability_60d",
+        "expected_spend_60d",
+        "churn_probability_90d",
+        "expected_spend_90d",
+        "churn_probability_180d",
+        "expected_spend_180d",
         "n_events",
+        "clv",
+        "expected_days_to_next_purchase",
+        "value_at_risk",
         "churn_risk_decile",
         "value_decile",
         "segment",
     ]
+    grid = scores[[f"expected_spend_{h}d" for h in (30, 60, 90, 180)]].to_numpy()
+    assert (np.diff(grid, axis=1) >= 0).all()
+    assert scores["churn_probability"].equals(scores["churn_probability_60d"])
     assert scores["churn_probability"].between(0, 1).all()
     assert (scores["expected_spend"] >= 0).all()
     summary = json.loads(out.with_name(out.name + ".summary.json").read_text())
@@ -123,7 +139,11 @@ def test_export_cli_writes_the_portable_form(trained_run: Path, tmp_path: Path) 
             ("model=missing.onnx", "events=e.csv", "cutoff=2024-01-01"),
             "missing.onnx: model file",
         ),
-        ("churnformer-evaluate", ("predictions=missing.parquet", "labels=missing.csv"), "missing.csv: file not found"),
+        (
+            "churnformer-evaluate",
+            ("predictions=missing.parquet", "labels=missing.csv"),
+            "missing.parquet: file not found",
+        ),
         ("churnformer-export", ("ckpt=missing.ckpt",), "missing.ckpt: checkpoint file not found"),
         ("churnformer-train", ("model=tranformer",), "Could not find 'model/tranformer'"),
     ],

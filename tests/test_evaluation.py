@@ -18,9 +18,11 @@ from churnformer.evaluation.metrics import (
     aggregate_error,
     average_precision,
     average_ranks,
+    concordance_index,
     cumulative_gains,
     decile_mape,
     expected_calibration_error,
+    integrated_brier_score,
     log_loss,
     normalized_gini,
     roc_auc,
@@ -283,3 +285,116 @@ def test_run_evaluation_without_labels_says_what_to_pass(tmp_path: Path) -> None
     predictions.to_csv(tmp_path / "predictions.csv", index=False)
     with pytest.raises(InputError, match=r"pass labels=PATH .* or events=PATH with cutoff=YYYY-MM-DD and horizon_days"):
         run_evaluation({"predictions": str(tmp_path / "predictions.csv"), "events": str(tmp_path / "e.csv")})
+
+
+# --- over a horizon grid --------------------------------------------------------------------------------------
+
+
+def brute_force_concordance(survival: np.ndarray, churn: np.ndarray) -> float:
+    """Antolini's C over every ordered pair, the definition written out: i's first purchase falls in interval
+    k (bought by t_k, not by t_{k-1}), j has none by t_k; concordant when S_i(t_k) < S_j(t_k)."""
+    n, horizons = churn.shape
+    concordant = comparable = 0.0
+    for i in range(n):
+        first = next((k for k in range(horizons) if churn[i, k] == 0), None)
+        if first is None:
+            continue
+        for j in range(n):
+            if j != i and churn[j, first] == 1:
+                comparable += 1
+                a, b = survival[i, first], survival[j, first]
+                concordant += 1.0 if a < b else 0.5 if a == b else 0.0
+    return concordant / comparable
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_concordance_index_is_antolinis_over_every_pair(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = 40
+    first_purchase = rng.integers(0, 4, n)  # interval of the first purchase; 3 = none by the last horizon
+    churn = (np.arange(3)[None, :] < first_purchase[:, None]).astype(float)
+    survival = np.sort(rng.choice([0.2, 0.5, 0.8, 0.9], size=(n, 3)), axis=1)[:, ::-1]  # ties on purpose
+    observed = np.ones_like(churn)
+    assert concordance_index(survival, churn, observed) == pytest.approx(brute_force_concordance(survival, churn))
+    assert concordance_index(churn * 0.5 + 0.25, churn, observed) == 1.0  # a perfect ordering
+
+
+def test_concordance_index_leaves_out_unobserved_horizons() -> None:
+    churn = np.array([[0.0, 0.0], [1.0, 1.0], [1.0, 0.0]])
+    survival = np.array([[0.1, 0.1], [0.9, 0.9], [0.9, 0.2]])
+    # Observed to t_1 only: the pair (customer 2 buys in interval 2, customer 1 never) is not comparable.
+    assert concordance_index(survival, churn, np.array([[1.0, 0.0]] * 3)) == 1.0
+    survival[2, 1] = 0.95  # now customer 2 looks less likely to buy than customer 1 at t_2
+    assert concordance_index(survival, churn, np.ones_like(churn)) == pytest.approx(2 / 3)
+
+
+def test_integrated_brier_score_weighs_each_horizon_by_the_time_it_stands_for() -> None:
+    churn = np.array([[1.0, 0.0], [1.0, 1.0]])
+    survival = np.array([[0.5, 0.5], [1.0, 1.0]])
+    first, second = np.mean([0.25, 0.0]), np.mean([0.25, 0.0])
+    assert integrated_brier_score(survival, churn, np.ones_like(churn), np.array([30.0, 90.0])) == pytest.approx(
+        (30 * first + 60 * second) / 90
+    )
+    assert integrated_brier_score(survival, churn, np.array([[1.0, 0.0]] * 2), np.array([30.0, 90.0])) == first
+    assert math.isnan(integrated_brier_score(survival, churn, np.zeros_like(churn), np.array([30.0, 90.0])))
+
+
+def horizon_predictions(ids: list[str], horizons: list[int]) -> pd.DataFrame:
+    """Predictions by horizon for write_event_log's customers: a* (who buy) low S(t), b* high."""
+    buyers = np.array([i.startswith("a") for i in ids])
+    frame = pd.DataFrame({"customer_id": ids})
+    for k, days in enumerate(horizons):
+        frame[f"churn_probability_{days}d"] = np.where(buyers, 0.4 - 0.1 * k, 0.9 - 0.1 * k)
+        frame[f"expected_spend_{days}d"] = np.where(buyers, 10.0 * (k + 1), 1.0 + k)
+    main = horizons[1]
+    frame["churn_probability"] = frame[f"churn_probability_{main}d"]
+    frame["expected_spend"] = frame[f"expected_spend_{main}d"]
+    return frame
+
+
+def test_run_evaluation_reports_every_observed_horizon_and_the_survival_curve(tmp_path: Path) -> None:
+    write_event_log(tmp_path / "events.csv")  # ends 2024-06-01: 200 days after the cutoff is beyond it
+    ids = [f"a{i}" for i in range(6)] + [f"b{i}" for i in range(6)]
+    horizon_predictions(ids, [30, 60, 200]).to_csv(tmp_path / "predictions.csv", index=False)
+    config = {
+        "predictions": str(tmp_path / "predictions.csv"),
+        "events": str(tmp_path / "events.csv"),
+        "cutoff": "2024-01-31",
+        "horizon_days": 60,
+        "output": str(tmp_path / "evaluation"),
+    }
+    paths = run_evaluation(config)
+    metrics = json.loads(paths["metrics"].read_text())
+    assert METRIC_KEYS < set(metrics)
+    assert {"churn_auc_30d", "churn_auc_60d", "spend_gini_60d", "survival_c_index"} <= set(metrics)
+    assert not any(name.endswith("_200d") for name in metrics)  # the log does not cover it: no labels
+    assert metrics["churn_auc_60d"] == metrics["churn_auc"] == 1.0
+    # a0..a5 buy on 2024-02-15 (15 days in), so by day 30 every a has bought and no b has: perfect order.
+    assert metrics["churn_auc_30d"] == 1.0 and metrics["survival_c_index"] == 1.0
+    assert metrics["churn_brier_30d"] == pytest.approx(np.mean([0.4**2] * 6 + [0.1**2] * 6))
+    for name in ("horizons_survival_and_spend", "horizons_churn_calibration"):
+        assert paths[name].read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_labels_file_by_horizon_counts_as_observed(tmp_path: Path) -> None:
+    predictions, labels = frames(n=30)
+    predictions["churn_probability_30d"] = predictions["churn_probability"]
+    predictions["expected_spend_30d"] = predictions["expected_spend"]
+    labels["churn_30d"], labels["spend_30d"] = labels["churn"], labels["spend"]
+    predictions.to_csv(tmp_path / "predictions.csv", index=False)
+    labels.to_csv(tmp_path / "labels.csv", index=False)
+    files = {name: str(tmp_path / f"{name}.csv") for name in ("predictions", "labels")}
+    paths = run_evaluation({**files, "output": str(tmp_path / "r")})
+    metrics = json.loads(paths["metrics"].read_text())
+    assert metrics["churn_auc_30d"] == pytest.approx(metrics["churn_auc"])
+
+
+def test_run_evaluation_refuses_a_main_horizon_the_log_does_not_cover(tmp_path: Path) -> None:
+    write_event_log(tmp_path / "events.csv")
+    ids = [f"a{i}" for i in range(6)] + [f"b{i}" for i in range(6)]
+    pd.DataFrame({"customer_id": ids, "churn_probability": 0.5, "expected_spend": 1.0}).to_csv(
+        tmp_path / "predictions.csv", index=False
+    )
+    config = {"predictions": str(tmp_path / "predictions.csv"), "events": str(tmp_path / "events.csv")}
+    with pytest.raises(InputError, match="the log ends before the 200-day horizon after 2024-01-31"):
+        run_evaluation({**config, "cutoff": "2024-01-31", "horizon_days": 200, "output": str(tmp_path / "out")})

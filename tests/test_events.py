@@ -18,7 +18,7 @@ from churnformer.data.events import (
 from churnformer.data.featurizer import fit_featurizer
 from churnformer.data.sequences import build_sequences
 from churnformer.data.window import Window
-from churnformer.errors import InputError
+from churnformer.errors import ConfigError, InputError
 
 
 def _frame(ids, stamps=None, amounts=None, **extra) -> pd.DataFrame:
@@ -230,7 +230,7 @@ def test_tz_aware_cutoff_converts_to_utc():
 
 @pytest.mark.parametrize("horizon", [0, -1, None])
 def test_bad_horizon_rejected(horizon):
-    with pytest.raises(InputError, match="horizon_days"):
+    with pytest.raises(ConfigError, match="horizon_days"):
         Window.from_cutoff("2024-01-01", horizon_days=horizon)
 
 

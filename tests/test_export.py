@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from churnformer.artifacts.checkpoint import load_checkpoint
 from churnformer.artifacts.export import example_inputs, export_checkpoint, export_onnx
 from churnformer.data.featurizer import Featurizer
 from churnformer.modeling.scoring_model import Calibration, ScoringModel
-from churnformer.schema import MODEL_INPUTS, MODEL_OUTPUTS
+from churnformer.schema import MODEL_INPUTS, MODEL_OUTPUTS, model_outputs
 from churnformer.serving.predictor import Predictor
 
 
@@ -31,16 +32,19 @@ def exported(
             parameter.add_(0.05 * torch.randn_like(parameter))
     output = tmp_path_factory.mktemp("onnx") / "model.onnx"
     # A calibration far from identity, so every calibration parameter is on the checked path.
-    calibration = Calibration(churn_temperature=1.3, churn_bias=-0.2, spend_log_scale=0.1, spend_power=1.2)
-    path = export_onnx(
-        network,
-        hparams["featurizer_json"],
-        output,
-        {"horizon_days": 60},
-        calibration=calibration,
-        fused_attention=request.param,
+    metadata = hparams["export_metadata"]
+    k = len(metadata["horizons_days"])
+    calibration = Calibration(
+        churn_temperature=1.3,
+        churn_bias=[0.2 * (-1) ** i for i in range(k)],
+        spend_log_scale=[0.1 * (i + 1) for i in range(k)],
+        spend_power=1.2,
     )
-    model = ScoringModel(network, list(MODEL_INPUTS), calibration).eval()
+    path = export_onnx(
+        network, hparams["featurizer_json"], output, metadata, calibration=calibration, fused_attention=request.param
+    )
+    main = metadata["horizons_days"].index(metadata["horizon_days"])
+    model = ScoringModel(network, list(MODEL_INPUTS), main, calibration).eval()
     return path, model, Featurizer.from_json(hparams["featurizer_json"])
 
 
@@ -65,7 +69,8 @@ def test_onnxruntime_matches_pytorch(exported, batch: int, length: int) -> None:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feed = {name: tensor.numpy() for name, tensor in inputs.items()}
     got = session.run(None, {i.name: feed[i.name] for i in session.get_inputs()})
-    outputs = dict(zip(MODEL_OUTPUTS, zip(got, expected, strict=True), strict=True))
+    names = [o.name for o in session.get_outputs()]
+    outputs = dict(zip(names, zip(got, expected, strict=True), strict=True))
     for name, (a, _) in outputs.items():
         assert a.shape == (batch,), name
     a, b = outputs["churn_probability"]
@@ -79,6 +84,9 @@ def test_onnxruntime_matches_pytorch(exported, batch: int, length: int) -> None:
     for name in ("spend_p10", "spend_p50", "spend_p90"):
         a, b = outputs[name]
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4, err_msg=name)
+    for name in names[len(MODEL_OUTPUTS) :]:  # S(t) and expected spend at every horizon of the grid
+        a, b = outputs[name]
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4, err_msg=name)
 
 
 def test_batch_and_length_are_symbolic(exported) -> None:
@@ -88,7 +96,8 @@ def test_batch_and_length_are_symbolic(exported) -> None:
     assert isinstance(dims["event_cat"][0], str) and isinstance(dims["event_cat"][1], str)
     assert dims["event_num"][:2] == dims["event_cat"][:2]
     assert isinstance(dims["lengths"][0], str)
-    assert [o.name for o in graph.output] == list(MODEL_OUTPUTS)
+    horizons = json.loads(next(p.value for p in onnx.load(path).metadata_props if p.key == "churnformer.horizons_days"))
+    assert [o.name for o in graph.output] == list(model_outputs(tuple(horizons)))
 
 
 def test_featurizer_state_is_embedded(exported) -> None:

@@ -60,9 +60,10 @@ def predictor(tmp_path_factory: pytest.TempPathFactory) -> Predictor:
         load_events(clean), None, FeaturizerConfig.with_defaults(max_len=8, min_category_count=1)
     )
     config = network_config(d_model=8, n_layers=1, n_heads=2, time_frequencies=4)
-    network = ChurnFormer(config, FeatureSizes.of(featurizer)).eval()
+    network = ChurnFormer(config, FeatureSizes.of(featurizer), 2).eval()
     output = tmp_path_factory.mktemp("fuzz") / "model.onnx"
-    path = export_onnx(network, featurizer.to_json(), output, {"horizon_days": 30}, fused_attention=True)
+    metadata = {"horizon_days": 30, "horizons_days": [30, 90]}
+    path = export_onnx(network, featurizer.to_json(), output, metadata, fused_attention=True)
     return Predictor(path, providers=["CPUExecutionProvider"], threads=1)
 
 

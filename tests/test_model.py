@@ -1,4 +1,4 @@
-"""The network: masking, padding invariance, head consistency, loss."""
+"""The network: masking, padding invariance, head consistency over the horizon grid, monotonicity, loss."""
 
 from __future__ import annotations
 
@@ -7,14 +7,19 @@ import torch
 
 from churnformer.modeling.config import FeatureSizes
 from churnformer.modeling.heads import normal_quantile
-from churnformer.modeling.losses import LossWeights, joint_loss
+from churnformer.modeling.losses import LossWeights, joint_loss, survival_nll
 from churnformer.modeling.network import ChurnFormer
-from churnformer.modeling.scoring_model import ScoringModel
-from churnformer.schema import MODEL_INPUTS
+from churnformer.modeling.scoring_model import Calibration, ScoringModel
+from churnformer.schema import MODEL_INPUTS, model_outputs, per_horizon
 from tests.conftest import network_config
 
+HORIZONS = (30.0, 90.0, 180.0, 365.0)
+MAIN = 1  # 90 days
 
-def make_model(seed: int = 0, n_customer_cat: int = 1, encoder: str = "transformer") -> ScoringModel:
+
+def make_model(
+    seed: int = 0, n_customer_cat: int = 1, encoder: str = "transformer", calibration: Calibration | None = None
+) -> ScoringModel:
     torch.manual_seed(seed)
     sizes = FeatureSizes(
         event_cat_cardinalities=[6, 9, 14],
@@ -23,12 +28,12 @@ def make_model(seed: int = 0, n_customer_cat: int = 1, encoder: str = "transform
         customer_cat_cardinalities=[5] * n_customer_cat,
         n_customer_num=2,
     )
-    network = ChurnFormer(network_config(encoder, d_model=32, n_layers=2, n_heads=4), sizes)
+    network = ChurnFormer(network_config(encoder, d_model=32, n_layers=2, n_heads=4), sizes, len(HORIZONS))
     # Non-trivial weights everywhere (init leaves biases at zero and embeddings tiny).
     with torch.no_grad():
         for parameter in network.parameters():
             parameter.add_(0.1 * torch.randn_like(parameter))
-    return ScoringModel(network, list(MODEL_INPUTS)).eval()
+    return ScoringModel(network, list(MODEL_INPUTS), MAIN, calibration).eval()
 
 
 def random_batch(batch: int, length: int, n_customer_cat: int = 1, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -87,24 +92,77 @@ def test_single_event_and_no_static_columns_give_finite_outputs() -> None:
     assert all(torch.isfinite(o).all() for o in outputs)
 
 
+def outputs_by_name(model: ScoringModel, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        return dict(zip(model_outputs(HORIZONS), model(*batch), strict=True))
+
+
 def test_heads_are_consistent() -> None:
-    """Expected spend and quantiles follow from one zero-inflated log-normal whose zero mass is P(churn)."""
+    """At every horizon expected spend and the main horizon's quantiles follow from one zero-inflated
+    log-normal whose zero mass is S(t) = P(no purchase by t)."""
     model = make_model()
     batch = random_batch(64, 30)
+    out = outputs_by_name(model, batch)
     with torch.no_grad():
-        p_churn, expected, p10, p50, p90, if_retained = model(*batch)
         heads = model.network(dict(zip(MODEL_INPUTS, batch, strict=True)))
+    s = torch.exp(-torch.cumsum(torch.nn.functional.softplus(heads.hazard_logits), dim=1))
+    mean_if_buying = torch.exp(heads.log_spend_mean)
+    for k, days in enumerate(HORIZONS):
+        torch.testing.assert_close(out[per_horizon("churn_probability", days)], s[:, k])
+        torch.testing.assert_close(out[per_horizon("expected_spend", days)], (1 - s[:, k]) * mean_if_buying[:, k])
+    p_churn = out["churn_probability"]
+    assert torch.equal(p_churn, out[per_horizon("churn_probability", HORIZONS[MAIN])])
     assert ((p_churn > 0) & (p_churn < 1)).all()
-    mean_if_buying = torch.exp(heads.spend_mu + heads.spend_sigma**2 / 2)
-    torch.testing.assert_close(if_retained, mean_if_buying)
-    torch.testing.assert_close(expected, (1 - p_churn) * mean_if_buying)
+    torch.testing.assert_close(out["spend_if_retained"], mean_if_buying[:, MAIN])
+    p10, p50, p90 = out["spend_p10"], out["spend_p50"], out["spend_p90"]
     assert (p10 <= p50).all() and (p50 <= p90).all()
     assert torch.equal(p50 == 0, p_churn >= 0.5)
     # Where buying is likely, the median is the log-normal quantile at the renormalized level.
+    sigma = heads.spend_sigma[:, MAIN]
+    mu = heads.log_spend_mean[:, MAIN] - sigma**2 / 2
     level = (0.5 - p_churn) / (1 - p_churn)
-    exact = torch.exp(heads.spend_mu + heads.spend_sigma * torch.special.ndtri(level.double()).float())
+    exact = torch.exp(mu + sigma * torch.special.ndtri(level.double()).float())
     buying = p_churn < 0.4
     torch.testing.assert_close(p50[buying], exact[buying], rtol=2e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "calibration",
+    [
+        None,
+        Calibration(churn_temperature=0.2, churn_bias=[4.0, -9.0, 3.0, -7.0], spend_log_scale=[3.0, -8.0, 5.0, -9.0]),
+        Calibration(churn_temperature=5.0, churn_bias=[-9.0, 9.0, -9.0, 9.0], spend_log_scale=[-5.0, 5.0, -5.0, 5.0]),
+    ],
+    ids=["identity", "extreme", "extreme-reversed"],
+)
+def test_survival_never_rises_and_spend_never_falls_over_the_grid(calibration) -> None:
+    """Whatever the network and whatever the calibration (extreme values included), S(t) is non-increasing
+    and expected spend non-decreasing over the horizons, for every customer."""
+    model = make_model(seed=3, calibration=calibration)
+    with torch.no_grad():
+        for parameter in model.network.parameters():
+            parameter.mul_(5)  # far from the trained regime too
+    out = outputs_by_name(model, random_batch(256, 20, seed=7))
+    s = torch.stack([out[per_horizon("churn_probability", d)] for d in HORIZONS], dim=1)
+    e = torch.stack([out[per_horizon("expected_spend", d)] for d in HORIZONS], dim=1)
+    assert (s.diff(dim=1) <= 0).all() and (e.diff(dim=1) >= 0).all()
+    assert torch.isfinite(s).all() and torch.isfinite(e).all()
+
+
+def test_survival_loss_with_one_horizon_is_the_churn_cross_entropy() -> None:
+    logits = torch.randn(50, 1)
+    churn = (torch.rand(50, 1) < 0.4).float()
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(-logits[:, 0], churn[:, 0], reduction="none")
+    torch.testing.assert_close(survival_nll(logits, churn, torch.ones_like(churn)), expected)
+
+
+def test_unobserved_horizons_are_left_out_of_the_loss() -> None:
+    """A horizon whose window runs past the end of the log teaches nothing and is never counted as churn."""
+    logits, churn = torch.randn(20, 3), torch.ones(20, 3)
+    observed = torch.tensor([1.0, 1.0, 0.0]).expand(20, 3)
+    changed = logits.clone()
+    changed[:, 2] += 5.0  # the unobserved interval's logit cannot matter
+    torch.testing.assert_close(survival_nll(logits, churn, observed), survival_nll(changed, churn, observed))
 
 
 def test_normal_quantile_matches_exact() -> None:
@@ -119,13 +177,14 @@ def test_joint_loss_learns_a_separable_signal() -> None:
     batch = random_batch(128, 10, seed=5)
     inputs = dict(zip(MODEL_INPUTS, batch, strict=True))
     customer_num = inputs["customer_num"]
-    churn = (customer_num[:, 0] > 0).float()
-    spend = torch.where(churn > 0, 0.0, torch.exp(2 + customer_num[:, 1]))
+    churn = (customer_num[:, :1] > 0).float().expand(128, len(HORIZONS))
+    spend = torch.where(churn > 0, 0.0, torch.exp(2 + customer_num[:, 1:2]) * torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    observed = torch.ones_like(churn)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     weights = LossWeights(churn=1.0, spend=1.0)
     first = None
     for _ in range(60):
-        losses = joint_loss(model(inputs), churn, spend, weights)
+        losses = joint_loss(model(inputs), churn, spend, observed, weights)
         first = first or {k: float(v.detach()) for k, v in losses.items()}
         optimizer.zero_grad()
         losses["joint"].backward()
@@ -137,7 +196,9 @@ def test_joint_loss_learns_a_separable_signal() -> None:
 @pytest.mark.parametrize("zero_spend", [True, False])
 def test_joint_loss_is_finite_for_all_zero_or_all_positive_batches(zero_spend: bool) -> None:
     heads = make_model().network(dict(zip(MODEL_INPUTS, random_batch(8, 5), strict=True)))
-    spend = torch.zeros(8) if zero_spend else torch.full((8,), 12.5)
-    losses = joint_loss(heads, torch.ones(8) if zero_spend else torch.zeros(8), spend, LossWeights(1.0, 1.0))
+    k = len(HORIZONS)
+    spend = torch.zeros(8, k) if zero_spend else torch.full((8, k), 12.5)
+    churn = torch.ones(8, k) if zero_spend else torch.zeros(8, k)
+    losses = joint_loss(heads, churn, spend, torch.ones(8, k), LossWeights(1.0, 1.0))
     assert all(torch.isfinite(v) for v in losses.values())
     losses["joint"].backward()

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 from tensorboard.plugins.hparams import plugin_data_pb2
 
+from churnformer.schema import RUN_EVALUATION
 from churnformer.training.metrics import HEAD_METRICS
 from churnformer.training.runs import collect_runs, main, runs_table
 from tests.conftest import TRAIN_OVERRIDES, run_cli, run_in_process
@@ -69,6 +70,21 @@ def test_best_checkpoint_has_tags_of_its_own_equal_to_metrics_json(trained_run: 
     assert {"best/churn/roc", "best/churn/calibration", "best/churn/deciles", "best/spend/deciles"} <= set(images)
     assert all(len(board.Images(".", tag)) == 1 for tag in images)
     assert board.Images(".", "best/churn/roc")[0].encoded_image_string.startswith(b"\x89PNG")
+
+
+def test_metrics_over_the_horizon_grid_are_charted_against_the_horizon(trained_run: Path) -> None:
+    """``best/horizons/<metric>``: one point per observed horizon, at its number of days, equal to the
+    validation report of the exported model; the survival summaries and the grid figures once."""
+    board = tensorboard(trained_run)
+    report = json.loads((trained_run / RUN_EVALUATION / "metrics.json").read_text())
+    points = board.Scalars(".", "best/horizons/churn_auc")
+    assert len(points) >= 2 and [p.step for p in points] == sorted(p.step for p in points)
+    for point in points:
+        assert point.value == pytest.approx(report[f"churn_auc_{point.step}d"], abs=1e-6)
+    (c_index,) = board.Scalars(".", "best/survival/c_index")
+    assert c_index.value == pytest.approx(report["survival_c_index"], abs=1e-6)
+    images = board.GetAccumulator(".").Tags()["images"]
+    assert {"best/horizons/survival_and_spend", "best/horizons/churn_calibration"} <= set(images)
 
 
 def test_pr_curve_reaches_low_recall(trained_run: Path) -> None:

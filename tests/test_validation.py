@@ -21,8 +21,8 @@ from churnformer.data.events import MAX_ABS_AMOUNT, ColumnMapping, load_customer
 from churnformer.data.featurizer import FeatureMismatchError, FeaturizerConfig, fit_featurizer
 from churnformer.data.labels import make_labels
 from churnformer.data.sequences import Sequences, build_sequences
-from churnformer.data.window import Window, require_events_before
-from churnformer.errors import InputError, ModelFileError
+from churnformer.data.window import HorizonGrid, Window, require_events_before
+from churnformer.errors import ConfigError, InputError, ModelFileError
 from churnformer.serving.output import ScoringResult
 from churnformer.serving.predictor import Predictor
 from tests.conftest import TINY_CUTOFF, Finished, run_in_process
@@ -341,7 +341,7 @@ def test_unseen_categories_go_to_the_unknown_bucket_and_are_counted():
 
 @pytest.mark.parametrize("horizon", [0, -30, math.nan, math.inf, "ninety", True, None])
 def test_horizon_not_a_positive_number_of_days_is_an_error(horizon):
-    with pytest.raises(InputError) as error:
+    with pytest.raises(ConfigError) as error:
         Window.from_cutoff(CUTOFF, horizon_days=horizon)
     assert _message(error) == f"horizon_days must be a finite number of days > 0, got {horizon!r}"
 
@@ -351,6 +351,48 @@ def test_horizon_zero_through_the_train_cli_exits_2(tiny_world, tmp_path):
         _train_cli(tiny_world[0], tmp_path, f"data.cutoff={TINY_CUTOFF}", "data.horizon_days=0")
     )
     assert "horizon_days must be a finite number of days > 0, got 0" in stderr
+
+
+@pytest.mark.parametrize(
+    ("horizons", "message"),
+    [
+        ([90, 30], "data.horizons_days must be sorted and distinct, got [90, 30]"),
+        ([30, 30, 90], "data.horizons_days must be sorted and distinct, got [30, 30, 90]"),
+        ([0, 30], "data.horizons_days must be a finite number of days > 0, got 0"),
+        ([-30, 90], "data.horizons_days must be a finite number of days > 0, got -30"),
+        (["soon"], "data.horizons_days must be a finite number of days > 0, got 'soon'"),
+    ],
+)
+def test_horizon_grid_must_be_sorted_distinct_positive_days(horizons, message):
+    with pytest.raises(ConfigError) as error:
+        HorizonGrid.of(horizons, 90)
+    assert _message(error) == message
+
+
+def test_main_horizon_joins_the_grid_where_it_belongs():
+    grid = HorizonGrid.of([30, 180], 90)
+    assert grid.days == (30.0, 90.0, 180.0) and grid.main_index == 1
+    assert HorizonGrid.of(None, 60).days == (60.0,)
+
+
+def test_unsorted_horizons_through_the_train_cli_exit_2(tiny_world, tmp_path):
+    line = _assert_clean_exit(
+        _train_cli(tiny_world[0], tmp_path, f"data.cutoff={TINY_CUTOFF}", "data.horizons_days=[90,30]")
+    )
+    assert line == "error: data.horizons_days must be sorted and distinct, got [90, 30]"
+
+
+def test_main_horizon_longer_than_the_log_through_the_train_cli_exits_2(tiny_world, tmp_path):
+    line = _assert_clean_exit(
+        _train_cli(tiny_world[0], tmp_path, f"data.cutoff={TINY_CUTOFF}", "data.horizon_days=365")
+    )
+    assert f"the main horizon of 365 days after the cutoff {TINY_CUTOFF} runs past the end of the log" in line
+
+
+@pytest.mark.parametrize("rate", ["-0.1", "nan", "ten"])
+def test_negative_discount_rate_through_the_predict_cli_exits_2(trained_run, tiny_world, tmp_path, rate):
+    line = _assert_clean_exit(_predict_cli(trained_run, tiny_world[0], tmp_path, f"clv.discount_rate={rate}"))
+    assert line.startswith("error: clv.discount_rate must be a number >= 0 (an annual rate, 0.1 = 10%), got")
 
 
 @pytest.mark.parametrize("cutoff", [20240630, 2024.5])
@@ -391,10 +433,12 @@ def test_cutoff_after_every_event_leaves_no_labels_an_error():
 
 def test_cutoff_after_every_event_in_training_exits_2(tiny_world, tmp_path):
     stderr = _assert_clean_exit(_train_cli(tiny_world[0], tmp_path, "data.cutoff=2024-06-30"))
-    assert f"{tiny_world[0]}: no events after the cutoff" in stderr
+    assert f"{tiny_world[0]}: the main horizon of 90 days after the cutoff 2024-06-30 runs past the end of" in stderr
 
 
 def test_cutoff_after_every_event_in_evaluation_exits_2(tiny_world, tmp_path):
+    scores = pd.DataFrame({"customer_id": ["C0000001"], "churn_probability": [0.5], "expected_spend": [1.0]})
+    scores.to_parquet(tmp_path / "scores.parquet", index=False)
     result = run_in_process(
         "churnformer-evaluate",
         f"predictions={tmp_path / 'scores.parquet'}",

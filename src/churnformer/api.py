@@ -68,6 +68,9 @@ def predict(
     cutoff: str,
     customers: pd.DataFrame | None = None,
     columns: ColumnMapping | Mapping[str, str | None] | None = None,
+    discount_rate: float | None = None,
 ) -> pd.DataFrame:
-    """One row per customer with an event up to ``cutoff``; see :class:`churnformer.scoring.Predictor`."""
-    return Predictor(model).predict(events, cutoff, customers, columns).predictions
+    """One row per customer with an event up to ``cutoff``; ``discount_rate`` (annual) is that of the ``clv``
+    column (default: ``clv.discount_rate`` of ``conf/serving/predict.yaml``). See
+    :class:`churnformer.serving.predictor.Predictor`."""
+    return Predictor(model, discount_rate=discount_rate).predict(events, cutoff, customers, columns).predictions

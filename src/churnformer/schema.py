@@ -28,6 +28,32 @@ SPEND_QUANTILE_COLUMNS = tuple(f"spend_p{round(q * 100)}" for q in SPEND_QUANTIL
 SPEND_IF_RETAINED = "spend_if_retained"  # E[spend | spend > 0]: what the customer is worth if retained
 MODEL_OUTPUTS = (CHURN_PROBABILITY, EXPECTED_SPEND, *SPEND_QUANTILE_COLUMNS, SPEND_IF_RETAINED)
 
+# --- per-horizon outputs: the same quantities over every horizon of the grid -------------------------------
+
+
+def horizon_name(days: float) -> str:
+    """``30d`` for 30 days: how a horizon is named in column names and tags."""
+    return f"{days:g}d"
+
+
+def per_horizon(column: str, days: float) -> str:
+    """``churn_probability_30d``: a column at one horizon of the grid."""
+    return f"{column}_{horizon_name(days)}"
+
+
+def model_outputs(horizons: tuple[float, ...]) -> tuple[str, ...]:
+    """The outputs of a model trained on ``horizons``: the main horizon's (MODEL_OUTPUTS), then S(h) and the
+    expected spend at every horizon."""
+    grid = tuple(per_horizon(c, h) for h in horizons for c in (CHURN_PROBABILITY, EXPECTED_SPEND))
+    return (*MODEL_OUTPUTS, *grid)
+
+
+# --- what scoring derives from the outputs ------------------------------------------------------------------
+CLV = "clv"  # discounted expected spend over the horizon grid
+EXPECTED_DAYS_TO_NEXT_PURCHASE = "expected_days_to_next_purchase"  # restricted mean within the longest horizon
+VALUE_AT_RISK = "value_at_risk"  # churn_probability * spend_if_retained: the spend lost if the customer churns
+DERIVED_COLUMNS = (CLV, EXPECTED_DAYS_TO_NEXT_PURCHASE, VALUE_AT_RISK)
+
 # --- predictions file: model outputs, then what scoring adds ------------------------------------------------
 N_EVENTS = "n_events"  # events up to the cutoff, before truncation to max_len
 CHURN_RISK_DECILE = "churn_risk_decile"  # 1 = highest churn probability, relative to the reference population
@@ -38,7 +64,12 @@ RETENTION_COLUMNS = (CHURN_RISK_DECILE, VALUE_DECILE, SEGMENT)
 # --- labels (what happened in the horizon) ------------------------------------------------------------------
 CHURN = "churn"  # 1: no purchase in the horizon
 SPEND = "spend"  # net spend in the horizon, floored at 0
+OBSERVED = "observed"  # 1: the horizon's window ends within the log (else its labels are unknown: censored)
 LABEL_COLUMNS = (CHURN, SPEND)
+# Training batches: the labels at every horizon of the grid, (B, K) each.
+CHURN_BY_HORIZON = "churn_by_horizon"
+SPEND_BY_HORIZON = "spend_by_horizon"
+OBSERVED_BY_HORIZON = "observed_by_horizon"
 
 # --- ONNX metadata: JSON strings under this prefix in the model file's metadata_props -------------------------
 METADATA_PREFIX = "churnformer."
@@ -46,11 +77,12 @@ META_FEATURIZER = "featurizer"  # fitted featurization state (churnformer.data.f
 META_VERSION = "version"  # churnformer version that exported the file
 META_OUTPUTS = "outputs"  # MODEL_OUTPUTS as exported
 META_CALIBRATION = "calibration"  # churnformer.calibration.Calibration, with the reference percentiles
-META_HORIZON_DAYS = "horizon_days"  # the training horizon
+META_HORIZON_DAYS = "horizon_days"  # the main horizon
+META_HORIZONS = "horizons_days"  # the horizon grid the model predicts on
 META_TRAINED_CUTOFF = "trained_cutoff"
 META_COLUMNS = "columns"  # the column mapping of the training log (scoring's default)
 META_QUANTIZED = "quantized"  # "int8" for a dynamically quantized copy
-REQUIRED_METADATA = (META_FEATURIZER, META_OUTPUTS, META_HORIZON_DAYS)
+REQUIRED_METADATA = (META_FEATURIZER, META_OUTPUTS, META_HORIZON_DAYS, META_HORIZONS)
 
 # --- reference percentiles: levels 1..99 % ------------------------------------------------------------------
 PERCENTILE_LEVELS = tuple(level / 100 for level in range(1, 100))

@@ -11,6 +11,7 @@ import torch
 from churnformer.data.featurizer import Featurizer
 from churnformer.errors import ModelFileError
 from churnformer.modeling.network import ChurnFormer
+from churnformer.schema import META_HORIZONS
 
 # Where the LightningModule keeps its parts in a checkpoint (churnformer.training.module).
 HYPERPARAMETERS = "hyper_parameters"
@@ -32,7 +33,8 @@ def load_checkpoint(path: str | Path) -> tuple[ChurnFormer, dict[str, Any]]:
         raise ModelFileError(
             f"{path}: not a churnformer training checkpoint ({type(error).__name__}: {first_line})"
         ) from error
-    network = ChurnFormer.build(hparams["network"], Featurizer.from_json(hparams["featurizer_json"]))
+    horizons = hparams["export_metadata"][META_HORIZONS]
+    network = ChurnFormer.build(hparams["network"], Featurizer.from_json(hparams["featurizer_json"]), len(horizons))
     network.load_state_dict(
         {k.removeprefix(NETWORK_PREFIX): v for k, v in state.items() if k.startswith(NETWORK_PREFIX)}
     )

@@ -28,11 +28,13 @@ from churnformer.schema import (
     LENGTHS,
     META_CALIBRATION,
     META_FEATURIZER,
+    META_HORIZON_DAYS,
+    META_HORIZONS,
     META_OUTPUTS,
     META_VERSION,
     METADATA_PREFIX,
-    MODEL_OUTPUTS,
     RUN_CALIBRATION,
+    model_outputs,
 )
 from churnformer.serving.output import write_atomically
 
@@ -67,8 +69,9 @@ def export_onnx(
     *,
     fused_attention: bool,
 ) -> Path:
-    """Write ``output`` atomically; batch and length are symbolic. ``metadata``: the training run's
-    (``schema.META_HORIZON_DAYS`` at least), stored beside the featurization state and calibration.
+    """Write ``output`` atomically; batch and length are symbolic. ``metadata``: the training run's (at least
+    ``schema.META_HORIZONS``, the grid, and ``schema.META_HORIZON_DAYS``, the main horizon), stored beside
+    the featurization state and calibration.
 
     ``fused_attention``: attention as onnxruntime's ``com.microsoft.Attention`` kernel (CPU and CUDA; the
     fastest), or, when False, as standard ONNX ops that any ONNX runtime can execute.
@@ -76,7 +79,10 @@ def export_onnx(
     featurizer = Featurizer.from_json(featurizer_json)
     calibration = calibration or Calibration()
     inputs = example_inputs(featurizer)
-    model = ScoringModel(network, list(inputs), calibration).eval()
+    horizons = tuple(float(h) for h in metadata[META_HORIZONS])
+    outputs = model_outputs(horizons)
+    model = ScoringModel(network, list(inputs), horizons.index(float(metadata[META_HORIZON_DAYS])), calibration)
+    model.eval()
     dims = {axis: torch.export.Dim(axis) for axis in ("batch", "length")}
     # One entry for ScoringModel.forward's *inputs, a spec per input in order.
     dynamic_shapes = {"inputs": tuple({i: dims[a] for i, a in enumerate(DYNAMIC_AXES[name])} for name in inputs)}
@@ -95,14 +101,14 @@ def export_onnx(
             opset_version=OPSET,
             dynamic_shapes=dynamic_shapes,
             input_names=list(inputs),
-            output_names=list(MODEL_OUTPUTS),
+            output_names=list(outputs),
             verbose=False,
         )
     proto = program.model_proto
     props = {
         META_FEATURIZER: featurizer_json,
         META_VERSION: __version__,
-        META_OUTPUTS: json.dumps(MODEL_OUTPUTS),
+        META_OUTPUTS: json.dumps(outputs),
         META_CALIBRATION: json.dumps(asdict(calibration)),
     }
     props.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()})

@@ -10,6 +10,7 @@ are summed into one transaction, as is conventional for these models.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -18,6 +19,7 @@ import pandas as pd
 from churnformer.baselines import history, prediction_frame, scored_ids
 from churnformer.data.events import AMOUNT, CUSTOMER_ID, TIMESTAMP
 from churnformer.data.window import NS_PER_DAY, Window
+from churnformer.schema import CLV
 
 if TYPE_CHECKING:
     from lifetimes import BetaGeoFitter, GammaGammaFitter
@@ -127,15 +129,19 @@ def fit_predict_btyd(
     seed: int = 0,
     penalizer_coef: float = BGNBD_PENALIZER,
     gamma_gamma_penalizer: float = GAMMA_GAMMA_PENALIZER,
+    horizons: Sequence[float] = (),
+    discount_rate: float | None = None,
 ) -> pd.DataFrame:
     """Fit BG/NBD and Gamma-Gamma on ``train_ids``' history; predict for ``test_ids`` from their history.
 
     Training uses the training customers with a purchase before ``feature_end`` (BG/NBD describes buyers);
     Gamma-Gamma uses those among them with a repeat purchase. ``churn_probability`` is
-    :func:`prob_no_purchase` over ``horizon_days``; ``expected_spend`` is the expected number of purchases in
-    the horizon times Gamma-Gamma's expected purchase value (its population mean for customers with no repeat
-    purchase). The fit is deterministic; ``seed`` is accepted only for the common baseline signature.
-    Returns one row per test customer with any event before ``feature_end``, sorted by customer id.
+    :func:`prob_no_purchase` over ``horizon_days`` (and over each of ``horizons``); ``expected_spend`` is the
+    expected number of purchases in the horizon times Gamma-Gamma's expected purchase value (its population
+    mean for customers with no repeat purchase). With ``discount_rate`` (annual), ``clv`` is lifetimes'
+    ``customer_lifetime_value`` over the longest horizon in whole 30-day months at the equivalent monthly
+    rate. The fit is deterministic; ``seed`` is accepted only for the common baseline signature. Returns one
+    row per test customer with any event before ``feature_end``, sorted by customer id.
     """
     past = history(events, window)
     train = btyd_summary(past, window, scored_ids(past, train_ids))
@@ -145,7 +151,26 @@ def fit_predict_btyd(
     )
     test = btyd_summary(past, window, scored_ids(past, test_ids))
     x, t_x, age = (test[column].to_numpy() for column in ("frequency", "recency", "T"))
-    tau = window.horizon_days
-    purchases = bgnbd.conditional_expected_number_of_purchases_up_to_time(tau, x, t_x, age)
     value = gamma_gamma.conditional_expected_average_profit(x, test["monetary_value"].to_numpy())
-    return prediction_frame(test[CUSTOMER_ID].to_numpy(), prob_no_purchase(bgnbd, tau, x, t_x, age), purchases * value)
+
+    def answer(tau: float) -> tuple[np.ndarray, np.ndarray]:
+        purchases = bgnbd.conditional_expected_number_of_purchases_up_to_time(tau, x, t_x, age)
+        return prob_no_purchase(bgnbd, tau, x, t_x, age), purchases * value
+
+    by_horizon = {days: answer(float(days)) for days in horizons}
+    frame = prediction_frame(test[CUSTOMER_ID].to_numpy(), *answer(window.horizon_days), by_horizon=by_horizon)
+    if discount_rate is not None:
+        months = max(1, round(max([window.horizon_days, *horizons]) / 30))
+        frame[CLV] = lifetimes_clv(bgnbd, gamma_gamma, test, months, discount_rate)
+    return frame
+
+
+def lifetimes_clv(
+    bgnbd: BetaGeoFitter, gamma_gamma: GammaGammaFitter, summary: pd.DataFrame, months: int, discount_rate: float
+) -> np.ndarray:
+    """lifetimes' CLV: expected purchases per 30-day step times Gamma-Gamma's value, discounted monthly at
+    the rate equivalent to the annual ``discount_rate``."""
+    monthly = (1.0 + discount_rate) ** (1.0 / 12.0) - 1.0
+    columns = [summary[c].reset_index(drop=True) for c in SUMMARY_COLUMNS]
+    clv = gamma_gamma.customer_lifetime_value(bgnbd, *columns, time=months, discount_rate=monthly, freq="D")
+    return clv.to_numpy(dtype=np.float64)

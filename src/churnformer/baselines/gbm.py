@@ -16,8 +16,9 @@ import pandas as pd
 
 from churnformer.baselines import history, prediction_frame, scored_ids
 from churnformer.data.events import AMOUNT, CUSTOMER_ID, STANDARD_COLUMNS, TIMESTAMP
-from churnformer.data.labels import make_labels
-from churnformer.data.window import NS_PER_DAY, Window
+from churnformer.data.labels import horizon_labels
+from churnformer.data.window import NS_PER_DAY, HorizonGrid, Window
+from churnformer.schema import CHURN, SPEND, per_horizon
 
 if TYPE_CHECKING:
     import lightgbm as lgb
@@ -229,26 +230,33 @@ def fit_predict_gbm(
     n_folds: int = N_FOLDS,
     max_rounds: int = MAX_ROUNDS,
     early_stopping_rounds: int = EARLY_STOPPING_ROUNDS,
+    horizons: Sequence[float] = (),
 ) -> pd.DataFrame:
     """Fit churn and spend boosters on ``train_ids``; predict for ``test_ids`` from their history only.
 
     Training rows are the training customers with any event before ``feature_end``, labelled from the
-    horizon window (:func:`make_labels`; spend is floored at 0). ``params`` override the LightGBM parameters
-    (:data:`BASE_PARAMS` and the per-model objective settings) of both models. Deterministic for a given
-    ``seed`` and ``num_threads``. Returns one row per test customer with any event before ``feature_end``,
-    sorted by customer id.
+    horizon window (:func:`horizon_labels`; spend is floored at 0). With ``horizons``, a separate pair of
+    boosters per horizon answers it (the usual way, one model per window: nothing ties the horizons together,
+    so nothing keeps their answers consistent). ``params`` override the LightGBM parameters
+    (:data:`BASE_PARAMS` and the per-model objective settings). Deterministic for a given ``seed`` and
+    ``num_threads``. Returns one row per test customer with any event before ``feature_end``, sorted by
+    customer id.
     """
     past = history(events, window)
     train, test = scored_ids(past, train_ids), scored_ids(past, test_ids)
     event_types = top_event_types(past.loc[past[CUSTOMER_ID].isin(train).to_numpy()])
     x_train = rfm_features(past, window, train, event_types).drop(columns=CUSTOMER_ID).to_numpy(dtype=np.float64)
     x_test = rfm_features(past, window, test, event_types).drop(columns=CUSTOMER_ID).to_numpy(dtype=np.float64)
-    labels = make_labels(events, window, train)
-    churn = labels["churn"].to_numpy(dtype=np.float64)
-    folds = stratified_folds(churn, n_folds, seed)
+    grid = HorizonGrid.of(horizons, window.horizon_days)
+    labels = horizon_labels(events, window, grid, train)
+    folds = stratified_folds(labels[CHURN].to_numpy(dtype=np.float64), n_folds, seed)
     common = {**BASE_PARAMS, "seed": seed, "num_threads": num_threads}
     fit = {"folds": folds, "max_rounds": max_rounds, "early_stopping_rounds": early_stopping_rounds}
-    churn_model = _fit_booster(x_train, churn, {**common, **CHURN_PARAMS, **(params or {})}, **fit)
-    spend = labels["spend"].to_numpy(dtype=np.float64)
-    spend_model = _fit_booster(x_train, spend, {**common, **SPEND_PARAMS, **(params or {})}, **fit)
-    return prediction_frame(test, churn_model.predict(x_test), spend_model.predict(x_test))
+    answers = {}
+    for days in grid.days:
+        churn, spend = (labels[per_horizon(c, days)].to_numpy(dtype=np.float64) for c in (CHURN, SPEND))
+        churn_model = _fit_booster(x_train, churn, {**common, **CHURN_PARAMS, **(params or {})}, **fit)
+        spend_model = _fit_booster(x_train, spend, {**common, **SPEND_PARAMS, **(params or {})}, **fit)
+        answers[days] = (churn_model.predict(x_test), spend_model.predict(x_test))
+    by_horizon = {days: answers[days] for days in horizons}
+    return prediction_frame(test, *answers[grid.main], by_horizon=by_horizon)

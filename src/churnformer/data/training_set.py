@@ -7,6 +7,7 @@ the ones training used without Lightning.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -15,11 +16,11 @@ import pandas as pd
 
 from churnformer.data.events import CUSTOMER_ID, TIMESTAMP, source_of
 from churnformer.data.featurizer import Featurizer, FeaturizerConfig, fit_featurizer
-from churnformer.data.labels import make_labels
+from churnformer.data.labels import horizon_labels, make_labels
 from churnformer.data.sequences import Sequences, build_sequences, concat_sequences
-from churnformer.data.window import Window, require_events_before
-from churnformer.errors import InputError
-from churnformer.schema import CHURN, SPEND
+from churnformer.data.window import NS_PER_DAY, HorizonGrid, Window, log_end_ns, require_events_before
+from churnformer.errors import ConfigError, InputError
+from churnformer.schema import CHURN, OBSERVED, SPEND, per_horizon
 
 
 def validation_mask(customer_ids: np.ndarray, fraction: float, salt: str = "churnformer") -> np.ndarray:
@@ -45,11 +46,12 @@ def rolling_windows(window: Window, count: int, step_days: float) -> list[Window
 
 @dataclass
 class LabelStats:
-    """Base rates of the training labels, used to initialise the output biases."""
+    """Base rates of the training labels at each horizon of the grid (over the examples where it is
+    observed), used to initialise the output biases."""
 
-    churn_rate: float
-    log_spend_mean: float
-    log_spend_std: float
+    churn_rate: list[float]
+    log_spend_mean: list[float]
+    log_spend_std: list[float]
 
 
 @dataclass
@@ -63,6 +65,11 @@ class TrainingSet:
     train_rows: np.ndarray
     val_rows: np.ndarray
     main_count: int
+    grid: HorizonGrid  # the horizons observed at some training cutoff (the others are dropped)
+
+    def by_horizon(self, column: str) -> np.ndarray:
+        """``column`` (churn, spend or observed) at every horizon of the grid: (examples, K) float32."""
+        return self.labels[[per_horizon(column, days) for days in self.grid.days]].to_numpy(np.float32)
 
     @property
     def main_train_rows(self) -> np.ndarray:
@@ -70,28 +77,35 @@ class TrainingSet:
         return self.train_rows[self.train_rows < self.main_count]
 
     def label_stats(self) -> LabelStats:
-        train = self.labels.iloc[self.train_rows]
-        positive = np.log(train[SPEND][train[SPEND] > 0].to_numpy(np.float64))
-        return LabelStats(
-            churn_rate=float(train[CHURN].mean()),
-            log_spend_mean=float(positive.mean()) if len(positive) else 0.0,
-            log_spend_std=float(positive.std()) if len(positive) > 1 else 1.0,
-        )
+        rows = self.train_rows
+        churn, spend, observed = (self.by_horizon(c)[rows] for c in (CHURN, SPEND, OBSERVED))
+        rates, means, stds = [], [], []
+        for k in range(len(self.grid.days)):
+            seen = observed[:, k] > 0
+            positive = np.log(spend[seen & (spend[:, k] > 0), k].astype(np.float64))
+            rates.append(float(churn[seen, k].mean()) if seen.any() else 0.5)
+            means.append(float(positive.mean()) if len(positive) else 0.0)
+            stds.append(float(positive.std()) if len(positive) > 1 else 1.0)
+        return LabelStats(churn_rate=rates, log_spend_mean=means, log_spend_std=stds)
 
 
 def build_training_set(
     events: pd.DataFrame,
     customers: pd.DataFrame | None,
     windows: list[Window],
+    grid: HorizonGrid,
     features: FeaturizerConfig,
     val_fraction: float,
     purchase_types: Sequence[str] | None,
     event_type_column: str,
 ) -> TrainingSet:
     """Fit the featurizer on the training customers' events before the main cutoff (``windows[0]``), then
-    build sequences and labels at every window; validation customers appear at the main cutoff only."""
+    build sequences and labels at every window and horizon of ``grid``; validation customers appear at the
+    main cutoff only. Horizons whose window ends after the log at every cutoff are dropped (a warning says
+    so); the main horizon must be observed at the main cutoff."""
     main = windows[0]
     require_events_before(events[TIMESTAMP], main, source_of(events, "events"))
+    grid = observable_grid(events, windows, grid)
     before = events[TIMESTAMP] < main.feature_end
     population = np.sort(events.loc[before, CUSTOMER_ID].unique())
     train_ids = population[~validation_mask(population, val_fraction)]
@@ -105,7 +119,9 @@ def build_training_set(
             sequences = sequences.subset(np.flatnonzero(~validation_mask(sequences.customer_ids, val_fraction)))
         if len(sequences):
             parts.append(sequences)
-            labels.append(make_labels(events, window, sequences.customer_ids, purchase_types, event_type_column))
+            labels.append(
+                horizon_labels(events, window, grid, sequences.customer_ids, purchase_types, event_type_column)
+            )
     sequences = concat_sequences(parts)
     main_count = len(parts[0])
     is_val = np.zeros(len(sequences), dtype=bool)
@@ -116,7 +132,29 @@ def build_training_set(
             f"{source_of(events, 'events')}: {main_count} customers are too few for a train/validation split "
             f"(data.val_fraction={val_fraction})"
         )
-    return TrainingSet(featurizer, sequences, pd.concat(labels, ignore_index=True), train_rows, val_rows, main_count)
+    labels = pd.concat(labels, ignore_index=True)
+    return TrainingSet(featurizer, sequences, labels, train_rows, val_rows, main_count, grid)
+
+
+def observable_grid(events: pd.DataFrame, windows: list[Window], grid: HorizonGrid) -> HorizonGrid:
+    """``grid`` without the horizons no training window observes (the log ends first); an error when the
+    main horizon is not observed at the main cutoff."""
+    end = log_end_ns(events[TIMESTAMP].to_numpy(dtype="datetime64[ns]"))
+    earliest_end = min(window.feature_end_ns for window in windows)
+    where = source_of(events, "events")
+    if windows[0].feature_end_ns + round(grid.main * NS_PER_DAY) > end:
+        raise ConfigError(
+            f"{where}: the main horizon of {grid.main:g} days after the cutoff {windows[0]} runs past the end of "
+            f"the log ({pd.Timestamp(end).date()}): choose an earlier data.cutoff or a shorter data.horizon_days"
+        )
+    unobserved = [days for days in grid.days if earliest_end + round(days * NS_PER_DAY) > end]
+    if unobserved:
+        logging.getLogger(__name__).warning(
+            "data.horizons_days: %s dropped: the log ends %s, before any training window that long ends",
+            ", ".join(f"{d:g}" for d in unobserved),
+            pd.Timestamp(end).date(),
+        )
+    return grid.without(unobserved)
 
 
 def validation_labels(

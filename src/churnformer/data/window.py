@@ -5,12 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import math
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from churnformer.errors import InputError
+from churnformer.errors import ConfigError, InputError
 
 NS_PER_DAY = 86_400 * 10**9
 
@@ -61,14 +62,47 @@ class Window:
         return self.feature_end_ns + round(self.horizon_days * NS_PER_DAY)
 
 
-def _horizon_days(value: object) -> float:
+@dataclass(frozen=True)
+class HorizonGrid:
+    """The horizons (days after the cutoff) a model predicts on, sorted; ``main`` is one of them: the one
+    ``churn_probability`` and ``expected_spend`` answer, and the one segments and deciles use."""
+
+    days: tuple[float, ...]
+    main: float
+
+    @classmethod
+    def of(cls, horizons: Sequence[object] | None, main: object) -> HorizonGrid:
+        """``data.horizons_days`` with ``data.horizon_days`` (the main horizon) added when absent."""
+        main_days = _horizon_days(main)
+        given = [] if horizons is None else list(horizons)
+        days = [_horizon_days(value, "data.horizons_days") for value in given]
+        if days != sorted(days) or len(set(days)) != len(days):
+            raise ConfigError(f"data.horizons_days must be sorted and distinct, got {given}")
+        return cls(tuple(sorted({*days, main_days})), main_days)
+
+    @property
+    def main_index(self) -> int:
+        return self.days.index(self.main)
+
+    def without(self, unobserved: Sequence[float]) -> HorizonGrid:
+        return HorizonGrid(tuple(d for d in self.days if d not in unobserved), self.main)
+
+
+def log_end_ns(stamps: np.ndarray) -> int:
+    """Where a log is taken to end: the end of the day of its last event (logs of dates, such as CDNOW's,
+    hold that day whole). A horizon window ending later is not observed: its labels are unknown."""
+    last = pd.Timestamp(int(np.asarray(stamps, dtype="datetime64[ns]").view(np.int64).max()))
+    return int((last.normalize() + pd.Timedelta(days=1)).value)
+
+
+def _horizon_days(value: object, key: str = "horizon_days") -> float:
     """A finite number of days > 0: labels need a window of positive length that ends."""
     try:
         days = float(value) if not isinstance(value, bool) else math.nan
     except (TypeError, ValueError):
         days = math.nan
     if not (math.isfinite(days) and days > 0):
-        raise InputError(f"horizon_days must be a finite number of days > 0, got {value!r}")
+        raise ConfigError(f"{key} must be a finite number of days > 0, got {value!r}")
     return days
 
 

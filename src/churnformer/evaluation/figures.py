@@ -147,3 +147,62 @@ def review_figures(
         "spend/predicted_vs_actual": spend_scatter_figure(expected, spend),
         "cumulative_gains": gains_figure(expected, spend, probability, churn),
     }
+
+
+# --- over the horizon grid ------------------------------------------------------------------------------------
+
+
+def horizons_figure(
+    horizons: np.ndarray,
+    survival: np.ndarray,
+    churn: np.ndarray,
+    observed: np.ndarray,
+    expected: np.ndarray,
+    spend: np.ndarray,
+) -> Figure:
+    """Mean predicted S(t) against the observed share with no purchase by t, and mean expected against actual
+    cumulative spend, at every horizon (N, K arrays); horizons the log does not cover have no observed point."""
+    figure = Figure(figsize=(9, 4), layout="constrained")
+    survival_axes, spend_axes = figure.subplots(1, 2)
+    seen = observed.all(axis=0)
+    days = np.r_[0.0, horizons]
+    survival_axes.plot(days, np.r_[1.0, survival.mean(0)], marker="o", label="mean predicted S(t)")
+    survival_axes.plot(np.r_[0.0, horizons[seen]], np.r_[1.0, churn[:, seen].mean(0)], marker="s", label="observed")
+    survival_axes.set(
+        xlabel="days after the cutoff",
+        ylabel="share with no purchase yet",
+        ylim=(0, 1.02),
+        title="No purchase by day t",
+    )
+    survival_axes.legend(loc="upper right")
+    spend_axes.plot(days, np.r_[0.0, expected.mean(0)], marker="o", label="mean expected")
+    spend_axes.plot(np.r_[0.0, horizons[seen]], np.r_[0.0, spend[:, seen].mean(0)], marker="s", label="mean actual")
+    spend_axes.set(xlabel="days after the cutoff", ylabel=SPEND_UNITS, title="Cumulative spend by day t")
+    spend_axes.legend(loc="upper left")
+    figure.suptitle(f"Over the horizon grid ({len(survival):,} customers)")
+    return figure
+
+
+def horizon_calibration_figure(
+    horizons: np.ndarray, survival: np.ndarray, churn: np.ndarray, observed: np.ndarray
+) -> Figure:
+    """Calibration of "no purchase by t" at each observed horizon, one line per horizon, ECE in the legend."""
+    figure = Figure(figsize=SIZE, layout="constrained")
+    axes = figure.subplots()
+    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect")
+    for k, days in enumerate(horizons):
+        if not observed[:, k].all():
+            continue
+        counts, predicted, rate = calibration_bins(survival[:, k], churn[:, k])
+        filled = counts > 0
+        ece = expected_calibration_error(survival[:, k], churn[:, k])
+        axes.plot(predicted[filled], rate[filled], marker="o", markersize=3, label=f"{days:g} days: ECE {ece:.3f}")
+    axes.set(
+        xlabel="predicted P(no purchase by t)",
+        ylabel="observed share",
+        xlim=(0, 1),
+        ylim=(0, 1),
+        title="Churn calibration by horizon",
+    )
+    axes.legend(loc="upper left", fontsize=7)
+    return figure

@@ -144,3 +144,43 @@ def aggregate_error(predicted: np.ndarray, actual: np.ndarray) -> float:
     """Relative error of total spend (sum predicted / sum actual - 1): what a budget built on the scores misses."""
     total = actual.sum()
     return float(predicted.sum() / total - 1) if total > 0 else math.nan
+
+
+# --- survival over a horizon grid -----------------------------------------------------------------------------
+
+
+def concordance_index(survival: np.ndarray, churn: np.ndarray, observed: np.ndarray) -> float:
+    """Time-dependent concordance (Antolini et al. 2005) on a horizon grid: over every pair where customer i
+    made a first purchase in interval k and customer j had made none by its end t_k (both observed to t_k),
+    the share where i's predicted S(t_k) is lower than j's (ties count one half). ``survival``, ``churn``
+    (no purchase by t_k) and ``observed`` are (N, K). NaN without comparable pairs."""
+    alive = np.concatenate([np.ones((len(churn), 1)), churn[:, :-1]], axis=1)
+    concordant = comparable = 0.0
+    for k in range(churn.shape[1]):
+        seen = observed[:, k] > 0
+        bought = survival[seen & (alive[:, k] > 0) & (churn[:, k] == 0), k]
+        quiet = np.sort(survival[seen & (churn[:, k] > 0), k])
+        if not len(bought) or not len(quiet):
+            continue
+        above = len(quiet) - np.searchsorted(quiet, bought, side="right")
+        tied = np.searchsorted(quiet, bought, side="right") - np.searchsorted(quiet, bought, side="left")
+        concordant += float(above.sum() + 0.5 * tied.sum())
+        comparable += float(len(bought) * len(quiet))
+    return concordant / comparable if comparable else math.nan
+
+
+def integrated_brier_score(
+    survival: np.ndarray, churn: np.ndarray, observed: np.ndarray, horizons: np.ndarray
+) -> float:
+    """Brier score of S(t_k) against "no purchase by t_k", averaged over the observed horizons weighted by
+    the length of time each stands for (t_k - t_{k-1}, t_0 = 0): the integral of the Brier score over time
+    divided by its span. Censoring is administrative (the same end of the log for every customer), so each
+    horizon is scored on everyone or not at all; NaN when no horizon is observed."""
+    widths = np.diff(np.concatenate([[0.0], np.asarray(horizons, dtype=np.float64)]))
+    scores, weights = [], []
+    for k in range(churn.shape[1]):
+        seen = observed[:, k] > 0
+        if seen.any():
+            scores.append(np.mean((survival[seen, k] - churn[seen, k]) ** 2))
+            weights.append(widths[k])
+    return float(np.average(scores, weights=weights)) if scores else math.nan

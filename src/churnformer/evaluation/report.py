@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,25 +24,30 @@ from churnformer.data.events import (
     read_table,
     source_of,
 )
-from churnformer.data.labels import make_labels
-from churnformer.data.window import Window, require_events_before
+from churnformer.data.labels import horizon_labels
+from churnformer.data.window import HorizonGrid, Window, require_events_before
 from churnformer.defaults import serving_defaults
 from churnformer.errors import InputError
-from churnformer.evaluation.figures import review_figures
+from churnformer.evaluation.figures import horizon_calibration_figure, horizons_figure, review_figures
 from churnformer.evaluation.metrics import (
     aggregate_error,
     average_precision,
+    concordance_index,
     decile_mape,
     expected_calibration_error,
+    integrated_brier_score,
     log_loss,
     normalized_gini,
     roc_auc,
     spearman,
 )
-from churnformer.schema import CHURN, CHURN_PROBABILITY, EXPECTED_SPEND, LABEL_COLUMNS, SPEND
+from churnformer.schema import CHURN, CHURN_PROBABILITY, EXPECTED_SPEND, LABEL_COLUMNS, OBSERVED, SPEND, per_horizon
 
-# What an evaluation needs of a predictions file (any model's: churnformer's or a baseline's).
+# What an evaluation needs of a predictions file (any model's: churnformer's or a baseline's), and by horizon
+# where both sides have them.
 EVALUATED_COLUMNS = (CHURN_PROBABILITY, EXPECTED_SPEND)
+PREDICTED_BY_HORIZON = (CHURN_PROBABILITY, EXPECTED_SPEND)
+LABELLED_BY_HORIZON = (CHURN, SPEND, OBSERVED)
 MIN_CUSTOMERS = 10  # deciles need at least one customer each
 EXAMPLES = 5
 DECILE_NOTE = "spend_decile_mape skips deciles whose mean actual spend is 0 (the relative error is undefined there)."
@@ -107,8 +113,11 @@ def align(
     An inner join would silently evaluate a subset (say, only customers the model happened to score), so
     any customer on one side only is an error that names how many and which.
     """
-    predicted = _checked_frame(predictions, EVALUATED_COLUMNS, names[0])
-    labelled = _checked_frame(labels, LABEL_COLUMNS, names[1])
+    horizons = [h for h in predicted_horizons(predictions) if per_horizon(OBSERVED, h) in labels.columns]
+    predicted = _checked_frame(
+        predictions, [*EVALUATED_COLUMNS, *horizon_columns(PREDICTED_BY_HORIZON, horizons)], names[0]
+    )
+    labelled = _checked_frame(labels, [*LABEL_COLUMNS, *horizon_columns(LABELLED_BY_HORIZON, horizons)], names[1])
     predicted, labelled = _same_id_type(predicted, labelled)
     predicted_ids, labelled_ids = pd.Index(predicted[CUSTOMER_ID]), pd.Index(labelled[CUSTOMER_ID])
     unpredicted, unlabelled = labelled_ids.difference(predicted_ids), predicted_ids.difference(labelled_ids)
@@ -138,7 +147,57 @@ def _columns(joined: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
 
 
 def compute_metrics(joined: pd.DataFrame) -> dict[str, float]:
-    """Every metric of :func:`evaluate` from a frame made by :func:`align`."""
+    """Every metric of :func:`evaluate` from a frame made by :func:`align`: at the main horizon, then (when the
+    frame has predictions and labels by horizon) at every observed horizon, and for S(t) over the grid."""
+    return {**_main_metrics(joined), **horizon_metrics(joined)}
+
+
+def horizon_metrics(joined: pd.DataFrame) -> dict[str, float]:
+    """Churn AUC, Brier and ECE, spend Gini, decile MAPE and aggregate error at each horizon whose window is
+    observed (``churn_auc_30d``, ...), and the concordance index and integrated Brier score of S(t)."""
+    horizons = predicted_horizons(joined)
+    horizons = [h for h in horizons if per_horizon(OBSERVED, h) in joined.columns]
+    if not horizons:
+        return {}
+    metrics: dict[str, float] = {}
+    for days in horizons:
+        if not joined[per_horizon(OBSERVED, days)].all():
+            continue
+        p, churn = joined[per_horizon(CHURN_PROBABILITY, days)].to_numpy(), joined[per_horizon(CHURN, days)].to_numpy()
+        e, spend = joined[per_horizon(EXPECTED_SPEND, days)].to_numpy(), joined[per_horizon(SPEND, days)].to_numpy()
+        metrics |= {
+            per_horizon("churn_auc", days): roc_auc(churn, p),
+            per_horizon("churn_brier", days): float(np.mean((p - churn) ** 2)),
+            per_horizon("churn_ece", days): expected_calibration_error(p, churn),
+            per_horizon("spend_gini", days): normalized_gini(spend, e),
+            per_horizon("spend_decile_mape", days): decile_mape(e, spend),
+            per_horizon("spend_aggregate_error", days): aggregate_error(e, spend),
+        }
+    survival, churn, observed = survival_arrays(joined, horizons)
+    metrics["survival_c_index"] = concordance_index(survival, churn, observed)
+    metrics["survival_integrated_brier"] = integrated_brier_score(survival, churn, observed, np.asarray(horizons))
+    return metrics
+
+
+def survival_arrays(joined: pd.DataFrame, horizons: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Predicted S(t_k), "no purchase by t_k" and whether t_k is observed, (N, K) each."""
+    return tuple(
+        joined[[per_horizon(column, h) for h in horizons]].to_numpy(np.float64)
+        for column in (CHURN_PROBABILITY, CHURN, OBSERVED)
+    )
+
+
+def predicted_horizons(frame: pd.DataFrame) -> list[float]:
+    """The horizons a predictions frame has ``churn_probability_<h>d`` and ``expected_spend_<h>d`` for."""
+    found = [float(m[1]) for c in frame.columns if (m := re.fullmatch(rf"{CHURN_PROBABILITY}_([\d.]+)d", str(c)))]
+    return sorted(h for h in found if per_horizon(EXPECTED_SPEND, h) in frame.columns)
+
+
+def horizon_columns(bases: Sequence[str], horizons: Sequence[float]) -> list[str]:
+    return [per_horizon(base, h) for h in horizons for base in bases]
+
+
+def _main_metrics(joined: pd.DataFrame) -> dict[str, float]:
     p, churn, expected, spend = _columns(joined)
     return {
         "churn_auc": roc_auc(churn, p),
@@ -164,9 +223,25 @@ def evaluate(predictions: pd.DataFrame, labels: pd.DataFrame) -> dict[str, float
 
 
 def report_figures(joined: pd.DataFrame) -> dict[str, Figure]:
-    """The report's figures by file stem, from a frame made by :func:`align`."""
+    """The report's figures by file stem, from a frame made by :func:`align`: the main horizon's, then (with
+    predictions and labels by horizon) those over the grid."""
     p, churn, expected, spend = _columns(joined)
-    return {name.replace("/", "_"): figure for name, figure in review_figures(p, churn, expected, spend).items()}
+    figures = review_figures(p, churn, expected, spend) | horizon_figures(joined)
+    return {name.replace("/", "_"): figure for name, figure in figures.items()}
+
+
+def horizon_figures(joined: pd.DataFrame) -> dict[str, Figure]:
+    """S(t) and cumulative spend over the grid, and calibration by horizon; none without labels by horizon."""
+    horizons = [h for h in predicted_horizons(joined) if per_horizon(OBSERVED, h) in joined.columns]
+    if not horizons:
+        return {}
+    survival, churn, observed = survival_arrays(joined, horizons)
+    expected, spend = (joined[horizon_columns([c], horizons)].to_numpy(np.float64) for c in (EXPECTED_SPEND, SPEND))
+    days = np.asarray(horizons, dtype=np.float64)
+    return {
+        "horizons/survival_and_spend": horizons_figure(days, survival, churn, observed, expected, spend),
+        "horizons/churn_calibration": horizon_calibration_figure(days, survival, churn, observed),
+    }
 
 
 # --- report ---------------------------------------------------------------------------------------------------
@@ -214,14 +289,17 @@ def labels_from_events(
     horizon_days: float,
     columns: ColumnMapping | None = None,
     purchase_types: Sequence[str] | None = None,
+    horizons: Sequence[float] = (),
 ) -> pd.DataFrame:
-    """Labels of every customer with at least one event before the cutoff: the population the predictor scores."""
+    """Labels of every customer with at least one event before the cutoff (the population the predictor
+    scores) at the main horizon and at each of ``horizons``, with whether the log covers each."""
     frame = load_events(events, columns)
     window = Window.from_cutoff(cutoff, horizon_days)
     require_events_before(frame[TIMESTAMP], window, source_of(frame, "events"))
     before = frame[TIMESTAMP].to_numpy(dtype="datetime64[ns]").view(np.int64) < window.feature_end_ns
     population = np.sort(pd.unique(frame[CUSTOMER_ID].to_numpy()[before]))
-    return make_labels(frame, window, population, purchase_types)
+    grid = HorizonGrid.of(horizons, horizon_days)
+    return horizon_labels(frame, window, grid, population, purchase_types)
 
 
 def load_labels(
@@ -231,18 +309,31 @@ def load_labels(
     horizon_days: float | None,
     columns: ColumnMapping | None = None,
     purchase_types: Sequence[str] | None = None,
+    horizons: Sequence[float] = (),
 ) -> tuple[pd.DataFrame, str]:
-    """Labels from a labels file or computed from an event log, and a description of where they came from."""
+    """Labels from a labels file or computed from an event log (at ``horizons`` too), and a description of
+    where they came from. A labels file's ``churn_<h>d``/``spend_<h>d`` columns count as observed unless it
+    says otherwise (``observed_<h>d``)."""
     if labels is not None and events is not None:
         raise InputError("pass either labels=PATH or events=PATH with cutoff and horizon_days, not both")
     if labels is not None:
-        return read_table(labels, CUSTOMER_ID), str(labels)
+        frame = read_table(labels, CUSTOMER_ID)
+        for days in horizons:
+            given = all(per_horizon(c, days) in frame.columns for c in (CHURN, SPEND))
+            if given and per_horizon(OBSERVED, days) not in frame.columns:
+                frame[per_horizon(OBSERVED, days)] = 1.0
+        return frame, str(labels)
     if events is None or cutoff is None or horizon_days is None:
         raise InputError(
             "no labels: pass labels=PATH (columns customer_id, churn, spend), or events=PATH with "
             "cutoff=YYYY-MM-DD and horizon_days=N (the cutoff and horizon the predictions were made for)"
         )
-    frame = labels_from_events(events, cutoff, horizon_days, columns, purchase_types)
+    frame = labels_from_events(events, cutoff, horizon_days, columns, purchase_types, horizons)
+    if not frame[per_horizon(OBSERVED, float(horizon_days))].all():
+        raise InputError(
+            f"{events}: the log ends before the {float(horizon_days):g}-day horizon after {cutoff} does, so its "
+            "churn and spend are not known yet: evaluate at an earlier cutoff or a shorter horizon_days"
+        )
     return frame, f"labels from {events} (cutoff {cutoff}, horizon {horizon_days} days)"
 
 
@@ -259,8 +350,10 @@ def evaluate_files(
 ) -> dict[str, Path]:
     """Evaluate a predictions file against a labels file, or against labels computed from an event log, and
     write the report to ``output_dir``; prints the metrics and where the report went."""
-    label_frame, label_source = load_labels(labels, events, cutoff, horizon_days, columns, purchase_types)
-    joined = align(read_table(predictions, CUSTOMER_ID), label_frame, names=(str(predictions), label_source))
+    predicted = read_table(predictions, CUSTOMER_ID)
+    horizons = predicted_horizons(predicted)
+    label_frame, label_source = load_labels(labels, events, cutoff, horizon_days, columns, purchase_types, horizons)
+    joined = align(predicted, label_frame, names=(str(predictions), label_source))
     metrics = compute_metrics(joined)
     paths = write_report(
         metrics, report_figures(joined), output_dir, f"Evaluation of {predictions} against {label_source}"

@@ -1,10 +1,16 @@
-"""The two heads and the formulas that turn them into predictions, written once.
+"""The heads and the formulas that turn them into predictions, written once.
 
-Consistency: churn means "no purchase in the horizon" and the spend distribution is zero-inflated with
-P(spend > 0). The two are (nearly) the same event, so the network has a single logit for it:
-P(spend > 0) = 1 - P(churn). The churn head is trained by the churn loss and by the zero part of the
-spend loss; the spend head only adds the log-normal (mu, sigma) of positive spend (Wang et al. 2019).
-Expected spend is therefore (1 - p_churn) * exp(mu + sigma^2 / 2) and can never contradict churn.
+Survival over a grid of horizons t_1 < ... < t_K (days after the cutoff): K discrete-time hazard logits,
+h_k = P(first purchase in (t_{k-1}, t_k] | none before) = sigmoid(phi_k) (Nnet-survival, pycox's
+LogisticHazard), so S(t_k) = P(no purchase by t_k) = exp(-sum_{j<=k} softplus(phi_j)): non-increasing by
+construction. churn_probability at horizon k is S(t_k).
+
+Spend at each horizon is zero-inflated log-normal (Wang et al. 2019) whose zero mass is S(t_k): "no
+purchase in the window" and "zero spend" are (nearly) the same event, so the two heads share the hazard
+logits and can never contradict each other: P(spend_k > 0) = 1 - S(t_k). The spend head adds the mean of
+positive spend m_k = E[spend_k | spend_k > 0], non-decreasing in k by construction (log m_k = log m_1 +
+cumulative softplus steps), and its log-scale spread sigma_k. Expected spend E_k = (1 - S(t_k)) * m_k is then
+non-decreasing in k too, as spend over a longer window must be.
 """
 
 from __future__ import annotations
@@ -20,44 +26,58 @@ MIN_SIGMA = 0.05
 
 
 class HeadOutputs(NamedTuple):
-    churn_logit: torch.Tensor  # (B,)
-    spend_mu: torch.Tensor  # (B,) mean of log spend given spend > 0
-    spend_sigma: torch.Tensor  # (B,) std of log spend given spend > 0
+    hazard_logits: torch.Tensor  # (B, K) logit of the hazard of the first purchase in each interval
+    log_spend_mean: torch.Tensor  # (B, K) log E[spend_k | spend_k > 0], non-decreasing in k
+    spend_sigma: torch.Tensor  # (B, K) std of log spend_k given spend_k > 0
 
 
-class ChurnSpendHeads(nn.Module):
-    """Pooled customer vector (B, D) -> the churn logit and the positive-spend log-normal."""
+class SurvivalSpendHeads(nn.Module):
+    """Pooled customer vector (B, D) -> hazard logits and the positive-spend log-normal at every horizon."""
 
-    def __init__(self, d_model: int) -> None:
+    def __init__(self, d_model: int, n_horizons: int) -> None:
         super().__init__()
-        self.churn = nn.Linear(d_model, 1)
-        self.spend = nn.Linear(d_model, 2)
+        self.n_horizons = n_horizons
+        self.hazard = nn.Linear(d_model, n_horizons)
+        self.spend = nn.Linear(d_model, 2 * n_horizons)  # log m_1, K - 1 steps, K spreads
 
     def forward(self, pooled: torch.Tensor) -> HeadOutputs:
-        spend = self.spend(pooled)  # (B, 2)
+        k = self.n_horizons
+        spend = self.spend(pooled)  # (B, 2K)
+        level, steps = spend[:, :1], F.softplus(spend[:, 1:k])
+        log_mean = torch.cat([level, level + torch.cumsum(steps, dim=1)], dim=1)  # (B, K), non-decreasing
         return HeadOutputs(
-            churn_logit=self.churn(pooled).squeeze(-1),
-            spend_mu=spend[:, 0],
-            spend_sigma=F.softplus(spend[:, 1]) + MIN_SIGMA,
+            hazard_logits=self.hazard(pooled),
+            log_spend_mean=log_mean,
+            spend_sigma=F.softplus(spend[:, k:]) + MIN_SIGMA,
         )
 
-    def init_output_biases(self, churn_rate: float, log_spend_mean: float, log_spend_std: float) -> None:
-        """Start at the training base rates so early epochs are not spent finding them."""
-        rate = min(max(churn_rate, 1e-3), 1 - 1e-3)
+    def init_output_biases(
+        self, churn_rate: list[float], log_spend_mean: list[float], log_spend_std: list[float]
+    ) -> None:
+        """Start at the training base rates of every horizon, so early epochs are not spent finding them."""
+        survival = torch.tensor(churn_rate, dtype=torch.float64).clamp(1e-3, 1 - 1e-3).cummin(0).values
+        before = torch.cat([torch.ones(1, dtype=torch.float64), survival[:-1]])
+        hazard = (1 - survival / before).clamp(1e-3, 1 - 1e-3)
+        sigma = torch.tensor(log_spend_std, dtype=torch.float64).clamp(min=MIN_SIGMA + 1e-2)
+        log_mean = torch.tensor(log_spend_mean, dtype=torch.float64) + sigma**2 / 2  # lognormal mean
+        log_mean = log_mean.cummax(0).values
+        steps = (log_mean[1:] - log_mean[:-1]).clamp(min=1e-3)
         with torch.no_grad():
-            self.churn.bias.fill_(math.log(rate / (1 - rate)))
-            self.spend.bias[0] = log_spend_mean
-            self.spend.bias[1] = math.log(math.expm1(max(log_spend_std - MIN_SIGMA, 1e-2)))
+            self.hazard.bias.copy_(torch.logit(hazard))
+            self.spend.bias[0] = log_mean[0]
+            self.spend.bias[1 : self.n_horizons] = torch.log(torch.expm1(steps))
+            self.spend.bias[self.n_horizons :] = torch.log(torch.expm1(sigma - MIN_SIGMA))
 
 
-def spend_if_retained(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """E[spend | spend > 0] of the log-normal LN(mu, sigma)."""
-    return torch.exp(mu + 0.5 * sigma * sigma)
+def survival(hazard_logits: torch.Tensor) -> torch.Tensor:
+    """S(t_k) = prod_{j<=k} (1 - sigmoid(phi_j)) = exp(-sum_{j<=k} softplus(phi_j)), (B, K)."""
+    return torch.exp(-torch.cumsum(F.softplus(hazard_logits), dim=-1))
 
 
-def expected_spend(p_churn: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """E[spend] of the zero-inflated log-normal whose zero mass is the churn probability."""
-    return (1 - p_churn) * spend_if_retained(mu, sigma)
+def expected_spend(p_churn: torch.Tensor, log_mean: torch.Tensor) -> torch.Tensor:
+    """E[spend] of the zero-inflated log-normal whose zero mass is the churn probability and whose positive
+    part has mean exp(log_mean) (its location is log_mean - sigma^2 / 2)."""
+    return (1 - p_churn) * torch.exp(log_mean)
 
 
 def spend_quantile(

@@ -1,7 +1,8 @@
-"""Joint loss: churn cross-entropy plus the zero-inflated log-normal (ZILN) negative log-likelihood of spend.
-
-ZILN follows Wang et al. (2019), "A Deep Probabilistic Model for Customer Lifetime Value Prediction".
-Its zero part uses the churn logit (P(spend > 0) = 1 - P(churn)), see :mod:`churnformer.modeling.heads`.
+"""Joint loss over the horizon grid: the survival likelihood of the first purchase (discrete-time logistic
+hazard with administrative censoring: a horizon whose window runs past the end of the log is left out for
+that example, never counted as churn) plus the zero-inflated log-normal (ZILN, Wang et al. 2019) likelihood
+of spend at every observed horizon. The zero part of ZILN is the same survival likelihood (P(spend > 0) =
+1 - S), see :mod:`churnformer.modeling.heads`.
 """
 
 from __future__ import annotations
@@ -26,21 +27,41 @@ class LossWeights:
 
 
 def lognormal_nll(spend: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Per-example negative log-density of a log-normal at ``spend`` (> 0)."""
+    """Per-element negative log-density of a log-normal at ``spend`` (> 0)."""
     log_spend = torch.log(spend)
     return log_spend + torch.log(sigma) + _HALF_LOG_TWO_PI + 0.5 * ((log_spend - mu) / sigma) ** 2
 
 
+def survival_nll(hazard_logits: torch.Tensor, churn: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+    """Per-example negative log-likelihood of the first purchase over the grid, (B,).
+
+    ``churn`` (B, K): no purchase by t_k. Interval k counts for an example alive at its start (no purchase
+    before t_{k-1}) whose window to t_k is observed: log h_k if the first purchase falls in it, log(1 - h_k)
+    otherwise. With one horizon this is the binary cross-entropy of churn with logit -phi.
+    """
+    alive = torch.cat([torch.ones_like(churn[:, :1]), churn[:, :-1]], dim=1)  # no purchase before interval k
+    at_risk = alive * observed
+    first_purchase = at_risk * (1 - churn)
+    log_likelihood = first_purchase * F.logsigmoid(hazard_logits) + (at_risk - first_purchase) * F.logsigmoid(
+        -hazard_logits
+    )
+    return -log_likelihood.sum(dim=1)
+
+
 def joint_loss(
-    heads: HeadOutputs, churn: torch.Tensor, spend: torch.Tensor, weights: LossWeights
+    heads: HeadOutputs, churn: torch.Tensor, spend: torch.Tensor, observed: torch.Tensor, weights: LossWeights
 ) -> dict[str, torch.Tensor]:
-    """Return the weighted total (``joint``) and each head's part, scalars averaged over the batch."""
-    churn_loss = F.binary_cross_entropy_with_logits(heads.churn_logit, churn)
-    positive = spend > 0
-    buys = F.binary_cross_entropy_with_logits(-heads.churn_logit, positive.to(heads.churn_logit.dtype))
+    """The weighted total (``joint``) and each head's part, scalars averaged over the batch. ``churn``,
+    ``spend`` and ``observed`` are (B, K): the labels at every horizon and whether its window is observed."""
+    dtype = heads.hazard_logits.dtype
+    churn, spend, observed = churn.to(dtype), spend.to(dtype), observed.to(dtype)
+    churn_loss = survival_nll(heads.hazard_logits, churn, observed).mean()
+    positive = (spend > 0) & (observed > 0)
+    sigma = heads.spend_sigma
+    mu = heads.log_spend_mean - 0.5 * sigma * sigma
     safe_spend = torch.where(positive, spend, torch.ones_like(spend))
-    amount = torch.where(positive, lognormal_nll(safe_spend, heads.spend_mu, heads.spend_sigma), 0.0).mean()
-    spend_loss = buys + amount
+    amount = torch.where(positive, lognormal_nll(safe_spend, mu, sigma), 0.0).sum(dim=1).mean()
+    spend_loss = churn_loss + amount  # ZILN: the zero part is the same survival likelihood
     return {
         "joint": weights.churn * churn_loss + weights.spend * spend_loss,
         "churn": churn_loss,

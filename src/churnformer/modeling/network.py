@@ -1,4 +1,5 @@
-"""The churn + spend network: event encoder -> backbone (transformer by default) -> pooling -> two heads.
+"""The churn + spend network: event encoder -> backbone (transformer by default) -> pooling -> survival and
+spend heads over the horizon grid.
 
 Shapes: B customers, T events (padded), D = d_model. Inputs are the model inputs by name
 (``churnformer.schema``), as :meth:`churnformer.data.sequences.Sequences.pad` makes them.
@@ -16,14 +17,15 @@ from churnformer.data.featurizer import Featurizer
 from churnformer.modeling.backbones import build_backbone
 from churnformer.modeling.config import FeatureSizes, ModelConfig
 from churnformer.modeling.encoders import CustomerEncoder, EventEncoder
-from churnformer.modeling.heads import ChurnSpendHeads, HeadOutputs
+from churnformer.modeling.heads import HeadOutputs, SurvivalSpendHeads
 from churnformer.schema import CUSTOMER_CAT, CUSTOMER_NUM, EVENT_CAT, EVENT_NUM, LENGTHS
 
 
 class ChurnFormer(nn.Module):
-    """Reads a customer's event sequence and returns the churn logit and the positive-spend log-normal."""
+    """Reads a customer's event sequence and returns, at each of ``n_horizons`` horizons, the hazard logit of
+    the first purchase and the positive-spend log-normal."""
 
-    def __init__(self, config: ModelConfig, sizes: FeatureSizes) -> None:
+    def __init__(self, config: ModelConfig, sizes: FeatureSizes, n_horizons: int) -> None:
         super().__init__()
         self.config = config
         self.events = EventEncoder(config, sizes)
@@ -31,13 +33,14 @@ class ChurnFormer(nn.Module):
         self.backbone = build_backbone(config.backbone, config)
         self.norm = nn.LayerNorm(config.d_model)
         self.pool = nn.Sequential(nn.Linear(2 * config.d_model, config.d_model), nn.GELU())
-        self.heads = ChurnSpendHeads(config.d_model)
+        self.heads = SurvivalSpendHeads(config.d_model, n_horizons)
         self.apply(_init_weights)
 
     @classmethod
-    def build(cls, network: Mapping[str, Any], featurizer: Featurizer) -> ChurnFormer:
-        """From the ``model.network`` config (a plain dict, as checkpoints keep it) and the fitted featurizer."""
-        return cls(ModelConfig(**network), FeatureSizes.of(featurizer))
+    def build(cls, network: Mapping[str, Any], featurizer: Featurizer, n_horizons: int) -> ChurnFormer:
+        """From the ``model.network`` config (a plain dict, as checkpoints keep it), the fitted featurizer and
+        the size of the horizon grid."""
+        return cls(ModelConfig(**network), FeatureSizes.of(featurizer), n_horizons)
 
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> HeadOutputs:
         lengths = inputs[LENGTHS]  # (B,)

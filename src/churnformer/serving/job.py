@@ -186,6 +186,7 @@ def run_prediction(config: dict[str, Any]) -> dict[str, Path]:
         max_batch_size=config["max_batch_size"],
         threads=config["threads"],
         segments=SegmentRules(**config["segments"]),
+        discount_rate=config["clv"]["discount_rate"],
     )
     result = score_log(
         predictor,

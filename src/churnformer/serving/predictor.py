@@ -25,12 +25,18 @@ from churnformer.data.featurizer import FeatureMismatchError, Featurizer
 from churnformer.data.sequences import Sequences, build_sequences
 from churnformer.data.window import Window, require_events_before
 from churnformer.defaults import serving_defaults
-from churnformer.schema import META_COLUMNS, META_FEATURIZER, META_HORIZON_DAYS, META_OUTPUTS, N_EVENTS
+from churnformer.schema import META_COLUMNS, META_FEATURIZER, META_HORIZON_DAYS, META_HORIZONS, META_OUTPUTS, N_EVENTS
 from churnformer.serving.batching import fill_rows, padded_width, token_budget_batches
 from churnformer.serving.model_file import read_model, resolve_model_path
 from churnformer.serving.output import ScoringResult, ScoringSummary
 from churnformer.serving.partition import EventSource
-from churnformer.serving.retention import ReferencePercentiles, SegmentRules, add_retention_columns
+from churnformer.serving.retention import (
+    ReferencePercentiles,
+    SegmentRules,
+    add_retention_columns,
+    add_value_columns,
+    check_discount_rate,
+)
 
 
 def default_providers() -> list[str]:
@@ -56,6 +62,7 @@ class Predictor:
         max_batch_size: int | None = None,
         threads: int | None = None,
         segments: SegmentRules | None = None,
+        discount_rate: float | None = None,
     ) -> None:
         defaults = serving_defaults("predict")
         self.path = resolve_model_path(model)
@@ -64,6 +71,10 @@ class Predictor:
         self.featurizer = Featurizer.from_json(self.metadata[META_FEATURIZER])
         self.columns = ColumnMapping(**json.loads(self.metadata.get(META_COLUMNS, "{}")))
         self.outputs = json.loads(self.metadata[META_OUTPUTS])
+        self.horizons = [float(days) for days in json.loads(self.metadata[META_HORIZONS])]
+        self.discount_rate = check_discount_rate(
+            defaults["clv"]["discount_rate"] if discount_rate is None else discount_rate
+        )
         self.reference = ReferencePercentiles.from_metadata(self.metadata)
         requested = providers or default_providers()
         threads = defaults["threads"] if threads is None else threads
@@ -124,7 +135,7 @@ class Predictor:
         frame = pd.DataFrame(results, columns=self.outputs)
         frame.insert(0, CUSTOMER_ID, sequences.customer_ids)
         frame[N_EVENTS] = sequences.n_events_total
-        return frame
+        return add_value_columns(frame, self.horizons, self.discount_rate)
 
     def retention(self, predictions: pd.DataFrame) -> pd.DataFrame:
         return add_retention_columns(predictions, self.segments, self.reference)

@@ -14,6 +14,7 @@ the default (``segments.value=if_retained``); ``segments.value=expected`` ranks 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,12 +24,16 @@ from churnformer.errors import ConfigError
 from churnformer.schema import (
     CHURN_PROBABILITY,
     CHURN_RISK_DECILE,
+    CLV,
+    EXPECTED_DAYS_TO_NEXT_PURCHASE,
     EXPECTED_SPEND,
     META_CALIBRATION,
     PERCENTILE_LEVELS,
     SEGMENT,
     SPEND_IF_RETAINED,
+    VALUE_AT_RISK,
     VALUE_DECILE,
+    per_horizon,
 )
 
 # segments.value -> the predictions column it ranks value by.
@@ -94,6 +99,49 @@ class ReferencePercentiles:
     def value_at(self, column: str, quantile: float) -> float:
         levels = np.asarray(PERCENTILE_LEVELS)
         return float(np.interp(quantile, levels, self.percentiles(column)))
+
+
+def check_discount_rate(discount_rate: float) -> float:
+    if not (isinstance(discount_rate, int | float) and discount_rate >= 0):  # also false for NaN
+        raise ConfigError(f"clv.discount_rate must be a number >= 0 (an annual rate, 0.1 = 10%), got {discount_rate!r}")
+    return float(discount_rate)
+
+
+def discounted_value(predictions: pd.DataFrame, horizons: Sequence[float], discount_rate: float) -> np.ndarray:
+    """``clv`` of :func:`add_value_columns` from the ``expected_spend_<h>d`` columns (any model's)."""
+    check_discount_rate(discount_rate)
+    spend = predictions[[per_horizon(EXPECTED_SPEND, h) for h in horizons]].to_numpy(np.float64)
+    increments = np.diff(spend, axis=1, prepend=0.0)
+    return increments @ (1.0 + discount_rate) ** (-np.asarray(horizons, dtype=np.float64) / 365.0)
+
+
+def add_value_columns(predictions: pd.DataFrame, horizons: Sequence[float], discount_rate: float) -> pd.DataFrame:
+    """What each customer is worth over time, from the model's outputs on the horizon grid t_1 < ... < t_K:
+
+    - ``clv``: sum_k (E_k - E_{k-1}) / (1 + d) ** (t_k / 365), with E_k the expected spend by t_k (E_0 = 0) and
+      d the annual ``discount_rate``: lifetimes' customer_lifetime_value, the model supplying each period's
+      expected spend instead of RFM summaries;
+    - ``expected_days_to_next_purchase``: the mean time to the next purchase restricted to the longest
+      horizon, the area under S(t) from 0 (S = 1) to t_K, S interpolated linearly between the grid points;
+    - ``value_at_risk``: churn_probability * spend_if_retained, the main horizon's spend lost if the customer
+      churns.
+
+    Row by row, so shards and spill partitions agree exactly.
+    """
+    days = np.asarray(horizons, dtype=np.float64)
+    survival = predictions[[per_horizon(CHURN_PROBABILITY, h) for h in horizons]].to_numpy(np.float64)
+    clv = discounted_value(predictions, horizons, discount_rate)
+    curve = np.concatenate([np.ones((len(predictions), 1)), survival], axis=1)
+    widths = np.diff(np.concatenate([[0.0], days]))
+    days_to_next = ((curve[:, 1:] + curve[:, :-1]) / 2) @ widths
+    at_risk = predictions[CHURN_PROBABILITY].to_numpy(np.float64) * predictions[SPEND_IF_RETAINED].to_numpy(np.float64)
+    return predictions.assign(
+        **{
+            CLV: clv.astype(np.float32),
+            EXPECTED_DAYS_TO_NEXT_PURCHASE: days_to_next.astype(np.float32),
+            VALUE_AT_RISK: at_risk.astype(np.float32),
+        }
+    )
 
 
 def descending_decile(values: np.ndarray, percentiles: list[float]) -> np.ndarray:

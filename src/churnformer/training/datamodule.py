@@ -13,11 +13,10 @@ from omegaconf import Container, DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from churnformer.data.featurizer import FeaturizerConfig
-from churnformer.data.sequences import Sequences
 from churnformer.data.sources import EventLogSource
 from churnformer.data.training_set import TrainingSet, build_training_set, rolling_windows
-from churnformer.data.window import Window
-from churnformer.schema import CHURN, SPEND
+from churnformer.data.window import HorizonGrid, Window
+from churnformer.schema import CHURN, CHURN_BY_HORIZON, OBSERVED, OBSERVED_BY_HORIZON, SPEND, SPEND_BY_HORIZON
 from churnformer.training.sampler import LengthBucketBatchSampler
 
 
@@ -28,6 +27,7 @@ class DataSettings:
 
     cutoff: str
     horizon_days: float
+    horizons_days: list[float]
     purchase_types: list[str] | None
     event_type_column: str
     features: dict[str, Any]
@@ -49,10 +49,15 @@ class DataSettings:
 class SequenceDataset(torch.utils.data.Dataset):
     """Index-only dataset; batches are padded in :meth:`collate` from the ragged sequences."""
 
-    def __init__(self, sequences: Sequences, labels: pd.DataFrame, rows: np.ndarray) -> None:
-        self.sequences = sequences
-        self.churn = labels[CHURN].to_numpy(np.float32)
-        self.spend = labels[SPEND].to_numpy(np.float32)
+    def __init__(self, data: TrainingSet, rows: np.ndarray) -> None:
+        self.sequences = data.sequences
+        self.labels = {
+            CHURN: data.labels[CHURN].to_numpy(np.float32),
+            SPEND: data.labels[SPEND].to_numpy(np.float32),
+            CHURN_BY_HORIZON: data.by_horizon(CHURN),
+            SPEND_BY_HORIZON: data.by_horizon(SPEND),
+            OBSERVED_BY_HORIZON: data.by_horizon(OBSERVED),
+        }
         self.rows = rows
 
     def __len__(self) -> int:
@@ -64,8 +69,7 @@ class SequenceDataset(torch.utils.data.Dataset):
     def collate(self, rows: list[int]) -> dict[str, torch.Tensor]:
         rows_array = np.asarray(rows, dtype=np.int64)
         batch = {name: torch.from_numpy(a) for name, a in self.sequences.pad(rows_array).items()}
-        batch[CHURN] = torch.from_numpy(self.churn[rows_array])
-        batch[SPEND] = torch.from_numpy(self.spend[rows_array])
+        batch.update({name: torch.from_numpy(values[rows_array]) for name, values in self.labels.items()})
         return batch
 
 
@@ -78,6 +82,7 @@ class ChurnDataModule(pl.LightningDataModule):
         self.source = source
         self.settings = settings
         self.window = Window.from_cutoff(settings.cutoff, settings.horizon_days)
+        self.grid = HorizonGrid.of(settings.horizons_days, settings.horizon_days)
         self.data: TrainingSet | None = None
         self._train_sampler: LengthBucketBatchSampler | None = None
         self._train_sampler_state: dict[str, int] | None = None
@@ -95,6 +100,7 @@ class ChurnDataModule(pl.LightningDataModule):
             events,
             customers,
             rolling_windows(self.window, int(rolling["count"]), float(rolling["step_days"])),
+            self.grid,
             FeaturizerConfig(**self.settings.features),
             self.settings.val_fraction,
             self.settings.purchase_types,
@@ -106,7 +112,7 @@ class ChurnDataModule(pl.LightningDataModule):
         return self.source.load()
 
     def _loader(self, rows: np.ndarray, shuffle: bool, sharded: bool = True) -> DataLoader:
-        dataset = SequenceDataset(self.data.sequences, self.data.labels, rows)
+        dataset = SequenceDataset(self.data, rows)
         trainer = self.trainer if sharded else None
         sampler = LengthBucketBatchSampler(
             self.data.sequences.lengths[rows],

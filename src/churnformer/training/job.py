@@ -34,13 +34,22 @@ from churnformer.data.events import CUSTOMER_ID
 from churnformer.data.sources import EventLogFiles
 from churnformer.defaults import serving_defaults
 from churnformer.errors import ConfigError
-from churnformer.evaluation.report import MIN_CUSTOMERS, align, compute_metrics, report_figures, write_report
+from churnformer.evaluation.report import (
+    MIN_CUSTOMERS,
+    align,
+    compute_metrics,
+    horizon_figures,
+    horizon_metrics,
+    report_figures,
+    write_report,
+)
 from churnformer.modeling.losses import LossWeights
 from churnformer.modeling.network import ChurnFormer
 from churnformer.modeling.scoring_model import Calibration
 from churnformer.schema import (
     META_COLUMNS,
     META_HORIZON_DAYS,
+    META_HORIZONS,
     META_TRAINED_CUTOFF,
     RUN_CALIBRATION,
     RUN_CONFIG,
@@ -54,7 +63,13 @@ from churnformer.serving.output import describe, write_result
 from churnformer.serving.predictor import Predictor, ScoringResult
 from churnformer.training.datamodule import ChurnDataModule, DataSettings
 from churnformer.training.module import ChurnFormerModule, evaluate_network
-from churnformer.training.review import SAMPLES_PER_PLUGIN, SplitRunsLogger, log_best, log_hparams
+from churnformer.training.review import (
+    SAMPLES_PER_PLUGIN,
+    SplitRunsLogger,
+    log_best,
+    log_horizons,
+    log_hparams,
+)
 from churnformer.training.run_info import run_info
 
 
@@ -80,16 +95,19 @@ def train(
     pl.seed_everything(cfg.seed, workers=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.callbacks or {}).values() if c and "_target_" in c]
+    resume_from = resolve_ckpt_path(cfg.ckpt_path, callbacks)  # before any data is read: a wrong path fails fast
     datamodule = build_datamodule(cfg, events, customers)
     module = build_module(cfg, datamodule)
-    trainer = build_trainer(cfg)
-    fit(trainer, module, datamodule, cfg.ckpt_path)
+    trainer = build_trainer(cfg, callbacks)
+    fit(trainer, module, datamodule, resume_from)
     if not trainer.is_global_zero:
         return {}
     fitted = fit_result(trainer)
     run_dir = Path(cfg.paths.output_dir)
     network, _ = load_checkpoint(fitted.best_checkpoint)
-    metrics, predictions = evaluate_network(network, datamodule.validation_loader(), LossWeights(**cfg.model.loss))
+    weights, main = LossWeights(**cfg.model.loss), datamodule.data.grid.main_index
+    metrics, predictions = evaluate_network(network, datamodule.validation_loader(), weights, main)
     record_run(cfg, run_dir, metrics, datamodule)
     review_run(cfg, trainer, metrics, fitted, predictions, run_dir)
     if cfg.calibrate:
@@ -98,7 +116,7 @@ def train(
     if cfg.export:
         model = export_model(fitted.best_checkpoint, run_dir)
         result = score_training_log(model, datamodule)
-        report_validation(result, datamodule, run_dir / RUN_EVALUATION)
+        review_horizons(trainer, report_validation(result, datamodule, run_dir / RUN_EVALUATION), fitted.best_epoch)
         if cfg.quantize:
             quantize(model, datamodule)
         if cfg.predict_after_training:
@@ -112,6 +130,8 @@ def check_config(cfg: DictConfig) -> None:
     """Settings that cannot run, refused before any data is read."""
     if cfg.calibration_levels not in {"all", "validation"}:
         raise ConfigError(f"calibration_levels must be all or validation, got {cfg.calibration_levels!r}")
+    if cfg.calibration_churn_bias not in {"per_interval", "shared"}:
+        raise ConfigError(f"calibration_churn_bias must be per_interval or shared, got {cfg.calibration_churn_bias!r}")
     if cfg.quantize and not cfg.export:
         raise ConfigError("quantize=true needs export=true: the int8 model is made from the exported one")
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
@@ -148,6 +168,7 @@ def build_module(cfg: DictConfig, datamodule: ChurnDataModule) -> ChurnFormerMod
     """The LightningModule, with the fitted featurizer, the label base rates and what the export stores."""
     export_metadata = {
         META_HORIZON_DAYS: datamodule.window.horizon_days,
+        META_HORIZONS: list(datamodule.data.grid.days),
         META_TRAINED_CUTOFF: str(datamodule.window),
         META_COLUMNS: asdict(datamodule.source.columns),
     }
@@ -161,10 +182,9 @@ def build_module(cfg: DictConfig, datamodule: ChurnDataModule) -> ChurnFormerMod
     )
 
 
-def build_trainer(cfg: DictConfig) -> pl.Trainer:
-    """Trainer with the configured callbacks and loggers; ``trainer.precision=auto`` is bf16-mixed on a GPU and
-    32-true on CPU."""
-    callbacks = [hydra.utils.instantiate(c) for c in (cfg.callbacks or {}).values() if c and "_target_" in c]
+def build_trainer(cfg: DictConfig, callbacks: list[Any]) -> pl.Trainer:
+    """Trainer with the configured loggers and ``callbacks``; ``trainer.precision=auto`` is bf16-mixed on a GPU
+    and 32-true on CPU."""
     loggers = [hydra.utils.instantiate(c) for c in (cfg.logger or {}).values() if c and "_target_" in c]
     precision = cfg.trainer.precision
     if precision == "auto":
@@ -175,9 +195,8 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
     return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, precision=precision)
 
 
-def fit(trainer: pl.Trainer, module: ChurnFormerModule, datamodule: ChurnDataModule, ckpt_path: str | None) -> None:
-    """Lightning's fit, resumed from ``ckpt_path`` (``last``: this run directory's last.ckpt) when given."""
-    resume_from = resolve_ckpt_path(ckpt_path, trainer.checkpoint_callbacks)
+def fit(trainer: pl.Trainer, module: ChurnFormerModule, datamodule: ChurnDataModule, resume_from: str | None) -> None:
+    """Lightning's fit, resumed from the checkpoint ``resume_from`` when given."""
     if resume_from:
         print(f"resuming from {resume_from}")
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
@@ -254,7 +273,13 @@ def review_run(
 def calibrate(cfg: DictConfig, network: ChurnFormer, datamodule: ChurnDataModule, run_dir: Path) -> Calibration:
     """Platt churn scaling and the spend power law (calibration.json), carried into the export."""
     levels = datamodule.main_training_loader() if cfg.calibration_levels == "all" else None
-    calibration = fit_calibration(network, datamodule.validation_loader(), levels)
+    calibration = fit_calibration(
+        network,
+        datamodule.validation_loader(),
+        datamodule.data.grid.main_index,
+        levels,
+        shared_churn_bias=cfg.calibration_churn_bias == "shared",
+    )
     calibration.save(run_dir / RUN_CALIBRATION)
     print(f"calibration (shapes from validation, levels from {cfg.calibration_levels} customers): {calibration}")
     if calibration.fallback:
@@ -278,15 +303,24 @@ def score_training_log(model: Path, datamodule: ChurnDataModule) -> ScoringResul
     return Predictor(model).predict_standard(events, datamodule.settings.cutoff, customers)
 
 
-def report_validation(result: ScoringResult, datamodule: ChurnDataModule, out_dir: Path) -> Path | None:
-    """churnformer-evaluate's report of the exported model on the validation customers (None when too few).
+def report_validation(result: ScoringResult, datamodule: ChurnDataModule, out_dir: Path) -> pd.DataFrame | None:
+    """churnformer-evaluate's report of the exported model on the validation customers, at the main horizon
+    and over the grid; returns the predictions joined with the labels (None when there are too few customers).
     Calibration was fitted on these customers, so its calibration metrics here are optimistic."""
     labels = datamodule.data.labels.iloc[datamodule.data.val_rows]
     if len(labels) < MIN_CUSTOMERS:
         return None
     predictions = result.predictions[result.predictions[CUSTOMER_ID].isin(labels[CUSTOMER_ID])]
     joined = align(predictions, labels)
-    return write_report(compute_metrics(joined), report_figures(joined), out_dir, "Validation customers")["report"]
+    write_report(compute_metrics(joined), report_figures(joined), out_dir, "Validation customers")
+    return joined
+
+
+def review_horizons(trainer: pl.Trainer, joined: pd.DataFrame | None, best_epoch: int) -> None:
+    """TensorBoard: the exported model's validation metrics by horizon and the figures over the grid."""
+    logger = next((lg for lg in trainer.loggers if isinstance(lg, SplitRunsLogger)), None)
+    if logger is not None and joined is not None:
+        log_horizons(logger.experiment, horizon_metrics(joined), horizon_figures(joined), best_epoch)
 
 
 def quantize(model: Path, datamodule: ChurnDataModule) -> None:

@@ -19,10 +19,18 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 
 from churnformer.data.featurizer import Featurizer
 from churnformer.errors import ConfigError
-from churnformer.modeling.heads import expected_spend
+from churnformer.modeling.heads import expected_spend, survival
 from churnformer.modeling.losses import LossWeights, joint_loss
 from churnformer.modeling.network import ChurnFormer
-from churnformer.schema import CHURN, SPEND
+from churnformer.schema import (
+    CHURN,
+    CHURN_BY_HORIZON,
+    META_HORIZON_DAYS,
+    META_HORIZONS,
+    OBSERVED_BY_HORIZON,
+    SPEND,
+    SPEND_BY_HORIZON,
+)
 from churnformer.training.metrics import EpochMetrics, metric_name
 from churnformer.training.review import SplitRunsLogger, architecture_text
 
@@ -45,28 +53,30 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 
 def step(
-    network: ChurnFormer, batch: dict[str, torch.Tensor], weights: LossWeights, metrics: EpochMetrics
+    network: ChurnFormer, batch: dict[str, torch.Tensor], weights: LossWeights, metrics: EpochMetrics, main: int
 ) -> torch.Tensor:
-    """Forward, losses, metric update; returns the joint loss (training, validation and final evaluation)."""
+    """Forward, losses, metric update at the main horizon (index ``main`` of the grid); returns the joint loss
+    (training, validation and final evaluation)."""
     heads = network(batch)
-    losses = joint_loss(heads, batch[CHURN], batch[SPEND], weights)
+    labels = (batch[CHURN_BY_HORIZON], batch[SPEND_BY_HORIZON], batch[OBSERVED_BY_HORIZON])
+    losses = joint_loss(heads, *labels, weights)
     with torch.no_grad():
-        p_churn = torch.sigmoid(heads.churn_logit.float())
-        expected = expected_spend(p_churn, heads.spend_mu.float(), heads.spend_sigma.float())
+        p_churn = survival(heads.hazard_logits.float())[:, main]
+        expected = expected_spend(p_churn, heads.log_spend_mean[:, main].float())
     metrics.update(losses, p_churn, batch[CHURN], expected, batch[SPEND])
     return losses["joint"]
 
 
 @torch.no_grad()
 def evaluate_network(
-    network: ChurnFormer, batches: Iterable[dict[str, torch.Tensor]], weights: LossWeights
+    network: ChurnFormer, batches: Iterable[dict[str, torch.Tensor]], weights: LossWeights, main: int
 ) -> tuple[dict[str, float], tuple[torch.Tensor, ...]]:
     """The validation metrics (the names and definitions of the per-epoch ones) and the predictions of a
     network over ``batches`` in this process alone: no collective, so rank 0 can run it after a DDP fit."""
     metrics = EpochMetrics("val", keep_predictions=True, sync=False)
     network.eval()
     for batch in batches:
-        step(network, batch, weights, metrics)
+        step(network, batch, weights, metrics, main)
     return metrics.compute(), metrics.all_predictions()
 
 
@@ -86,7 +96,9 @@ class ChurnFormerModule(pl.LightningModule):
         super().__init__()
         # Not sent to the logger: it would flood HPARAMS with the featurizer JSON; the job logs a curated set.
         self.save_hyperparameters(logger=False)
-        self.network = ChurnFormer.build(network, Featurizer.from_json(featurizer_json))
+        horizons = export_metadata[META_HORIZONS]
+        self.main = horizons.index(export_metadata[META_HORIZON_DAYS])
+        self.network = ChurnFormer.build(network, Featurizer.from_json(featurizer_json), len(horizons))
         self.network.heads.init_output_biases(**label_stats)
         self.loss_weights = LossWeights(**loss)
         # Keyed by split, with a prefix: nn.Module already has a ``train`` attribute.
@@ -96,7 +108,7 @@ class ChurnFormerModule(pl.LightningModule):
         self._resume_state: dict[str, Any] | None = None
 
     def _step(self, batch: dict[str, torch.Tensor], split: str) -> torch.Tensor:
-        return step(self.network, batch, self.loss_weights, self.epoch_metrics[f"split_{split}"])
+        return step(self.network, batch, self.loss_weights, self.epoch_metrics[f"split_{split}"], self.main)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._step(batch, "train")

@@ -160,6 +160,21 @@ def log_best(
     log_review(writer, epoch, *predictions, prefix=f"{BEST}/")
 
 
+def log_horizons(writer: SummaryWriter, metrics: Mapping[str, float], figures: Mapping[str, Any], epoch: int) -> None:
+    """The exported model's validation metrics over the horizon grid, once: ``best/horizons/<metric>`` with the
+    horizon in days as the step (so each chart reads as the metric against the horizon), the survival
+    summaries (``best/survival/...``) and the figures at the best epoch."""
+    for name, value in metrics.items():
+        by_horizon = re.fullmatch(r"(.+)_([\d.]+)d", name)
+        if by_horizon:
+            writer.add_scalar(f"{BEST}/horizons/{by_horizon[1]}", value, round(float(by_horizon[2])))
+        else:
+            writer.add_scalar(f"{BEST}/survival/{name.removeprefix('survival_')}", value, epoch)
+    for tag, figure in figures.items():
+        writer.add_figure(f"{BEST}/{tag}", figure, epoch, close=True)
+    writer.flush()
+
+
 def log_hparams(
     writer: SummaryWriter,
     cfg: DictConfig,
