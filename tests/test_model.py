@@ -202,3 +202,29 @@ def test_joint_loss_is_finite_for_all_zero_or_all_positive_batches(zero_spend: b
     losses = joint_loss(heads, churn, spend, torch.ones(8, k), LossWeights(1.0, 1.0))
     assert all(torch.isfinite(v) for v in losses.values())
     losses["joint"].backward()
+
+
+def test_static_attributes_are_hidden_as_the_featurizer_encodes_a_missing_one() -> None:
+    """Summary columns untouched; a hidden categorical is the unknown id, a hidden numeric is 0 with its
+    missing indicator set; nothing hidden at rate 0, everything at rate 1, about the rate in between."""
+    from churnformer.data.featurizer import BASE_CUSTOMER_NUMERIC, UNKNOWN_ID
+    from churnformer.schema import CUSTOMER_CAT, CUSTOMER_NUM
+    from churnformer.training.augment import hide_static_attributes
+
+    n, summary = 4000, len(BASE_CUSTOMER_NUMERIC)
+    batch = {
+        CUSTOMER_CAT: torch.randint(2, 7, (n, 3)),
+        CUSTOMER_NUM: torch.cat([torch.randn(n, summary), torch.randn(n, 2), torch.zeros(n, 2)], dim=1),
+    }
+    assert hide_static_attributes(batch, 0.0, 2) is batch
+    everything = hide_static_attributes(batch, 1.0, 2)
+    assert (everything[CUSTOMER_CAT] == UNKNOWN_ID).all()
+    assert torch.equal(everything[CUSTOMER_NUM][:, :summary], batch[CUSTOMER_NUM][:, :summary])
+    assert (everything[CUSTOMER_NUM][:, summary:] == torch.tensor([0.0, 0.0, 1.0, 1.0])).all()
+    torch.manual_seed(0)
+    some = hide_static_attributes(batch, 0.1, 2)
+    assert 0.08 < float((some[CUSTOMER_CAT] == UNKNOWN_ID).float().mean()) < 0.12
+    hidden = some[CUSTOMER_NUM][:, summary + 2 :] == 1.0
+    assert 0.08 < float(hidden.float().mean()) < 0.12
+    assert (some[CUSTOMER_NUM][:, summary : summary + 2][hidden] == 0).all()
+    assert torch.equal(batch[CUSTOMER_NUM][:, summary + 2 :], torch.zeros(n, 2))  # the input is not modified

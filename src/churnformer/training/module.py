@@ -31,6 +31,7 @@ from churnformer.schema import (
     SPEND,
     SPEND_BY_HORIZON,
 )
+from churnformer.training.augment import hide_static_attributes
 from churnformer.training.metrics import EpochMetrics, metric_name
 from churnformer.training.review import SplitRunsLogger, architecture_text
 
@@ -92,13 +93,17 @@ class ChurnFormerModule(pl.LightningModule):
         scheduler: dict[str, float],
         label_stats: dict[str, float],
         export_metadata: dict[str, Any],
+        static_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         # Not sent to the logger: it would flood HPARAMS with the featurizer JSON; the job logs a curated set.
         self.save_hyperparameters(logger=False)
         horizons = export_metadata[META_HORIZONS]
         self.main = horizons.index(export_metadata[META_HORIZON_DAYS])
-        self.network = ChurnFormer.build(network, Featurizer.from_json(featurizer_json), len(horizons))
+        featurizer = Featurizer.from_json(featurizer_json)
+        self.network = ChurnFormer.build(network, featurizer, len(horizons))
+        self.static_dropout = static_dropout
+        self.n_static_numeric = len(featurizer.customer_numeric)
         self.network.heads.init_output_biases(**label_stats)
         self.loss_weights = LossWeights(**loss)
         # Keyed by split, with a prefix: nn.Module already has a ``train`` attribute.
@@ -111,7 +116,7 @@ class ChurnFormerModule(pl.LightningModule):
         return step(self.network, batch, self.loss_weights, self.epoch_metrics[f"split_{split}"], self.main)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self._step(batch, "train")
+        loss = self._step(hide_static_attributes(batch, self.static_dropout, self.n_static_numeric), "train")
         self.log(STEP_LOSS, loss.detach(), on_step=True, on_epoch=False, batch_size=len(batch[CHURN]))
         return loss
 

@@ -40,6 +40,7 @@ HPARAMS = {
     "model.network.n_layers": "n_layers",
     "model.network.dropout": "dropout",
     "model.network.n_heads": "n_heads",
+    "model.static_dropout": "static dropout",
     "model.network.backbone._target_": "backbone",
     "model.loss.spend": "spend loss weight",
     "model.loss.churn": "churn loss weight",
