@@ -62,9 +62,10 @@ def tiny(command: str) -> str:
 
 @pytest.fixture(scope="module")
 def user_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny two-year log under a user's column names, as every file the README's commands name."""
+    """A tiny two-year log under a user's column names, as every file the README's commands name; it runs
+    past 2024-12-29, so the 90-day horizon after the README's scoring cutoff (2024-09-30) is observed."""
     directory = tmp_path_factory.mktemp("readme")
-    events, customers = generate_world(SyntheticWorldConfig.with_defaults(n_customers=400, n_weeks=104, seed=5))
+    events, customers = generate_world(SyntheticWorldConfig.with_defaults(n_customers=400, n_weeks=106, seed=5))
     events = events.rename(columns=RENAMED)
     customers = customers.rename(columns={"customer_id": "user"})
     events.to_parquet(directory / "events.parquet", index=False)
