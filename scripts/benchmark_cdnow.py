@@ -6,7 +6,7 @@ Usage::
                                       [--horizons-days 30 90 ...] [--discount-rate 0.1] [--seeds 0 1 2]
                                       [--models churnformer gru lightgbm btyd churnformer_main_only]
                                       [--ensemble MODEL ...]
-                                      [--json PATH] [--markdown PATH]
+                                      [--json PATH] [--markdown PATH] [--tables-from JSON]
                                       [--override key=value ...]
 
 CDNOW master log (pip install -e ".[baselines]"), cutoff 1997-09-30, horizon 273 days, all 23,570
@@ -253,22 +253,47 @@ def summary_table(rows: list[dict]) -> pd.DataFrame:
 
 
 def horizon_table(rows: list[dict], horizons: tuple[float, ...]) -> pd.DataFrame:
-    """One row per model and horizon: each horizon's churn and spend metrics."""
+    """One row per model and horizon it predicts: each horizon's churn and spend metrics."""
     long = []
     for row in rows:
         for days in horizons:
             values = {metric: row.get(per_horizon(metric, days), np.nan) for metric in BY_HORIZON}
+            if all(np.isnan(value) for value in values.values()):
+                continue
             long.append({"model": row["model"], "horizon": f"{days:g}d", "seed": row["seed"], **values})
     return mean_std(pd.DataFrame(long), ["model", "horizon"], list(BY_HORIZON))
 
 
-def grid_table(rows: list[dict]) -> pd.DataFrame:
-    """S(t) over the grid, CLV ranking and consistency, per model."""
+def grid_table(rows: list[dict], horizons: tuple[float, ...]) -> pd.DataFrame:
+    """S(t) over the grid, CLV ranking and consistency, per model; the survival metrics are n/a for a
+    model that predicts one horizon of the grid (over one interval they are its churn AUC and Brier)."""
     frame = pd.DataFrame(rows)
     for column in OVER_THE_GRID:
         if column not in frame.columns:
             frame[column] = np.nan
+    answered = sum(
+        frame.get(per_horizon("churn_auc", days), pd.Series(np.nan, frame.index)).notna() for days in horizons
+    )
+    frame.loc[answered < 2, ["survival_c_index", "survival_integrated_brier"]] = np.nan
     return mean_std(frame, ["model"], list(OVER_THE_GRID))
+
+
+def print_tables(rows: list[dict], header: dict) -> dict[str, pd.DataFrame]:
+    """The three tables of ``rows`` (as run, or as saved in a ``--json`` file), printed under ``header``."""
+    grid = tuple(header["horizons_days"])
+    tables = {
+        "main horizon": summary_table(rows),
+        "by horizon": horizon_table(rows, grid),
+        "over the grid": grid_table(rows, grid),
+    }
+    print(
+        f"\n{header['dataset']}, cutoff {header['cutoff']}, horizon {header['horizon_days']:g} days (grid "
+        f"{'/'.join(f'{d:g}' for d in grid)}, clv discount {header['discount_rate']:g}): mean ± std over seeds "
+        f"{header['seeds']}"
+    )
+    for title, table in tables.items():
+        print(f"\n{title}\n{table.to_string(index=False)}")
+    return tables
 
 
 def markdown(table: pd.DataFrame) -> str:
@@ -276,6 +301,11 @@ def markdown(table: pd.DataFrame) -> str:
     rule = "|" + "---|" * len(table.columns)
     body = ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
     return "\n".join([header, rule, *body])
+
+
+def write_markdown(tables: dict[str, pd.DataFrame], path: Path | None) -> None:
+    if path is not None:
+        path.write_text("\n\n".join(f"{title}:\n\n{markdown(t)}" for title, t in tables.items()) + "\n")
 
 
 def main() -> None:
@@ -300,7 +330,12 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="where training runs go (default: a temp dir)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)
+    parser.add_argument("--tables-from", type=Path, help="print the tables of a --json file, running nothing")
     args = parser.parse_args()
+    if args.tables_from:
+        saved = json.loads(args.tables_from.read_text())
+        write_markdown(print_tables(saved.pop("rows"), saved), args.markdown)
+        return
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="churnformer-benchmark-"))
     defaults = DATASETS[args.dataset]
@@ -321,30 +356,18 @@ def main() -> None:
         parser.error(f"--ensemble {args.ensemble}: every member must be among --models {args.models}")
     models = {name: builders[name]() for name in args.models}
     rows = run_protocol(args.dataset, args.seeds, models, protocol, args.ensemble)
-    tables = {
-        "main horizon": summary_table(rows),
-        "by horizon": horizon_table(rows, grid.days),
-        "over the grid": grid_table(rows),
+    header = {
+        "dataset": args.dataset,
+        "cutoff": cutoff,
+        "horizon_days": horizon,
+        "horizons_days": list(grid.days),
+        "discount_rate": args.discount_rate,
+        "seeds": args.seeds,
     }
-    horizons = "/".join(f"{d:g}" for d in grid.days)
-    print(
-        f"\n{args.dataset}, cutoff {cutoff}, horizon {horizon:g} days (grid {horizons}, clv discount "
-        f"{args.discount_rate:g}): mean ± std over seeds {args.seeds}"
-    )
-    for title, table in tables.items():
-        print(f"\n{title}\n{table.to_string(index=False)}")
+    tables = print_tables(rows, header)
     if args.json:
-        header = {
-            "dataset": args.dataset,
-            "cutoff": cutoff,
-            "horizon_days": horizon,
-            "horizons_days": list(grid.days),
-            "discount_rate": args.discount_rate,
-            "seeds": args.seeds,
-        }
         args.json.write_text(json.dumps({**header, "rows": rows}, indent=2))
-    if args.markdown:
-        args.markdown.write_text("\n\n".join(f"{title}:\n\n{markdown(t)}" for title, t in tables.items()) + "\n")
+    write_markdown(tables, args.markdown)
 
 
 if __name__ == "__main__":
