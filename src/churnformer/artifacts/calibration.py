@@ -20,9 +20,8 @@ import math
 from collections.abc import Iterable
 
 import torch
-import torch.nn.functional as F
 
-from churnformer.modeling.heads import HeadOutputs, expected_spend
+from churnformer.modeling.heads import HeadOutputs, expected_spend, survival
 from churnformer.modeling.losses import survival_nll
 from churnformer.modeling.network import ChurnFormer
 from churnformer.modeling.scoring_model import Calibration, calibrated
@@ -175,7 +174,7 @@ def _likelihood_biases(data: Data, temperature: float, start: torch.Tensor, shar
 def _expected(data: Data, temperature: float, bias: torch.Tensor, log_scale, power) -> torch.Tensor:
     """(N, K) expected spend after the transform, before the running maximum of the export (which only
     matters where the raw scales would make the mean fall over the grid)."""
-    p_churn = torch.exp(-torch.cumsum(F.softplus(data["logit"] / temperature + bias), dim=1))
+    p_churn = survival(data["logit"] / temperature + bias)
     sigma = power * data["sigma"]
     return expected_spend(p_churn, log_scale + power * _mu(data) + 0.5 * sigma * sigma)
 

@@ -19,7 +19,6 @@ import math
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 MIN_SIGMA = 0.05
@@ -43,12 +42,12 @@ class SurvivalSpendHeads(nn.Module):
     def forward(self, pooled: torch.Tensor) -> HeadOutputs:
         k = self.n_horizons
         spend = self.spend(pooled)  # (B, 2K)
-        level, steps = spend[:, :1], F.softplus(spend[:, 1:k])
+        level, steps = spend[:, :1], softplus(spend[:, 1:k])
         log_mean = torch.cat([level, level + torch.cumsum(steps, dim=1)], dim=1)  # (B, K), non-decreasing
         return HeadOutputs(
             hazard_logits=self.hazard(pooled),
             log_spend_mean=log_mean,
-            spend_sigma=F.softplus(spend[:, k:]) + MIN_SIGMA,
+            spend_sigma=softplus(spend[:, k:]) + MIN_SIGMA,
         )
 
     def init_output_biases(
@@ -69,9 +68,18 @@ class SurvivalSpendHeads(nn.Module):
             self.spend.bias[self.n_horizons :] = torch.log(torch.expm1(sigma - MIN_SIGMA))
 
 
+def softplus(x: torch.Tensor) -> torch.Tensor:
+    """log(1 + e^x), written as a log-softmax over (0, x). The same function as ``F.softplus``, but it
+    exports as onnxruntime's row-wise LogSoftmax, whose result for a row does not depend on the rows around
+    it; the elementwise Softplus (and Log) kernels split a large batch between threads and round an element
+    in a block's scalar tail differently, so a customer's score would change by one ulp with the batch it
+    lands in, and shards, spill partitions and one big job would disagree."""
+    return -torch.log_softmax(torch.stack([torch.zeros_like(x), x], dim=-1), dim=-1)[..., 0]
+
+
 def survival(hazard_logits: torch.Tensor) -> torch.Tensor:
     """S(t_k) = prod_{j<=k} (1 - sigmoid(phi_j)) = exp(-sum_{j<=k} softplus(phi_j)), (B, K)."""
-    return torch.exp(-torch.cumsum(F.softplus(hazard_logits), dim=-1))
+    return torch.exp(-torch.cumsum(softplus(hazard_logits), dim=-1))
 
 
 def expected_spend(p_churn: torch.Tensor, log_mean: torch.Tensor) -> torch.Tensor:
