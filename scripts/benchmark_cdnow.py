@@ -340,7 +340,14 @@ def main() -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="churnformer-benchmark-"))
     defaults = DATASETS[args.dataset]
     cutoff, horizon = args.cutoff or defaults["cutoff"], args.horizon_days or defaults["horizon_days"]
-    grid = HorizonGrid.of(args.horizons_days or [d for d in defaults["horizons_days"] if d <= horizon], horizon)
+    # The dataset's grid with its own main horizon; under another main horizon, the grid's horizons up to it
+    # (the log may end there, as CDNOW's does 273 days after its cutoff).
+    default_grid = (
+        defaults["horizons_days"]
+        if horizon == defaults["horizon_days"]
+        else [d for d in defaults["horizons_days"] if d <= horizon]
+    )
+    grid = HorizonGrid.of(args.horizons_days or default_grid, horizon)
     protocol = Protocol(Window.from_cutoff(cutoff, horizon), grid, args.discount_rate)
     main_only = HorizonGrid.of([], horizon)
     builders = {
