@@ -75,6 +75,9 @@ from churnformer.training.review import (
 )
 from churnformer.training.run_info import run_info
 
+# Validation customers explained for the training-time view of the driver groups.
+EXPLAINED_VALIDATION_CUSTOMERS = 20_000
+
 
 @dataclass(frozen=True)
 class Fitted:
@@ -310,10 +313,14 @@ def score_training_log(model: Path, datamodule: ChurnDataModule) -> ScoringResul
 
 def explain_validation(model: Path, datamodule: ChurnDataModule) -> pd.DataFrame | None:
     """The exported model's driver groups over the validation customers (``churnformer-predict``'s default
-    explanation settings): :func:`churnformer.serving.explain.driver_summary`; None when there are too few."""
+    explanation settings), at most :data:`EXPLAINED_VALIDATION_CUSTOMERS` of them (a seeded sample: the mean
+    effects need no more, and a large log's validation set would cost a dozen scorings of itself):
+    :func:`churnformer.serving.explain.driver_summary`; None when there are too few."""
     labels = datamodule.data.labels.iloc[datamodule.data.val_rows]
     if len(labels) < MIN_CUSTOMERS:
         return None
+    if len(labels) > EXPLAINED_VALIDATION_CUSTOMERS:
+        labels = labels.sample(EXPLAINED_VALIDATION_CUSTOMERS, random_state=datamodule.settings.seed)
     events, customers = datamodule.load_frames()
     events = events.loc[events[CUSTOMER_ID].isin(labels[CUSTOMER_ID]).to_numpy()]
     predictor = Predictor(model)
