@@ -4,7 +4,7 @@ Usage::
 
     python scripts/bench_score.py [--events 10000000] [--customers 500000]
                                   [--budget-mb 1024] [--eager-sample 20000] [--json PATH] [--workdir DIR]
-                                  [--int8] [--sweep-session N]
+                                  [--int8] [--sweep-session N] [--explain]
 
 One run measures, on the same machine and the same model:
 
@@ -17,6 +17,9 @@ One run measures, on the same machine and the same model:
 * a large float32 matmul (torch) for the machine's peak GFLOP/s;
 * with ``--int8``, ``churnformer-predict`` again with the dynamic-int8 model (speed only: the benchmark
   model has random weights, so its accuracy change means nothing; training measures that);
+* with ``--explain``, ``churnformer-predict explain=true explain.only=risk_decile<=1`` (occlusion drivers of
+  the top risk decile) against the same job without explanations, on the benchmark model with reference
+  percentiles added (from its own scores of the log's first million events: deciles need them);
 * with ``--sweep-session N``, the onnxruntime session settings scoring uses against alternatives, on
   the same batches of N customers (how the settings in ``churnformer.serving.predictor.session_options`` were
   chosen), and the model exported with ``fused_attention=false`` (standard ONNX ops) under them.
@@ -44,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import torch
 from benchlog import SPAN_SECONDS, START, generate_events
 
@@ -53,8 +57,8 @@ from churnformer.data.sequences import build_sequences
 from churnformer.data.window import Window
 from churnformer.defaults import yaml_defaults
 from churnformer.modeling.network import ChurnFormer
-from churnformer.modeling.scoring_model import ScoringModel
-from churnformer.schema import MODEL_INPUTS
+from churnformer.modeling.scoring_model import Calibration, ScoringModel
+from churnformer.schema import MODEL_INPUTS, PERCENTILE_LEVELS
 from churnformer.serving.predictor import Predictor
 
 TARGETS = {"wall_s": 30.0, "peak_rss_mb": 3072.0, "speedup_vs_torch_eager": 3.0, "useful_share_of_peak": 0.5}
@@ -90,6 +94,30 @@ def make_model(workdir: Path, log: Path) -> Path:
     return path
 
 
+def reference_model(model: Path, log: Path) -> Path:
+    """The benchmark model again, with reference percentiles of its own scores on a random tenth of the
+    log's customers, all their events (what training stores from the validation customers), so deciles and
+    ``explain.only`` work: the top risk decile is then about a tenth of the log."""
+    path = model.with_name(model.stem + ".reference.onnx")
+    if not path.exists():
+        predictor = Predictor(model)
+        ids = pq.read_table(log, columns=["customer_id"])["customer_id"].unique()
+        sample = np.random.default_rng(0).choice(ids.to_numpy(), size=len(ids) // 10, replace=False)
+        events = pq.read_table(log, filters=[("customer_id", "in", sample.tolist())]).to_pandas()
+        scores = predictor.predict(events, cutoff_date()).predictions
+        levels = list(PERCENTILE_LEVELS)
+        calibration = Calibration(
+            churn_percentiles=scores["churn_probability"].quantile(levels).tolist(),
+            spend_percentiles=scores["expected_spend"].quantile(levels).tolist(),
+            spend_if_retained_percentiles=scores["spend_if_retained"].quantile(levels).tolist(),
+        )
+        network = ChurnFormer.build(small_network(), predictor.featurizer, len(HORIZONS)).eval()
+        network.load_state_dict(torch.load(model.with_suffix(".pt"), weights_only=True))
+        metadata = {"horizon_days": 90, "horizons_days": list(HORIZONS)}
+        export_onnx(network, predictor.featurizer.to_json(), path, metadata, calibration, fused_attention=True)
+    return path
+
+
 def portable_path(model: Path) -> Path:
     """The same network exported with attention as standard ONNX ops (``fused_attention=False``)."""
     return model.with_name(model.stem + ".portable.onnx")
@@ -120,6 +148,7 @@ def score_end_to_end(model: Path, log: Path, output: Path, extra: list[str]) -> 
         infer_s=summary["infer_s"],
         featurize_s=summary["featurize_s"],
         partitions=summary["partitions"],
+        explained=summary["customers_explained"],
         customers_per_s=summary["customers_scored"] / measured["wall_s"],
     )
     return measured
@@ -238,6 +267,7 @@ def main() -> None:
     parser.add_argument(
         "--sweep-session", type=int, default=0, metavar="N", help="time onnxruntime settings on N customers"
     )
+    parser.add_argument("--explain", action="store_true", help="also time explaining the top risk decile")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     cores = os.cpu_count() or 1
@@ -258,6 +288,15 @@ def main() -> None:
 
         int8 = int8_path(model) if int8_path(model).exists() else quantize_model(model, int8_path(model))
         quantized = score_end_to_end(int8, log, args.workdir / "predictions-int8.parquet", [])
+    if args.explain:
+        with_reference = reference_model(model, log)
+        plain = score_end_to_end(with_reference, log, args.workdir / "predictions-reference.parquet", [])
+        explained = score_end_to_end(
+            with_reference,
+            log,
+            args.workdir / "predictions-explained.parquet",
+            ["explain=true", "explain.only=risk_decile<=1"],
+        )
     eager_rate, lengths = torch_eager(model, log, args.eager_sample, 128)
     peak = matmul_peak()
     d_model, layers = network["d_model"], network["n_layers"]
@@ -304,6 +343,23 @@ def main() -> None:
     if args.int8:
         result.update(int8_wall_s=quantized["wall_s"], int8_infer_s=quantized["infer_s"])
         rows.append(("int8 model: wall / inference (s)", f"{quantized['wall_s']:.1f} / {quantized['infer_s']:.1f}", ""))
+    if args.explain:
+        added = explained["wall_s"] / plain["wall_s"] - 1
+        result.update(
+            explain_plain_wall_s=plain["wall_s"],
+            explain_wall_s=explained["wall_s"],
+            explain_customers=explained["explained"],
+            explain_added_share=added,
+            explain_peak_rss_mb=explained["peak_rss_mb"],
+        )
+        rows += [
+            (
+                f"explain top risk decile ({explained['explained']:,} customers): wall (s)",
+                f"{explained['wall_s']:.1f} vs {plain['wall_s']:.1f} plain (+{added:.0%})",
+                "added <= 100%",
+            ),
+            ("explain: peak RSS (MB)", f"{explained['peak_rss_mb']:,.0f}", f"<= {TARGETS['peak_rss_mb']:g}"),
+        ]
     print(f"{result['events']:,} events, {result['customers']:,} customers; {result['machine']}")
     width = max(len(r[0]) for r in rows)
     for name, value, target in rows:

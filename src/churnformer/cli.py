@@ -197,8 +197,36 @@ def _evaluate(cfg: DictConfig) -> None:
 
 train = console_script(hydra.main(version_base="1.3", config_path="conf", config_name="train")(_job(_train)))
 export = console_script(hydra.main(version_base="1.3", config_path="conf/serving", config_name="export")(_job(_export)))
+
+
+def explain_arguments(arguments: list[str]) -> list[str]:
+    """``explain=true`` (or ``false``) on the predict command line is ``explain.enabled=...``: one switch
+    beside the ``explain.*`` settings. ``explain.only=risk_decile<=2`` reaches Hydra quoted: its override
+    grammar has no unquoted ``<``, and the selection is a string, never a Hydra expression."""
+    rewritten = []
+    for argument in arguments:
+        key, _, value = argument.partition("=")
+        if key == "explain" and value.lower() in ("true", "false"):
+            argument = f"explain.enabled={value}"
+        elif key == "explain.only" and value and value[0] not in "'\"":
+            argument = f"explain.only='{value}'"
+        rewritten.append(argument)
+    return rewritten
+
+
+def _with_explain_arguments(main: Callable[[], Any]) -> Callable[[], Any]:
+    @wraps(main)
+    def run() -> Any:
+        sys.argv[1:] = explain_arguments(sys.argv[1:])
+        return main()
+
+    return run
+
+
 predict = console_script(
-    hydra.main(version_base="1.3", config_path="conf/serving", config_name="predict")(_job(_predict))
+    _with_explain_arguments(
+        hydra.main(version_base="1.3", config_path="conf/serving", config_name="predict")(_job(_predict))
+    )
 )
 evaluate = console_script(
     hydra.main(version_base="1.3", config_path="conf/serving", config_name="evaluate")(_job(_evaluate))

@@ -59,6 +59,7 @@ N_EVENTS = "n_events"  # events up to the cutoff, before truncation to max_len
 CHURN_RISK_DECILE = "churn_risk_decile"  # 1 = highest churn probability, relative to the reference population
 VALUE_DECILE = "value_decile"  # 1 = highest value (the segments' value basis)
 SEGMENT = "segment"  # {high,low} value {at risk,loyal}
+SEGMENTS = ("high value at risk", "high value loyal", "low value at risk", "low value loyal")
 RETENTION_COLUMNS = (CHURN_RISK_DECILE, VALUE_DECILE, SEGMENT)
 
 # --- labels (what happened in the horizon) ------------------------------------------------------------------

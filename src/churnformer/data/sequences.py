@@ -14,7 +14,14 @@ import numpy as np
 import pandas as pd
 
 from churnformer.data.events import AMOUNT, CUSTOMER_ID, TIMESTAMP, source_of
-from churnformer.data.featurizer import CALENDAR, UNKNOWN_ID, FeatureMismatchError, Featurizer, numeric_values
+from churnformer.data.featurizer import (
+    BASE_CUSTOMER_NUMERIC,
+    CALENDAR,
+    UNKNOWN_ID,
+    FeatureMismatchError,
+    Featurizer,
+    numeric_values,
+)
 from churnformer.data.window import NS_PER_DAY, Window
 from churnformer.schema import CUSTOMER_CAT, CUSTOMER_NUM, EVENT_CAT, EVENT_NUM, LENGTHS
 
@@ -299,6 +306,32 @@ def build_sequences(
         },
         customers={CUSTOMER_CAT: _stack(static_cat, n, np.int32), CUSTOMER_NUM: _stack(customer_num, n, np.float32)},
         n_events_total=counts.astype(np.int64),
+        report=report,
+    )
+
+
+def empty_histories(
+    customer_ids: np.ndarray, featurizer: Featurizer, customers: pd.DataFrame | None = None
+) -> Sequences:
+    """Sequences of customers with no event at all: only the summary token, with the history summary of an
+    empty history (every count, time and amount 0) and the static attributes from ``customers``. What
+    explanations score as the baseline with every event removed."""
+    report = BuildReport()
+    n = len(customer_ids)
+    static_cat, static_num = _static_features(customer_ids, customers, featurizer, report)
+    summary = [np.zeros(n) for _ in BASE_CUSTOMER_NUMERIC]
+    return Sequences(
+        customer_ids=np.asarray(customer_ids),
+        offsets=np.zeros(n + 1, dtype=np.int64),
+        events={
+            EVENT_CAT: np.zeros((0, len(featurizer.event_categorical_names)), dtype=np.int32),
+            EVENT_NUM: np.zeros((0, len(featurizer.event_numeric_names)), dtype=np.float32),
+        },
+        customers={
+            CUSTOMER_CAT: _stack(static_cat, n, np.int32),
+            CUSTOMER_NUM: _stack([*summary, *static_num], n, np.float32),
+        },
+        n_events_total=np.zeros(n, dtype=np.int64),
         report=report,
     )
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import matplotlib
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 
 from churnformer.evaluation.metrics import (
@@ -205,4 +206,21 @@ def horizon_calibration_figure(
         title="Churn calibration by horizon",
     )
     axes.legend(loc="upper left", fontsize=7)
+    return figure
+
+
+def drivers_figure(summary: pd.DataFrame) -> Figure:
+    """Mean absolute effect of each driver group on churn probability and on expected spend, over every
+    customer explained and over the top risk decile (``churnformer.serving.explain.driver_summary``)."""
+    figure = Figure(figsize=(9, max(3.0, 0.3 * len(summary) + 1.5)), layout="constrained")
+    churn_axes, spend_axes = figure.subplots(1, 2, sharey=True)
+    y = np.arange(len(summary))
+    for axes, what, label in ((churn_axes, "churn", "churn probability"), (spend_axes, "spend", SPEND_UNITS)):
+        axes.barh(y - 0.2, summary[f"mean_abs_{what}_effect"], height=0.4, label="all explained")
+        axes.barh(y + 0.2, summary[f"top_risk_decile_mean_abs_{what}_effect"], height=0.4, label="top risk decile")
+        axes.set(xlabel=f"mean |effect| on {label}")
+        axes.legend(loc="lower right", fontsize=7)
+    churn_axes.set(yticks=y, yticklabels=summary["group"])
+    churn_axes.invert_yaxis()
+    figure.suptitle("Driver groups: what removing each changes (association in the model, not cause)")
     return figure

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from churnformer.data.events import CUSTOMER_ID, TIMESTAMP, ColumnMapping, load_customers
 from churnformer.data.window import require_events_before
 from churnformer.errors import ConfigError
+from churnformer.serving.explain import Explainer, ExplainSettings
 from churnformer.serving.output import ScoringResult, ScoringSummary, check_output_path, describe, write_result
 from churnformer.serving.partition import (
     BASE_BYTES,
@@ -57,11 +58,12 @@ def score_log(
     spill_dir: str | Path | None = None,
     progress: bool = False,
     chunk_rows: int | None = None,
+    explainer: Explainer | None = None,
 ) -> ScoringResult:
     """Score an event-log file within ``memory_budget_mb``; see the module docstring.
 
     ``chunk_rows`` (default: derived from the budget) is the number of input rows read at a time when
-    the log does not fit.
+    the log does not fit. ``explainer``: explain the customers it selects, partition by partition.
     """
     started = time.perf_counter()
     shard = shard or Shard()
@@ -76,7 +78,7 @@ def score_log(
         mine = keep_shard(frame, shard)
         other_shards, spilled = len(frame) - len(mine), 0
         del frame
-        parts = [predictor.score_frame(mine, window, static, progress)]
+        parts = [predictor.score_frame(mine, window, static, progress, explainer)]
     else:
         available = memory_budget_mb * 2**20 - BASE_BYTES
         chunk_rows = chunk_rows or max(MIN_CHUNK_ROWS, int(available / PEAK_BYTES_PER_EVENT / CHUNK_SHARE))
@@ -98,7 +100,9 @@ def score_log(
             with tqdm(total=len(partitions), unit="partition", disable=not progress, desc="scoring") as bar:
                 scoring_started, scored = time.perf_counter(), 0
                 for path in partitions:
-                    parts.append(predictor.score_frame(read_partition(path, str(source.path)), window, static))
+                    partition = read_partition(path, str(source.path))
+                    parts.append(predictor.score_frame(partition, window, static, explainer=explainer))
+                    del partition
                     path.unlink()
                     release_memory()
                     scored += parts[-1].summary.customers_scored
@@ -170,7 +174,11 @@ def combine(parts: list[ScoringResult], predictor: Predictor) -> ScoringResult:
     rejects = pd.concat([p.rejects for p in parts], ignore_index=True) if parts else pd.DataFrame()
     predictions = predictions.sort_values(CUSTOMER_ID, kind="stable", ignore_index=True)
     rejects = rejects.sort_values(CUSTOMER_ID, kind="stable", ignore_index=True)
-    return ScoringResult(predictor.retention(predictions), rejects, summary)
+    effects = None
+    if parts and parts[0].effects is not None:  # customer by customer, each in its groups' order
+        effects = pd.concat([p.effects for p in parts], ignore_index=True)
+        effects = effects.sort_values(CUSTOMER_ID, kind="stable", ignore_index=True)
+    return ScoringResult(predictor.retention(predictions), rejects, summary, effects)
 
 
 def run_prediction(config: dict[str, Any]) -> dict[str, Path]:
@@ -188,6 +196,8 @@ def run_prediction(config: dict[str, Any]) -> dict[str, Path]:
         segments=SegmentRules(**config["segments"]),
         discount_rate=config["clv"]["discount_rate"],
     )
+    settings = {key: value for key, value in config["explain"].items() if key != "enabled"}
+    explainer = Explainer(predictor, ExplainSettings(**settings)) if config["explain"]["enabled"] else None
     result = score_log(
         predictor,
         config["events"],
@@ -198,8 +208,9 @@ def run_prediction(config: dict[str, Any]) -> dict[str, Path]:
         memory_budget_mb=config["memory_budget_mb"],
         spill_dir=config["spill_dir"],
         progress=config["progress"],
+        explainer=explainer,
     )
     paths = write_result(result, output)
     print(describe(result.summary))
-    print(f"predictions: {paths['predictions']}  rejects: {paths['rejects']}  summary: {paths['summary']}")
+    print("  ".join(f"{name}: {path}" for name, path in paths.items()))
     return paths

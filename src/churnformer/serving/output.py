@@ -34,6 +34,8 @@ class ScoringSummary:
     partitions: int = 0  # spill partitions on disk; 0: scored in memory
     featurize_s: float = 0.0
     infer_s: float = 0.0
+    customers_explained: int = 0
+    explain_s: float = 0.0  # re-featurizing and scoring for the explanations
     wall_s: float = 0.0
 
     def add(self, other: ScoringSummary) -> None:
@@ -51,6 +53,8 @@ class ScoringSummary:
         self.customers_without_static += other.customers_without_static
         self.featurize_s += other.featurize_s
         self.infer_s += other.infer_s
+        self.customers_explained += other.customers_explained
+        self.explain_s += other.explain_s
 
 
 @dataclass
@@ -58,6 +62,8 @@ class ScoringResult:
     predictions: pd.DataFrame
     rejects: pd.DataFrame
     summary: ScoringSummary
+    # With explanations: every present driver group's effects per customer explained (long format).
+    effects: pd.DataFrame | None = None
 
 
 def check_output_path(path: str | Path) -> Path:
@@ -89,15 +95,20 @@ def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
 
 
 def write_result(result: ScoringResult, output: str | Path) -> dict[str, Path]:
-    """Predictions at ``output``; ``<output>.rejects.csv`` and ``<output>.summary.json`` beside it.
+    """Predictions at ``output``; ``<output>.rejects.csv`` and ``<output>.summary.json`` beside it, and with
+    explanations ``<output>.drivers.parquet`` (every group's effects per customer explained).
 
     The predictions are written last, so their presence means the job completed.
     """
     output = check_output_path(output)
-    rejects = write_table(result.rejects, output.with_name(output.name + ".rejects.csv"))
+    paths = {"rejects": write_table(result.rejects, output.with_name(output.name + ".rejects.csv"))}
+    if result.effects is not None:
+        paths["drivers"] = write_table(result.effects, output.with_name(output.name + ".drivers.parquet"))
     summary_text = json.dumps(asdict(result.summary), indent=2)
-    summary = write_atomically(output.with_name(output.name + ".summary.json"), lambda p: p.write_text(summary_text))
-    return {"predictions": write_table(result.predictions, output), "rejects": rejects, "summary": summary}
+    paths["summary"] = write_atomically(
+        output.with_name(output.name + ".summary.json"), lambda p: p.write_text(summary_text)
+    )
+    return {"predictions": write_table(result.predictions, output), **paths}
 
 
 def describe(summary: ScoringSummary) -> str:
@@ -105,10 +116,15 @@ def describe(summary: ScoringSummary) -> str:
     rate = summary.customers_scored / summary.wall_s if summary.wall_s else float("nan")
     where = f" (shard {summary.shard})" if summary.shard != "0/1" else ""
     spill = f", {summary.partitions} spill partitions" if summary.partitions else ""
+    explained = (
+        f"; {summary.customers_explained:,} explained in {summary.explain_s:.1f} s"
+        if summary.customers_explained
+        else ""
+    )
     return (
         f"scored {summary.customers_scored:,} of {summary.customers_seen:,} customers{where}"
         f"{not_scored_words(summary.customers_not_scored)} from {summary.rows_read:,} events in "
-        f"{summary.wall_s:.1f} s ({rate:,.0f} customers/s) on {summary.provider}{spill}"
+        f"{summary.wall_s:.1f} s ({rate:,.0f} customers/s) on {summary.provider}{spill}{explained}"
     )
 
 

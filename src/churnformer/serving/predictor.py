@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -27,6 +28,7 @@ from churnformer.data.window import Window, require_events_before
 from churnformer.defaults import serving_defaults
 from churnformer.schema import META_COLUMNS, META_FEATURIZER, META_HORIZON_DAYS, META_HORIZONS, META_OUTPUTS, N_EVENTS
 from churnformer.serving.batching import fill_rows, padded_width, token_budget_batches
+from churnformer.serving.explain import EXPLAINED, Explainer, ExplainSettings, drivers_last
 from churnformer.serving.model_file import read_model, resolve_model_path
 from churnformer.serving.output import ScoringResult, ScoringSummary
 from churnformer.serving.partition import EventSource
@@ -138,17 +140,32 @@ class Predictor:
         return add_value_columns(frame, self.horizons, self.discount_rate)
 
     def retention(self, predictions: pd.DataFrame) -> pd.DataFrame:
-        return add_retention_columns(predictions, self.segments, self.reference)
+        """Retention columns added; explanation columns, if any, kept last."""
+        return drivers_last(add_retention_columns(predictions, self.segments, self.reference))
 
     def score_frame(
-        self, frame: pd.DataFrame, window: Window, static: pd.DataFrame | None, progress: bool = False
+        self,
+        frame: pd.DataFrame,
+        window: Window,
+        static: pd.DataFrame | None,
+        progress: bool = False,
+        explainer: Explainer | None = None,
     ) -> ScoringResult:
-        """Score one standard frame (a whole log, a job shard or a spill partition); no retention columns."""
+        """Score one standard frame (a whole log, a job shard or a spill partition), and explain the
+        customers ``explainer`` selects; no retention columns."""
         started = time.perf_counter()
         with self.naming_the_model():
             sequences = build_sequences(frame, window, self.featurizer, static)
         featurize_s = time.perf_counter() - started
         predictions = self.score_sequences(sequences, progress)
+        infer_s = self.infer_s
+        effects, explain_s, explained = None, 0.0, 0
+        if explainer is not None:
+            explain_started = time.perf_counter()
+            explanations = explainer.explain(frame, window, static, predictions)
+            predictions = pd.concat([predictions, explanations.drivers.drop(columns=CUSTOMER_ID)], axis=1)
+            effects, explained = explanations.effects, int(explanations.drivers[EXPLAINED].sum())
+            explain_s = time.perf_counter() - explain_started
         seen = pd.unique(frame[CUSTOMER_ID].to_numpy())
         not_scored = pd.Index(seen).difference(pd.Index(sequences.customer_ids))
         rejects = pd.DataFrame({CUSTOMER_ID: np.asarray(not_scored), "reason": "no_event_before_cutoff"})
@@ -167,9 +184,11 @@ class Predictor:
             customers_without_static=report.customers_without_static,
             provider=self.provider,
             featurize_s=round(featurize_s, 3),
-            infer_s=round(self.infer_s, 3),
+            infer_s=round(infer_s, 3),
+            customers_explained=explained,
+            explain_s=round(explain_s, 3),
         )
-        return ScoringResult(predictions, rejects, summary)
+        return ScoringResult(predictions, rejects, summary, effects)
 
     def window(self, cutoff: str | pd.Timestamp) -> Window:
         return Window.from_cutoff(cutoff, float(self.metadata[META_HORIZON_DAYS]))
@@ -181,6 +200,7 @@ class Predictor:
         customers: str | Path | pd.DataFrame | None = None,
         columns: ColumnMapping | Mapping[str, str | None] | None = None,
         progress: bool = False,
+        explainer: Explainer | None = None,
     ) -> ScoringResult:
         """Score every customer with at least one event up to ``cutoff``; report everyone else.
 
@@ -196,9 +216,25 @@ class Predictor:
         else:
             frame = self.open_events(events, columns).read_all()
         static = load_customers(customers, columns.customer_id) if customers is not None else None
-        result = self.predict_standard(frame, cutoff, static, progress)
+        result = self.predict_standard(frame, cutoff, static, progress, explainer)
         result.summary.wall_s = round(time.perf_counter() - started, 3)
         return result
+
+    def explain(
+        self,
+        events: str | Path | pd.DataFrame,
+        cutoff: str | pd.Timestamp,
+        customers: str | Path | pd.DataFrame | None = None,
+        columns: ColumnMapping | Mapping[str, str | None] | None = None,
+        settings: ExplainSettings | None = None,
+        **options: Any,
+    ) -> ScoringResult:
+        """:meth:`predict` with the drivers of each customer's scores: the predictions gain ``explained`` and
+        ``risk_driver_k``/``value_driver_k`` with their effects, and ``effects`` holds every present group's
+        effects per customer. ``options`` are :class:`ExplainSettings` fields (``only="risk_decile<=2"``,
+        ``method="shapley"``, ...), used when ``settings`` is not given."""
+        explainer = Explainer(self, settings or ExplainSettings(**options))
+        return self.predict(events, cutoff, customers, columns, explainer=explainer)
 
     def open_events(self, path: str | Path, columns: ColumnMapping) -> EventSource:
         """The event-log file, checked against what the model needs (a mismatch names the model)."""
@@ -223,13 +259,14 @@ class Predictor:
         cutoff: str | pd.Timestamp,
         customers: pd.DataFrame | None = None,
         progress: bool = False,
+        explainer: Explainer | None = None,
     ) -> ScoringResult:
         """:meth:`predict` on frames already in the standard contract (``load_events`` / ``load_customers``
         output, as training holds them): no column mapping is applied again."""
         started = time.perf_counter()
         window = self.window(cutoff)
         require_events_before(events[TIMESTAMP], window, source_of(events, "events"))
-        result = self.score_frame(events, window, customers, progress)
+        result = self.score_frame(events, window, customers, progress, explainer)
         result.predictions = self.retention(result.predictions)
         result.summary.wall_s = round(time.perf_counter() - started, 3)
         return result

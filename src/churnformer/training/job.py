@@ -34,6 +34,7 @@ from churnformer.data.events import CUSTOMER_ID
 from churnformer.data.sources import EventLogFiles
 from churnformer.defaults import serving_defaults
 from churnformer.errors import ConfigError
+from churnformer.evaluation.figures import drivers_figure
 from churnformer.evaluation.report import (
     MIN_CUSTOMERS,
     align,
@@ -59,6 +60,7 @@ from churnformer.schema import (
     RUN_MODEL,
     RUN_PREDICTIONS,
 )
+from churnformer.serving.explain import Explainer, ExplainSettings, driver_summary
 from churnformer.serving.output import describe, write_result
 from churnformer.serving.predictor import Predictor, ScoringResult
 from churnformer.training.datamodule import ChurnDataModule, DataSettings
@@ -67,10 +69,14 @@ from churnformer.training.review import (
     SAMPLES_PER_PLUGIN,
     SplitRunsLogger,
     log_best,
+    log_drivers,
     log_horizons,
     log_hparams,
 )
 from churnformer.training.run_info import run_info
+
+# Validation customers explained for the training-time view of the driver groups.
+EXPLAINED_VALIDATION_CUSTOMERS = 20_000
 
 
 @dataclass(frozen=True)
@@ -116,7 +122,9 @@ def train(
     if cfg.export:
         model = export_model(fitted.best_checkpoint, run_dir)
         result = score_training_log(model, datamodule)
-        review_horizons(trainer, report_validation(result, datamodule, run_dir / RUN_EVALUATION), fitted.best_epoch)
+        drivers = explain_validation(model, datamodule) if cfg.explain_validation else None
+        joined = report_validation(result, datamodule, run_dir / RUN_EVALUATION, drivers)
+        review_horizons(trainer, joined, fitted.best_epoch, drivers)
         if cfg.quantize:
             quantize(model, datamodule)
         if cfg.predict_after_training:
@@ -303,24 +311,57 @@ def score_training_log(model: Path, datamodule: ChurnDataModule) -> ScoringResul
     return Predictor(model).predict_standard(events, datamodule.settings.cutoff, customers)
 
 
-def report_validation(result: ScoringResult, datamodule: ChurnDataModule, out_dir: Path) -> pd.DataFrame | None:
+def explain_validation(model: Path, datamodule: ChurnDataModule) -> pd.DataFrame | None:
+    """The exported model's driver groups over the validation customers (``churnformer-predict``'s default
+    explanation settings), at most :data:`EXPLAINED_VALIDATION_CUSTOMERS` of them (a seeded sample: the mean
+    effects need no more, and a large log's validation set would cost a dozen scorings of itself):
+    :func:`churnformer.serving.explain.driver_summary`; None when there are too few."""
+    labels = datamodule.data.labels.iloc[datamodule.data.val_rows]
+    if len(labels) < MIN_CUSTOMERS:
+        return None
+    if len(labels) > EXPLAINED_VALIDATION_CUSTOMERS:
+        labels = labels.sample(EXPLAINED_VALIDATION_CUSTOMERS, random_state=datamodule.settings.seed)
+    events, customers = datamodule.load_frames()
+    events = events.loc[events[CUSTOMER_ID].isin(labels[CUSTOMER_ID]).to_numpy()]
+    predictor = Predictor(model)
+    settings = {key: value for key, value in serving_defaults("predict")["explain"].items() if key != "enabled"}
+    explainer = Explainer(predictor, ExplainSettings(**settings))
+    result = predictor.predict_standard(events, datamodule.settings.cutoff, customers, explainer=explainer)
+    return driver_summary(result.effects, result.predictions)
+
+
+def report_validation(
+    result: ScoringResult, datamodule: ChurnDataModule, out_dir: Path, drivers: pd.DataFrame | None = None
+) -> pd.DataFrame | None:
     """churnformer-evaluate's report of the exported model on the validation customers, at the main horizon
-    and over the grid; returns the predictions joined with the labels (None when there are too few customers).
-    Calibration was fitted on these customers, so its calibration metrics here are optimistic."""
+    and over the grid, with the driver groups' figure and table (``drivers.csv``) when given; returns the
+    predictions joined with the labels (None when there are too few customers). Calibration was fitted on
+    these customers, so its calibration metrics here are optimistic."""
     labels = datamodule.data.labels.iloc[datamodule.data.val_rows]
     if len(labels) < MIN_CUSTOMERS:
         return None
     predictions = result.predictions[result.predictions[CUSTOMER_ID].isin(labels[CUSTOMER_ID])]
     joined = align(predictions, labels)
-    write_report(compute_metrics(joined), report_figures(joined), out_dir, "Validation customers")
+    figures = report_figures(joined)
+    if drivers is not None:
+        figures["drivers"] = drivers_figure(drivers)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        drivers.to_csv(out_dir / "drivers.csv", index=False)
+    write_report(compute_metrics(joined), figures, out_dir, "Validation customers")
     return joined
 
 
-def review_horizons(trainer: pl.Trainer, joined: pd.DataFrame | None, best_epoch: int) -> None:
-    """TensorBoard: the exported model's validation metrics by horizon and the figures over the grid."""
+def review_horizons(
+    trainer: pl.Trainer, joined: pd.DataFrame | None, best_epoch: int, drivers: pd.DataFrame | None = None
+) -> None:
+    """TensorBoard: the exported model's validation metrics by horizon, the figures over the grid, and the
+    driver groups (figure and table)."""
     logger = next((lg for lg in trainer.loggers if isinstance(lg, SplitRunsLogger)), None)
-    if logger is not None and joined is not None:
-        log_horizons(logger.experiment, horizon_metrics(joined), horizon_figures(joined), best_epoch)
+    if logger is None or joined is None:
+        return
+    log_horizons(logger.experiment, horizon_metrics(joined), horizon_figures(joined), best_epoch)
+    if drivers is not None:
+        log_drivers(logger.experiment, drivers, drivers_figure(drivers), best_epoch)
 
 
 def quantize(model: Path, datamodule: ChurnDataModule) -> None:

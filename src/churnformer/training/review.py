@@ -176,6 +176,18 @@ def log_horizons(writer: SummaryWriter, metrics: Mapping[str, float], figures: M
     writer.flush()
 
 
+def log_drivers(writer: SummaryWriter, summary: Any, figure: Any, epoch: int) -> None:
+    """The driver groups of the exported model over the validation customers, once: the figure
+    (``best/drivers``) and the table as text."""
+    writer.add_figure(f"{BEST}/drivers", figure, epoch, close=True)
+    columns = list(summary.columns)
+    rows = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for values in summary.itertuples(index=False):
+        rows.append("| " + " | ".join(v if isinstance(v, str) else f"{v:.4g}" for v in values) + " |")
+    writer.add_text(f"{BEST}/drivers", "\n".join(rows), epoch)
+    writer.flush()
+
+
 def log_hparams(
     writer: SummaryWriter,
     cfg: DictConfig,
