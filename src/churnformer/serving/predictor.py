@@ -207,7 +207,7 @@ class Predictor:
         ``events`` and ``customers`` are the user's file or DataFrame, with the user's column names:
         ``columns`` maps them (a :class:`ColumnMapping`, or ``{"customer_id": "user", ...}`` where keys left
         out keep the names the model was trained with). In memory; ``churnformer-predict``
-        (:func:`churnformer.predict_job.run_prediction`) adds memory-bounded spilling and job shards.
+        (:func:`churnformer.serving.job.run_prediction`) adds memory-bounded spilling and job shards.
         """
         started = time.perf_counter()
         columns = self.column_mapping(columns)
