@@ -1,10 +1,10 @@
 """Every bad-input case, one test each: an error with one clear message, or a counted, reported warning.
 
 The table these tests pin down is the README's "Bad input: errors and warnings". Errors are
-``ChurnformerError`` subclasses whose message names the file, the column and, where rows are at fault,
-how many and the first ones; through the console entry points they end with exit status 2 and no traceback (checked for a representative
-subset here, since each entry point runs the same wrapper). Warnings are asserted as exact counts in
-the ``BuildReport`` and the scoring summary.
+``ChurnformerError`` subclasses whose message names the file, the column and, where rows are at fault, how
+many and the first ones; through the console entry points they end with exit status 2 and no traceback
+(checked for a representative subset here, since each entry point runs the same wrapper). Warnings are
+asserted as exact counts in the ``BuildReport`` and the scoring summary.
 """
 
 from __future__ import annotations
