@@ -193,6 +193,17 @@ def test_runs_table_rejects_unknown_metric(sweep_dir: Path, capsys) -> None:
     assert "nope" in capsys.readouterr().err
 
 
+def test_torchrun_without_a_run_directory_is_refused(
+    tiny_world, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every rank torchrun starts would name its own time-stamped run directory: refused before any data."""
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+    monkeypatch.chdir(tmp_path)
+    result = run_in_process("churnformer-train", "trainer=ddp", *TRAIN_OVERRIDES, f"data.events={tiny_world[0]}")
+    assert result.code == 2
+    assert result.error_line.startswith("error: launched by torchrun") and "hydra.run.dir=DIR" in result.error_line
+
+
 def test_ddp_under_multirun_is_refused(tiny_world, tmp_path: Path) -> None:
     events, _ = tiny_world
     result = run_in_process(

@@ -22,7 +22,7 @@ KNOWN_HARMLESS_WARNINGS = (
     # Small runs have fewer batches per epoch than the step-logging interval; epoch metrics are unaffected.
     r"The number of training batches \(\d+\) is smaller than the logging interval",
     # Epoch metrics are computed over every rank by torchmetrics and logged already reduced (see
-    # churnformer.module): Lightning cannot know that and suggests sync_dist, which would add collectives.
+    # churnformer.training.module): Lightning cannot know that and suggests sync_dist, which would add collectives.
     r"It is recommended to use `self\.log\(.*sync_dist=True\)` when logging on epoch level",
     # Lightning's DDP on CPU: a message about the gloo backend it picked itself.
     r"The `srun` command is available on your system but is not used",
