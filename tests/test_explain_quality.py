@@ -1,0 +1,74 @@
+"""Explanations name the causes the synthetic world is built with (complaints, age band, signup channel).
+
+Opt-in, outside the CI suite: ``pytest -m quality`` (about 7 minutes on 2 cores). The drivers can only be
+as right as the model, and a model that has learned the complaint effect needs thousands of customers and
+ten epochs, beyond the suite's time budget. ``scripts/bench_explain.py`` measures the same on any model
+trained on the synthetic world (the README's table comes from the benchmark's model).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from churnformer.api import train
+from churnformer.data.synthetic import SyntheticWorldConfig, generate_world
+from churnformer.serving.predictor import Predictor
+
+pytestmark = pytest.mark.quality
+
+CUTOFF = "2024-06-30"
+SCRIPT = Path(__file__).parents[1] / "scripts" / "bench_explain.py"
+
+
+def bench_explain():
+    """The measurement functions of ``scripts/bench_explain.py`` (one definition of each check)."""
+    spec = importlib.util.spec_from_file_location("bench_explain", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def world_explained(tmp_path_factory: pytest.TempPathFactory):
+    """A small model trained on world seed 0, explaining a world it never saw (seed 7) at the cutoff."""
+    events, customers = generate_world(SyntheticWorldConfig.with_defaults(n_customers=3000, seed=0))
+    run = train(
+        events,
+        CUTOFF,
+        90,
+        customers,
+        output_dir=tmp_path_factory.mktemp("quality"),
+        overrides=["trainer.max_epochs=10", "model.network.d_model=32", "data.features.max_len=64"],
+    )
+    events, customers = generate_world(SyntheticWorldConfig.with_defaults(n_customers=6000, seed=7))
+    return events, customers, Predictor(run.model_path).explain(events, CUTOFF, customers)
+
+
+def test_a_recent_complaint_is_the_first_risk_driver(world_explained) -> None:
+    events, _, result = world_explained
+    predictions = result.predictions
+    complainers = predictions.loc[predictions["customer_id"].isin(bench_explain().recent_complainers(events, CUTOFF))]
+    assert len(complainers) >= 100
+    assert (complainers["risk_driver_1"] == "complaint").mean() >= 0.80
+
+
+def test_attributes_that_raise_dropout_have_positive_churn_effects(world_explained) -> None:
+    _, customers, result = world_explained
+    shares = bench_explain().static_positive_shares(result.effects, customers)
+    assert set(shares) == {"age_band=18-24", "signup_channel=paid_social"}
+    assert min(shares.values()) >= 0.80, shares
+
+
+def test_removing_the_first_risk_driver_beats_removing_a_random_group(world_explained) -> None:
+    _, _, result = world_explained
+    assert bench_explain().driver_beats_random(result.effects, result.predictions, seed=7) >= 0.90
+
+
+def test_the_drivers_file_has_every_explained_customer(world_explained) -> None:
+    _, _, result = world_explained
+    explained = result.predictions.loc[result.predictions["explained"], "customer_id"]
+    assert set(pd.unique(result.effects["customer_id"])) == set(explained)
