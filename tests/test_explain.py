@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
+from churnformer.cli import explain_arguments
 from churnformer.data.events import load_customers, load_events
 from churnformer.data.sequences import empty_histories
 from churnformer.errors import ConfigError
@@ -281,6 +282,19 @@ def test_predict_cli_explain_switch_writes_drivers(trained_run: Path, tiny_world
     drivers = pd.read_parquet(output.with_name("scores.parquet.drivers.parquet"))
     assert set(drivers["customer_id"]) == set(scores.loc[scores[EXPLAINED], "customer_id"])
     assert "explained in" in finished.out
+
+
+def test_explain_arguments_reach_hydra_as_the_user_wrote_them() -> None:
+    """``explain=true`` is the switch, and a selection with ``<`` or spaces is one string to Hydra."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    written = ["explain=true", "explain.only=segment:high value at risk", "explain.only=risk_decile<=2"]
+    parsed = OverridesParser.create().parse_overrides(explain_arguments(written))
+    assert [(o.key_or_group, o.value()) for o in parsed] == [
+        ("explain.enabled", True),
+        ("explain.only", "segment:high value at risk"),
+        ("explain.only", "risk_decile<=2"),
+    ]
 
 
 def test_predict_cli_refuses_a_bad_selection_in_one_line(trained_run: Path, tiny_world, tmp_path: Path) -> None:
