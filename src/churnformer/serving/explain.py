@@ -263,8 +263,8 @@ class Explainer:
         events, codes = events.iloc[order], codes[order]
         bits = self._event_bits(events, window)
         attribute_static = _static_rows(static, ids)
-        present = np.bitwise_or.reduceat(bits, _starts(codes, len(ids))) if len(bits) else np.zeros(0, np.int64)
-        present = _fill_missing(present, codes, len(ids)) | self._attribute_bits(attribute_static, len(ids))
+        present = self._attribute_bits(attribute_static, len(ids))  # then every event group a customer has
+        np.bitwise_or.at(present, codes, bits)
         plan = _plan(present, ids, self.settings)
         values = np.empty((len(plan.customer), 2))
         kept = plan.removed == 0
@@ -358,19 +358,6 @@ class Explainer:
         return values
 
 
-def _starts(codes: np.ndarray, n: int) -> np.ndarray:
-    """First row of each customer code that has events (rows sorted by code)."""
-    return np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]) if len(codes) else np.zeros(0, np.int64)
-
-
-def _fill_missing(reduced: np.ndarray, codes: np.ndarray, n: int) -> np.ndarray:
-    """Per-code values from a reduceat over the codes that occur, 0 for the others."""
-    out = np.zeros(n, dtype=np.int64)
-    if len(codes):
-        out[np.unique(codes)] = reduced
-    return out
-
-
 def _static_rows(static: pd.DataFrame | None, ids: np.ndarray) -> pd.DataFrame | None:
     """The customers table rows of ``ids`` in order (a customer absent from it: every attribute missing)."""
     if static is None or not len(static):
@@ -385,6 +372,11 @@ def _static_rows(static: pd.DataFrame | None, ids: np.ndarray) -> pd.DataFrame |
     return rows
 
 
+# Per customer explained: its variants' rows, the (variants, groups) weights that turn their values into
+# effects, and the groups present.
+CustomerWeights = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
 @dataclass
 class _Plan:
     """Which variants to score (``customer``, ``removed`` group bits; removed 0 = the customer as is) and how
@@ -393,9 +385,7 @@ class _Plan:
     customer: np.ndarray
     removed: np.ndarray
     present: np.ndarray
-    weights: list[
-        tuple[np.ndarray, np.ndarray, np.ndarray]
-    ]  # per customer: variant rows, (variants, groups) weights, groups
+    weights: list[CustomerWeights]
 
     def effects(self, values: np.ndarray, ids: np.ndarray, names: list[str]) -> pd.DataFrame:
         rows = []
