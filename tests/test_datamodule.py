@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 from churnformer.data.sources import EventLogFiles
 from churnformer.defaults import yaml_defaults
@@ -46,7 +47,8 @@ def test_earlier_cutoffs_add_examples_of_training_customers_only(datamodule: Chu
 
 
 def test_calibration_loaders_hold_each_main_cutoff_customer_once_on_every_rank(datamodule: ChurnDataModule) -> None:
-    datamodule.trainer = SimpleNamespace(global_rank=0, world_size=2)  # as under two-process DDP
+    cpu = SimpleNamespace(root_device=torch.device("cpu"))
+    datamodule.trainer = SimpleNamespace(global_rank=0, world_size=2, strategy=cpu)  # as under two-process DDP
     try:
         sharded = loaded_rows(datamodule.val_dataloader())
         validation = loaded_rows(datamodule.validation_loader())

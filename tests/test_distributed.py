@@ -116,8 +116,8 @@ def test_ddp_validation_metrics_are_over_the_whole_validation_set(ddp_run: tuple
     for name, value in single.items():
         tag = name.removesuffix("/val")
         per_epoch = board.Scalars("val", tag)[best_epoch].value  # logged by the 2 ranks during training
-        tolerance = 1e-6 if "auroc" in name else 1e-5
-        assert per_epoch == pytest.approx(value, abs=tolerance), name
+        tolerance = 1e-6 if "auroc" in name else 1e-5  # float32 sums in another order: relative 1e-6 too
+        assert per_epoch == pytest.approx(value, rel=1e-6, abs=tolerance), name
     final = json.loads((run_dir / "metrics.json").read_text())
     assert final["churn/auroc/val"] == pytest.approx(single["churn/auroc/val"], abs=1e-6)
 
@@ -166,15 +166,18 @@ def test_torchrun_killed_mid_epoch_resumes_to_the_uninterrupted_ddp_metrics(
         assert got[name] == pytest.approx(value, rel=1e-6, abs=1e-7), name
 
 
+@pytest.mark.parametrize("batch_tokens", [None, 700])
 @pytest.mark.parametrize("world_size", [2, 3])
 @pytest.mark.parametrize("shuffle", [True, False])
-def test_every_rank_gets_the_same_number_of_batches(world_size: int, shuffle: bool) -> None:
+def test_every_rank_gets_the_same_number_of_batches(world_size: int, shuffle: bool, batch_tokens: int | None) -> None:
     """Ranks that step a different number of times wait for each other forever. Training pads with repeated
     batches (every customer still trains each epoch); evaluation splits into a multiple of the ranks (each
-    customer exactly once)."""
+    customer exactly once). The same with batches cut by a token budget."""
     lengths = np.random.default_rng(0).integers(1, 60, size=339)  # 7 batches of 48 and a remainder
     samplers = [
-        LengthBucketBatchSampler(lengths, 48, shuffle=shuffle, seed=3, rank=rank, world_size=world_size)
+        LengthBucketBatchSampler(
+            lengths, 48, shuffle=shuffle, seed=3, rank=rank, world_size=world_size, batch_tokens=batch_tokens
+        )
         for rank in range(world_size)
     ]
     shares = [list(sampler) for sampler in samplers]
@@ -184,5 +187,6 @@ def test_every_rank_gets_the_same_number_of_batches(world_size: int, shuffle: bo
     assert set(rows) == set(range(len(lengths)))
     if not shuffle:
         assert sorted(rows) == list(range(len(lengths)))
-    single = list(LengthBucketBatchSampler(lengths, 48, shuffle=shuffle, seed=3))
-    assert len(single) == -(-len(lengths) // 48)
+    if batch_tokens is None:
+        single = list(LengthBucketBatchSampler(lengths, 48, shuffle=shuffle, seed=3))
+        assert len(single) == -(-len(lengths) // 48)

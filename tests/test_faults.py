@@ -110,3 +110,25 @@ def test_sampler_reshuffles_each_epoch_and_resumes_mid_epoch() -> None:
     restored.load_state_dict(saved)
     assert epoch(restored, 1) == second[3:]  # the rest of the interrupted epoch, then whole epochs
     assert epoch(restored, 2) == epoch(sampler, 2)
+
+
+def test_token_budget_batches_fit_the_budget_and_vary_between_epochs_in_content_not_count() -> None:
+    """Every batch holds at most batch_tokens padded tokens (rows x (longest + 1)) and batch_size rows, short
+    histories share big batches, each epoch trains every customer once in as many batches as the last (the
+    count Lightning's schedule was built for), and epochs differ in which customers share a batch."""
+    lengths = np.random.default_rng(0).integers(1, 120, size=2000)
+    sampler = LengthBucketBatchSampler(lengths, batch_size=64, shuffle=True, seed=1, batch_tokens=1000)
+    epochs = []
+    for number in range(3):
+        sampler.set_epoch(number)
+        epochs.append(list(sampler))
+        batches = epochs[-1]
+        assert len(batches) == len(sampler)
+        assert sorted(row for batch in batches for row in batch) == list(range(len(lengths)))
+        for batch in batches:
+            assert len(batch) <= 64 and (len(batch) == 1 or len(batch) * (lengths[batch].max() + 1) <= 1000)
+    longest = next(b for b in epochs[0] if lengths.argmax() in b)
+    assert max(len(b) for b in epochs[0]) == 64 and len(longest) <= 1000 // 120
+    assert {frozenset(b) for b in epochs[0]} != {frozenset(b) for b in epochs[1]}
+    sampler.set_epoch(1)
+    assert list(sampler) == epochs[1]  # deterministic for the seed and epoch

@@ -42,6 +42,9 @@ def test_train_and_validation_are_sibling_runs_with_the_same_tags(trained_run: P
     assert expected <= train and expected <= val
     assert {"optim/lr", "joint/loss_per_step"} <= train  # step-level curves, training only
     assert not any(tag.endswith(("/train", "/val")) or tag.startswith("hparams/") for tag in train | val)
+    # The step loss is handed to Lightning only on the steps it writes: the same steps as the learning rate.
+    loss_steps = [event.step for event in board.Scalars("train", "joint/loss_per_step")]
+    assert loss_steps and loss_steps == [event.step for event in board.Scalars("train", "optim/lr")]
 
 
 def test_validation_curves_have_one_point_per_finished_epoch(trained_run: Path) -> None:

@@ -72,6 +72,10 @@ class Sequences:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
+    def lengths_of(self, rows: np.ndarray) -> np.ndarray:
+        """The lengths of customers ``rows`` alone (a batch need not difference every customer's offsets)."""
+        return self.offsets[rows + 1] - self.offsets[rows]
+
     def _event_rows(self, rows: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """Storage rows of the events of customers ``rows``, in order."""
         first = np.cumsum(lengths) - lengths
@@ -79,7 +83,7 @@ class Sequences:
 
     def subset(self, rows: np.ndarray) -> Sequences:
         """The chosen customers only, as a compact ragged set."""
-        lengths = self.lengths[rows]
+        lengths = self.lengths_of(rows)
         source = self._event_rows(rows, lengths)
         return Sequences(
             customer_ids=self.customer_ids[rows],
@@ -97,7 +101,7 @@ class Sequences:
         events are in time order, the latest at lengths[b] - 1."""
         every_row = rows is None
         rows = np.arange(len(self)) if every_row else np.asarray(rows, dtype=np.int64)
-        lengths = self.lengths[rows]
+        lengths = self.lengths_of(rows)
         width = max(int(lengths.max(initial=0)), 1, width or 0)
         # Flat destination of each event: row * width + position within its sequence.
         first = np.cumsum(lengths) - lengths

@@ -33,6 +33,7 @@ class DataSettings:
     features: dict[str, Any]
     val_fraction: float
     batch_size: int
+    batch_tokens: int | None
     seed: int
     rolling_cutoffs: dict[str, float]
 
@@ -121,11 +122,16 @@ class ChurnDataModule(pl.LightningDataModule):
             seed=self.settings.seed,
             rank=trainer.global_rank if trainer else 0,
             world_size=trainer.world_size if trainer else 1,
+            batch_tokens=self.settings.batch_tokens,
         )
         # Its own generator: iterating a loader otherwise draws a seed from the global torch RNG, and a resumed
         # run starts its iteration at another point of that stream than the uninterrupted run (dropout masks).
         generator = torch.Generator().manual_seed(self.settings.seed)
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=dataset.collate, generator=generator)
+        # Page-locked batches on a GPU: Lightning's transfer to the device is then asynchronous (non_blocking).
+        pin = trainer is not None and trainer.strategy.root_device.type == "cuda"
+        return DataLoader(
+            dataset, batch_sampler=sampler, collate_fn=dataset.collate, generator=generator, pin_memory=pin
+        )
 
     def train_dataloader(self) -> DataLoader:
         loader = self._loader(self.data.train_rows, shuffle=True)

@@ -4,6 +4,10 @@ Under DDP every rank holds its share of the batches; :meth:`EpochMetrics.compute
 ranks, so the numbers are those of the whole split. It is a collective call: every rank must make it at the
 same point (the LightningModule's epoch-end hooks), never from code only rank 0 runs (a progress bar, a
 logger), which is how a DDP run hangs.
+
+A step costs a few list appends: :meth:`EpochMetrics.update` keeps the batch's detached tensors where they
+are (on the device, no host sync), and the torchmetrics see the whole epoch at once when it is computed.
+Updating ten metric objects per step was per-step Python overhead of the kind that leaves a GPU idle.
 """
 
 from __future__ import annotations
@@ -85,6 +89,7 @@ class EpochMetrics(nn.Module):
             if keep_predictions
             else None
         )
+        self._pending: list[tuple[torch.Tensor, ...]] = []
 
     @torch.no_grad()
     def update(
@@ -95,9 +100,22 @@ class EpochMetrics(nn.Module):
         expected: torch.Tensor,
         spend: torch.Tensor,
     ) -> None:
-        size = len(churn)
-        for name, metric in self.losses.items():
-            metric.update(losses[name].detach().float(), weight=size)
+        """Keep one batch for the epoch's metrics: detached, where it is (no copy to the host, no sync)."""
+        size = torch.full((1,), len(churn), dtype=torch.float32, device=churn.device)
+        batch_losses = torch.stack([losses[name].detach().float() for name in LOSSES])
+        self._pending.append((batch_losses, size, p_churn.detach(), churn, expected.detach(), spend))
+
+    @torch.no_grad()
+    def _absorb_pending(self) -> None:
+        """Hand the batches kept since the last call to the torchmetrics, in one update each."""
+        if not self._pending:
+            return
+        parts = (torch.cat(batches) for batches in zip(*self._pending, strict=True))
+        losses, sizes, p_churn, churn, expected, spend = parts
+        self._pending = []
+        losses = losses.view(-1, len(LOSSES))
+        for index, metric in enumerate(self.losses.values()):
+            metric.update(losses[:, index], weight=sizes)
         self.churn.update(p_churn, churn.long())
         self.spend.update(expected, spend)
         if self.predictions is not None:
@@ -106,6 +124,7 @@ class EpochMetrics(nn.Module):
 
     def compute(self) -> dict[str, float]:
         """Every value by ``head/metric/split``, over all ranks (a collective call, see the module docstring)."""
+        self._absorb_pending()
         values = {metric_name(name, "loss", self.split): metric.compute() for name, metric in self.losses.items()}
         values |= {metric_name("churn", k, self.split): v for k, v in self.churn.compute().items()}
         values |= {metric_name("spend", k, self.split): v for k, v in self.spend.compute().items()}
@@ -113,8 +132,10 @@ class EpochMetrics(nn.Module):
 
     def all_predictions(self) -> tuple[torch.Tensor, ...]:
         """Churn probability, churn label, expected spend and spend of every customer (all ranks)."""
+        self._absorb_pending()
         return tuple(metric.compute().cpu() for metric in self.predictions.values())
 
     def reset(self) -> None:
+        self._pending = []
         for metric in [*self.losses.values(), self.churn, self.spend, *(self.predictions or {}).values()]:
             metric.reset()

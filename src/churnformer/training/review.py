@@ -49,6 +49,7 @@ HPARAMS = {
     "data.cutoff": "cutoff",
     "data.horizon_days": "horizon (days)",
     "data.batch_size": "batch size",
+    "data.batch_tokens": "batch tokens",
     "data.features.max_len": "max events",
     "data.rolling_cutoffs.count": "rolling cutoffs",
     "trainer.max_epochs": "max epochs",
