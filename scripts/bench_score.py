@@ -244,13 +244,20 @@ def small_network() -> dict:
     return yaml_defaults("model/small")["network"]
 
 
-def matmul_peak(size: int = 2048, repeats: int = 20) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_peak(size: int = 2048, repeats: int = 20, device: str = "cpu", dtype: torch.dtype = torch.float32) -> float:
+    """GFLOP/s of the fastest of ``repeats`` square matmuls on ``device`` in ``dtype``."""
+    if device == "cuda":
+        size *= 4  # a GPU needs far more work per call to reach its peak
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
     torch.mm(a, b)
     best = float("inf")
     for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
         started = time.perf_counter()
         torch.mm(a, b)
+        if device == "cuda":
+            torch.cuda.synchronize()
         best = min(best, time.perf_counter() - started)
     return 2 * size**3 / best / 1e9
 
