@@ -104,6 +104,23 @@ def test_shard_spec() -> None:
     assert np.array_equal(customer_hash(ids), customer_hash(ids.copy()))  # stable
 
 
+@pytest.mark.parametrize(
+    "ids",
+    [
+        np.array(["C1", "b", "C1", "x-y", "é"], dtype=object),
+        pd.Series(["C1", "b", "C1", "x-y", "é"]),  # Arrow strings, as pandas reads Parquet
+        pd.Series(["C1", "b", "C1"], dtype=object),
+        pd.Series(pd.Categorical(["C1", "b", "C1"])),
+        np.array(["C1", "b"]),
+        pd.Series([5, 3, 5, 10**15]),
+    ],
+)
+def test_shards_are_those_of_every_earlier_release_whatever_the_id_column_type(ids) -> None:
+    """Shard and partition membership comes from this hash: a user's N jobs must keep splitting their
+    customers the same way, so the fast path for Arrow strings gives each id the value it always had."""
+    assert np.array_equal(customer_hash(ids), pd.util.hash_array(np.asarray(ids), categorize=True))
+
+
 @pytest.fixture(scope="module")
 def model(trained_run: Path) -> Predictor:
     return Predictor(trained_run / "model.onnx")

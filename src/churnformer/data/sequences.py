@@ -251,7 +251,9 @@ def build_sequences(
     in_window = stamps < window.feature_end_ns
     kept = np.flatnonzero(in_window)
     report.events_after_cutoff = int(len(events) - len(kept))
-    codes, customer_ids = pd.factorize(events[CUSTOMER_ID].to_numpy()[kept], sort=True)
+    # Factorized as a Series: Arrow string ids are encoded by Arrow, with no Python object per event.
+    ids = events[CUSTOMER_ID]
+    codes, customer_ids = pd.factorize(ids if len(kept) == len(ids) else ids.iloc[kept], sort=True)
     customer_ids = np.asarray(customer_ids)
     stamps = stamps[kept]
     order, codes, duplicates = _time_order(codes.astype(np.int64), stamps // 10**9, events, kept)

@@ -15,9 +15,11 @@ import gc
 import os
 import tempfile
 import time
-from collections.abc import Mapping
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -42,6 +44,7 @@ from churnformer.serving.partition import (
 from churnformer.serving.predictor import Predictor
 from churnformer.serving.retention import SegmentRules
 
+T = TypeVar("T")
 # Chunks are a quarter of what one partition may hold, so reading never dominates the peak.
 CHUNK_SHARE = 4
 MIN_CHUNK_ROWS = 50_000
@@ -72,10 +75,13 @@ def score_log(
     source = predictor.open_events(events, columns)
     static = load_customers(customers, columns.customer_id) if customers is not None else None
     rows = source.estimated_rows()
+    clock = Stopwatch()
     if partitions_needed(rows, memory_budget_mb) == 1:  # the whole file is read at once, whatever the shard
-        frame = source.read_all()
+        with clock("read"):
+            frame = source.read_all()
         require_events_before(frame[TIMESTAMP], window, str(source.path))
-        mine = keep_shard(frame, shard)
+        with clock("spill"):
+            mine = keep_shard(frame, shard)
         other_shards, spilled = len(frame) - len(mine), 0
         del frame
         parts = [predictor.score_frame(mine, window, static, progress, explainer)]
@@ -87,20 +93,23 @@ def score_log(
         with tempfile.TemporaryDirectory(prefix="churnformer-spill-", dir=spill_dir) as directory:
             writer = SpillWriter(Path(directory), spilled, predictor.featurizer)
             time_range: list[np.datetime64] = []
-            for chunk in source.chunks(chunk_rows):
+            for chunk in clock.iterate("read", source.chunks(chunk_rows)):
                 time_range += [chunk[TIMESTAMP].min(), chunk[TIMESTAMP].max()]
-                hashes = customer_hash(chunk[CUSTOMER_ID].to_numpy())
-                mine = shard.contains(hashes)
-                other_shards += int((~mine).sum())
-                writer.write(chunk.loc[mine], hashes[mine])
-            partitions = writer.close()
+                with clock("spill"):
+                    hashes = customer_hash(chunk[CUSTOMER_ID])
+                    mine = shard.contains(hashes)
+                    other_shards += int((~mine).sum())
+                    writer.write(chunk.loc[mine], hashes[mine])
+            with clock("spill"):
+                partitions = writer.close()
             release_memory()
             require_events_before(np.array(time_range, dtype="datetime64[ns]"), window, str(source.path))
             # One step per partition: the customer total is only known once every partition is featurized.
             with tqdm(total=len(partitions), unit="partition", disable=not progress, desc="scoring") as bar:
                 scoring_started, scored = time.perf_counter(), 0
                 for path in partitions:
-                    partition = read_partition(path, str(source.path))
+                    with clock("spill"):
+                        partition = read_partition(path, str(source.path))
                     parts.append(predictor.score_frame(partition, window, static, explainer=explainer))
                     del partition
                     path.unlink()
@@ -109,12 +118,41 @@ def score_log(
                     bar.set_postfix_str(f"{scored / (time.perf_counter() - scoring_started):,.0f} customers/s")
                     bar.update(1)
     result = combine(parts, predictor)
+    result.summary.read_s, result.summary.spill_s = round(clock.seconds["read"], 3), round(clock.seconds["spill"], 3)
     result.summary.shard = str(shard)
     result.summary.partitions = spilled
     if other_shards:
         result.summary.events_ignored["other_shards"] = other_shards
     result.summary.wall_s = round(time.perf_counter() - started, 3)
     return result
+
+
+class Stopwatch:
+    """Seconds spent per named step, summed over every time the step runs."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, step: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[step] += time.perf_counter() - started
+
+    def iterate(self, step: str, items: Iterable[T]) -> Iterator[T]:
+        """``items``, with the time spent producing each one counted as ``step``."""
+        iterator = iter(items)
+        while True:
+            with self(step):
+                item = next(iterator, _END)
+            if item is _END:
+                return
+            yield item
+
+
+_END = object()
 
 
 def check_spill_dir(spill_dir: str | Path | None) -> None:

@@ -32,6 +32,8 @@ class ScoringSummary:
     provider: str = ""
     shard: str = "0/1"
     partitions: int = 0  # spill partitions on disk; 0: scored in memory
+    read_s: float = 0.0  # reading the log (every chunk of it, when spilled)
+    spill_s: float = 0.0  # hashing ids for shards and partitions, writing and reading back spill files
     featurize_s: float = 0.0
     infer_s: float = 0.0
     customers_explained: int = 0

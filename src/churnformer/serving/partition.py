@@ -68,15 +68,24 @@ class Shard:
 
 
 def customer_hash(ids: pd.Series | np.ndarray) -> np.ndarray:
-    """A stable 64-bit hash per id (pandas' fixed-key SipHash): the same on every machine and run."""
-    return pd.util.hash_array(np.asarray(ids), categorize=True)
+    """A stable 64-bit hash per id (pandas' fixed-key SipHash): the same on every machine and run.
+
+    Numeric ids are hashed as they are. Other ids are factorized first and each distinct id hashed once:
+    a Series of Arrow strings (what pandas reads from Parquet) is factorized by Arrow without a Python
+    object per row. Either way each id gets the value ``pd.util.hash_array(np.asarray(ids), categorize=True)``
+    gives it, so shards stay the same across versions."""
+    values = ids.array if isinstance(ids, pd.Series) else np.asarray(ids)
+    if pd.api.types.is_numeric_dtype(values.dtype) or pd.api.types.is_datetime64_any_dtype(values.dtype):
+        return pd.util.hash_array(np.asarray(values))
+    codes, uniques = pd.factorize(values, use_na_sentinel=False)
+    return pd.util.hash_array(np.asarray(uniques, dtype=object), categorize=False)[codes]
 
 
 def keep_shard(frame: pd.DataFrame, shard: Shard) -> pd.DataFrame:
     """The rows of ``frame`` (standard columns) whose customer belongs to ``shard``."""
     if shard.count == 1:
         return frame
-    return frame.loc[shard.contains(customer_hash(frame[CUSTOMER_ID].to_numpy()))].reset_index(drop=True)
+    return frame.loc[shard.contains(customer_hash(frame[CUSTOMER_ID]))].reset_index(drop=True)
 
 
 @dataclass(frozen=True)
@@ -171,8 +180,11 @@ def spill_columns(frame: pd.DataFrame, featurizer: Featurizer) -> pd.DataFrame:
     for encoder in featurizer.event_categorical:
         if encoder.name in frame.columns:
             codes, uniques = pd.factorize(frame[encoder.name])
-            labels = np.append(np.asarray(category_labels(uniques), dtype=object), None)
-            converted[encoder.name] = labels[codes]
+            labels = category_labels(uniques)
+            if labels.is_unique:  # a Categorical goes to Parquet as a dictionary, with no object per row
+                converted[encoder.name] = pd.Categorical.from_codes(codes, categories=labels)
+            else:  # values that print alike (10 and "10") become one category
+                converted[encoder.name] = np.append(np.asarray(labels, dtype=object), None)[codes]
     for scaler in featurizer.event_numeric:
         if scaler.name in frame.columns:
             converted[scaler.name] = numeric_values(frame[scaler.name])

@@ -166,7 +166,7 @@ class Predictor:
             predictions = pd.concat([predictions, explanations.drivers.drop(columns=CUSTOMER_ID)], axis=1)
             effects, explained = explanations.effects, int(explanations.drivers[EXPLAINED].sum())
             explain_s = time.perf_counter() - explain_started
-        seen = pd.unique(frame[CUSTOMER_ID].to_numpy())
+        seen = frame[CUSTOMER_ID].unique()  # Arrow string ids stay in Arrow: no Python object per event
         not_scored = pd.Index(seen).difference(pd.Index(sequences.customer_ids))
         rejects = pd.DataFrame({CUSTOMER_ID: np.asarray(not_scored), "reason": "no_event_before_cutoff"})
         report = sequences.report
