@@ -51,7 +51,6 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
     ) -> None:
         self.lengths = np.asarray(lengths)
         self.batch_size = batch_size
-        self.batch_tokens = batch_tokens
         self._token_cuts = token_budget_cuts(np.sort(self.lengths), batch_tokens, batch_size) if batch_tokens else None
         # Evaluation batches by token budget do not change between epochs: cut once.
         self._evaluation_batches = None
