@@ -146,13 +146,11 @@ class Stopwatch:
         iterator = iter(items)
         while True:
             with self(step):
-                item = next(iterator, _END)
-            if item is _END:
-                return
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    return
             yield item
-
-
-_END = object()
 
 
 def check_spill_dir(spill_dir: str | Path | None) -> None:

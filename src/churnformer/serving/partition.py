@@ -180,11 +180,11 @@ def spill_columns(frame: pd.DataFrame, featurizer: Featurizer) -> pd.DataFrame:
     for encoder in featurizer.event_categorical:
         if encoder.name in frame.columns:
             codes, uniques = pd.factorize(frame[encoder.name])
-            labels = category_labels(uniques)
-            if labels.is_unique:  # a Categorical goes to Parquet as a dictionary, with no object per row
-                converted[encoder.name] = pd.Categorical.from_codes(codes, categories=labels)
-            else:  # values that print alike (10 and "10") become one category
-                converted[encoder.name] = np.append(np.asarray(labels, dtype=object), None)[codes]
+            # Values that print alike (10 and "10") are one category. A Categorical goes to Parquet as a
+            # dictionary, with no object per row.
+            label_codes, labels = pd.factorize(category_labels(uniques))
+            codes = np.where(codes >= 0, label_codes[codes], -1)
+            converted[encoder.name] = pd.Categorical.from_codes(codes, categories=labels)
     for scaler in featurizer.event_numeric:
         if scaler.name in frame.columns:
             converted[scaler.name] = numeric_values(frame[scaler.name])
