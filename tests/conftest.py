@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -147,6 +148,24 @@ def kill_mid_epoch(
         time.sleep(0.005)  # poll interval
     process.kill()
     pytest.fail(f"no mid-epoch checkpoint at {checkpoint} within {timeout} s")
+
+
+def write_messy_log(events: Path, path: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The tiny world's events with what real logs have, in shuffled order, written as CSV to ``path``: 50
+    exact copies of events, 40 customers with events after the cutoff only, one customer with 300 events,
+    25 events of an event type never seen in training. Returns (the log, the copies, the odd events)."""
+    frame = pd.read_csv(events, dtype={"customer_id": str})
+    rng = np.random.default_rng(0)
+    late = frame.sample(40, random_state=1)
+    late = late.assign(customer_id="late-" + late["customer_id"], timestamp="2030-01-01")
+    hours = pd.date_range("2023-01-01", periods=300, freq="h")
+    busy = frame.iloc[[0] * 300].assign(customer_id="busy", timestamp=hours)
+    odd = frame.sample(25, random_state=2).assign(event_type="never-seen-before")
+    copies = frame.sample(50, random_state=3)
+    messy = pd.concat([frame, copies, late, busy, odd], ignore_index=True)
+    messy = messy.iloc[rng.permutation(len(messy))]
+    messy.to_csv(path, index=False)
+    return messy, copies, odd
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ from churnformer.serving.output import write_result
 from churnformer.serving.partition import Shard, customer_hash
 from churnformer.serving.predictor import Predictor
 from churnformer.serving.retention import ReferencePercentiles, SegmentRules, add_retention_columns, descending_decile
-from tests.conftest import TINY_CUTOFF, run_predict
+from tests.conftest import TINY_CUTOFF, run_predict, write_messy_log
 
 LEVELS = np.arange(1, 100, dtype=float)
 
@@ -204,18 +204,8 @@ def test_every_customer_of_a_messy_log_is_scored_or_rejected(
     """Duplicates, future-only customers, unseen categories, long histories, shuffled rows: the accounting
     still adds up, in memory and spilled, for the whole log and for each shard."""
     events, customers = tiny_world
-    frame = pd.read_csv(events, dtype={"customer_id": str})
-    rng = np.random.default_rng(0)
-    late = frame.sample(40, random_state=1)
-    late = late.assign(customer_id="late-" + late["customer_id"], timestamp="2030-01-01")
-    hours = pd.date_range("2023-01-01", periods=300, freq="h")
-    busy = frame.iloc[[0] * 300].assign(customer_id="busy", timestamp=hours)
-    odd = frame.sample(25, random_state=2).assign(event_type="never-seen-before")
-    copies = frame.sample(50, random_state=3)
-    messy = pd.concat([frame, copies, late, busy, odd], ignore_index=True)
-    messy = messy.iloc[rng.permutation(len(messy))]
     path = tmp_path / "messy.csv"
-    messy.to_csv(path, index=False)
+    messy, copies, odd = write_messy_log(events, path)
     distinct = set(messy["customer_id"])
     for shard in (Shard(), Shard(0, 2), Shard(1, 2)):
         result = score_log(model, path, TINY_CUTOFF, customers, shard=shard, memory_budget_mb=budget, chunk_rows=777)

@@ -90,8 +90,10 @@ class HeldStderr(io.StringIO):
 
 def condense_hydra_error(text: str) -> str:
     """Hydra's multi-line refusal as one line: what is wrong and the choices, without the config search
-    path, internal key paths, advice to add keys with ``+`` and the hint to set HYDRA_FULL_ERROR."""
-    skipped = ("Set the environment variable HYDRA_FULL_ERROR", "full_key:", "object_type=", "To append to your config")
+    path, internal key paths, advice to add keys with ``+`` (except under ``spark.conf``, the one free-form
+    setting, where adding is what the user meant) and the hint to set HYDRA_FULL_ERROR."""
+    skipped = ("Set the environment variable HYDRA_FULL_ERROR", "full_key:", "object_type=")
+    advice = "To append to your config use "
     parts: list[str] = []
     listing: list[str] | None = None  # the indented choices under a line ending in ":"
     for raw in text.splitlines():
@@ -101,6 +103,10 @@ def condense_hydra_error(text: str) -> str:
             continue
         listing = None
         if not line or line.startswith(skipped) or line.startswith("See https://hydra.cc"):
+            continue
+        if line.startswith(advice):
+            if line.startswith(advice + "+spark.conf."):
+                parts.append("Spark settings are added with " + line.removeprefix(advice))
             continue
         if line == "Config search path:":
             listing = []  # read and dropped
@@ -135,6 +141,16 @@ def _job(job: Callable[[DictConfig], float | None]) -> Callable[[DictConfig], fl
     return run
 
 
+SPARK_MASTER = re.compile(r"(\+{0,2}spark\.master)=([^'\"].*\[.*)")
+
+
+def quote_spark_master(argument: str) -> str:
+    """``spark.master=local[2]`` as Spark users write it: Hydra would read the brackets as a list, so the
+    value is quoted for it (``spark.master='local[2]'``)."""
+    match = SPARK_MASTER.fullmatch(argument)
+    return f"{match[1]}='{match[2]}'" if match else argument
+
+
 def console_script(main: Callable[[], Any]) -> Callable[[], None]:
     """Wrap a Hydra main so that a command line Hydra refuses (an unknown option of a config group, a key
     that does not exist, a malformed override) also ends in one ``error:`` line with exit status 2.
@@ -142,6 +158,7 @@ def console_script(main: Callable[[], Any]) -> Callable[[], None]:
 
     @wraps(main)
     def entry() -> None:
+        sys.argv = [quote_spark_master(argument) for argument in sys.argv]
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             main()
             return

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pandas as pd
@@ -96,12 +97,20 @@ def read_table(path: str | Path, id_column: str, columns: Sequence[str] | None =
         if is_parquet:
             frame = pd.read_parquet(path, columns=list(columns) if columns else None)
         else:
-            frame = pd.read_csv(path, sep=csv_separator(path), usecols=columns, dtype={id_column: str})
+            frame = read_csv(path, csv_separator(path), id_column, columns)
     except pd.errors.EmptyDataError as error:  # only blank lines: no header to read
         raise InputError(f"{path}: the file has no header row and no events") from error
     except (ValueError, OSError, pd.errors.ParserError) as error:
         raise InputError(f"{path}: cannot read as {path.suffix or 'table'}: {error}") from error
     return frame
+
+
+def read_csv(
+    source: str | Path | IO[bytes], separator: str, id_column: str, columns: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """pandas' CSV reader as churnformer reads every CSV (types inferred, missing-value words, quoting),
+    ids as strings; also what a Spark job applies to the text columns Spark read, so both read alike."""
+    return pd.read_csv(source, sep=separator, usecols=columns, dtype={id_column: str})
 
 
 def _first_rows(mask: np.ndarray, limit: int = 5) -> str:
@@ -228,6 +237,15 @@ def require_columns(present: Sequence[str], mapping: ColumnMapping, where: str) 
     return required
 
 
+def check_event_columns(present: Sequence[str], mapping: ColumnMapping, where: str) -> dict[str, str]:
+    """:func:`require_columns`, and no other column that would take a standard name after renaming."""
+    required = require_columns(present, mapping, where)
+    clashes = [c for c in STANDARD_COLUMNS if c in present and c not in required]
+    if clashes:
+        raise InputError(f"{where}: column(s) {clashes} clash with the standard names after mapping")
+    return required
+
+
 def load_events(
     source: str | Path | pd.DataFrame, mapping: ColumnMapping | None = None, name: str | None = None
 ) -> pd.DataFrame:
@@ -242,10 +260,7 @@ def load_events(
         frame, where = source, name or "events DataFrame"
     else:
         frame, where = read_table(source, mapping.customer_id), name or str(source)
-    required = require_columns(list(frame.columns), mapping, where)
-    clashes = [c for c in STANDARD_COLUMNS if c in frame.columns and c not in required]
-    if clashes:
-        raise InputError(f"{where}: column(s) {clashes} clash with the standard names after mapping")
+    required = check_event_columns(list(frame.columns), mapping, where)
     if len(frame) == 0:
         raise InputError(f"{where}: no events (the table is empty: a header and no rows)")
     frame = frame.rename(columns=required)

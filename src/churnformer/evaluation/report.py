@@ -350,7 +350,8 @@ def evaluate_files(
 ) -> dict[str, Path]:
     """Evaluate a predictions file against a labels file, or against labels computed from an event log, and
     write the report to ``output_dir``; prints the metrics and where the report went."""
-    predicted = read_table(predictions, CUSTOMER_ID)
+    # A directory is the Parquet dataset churnformer-predict engine=spark writes.
+    predicted = pd.read_parquet(predictions) if Path(predictions).is_dir() else read_table(predictions, CUSTOMER_ID)
     horizons = predicted_horizons(predicted)
     label_frame, label_source = load_labels(labels, events, cutoff, horizon_days, columns, purchase_types, horizons)
     joined = align(predicted, label_frame, names=(str(predictions), label_source))

@@ -16,7 +16,7 @@ import os
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -219,6 +219,10 @@ def combine(parts: list[ScoringResult], predictor: Predictor) -> ScoringResult:
 
 def run_prediction(config: dict[str, Any]) -> dict[str, Path]:
     """The ``churnformer-predict`` job from a plain config dict (see ``conf/serving/predict.yaml``)."""
+    if config["engine"] == "spark":
+        return spark_job()(config)
+    if config["engine"] != "local":
+        raise ConfigError(f"engine={config['engine']}: choose local (this process) or spark")
     output = check_output_path(config["output"])
     check_spill_dir(config["spill_dir"])
     partitions_needed(0, config["memory_budget_mb"])  # a budget below the floor is refused before any work
@@ -250,3 +254,16 @@ def run_prediction(config: dict[str, Any]) -> dict[str, Path]:
     print(describe(result.summary))
     print("  ".join(f"{name}: {path}" for name, path in paths.items()))
     return paths
+
+
+def spark_job() -> Callable[[dict[str, Any]], dict[str, Path]]:
+    """``churnformer.spark.job.run_spark_prediction``, or one line saying how to install what it needs."""
+    try:
+        from churnformer.spark.job import run_spark_prediction
+    except ImportError as error:
+        if not (error.name or "").startswith(("pyspark", "py4j")):
+            raise
+        raise ConfigError(
+            f"engine=spark needs pyspark ({error}); install it with: pip install 'churnformer[spark]'"
+        ) from error
+    return run_spark_prediction

@@ -3,7 +3,9 @@ before any data is, so a wrong file is named in one line rather than failing hal
 
 from __future__ import annotations
 
+import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -30,9 +32,35 @@ def resolve_model_path(model: str | Path) -> Path:
     return path
 
 
-def read_model(path: Path) -> tuple[bytes, dict[str, str]]:
-    """Load and check the ONNX file; return its bytes and churnformer metadata."""
+@dataclass(frozen=True)
+class ModelBytes:
+    """A model file's content, named by the file it was read from: what a distributed job ships to its
+    workers (a path on the driver means nothing there)."""
+
+    name: str
+    raw: bytes
+
+    @classmethod
+    def read(cls, model: str | Path) -> ModelBytes:
+        path = resolve_model_path(model)
+        return cls(str(path), path.read_bytes())
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.raw).hexdigest()
+
+
+def load_model(model: str | Path | ModelBytes) -> tuple[str, bytes, dict[str, str]]:
+    """A model file or its bytes, checked: its name for messages, its bytes and its churnformer metadata."""
+    if isinstance(model, ModelBytes):
+        return model.name, model.raw, check_model(model.raw, model.name)
+    path = resolve_model_path(model)
     raw = path.read_bytes()
+    return str(path), raw, check_model(raw, str(path))
+
+
+def check_model(raw: bytes, path: str) -> dict[str, str]:
+    """Check an ONNX model's bytes (``path`` names it in messages); return its churnformer metadata."""
     try:
         proto = onnx.load_from_string(raw)
         onnx.checker.check_model(proto)
@@ -56,4 +84,4 @@ def read_model(path: Path) -> tuple[bytes, dict[str, str]]:
             f"{path}: exported by churnformer {metadata.get(META_VERSION, 'unknown')}, without the outputs "
             f"{lacking}; export its checkpoint again with this version's churnformer-export"
         )
-    return raw, metadata
+    return metadata

@@ -30,6 +30,8 @@ class ScoringSummary:
     unknown_categories: dict[str, int] = field(default_factory=dict)
     customers_without_static: int = 0
     provider: str = ""
+    engine: str = "local"  # local: churnformer-predict's own process; spark: churnformer.spark
+    buckets: int = 0  # groups of customers, each scored by one Python call (engine spark)
     shard: str = "0/1"
     partitions: int = 0  # spill partitions on disk; 0: scored in memory
     read_s: float = 0.0  # reading the log (every chunk of it, when spilled)
@@ -118,6 +120,7 @@ def describe(summary: ScoringSummary) -> str:
     rate = summary.customers_scored / summary.wall_s if summary.wall_s else float("nan")
     where = f" (shard {summary.shard})" if summary.shard != "0/1" else ""
     spill = f", {summary.partitions} spill partitions" if summary.partitions else ""
+    spill += f", Spark, {summary.buckets} buckets" if summary.engine == "spark" else ""
     explained = (
         f"; {summary.customers_explained:,} explained in {summary.explain_s:.1f} s"
         if summary.customers_explained

@@ -29,7 +29,7 @@ from churnformer.defaults import serving_defaults
 from churnformer.schema import META_COLUMNS, META_FEATURIZER, META_HORIZON_DAYS, META_HORIZONS, META_OUTPUTS, N_EVENTS
 from churnformer.serving.batching import fill_rows, padded_width, token_budget_batches
 from churnformer.serving.explain import EXPLAINED, Explainer, ExplainSettings, drivers_last
-from churnformer.serving.model_file import read_model, resolve_model_path
+from churnformer.serving.model_file import ModelBytes, load_model
 from churnformer.serving.output import ScoringResult, ScoringSummary
 from churnformer.serving.partition import EventSource
 from churnformer.serving.retention import (
@@ -58,7 +58,7 @@ class Predictor:
 
     def __init__(
         self,
-        model: str | Path,
+        model: str | Path | ModelBytes,
         providers: list[str] | None = None,
         batch_tokens: int | None = None,
         max_batch_size: int | None = None,
@@ -67,9 +67,8 @@ class Predictor:
         discount_rate: float | None = None,
     ) -> None:
         defaults = serving_defaults("predict")
-        self.path = resolve_model_path(model)
+        self.path, raw, self.metadata = load_model(model)
         self.segments = segments or SegmentRules(**defaults["segments"])
-        raw, self.metadata = read_model(self.path)
         self.featurizer = Featurizer.from_json(self.metadata[META_FEATURIZER])
         self.columns = ColumnMapping(**json.loads(self.metadata.get(META_COLUMNS, "{}")))
         self.outputs = json.loads(self.metadata[META_OUTPUTS])
