@@ -39,15 +39,13 @@ class ModelBytes:
 
     name: str
     raw: bytes
+    digest: str  # SHA-256 of raw, taken once where the file is read (workers key their sessions by it)
 
     @classmethod
     def read(cls, model: str | Path) -> ModelBytes:
         path = resolve_model_path(model)
-        return cls(str(path), path.read_bytes())
-
-    @property
-    def digest(self) -> str:
-        return hashlib.sha256(self.raw).hexdigest()
+        raw = path.read_bytes()
+        return cls(str(path), raw, hashlib.sha256(raw).hexdigest())
 
 
 def load_model(model: str | Path | ModelBytes) -> tuple[str, bytes, dict[str, str]]:

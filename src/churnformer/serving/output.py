@@ -120,7 +120,7 @@ def describe(summary: ScoringSummary) -> str:
     rate = summary.customers_scored / summary.wall_s if summary.wall_s else float("nan")
     where = f" (shard {summary.shard})" if summary.shard != "0/1" else ""
     spill = f", {summary.partitions} spill partitions" if summary.partitions else ""
-    spill += f", Spark, {summary.buckets} buckets" if summary.engine == "spark" else ""
+    engine = f", Spark, {summary.buckets} buckets" if summary.engine == "spark" else ""
     explained = (
         f"; {summary.customers_explained:,} explained in {summary.explain_s:.1f} s"
         if summary.customers_explained
@@ -129,7 +129,7 @@ def describe(summary: ScoringSummary) -> str:
     return (
         f"scored {summary.customers_scored:,} of {summary.customers_seen:,} customers{where}"
         f"{not_scored_words(summary.customers_not_scored)} from {summary.rows_read:,} events in "
-        f"{summary.wall_s:.1f} s ({rate:,.0f} customers/s) on {summary.provider}{spill}{explained}"
+        f"{summary.wall_s:.1f} s ({rate:,.0f} customers/s) on {summary.provider}{engine}{spill}{explained}"
     )
 
 
