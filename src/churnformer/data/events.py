@@ -109,8 +109,9 @@ def read_csv(
     source: str | Path | IO[bytes], separator: str, id_column: str, columns: Sequence[str] | None = None
 ) -> pd.DataFrame:
     """pandas' CSV reader as churnformer reads every CSV (types inferred, missing-value words, quoting),
-    ids as strings; also what a Spark job applies to the text columns Spark read, so both read alike."""
-    return pd.read_csv(source, sep=separator, usecols=columns, dtype={id_column: str})
+    ids as strings; also what a Spark job applies to the text columns Spark read, so both read alike. Bytes
+    that are not UTF-8 become U+FFFD (free text from old systems holds them; text features count them)."""
+    return pd.read_csv(source, sep=separator, usecols=columns, dtype={id_column: str}, encoding_errors="replace")
 
 
 def _first_rows(mask: np.ndarray, limit: int = 5) -> str:

@@ -7,13 +7,14 @@ model can never be paired with the wrong vocabularies. JSON, never pickle: the s
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import logging
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from churnformer.data.events import CUSTOMER_ID, STANDARD_COLUMNS
+from churnformer.data.events import CUSTOMER_ID, STANDARD_COLUMNS, source_of
 from churnformer.errors import InputError
 
 FORMAT_VERSION = 1
@@ -41,6 +42,8 @@ BASE_CUSTOMER_NUMERIC = (
 )
 CALENDAR = {"day_of_week": [str(d) for d in range(7)], "month": [str(m) for m in range(1, 13)]}
 NUMERIC_CLIP = 10.0
+FREE_TEXT_MIN_CHARS = 40
+FREE_TEXT_MIN_WORDS = 6
 
 
 class FeatureMismatchError(InputError):
@@ -141,6 +144,7 @@ class FeaturizerConfig:
     min_category_count: int
     categorical: list[str]  # force these attribute columns categorical
     drop: list[str]  # attribute columns to ignore
+    text: list[str]  # free-text event columns, read by the sentence encoder (churnformer.text)
 
     @classmethod
     def with_defaults(cls, **changes: Any) -> FeaturizerConfig:
@@ -159,6 +163,10 @@ class Featurizer:
     event_numeric: list[NumericScaler]
     customer_categorical: list[CategoricalEncoder]
     customer_numeric: list[NumericScaler]
+    text_columns: list[str] = field(default_factory=list)  # free-text event columns (data.features.text)
+    # The sentence encoder that embeds them (churnformer.text.encoder.EncoderIdentity as a dict, with the
+    # SHA-256 of its file): scoring refuses any other.
+    text_encoder: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
 
     @property
@@ -179,6 +187,11 @@ class Featurizer:
         return [self.event_numeric_names.index(name) for name in EVENT_TIME_FEATURES]
 
     @property
+    def text_dimension(self) -> int:
+        """Size of the sentence embeddings (0 without text columns)."""
+        return int(self.text_encoder["dimension"]) if self.text_columns and self.text_encoder else 0
+
+    @property
     def customer_categorical_names(self) -> list[str]:
         return [e.name for e in self.customer_categorical]
 
@@ -192,7 +205,7 @@ class Featurizer:
 
     @property
     def event_attribute_columns(self) -> list[str]:
-        return [e.name for e in self.event_categorical] + [s.name for s in self.event_numeric]
+        return [e.name for e in self.event_categorical] + [s.name for s in self.event_numeric] + self.text_columns
 
     @property
     def customer_attribute_columns(self) -> list[str]:
@@ -225,6 +238,8 @@ class Featurizer:
             event_numeric=[NumericScaler(**s) for s in state["event_numeric"]],
             customer_categorical=[CategoricalEncoder(**e) for e in state["customer_categorical"]],
             customer_numeric=[NumericScaler(**s) for s in state["customer_numeric"]],
+            text_columns=list(state.get("text_columns", [])),
+            text_encoder=state.get("text_encoder"),
         )
 
 
@@ -233,12 +248,22 @@ def _with_indicators(scalers: list[NumericScaler]) -> list[str]:
 
 
 def split_attributes(frame: pd.DataFrame, config: FeaturizerConfig, where: str) -> tuple[list[str], list[str]]:
-    """Attribute columns by kind: strings, categories and booleans are categorical; numbers numeric."""
+    """Attribute columns by kind: strings, categories and booleans are categorical; numbers numeric. Text
+    columns (``config.text``) are neither, and a column that holds free text but is not named there is left
+    out with a warning: a vocabulary of sentences would only learn which sentences repeat."""
     categorical, numeric = [], []
     for column in frame.columns:
-        if column in STANDARD_COLUMNS or column in config.drop:
+        if column in STANDARD_COLUMNS or column in config.drop or column in config.text:
             continue
         dtype = frame[column].dtype
+        if column not in config.categorical and looks_like_free_text(frame[column]):
+            logging.getLogger(__name__).warning(
+                "%s: column %r holds free text; it is not used. Name it in data.features.text to read it with "
+                "the sentence encoder, or in data.features.categorical to use its values as categories",
+                where,
+                column,
+            )
+            continue
         if (
             column in config.categorical
             or not pd.api.types.is_numeric_dtype(dtype)
@@ -255,11 +280,33 @@ def split_attributes(frame: pd.DataFrame, config: FeaturizerConfig, where: str) 
     return categorical, numeric
 
 
+def looks_like_free_text(values: pd.Series, sample: int = 10_000) -> bool:
+    """Strings that read like sentences: among the first ``sample`` non-missing values, the median is at least
+    :data:`FREE_TEXT_MIN_CHARS` characters and :data:`FREE_TEXT_MIN_WORDS` words (category labels and product
+    names are shorter)."""
+    if pd.api.types.is_numeric_dtype(values.dtype) or pd.api.types.is_bool_dtype(values.dtype):
+        return False
+    if pd.api.types.is_datetime64_any_dtype(values.dtype):
+        return False
+    head = values.dropna().head(sample).astype(str)
+    if head.empty:
+        return False
+    return bool(
+        head.str.len().median() >= FREE_TEXT_MIN_CHARS and head.str.split().str.len().median() >= FREE_TEXT_MIN_WORDS
+    )
+
+
 def fit_featurizer(
     events: pd.DataFrame, customers: pd.DataFrame | None = None, config: FeaturizerConfig | None = None
 ) -> Featurizer:
     """Fit vocabularies and scalers on the training events (already restricted to the feature window)."""
     config = config or FeaturizerConfig.with_defaults()
+    missing = [column for column in config.text if column not in events.columns]
+    if missing:
+        raise InputError(
+            f"{source_of(events, 'events')}: data.features.text names column(s) {missing} that the log lacks; "
+            f"columns present: {list(events.columns)}"
+        )
     event_cat, event_num = split_attributes(events, config, "events")
     static = customers if customers is not None else pd.DataFrame({CUSTOMER_ID: []})
     static_cat, static_num = split_attributes(static, config, "customers")
@@ -273,4 +320,5 @@ def fit_featurizer(
         event_numeric=[NumericScaler.fit(c, events[c]) for c in event_num],
         customer_categorical=categorical(static, static_cat),
         customer_numeric=[NumericScaler.fit(c, static[c]) for c in static_num],
+        text_columns=list(config.text),
     )

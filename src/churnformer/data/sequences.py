@@ -9,6 +9,7 @@ events rather than customers x max_len, and batches of similar lengths waste no 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -23,7 +24,10 @@ from churnformer.data.featurizer import (
     numeric_values,
 )
 from churnformer.data.window import NS_PER_DAY, Window
-from churnformer.schema import CUSTOMER_CAT, CUSTOMER_NUM, EVENT_CAT, EVENT_NUM, LENGTHS
+from churnformer.schema import CUSTOMER_CAT, CUSTOMER_NUM, EVENT_CAT, EVENT_NUM, EVENT_TEXT, LENGTHS, TEXT_EMBEDDINGS
+
+if TYPE_CHECKING:
+    from churnformer.text.embeddings import TextEmbeddings
 
 _KEY_TIME_BITS = 32
 
@@ -55,7 +59,8 @@ class Sequences:
     to back; per customer, e.g. ``customer_cat`` (C, Cc) int32 and ``customer_num`` (C, Fc) float32. A new
     input is one more entry, padded and batched like the others. ``customer_ids`` are the ids exactly as
     given, sorted, one per customer with at least one event in the feature window; ``n_events_total``
-    counts events before truncation to ``max_len``.
+    counts events before truncation to ``max_len``. With text features, ``event_text`` (N, Ct) int32 holds
+    each event's row of ``text_table`` (the job's embedded texts, row 0 zeros: no text) per text column.
     """
 
     customer_ids: np.ndarray
@@ -64,6 +69,7 @@ class Sequences:
     customers: dict[str, np.ndarray]
     n_events_total: np.ndarray
     report: BuildReport
+    text_table: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.customer_ids)
@@ -92,13 +98,15 @@ class Sequences:
             customers={name: values[rows] for name, values in self.customers.items()},
             n_events_total=self.n_events_total[rows],
             report=self.report,
+            text_table=self.text_table,
         )
 
     def pad(self, rows: np.ndarray | None = None, width: int | None = None) -> dict[str, np.ndarray]:
         """Model inputs by name for the chosen customers (all by default), events left-aligned and padded with
         zeros to ``width`` (default: the longest among them): each event input (B, T, ...), ``lengths`` (B,)
         int64 and each customer input (B, ...). Position t of row b is a real event iff t < lengths[b];
-        events are in time order, the latest at lengths[b] - 1."""
+        events are in time order, the latest at lengths[b] - 1. With text features, ``text_embeddings`` holds
+        the rows of ``text_table`` the batch uses (row 0 first) and ``event_text`` indexes it."""
         every_row = rows is None
         rows = np.arange(len(self)) if every_row else np.asarray(rows, dtype=np.int64)
         lengths = self.lengths_of(rows)
@@ -116,6 +124,12 @@ class Sequences:
             padded[name] = out
         padded[LENGTHS] = lengths.astype(np.int64)
         padded.update({name: values[rows] for name, values in self.customers.items()})
+        if self.text_table is not None:
+            used, local = np.unique(padded[EVENT_TEXT], return_inverse=True)
+            if used[0] != 0:  # every slot holds text: row 0 (no text) still comes first
+                used, local = np.concatenate([[0], used]), local + 1
+            padded[EVENT_TEXT] = local.reshape(padded[EVENT_TEXT].shape).astype(np.int32)
+            padded[TEXT_EMBEDDINGS] = self.text_table[used]
         return padded
 
 
@@ -236,6 +250,7 @@ def build_sequences(
     window: Window,
     featurizer: Featurizer,
     customers: pd.DataFrame | None = None,
+    texts: TextEmbeddings | None = None,
 ) -> Sequences:
     """Build the sequences of every customer with at least one event before ``window.feature_end``.
 
@@ -243,7 +258,8 @@ def build_sequences(
     Events at or after the feature end are ignored (counted in the report): no future event reaches
     any feature. Identical duplicate events (same customer, timestamp, amount and attributes: a log
     written twice) count once; the extra copies are dropped and counted. Each customer keeps the latest
-    ``featurizer.max_len`` events.
+    ``featurizer.max_len`` events. A featurizer with text columns needs ``texts``, which embeds the texts of
+    the kept events (only those) it has not seen yet.
     """
     featurizer.require_event_columns(list(events.columns), source_of(events, "events"))
     report = BuildReport(events_read=len(events))
@@ -303,21 +319,31 @@ def build_sequences(
     customer_num = [*summary, *static_num]
 
     n = len(customer_ids)
+    event_inputs = {
+        EVENT_CAT: _stack(cat_columns, len(rows), np.int32),
+        EVENT_NUM: _stack(num_columns, len(rows), np.float32),
+    }
+    if featurizer.text_columns:
+        if texts is None:
+            raise ValueError("this featurizer reads text columns: build_sequences needs texts=TextEmbeddings(...)")
+        text_rows = [texts.rows_of(events[column], rows, column) for column in featurizer.text_columns]
+        event_inputs[EVENT_TEXT] = _stack(text_rows, len(rows), np.int32)
     return Sequences(
         customer_ids=customer_ids,
         offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-        events={
-            EVENT_CAT: _stack(cat_columns, len(rows), np.int32),
-            EVENT_NUM: _stack(num_columns, len(rows), np.float32),
-        },
+        events=event_inputs,
         customers={CUSTOMER_CAT: _stack(static_cat, n, np.int32), CUSTOMER_NUM: _stack(customer_num, n, np.float32)},
         n_events_total=counts.astype(np.int64),
         report=report,
+        text_table=texts.table if featurizer.text_columns else None,
     )
 
 
 def empty_histories(
-    customer_ids: np.ndarray, featurizer: Featurizer, customers: pd.DataFrame | None = None
+    customer_ids: np.ndarray,
+    featurizer: Featurizer,
+    customers: pd.DataFrame | None = None,
+    texts: TextEmbeddings | None = None,
 ) -> Sequences:
     """Sequences of customers with no event at all: only the summary token, with the history summary of an
     empty history (every count, time and amount 0) and the static attributes from ``customers``. What
@@ -326,27 +352,34 @@ def empty_histories(
     n = len(customer_ids)
     static_cat, static_num = _static_features(customer_ids, customers, featurizer, report)
     summary = [np.zeros(n) for _ in BASE_CUSTOMER_NUMERIC]
+    events = {
+        EVENT_CAT: np.zeros((0, len(featurizer.event_categorical_names)), dtype=np.int32),
+        EVENT_NUM: np.zeros((0, len(featurizer.event_numeric_names)), dtype=np.float32),
+    }
+    if featurizer.text_columns:
+        events[EVENT_TEXT] = np.zeros((0, len(featurizer.text_columns)), dtype=np.int32)
     return Sequences(
         customer_ids=np.asarray(customer_ids),
         offsets=np.zeros(n + 1, dtype=np.int64),
-        events={
-            EVENT_CAT: np.zeros((0, len(featurizer.event_categorical_names)), dtype=np.int32),
-            EVENT_NUM: np.zeros((0, len(featurizer.event_numeric_names)), dtype=np.float32),
-        },
+        events=events,
         customers={
             CUSTOMER_CAT: _stack(static_cat, n, np.int32),
             CUSTOMER_NUM: _stack([*summary, *static_num], n, np.float32),
         },
         n_events_total=np.zeros(n, dtype=np.int64),
         report=report,
+        text_table=texts.table if featurizer.text_columns and texts is not None else None,
     )
 
 
 def concat_sequences(parts: list[Sequences]) -> Sequences:
     """Stack sequence sets (e.g. one per cutoff) into one; a customer may then appear more than once.
 
-    The report describes the first part (the main cutoff); the others are extra training examples.
+    The report describes the first part (the main cutoff); the others are extra training examples. Parts
+    with text index one growing table (:class:`~churnformer.text.embeddings.TextEmbeddings`), so the
+    largest table serves them all.
     """
+    tables = [p.text_table for p in parts if p.text_table is not None]
     shifts = np.cumsum([0] + [int(p.offsets[-1]) for p in parts[:-1]])
     offsets = [parts[0].offsets[:1]] + [p.offsets[1:] + shift for p, shift in zip(parts, shifts, strict=True)]
     return Sequences(
@@ -356,6 +389,7 @@ def concat_sequences(parts: list[Sequences]) -> Sequences:
         customers={name: np.concatenate([p.customers[name] for p in parts]) for name in parts[0].customers},
         n_events_total=np.concatenate([p.n_events_total for p in parts]),
         report=parts[0].report,
+        text_table=max(tables, key=len) if tables else None,
     )
 
 

@@ -61,8 +61,10 @@ class SyntheticWorld(EventLogSource):
     def __init__(self, directory: str | Path, world: Mapping[str, object]) -> None:
         from churnformer.data.synthetic import SyntheticWorldConfig
 
-        self.directory = Path(directory)
         self.world = SyntheticWorldConfig(**world)
+        self.directory = Path(directory)
+        if self.world.text:  # the same world with a text column: its own files
+            self.directory = self.directory.with_name(self.directory.name + "-text")
 
     @property
     def files(self) -> tuple[Path, Path]:

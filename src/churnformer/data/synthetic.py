@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from churnformer.data.synthetic_text import UNHAPPY_WEEKS, event_texts
+
 WEEK_SECONDS = 7 * 24 * 3600
 DAY_SECONDS = 24 * 3600
 
@@ -56,6 +58,7 @@ class SyntheticWorldConfig:
     start: str
     n_weeks: int
     seed: int
+    text: bool = False  # add a free-text column (churnformer.data.synthetic_text); the other columns stay equal
 
     @classmethod
     def with_defaults(cls, **changes: Any) -> SyntheticWorldConfig:
@@ -270,23 +273,36 @@ def _customer_ids(n_customers: int) -> tuple[str, ...]:
     return tuple(f"C{i:0{width}d}" for i in range(n_customers))
 
 
-def _events_frame(out: _EventColumns, ids: tuple[str, ...], start: pd.Timestamp, n_weeks: int) -> pd.DataFrame:
-    """Concatenate the weekly batches, drop follow-ups past the log end and sort by (timestamp, customer)."""
+def _events_frame(
+    out: _EventColumns,
+    ids: tuple[str, ...],
+    start: pd.Timestamp,
+    n_weeks: int,
+    texts: tuple[np.random.Generator, np.ndarray] | None,
+) -> pd.DataFrame:
+    """Concatenate the weekly batches, drop follow-ups past the log end and sort by (timestamp, customer);
+    with ``texts`` (their random stream, and the week each customer turns unhappy), add the ``text`` column."""
     seconds = np.concatenate(out.seconds)
     customer = np.concatenate(out.customer)
     keep = seconds < n_weeks * WEEK_SECONDS
     order = np.flatnonzero(keep)[np.lexsort((customer[keep], seconds[keep]))]
     timestamp = np.datetime64(start.to_datetime64(), "s") + seconds[order].astype("timedelta64[s]")
-    return pd.DataFrame(
+    event_type = np.concatenate(out.event_type)[order]
+    frame = pd.DataFrame(
         {
             "customer_id": _labels(ids, customer[order]),
             "timestamp": timestamp.astype("datetime64[ns]"),
             "amount": np.concatenate(out.amount)[order],
-            "event_type": _labels(EVENT_TYPES, np.concatenate(out.event_type)[order]),
+            "event_type": _labels(EVENT_TYPES, event_type),
             "channel": _labels(CHANNELS, np.concatenate(out.channel)[order]),
             "n_items": np.concatenate(out.n_items)[order],
         }
     )
+    if texts is not None:
+        rng, unhappy_since = texts
+        unhappy = seconds[order] // WEEK_SECONDS >= unhappy_since[customer[order]]
+        frame["text"] = event_texts(rng, event_type, EVENT_TYPES, unhappy)
+    return frame
 
 
 def generate_world(config: SyntheticWorldConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -314,7 +330,18 @@ def generate_world(config: SyntheticWorldConfig) -> tuple[pd.DataFrame, pd.DataF
             "signup_channel": _labels(SIGNUP_CHANNELS, world.signup_channel),
         }
     )
-    return _events_frame(out, ids, start, config.n_weeks), customers
+    texts = _unhappiness(config.seed, state) if config.text else None
+    return _events_frame(out, ids, start, config.n_weeks, texts), customers
+
+
+def _unhappiness(seed: int, state: _State) -> tuple[np.random.Generator, np.ndarray]:
+    """The texts' own random stream (the events never depend on it), and per customer the week from which
+    their texts come from an unhappy customer: :data:`UNHAPPY_WEEKS` before their decline starts (never for
+    a customer who never declines)."""
+    rng = np.random.default_rng([seed, 1])
+    lead = rng.integers(UNHAPPY_WEEKS[0], UNHAPPY_WEEKS[1] + 1, size=len(state.phase))
+    declined = state.phase != HEALTHY
+    return rng, np.where(declined, state.decline_start - lead, np.iinfo(np.int64).max)
 
 
 def _write_frames(frames: dict[str, pd.DataFrame], out_dir: Path, fmt: str) -> tuple[Path, ...]:
@@ -355,13 +382,18 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed")
     parser.add_argument("--out", type=Path, default=Path("data/synthetic"), help="output directory")
     parser.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="file format")
+    parser.add_argument(
+        "--text", action="store_true", help="add a free-text column: tickets, complaints and reviews (README)"
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Console script `churnformer-synthetic`: write the world and print what was written."""
     args = _parse_args(argv)
-    config = SyntheticWorldConfig(n_customers=args.customers, start=args.start, n_weeks=args.weeks, seed=args.seed)
+    config = SyntheticWorldConfig(
+        n_customers=args.customers, start=args.start, n_weeks=args.weeks, seed=args.seed, text=args.text
+    )
     started = time.perf_counter()
     events, customers = generate_world(config)
     paths = _write_frames({"events": events, "customers": customers}, args.out, args.format)

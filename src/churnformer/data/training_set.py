@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,9 @@ from churnformer.data.sequences import Sequences, build_sequences, concat_sequen
 from churnformer.data.window import NS_PER_DAY, HorizonGrid, Window, log_end_ns, require_events_before
 from churnformer.errors import ConfigError, InputError
 from churnformer.schema import CHURN, OBSERVED, SPEND, per_horizon
+
+if TYPE_CHECKING:
+    from churnformer.text.embeddings import TextEmbeddings
 
 
 def validation_mask(customer_ids: np.ndarray, fraction: float, salt: str = "churnformer") -> np.ndarray:
@@ -98,11 +102,13 @@ def build_training_set(
     val_fraction: float,
     purchase_types: Sequence[str] | None,
     event_type_column: str,
+    texts: TextEmbeddings | None = None,
 ) -> TrainingSet:
     """Fit the featurizer on the training customers' events before the main cutoff (``windows[0]``), then
     build sequences and labels at every window and horizon of ``grid``; validation customers appear at the
     main cutoff only. Horizons whose window ends after the log at every cutoff are dropped (a warning says
-    so); the main horizon must be observed at the main cutoff."""
+    so); the main horizon must be observed at the main cutoff. ``texts`` embeds the text columns
+    (``features.text``), if any."""
     main = windows[0]
     require_events_before(events[TIMESTAMP], main, source_of(events, "events"))
     grid = observable_grid(events, windows, grid)
@@ -112,9 +118,13 @@ def build_training_set(
     train_events = events.loc[before & events[CUSTOMER_ID].isin(train_ids)]
     train_customers = customers[customers[CUSTOMER_ID].isin(train_ids)] if customers is not None else None
     featurizer = fit_featurizer(train_events, train_customers, features)
+    if featurizer.text_columns:
+        if texts is None:
+            raise ValueError("features.text names text columns: build_training_set needs texts=TextEmbeddings(...)")
+        featurizer.text_encoder = asdict(texts.encoder.identity)
     parts, labels = [], []
     for index, window in enumerate(windows):
-        sequences = build_sequences(events, window, featurizer, customers)
+        sequences = build_sequences(events, window, featurizer, customers, texts)
         if index > 0:  # earlier cutoffs: extra examples of the training customers only
             sequences = sequences.subset(np.flatnonzero(~validation_mask(sequences.customer_ids, val_fraction)))
         if len(sequences):

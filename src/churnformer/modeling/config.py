@@ -32,6 +32,8 @@ class FeatureSizes:
     time_feature_index: list[int]  # columns of event_num that hold time
     customer_cat_cardinalities: list[int]
     n_customer_num: int
+    n_text_columns: int = 0  # free-text event columns
+    text_dimension: int = 0  # size of their sentence embeddings
 
     @classmethod
     def of(cls, featurizer: Featurizer) -> FeatureSizes:
@@ -41,4 +43,6 @@ class FeatureSizes:
             time_feature_index=featurizer.event_time_indices,
             customer_cat_cardinalities=featurizer.customer_categorical_cardinalities,
             n_customer_num=len(featurizer.customer_numeric_names),
+            n_text_columns=len(featurizer.text_columns),
+            text_dimension=featurizer.text_dimension,
         )

@@ -40,8 +40,26 @@ class SummedEmbeddings(nn.Module):
         return out
 
 
+class TextProjection(nn.Module):
+    """Per text column, a learned linear map of the (frozen) sentence embedding into the event vector; no
+    bias, so an event without text (row 0, zeros) gets zero. The batch's distinct texts are projected once
+    and then gathered per event: a text repeated across events costs one projection."""
+
+    def __init__(self, n_columns: int, dimension: int, d_model: int) -> None:
+        super().__init__()
+        self.columns = nn.ModuleList(nn.Linear(dimension, d_model, bias=False) for _ in range(n_columns))
+
+    def forward(self, event_text: torch.Tensor, table: torch.Tensor) -> torch.Tensor:  # -> (B * T, D)
+        rows = event_text.long().reshape(-1, len(self.columns))
+        out = self.columns[0](table).index_select(0, rows[:, 0])
+        for j, column in enumerate(self.columns[1:], start=1):
+            out = out + column(table).index_select(0, rows[:, j])
+        return out
+
+
 class EventEncoder(nn.Module):
-    """Each event -> one D-vector: categorical embeddings + numeric projection + time encoding."""
+    """Each event -> one D-vector: categorical embeddings + numeric projection + time encoding (+ projected
+    texts, for models with text columns)."""
 
     def __init__(self, config: ModelConfig, sizes: FeatureSizes) -> None:
         super().__init__()
@@ -49,14 +67,26 @@ class EventEncoder(nn.Module):
         self.numeric = nn.Linear(sizes.n_event_num, config.d_model)
         self.time = TimeEncoding(len(sizes.time_feature_index), config.time_frequencies, config.d_model)
         self.register_buffer("time_index", torch.tensor(sizes.time_feature_index), persistent=False)
+        self.text = (
+            TextProjection(sizes.n_text_columns, sizes.text_dimension, config.d_model) if sizes.n_text_columns else None
+        )
         self.norm = nn.LayerNorm(config.d_model)
 
-    def forward(self, event_cat: torch.Tensor, event_num: torch.Tensor) -> torch.Tensor:  # -> (B, T, D)
+    def forward(
+        self,
+        event_cat: torch.Tensor,
+        event_num: torch.Tensor,
+        event_text: torch.Tensor | None = None,
+        text_embeddings: torch.Tensor | None = None,
+    ) -> torch.Tensor:  # -> (B, T, D)
         batch, length, _ = event_num.shape
         numeric = event_num.reshape(batch * length, -1)  # 2D: exported linears become Gemm (see backbones.Block)
         time = numeric.index_select(-1, self.time_index)
         categorical = self.categorical(event_cat).view(batch * length, -1)
-        return self.norm(categorical + self.numeric(numeric) + self.time(time)).view(batch, length, -1)
+        summed = categorical + self.numeric(numeric) + self.time(time)
+        if self.text is not None:
+            summed = summed + self.text(event_text, text_embeddings)
+        return self.norm(summed).view(batch, length, -1)
 
 
 class CustomerEncoder(nn.Module):

@@ -18,7 +18,7 @@ from churnformer.modeling.backbones import build_backbone
 from churnformer.modeling.config import FeatureSizes, ModelConfig
 from churnformer.modeling.encoders import CustomerEncoder, EventEncoder
 from churnformer.modeling.heads import HeadOutputs, SurvivalSpendHeads
-from churnformer.schema import CUSTOMER_CAT, CUSTOMER_NUM, EVENT_CAT, EVENT_NUM, LENGTHS
+from churnformer.schema import CUSTOMER_CAT, CUSTOMER_NUM, EVENT_CAT, EVENT_NUM, EVENT_TEXT, LENGTHS, TEXT_EMBEDDINGS
 
 
 class ChurnFormer(nn.Module):
@@ -44,7 +44,9 @@ class ChurnFormer(nn.Module):
 
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> HeadOutputs:
         lengths = inputs[LENGTHS]  # (B,)
-        events = self.events(inputs[EVENT_CAT], inputs[EVENT_NUM])  # (B, T, D)
+        events = self.events(
+            inputs[EVENT_CAT], inputs[EVENT_NUM], inputs.get(EVENT_TEXT), inputs.get(TEXT_EMBEDDINGS)
+        )  # (B, T, D)
         summary = self.customer(inputs[CUSTOMER_CAT], inputs[CUSTOMER_NUM]).unsqueeze(1)  # (B, 1, D)
         x = self.norm(self.backbone(torch.cat([summary, events], dim=1), lengths))  # (B, 1 + T, D)
         positions = torch.arange(events.shape[1], device=x.device)
@@ -57,7 +59,8 @@ class ChurnFormer(nn.Module):
 def _init_weights(module: nn.Module) -> None:
     if isinstance(module, nn.Linear):
         nn.init.normal_(module.weight, std=0.02)
-        nn.init.zeros_(module.bias)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
     elif isinstance(module, nn.Embedding):
         nn.init.normal_(module.weight, std=0.02)
         with torch.no_grad():

@@ -52,6 +52,7 @@ MAX_GROUPS = 62  # groups are bits of an int64 mask
 VARIANT_EVENTS_PER_CHUNK = 2_000_000
 # The windows every explanation has (days before the cutoff, [from, to)).
 BUILT_IN_WINDOWS = ({"name": "last 30 days", "days": [0, 30]}, {"name": "older than 180 days", "days": [180, None]})
+TEXT_GROUP = "text"  # what the customer wrote (models with text features)
 OTHER_EVENTS = "other events"
 GROUP = "group"
 CHURN_EFFECT = "churn_effect"
@@ -79,7 +80,8 @@ def driver_columns(top_k: int) -> list[str]:
 class DriverGroup:
     """Events selected by the value of a categorical event ``column`` (``value`` None: values outside the
     model's vocabulary or missing), events within ``days`` before the cutoff, the events in no other group
-    (``rest``), or the static ``attribute``."""
+    (``rest``), the static ``attribute``, or (``text``) what the customer wrote: removing it blanks the text
+    columns of its events and keeps the events."""
 
     name: str
     column: str | None = None
@@ -87,6 +89,7 @@ class DriverGroup:
     days: tuple[float, float] | None = None
     rest: bool = False
     attribute: str | None = None
+    text: bool = False
 
 
 @dataclass(frozen=True)
@@ -174,6 +177,8 @@ def driver_groups(featurizer: Featurizer, settings: ExplainSettings) -> list[Dri
             raise ConfigError(f"explain.groups: {spec} is neither {{column: C}} nor {{name: N, days: [from, to]}}")
     if type_column is None:  # events in no group above: with them, removing every group empties a history
         groups.append(DriverGroup(OTHER_EVENTS, rest=True))
+    if featurizer.text_columns:
+        groups.append(DriverGroup(TEXT_GROUP, text=True))
     groups += [DriverGroup(name, attribute=name) for name in featurizer.customer_attribute_columns]
     names = [group.name for group in groups]
     if len(set(names)) != len(names):
@@ -264,7 +269,7 @@ class Explainer:
         bits = self._event_bits(events, window)
         attribute_static = _static_rows(static, ids)
         present = self._attribute_bits(attribute_static, len(ids))  # then every event group a customer has
-        np.bitwise_or.at(present, codes, bits)
+        np.bitwise_or.at(present, codes, bits | self._text_bits(events, window))
         plan = _plan(present, ids, self.settings)
         values = np.empty((len(plan.customer), 2))
         kept = plan.removed == 0
@@ -297,6 +302,23 @@ class Explainer:
             if group.rest:
                 bits |= (bits == 0).astype(np.int64) << index
         return bits
+
+    def _text_bits(self, events: pd.DataFrame, window: Window) -> np.ndarray:
+        """Per event, the text group's bit where the event (before the cutoff) holds text; kept apart from the
+        event groups' bits, since removing the text group keeps the events."""
+        bits = np.zeros(len(events), dtype=np.int64)
+        index = self._text_index
+        if index is None:
+            return bits
+        stamps = events[TIMESTAMP].to_numpy(dtype="datetime64[ns]").view(np.int64)
+        written = np.zeros(len(events), dtype=bool)
+        for column in self.predictor.featurizer.text_columns:
+            written |= (events[column].astype("string").str.strip().fillna("") != "").to_numpy(dtype=bool)
+        return (written & (stamps < window.feature_end_ns)).astype(np.int64) << index
+
+    @property
+    def _text_index(self) -> int | None:
+        return next((index for index, group in enumerate(self.groups) if group.text), None)
 
     def _attribute_bits(self, static: pd.DataFrame | None, n: int) -> np.ndarray:
         """Per customer (``n``, the rows of ``static``), the bit of every static attribute it has (known to
@@ -337,6 +359,10 @@ class Explainer:
         keep = (bits[rows] & removed[variant_of_row]) == 0
         variant_events = events.iloc[rows[keep]].reset_index(drop=True)
         variant_events[CUSTOMER_ID] = variant_of_row[keep]
+        if self._text_index is not None:
+            blank = (removed[variant_of_row[keep]] >> self._text_index) & 1 == 1
+            for column in self.predictor.featurizer.text_columns:
+                variant_events[column] = variant_events[column].mask(blank)
         variant_static = None
         if static is not None:
             variant_static = static.iloc[customer].reset_index(drop=True)
@@ -346,10 +372,11 @@ class Explainer:
                     hidden = (removed >> index) & 1 == 1
                     variant_static[group.attribute] = variant_static[group.attribute].mask(hidden)
         featurizer = self.predictor.featurizer
-        sequences = build_sequences(variant_events, window, featurizer, variant_static)
+        texts = self.predictor.texts
+        sequences = build_sequences(variant_events, window, featurizer, variant_static, texts)
         empty = np.setdiff1d(np.arange(len(customer)), sequences.customer_ids)
         if len(empty):
-            sequences = concat_sequences([sequences, empty_histories(empty, featurizer, variant_static)])
+            sequences = concat_sequences([sequences, empty_histories(empty, featurizer, variant_static, texts)])
         scored = self.predictor.score_sequences(sequences)
         values = np.empty((len(customer), 2))
         values[scored[CUSTOMER_ID].to_numpy(np.int64)] = scored[[CHURN_PROBABILITY, EXPECTED_SPEND]].to_numpy(

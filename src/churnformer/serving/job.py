@@ -235,6 +235,7 @@ def run_prediction(config: dict[str, Any]) -> dict[str, Path]:
         threads=config["threads"],
         segments=SegmentRules(**config["segments"]),
         discount_rate=config["clv"]["discount_rate"],
+        text_encoder=config["text_encoder"],
     )
     settings = {key: value for key, value in config["explain"].items() if key != "enabled"}
     explainer = Explainer(predictor, ExplainSettings(**settings)) if config["explain"]["enabled"] else None

@@ -40,10 +40,15 @@ class ModelBytes:
     name: str
     raw: bytes
     digest: str  # SHA-256 of raw, taken once where the file is read (workers key their sessions by it)
+    # A model with text features: its sentence encoder's file, shipped with it (the path means nothing there).
+    text_encoder: ModelBytes | None = None
 
     @classmethod
     def read(cls, model: str | Path) -> ModelBytes:
-        path = resolve_model_path(model)
+        return cls.of_file(resolve_model_path(model))
+
+    @classmethod
+    def of_file(cls, path: Path) -> ModelBytes:
         raw = path.read_bytes()
         return cls(str(path), raw, hashlib.sha256(raw).hexdigest())
 

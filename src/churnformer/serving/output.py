@@ -29,6 +29,9 @@ class ScoringSummary:
     events_ignored: dict[str, int] = field(default_factory=dict)
     unknown_categories: dict[str, int] = field(default_factory=dict)
     customers_without_static: int = 0
+    # Models with text features: distinct texts embedded, of them truncated to the encoder's limit and with
+    # bytes that were not UTF-8 (replaced when read). Each text counts once per job.
+    texts: dict[str, int] = field(default_factory=dict)
     provider: str = ""
     engine: str = "local"  # local: churnformer-predict's own process; spark: churnformer.spark
     buckets: int = 0  # groups of customers, each scored by one Python call (engine spark)
@@ -51,6 +54,7 @@ class ScoringSummary:
             (self.customers_not_scored, other.customers_not_scored),
             (self.events_ignored, other.events_ignored),
             (self.unknown_categories, other.unknown_categories),
+            (self.texts, other.texts),
         ):
             for key, value in theirs.items():
                 mine[key] = mine.get(key, 0) + value
@@ -130,7 +134,18 @@ def describe(summary: ScoringSummary) -> str:
         f"scored {summary.customers_scored:,} of {summary.customers_seen:,} customers{where}"
         f"{not_scored_words(summary.customers_not_scored)} from {summary.rows_read:,} events in "
         f"{summary.wall_s:.1f} s ({rate:,.0f} customers/s) on {summary.provider}{engine}{spill}{explained}"
+        f"{text_words(summary.texts)}"
     )
+
+
+def text_words(texts: dict[str, int]) -> str:
+    """``; 385 distinct texts embedded (2 truncated, 1 with bytes that were not UTF-8)``, or nothing."""
+    if not texts:
+        return ""
+    notes = [f"{texts['truncated']:,} truncated"] if texts.get("truncated") else []
+    if texts.get("replaced_bytes"):
+        notes.append(f"{texts['replaced_bytes']:,} with bytes that were not UTF-8")
+    return f"; {texts.get('distinct', 0):,} distinct texts embedded" + (f" ({', '.join(notes)})" if notes else "")
 
 
 def not_scored_words(reasons: dict[str, int]) -> str:

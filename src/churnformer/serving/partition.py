@@ -133,6 +133,7 @@ class EventSource:
                 usecols=self.columns,
                 dtype={self.mapping.customer_id: str},
                 chunksize=rows_per_chunk,
+                encoding_errors="replace",  # as data.events.read_csv
             )
             raw_chunks: Iterator[pd.DataFrame] = iter(reader)
         else:
@@ -188,6 +189,9 @@ def spill_columns(frame: pd.DataFrame, featurizer: Featurizer) -> pd.DataFrame:
     for scaler in featurizer.event_numeric:
         if scaler.name in frame.columns:
             converted[scaler.name] = numeric_values(frame[scaler.name])
+    for column in featurizer.text_columns:  # a CSV chunk without any text reads as float NaN
+        if column in frame.columns and not pd.api.types.is_string_dtype(frame[column].dtype):
+            converted[column] = frame[column].astype("string")
     return frame.assign(**converted)
 
 
@@ -218,16 +222,11 @@ class SpillWriter:
 
     def _fixed_schema(self, inferred: pa.Schema) -> pa.Schema:
         """The first chunk's schema with attribute types fixed (a chunk of all-missing values infers null)."""
-        categorical = {e.name for e in self.featurizer.event_categorical}
-        numeric = {s.name for s in self.featurizer.event_numeric}
+        types = {e.name: pa.dictionary(pa.int32(), pa.string()) for e in self.featurizer.event_categorical}
+        types |= {s.name: pa.float64() for s in self.featurizer.event_numeric}
+        types |= {column: pa.string() for column in self.featurizer.text_columns}
         # Categories stay dictionary-encoded, so a partition reads back as a compact pandas category.
-        fields = [
-            field.with_type(pa.dictionary(pa.int32(), pa.string()) if field.name in categorical else pa.float64())
-            if field.name in categorical | numeric
-            else field
-            for field in inferred
-        ]
-        return pa.schema(fields)
+        return pa.schema([field.with_type(types[field.name]) if field.name in types else field for field in inferred])
 
     def close(self) -> list[Path]:
         """The partition files written (partitions without customers have none)."""

@@ -13,8 +13,9 @@ import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
@@ -39,6 +40,10 @@ from churnformer.serving.retention import (
     add_value_columns,
     check_discount_rate,
 )
+from churnformer.text.encoder import require_text_support
+
+if TYPE_CHECKING:
+    from churnformer.text.embeddings import TextEmbeddings
 
 
 def default_providers() -> list[str]:
@@ -65,7 +70,10 @@ class Predictor:
         threads: int | None = None,
         segments: SegmentRules | None = None,
         discount_rate: float | None = None,
+        text_encoder: str | Path | None = None,
     ) -> None:
+        """``text_encoder``: a model with text features reads its texts with this file (default: the
+        ``text_encoder.onnx`` beside the model, as its training run wrote it)."""
         defaults = serving_defaults("predict")
         self.path, raw, self.metadata = load_model(model)
         self.segments = segments or SegmentRules(**defaults["segments"])
@@ -89,9 +97,25 @@ class Predictor:
                 file=sys.stderr,
             )
         self.input_names = [i.name for i in self.session.get_inputs()]
+        shipped = model.text_encoder if isinstance(model, ModelBytes) else None
+        self.texts = self.open_texts(shipped or text_encoder, threads)
         self.batch_tokens = batch_tokens or defaults["batch_tokens"]
         self.max_batch_size = max_batch_size or defaults["max_batch_size"]
         self.infer_s = 0.0  # time inside onnxruntime during the last score_sequences call
+
+    def open_texts(self, text_encoder: str | Path | ModelBytes | None, threads: int) -> TextEmbeddings | None:
+        """The job's text embeddings for a model with text features (None without), its encoder (default: the
+        file beside the model) checked against the one the model was trained with."""
+        featurizer = self.featurizer
+        if not featurizer.text_columns:
+            return None
+        require_text_support(f"{self.path} (reads text columns {featurizer.text_columns})")
+        from churnformer.text.embeddings import TextEmbeddings
+        from churnformer.text.encoder import EncoderIdentity, TextEncoder
+
+        expected = EncoderIdentity(**featurizer.text_encoder)
+        source = text_encoder or Path(self.path).parent / expected.file
+        return TextEmbeddings(TextEncoder(source, expected, threads))
 
     def _run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         feed = {name: inputs[name] for name in self.input_names}
@@ -153,8 +177,9 @@ class Predictor:
         """Score one standard frame (a whole log, a job shard or a spill partition), and explain the
         customers ``explainer`` selects; no retention columns."""
         started = time.perf_counter()
+        texts_before = self.texts.stats.copy() if self.texts is not None else None
         with self.naming_the_model():
-            sequences = build_sequences(frame, window, self.featurizer, static)
+            sequences = build_sequences(frame, window, self.featurizer, static, self.texts)
         featurize_s = time.perf_counter() - started
         predictions = self.score_sequences(sequences, progress)
         infer_s = self.infer_s
@@ -181,6 +206,7 @@ class Predictor:
             },
             unknown_categories={k: v for k, v in report.unknown_categories.items() if v},
             customers_without_static=report.customers_without_static,
+            texts=asdict(self.texts.stats.minus(texts_before)) if self.texts is not None else {},
             provider=self.provider,
             featurize_s=round(featurize_s, 3),
             infer_s=round(infer_s, 3),

@@ -102,6 +102,7 @@ def predictor_options(config: dict[str, Any]) -> dict[str, Any]:
         "max_batch_size": config["max_batch_size"],
         "segments": SegmentRules(**config["segments"]),
         "discount_rate": config["clv"]["discount_rate"],
+        "text_encoder": config["text_encoder"],
     }
     return {**options, "threads": config["threads"]} if config["threads"] else options
 

@@ -153,6 +153,9 @@ def score_job(
     model = model if isinstance(model, ModelBytes) else ModelBytes.read(model)
     options = {"threads": int(spark.conf.get("spark.task.cpus", "1")), **options}
     predictor = Predictor(model, **options)  # the model file is checked here, before any task
+    if predictor.texts is not None:  # workers read the texts with the encoder the driver checked
+        model = replace(model, text_encoder=predictor.texts.encoder.file)
+        options.pop("text_encoder", None)
     if predictor.reference is None:
         raise ModelFileError(
             f"{predictor.path}: the model stores no reference percentiles, so deciles and segments would depend "
@@ -250,6 +253,7 @@ def records_schema(
             mapping.amount: [0.0],
             **{encoder.name: ["?"] for encoder in predictor.featurizer.event_categorical},
             **{scaler.name: [0.0] for scaler in predictor.featurizer.event_numeric},
+            **{column: [None] for column in predictor.featurizer.text_columns},
         }
     )
     explainer = Explainer(predictor, replace(explain, only=None)) if explain is not None else None

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import tempfile
+import time
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,13 +13,25 @@ import pandas as pd
 import pytorch_lightning as pl
 import torch
 from omegaconf import Container, DictConfig, OmegaConf
+from pytorch_lightning.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
 from churnformer.data.featurizer import FeaturizerConfig
 from churnformer.data.sources import EventLogSource
 from churnformer.data.training_set import TrainingSet, build_training_set, rolling_windows
 from churnformer.data.window import HorizonGrid, Window
-from churnformer.schema import CHURN, CHURN_BY_HORIZON, OBSERVED, OBSERVED_BY_HORIZON, SPEND, SPEND_BY_HORIZON
+from churnformer.schema import (
+    CHURN,
+    CHURN_BY_HORIZON,
+    OBSERVED,
+    OBSERVED_BY_HORIZON,
+    RUN_TEXT_EMBEDDINGS,
+    RUN_TEXT_ENCODER,
+    SPEND,
+    SPEND_BY_HORIZON,
+)
+from churnformer.text.embeddings import TextEmbeddings
+from churnformer.text.encoder import TextEncoder, require_text_support
 from churnformer.training.sampler import LengthBucketBatchSampler
 
 
@@ -45,6 +60,10 @@ class DataSettings:
         return cls(
             **{k: OmegaConf.to_container(v, resolve=True) if isinstance(v, Container) else v for k, v in values.items()}
         )
+
+
+# How long ranks other than 0 wait for rank 0's export of the sentence encoder (seconds).
+ENCODER_WAIT_S = 600
 
 
 class SequenceDataset(torch.utils.data.Dataset):
@@ -78,25 +97,60 @@ class ChurnDataModule(pl.LightningDataModule):
     """Loads the source's log, builds the training set (featurization fitted on training customers only) and
     serves batches. DDP: training batches are split across ranks by the sampler (equal counts per rank)."""
 
-    def __init__(self, source: EventLogSource, settings: DataSettings) -> None:
+    def __init__(self, source: EventLogSource, settings: DataSettings, run_dir: Path | None = None) -> None:
+        """``run_dir``: where a model reading text keeps its sentence encoder and embedded texts (the run's
+        directory; a temporary one when None)."""
         super().__init__()
         self.source = source
         self.settings = settings
+        self.run_dir = Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="churnformer-"))
         self.window = Window.from_cutoff(settings.cutoff, settings.horizon_days)
         self.grid = HorizonGrid.of(settings.horizons_days, settings.horizon_days)
         self.data: TrainingSet | None = None
         self._train_sampler: LengthBucketBatchSampler | None = None
         self._train_sampler_state: dict[str, int] | None = None
 
+    @property
+    def text_columns(self) -> list[str]:
+        return list(self.settings.features.get("text") or [])
+
     def prepare_data(self) -> None:
-        """Runs once per machine before ``setup``: makes what the source needs (the synthetic world)."""
+        """Runs once per machine before ``setup``: makes what the source needs (the synthetic world) and, for
+        text columns, exports the sentence encoder into the run directory."""
         self.source.prepare()
+        encoder = self.run_dir / RUN_TEXT_ENCODER
+        if not self.text_columns or encoder.is_file():
+            return
+        require_text_support(f"data.features.text={self.text_columns}")
+        if rank_zero_only.rank == 0:
+            from churnformer.text.export import export_text_encoder
+
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            export_text_encoder(encoder)
+            return
+        # Ranks a launcher started together with rank 0 (torchrun) use the file rank 0 writes: one encoder,
+        # one SHA-256, whatever the rank that exports the model.
+        deadline = time.monotonic() + ENCODER_WAIT_S
+        while not encoder.is_file():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{encoder}: rank 0 did not export the text encoder within {ENCODER_WAIT_S} s")
+            time.sleep(1)
+
+    def text_embeddings(self) -> TextEmbeddings | None:
+        """The run's texts embedded by its encoder (earlier embeddings of this run reused), or None."""
+        if not self.text_columns:
+            return None
+        texts = TextEmbeddings(TextEncoder(self.run_dir / RUN_TEXT_ENCODER))
+        if (self.run_dir / RUN_TEXT_EMBEDDINGS).is_file():
+            texts.load(self.run_dir / RUN_TEXT_EMBEDDINGS)
+        return texts
 
     def setup(self, stage: str | None = None) -> None:
         if self.data is not None:
             return
         events, customers = self.source.load()
         rolling = self.settings.rolling_cutoffs
+        texts = self.text_embeddings()
         self.data = build_training_set(
             events,
             customers,
@@ -106,7 +160,10 @@ class ChurnDataModule(pl.LightningDataModule):
             self.settings.val_fraction,
             self.settings.purchase_types,
             self.settings.event_type_column,
+            texts,
         )
+        if texts is not None and rank_zero_only.rank == 0:
+            texts.save(self.run_dir / RUN_TEXT_EMBEDDINGS)
 
     def load_frames(self) -> tuple[pd.DataFrame, pd.DataFrame | None]:
         """The standard events and customers frames of the source (scored after training)."""

@@ -72,11 +72,14 @@ from churnformer.training.review import (
     log_drivers,
     log_horizons,
     log_hparams,
+    log_text_gains,
 )
 from churnformer.training.run_info import run_info
 
 # Validation customers explained for the training-time view of the driver groups.
 EXPLAINED_VALIDATION_CUSTOMERS = 20_000
+# The validation metrics whose gain from the text branch the report and TensorBoard show.
+TEXT_GAIN_METRICS = ("churn_auc", "churn_pr_auc", "spend_gini")
 
 
 @dataclass(frozen=True)
@@ -123,8 +126,8 @@ def train(
         model = export_model(fitted.best_checkpoint, run_dir)
         result = score_training_log(model, datamodule)
         drivers = explain_validation(model, datamodule) if cfg.explain_validation else None
-        joined = report_validation(result, datamodule, run_dir / RUN_EVALUATION, drivers)
-        review_horizons(trainer, joined, fitted.best_epoch, drivers)
+        joined, gains = report_validation(model, result, datamodule, run_dir / RUN_EVALUATION, drivers)
+        review_horizons(trainer, joined, fitted.best_epoch, drivers, gains)
         if cfg.quantize:
             quantize(model, datamodule)
         if cfg.predict_after_training:
@@ -166,7 +169,7 @@ def build_datamodule(cfg: DictConfig, events: pd.DataFrame | None, customers: pd
         source = EventLogFiles(events, customers, OmegaConf.to_container(cfg.data.columns))
     else:
         source = hydra.utils.instantiate(cfg.data.source)
-    datamodule = ChurnDataModule(source, DataSettings.of(cfg.data))
+    datamodule = ChurnDataModule(source, DataSettings.of(cfg.data), Path(cfg.paths.output_dir))
     datamodule.prepare_data()
     datamodule.setup("fit")
     return datamodule
@@ -331,34 +334,61 @@ def explain_validation(model: Path, datamodule: ChurnDataModule) -> pd.DataFrame
 
 
 def report_validation(
-    result: ScoringResult, datamodule: ChurnDataModule, out_dir: Path, drivers: pd.DataFrame | None = None
-) -> pd.DataFrame | None:
+    model: Path,
+    result: ScoringResult,
+    datamodule: ChurnDataModule,
+    out_dir: Path,
+    drivers: pd.DataFrame | None = None,
+) -> tuple[pd.DataFrame | None, dict[str, float]]:
     """churnformer-evaluate's report of the exported model on the validation customers, at the main horizon
-    and over the grid, with the driver groups' figure and table (``drivers.csv``) when given; returns the
-    predictions joined with the labels (None when there are too few customers). Calibration was fitted on
-    these customers, so its calibration metrics here are optimistic."""
+    and over the grid, with the driver groups' figure and table (``drivers.csv``) when given, and for a model
+    that reads text, the text branch's gains (:func:`text_gains`); returns the predictions joined with the
+    labels (None when there are too few customers) and the gains. Calibration was fitted on these
+    customers, so its calibration metrics here are optimistic."""
     labels = datamodule.data.labels.iloc[datamodule.data.val_rows]
     if len(labels) < MIN_CUSTOMERS:
-        return None
+        return None, {}
     predictions = result.predictions[result.predictions[CUSTOMER_ID].isin(labels[CUSTOMER_ID])]
     joined = align(predictions, labels)
+    metrics = compute_metrics(joined)
+    gains = text_gains(model, datamodule, labels, metrics)
     figures = report_figures(joined)
     if drivers is not None:
         figures["drivers"] = drivers_figure(drivers)
         out_dir.mkdir(parents=True, exist_ok=True)
         drivers.to_csv(out_dir / "drivers.csv", index=False)
-    write_report(compute_metrics(joined), figures, out_dir, "Validation customers")
-    return joined
+    write_report(metrics | gains, figures, out_dir, "Validation customers")
+    return joined, gains
+
+
+def text_gains(
+    model: Path, datamodule: ChurnDataModule, labels: pd.DataFrame, metrics: dict[str, float]
+) -> dict[str, float]:
+    """What the text branch adds: the validation metrics of :data:`TEXT_GAIN_METRICS` minus the same model's on
+    the same customers with every text blanked (``text_gain_churn_auc``, ...). Empty for a model without text."""
+    columns = datamodule.data.featurizer.text_columns
+    if not columns:
+        return {}
+    events, customers = datamodule.load_frames()
+    events = events.loc[events[CUSTOMER_ID].isin(labels[CUSTOMER_ID]).to_numpy()].assign(**dict.fromkeys(columns))
+    blank = Predictor(model).predict_standard(events, datamodule.settings.cutoff, customers)
+    without = compute_metrics(align(blank.predictions, labels))
+    return {f"text_gain_{name}": metrics[name] - without[name] for name in TEXT_GAIN_METRICS}
 
 
 def review_horizons(
-    trainer: pl.Trainer, joined: pd.DataFrame | None, best_epoch: int, drivers: pd.DataFrame | None = None
+    trainer: pl.Trainer,
+    joined: pd.DataFrame | None,
+    best_epoch: int,
+    drivers: pd.DataFrame | None = None,
+    text_gains: dict[str, float] | None = None,
 ) -> None:
-    """TensorBoard: the exported model's validation metrics by horizon, the figures over the grid, and the
-    driver groups (figure and table)."""
+    """TensorBoard: the exported model's validation metrics by horizon, the figures over the grid, the driver
+    groups (figure and table) and the text branch's gains (``best/text_gain/<metric>``)."""
     logger = next((lg for lg in trainer.loggers if isinstance(lg, SplitRunsLogger)), None)
     if logger is None or joined is None:
         return
+    log_text_gains(logger.experiment, text_gains or {}, best_epoch)
     log_horizons(logger.experiment, horizon_metrics(joined), horizon_figures(joined), best_epoch)
     if drivers is not None:
         log_drivers(logger.experiment, drivers, drivers_figure(drivers), best_epoch)

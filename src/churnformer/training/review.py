@@ -162,6 +162,12 @@ def log_best(
     log_review(writer, epoch, *predictions, prefix=f"{BEST}/")
 
 
+def log_text_gains(writer: SummaryWriter, gains: Mapping[str, float], epoch: int) -> None:
+    """``best/text_gain/<metric>``: the exported model's validation metric minus the same with texts blanked."""
+    for name, value in gains.items():
+        writer.add_scalar(f"{BEST}/text_gain/{name.removeprefix('text_gain_')}", value, epoch)
+
+
 def log_horizons(writer: SummaryWriter, metrics: Mapping[str, float], figures: Mapping[str, Any], epoch: int) -> None:
     """The exported model's validation metrics over the horizon grid, once: ``best/horizons/<metric>`` with the
     horizon in days as the step (so each chart reads as the metric against the horizon), the survival
