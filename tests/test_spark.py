@@ -72,6 +72,21 @@ def counts(summary) -> dict:
     return {k: v for k, v in vars(summary).items() if k not in skipped and not k.endswith("_s")}
 
 
+def explained_csv_job(spark: SparkSession, events: Path, customers: Path, model: Path, **options):
+    """The Spark job over CSV events and customers, with explanations, persisted."""
+    customers_frame = read_table(spark, customers)[0]
+    return score_job(
+        read_table(spark, events)[0],
+        model,
+        TINY_CUTOFF,
+        customers=customers_frame,
+        explain=True,
+        events_reading=CSV_TEXT,
+        customers_reading=CSV_TEXT,
+        **options,
+    ).persist()
+
+
 def test_a_messy_log_with_explanations_scores_exactly_as_one_machine(
     spark: SparkSession, trained_run: Path, tiny_world: tuple[Path, Path], messy: Path
 ) -> None:
@@ -80,16 +95,7 @@ def test_a_messy_log_with_explanations_scores_exactly_as_one_machine(
     every count equal the local job's."""
     customers = tiny_world[1]
     local = Predictor(trained_run).explain(messy, TINY_CUTOFF, customers=customers)
-    job = score_job(
-        read_table(spark, messy)[0],
-        trained_run / "model.onnx",
-        TINY_CUTOFF,
-        customers=read_table(spark, customers)[0],
-        explain=True,
-        buckets=5,
-        events_reading=CSV_TEXT,
-        customers_reading=CSV_TEXT,
-    ).persist()
+    job = explained_csv_job(spark, messy, customers, trained_run / "model.onnx", buckets=5)
     assert_same_rows(job.predictions.toPandas(), local.predictions)
     assert_same_rows(job.rejects.toPandas(), local.rejects)
     assert len(local.rejects) == local.summary.customers_not_scored["no_event_before_cutoff"] > 0
@@ -109,17 +115,7 @@ def test_a_text_model_scores_exactly_as_one_machine_with_its_encoder_shipped(
     local = Predictor(text_run).explain(events, TINY_CUTOFF, customers=customers)
     alone = tmp_path / "model.onnx"
     shutil.copy(text_run / "model.onnx", alone)
-    job = score_job(
-        read_table(spark, events)[0],
-        alone,
-        TINY_CUTOFF,
-        customers=read_table(spark, customers)[0],
-        explain=True,
-        buckets=3,
-        events_reading=CSV_TEXT,
-        customers_reading=CSV_TEXT,
-        text_encoder=text_run / "text_encoder.onnx",
-    ).persist()
+    job = explained_csv_job(spark, events, customers, alone, buckets=3, text_encoder=text_run / "text_encoder.onnx")
     assert_same_rows(job.predictions.toPandas(), local.predictions)
     assert_same_rows(job.effects.toPandas(), local.effects)
     assert "text" in set(local.effects["group"])
