@@ -257,3 +257,33 @@ def test_without_the_text_extra_one_line_names_it(
         f"hydra.run.dir={tmp_path}",
     )
     assert "data.features.text=['text'] needs the text extra" in finished.error_line
+
+
+def test_ranks_other_than_zero_use_the_encoder_rank_zero_exports(
+    text_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under a launcher that starts every rank at once (torchrun), only rank 0 exports; the others wait for its
+    file (one encoder, one SHA-256), and give up with a message if it never comes."""
+    import threading
+
+    from pytorch_lightning.utilities import rank_zero_only
+
+    from churnformer.data.sources import EventLogFiles
+    from churnformer.defaults import yaml_defaults
+    from churnformer.training import datamodule as datamodule_module
+    from churnformer.training.datamodule import ChurnDataModule, DataSettings
+
+    defaults = yaml_defaults("data/settings/default")
+    features = {**defaults["features"], "text": ["text"]}
+    settings = DataSettings(**{**defaults, "seed": 0, "cutoff": TINY_CUTOFF, "features": features})
+    module = ChurnDataModule(EventLogFiles(pd.DataFrame(), None, {}), settings, tmp_path)
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    monkeypatch.setattr(datamodule_module, "ENCODER_WAIT_S", 30)
+    exported = tmp_path / RUN_TEXT_ENCODER
+    threading.Timer(1.5, lambda: shutil.copy(text_run / RUN_TEXT_ENCODER, exported)).start()
+    module.prepare_data()  # returns once "rank 0" wrote the file; this rank exported nothing itself
+    assert exported.read_bytes() == (text_run / RUN_TEXT_ENCODER).read_bytes()
+    monkeypatch.setattr(datamodule_module, "ENCODER_WAIT_S", 0)
+    late = ChurnDataModule(EventLogFiles(pd.DataFrame(), None, {}), settings, tmp_path / "late")
+    with pytest.raises(TimeoutError, match="rank 0 did not export the text encoder"):
+        late.prepare_data()
