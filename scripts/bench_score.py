@@ -49,6 +49,7 @@ import platform
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -65,8 +66,9 @@ from churnformer.data.window import Window
 from churnformer.defaults import yaml_defaults
 from churnformer.modeling.network import ChurnFormer
 from churnformer.modeling.scoring_model import Calibration, ScoringModel
-from churnformer.schema import MODEL_INPUTS, PERCENTILE_LEVELS
+from churnformer.schema import MODEL_INPUTS, PERCENTILE_LEVELS, RUN_TEXT_ENCODER
 from churnformer.serving.predictor import Predictor
+from churnformer.text.encoder import TextEncoder
 
 TARGETS = {"wall_s": 30.0, "peak_rss_mb": 3072.0, "speedup_vs_torch_eager": 3.0, "useful_share_of_peak": 0.5}
 EAGER_BATCH = 256
@@ -90,12 +92,21 @@ def make_log(workdir: Path, n_events: int, n_customers: int, kind: str = "int") 
     return path
 
 
-def make_model(workdir: Path, log: Path) -> Path:
-    """The default small architecture with random weights, featurizer fitted on the first 1 M events."""
+def make_model(workdir: Path, log: Path, text: bool = False) -> Path:
+    """The default small architecture with random weights, featurizer fitted on the first 1 M events; with
+    ``text``, reading the log's ``text`` column too, the run's sentence encoder exported beside it."""
     path = workdir / f"model-{log.stem}.onnx"
+    encoder = workdir / RUN_TEXT_ENCODER
+    if text and not encoder.exists():
+        from churnformer.text.export import export_text_encoder
+
+        export_text_encoder(encoder)
     if not path.exists():
         sample = pd.read_parquet(log).head(1_000_000)
-        featurizer = fit_featurizer(sample, config=FeaturizerConfig.with_defaults(max_len=128))
+        config = FeaturizerConfig.with_defaults(max_len=128, text=["text"] if text else [])
+        featurizer = fit_featurizer(sample, config=config)
+        if text:
+            featurizer.text_encoder = asdict(TextEncoder(encoder).identity)
         torch.manual_seed(0)
         network = ChurnFormer.build(small_network(), featurizer, len(HORIZONS)).eval()
         torch.save(network.state_dict(), path.with_suffix(".pt"))
@@ -136,9 +147,9 @@ def make_text_log(workdir: Path, log: Path, share: float, distinct: int) -> Path
     path = log.with_name(f"{log.stem}-text-{share:g}-{distinct}.parquet")
     if not path.exists():
         rng = np.random.default_rng(1)
-        openings = [o for kind in OPENINGS.values() for o in kind]
+        openings, tones = [o for kind in OPENINGS.values() for o in kind], CALM + UPSET
         pool = [
-            f"{openings[k % len(openings)]} {MIDDLES[k % len(MIDDLES)]} {(CALM + UPSET)[k % 16]} Ticket {k}."
+            f"{openings[k % len(openings)]} {MIDDLES[k % len(MIDDLES)]} {tones[k % len(tones)]} Ticket {k}."
             for k in range(distinct)
         ]
         table = pq.read_table(log)
@@ -149,34 +160,8 @@ def make_text_log(workdir: Path, log: Path, share: float, distinct: int) -> Path
     return path
 
 
-def make_text_model(workdir: Path, log: Path) -> Path:
-    """The benchmark network reading the ``text`` column too, with the sentence encoder beside it."""
-    from dataclasses import asdict
-
-    from churnformer.schema import RUN_TEXT_ENCODER
-    from churnformer.text.encoder import TextEncoder
-    from churnformer.text.export import export_text_encoder
-
-    path = workdir / f"model-{log.stem}.onnx"
-    encoder = workdir / RUN_TEXT_ENCODER
-    if not encoder.exists():
-        export_text_encoder(encoder)
-    if not path.exists():
-        sample = pd.read_parquet(log).head(1_000_000)
-        featurizer = fit_featurizer(sample, config=FeaturizerConfig.with_defaults(max_len=128, text=["text"]))
-        featurizer.text_encoder = asdict(TextEncoder(encoder).identity)
-        torch.manual_seed(0)
-        network = ChurnFormer.build(small_network(), featurizer, len(HORIZONS)).eval()
-        metadata = {"horizon_days": 90, "horizons_days": list(HORIZONS)}
-        export_onnx(network, featurizer.to_json(), path, metadata, fused_attention=True)
-    return path
-
-
 def encoder_rate(workdir: Path, log: Path, sample: int = 4000) -> float:
     """Distinct texts embedded per second by the sentence encoder (texts of the log, tokenizing included)."""
-    from churnformer.schema import RUN_TEXT_ENCODER
-    from churnformer.text.encoder import TextEncoder
-
     texts = pq.read_table(log, columns=["text"])["text"].drop_null().unique()[:sample].to_pylist()
     encoder = TextEncoder(workdir / RUN_TEXT_ENCODER)
     started = time.perf_counter()
@@ -383,7 +368,7 @@ def main() -> None:
         )
     if args.text:
         text_log = make_text_log(args.workdir, log, args.text_share, args.text_distinct)
-        text_model = make_text_model(args.workdir, text_log)
+        text_model = make_model(args.workdir, text_log, text=True)
         with_text = score_end_to_end(text_model, text_log, args.workdir / "predictions-text.parquet", [])
         texts = json.loads((args.workdir / "predictions-text.parquet.summary.json").read_text())["texts"]
         rate = encoder_rate(args.workdir, text_log)
