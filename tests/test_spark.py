@@ -252,6 +252,10 @@ def test_command_line_settings(trained_run: Path, tiny_world: tuple[Path, Path],
     assert "engine=spark writes a Parquet dataset" in line
     line = run_in_process("churnformer-predict", *common, f"output={tmp_path / 'o.parquet'}", "shard=0/2").error_line
     assert "engine=spark spreads the customers" in line
+    line = run_in_process(
+        "churnformer-predict", *common, f"output={tmp_path / 'o.parquet'}", "text_cache=t.npz"
+    ).error_line
+    assert "text_cache=t.npz: engine=local only" in line
     line = run_in_process("churnformer-predict", *common, "spark.conf.spark.executor.memory=2g").error_line
     assert "Spark settings are added with +spark.conf.spark.executor.memory=2g" in line
     assert flat_settings({"spark": {"sql": {"shuffle": {"partitions": 8}}}, "spark.a": 1}) == {

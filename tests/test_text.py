@@ -9,6 +9,7 @@ import logging
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,8 @@ from churnformer.data.sequences import build_sequences
 from churnformer.data.synthetic import EVENT_TYPES, SyntheticWorldConfig, generate_world
 from churnformer.data.window import Window
 from churnformer.errors import ConfigError, InputError
-from churnformer.schema import EVENT_TEXT, RUN_TEXT_ENCODER, TEXT_EMBEDDINGS
+from churnformer.schema import EVENT_TEXT, RUN_TEXT_EMBEDDINGS, RUN_TEXT_ENCODER, TEXT_EMBEDDINGS
+from churnformer.serving.predictor import Predictor
 from churnformer.text.embeddings import TextEmbeddings
 from churnformer.text.encoder import TextEncoder
 from tests.conftest import TINY_CUTOFF, run_in_process, run_predict
@@ -182,6 +184,60 @@ def test_a_text_model_scores_bit_identically_however_the_job_is_split(
     assert json.loads((tmp_path / "spilled.parquet.summary.json").read_text())["partitions"] > 1
     for name in ("spilled", "small_batches"):
         pd.testing.assert_frame_equal(outputs[name], outputs["memory"], check_exact=True)
+
+
+def test_a_text_cache_embeds_each_text_once_across_jobs_with_the_same_outputs(
+    text_run: Path, text_world: tuple[Path, Path], tmp_path: Path
+) -> None:
+    events, customers = text_world
+    cache = tmp_path / "caches" / "texts.npz"
+    runs = {}
+    for name, overrides in {
+        "fresh": (),
+        "first": (f"text_cache={cache}",),  # no file yet: every text embedded, the file written at the end
+        "second": (f"text_cache={cache}", "memory_budget_mb=902"),  # every text from the file, spilled
+    }.items():
+        output = tmp_path / f"{name}.parquet"
+        result = run_predict(text_run, events, output, f"customers={customers}", *overrides)
+        summary = json.loads(output.with_name(output.name + ".summary.json").read_text())
+        runs[name] = pd.read_parquet(output), summary["texts"], result.stdout
+    fresh, first, second = (runs[name] for name in ("fresh", "first", "second"))
+    assert first[1] == fresh[1] and fresh[1]["cached"] == 0
+    assert second[1] == {**fresh[1], "cached": fresh[1]["distinct"]}
+    assert (
+        f"{fresh[1]['distinct']:,} distinct texts, 0 embedded and {fresh[1]['distinct']:,} from text_cache"
+        in (second[2])
+    )
+    for outputs, _, _ in (first, second):
+        pd.testing.assert_frame_equal(outputs, fresh[0], check_exact=True)
+    # A training run's table is the same format: it seeds the first scoring job.
+    seeded = tmp_path / "seeded.npz"
+    shutil.copy(text_run / RUN_TEXT_EMBEDDINGS, seeded)
+    scored = Predictor(text_run, text_cache=seeded).predict(str(events), TINY_CUTOFF, str(customers))
+    assert 0 < scored.summary.texts["cached"] <= scored.summary.texts["distinct"]
+    alone = Predictor(text_run).predict(str(events), TINY_CUTOFF, str(customers)).predictions
+    pd.testing.assert_frame_equal(scored.predictions, alone, check_exact=True)
+
+
+def test_a_text_cache_of_another_encoder_or_of_no_table_is_refused(
+    text_run: Path, trained_run: Path, text_world: tuple[Path, Path], tmp_path: Path
+) -> None:
+    encoder = TextEncoder(text_run / RUN_TEXT_ENCODER)
+    other = TextEmbeddings(encoder)
+    other.rows_of(pd.Series(["a text from elsewhere"]), np.array([0]), "text")
+    other.encoder.identity = replace(encoder.identity, sha256="0" * 64)
+    args = (f"events={text_world[0]}", f"cutoff={TINY_CUTOFF}", f"output={tmp_path / 'out.parquet'}")
+    other.save(tmp_path / "other.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a table")
+    for cache, words in (("other.npz", "text embeddings of another encoder"), ("junk.npz", "not a table")):
+        line = run_in_process("churnformer-predict", f"model={text_run}", f"text_cache={tmp_path / cache}", *args)
+        assert words in line.error_line and "delete it" in line.error_line
+    assert not (tmp_path / "out.parquet").exists()
+    # A model that reads no text says it ignores the setting, and writes no cache.
+    without = tmp_path / "without.npz"
+    plain = (f"model={trained_run}", *args, f"text_cache={without}", "progress=false")
+    finished = run_in_process("churnformer-predict", *plain)
+    assert finished.code == 0 and f"text_cache={without} ignored: " in finished.err and not without.exists()
 
 
 def test_scoring_refuses_another_encoder_and_a_missing_one(

@@ -69,8 +69,14 @@ def predict(
     customers: pd.DataFrame | None = None,
     columns: ColumnMapping | Mapping[str, str | None] | None = None,
     discount_rate: float | None = None,
+    text_cache: str | Path | None = None,
 ) -> pd.DataFrame:
     """One row per customer with an event up to ``cutoff``; ``discount_rate`` (annual) is that of the ``clv``
-    column (default: ``clv.discount_rate`` of ``conf/serving/predict.yaml``). See
-    :class:`churnformer.serving.predictor.Predictor`."""
-    return Predictor(model, discount_rate=discount_rate).predict(events, cutoff, customers, columns).predictions
+    column (default: ``clv.discount_rate`` of ``conf/serving/predict.yaml``). A model that reads text takes
+    texts from ``text_cache`` when that file exists and saves this call's texts there (``text_cache`` of
+    ``churnformer-predict``). See :class:`churnformer.serving.predictor.Predictor`."""
+    predictor = Predictor(model, discount_rate=discount_rate, text_cache=text_cache)
+    predictions = predictor.predict(events, cutoff, customers, columns).predictions
+    if text_cache is not None and predictor.texts is not None:
+        predictor.texts.save(text_cache)
+    return predictions

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import os
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -236,7 +237,10 @@ def run_prediction(config: dict[str, Any]) -> dict[str, Path]:
         segments=SegmentRules(**config["segments"]),
         discount_rate=config["clv"]["discount_rate"],
         text_encoder=config["text_encoder"],
+        text_cache=config["text_cache"],
     )
+    if config["text_cache"] is not None and predictor.texts is None:
+        print(f"warning: text_cache={config['text_cache']} ignored: {predictor.path} reads no text", file=sys.stderr)
     settings = {key: value for key, value in config["explain"].items() if key != "enabled"}
     explainer = Explainer(predictor, ExplainSettings(**settings)) if config["explain"]["enabled"] else None
     result = score_log(
@@ -252,6 +256,8 @@ def run_prediction(config: dict[str, Any]) -> dict[str, Path]:
         explainer=explainer,
     )
     paths = write_result(result, output)
+    if config["text_cache"] is not None and predictor.texts is not None:
+        predictor.texts.save(config["text_cache"])  # exactly this job's texts: the next job's cache
     print(describe(result.summary))
     print("  ".join(f"{name}: {path}" for name, path in paths.items()))
     return paths

@@ -29,8 +29,8 @@ class ScoringSummary:
     events_ignored: dict[str, int] = field(default_factory=dict)
     unknown_categories: dict[str, int] = field(default_factory=dict)
     customers_without_static: int = 0
-    # Models with text features: distinct texts embedded, of them truncated to the encoder's limit and with
-    # bytes that were not UTF-8 (replaced when read). Each text counts once per job.
+    # Models with text features: distinct texts, of them truncated to the encoder's limit, with bytes that
+    # were not UTF-8 (replaced when read) and taken from text_cache (not embedded). Each text counts once per job.
     texts: dict[str, int] = field(default_factory=dict)
     provider: str = ""
     engine: str = "local"  # local: churnformer-predict's own process; spark: churnformer.spark
@@ -145,7 +145,11 @@ def text_words(texts: dict[str, int]) -> str:
     notes = [f"{texts['truncated']:,} truncated"] if texts.get("truncated") else []
     if texts.get("replaced_bytes"):
         notes.append(f"{texts['replaced_bytes']:,} with bytes that were not UTF-8")
-    return f"; {texts.get('distinct', 0):,} distinct texts embedded" + (f" ({', '.join(notes)})" if notes else "")
+    distinct, cached = texts.get("distinct", 0), texts.get("cached", 0)
+    counted = f"{distinct:,} distinct texts, {distinct - cached:,} embedded and {cached:,} from text_cache"
+    return f"; {counted if cached else f'{distinct:,} distinct texts embedded'}" + (
+        f" ({', '.join(notes)})" if notes else ""
+    )
 
 
 def not_scored_words(reasons: dict[str, int]) -> str:

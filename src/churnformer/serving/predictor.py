@@ -71,9 +71,11 @@ class Predictor:
         segments: SegmentRules | None = None,
         discount_rate: float | None = None,
         text_encoder: str | Path | None = None,
+        text_cache: str | Path | None = None,
     ) -> None:
         """``text_encoder``: a model with text features reads its texts with this file (default: the
-        ``text_encoder.onnx`` beside the model, as its training run wrote it)."""
+        ``text_encoder.onnx`` beside the model, as its training run wrote it). ``text_cache``: a table of text
+        embeddings an earlier job saved (``self.texts.save``); its texts are not embedded again."""
         defaults = serving_defaults("predict")
         self.path, raw, self.metadata = load_model(model)
         self.segments = segments or SegmentRules(**defaults["segments"])
@@ -98,14 +100,17 @@ class Predictor:
             )
         self.input_names = [i.name for i in self.session.get_inputs()]
         shipped = model.text_encoder if isinstance(model, ModelBytes) else None
-        self.texts = self.open_texts(shipped or text_encoder, threads)
+        self.texts = self.open_texts(shipped or text_encoder, threads, text_cache)
         self.batch_tokens = batch_tokens or defaults["batch_tokens"]
         self.max_batch_size = max_batch_size or defaults["max_batch_size"]
         self.infer_s = 0.0  # time inside onnxruntime during the last score_sequences call
 
-    def open_texts(self, text_encoder: str | Path | ModelBytes | None, threads: int) -> TextEmbeddings | None:
+    def open_texts(
+        self, text_encoder: str | Path | ModelBytes | None, threads: int, text_cache: str | Path | None
+    ) -> TextEmbeddings | None:
         """The job's text embeddings for a model with text features (None without), its encoder (default: the
-        file beside the model) checked against the one the model was trained with."""
+        file beside the model) checked against the one the model was trained with, reading ``text_cache``
+        when that file exists."""
         featurizer = self.featurizer
         if not featurizer.text_columns:
             return None
@@ -115,7 +120,10 @@ class Predictor:
 
         expected = EncoderIdentity(**featurizer.text_encoder)
         source = text_encoder or Path(self.path).parent / expected.file
-        return TextEmbeddings(TextEncoder(source, expected, threads))
+        texts = TextEmbeddings(TextEncoder(source, expected, threads))
+        if text_cache is not None and Path(text_cache).is_file():
+            texts.load(text_cache)
+        return texts
 
     def _run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         feed = {name: inputs[name] for name in self.input_names}

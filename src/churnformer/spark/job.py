@@ -49,6 +49,11 @@ def run_spark_prediction(config: dict[str, Any]) -> dict[str, Path]:
         raise ConfigError(f"output={config['output']}: engine=spark writes a Parquet dataset; name it .parquet")
     if config["shard"] not in (None, ""):
         raise ConfigError(f"shard={config['shard']}: engine=spark spreads the customers over its workers itself")
+    if config["text_cache"] is not None:
+        raise ConfigError(
+            f"text_cache={config['text_cache']}: engine=local only; with engine=spark each worker embeds the texts "
+            "of its own buckets"
+        )
     model = ModelBytes.read(config["model"])
     options = predictor_options(config)
     predictor = Predictor(model, **options)  # the model and the files are checked before Spark starts

@@ -152,6 +152,8 @@ def score_job(
     spark = events.sparkSession
     model = model if isinstance(model, ModelBytes) else ModelBytes.read(model)
     options = {"threads": int(spark.conf.get("spark.task.cpus", "1")), **options}
+    if options.get("text_cache") is not None:
+        raise ConfigError("text_cache: engine=local only; on Spark each worker embeds the texts of its own buckets")
     predictor = Predictor(model, **options)  # the model file is checked here, before any task
     if predictor.texts is not None:  # workers read the texts with the encoder the driver checked
         model = replace(model, text_encoder=predictor.texts.encoder.file)
