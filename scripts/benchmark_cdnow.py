@@ -18,7 +18,8 @@ same protocol on the built-in synthetic world (20,000 customers, cutoff 2024-06-
 year of log after the cutoff); ``--dataset synthetic_text`` on the same world with its customers' texts
 (``churnformer_no_text``: churnformer on that log without them); ``--dataset completejourney`` on
 dunnhumby's The Complete Journey (extra ``completejourney``: 2,469 households, cutoff 2017-09-30, horizon
-92 days, the data config's features);
+92 days, the data config's features: one event per basket; ``churnformer_ungrouped``: one per line item;
+LightGBM adds basket-level features; ``scripts/benchmark_completejourney.py`` runs protocol C's rows);
 ``--cutoff``/``--horizon-days`` run it at another cutoff of the same log (do the defaults generalize?).
 ``churnformer_main_only`` is churnformer trained on the main horizon alone (what releases before 0.2
 trained): the grid's effect on the main horizon. ``--ensemble churnformer gru lightgbm`` adds the mean of
@@ -81,7 +82,13 @@ DATASETS = {
         "cutoff": "2017-09-30",
         "horizon_days": 92,
         "horizons_days": [30, 60, 92],
-        "overrides": ["data.features.categorical=[store_id]", "data.features.drop=[basket_id]"],
+        "overrides": [
+            "data.features.categorical=[store_id]",
+            "data.features.drop=[basket_id]",
+            "data.features.group_by=basket_id",
+        ],
+        # LightGBM gets basket-level aggregates too (the fair strong baseline of a line-item log).
+        "group_by": "basket_id",
     },
 }
 BY_HORIZON = (
@@ -111,11 +118,13 @@ Predictor = Callable[[pd.DataFrame, pd.DataFrame | None, Window, np.ndarray, np.
 
 @dataclass(frozen=True)
 class Protocol:
-    """What every model is asked: at ``window`` (the main horizon) and over ``grid``, CLV at ``discount_rate``."""
+    """What every model is asked: at ``window`` (the main horizon) and over ``grid``, CLV at ``discount_rate``;
+    ``group_by``: a line-item log's basket column (LightGBM adds basket-level features)."""
 
     window: Window
     grid: HorizonGrid
     discount_rate: float
+    group_by: str | None = None
 
 
 def load_dataset(name: str) -> tuple[pd.DataFrame, pd.DataFrame | None]:
@@ -175,7 +184,14 @@ def baseline_model(name: str, threads: int, protocol: Protocol) -> Predictor:
             from churnformer.baselines.gbm import fit_predict_gbm
 
             return fit_predict_gbm(
-                events, window, train_ids, test_ids, seed=seed, num_threads=threads, horizons=protocol.grid.days
+                events,
+                window,
+                train_ids,
+                test_ids,
+                seed=seed,
+                num_threads=threads,
+                horizons=protocol.grid.days,
+                group_by=protocol.group_by,
             )
         from churnformer.baselines.btyd import fit_predict_btyd
 
@@ -348,7 +364,15 @@ def main() -> None:
         "--models",
         nargs="+",
         default=["churnformer", "gru", "lightgbm", "btyd"],
-        choices=["churnformer", "churnformer_main_only", "churnformer_no_text", "gru", "lightgbm", "btyd"],
+        choices=[
+            "churnformer",
+            "churnformer_main_only",
+            "churnformer_no_text",
+            "churnformer_ungrouped",
+            "gru",
+            "lightgbm",
+            "btyd",
+        ],
     )
     parser.add_argument(
         "--ensemble", nargs="+", default=None, help="also score the mean of these models' predictions (a ceiling)"
@@ -376,13 +400,16 @@ def main() -> None:
         else [d for d in defaults["horizons_days"] if d <= horizon]
     )
     grid = HorizonGrid.of(args.horizons_days or default_grid, horizon)
-    protocol = Protocol(Window.from_cutoff(cutoff, horizon), grid, args.discount_rate)
+    protocol = Protocol(Window.from_cutoff(cutoff, horizon), grid, args.discount_rate, defaults.get("group_by"))
     main_only = HorizonGrid.of([], horizon)
     args.override = [*defaults.get("overrides", []), *args.override]
     text = tuple(defaults.get("text", ()))
     reading = [*args.override, f"data.features.text=[{','.join(text)}]"] if text else args.override
     builders = {
         "churnformer": lambda: churnformer_model(reading, workdir / "churnformer", protocol),
+        "churnformer_ungrouped": lambda: churnformer_model(
+            [*args.override, "data.features.group_by=null"], workdir / "ungrouped", protocol
+        ),
         "churnformer_no_text": lambda: churnformer_model(args.override, workdir / "no_text", protocol, drop=text),
         "gru": lambda: churnformer_model(["model=gru", *reading], workdir / "gru", protocol),
         "churnformer_main_only": lambda: churnformer_model(

@@ -206,6 +206,21 @@ def test_rfm_features_on_hand_made_log(tiny_log) -> None:
     assert c["n_events"] == 0 and np.isnan(c["days_since_last_event"])
 
 
+def test_rfm_features_of_baskets(tiny_log) -> None:
+    from churnformer.baselines.gbm import rfm_features
+
+    events, window = tiny_log
+    # a's two purchases of Jan 1 are one basket of 2 items; everything else has no basket.
+    events = events.assign(basket=[7.0, 7.0] + [np.nan] * (len(events) - 2))
+    features = rfm_features(events, window, np.array(["a", "b"]), group_by="basket").set_index("customer_id")
+    assert "basket_sum" not in features.columns and "basket_basket_sum" not in features.columns
+    a = features.loc["a"]
+    assert (a["n_purchases"], a["basket_n_purchases"], a["basket_spend_mean"]) == (3, 2, 35.0 / 2)
+    assert (a["basket_quantity_sum"], a["basket_basket_items_sum"], a["basket_n_events"]) == (4.0, 5.0, 4)
+    assert a["basket_days_since_last_purchase"] == a["days_since_last_purchase"]
+    assert features.loc["b", "basket_n_events"] == 1
+
+
 def test_btyd_summary_on_hand_made_log(tiny_log) -> None:
     from churnformer.baselines.btyd import btyd_summary
 

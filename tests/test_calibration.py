@@ -150,6 +150,19 @@ def test_levels_from_more_customers_match_their_rates_and_keep_the_validation_sh
         assert sum(float(o[7 + 2 * k].sum()) for o in out) == pytest.approx(spent, rel=1e-4)
 
 
+def test_shapes_from_all_customers_are_those_of_validation_and_training_together() -> None:
+    distortion = {"temperature": 2.0, "bias": [0.5, -0.3], "log_scale": [0.8, 1.0], "power": 1.5}
+    validation = list(batches(3_000, **distortion, seed=2))
+    training = list(batches(20_000, **{**distortion, "temperature": 1.2}, seed=3))  # another shape
+    from_validation = fit_calibration(KnownHeads(), validation, MAIN, training)
+    from_all = fit_calibration(KnownHeads(), validation, MAIN, training, shapes_from_all=True)
+    pooled = fit_calibration(KnownHeads(), validation + training, MAIN)
+    assert from_all.churn_temperature == pytest.approx(pooled.churn_temperature, rel=1e-6)
+    assert from_all.spend_power == pytest.approx(pooled.spend_power, rel=1e-6)
+    assert from_all.churn_bias == pytest.approx(pooled.churn_bias, abs=1e-6)
+    assert abs(from_all.churn_temperature - from_validation.churn_temperature) > 0.1
+
+
 def test_a_shared_churn_bias_is_one_number_and_fits_worse_than_one_per_interval() -> None:
     """Distortions that differ by interval: per-interval biases recover each; a shared one cannot, and its
     survival likelihood on the same customers is lower."""

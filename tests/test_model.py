@@ -207,7 +207,8 @@ def test_joint_loss_is_finite_for_all_zero_or_all_positive_batches(zero_spend: b
 def test_static_attributes_are_hidden_as_the_featurizer_encodes_a_missing_one() -> None:
     """Summary columns untouched; a hidden categorical is the unknown id, a hidden numeric is 0 with its
     missing indicator set; nothing hidden at rate 0, everything at rate 1, about the rate in between."""
-    from churnformer.data.featurizer import BASE_CUSTOMER_NUMERIC, UNKNOWN_ID
+    from churnformer.data.featurizer import BASE_CUSTOMER_NUMERIC
+    from churnformer.data.values import UNKNOWN_ID
     from churnformer.schema import CUSTOMER_CAT, CUSTOMER_NUM
     from churnformer.training.augment import hide_static_attributes
 

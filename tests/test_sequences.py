@@ -17,15 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from churnformer.data.events import load_customers, load_events
-from churnformer.data.featurizer import (
-    BASE_CUSTOMER_NUMERIC,
-    PADDING_ID,
-    UNKNOWN_ID,
-    Featurizer,
-    FeaturizerConfig,
-    fit_featurizer,
-)
+from churnformer.data.featurizer import BASE_CUSTOMER_NUMERIC, Featurizer, FeaturizerConfig, fit_featurizer
 from churnformer.data.sequences import Sequences, build_sequences
+from churnformer.data.values import PADDING_ID, UNKNOWN_ID
 from churnformer.data.window import NS_PER_DAY, Window
 from churnformer.errors import InputError
 from churnformer.schema import CUSTOMER_CAT, CUSTOMER_NUM, EVENT_CAT, EVENT_NUM, LENGTHS, MODEL_INPUTS

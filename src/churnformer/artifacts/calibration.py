@@ -63,6 +63,7 @@ def fit_calibration(
     main: int,
     level_batches: Batches | None = None,
     shared_churn_bias: bool = False,
+    shapes_from_all: bool = False,
 ) -> Calibration:
     """Fit on validation batches (dicts as produced by the datamodule's loaders); ``main`` is the index of
     the main horizon in the grid.
@@ -71,7 +72,8 @@ def fit_calibration(
     shapes are fitted on validation alone, the levels are reset so that over validation and these together
     the survival likelihood is at its optimum in the biases (the churn rate of every interval matches) and
     total expected spend is total spend at every horizon. ``shared_churn_bias``: one bias for every
-    interval instead.
+    interval instead. ``shapes_from_all``: the shapes too are fitted on validation and ``level_batches``
+    together.
 
     A part (churn or spend) whose fit falls outside the sane ranges above is left at the identity, and
     ``fallback`` says why.
@@ -82,9 +84,10 @@ def fit_calibration(
         everyone = {key: torch.cat([data[key], values]) for key, values in _collect(network, level_batches).items()}
     k = data["logit"].shape[1]
     fallback: list[str] = []
-    temperature, bias = _fit_platt(data, fallback, shared_churn_bias)
+    shaping = everyone if shapes_from_all else data
+    temperature, bias = _fit_platt(shaping, fallback, shared_churn_bias)
     churn_kept = not fallback
-    power = _fit_spend_power(data, temperature, bias, main)
+    power = _fit_spend_power(shaping, temperature, bias, main)
     if level_batches is not None and churn_kept:
         bias = _likelihood_biases(everyone, temperature, bias, shared_churn_bias)
         if not _biases_are_sane(bias, temperature, data, fallback):

@@ -16,6 +16,7 @@ import pandas as pd
 
 from churnformer.baselines import history, prediction_frame, scored_ids
 from churnformer.data.events import AMOUNT, CUSTOMER_ID, STANDARD_COLUMNS, TIMESTAMP
+from churnformer.data.grouping import Grouping
 from churnformer.data.labels import horizon_labels
 from churnformer.data.window import NS_PER_DAY, HorizonGrid, Window
 from churnformer.schema import CHURN, SPEND, per_horizon
@@ -124,9 +125,15 @@ def _recent_features(age: np.ndarray, amount: np.ndarray, position: np.ndarray, 
 
 
 def _attribute_features(
-    past: pd.DataFrame, position: np.ndarray, n: int, event_types: Sequence[str], event_type_column: str
+    past: pd.DataFrame,
+    position: np.ndarray,
+    n: int,
+    event_types: Sequence[str],
+    event_type_column: str,
+    group_by: str | None = None,
 ) -> dict[str, np.ndarray]:
-    """Counts per given event type, and the sum of every numeric attribute column (e.g. ``quantity``)."""
+    """Counts per given event type, and the sum of every numeric attribute column (e.g. ``quantity``; not
+    the ``group_by`` column, an id)."""
     features: dict[str, np.ndarray] = {}
     if event_types and event_type_column in past.columns:
         values = past[event_type_column].astype(str).to_numpy()
@@ -135,7 +142,7 @@ def _attribute_features(
     numeric = [
         column
         for column in past.columns
-        if column not in (*STANDARD_COLUMNS, event_type_column)
+        if column not in (*STANDARD_COLUMNS, event_type_column, group_by)
         and pd.api.types.is_numeric_dtype(past[column].dtype)
         and not pd.api.types.is_bool_dtype(past[column].dtype)
     ]
@@ -150,14 +157,18 @@ def rfm_features(
     customer_ids: np.ndarray,
     event_types: Sequence[str] | None = None,
     event_type_column: str = EVENT_TYPE_COLUMN,
+    group_by: str | None = None,
 ) -> pd.DataFrame:
     """Recency / frequency / monetary features per customer from events before ``feature_end``.
 
     Ages are in days before ``feature_end``; a purchase is an event with amount > 0 and refunds are negative
     amounts. Missing values are NaN (no purchase yet: no recency, no mean), which LightGBM handles natively.
     ``event_types`` fixes which event-type counts appear (default: the top values in these customers'
-    history; pass a fixed list to keep train and test layouts equal). Returns ``customer_id`` and the
-    features, one row per given customer in the given order (customers without history get zero counts).
+    history; pass a fixed list to keep train and test layouts equal). With ``group_by`` (a basket column of a
+    line-item log), the same recipe again over the baskets (``basket_`` features: one event per basket, as
+    ``data.features.group_by`` groups them, with its item count): baskets, spend per basket, items per
+    basket, days between baskets, recent baskets. Returns ``customer_id`` and the features, one row per given
+    customer in the given order (customers without history get zero counts).
     """
     ids = pd.Index(customer_ids)
     if not ids.is_unique:
@@ -177,9 +188,24 @@ def rfm_features(
             **_recency_features(age, amount > 0, position, n),
             **_frequency_monetary_features(stamps // NS_PER_DAY, amount, position, n),
             **_recent_features(age, amount, position, n),
-            **_attribute_features(past, position, n, event_types, event_type_column),
+            **_attribute_features(past, position, n, event_types, event_type_column, group_by),
+            **(_basket_features(past, window, ids, group_by) if group_by is not None else {}),
         }
     )
+
+
+def _basket_features(past: pd.DataFrame, window: Window, ids: pd.Index, group_by: str) -> dict[str, np.ndarray]:
+    """The RFM recipe over one event per basket (rows without a basket value stay their own events)."""
+    numeric = [
+        column
+        for column in past.columns
+        if column not in (*STANDARD_COLUMNS, group_by)
+        and pd.api.types.is_numeric_dtype(past[column].dtype)
+        and not pd.api.types.is_bool_dtype(past[column].dtype)
+    ]
+    baskets = Grouping(column=group_by, first=[], summed=numeric).apply(past).drop(columns=group_by)
+    features = rfm_features(baskets, window, ids.to_numpy(), event_types=[]).drop(columns=CUSTOMER_ID)
+    return {f"basket_{name}": features[name].to_numpy() for name in features.columns}
 
 
 def stratified_folds(labels: np.ndarray, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -231,6 +257,7 @@ def fit_predict_gbm(
     max_rounds: int = MAX_ROUNDS,
     early_stopping_rounds: int = EARLY_STOPPING_ROUNDS,
     horizons: Sequence[float] = (),
+    group_by: str | None = None,
 ) -> pd.DataFrame:
     """Fit churn and spend boosters on ``train_ids``; predict for ``test_ids`` from their history only.
 
@@ -240,13 +267,16 @@ def fit_predict_gbm(
     so nothing keeps their answers consistent). ``params`` override the LightGBM parameters
     (:data:`BASE_PARAMS` and the per-model objective settings). Deterministic for a given ``seed`` and
     ``num_threads``. Returns one row per test customer with any event before ``feature_end``, sorted by
-    customer id.
+    customer id. ``group_by``: a line-item log's basket column, for basket-level features too
+    (:func:`rfm_features`).
     """
     past = history(events, window)
     train, test = scored_ids(past, train_ids), scored_ids(past, test_ids)
     event_types = top_event_types(past.loc[past[CUSTOMER_ID].isin(train).to_numpy()])
-    x_train = rfm_features(past, window, train, event_types).drop(columns=CUSTOMER_ID).to_numpy(dtype=np.float64)
-    x_test = rfm_features(past, window, test, event_types).drop(columns=CUSTOMER_ID).to_numpy(dtype=np.float64)
+    x_train, x_test = (
+        rfm_features(past, window, ids, event_types, group_by=group_by).drop(columns=CUSTOMER_ID).to_numpy(np.float64)
+        for ids in (train, test)
+    )
     grid = HorizonGrid.of(horizons, window.horizon_days)
     labels = horizon_labels(events, window, grid, train)
     folds = stratified_folds(labels[CHURN].to_numpy(dtype=np.float64), n_folds, seed)

@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from churnformer.data.events import CUSTOMER_ID, STANDARD_COLUMNS, source_of
-from churnformer.errors import InputError
+from churnformer.data.grouping import Grouping
+from churnformer.data.values import CategoricalEncoder, NumericScaler
+from churnformer.errors import ConfigError, InputError
 
 FORMAT_VERSION = 1
-PADDING_ID = 0
-UNKNOWN_ID = 1
 # Per-event numeric features computed from the standard columns, in this order, before attributes.
 BASE_EVENT_NUMERIC = ("amount_signed_log", "log_gap_days", "is_first_event", "log_days_before_cutoff")
 # Of those, the ones that measure time (the model encodes them with learned sinusoids).
@@ -41,7 +40,6 @@ BASE_CUSTOMER_NUMERIC = (
     "log_mean_purchase_amount",
 )
 CALENDAR = {"day_of_week": [str(d) for d in range(7)], "month": [str(m) for m in range(1, 13)]}
-NUMERIC_CLIP = 10.0
 FREE_TEXT_MIN_CHARS = 40
 FREE_TEXT_MIN_WORDS = 6
 
@@ -54,88 +52,6 @@ class FeatureMismatchError(InputError):
 
 
 @dataclass
-class CategoricalEncoder:
-    """Maps values to ids: 0 is padding, 1 is unknown (unseen, rare or missing), 2.. the vocabulary."""
-
-    name: str
-    vocabulary: list[str]
-
-    @property
-    def cardinality(self) -> int:
-        return len(self.vocabulary) + 2
-
-    @classmethod
-    def fit(cls, name: str, values: pd.Series, max_size: int, min_count: int) -> CategoricalEncoder:
-        codes, uniques = pd.factorize(pd.Series(values), use_na_sentinel=True)
-        counts = pd.Series(np.bincount(codes[codes >= 0], minlength=len(uniques)), index=category_labels(uniques))
-        counts = counts.groupby(level=0).sum()
-        counts = counts[counts >= min_count]
-        # Frequency first, then value, so the vocabulary does not depend on row order.
-        ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:max_size]
-        return cls(name=name, vocabulary=[value for value, _ in ordered])
-
-    def encode(self, values: pd.Series | np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, int]:
-        """Ids of ``values[rows]`` (int32) and how many non-missing ones fell into the unknown bucket.
-
-        The column is factorized whole and then indexed: for category and Arrow string columns that
-        is far cheaper than materializing the selected values as Python objects first.
-        """
-        codes, uniques = pd.factorize(values if isinstance(values, pd.Series) else pd.Series(values))
-        if rows is not None:
-            codes = codes[rows]
-        lookup = pd.Index(self.vocabulary).get_indexer(category_labels(uniques))
-        lookup = np.append(np.where(lookup >= 0, lookup + 2, UNKNOWN_ID), UNKNOWN_ID).astype(np.int32)
-        ids = lookup[codes]  # code -1 (missing) takes the appended unknown id
-        unseen = int(np.count_nonzero((codes >= 0) & (ids == UNKNOWN_ID)))
-        return ids, unseen
-
-
-def category_labels(uniques: pd.Index | np.ndarray) -> pd.Index:
-    """Category values as strings; integral floats print as integers, so 10.0 (an int column that also
-    holds NaN) and 10 are the same category in training and scoring."""
-    uniques = pd.Index(uniques)
-    if pd.api.types.is_float_dtype(uniques.dtype):
-        values = uniques.to_numpy(dtype="float64")
-        whole = np.isfinite(values) & (values == np.round(values))
-        return pd.Index([str(int(v)) if w else str(v) for v, w in zip(values, whole, strict=True)])
-    return uniques.astype(str)
-
-
-@dataclass
-class NumericScaler:
-    """Standardizes with training mean and std, clips to +-NUMERIC_CLIP; missing -> 0 plus an indicator."""
-
-    name: str
-    mean: float
-    std: float
-
-    @classmethod
-    def fit(cls, name: str, values: pd.Series) -> NumericScaler:
-        finite = numeric_values(values)
-        finite = finite[np.isfinite(finite)]
-        mean = float(finite.mean()) if len(finite) else 0.0
-        std = float(finite.std()) if len(finite) > 1 else 1.0
-        return cls(name=name, mean=mean, std=std if std > 0 else 1.0)
-
-    def encode(self, values: pd.Series | np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Scaled ``values[rows]`` and their missing indicator, both float32."""
-        raw = numeric_values(values, rows)
-        missing = ~np.isfinite(raw)
-        scaled = np.clip((raw - self.mean) / self.std, -NUMERIC_CLIP, NUMERIC_CLIP)
-        scaled[missing] = 0.0
-        return scaled.astype(np.float32), missing.astype(np.float32)
-
-
-def numeric_values(values: pd.Series | np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
-    """``values[rows]`` as float64; anything that is not a number becomes NaN (a missing value)."""
-    series = values if isinstance(values, pd.Series) else pd.Series(values)
-    if not pd.api.types.is_numeric_dtype(series.dtype) or pd.api.types.is_bool_dtype(series.dtype):
-        series = pd.to_numeric(series, errors="coerce")
-    raw = series.to_numpy(dtype="float64", na_value=np.nan)
-    return raw if rows is None else raw[rows]
-
-
-@dataclass
 class FeaturizerConfig:
     """Knobs for fitting: ``data.features`` (defaults in ``conf/data/settings/default.yaml``)."""
 
@@ -145,6 +61,8 @@ class FeaturizerConfig:
     categorical: list[str]  # force these attribute columns categorical
     drop: list[str]  # attribute columns to ignore
     text: list[str]  # free-text event columns, read by the sentence encoder (churnformer.text)
+    group_by: str | None = None  # rows with the same value of this column (per customer) are one event
+    group_bag_size: int = 16  # per categorical column varying within groups: its most frequent values kept
 
     @classmethod
     def with_defaults(cls, **changes: Any) -> FeaturizerConfig:
@@ -167,6 +85,7 @@ class Featurizer:
     # The sentence encoder that embeds them (churnformer.text.encoder.EncoderIdentity as a dict, with the
     # SHA-256 of its file): scoring refuses any other.
     text_encoder: dict[str, Any] | None = None
+    grouping: Grouping | None = None  # data.features.group_by: events are groups of rows (churnformer.data.grouping)
     format_version: int = FORMAT_VERSION
 
     @property
@@ -187,6 +106,15 @@ class Featurizer:
         return [self.event_numeric_names.index(name) for name in EVENT_TIME_FEATURES]
 
     @property
+    def event_value_encoders(self) -> dict[str, CategoricalEncoder]:
+        """The event log's categorical columns by name, with their vocabularies: what explanations can group
+        events by (a grouped model's bag columns too: removing a department's items from its baskets)."""
+        encoders = {encoder.name: encoder for encoder in self.event_categorical}
+        if self.grouping is not None:
+            encoders.update({bag.name: bag for bag in self.grouping.bags})
+        return encoders
+
+    @property
     def text_dimension(self) -> int:
         """Size of the sentence embeddings (0 without text columns)."""
         return int(self.text_encoder["dimension"]) if self.text_columns and self.text_encoder else 0
@@ -205,6 +133,9 @@ class Featurizer:
 
     @property
     def event_attribute_columns(self) -> list[str]:
+        """The event log's attribute columns the model reads (those of its groups', when grouped)."""
+        if self.grouping is not None:
+            return self.grouping.source_columns
         return [e.name for e in self.event_categorical] + [s.name for s in self.event_numeric] + self.text_columns
 
     @property
@@ -240,6 +171,7 @@ class Featurizer:
             customer_numeric=[NumericScaler(**s) for s in state["customer_numeric"]],
             text_columns=list(state.get("text_columns", [])),
             text_encoder=state.get("text_encoder"),
+            grouping=Grouping.from_state(state["grouping"]) if state.get("grouping") else None,
         )
 
 
@@ -307,6 +239,11 @@ def fit_featurizer(
             f"{source_of(events, 'events')}: data.features.text names column(s) {missing} that the log lacks; "
             f"columns present: {list(events.columns)}"
         )
+    grouping = None
+    if config.group_by is not None:
+        grouping = fit_grouping(events, config)
+        events = grouping.apply(events)
+        config = replace(config, drop=[*config.drop, config.group_by])
     event_cat, event_num = split_attributes(events, config, "events")
     static = customers if customers is not None else pd.DataFrame({CUSTOMER_ID: []})
     static_cat, static_num = split_attributes(static, config, "customers")
@@ -321,4 +258,23 @@ def fit_featurizer(
         customer_categorical=categorical(static, static_cat),
         customer_numeric=[NumericScaler.fit(c, static[c]) for c in static_num],
         text_columns=list(config.text),
+        grouping=grouping,
     )
+
+
+def fit_grouping(events: pd.DataFrame, config: FeaturizerConfig) -> Grouping:
+    """The grouping of ``data.features.group_by`` on the training events (checked: the column exists, and
+    no text column is asked for with it)."""
+    where = source_of(events, "events")
+    if config.group_by not in events.columns:
+        raise InputError(
+            f"{where}: data.features.group_by={config.group_by} names a column the log lacks; columns present: "
+            f"{list(events.columns)}"
+        )
+    if config.text:
+        raise ConfigError(
+            f"data.features.group_by={config.group_by} with data.features.text={list(config.text)}: grouped events "
+            "do not carry texts yet; leave one of the two out"
+        )
+    categorical, numeric = split_attributes(events, replace(config, drop=[*config.drop, config.group_by]), where)
+    return Grouping.fit(events, config.group_by, categorical, numeric, config.group_bag_size, config.min_category_count)

@@ -8,21 +8,15 @@ events rather than customers x max_len, and batches of similar lengths waste no 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from churnformer.data.events import AMOUNT, CUSTOMER_ID, TIMESTAMP, source_of
-from churnformer.data.featurizer import (
-    BASE_CUSTOMER_NUMERIC,
-    CALENDAR,
-    UNKNOWN_ID,
-    FeatureMismatchError,
-    Featurizer,
-    numeric_values,
-)
+from churnformer.data.featurizer import BASE_CUSTOMER_NUMERIC, CALENDAR, FeatureMismatchError, Featurizer
+from churnformer.data.values import UNKNOWN_ID, numeric_values
 from churnformer.data.window import NS_PER_DAY, Window
 from churnformer.schema import CUSTOMER_CAT, CUSTOMER_NUM, EVENT_CAT, EVENT_NUM, EVENT_TEXT, LENGTHS, TEXT_EMBEDDINGS
 
@@ -36,13 +30,15 @@ _KEY_TIME_BITS = 32
 class BuildReport:
     """What the builder did with the input, so nothing is dropped silently.
 
-    ``events_read = events_after_cutoff + events_duplicate + sum(n_events_total)``; of the events kept,
-    ``events_truncated`` fall outside the latest ``max_len`` of their customer (still in the summary).
+    ``events_read = events_after_cutoff + events_duplicate + events_grouped + sum(n_events_total)``; of the
+    events kept, ``events_truncated`` fall outside the latest ``max_len`` of their customer (still in the
+    summary). ``events_grouped``: rows that joined another row's group event (``data.features.group_by``).
     """
 
     events_read: int = 0
     events_after_cutoff: int = 0
     events_duplicate: int = 0
+    events_grouped: int = 0
     events_truncated: int = 0
     customers: int = 0
     customers_truncated: int = 0
@@ -259,9 +255,12 @@ def build_sequences(
     any feature. Identical duplicate events (same customer, timestamp, amount and attributes: a log
     written twice) count once; the extra copies are dropped and counted. Each customer keeps the latest
     ``featurizer.max_len`` events. A featurizer with text columns needs ``texts``, which embeds the texts of
-    the kept events (only those) it has not seen yet.
+    the kept events (only those) it has not seen yet. A featurizer with a grouping builds them from the
+    group events of the rows in the window (:mod:`churnformer.data.grouping`), duplicates dropped first.
     """
     featurizer.require_event_columns(list(events.columns), source_of(events, "events"))
+    if featurizer.grouping is not None:
+        return _grouped_sequences(events, window, featurizer, customers, texts)
     report = BuildReport(events_read=len(events))
     stamps = events[TIMESTAMP].to_numpy(dtype="datetime64[ns]").view(np.int64)
     in_window = stamps < window.feature_end_ns
@@ -337,6 +336,35 @@ def build_sequences(
         report=report,
         text_table=texts.table if featurizer.text_columns else None,
     )
+
+
+def _grouped_sequences(
+    events: pd.DataFrame,
+    window: Window,
+    featurizer: Featurizer,
+    customers: pd.DataFrame | None,
+    texts: TextEmbeddings | None,
+) -> Sequences:
+    """:func:`build_sequences` over the group events of the rows before the cutoff, counted in one report.
+
+    Identical rows of one group are separate items (two of the same product in a basket); identical rows
+    without a group value are copies, counted once as in any log. Rows compare on the columns the model
+    reads, so training and scoring (which reads no other column) agree.
+    """
+    grouping = featurizer.grouping
+    stamps = events[TIMESTAMP].to_numpy(dtype="datetime64[ns]").view(np.int64)
+    in_window = events.iloc[np.flatnonzero(stamps < window.feature_end_ns)]
+    read = in_window[[CUSTOMER_ID, TIMESTAMP, AMOUNT, *grouping.source_columns]]
+    duplicate = read.duplicated().to_numpy() & in_window[grouping.column].isna().to_numpy()
+    unique = in_window[~duplicate]
+    grouped = grouping.apply(unique)
+    sequences = build_sequences(grouped, window, replace(featurizer, grouping=None), customers, texts)
+    report = sequences.report
+    report.events_read = len(events)
+    report.events_after_cutoff = len(events) - len(in_window)
+    report.events_duplicate = int(duplicate.sum())
+    report.events_grouped = len(unique) - len(grouped)
+    return sequences
 
 
 def empty_histories(

@@ -28,8 +28,9 @@ import numpy as np
 import pandas as pd
 
 from churnformer.data.events import CUSTOMER_ID, TIMESTAMP
-from churnformer.data.featurizer import UNKNOWN_ID, Featurizer, numeric_values
+from churnformer.data.featurizer import Featurizer
 from churnformer.data.sequences import build_sequences, concat_sequences, empty_histories
+from churnformer.data.values import UNKNOWN_ID, numeric_values
 from churnformer.data.window import NS_PER_DAY, Window
 from churnformer.errors import ConfigError
 from churnformer.schema import (
@@ -151,7 +152,7 @@ def driver_groups(featurizer: Featurizer, settings: ExplainSettings) -> list[Dri
     """Every group of a model: the event-type values (its vocabulary, then the rest), the built-in windows,
     ``explain.groups`` (``{column: C}`` for one group per value of event column C, or ``{name: N, days: [a, b]}``),
     then each static attribute. Fixed by the model and the settings, never by the data scored."""
-    categorical = {encoder.name: encoder for encoder in featurizer.event_categorical}
+    categorical = featurizer.event_value_encoders
     type_column = settings.event_type_column
     if type_column is not None and type_column not in categorical:
         raise ConfigError(
@@ -285,7 +286,7 @@ class Explainer:
         stamps = events[TIMESTAMP].to_numpy(dtype="datetime64[ns]").view(np.int64)
         days_before = (window.feature_end_ns - stamps) / NS_PER_DAY
         encoded: dict[str, np.ndarray] = {}
-        encoders = {encoder.name: encoder for encoder in self.predictor.featurizer.event_categorical}
+        encoders = self.predictor.featurizer.event_value_encoders
         for index, group in enumerate(self.groups):
             if group.column is not None:
                 if group.column not in encoded:

@@ -29,6 +29,8 @@ class ScoringSummary:
     events_ignored: dict[str, int] = field(default_factory=dict)
     unknown_categories: dict[str, int] = field(default_factory=dict)
     customers_without_static: int = 0
+    # Models with data.features.group_by: rows that joined another row's group event (a basket's other items).
+    events_grouped: int = 0
     # Models with text features: distinct texts, of them truncated to the encoder's limit, with bytes that
     # were not UTF-8 (replaced when read) and taken from text_cache (not embedded). Each text counts once per job.
     texts: dict[str, int] = field(default_factory=dict)
@@ -59,6 +61,7 @@ class ScoringSummary:
             for key, value in theirs.items():
                 mine[key] = mine.get(key, 0) + value
         self.customers_without_static += other.customers_without_static
+        self.events_grouped += other.events_grouped
         self.featurize_s += other.featurize_s
         self.infer_s += other.infer_s
         self.customers_explained += other.customers_explained
@@ -130,11 +133,12 @@ def describe(summary: ScoringSummary) -> str:
         if summary.customers_explained
         else ""
     )
+    grouped = f"; {summary.events_grouped:,} events grouped into others" if summary.events_grouped else ""
     return (
         f"scored {summary.customers_scored:,} of {summary.customers_seen:,} customers{where}"
         f"{not_scored_words(summary.customers_not_scored)} from {summary.rows_read:,} events in "
         f"{summary.wall_s:.1f} s ({rate:,.0f} customers/s) on {summary.provider}{engine}{spill}{explained}"
-        f"{text_words(summary.texts)}"
+        f"{grouped}{text_words(summary.texts)}"
     )
 
 

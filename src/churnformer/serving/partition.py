@@ -30,7 +30,8 @@ from churnformer.data.events import (
     read_table,
     require_columns,
 )
-from churnformer.data.featurizer import Featurizer, category_labels, numeric_values
+from churnformer.data.featurizer import Featurizer
+from churnformer.data.values import category_labels, numeric_values
 from churnformer.errors import ConfigError, InputError
 
 # Peak resident bytes per input event while one block of events is loaded, featurized and scored: at

@@ -214,6 +214,7 @@ class Predictor:
             },
             unknown_categories={k: v for k, v in report.unknown_categories.items() if v},
             customers_without_static=report.customers_without_static,
+            events_grouped=report.events_grouped,
             texts=asdict(self.texts.stats.minus(texts_before)) if self.texts is not None else {},
             provider=self.provider,
             featurize_s=round(featurize_s, 3),

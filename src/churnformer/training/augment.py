@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from churnformer.data.featurizer import BASE_CUSTOMER_NUMERIC, UNKNOWN_ID
+from churnformer.data.featurizer import BASE_CUSTOMER_NUMERIC
+from churnformer.data.values import UNKNOWN_ID
 from churnformer.schema import CUSTOMER_CAT, CUSTOMER_NUM
 
 

@@ -141,6 +141,10 @@ def check_config(cfg: DictConfig) -> None:
     """Settings that cannot run, refused before any data is read."""
     if cfg.calibration_levels not in {"all", "validation"}:
         raise ConfigError(f"calibration_levels must be all or validation, got {cfg.calibration_levels!r}")
+    if cfg.calibration_shapes not in {"all", "validation"}:
+        raise ConfigError(f"calibration_shapes must be all or validation, got {cfg.calibration_shapes!r}")
+    if cfg.calibration_shapes == "all" and cfg.calibration_levels != "all":
+        raise ConfigError("calibration_shapes=all needs calibration_levels=all (the training customers' outputs)")
     if cfg.calibration_churn_bias not in {"per_interval", "shared"}:
         raise ConfigError(f"calibration_churn_bias must be per_interval or shared, got {cfg.calibration_churn_bias!r}")
     if cfg.quantize and not cfg.export:
@@ -290,9 +294,13 @@ def calibrate(cfg: DictConfig, network: ChurnFormer, datamodule: ChurnDataModule
         datamodule.data.grid.main_index,
         levels,
         shared_churn_bias=cfg.calibration_churn_bias == "shared",
+        shapes_from_all=cfg.calibration_shapes == "all",
     )
     calibration.save(run_dir / RUN_CALIBRATION)
-    print(f"calibration (shapes from validation, levels from {cfg.calibration_levels} customers): {calibration}")
+    print(
+        f"calibration (shapes from {cfg.calibration_shapes}, levels from {cfg.calibration_levels} customers): "
+        f"{calibration}"
+    )
     if calibration.fallback:
         print(
             f"warning: calibration left at the identity ({'; '.join(calibration.fallback)}): the network is not "
