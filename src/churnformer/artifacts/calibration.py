@@ -9,9 +9,9 @@ too wide or too narrow: level errors per decile), and each scale a_k makes total
 spend at its horizon. Quantiles come from the same transformed log-normal and the spend mixture uses the
 calibrated churn probability, so the heads stay consistent.
 
-Shapes (temperature, power) are fitted on validation customers only. The levels (biases, scales) can come
-from every labelled customer at the cutoff instead: they are single numbers per horizon, and a validation
-split of a few thousand customers pins a churn rate only to about +-1 point.
+Shapes (temperature, power) and levels (biases, scales) can be fitted on every labelled customer at the
+cutoff (training ones too) instead of the validation customers alone: a validation split of a few thousand
+customers pins a churn rate only to about +-1 point, and a temperature no better (README, Model).
 """
 
 from __future__ import annotations
