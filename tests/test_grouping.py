@@ -83,6 +83,8 @@ def test_every_row_is_accounted_for_and_row_order_never_matters(fitted: Featuriz
     for seed in range(3):
         shuffled = build_sequences(events.sample(frac=1, random_state=seed), window, fitted)
         assert_same(shuffled, sequences)
+    later = build_sequences(events[events["timestamp"] >= window.feature_end], window, fitted)  # a spill part
+    assert len(later) == 0 and later.report.events_after_cutoff == 2
 
 
 def test_nothing_after_the_cutoff_reaches_a_group(fitted: Featurizer) -> None:

@@ -75,7 +75,7 @@ class Grouping:
         group = group_ids(events, self.column)
         order = np.lexsort([*reversed(self._content_keys(events)), group])
         group = group[order]
-        starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+        starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]]) if len(group) else np.zeros(0, np.int64)
         first = order[starts]
         items = np.diff(np.r_[starts, len(order)])
         grouped = {
