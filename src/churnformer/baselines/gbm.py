@@ -139,16 +139,20 @@ def _attribute_features(
         values = past[event_type_column].astype(str).to_numpy()
         for value in event_types:
             features[f"n_{event_type_column}_{value}"] = _sum_by(position[values == value], n)
-    numeric = [
+    for column in _numeric_attributes(past, (event_type_column, group_by)):
+        features[f"{column}_sum"] = _sum_by(position, n, np.nan_to_num(past[column].to_numpy(dtype=np.float64)))
+    return features
+
+
+def _numeric_attributes(past: pd.DataFrame, exclude: Sequence[str | None]) -> list[str]:
+    """The numeric attribute columns (not booleans, not the standard columns or ``exclude``)."""
+    return [
         column
         for column in past.columns
-        if column not in (*STANDARD_COLUMNS, event_type_column, group_by)
+        if column not in (*STANDARD_COLUMNS, *exclude)
         and pd.api.types.is_numeric_dtype(past[column].dtype)
         and not pd.api.types.is_bool_dtype(past[column].dtype)
     ]
-    for column in numeric:
-        features[f"{column}_sum"] = _sum_by(position, n, np.nan_to_num(past[column].to_numpy(dtype=np.float64)))
-    return features
 
 
 def rfm_features(
@@ -196,13 +200,7 @@ def rfm_features(
 
 def _basket_features(past: pd.DataFrame, window: Window, ids: pd.Index, group_by: str) -> dict[str, np.ndarray]:
     """The RFM recipe over one event per basket (rows without a basket value stay their own events)."""
-    numeric = [
-        column
-        for column in past.columns
-        if column not in (*STANDARD_COLUMNS, group_by)
-        and pd.api.types.is_numeric_dtype(past[column].dtype)
-        and not pd.api.types.is_bool_dtype(past[column].dtype)
-    ]
+    numeric = _numeric_attributes(past, (group_by,))
     baskets = Grouping(column=group_by, first=[], summed=numeric).apply(past).drop(columns=group_by)
     features = rfm_features(baskets, window, ids.to_numpy(), event_types=[]).drop(columns=CUSTOMER_ID)
     return {f"basket_{name}": features[name].to_numpy() for name in features.columns}
