@@ -8,6 +8,7 @@ Usage::
                                       [--seeds 0 1 2]
                                       [--models churnformer gru lightgbm btyd churnformer_main_only]
                                       [--ensemble MODEL ...]
+                                      [--churn-definition no_purchase|decline] [--decline-threshold 0.5]
                                       [--json PATH] [--markdown PATH] [--tables-from JSON]
                                       [--override key=value ...]
 
@@ -25,6 +26,9 @@ LightGBM adds basket-level features; ``scripts/benchmark_completejourney.py`` ru
 trained): the grid's effect on the main horizon. ``--ensemble churnformer gru lightgbm`` adds the mean of
 those models' predictions as one more row: a
 rough ceiling of what the log's information supports, to read the single models' rows against.
+``--churn-definition decline``: churn is spend in the horizon below ``--decline-threshold`` times the spend of
+the same-length window before the cutoff, for every model (churnformer trains with ``churn_definition=decline``,
+LightGBM's churn boosters learn the decline; BG/NBD, which predicts no purchase only, is left out).
 ``churn_ece_floor`` is the ECE a perfectly calibrated model with the same predictions would show on the
 same number of test customers: the part of ``churn_ece`` that is sampling noise.
 churnformer and the GRU run with the package defaults (``--override`` passes Hydra overrides to both),
@@ -59,7 +63,7 @@ import pandas as pd
 
 from churnformer.api import predict, train
 from churnformer.data.events import AMOUNT, CUSTOMER_ID, TIMESTAMP, load_events
-from churnformer.data.labels import horizon_labels
+from churnformer.data.labels import DECLINE_DEFINITION, NO_PURCHASE_DEFINITION, ChurnDefinition, horizon_labels
 from churnformer.data.window import NS_PER_DAY, HorizonGrid, Window
 from churnformer.evaluation.metrics import expected_calibration_error, normalized_gini
 from churnformer.evaluation.report import evaluate, predicted_horizons
@@ -119,12 +123,14 @@ Predictor = Callable[[pd.DataFrame, pd.DataFrame | None, Window, np.ndarray, np.
 @dataclass(frozen=True)
 class Protocol:
     """What every model is asked: at ``window`` (the main horizon) and over ``grid``, CLV at ``discount_rate``;
-    ``group_by``: a line-item log's basket column (LightGBM adds basket-level features)."""
+    ``group_by``: a line-item log's basket column (LightGBM adds basket-level features); ``definition``: what
+    churn is (no purchase, or a decline)."""
 
     window: Window
     grid: HorizonGrid
     discount_rate: float
     group_by: str | None = None
+    definition: ChurnDefinition = ChurnDefinition()
 
 
 def load_dataset(name: str) -> tuple[pd.DataFrame, pd.DataFrame | None]:
@@ -168,6 +174,8 @@ def churnformer_model(overrides: list[str], workdir: Path, protocol: Protocol, d
             overrides=[
                 f"seed={seed}",
                 f"data.horizons_days=[{horizons}]",
+                f"churn_definition={protocol.definition.name}",
+                f"decline_threshold={protocol.definition.decline_threshold}",
                 "trainer.enable_progress_bar=false",
                 *overrides,
             ],
@@ -192,6 +200,7 @@ def baseline_model(name: str, threads: int, protocol: Protocol) -> Predictor:
                 num_threads=threads,
                 horizons=protocol.grid.days,
                 group_by=protocol.group_by,
+                definition=protocol.definition,
             )
         from churnformer.baselines.btyd import fit_predict_btyd
 
@@ -215,7 +224,7 @@ def run_protocol(
         train_ids, test_ids = split(np.sort(events[CUSTOMER_ID].unique()), seed)
         test_population = np.intersect1d(test_ids, eligible)
         test_events = events[events[CUSTOMER_ID].isin(test_population)]
-        labels = horizon_labels(test_events, window, protocol.grid, test_population)
+        labels = horizon_labels(test_events, window, protocol.grid, test_population, definition=protocol.definition)
         realized = discounted_spend(test_events, window, max(protocol.grid.days), protocol.discount_rate)
         predicted, seconds = {}, {}
         for name, model in models.items():
@@ -333,7 +342,7 @@ def print_tables(rows: list[dict], header: dict) -> dict[str, pd.DataFrame]:
     print(
         f"\n{header['dataset']}, cutoff {header['cutoff']}, horizon {header['horizon_days']:g} days (grid "
         f"{'/'.join(f'{d:g}' for d in grid)}, clv discount {header['discount_rate']:g}): mean ± std over seeds "
-        f"{header['seeds']}"
+        f"{header['seeds']}" + (f"; churn: {header['churn_definition']}" if "churn_definition" in header else "")
     )
     for title, table in tables.items():
         print(f"\n{title}\n{table.to_string(index=False)}")
@@ -378,6 +387,13 @@ def main() -> None:
         "--ensemble", nargs="+", default=None, help="also score the mean of these models' predictions (a ceiling)"
     )
     parser.add_argument("--override", nargs="*", default=[], help="Hydra overrides for churnformer and gru")
+    parser.add_argument(
+        "--churn-definition",
+        choices=[NO_PURCHASE_DEFINITION, DECLINE_DEFINITION],
+        default=NO_PURCHASE_DEFINITION,
+        help="what churn is: no purchase in the horizon, or spend below --decline-threshold times the window before",
+    )
+    parser.add_argument("--decline-threshold", type=float, default=ChurnDefinition().decline_threshold)
     parser.add_argument("--gbm-threads", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=None, help="where training runs go (default: a temp dir)")
     parser.add_argument("--json", type=Path)
@@ -400,8 +416,13 @@ def main() -> None:
         else [d for d in defaults["horizons_days"] if d <= horizon]
     )
     grid = HorizonGrid.of(args.horizons_days or default_grid, horizon)
-    protocol = Protocol(Window.from_cutoff(cutoff, horizon), grid, args.discount_rate, defaults.get("group_by"))
+    definition = ChurnDefinition(args.churn_definition, args.decline_threshold)
+    window = Window.from_cutoff(cutoff, horizon)
+    protocol = Protocol(window, grid, args.discount_rate, defaults.get("group_by"), definition)
     main_only = HorizonGrid.of([], horizon)
+    if definition.is_decline and "btyd" in args.models:
+        print("btyd left out: BG/NBD + Gamma-Gamma predicts no purchase, not a decline", flush=True)
+        args.models = [name for name in args.models if name != "btyd"]
     args.override = [*defaults.get("overrides", []), *args.override]
     text = tuple(defaults.get("text", ()))
     reading = [*args.override, f"data.features.text=[{','.join(text)}]"] if text else args.override
@@ -413,7 +434,9 @@ def main() -> None:
         "churnformer_no_text": lambda: churnformer_model(args.override, workdir / "no_text", protocol, drop=text),
         "gru": lambda: churnformer_model(["model=gru", *reading], workdir / "gru", protocol),
         "churnformer_main_only": lambda: churnformer_model(
-            args.override, workdir / "main_only", Protocol(protocol.window, main_only, args.discount_rate)
+            args.override,
+            workdir / "main_only",
+            Protocol(protocol.window, main_only, args.discount_rate, definition=definition),
         ),
         "lightgbm": lambda: baseline_model("lightgbm", args.gbm_threads, protocol),
         "btyd": lambda: baseline_model("btyd", args.gbm_threads, protocol),
@@ -428,6 +451,7 @@ def main() -> None:
         "horizon_days": horizon,
         "horizons_days": list(grid.days),
         "discount_rate": args.discount_rate,
+        "churn_definition": str(definition),
         "seeds": args.seeds,
     }
     tables = print_tables(rows, header)

@@ -11,7 +11,13 @@ from churnformer.artifacts.calibration import CHURN_TEMPERATURE_LIMITS, SPEND_PO
 from churnformer.modeling.heads import HeadOutputs
 from churnformer.modeling.losses import survival_nll
 from churnformer.modeling.scoring_model import Calibration, ScoringModel
-from churnformer.schema import CHURN_BY_HORIZON, MODEL_INPUTS, OBSERVED_BY_HORIZON, SPEND_BY_HORIZON
+from churnformer.schema import (
+    CHURN_BY_HORIZON,
+    MODEL_INPUTS,
+    NO_PURCHASE_BY_HORIZON,
+    OBSERVED_BY_HORIZON,
+    SPEND_BY_HORIZON,
+)
 
 MAIN = 1  # the second of two horizons
 SIGMA = 0.6
@@ -24,6 +30,7 @@ class KnownHeads(nn.Module):
         super().__init__()
         self.heads = nn.Module()
         self.heads.n_horizons = 2
+        self.heads.decline = None
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> HeadOutputs:
         logit, log_mean, sigma = (inputs[name] for name in MODEL_INPUTS[:3])
@@ -58,14 +65,40 @@ def batches(n: int, temperature: float, bias: list[float], log_scale: list[float
         batch = {name: heads[key][rows] for name, key in names.items()}
         yield batch | {
             CHURN_BY_HORIZON: churn[rows],
+            NO_PURCHASE_BY_HORIZON: churn[rows],
             SPEND_BY_HORIZON: spend[rows],
             OBSERVED_BY_HORIZON: torch.ones_like(churn[rows]),
         }
 
 
-def outputs(fitted: Calibration, data: list[dict]) -> list[tuple[torch.Tensor, ...]]:
+class KnownDeclineHeads(KnownHeads):
+    """A decline model's heads: the stored ones plus decline logits (kept in the batch's fourth input)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.heads.decline = nn.Identity()
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> HeadOutputs:
+        return super().forward(inputs)._replace(decline_logits=inputs[MODEL_INPUTS[3]])
+
+
+def with_declines(data: list[dict], temperature: float, bias: list[float], seed: int = 0) -> list[dict]:
+    """``data`` whose churn is a decline (true logits d_k, labels drawn from them) reported distorted so that
+    the exact inverse is ``d / temperature + bias``; the no-purchase labels stay what the survival head learns."""
+    generator = torch.Generator().manual_seed(seed)
+    declined = []
+    for batch in data:
+        n = len(batch[CHURN_BY_HORIZON])
+        true = 1.5 * torch.randn(n, 2, generator=generator, dtype=torch.float64) - torch.tensor([1.0, 0.5])
+        labels = torch.bernoulli(torch.sigmoid(true), generator=generator)
+        reported = (true - torch.tensor(bias, dtype=torch.float64)) * temperature
+        declined.append(batch | {MODEL_INPUTS[3]: reported, CHURN_BY_HORIZON: labels})
+    return declined
+
+
+def outputs(fitted: Calibration, data: list[dict], network: nn.Module | None = None) -> list[tuple[torch.Tensor, ...]]:
     """The exported arithmetic over the stored heads, with the fitted calibration."""
-    scoring = ScoringModel(KnownHeads(), list(MODEL_INPUTS), MAIN, fitted)
+    scoring = ScoringModel(network or KnownHeads(), list(MODEL_INPUTS), MAIN, fitted)
     return [scoring(*(b[name] for name in MODEL_INPUTS)) for b in data]
 
 
@@ -179,3 +212,28 @@ def test_a_shared_churn_bias_is_one_number_and_fits_worse_than_one_per_interval(
         return float(survival_nll(logits, churn, seen).mean())
 
     assert nll(per_interval) < nll(shared) - 0.005
+
+
+def test_a_decline_model_gets_its_own_platt_scaling_and_keeps_survival_for_spend() -> None:
+    """Decline logits distorted by a temperature and per-horizon biases are recovered by their own fit; the
+    hazard calibration is the one a no-purchase model of the same heads gets; the exported churn probability
+    is the calibrated decline (its mean the decline rate at each horizon, levels from all customers) and S(t)
+    follows as no_purchase_probability."""
+    distortion = {"temperature": 2.0, "bias": [0.5, -0.3], "log_scale": [0.8, 1.0], "power": 1.5}
+    plain = list(batches(60_000, **distortion, seed=4))
+    data = with_declines(plain, temperature=0.5, bias=[0.4, -0.2])
+    fitted = fit_calibration(KnownDeclineHeads(), data[:3], MAIN, data[3:], shapes_from_all=True)
+    assert fitted.decline_temperature == pytest.approx(0.5, rel=0.05)
+    assert fitted.decline_bias == pytest.approx([0.4, -0.2], abs=0.06)
+    survival_only = fit_calibration(KnownHeads(), plain[:3], MAIN, plain[3:], shapes_from_all=True)
+    assert fitted.churn_temperature == pytest.approx(survival_only.churn_temperature, rel=1e-9)
+    assert fitted.spend_power == pytest.approx(survival_only.spend_power, rel=1e-9)
+    assert f"decline temperature {fitted.decline_temperature:.3f}, biases +0.4" in str(fitted)
+    declined_out, plain_out = outputs(fitted, data, KnownDeclineHeads()), outputs(survival_only, plain)
+    for k in range(2):
+        declines = sum(float(b[CHURN_BY_HORIZON][:, k].sum()) for b in data)
+        assert sum(float(o[6 + 2 * k].sum()) for o in declined_out) == pytest.approx(declines, rel=2e-3)
+        for with_decline, without in zip(declined_out, plain_out, strict=True):
+            assert len(with_decline) == len(without) + 2
+            torch.testing.assert_close(with_decline[10 + k], without[6 + 2 * k])  # no_purchase_probability
+            torch.testing.assert_close(with_decline[7 + 2 * k], without[7 + 2 * k])  # the same expected spend

@@ -10,15 +10,13 @@ import pytest
 import torch
 
 from churnformer.data.sources import EventLogFiles
-from churnformer.defaults import yaml_defaults
 from churnformer.training.datamodule import ChurnDataModule, DataSettings
 from tests.conftest import TINY_CUTOFF
 
 
 def data_settings(**changes) -> DataSettings:
     """``conf/data/settings/default.yaml`` with ``changes``."""
-    defaults = yaml_defaults("data/settings/default")
-    return DataSettings(**{**defaults, "seed": 0, **changes})
+    return DataSettings.defaults(**{"seed": 0, **changes})
 
 
 @pytest.fixture(scope="module")

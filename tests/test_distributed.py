@@ -93,15 +93,12 @@ def test_ddp_validation_metrics_are_over_the_whole_validation_set(ddp_run: tuple
     events, customers = tiny_world
     from churnformer.defaults import yaml_defaults
 
-    settings = DataSettings(
-        **{
-            **yaml_defaults("data/settings/default"),
-            "seed": 0,
-            "cutoff": TINY_CUTOFF,
-            "horizon_days": 60,
-            "batch_size": 48,
-            "features": {**yaml_defaults("data/settings/default")["features"], "max_len": 32},
-        }
+    settings = DataSettings.defaults(
+        seed=0,
+        cutoff=TINY_CUTOFF,
+        horizon_days=60,
+        batch_size=48,
+        features={**yaml_defaults("data/settings/default")["features"], "max_len": 32},
     )
     datamodule = ChurnDataModule(EventLogFiles(events, customers, {}), settings)
     datamodule.setup("fit")

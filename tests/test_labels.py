@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,10 +12,10 @@ from hypothesis import strategies as st
 
 from churnformer.data.events import load_events
 from churnformer.data.featurizer import fit_featurizer
-from churnformer.data.labels import is_purchase, make_labels
+from churnformer.data.labels import ChurnDefinition, horizon_labels, is_purchase, make_labels
 from churnformer.data.sequences import build_sequences
-from churnformer.data.window import Window
-from churnformer.errors import InputError
+from churnformer.data.window import HorizonGrid, Window
+from churnformer.errors import ConfigError, InputError
 
 WINDOW = Window.from_cutoff("2024-06-30", horizon_days=30)  # features < 07-01, labels in [07-01, 07-31)
 
@@ -55,6 +57,69 @@ def test_churn_and_spend():
         "refunder": (1.0, 0.0),
         "mixed": (0.0, 15.0),
     }
+
+
+DECLINE = ChurnDefinition("decline", decline_threshold=0.5)
+
+
+def test_a_decline_is_spend_below_half_of_the_same_window_before_the_cutoff():
+    events = _events(
+        [
+            ("faded", "2024-06-10", 100.0),
+            ("faded", "2024-07-10", 40.0),  # 40 < 50: declined, though it bought
+            ("steady", "2024-06-10", 100.0),
+            ("steady", "2024-07-10", 50.0),  # exactly half is not below it
+            ("steady", "2024-05-20", 900.0),  # before the 30-day window: not what the decline is measured against
+            ("gone", "2024-06-20", 30.0),  # bought before, nothing after: declined (and no purchase)
+            ("idle", "2024-05-01", 80.0),  # nothing in the 30 days before: cannot decline
+            ("refunded", "2024-06-15", 60.0),
+            ("refunded", "2024-06-16", -60.0),  # net 0 before: cannot decline
+            ("refunded", "2024-07-02", 5.0),
+            ("copied", "2024-06-11", 10.0),
+            ("copied", "2024-06-11", 10.0),  # an identical duplicate counts once: 10 before
+            ("copied", "2024-07-11", 4.0),  # 4 < 5
+        ]
+    )
+    ids = np.array(["faded", "steady", "gone", "idle", "refunded", "copied"], dtype=object)
+    declines = make_labels(events, WINDOW, ids, definition=DECLINE)
+    assert _labels_by_id(declines) == {
+        "faded": (1.0, 40.0),
+        "steady": (0.0, 50.0),
+        "gone": (1.0, 0.0),
+        "idle": (0.0, 0.0),
+        "refunded": (0.0, 5.0),
+        "copied": (1.0, 4.0),
+    }
+    no_purchase = make_labels(events, WINDOW, ids)
+    assert no_purchase["churn"].tolist() == [0.0, 0.0, 1.0, 1.0, 0.0, 0.0]
+    assert no_purchase["spend"].tolist() == declines["spend"].tolist()
+
+
+def test_each_horizon_of_a_decline_compares_windows_of_its_own_length():
+    events = _events(
+        [
+            ("a", "2024-05-15", 100.0),  # 47 days before the cutoff: in the 60-day window only
+            ("a", "2024-06-25", 20.0),
+            ("a", "2024-07-05", 15.0),  # 15 >= 10 at 30 days; 15 < 60 at 60 days
+        ]
+    )
+    grid = HorizonGrid.of([30, 60], 30)
+    labels = horizon_labels(events, WINDOW, grid, np.array(["a"], dtype=object), definition=DECLINE)
+    assert labels[["churn_30d", "churn_60d", "no_purchase_30d", "no_purchase_60d"]].iloc[0].tolist() == [
+        0.0,
+        1.0,
+        0.0,
+        0.0,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "threshold", "message"),
+    [("lapse", 0.5, "churn_definition='lapse'"), ("decline", 0.0, "decline_threshold=0.0"), ("decline", 1.5, "(0, 1]")],
+)
+def test_an_unknown_churn_definition_or_threshold_is_a_config_error(name: str, threshold: float, message: str):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        ChurnDefinition(name, threshold)
 
 
 def test_horizon_boundaries():

@@ -331,7 +331,7 @@ def test_ranks_other_than_zero_use_the_encoder_rank_zero_exports(
 
     defaults = yaml_defaults("data/settings/default")
     features = {**defaults["features"], "text": ["text"]}
-    settings = DataSettings(**{**defaults, "seed": 0, "cutoff": TINY_CUTOFF, "features": features})
+    settings = DataSettings.defaults(seed=0, cutoff=TINY_CUTOFF, features=features)
     module = ChurnDataModule(EventLogFiles(pd.DataFrame(), None, {}), settings, tmp_path)
     monkeypatch.setattr(rank_zero_only, "rank", 1)
     monkeypatch.setattr(datamodule_module, "ENCODER_WAIT_S", 30)

@@ -26,8 +26,10 @@ DYNAMIC_AXES |= {CUSTOMER_CAT: ("batch",), CUSTOMER_NUM: ("batch",)}
 DYNAMIC_AXES |= {EVENT_TEXT: ("batch", "length"), TEXT_EMBEDDINGS: ("texts",)}
 
 # --- model outputs: one value per customer, the first columns of every predictions file ---------------------
-CHURN_PROBABILITY = "churn_probability"  # P(no purchase in the horizon)
-EXPECTED_SPEND = "expected_spend"  # E[spend over the horizon] = (1 - churn_probability) * SPEND_IF_RETAINED
+CHURN_PROBABILITY = "churn_probability"  # P(churn in the horizon): no purchase, or a decline (churn_definition)
+# E[spend over the horizon] = (1 - P(no purchase)) * SPEND_IF_RETAINED (P(no purchase) = churn_probability unless
+# churn is a decline)
+EXPECTED_SPEND = "expected_spend"
 SPEND_QUANTILES = (0.1, 0.5, 0.9)
 SPEND_QUANTILE_COLUMNS = tuple(f"spend_p{round(q * 100)}" for q in SPEND_QUANTILES)
 SPEND_IF_RETAINED = "spend_if_retained"  # E[spend | spend > 0]: what the customer is worth if retained
@@ -46,11 +48,18 @@ def per_horizon(column: str, days: float) -> str:
     return f"{column}_{horizon_name(days)}"
 
 
-def model_outputs(horizons: tuple[float, ...]) -> tuple[str, ...]:
-    """The outputs of a model trained on ``horizons``: the main horizon's (MODEL_OUTPUTS), then S(h) and the
-    expected spend at every horizon."""
+# Models of the decline churn definition only: P(no purchase by the horizon), S(h) of the survival head (for a
+# model of the purchase definition it is churn_probability_<h>d itself).
+NO_PURCHASE_PROBABILITY = "no_purchase_probability"
+
+
+def model_outputs(horizons: tuple[float, ...], decline: bool = False) -> tuple[str, ...]:
+    """The outputs of a model trained on ``horizons``: the main horizon's (MODEL_OUTPUTS), then the churn
+    probability and the expected spend at every horizon; a model of the decline definition adds S(h) at every
+    horizon (``no_purchase_probability_<h>d``)."""
     grid = tuple(per_horizon(c, h) for h in horizons for c in (CHURN_PROBABILITY, EXPECTED_SPEND))
-    return (*MODEL_OUTPUTS, *grid)
+    no_purchase = tuple(per_horizon(NO_PURCHASE_PROBABILITY, h) for h in horizons) if decline else ()
+    return (*MODEL_OUTPUTS, *grid, *no_purchase)
 
 
 # --- what scoring derives from the outputs ------------------------------------------------------------------
@@ -68,12 +77,14 @@ SEGMENTS = ("high value at risk", "high value loyal", "low value at risk", "low 
 RETENTION_COLUMNS = (CHURN_RISK_DECILE, VALUE_DECILE, SEGMENT)
 
 # --- labels (what happened in the horizon) ------------------------------------------------------------------
-CHURN = "churn"  # 1: no purchase in the horizon
+CHURN = "churn"  # 1: churned in the horizon (no purchase by default; a decline with churn_definition=decline)
+NO_PURCHASE = "no_purchase"  # 1: no purchase in the horizon (churn of the default definition)
 SPEND = "spend"  # net spend in the horizon, floored at 0
 OBSERVED = "observed"  # 1: the horizon's window ends within the log (else its labels are unknown: censored)
 LABEL_COLUMNS = (CHURN, SPEND)
 # Training batches: the labels at every horizon of the grid, (B, K) each.
 CHURN_BY_HORIZON = "churn_by_horizon"
+NO_PURCHASE_BY_HORIZON = "no_purchase_by_horizon"
 SPEND_BY_HORIZON = "spend_by_horizon"
 OBSERVED_BY_HORIZON = "observed_by_horizon"
 
@@ -88,6 +99,7 @@ META_HORIZONS = "horizons_days"  # the horizon grid the model predicts on
 META_TRAINED_CUTOFF = "trained_cutoff"
 META_COLUMNS = "columns"  # the column mapping of the training log (scoring's default)
 META_QUANTIZED = "quantized"  # "int8" for a dynamically quantized copy
+META_CHURN_DEFINITION = "churn_definition"  # churnformer.data.labels.ChurnDefinition; absent: no purchase
 REQUIRED_METADATA = (META_FEATURIZER, META_OUTPUTS, META_HORIZON_DAYS, META_HORIZONS)
 
 # --- reference percentiles: levels 1..99 % ------------------------------------------------------------------

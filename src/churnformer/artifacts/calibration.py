@@ -7,7 +7,9 @@ LN(mu, sigma) is mapped to LN(a_k + b * mu, b * sigma), i.e. spend -> e^a_k * sp
 at the main horizon by Poisson deviance of the expected spend (it corrects a spread of predictions that is
 too wide or too narrow: level errors per decile), and each scale a_k makes total expected spend equal total
 spend at its horizon. Quantiles come from the same transformed log-normal and the spend mixture uses the
-calibrated churn probability, so the heads stay consistent.
+calibrated churn probability, so the heads stay consistent. A decline model's decline logits get their own
+Platt scaling (a temperature and a bias per horizon, by binary cross-entropy: the horizons are not nested
+intervals), fitted on the same customers as the churn shapes and levels.
 
 Shapes (temperature, power) and levels (biases, scales) can be fitted on every labelled customer at the
 cutoff (training ones too) instead of the validation customers alone: a validation split of a few thousand
@@ -22,10 +24,16 @@ from collections.abc import Iterable
 import torch
 
 from churnformer.modeling.heads import HeadOutputs, expected_spend, survival
-from churnformer.modeling.losses import survival_nll
+from churnformer.modeling.losses import decline_nll, survival_nll
 from churnformer.modeling.network import ChurnFormer
-from churnformer.modeling.scoring_model import Calibration, calibrated
-from churnformer.schema import CHURN_BY_HORIZON, OBSERVED_BY_HORIZON, PERCENTILE_LEVELS, SPEND_BY_HORIZON
+from churnformer.modeling.scoring_model import Calibration, calibrated, calibrated_decline
+from churnformer.schema import (
+    CHURN_BY_HORIZON,
+    NO_PURCHASE_BY_HORIZON,
+    OBSERVED_BY_HORIZON,
+    PERCENTILE_LEVELS,
+    SPEND_BY_HORIZON,
+)
 
 Batches = Iterable[dict[str, torch.Tensor]]
 Data = dict[str, torch.Tensor]
@@ -43,18 +51,30 @@ SPEND_RATIO_LIMIT = 10.0
 
 @torch.no_grad()
 def _collect(network: ChurnFormer, batches: Batches) -> Data:
+    """Heads and labels over ``batches``, float64: ``decline`` (logits) only for a decline model, whose
+    ``churn`` is the decline and ``no_purchase`` what the survival head predicts."""
     network.eval()
-    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("logit", "log_mean", "sigma", "churn", "spend", "seen")}
+    parts: dict[str, list[torch.Tensor]] = {}
     for batch in batches:
         heads = network(batch)
-        labels = (batch[CHURN_BY_HORIZON], batch[SPEND_BY_HORIZON], batch[OBSERVED_BY_HORIZON])
-        for key, value in zip(parts, (*heads, *labels), strict=True):
-            parts[key].append(value.double())
+        values = {
+            "logit": heads.hazard_logits,
+            "log_mean": heads.log_spend_mean,
+            "sigma": heads.spend_sigma,
+            "decline": heads.decline_logits,
+            "churn": batch[CHURN_BY_HORIZON],
+            "no_purchase": batch[NO_PURCHASE_BY_HORIZON],
+            "spend": batch[SPEND_BY_HORIZON],
+            "seen": batch[OBSERVED_BY_HORIZON],
+        }
+        for key, value in values.items():
+            if value is not None:
+                parts.setdefault(key, []).append(value.double())
     return {key: torch.cat(values) for key, values in parts.items()}
 
 
 def _heads(data: Data) -> HeadOutputs:
-    return HeadOutputs(data["logit"], data["log_mean"], data["sigma"])
+    return HeadOutputs(data["logit"], data["log_mean"], data["sigma"], data.get("decline"))
 
 
 def fit_calibration(
@@ -104,13 +124,21 @@ def fit_calibration(
             log_scale, power = torch.zeros(k, dtype=torch.float64), 1.0
     power = 1.0 if power is None else power
     s, _, _, log_mean = calibrated(_heads(data), temperature, bias, log_scale, power)
+    churn, decline_temperature, decline_bias = s, 1.0, torch.zeros(0, dtype=torch.float64)
+    if "decline" in data:
+        decline_temperature, decline_bias = _fit_decline(
+            shaping, everyone if level_batches is not None else None, fallback
+        )
+        churn = calibrated_decline(_heads(data), decline_temperature, decline_bias)
     levels = torch.tensor(PERCENTILE_LEVELS, dtype=torch.float64)
     return Calibration(
         churn_temperature=temperature,
         churn_bias=bias.tolist(),
         spend_log_scale=log_scale.tolist(),
         spend_power=power,
-        churn_percentiles=torch.quantile(s[:, main], levels).tolist(),
+        decline_temperature=decline_temperature,
+        decline_bias=decline_bias.tolist(),
+        churn_percentiles=torch.quantile(churn[:, main], levels).tolist(),
         spend_percentiles=torch.quantile(expected_spend(s, log_mean)[:, main], levels).tolist(),
         spend_if_retained_percentiles=torch.quantile(log_mean[:, main].exp(), levels).tolist(),
         fallback=fallback,
@@ -130,7 +158,7 @@ def _fit_platt(data: Data, fallback: list[str], shared: bool) -> tuple[float, to
 
     def loss() -> torch.Tensor:
         logits = data["logit"] / params[0].exp() + params[1:]
-        return survival_nll(logits, data["churn"], data["seen"]).mean()
+        return survival_nll(logits, data["no_purchase"], data["seen"]).mean()
 
     _minimize(params, loss)
     temperature, bias = float(params[0].detach().exp()), params[1:].detach().expand(k).clone()
@@ -146,9 +174,10 @@ def _fit_platt(data: Data, fallback: list[str], shared: bool) -> tuple[float, to
 
 def _interval_hazard_rates(data: Data) -> torch.Tensor:
     """The observed share of customers at risk in each interval who made their first purchase in it."""
-    alive = torch.cat([torch.ones_like(data["churn"][:, :1]), data["churn"][:, :-1]], dim=1)
+    no_purchase = data["no_purchase"]
+    alive = torch.cat([torch.ones_like(no_purchase[:, :1]), no_purchase[:, :-1]], dim=1)
     at_risk = alive * data["seen"]
-    events = (at_risk * (1 - data["churn"])).sum(0)
+    events = (at_risk * (1 - no_purchase)).sum(0)
     return (events / at_risk.sum(0).clamp(min=1.0)).clamp(1e-3, 1 - 1e-3)
 
 
@@ -170,8 +199,44 @@ def _likelihood_biases(data: Data, temperature: float, start: torch.Tensor, shar
     matches its observed rate on average (the gradient in a bias is their difference); one ``shared`` bias
     matches only their total."""
     bias = (start[:1] if shared else start).clone().requires_grad_(True)
-    _minimize(bias, lambda: survival_nll(data["logit"] / temperature + bias, data["churn"], data["seen"]).mean())
+    _minimize(bias, lambda: survival_nll(data["logit"] / temperature + bias, data["no_purchase"], data["seen"]).mean())
     return bias.detach().expand(len(start)).clone()
+
+
+def _fit_decline(shaping: Data, levels: Data | None, fallback: list[str]) -> tuple[float, torch.Tensor]:
+    """Temperature and per-horizon biases of the decline logits by binary cross-entropy on ``shaping``; the
+    biases fitted again on ``levels`` (when given) with the temperature fixed, so each horizon's predicted
+    decline rate matches the observed one there. The identity when the fit is out of the sane ranges."""
+    k = shaping["decline"].shape[1]
+    params = torch.zeros(1 + k, dtype=torch.float64, requires_grad=True)  # log T, biases
+    _minimize(
+        params,
+        lambda: decline_nll(
+            shaping["decline"] / params[0].exp() + params[1:], shaping["churn"], shaping["seen"]
+        ).mean(),
+    )
+    temperature, bias = float(params[0].detach().exp()), params[1:].detach().clone()
+    identity = (1.0, torch.zeros(k, dtype=torch.float64))
+    low, high = CHURN_TEMPERATURE_LIMITS
+    if not low <= temperature <= high:  # also false for NaN
+        fallback.append(f"decline temperature {temperature:.3g} outside {[low, high]}")
+        return identity
+    data = shaping
+    if levels is not None:
+        data = levels
+        bias.requires_grad_(True)
+        _minimize(
+            bias, lambda: decline_nll(levels["decline"] / temperature + bias, levels["churn"], levels["seen"]).mean()
+        )
+        bias = bias.detach()
+    rate = ((data["churn"] * data["seen"]).sum(0) / data["seen"].sum(0).clamp(min=1.0)).clamp(1e-3, 1 - 1e-3)
+    limit = torch.logit(rate).abs() * abs(1 - 1 / temperature) + CHURN_BIAS_MARGIN
+    bad = (bias.abs() > limit) | ~torch.isfinite(bias)
+    if bad.any():
+        h = int(torch.nonzero(bad)[0])
+        fallback.append(f"decline bias {float(bias[h]):+.3g} of horizon {h + 1} beyond +-{float(limit[h]):.3g}")
+        return identity
+    return temperature, bias
 
 
 def _expected(data: Data, temperature: float, bias: torch.Tensor, log_scale, power) -> torch.Tensor:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from churnformer.data.featurizer import Featurizer
+from churnformer.data.labels import ChurnDefinition
 from churnformer.errors import ModelFileError
 from churnformer.modeling.network import ChurnFormer
 from churnformer.schema import META_HORIZONS
@@ -33,8 +34,10 @@ def load_checkpoint(path: str | Path) -> tuple[ChurnFormer, dict[str, Any]]:
         raise ModelFileError(
             f"{path}: not a churnformer training checkpoint ({type(error).__name__}: {first_line})"
         ) from error
-    horizons = hparams["export_metadata"][META_HORIZONS]
-    network = ChurnFormer.build(hparams["network"], Featurizer.from_json(hparams["featurizer_json"]), len(horizons))
+    metadata = hparams["export_metadata"]
+    featurizer = Featurizer.from_json(hparams["featurizer_json"])
+    decline = ChurnDefinition.of_metadata(metadata).is_decline
+    network = ChurnFormer.build(hparams["network"], featurizer, len(metadata[META_HORIZONS]), decline)
     network.load_state_dict(
         {k.removeprefix(NETWORK_PREFIX): v for k, v in state.items() if k.startswith(NETWORK_PREFIX)}
     )

@@ -88,7 +88,7 @@ def export_onnx(
     calibration = calibration or Calibration()
     inputs = example_inputs(featurizer)
     horizons = tuple(float(h) for h in metadata[META_HORIZONS])
-    outputs = model_outputs(horizons)
+    outputs = model_outputs(horizons, decline=network.heads.decline is not None)
     model = ScoringModel(network, list(inputs), horizons.index(float(metadata[META_HORIZON_DAYS])), calibration)
     model.eval()
     dims = {axis: torch.export.Dim(axis) for axis in ("batch", "length", "texts")}

@@ -1,16 +1,65 @@
-"""Labels from the horizon window: churn (no purchase) and net spend per customer."""
+"""Labels from the horizon window: churn (no purchase, or a decline) and net spend per customer."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
 
 from churnformer.data.events import AMOUNT, CUSTOMER_ID, TIMESTAMP, source_of
 from churnformer.data.window import NS_PER_DAY, HorizonGrid, Window, log_end_ns
-from churnformer.errors import InputError
-from churnformer.schema import CHURN, OBSERVED, SPEND, per_horizon
+from churnformer.errors import ConfigError, InputError
+from churnformer.schema import CHURN, META_CHURN_DEFINITION, NO_PURCHASE, OBSERVED, SPEND, per_horizon
+
+NO_PURCHASE_DEFINITION = "no_purchase"
+DECLINE_DEFINITION = "decline"
+
+
+@dataclass(frozen=True)
+class ChurnDefinition:
+    """What ``churn`` means at a horizon of h days (``churn_definition`` and ``decline_threshold`` in the
+    config). ``no_purchase`` (the default): no purchase in the h days after the cutoff. ``decline``: net spend
+    in the h days after the cutoff below ``decline_threshold`` times the net spend in the h days before it, the
+    early warning of a grocery or subscription business, where customers fade long before they stop buying. A
+    customer who spent nothing in the h days before cannot fall below it and never counts as declining.
+
+    Either way the model also learns when the next purchase comes and what is spent (the survival and spend
+    heads): a decline model adds a head for the decline and reports P(no purchase) beside it."""
+
+    name: str = NO_PURCHASE_DEFINITION
+    decline_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.name not in (NO_PURCHASE_DEFINITION, DECLINE_DEFINITION):
+            raise ConfigError(
+                f"churn_definition={self.name!r}: choose {NO_PURCHASE_DEFINITION} (no purchase in the horizon) or "
+                f"{DECLINE_DEFINITION} (spend in the horizon below decline_threshold times the same-length window "
+                "before the cutoff)"
+            )
+        if not 0 < self.decline_threshold <= 1:  # also false for NaN
+            raise ConfigError(f"decline_threshold={self.decline_threshold}: must be in (0, 1], e.g. 0.5")
+
+    @property
+    def is_decline(self) -> bool:
+        return self.name == DECLINE_DEFINITION
+
+    def __str__(self) -> str:
+        if not self.is_decline:
+            return "no purchase in the horizon"
+        return f"spend in the horizon below {self.decline_threshold:.0%} of the same-length window before the cutoff"
+
+    def to_metadata(self) -> dict[str, str]:
+        """The model file's record (scoring and evaluation read it back with :meth:`of_metadata`)."""
+        return {META_CHURN_DEFINITION: json.dumps(asdict(self))}
+
+    @classmethod
+    def of_metadata(cls, metadata: dict[str, str]) -> ChurnDefinition:
+        """From a model file's (or checkpoint's) metadata; files without the record predict no purchase."""
+        stored = metadata.get(META_CHURN_DEFINITION)
+        return cls(**json.loads(stored)) if stored else cls()
 
 
 def is_purchase(
@@ -33,17 +82,19 @@ def make_labels(
     customer_ids: np.ndarray,
     purchase_types: Sequence[str] | None = None,
     event_type_column: str = "event_type",
+    definition: ChurnDefinition = ChurnDefinition(),
 ) -> pd.DataFrame:
     """Labels at the window's horizon for ``customer_ids`` (normally :attr:`Sequences.customer_ids`), in
-    that order: ``churn`` is 1 when the customer makes no purchase in the horizon window; ``spend`` is the
-    net sum of amounts in the window (refunds subtract), floored at 0. Identical duplicate events count
-    once, as in the features (:func:`churnformer.data.sequences.build_sequences`).
+    that order: ``churn`` is 1 when the customer churns in the horizon window (by default: makes no purchase
+    there; see :class:`ChurnDefinition`); ``spend`` is the net sum of amounts in the window (refunds
+    subtract), floored at 0. Identical duplicate events count once, as in the features
+    (:func:`churnformer.data.sequences.build_sequences`).
 
     A log that ends before the cutoff is an error: nothing after the cutoff was observed, so every label
     would read "churned, spent 0" and a model would learn that from nothing.
     """
     grid = HorizonGrid((window.horizon_days,), window.horizon_days)
-    labels = horizon_labels(events, window, grid, customer_ids, purchase_types, event_type_column)
+    labels = horizon_labels(events, window, grid, customer_ids, purchase_types, event_type_column, definition)
     return labels[[CUSTOMER_ID, CHURN, SPEND]]
 
 
@@ -54,9 +105,11 @@ def horizon_labels(
     customer_ids: np.ndarray,
     purchase_types: Sequence[str] | None = None,
     event_type_column: str = "event_type",
+    definition: ChurnDefinition = ChurnDefinition(),
 ) -> pd.DataFrame:
     """:func:`make_labels` at every horizon of ``grid`` after ``window.feature_end``: ``churn_<h>d``,
-    ``spend_<h>d`` and ``observed_<h>d`` (1 when the horizon's window ends within the log, see
+    ``spend_<h>d``, ``no_purchase_<h>d`` (what the survival head learns; ``churn_<h>d`` itself unless the
+    definition is a decline) and ``observed_<h>d`` (1 when the horizon's window ends within the log, see
     :func:`log_end_ns`; where it does not, the labels count only what the log holds, and training leaves
     them out), and ``churn``/``spend`` at the main horizon."""
     stamps = events[TIMESTAMP].to_numpy(dtype="datetime64[ns]").view(np.int64)
@@ -82,12 +135,32 @@ def horizon_labels(
     for days in grid.days:
         inside = offsets < round(days * NS_PER_DAY)
         purchases = np.bincount(position[inside], weights=purchase[inside], minlength=n)
-        spend = np.bincount(position[inside], weights=amounts[inside], minlength=n)
+        spend = np.maximum(np.bincount(position[inside], weights=amounts[inside], minlength=n), 0.0)
         observed = window.feature_end_ns + round(days * NS_PER_DAY) <= log_end
-        columns[per_horizon(CHURN, days)] = (purchases == 0).astype(np.float32)
-        columns[per_horizon(SPEND, days)] = np.maximum(spend, 0.0).astype(np.float32)
+        no_purchase = (purchases == 0).astype(np.float32)
+        if definition.is_decline:
+            before = spend_before(events, stamps, window.feature_end_ns, days, customer_ids)
+            columns[per_horizon(CHURN, days)] = (spend < definition.decline_threshold * before).astype(np.float32)
+        else:
+            columns[per_horizon(CHURN, days)] = no_purchase
+        columns[per_horizon(SPEND, days)] = spend.astype(np.float32)
+        columns[per_horizon(NO_PURCHASE, days)] = no_purchase
         columns[per_horizon(OBSERVED, days)] = np.full(n, observed, dtype=np.float32)
     labels = pd.DataFrame(columns)
     labels[CHURN] = labels[per_horizon(CHURN, grid.main)]
     labels[SPEND] = labels[per_horizon(SPEND, grid.main)]
     return labels
+
+
+def spend_before(
+    events: pd.DataFrame, stamps: np.ndarray, cutoff_ns: int, days: float, customer_ids: np.ndarray
+) -> np.ndarray:
+    """Net spend of each of ``customer_ids`` in the ``days`` before the cutoff (identical duplicates counted
+    once, as everywhere), floored at 0: what a decline is measured against."""
+    inside = (stamps < cutoff_ns) & (stamps >= cutoff_ns - round(days * NS_PER_DAY))
+    window = events.loc[inside]
+    window = window.loc[~window.duplicated().to_numpy()]
+    position = pd.Index(customer_ids).get_indexer(window[CUSTOMER_ID].to_numpy())
+    known = position >= 0
+    spend = np.bincount(position[known], weights=window[AMOUNT].to_numpy()[known], minlength=len(customer_ids))
+    return np.maximum(spend, 0.0)

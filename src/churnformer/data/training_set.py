@@ -17,11 +17,11 @@ import pandas as pd
 
 from churnformer.data.events import CUSTOMER_ID, TIMESTAMP, source_of
 from churnformer.data.featurizer import Featurizer, FeaturizerConfig, fit_featurizer
-from churnformer.data.labels import horizon_labels, make_labels
+from churnformer.data.labels import ChurnDefinition, horizon_labels, make_labels
 from churnformer.data.sequences import Sequences, build_sequences, concat_sequences
 from churnformer.data.window import NS_PER_DAY, HorizonGrid, Window, log_end_ns, require_events_before
 from churnformer.errors import ConfigError, InputError
-from churnformer.schema import CHURN, OBSERVED, SPEND, per_horizon
+from churnformer.schema import CHURN, NO_PURCHASE, OBSERVED, SPEND, per_horizon
 
 if TYPE_CHECKING:
     from churnformer.text.embeddings import TextEmbeddings
@@ -53,9 +53,10 @@ class LabelStats:
     """Base rates of the training labels at each horizon of the grid (over the examples where it is
     observed), used to initialise the output biases."""
 
-    churn_rate: list[float]
+    churn_rate: list[float]  # of no purchase (the survival head)
     log_spend_mean: list[float]
     log_spend_std: list[float]
+    decline_rate: list[float] | None = None  # of churn, for a model of the decline definition
 
 
 @dataclass
@@ -70,9 +71,10 @@ class TrainingSet:
     val_rows: np.ndarray
     main_count: int
     grid: HorizonGrid  # the horizons observed at some training cutoff (the others are dropped)
+    definition: ChurnDefinition = ChurnDefinition()
 
     def by_horizon(self, column: str) -> np.ndarray:
-        """``column`` (churn, spend or observed) at every horizon of the grid: (examples, K) float32."""
+        """``column`` (churn, no_purchase, spend or observed) at every horizon of the grid: (examples, K) float32."""
         return self.labels[[per_horizon(column, days) for days in self.grid.days]].to_numpy(np.float32)
 
     @property
@@ -82,15 +84,17 @@ class TrainingSet:
 
     def label_stats(self) -> LabelStats:
         rows = self.train_rows
-        churn, spend, observed = (self.by_horizon(c)[rows] for c in (CHURN, SPEND, OBSERVED))
-        rates, means, stds = [], [], []
+        churn, no_purchase, spend, observed = (self.by_horizon(c)[rows] for c in (CHURN, NO_PURCHASE, SPEND, OBSERVED))
+        rates, declines, means, stds = [], [], [], []
         for k in range(len(self.grid.days)):
             seen = observed[:, k] > 0
             positive = np.log(spend[seen & (spend[:, k] > 0), k].astype(np.float64))
-            rates.append(float(churn[seen, k].mean()) if seen.any() else 0.5)
+            rates.append(float(no_purchase[seen, k].mean()) if seen.any() else 0.5)
+            declines.append(float(churn[seen, k].mean()) if seen.any() else 0.5)
             means.append(float(positive.mean()) if len(positive) else 0.0)
             stds.append(float(positive.std()) if len(positive) > 1 else 1.0)
-        return LabelStats(churn_rate=rates, log_spend_mean=means, log_spend_std=stds)
+        decline_rate = declines if self.definition.is_decline else None
+        return LabelStats(churn_rate=rates, log_spend_mean=means, log_spend_std=stds, decline_rate=decline_rate)
 
 
 def build_training_set(
@@ -103,12 +107,13 @@ def build_training_set(
     purchase_types: Sequence[str] | None,
     event_type_column: str,
     texts: TextEmbeddings | None = None,
+    definition: ChurnDefinition = ChurnDefinition(),
 ) -> TrainingSet:
     """Fit the featurizer on the training customers' events before the main cutoff (``windows[0]``), then
     build sequences and labels at every window and horizon of ``grid``; validation customers appear at the
     main cutoff only. Horizons whose window ends after the log at every cutoff are dropped (a warning says
     so); the main horizon must be observed at the main cutoff. ``texts`` embeds the text columns
-    (``features.text``), if any."""
+    (``features.text``), if any; ``definition`` says what churn is."""
     main = windows[0]
     require_events_before(events[TIMESTAMP], main, source_of(events, "events"))
     grid = observable_grid(events, windows, grid)
@@ -130,7 +135,9 @@ def build_training_set(
         if len(sequences):
             parts.append(sequences)
             labels.append(
-                horizon_labels(events, window, grid, sequences.customer_ids, purchase_types, event_type_column)
+                horizon_labels(
+                    events, window, grid, sequences.customer_ids, purchase_types, event_type_column, definition
+                )
             )
     sequences = concat_sequences(parts)
     main_count = len(parts[0])
@@ -143,7 +150,7 @@ def build_training_set(
             f"(data.val_fraction={val_fraction})"
         )
     labels = pd.concat(labels, ignore_index=True)
-    return TrainingSet(featurizer, sequences, labels, train_rows, val_rows, main_count, grid)
+    return TrainingSet(featurizer, sequences, labels, train_rows, val_rows, main_count, grid, definition)
 
 
 def observable_grid(events: pd.DataFrame, windows: list[Window], grid: HorizonGrid) -> HorizonGrid:
@@ -173,6 +180,7 @@ def validation_labels(
     val_fraction: float,
     purchase_types: Sequence[str] | None,
     event_type_column: str,
+    definition: ChurnDefinition = ChurnDefinition(),
 ) -> pd.DataFrame:
     """Labels of the validation customers at ``window`` (those :func:`build_training_set` holds out), without
     building any features: customer_id, churn, spend."""
@@ -180,4 +188,4 @@ def validation_labels(
     before = events[TIMESTAMP] < window.feature_end
     population = np.sort(events.loc[before, CUSTOMER_ID].unique())
     held_out = population[validation_mask(population, val_fraction)]
-    return make_labels(events, window, held_out, purchase_types, event_type_column)
+    return make_labels(events, window, held_out, purchase_types, event_type_column, definition)

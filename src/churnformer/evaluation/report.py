@@ -24,7 +24,7 @@ from churnformer.data.events import (
     read_table,
     source_of,
 )
-from churnformer.data.labels import horizon_labels
+from churnformer.data.labels import ChurnDefinition, horizon_labels
 from churnformer.data.window import HorizonGrid, Window, require_events_before
 from churnformer.defaults import serving_defaults
 from churnformer.errors import InputError
@@ -41,7 +41,17 @@ from churnformer.evaluation.metrics import (
     roc_auc,
     spearman,
 )
-from churnformer.schema import CHURN, CHURN_PROBABILITY, EXPECTED_SPEND, LABEL_COLUMNS, OBSERVED, SPEND, per_horizon
+from churnformer.schema import (
+    CHURN,
+    CHURN_PROBABILITY,
+    EXPECTED_SPEND,
+    LABEL_COLUMNS,
+    NO_PURCHASE,
+    NO_PURCHASE_PROBABILITY,
+    OBSERVED,
+    SPEND,
+    per_horizon,
+)
 
 # What an evaluation needs of a predictions file (any model's: churnformer's or a baseline's), and by horizon
 # where both sides have them.
@@ -114,10 +124,16 @@ def align(
     any customer on one side only is an error that names how many and which.
     """
     horizons = [h for h in predicted_horizons(predictions) if per_horizon(OBSERVED, h) in labels.columns]
+    # A decline model's S(t) and the labels it is judged against, where both sides have them.
+    no_purchase = horizon_columns([NO_PURCHASE_PROBABILITY], horizons), horizon_columns([NO_PURCHASE], horizons)
+    if not all(c in predictions.columns for c in no_purchase[0]) or not all(c in labels for c in no_purchase[1]):
+        no_purchase = [], []
     predicted = _checked_frame(
-        predictions, [*EVALUATED_COLUMNS, *horizon_columns(PREDICTED_BY_HORIZON, horizons)], names[0]
+        predictions, [*EVALUATED_COLUMNS, *horizon_columns(PREDICTED_BY_HORIZON, horizons), *no_purchase[0]], names[0]
     )
-    labelled = _checked_frame(labels, [*LABEL_COLUMNS, *horizon_columns(LABELLED_BY_HORIZON, horizons)], names[1])
+    labelled = _checked_frame(
+        labels, [*LABEL_COLUMNS, *horizon_columns(LABELLED_BY_HORIZON, horizons), *no_purchase[1]], names[1]
+    )
     predicted, labelled = _same_id_type(predicted, labelled)
     predicted_ids, labelled_ids = pd.Index(predicted[CUSTOMER_ID]), pd.Index(labelled[CUSTOMER_ID])
     unpredicted, unlabelled = labelled_ids.difference(predicted_ids), predicted_ids.difference(labelled_ids)
@@ -180,10 +196,14 @@ def horizon_metrics(joined: pd.DataFrame) -> dict[str, float]:
 
 
 def survival_arrays(joined: pd.DataFrame, horizons: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Predicted S(t_k), "no purchase by t_k" and whether t_k is observed, (N, K) each."""
+    """Predicted S(t_k), "no purchase by t_k" and whether t_k is observed, (N, K) each: the churn columns, or
+    for a decline model (whose churn is not "no purchase") its no_purchase_probability_<h>d against
+    no_purchase_<h>d labels when :func:`align` kept them."""
+    decline = per_horizon(NO_PURCHASE_PROBABILITY, horizons[0]) in joined.columns
+    predicted, label = (NO_PURCHASE_PROBABILITY, NO_PURCHASE) if decline else (CHURN_PROBABILITY, CHURN)
     return tuple(
         joined[[per_horizon(column, h) for h in horizons]].to_numpy(np.float64)
-        for column in (CHURN_PROBABILITY, CHURN, OBSERVED)
+        for column in (predicted, label, OBSERVED)
     )
 
 
@@ -290,6 +310,7 @@ def labels_from_events(
     columns: ColumnMapping | None = None,
     purchase_types: Sequence[str] | None = None,
     horizons: Sequence[float] = (),
+    definition: ChurnDefinition = ChurnDefinition(),
 ) -> pd.DataFrame:
     """Labels of every customer with at least one event before the cutoff (the population the predictor
     scores) at the main horizon and at each of ``horizons``, with whether the log covers each."""
@@ -299,7 +320,7 @@ def labels_from_events(
     before = frame[TIMESTAMP].to_numpy(dtype="datetime64[ns]").view(np.int64) < window.feature_end_ns
     population = np.sort(pd.unique(frame[CUSTOMER_ID].to_numpy()[before]))
     grid = HorizonGrid.of(horizons, horizon_days)
-    return horizon_labels(frame, window, grid, population, purchase_types)
+    return horizon_labels(frame, window, grid, population, purchase_types, definition=definition)
 
 
 def load_labels(
@@ -310,6 +331,7 @@ def load_labels(
     columns: ColumnMapping | None = None,
     purchase_types: Sequence[str] | None = None,
     horizons: Sequence[float] = (),
+    definition: ChurnDefinition = ChurnDefinition(),
 ) -> tuple[pd.DataFrame, str]:
     """Labels from a labels file or computed from an event log (at ``horizons`` too), and a description of
     where they came from. A labels file's ``churn_<h>d``/``spend_<h>d`` columns count as observed unless it
@@ -328,13 +350,13 @@ def load_labels(
             "no labels: pass labels=PATH (columns customer_id, churn, spend), or events=PATH with "
             "cutoff=YYYY-MM-DD and horizon_days=N (the cutoff and horizon the predictions were made for)"
         )
-    frame = labels_from_events(events, cutoff, horizon_days, columns, purchase_types, horizons)
+    frame = labels_from_events(events, cutoff, horizon_days, columns, purchase_types, horizons, definition)
     if not frame[per_horizon(OBSERVED, float(horizon_days))].all():
         raise InputError(
             f"{events}: the log ends before the {float(horizon_days):g}-day horizon after {cutoff} does, so its "
             "churn and spend are not known yet: evaluate at an earlier cutoff or a shorter horizon_days"
         )
-    return frame, f"labels from {events} (cutoff {cutoff}, horizon {horizon_days} days)"
+    return frame, f"labels from {events} (cutoff {cutoff}, horizon {horizon_days} days, churn: {definition})"
 
 
 def evaluate_files(
@@ -346,6 +368,7 @@ def evaluate_files(
     horizon_days: float | None = None,
     columns: ColumnMapping | None = None,
     purchase_types: Sequence[str] | None = None,
+    definition: ChurnDefinition = ChurnDefinition(),
     output_dir: str | Path = "evaluation",
 ) -> dict[str, Path]:
     """Evaluate a predictions file against a labels file, or against labels computed from an event log, and
@@ -353,7 +376,9 @@ def evaluate_files(
     # A directory is the Parquet dataset churnformer-predict engine=spark writes.
     predicted = pd.read_parquet(predictions) if Path(predictions).is_dir() else read_table(predictions, CUSTOMER_ID)
     horizons = predicted_horizons(predicted)
-    label_frame, label_source = load_labels(labels, events, cutoff, horizon_days, columns, purchase_types, horizons)
+    label_frame, label_source = load_labels(
+        labels, events, cutoff, horizon_days, columns, purchase_types, horizons, definition
+    )
     joined = align(predicted, label_frame, names=(str(predictions), label_source))
     metrics = compute_metrics(joined)
     paths = write_report(
@@ -376,5 +401,6 @@ def run_evaluation(config: dict[str, Any]) -> dict[str, Path]:
         horizon_days=config["horizon_days"],
         columns=columns,
         purchase_types=config["purchase_types"],
+        definition=ChurnDefinition(config["churn_definition"], float(config["decline_threshold"])),
         output_dir=config["output"],
     )

@@ -11,6 +11,11 @@ logits and can never contradict each other: P(spend_k > 0) = 1 - S(t_k). The spe
 positive spend m_k = E[spend_k | spend_k > 0], non-decreasing in k by construction (log m_k = log m_1 +
 cumulative softplus steps), and its log-scale spread sigma_k. Expected spend E_k = (1 - S(t_k)) * m_k is then
 non-decreasing in k too, as spend over a longer window must be.
+
+A model of the decline churn definition (``churn_definition=decline``: spend in the horizon below a share of
+the same-length window before the cutoff) adds K decline logits, one binary event per horizon: unlike "no
+purchase yet", a decline at 30 days neither implies nor excludes one at 90, so it has no survival structure.
+churn_probability is then sigmoid(decline logit); survival and spend stay as above.
 """
 
 from __future__ import annotations
@@ -28,16 +33,19 @@ class HeadOutputs(NamedTuple):
     hazard_logits: torch.Tensor  # (B, K) logit of the hazard of the first purchase in each interval
     log_spend_mean: torch.Tensor  # (B, K) log E[spend_k | spend_k > 0], non-decreasing in k
     spend_sigma: torch.Tensor  # (B, K) std of log spend_k given spend_k > 0
+    decline_logits: torch.Tensor | None = None  # (B, K) logit of a decline by each horizon (decline models)
 
 
 class SurvivalSpendHeads(nn.Module):
-    """Pooled customer vector (B, D) -> hazard logits and the positive-spend log-normal at every horizon."""
+    """Pooled customer vector (B, D) -> hazard logits and the positive-spend log-normal at every horizon, and
+    with ``decline`` the decline logits."""
 
-    def __init__(self, d_model: int, n_horizons: int) -> None:
+    def __init__(self, d_model: int, n_horizons: int, decline: bool = False) -> None:
         super().__init__()
         self.n_horizons = n_horizons
         self.hazard = nn.Linear(d_model, n_horizons)
         self.spend = nn.Linear(d_model, 2 * n_horizons)  # log m_1, K - 1 steps, K spreads
+        self.decline = nn.Linear(d_model, n_horizons) if decline else None
 
     def forward(self, pooled: torch.Tensor) -> HeadOutputs:
         k = self.n_horizons
@@ -48,10 +56,15 @@ class SurvivalSpendHeads(nn.Module):
             hazard_logits=self.hazard(pooled),
             log_spend_mean=log_mean,
             spend_sigma=softplus(spend[:, k:]) + MIN_SIGMA,
+            decline_logits=self.decline(pooled) if self.decline is not None else None,
         )
 
     def init_output_biases(
-        self, churn_rate: list[float], log_spend_mean: list[float], log_spend_std: list[float]
+        self,
+        churn_rate: list[float],
+        log_spend_mean: list[float],
+        log_spend_std: list[float],
+        decline_rate: list[float] | None = None,
     ) -> None:
         """Start at the training base rates of every horizon, so early epochs are not spent finding them."""
         survival = torch.tensor(churn_rate, dtype=torch.float64).clamp(1e-3, 1 - 1e-3).cummin(0).values
@@ -66,6 +79,10 @@ class SurvivalSpendHeads(nn.Module):
             self.spend.bias[0] = log_mean[0]
             self.spend.bias[1 : self.n_horizons] = torch.log(torch.expm1(steps))
             self.spend.bias[self.n_horizons :] = torch.log(torch.expm1(sigma - MIN_SIGMA))
+            if self.decline is not None and decline_rate is not None:
+                self.decline.bias.copy_(
+                    torch.logit(torch.tensor(decline_rate, dtype=torch.float64).clamp(1e-3, 1 - 1e-3))
+                )
 
 
 def softplus(x: torch.Tensor) -> torch.Tensor:
@@ -82,10 +99,17 @@ def survival(hazard_logits: torch.Tensor) -> torch.Tensor:
     return torch.exp(-torch.cumsum(softplus(hazard_logits), dim=-1))
 
 
-def expected_spend(p_churn: torch.Tensor, log_mean: torch.Tensor) -> torch.Tensor:
-    """E[spend] of the zero-inflated log-normal whose zero mass is the churn probability and whose positive
-    part has mean exp(log_mean) (its location is log_mean - sigma^2 / 2)."""
-    return (1 - p_churn) * torch.exp(log_mean)
+def churn_probability(heads: HeadOutputs) -> torch.Tensor:
+    """P(churn) at every horizon, (B, K): the decline probability of a decline model, else S(t_k)."""
+    if heads.decline_logits is not None:
+        return torch.sigmoid(heads.decline_logits)
+    return survival(heads.hazard_logits)
+
+
+def expected_spend(p_zero: torch.Tensor, log_mean: torch.Tensor) -> torch.Tensor:
+    """E[spend] of the zero-inflated log-normal whose zero mass is ``p_zero`` (S(t_k), the probability of no
+    purchase) and whose positive part has mean exp(log_mean) (its location is log_mean - sigma^2 / 2)."""
+    return (1 - p_zero) * torch.exp(log_mean)
 
 
 def spend_quantile(

@@ -2,7 +2,8 @@
 hazard with administrative censoring: a horizon whose window runs past the end of the log is left out for
 that example, never counted as churn) plus the zero-inflated log-normal (ZILN, Wang et al. 2019) likelihood
 of spend at every observed horizon. The zero part of ZILN is the same survival likelihood (P(spend > 0) =
-1 - S), see :mod:`churnformer.modeling.heads`.
+1 - S), see :mod:`churnformer.modeling.heads`. A model of the decline definition adds the binary
+cross-entropy of the decline at every observed horizon, and that is its churn loss.
 """
 
 from __future__ import annotations
@@ -48,20 +49,35 @@ def survival_nll(hazard_logits: torch.Tensor, churn: torch.Tensor, observed: tor
     return -log_likelihood.sum(dim=1)
 
 
+def decline_nll(decline_logits: torch.Tensor, decline: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+    """Per-example binary cross-entropy of the decline summed over the observed horizons, (B,)."""
+    return (F.binary_cross_entropy_with_logits(decline_logits, decline, reduction="none") * observed).sum(dim=1)
+
+
 def joint_loss(
-    heads: HeadOutputs, churn: torch.Tensor, spend: torch.Tensor, observed: torch.Tensor, weights: LossWeights
+    heads: HeadOutputs,
+    churn: torch.Tensor,
+    spend: torch.Tensor,
+    observed: torch.Tensor,
+    weights: LossWeights,
+    no_purchase: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """The weighted total (``joint``) and each head's part, scalars averaged over the batch. ``churn``,
-    ``spend`` and ``observed`` are (B, K): the labels at every horizon and whether its window is observed."""
+    ``spend``, ``observed`` and ``no_purchase`` are (B, K): the labels at every horizon and whether its window
+    is observed. ``no_purchase`` (what the survival head learns) is ``churn`` unless churn is a decline."""
     dtype = heads.hazard_logits.dtype
     churn, spend, observed = churn.to(dtype), spend.to(dtype), observed.to(dtype)
-    churn_loss = survival_nll(heads.hazard_logits, churn, observed).mean()
+    no_purchase = churn if no_purchase is None else no_purchase.to(dtype)
+    survival_loss = survival_nll(heads.hazard_logits, no_purchase, observed).mean()
+    churn_loss = survival_loss
+    if heads.decline_logits is not None:
+        churn_loss = decline_nll(heads.decline_logits, churn, observed).mean()
     positive = (spend > 0) & (observed > 0)
     sigma = heads.spend_sigma
     mu = heads.log_spend_mean - 0.5 * sigma * sigma
     safe_spend = torch.where(positive, spend, torch.ones_like(spend))
     amount = torch.where(positive, lognormal_nll(safe_spend, mu, sigma), 0.0).sum(dim=1).mean()
-    spend_loss = churn_loss + amount  # ZILN: the zero part is the same survival likelihood
+    spend_loss = survival_loss + amount  # ZILN: the zero part is the survival likelihood
     return {
         "joint": weights.churn * churn_loss + weights.spend * spend_loss,
         "churn": churn_loss,

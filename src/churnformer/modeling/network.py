@@ -23,9 +23,9 @@ from churnformer.schema import CUSTOMER_CAT, CUSTOMER_NUM, EVENT_CAT, EVENT_NUM,
 
 class ChurnFormer(nn.Module):
     """Reads a customer's event sequence and returns, at each of ``n_horizons`` horizons, the hazard logit of
-    the first purchase and the positive-spend log-normal."""
+    the first purchase and the positive-spend log-normal (and with ``decline`` the decline logit)."""
 
-    def __init__(self, config: ModelConfig, sizes: FeatureSizes, n_horizons: int) -> None:
+    def __init__(self, config: ModelConfig, sizes: FeatureSizes, n_horizons: int, decline: bool = False) -> None:
         super().__init__()
         self.config = config
         self.events = EventEncoder(config, sizes)
@@ -33,14 +33,16 @@ class ChurnFormer(nn.Module):
         self.backbone = build_backbone(config.backbone, config)
         self.norm = nn.LayerNorm(config.d_model)
         self.pool = nn.Sequential(nn.Linear(2 * config.d_model, config.d_model), nn.GELU())
-        self.heads = SurvivalSpendHeads(config.d_model, n_horizons)
+        self.heads = SurvivalSpendHeads(config.d_model, n_horizons, decline)
         self.apply(_init_weights)
 
     @classmethod
-    def build(cls, network: Mapping[str, Any], featurizer: Featurizer, n_horizons: int) -> ChurnFormer:
-        """From the ``model.network`` config (a plain dict, as checkpoints keep it), the fitted featurizer and
-        the size of the horizon grid."""
-        return cls(ModelConfig(**network), FeatureSizes.of(featurizer), n_horizons)
+    def build(
+        cls, network: Mapping[str, Any], featurizer: Featurizer, n_horizons: int, decline: bool = False
+    ) -> ChurnFormer:
+        """From the ``model.network`` config (a plain dict, as checkpoints keep it), the fitted featurizer, the
+        size of the horizon grid and whether churn is a decline (a decline head)."""
+        return cls(ModelConfig(**network), FeatureSizes.of(featurizer), n_horizons, decline)
 
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> HeadOutputs:
         lengths = inputs[LENGTHS]  # (B,)

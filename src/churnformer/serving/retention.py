@@ -28,6 +28,7 @@ from churnformer.schema import (
     EXPECTED_DAYS_TO_NEXT_PURCHASE,
     EXPECTED_SPEND,
     META_CALIBRATION,
+    NO_PURCHASE_PROBABILITY,
     PERCENTILE_LEVELS,
     SEGMENT,
     SPEND_IF_RETAINED,
@@ -122,14 +123,17 @@ def add_value_columns(predictions: pd.DataFrame, horizons: Sequence[float], disc
       d the annual ``discount_rate``: lifetimes' customer_lifetime_value, the model supplying each period's
       expected spend instead of RFM summaries;
     - ``expected_days_to_next_purchase``: the mean time to the next purchase restricted to the longest
-      horizon, the area under S(t) from 0 (S = 1) to t_K, S interpolated linearly between the grid points;
+      horizon, the area under S(t) from 0 (S = 1) to t_K, S interpolated linearly between the grid points
+      (``churn_probability_<h>d``, or a decline model's ``no_purchase_probability_<h>d``);
     - ``value_at_risk``: churn_probability * spend_if_retained, the main horizon's spend lost if the customer
       churns.
 
     Row by row, so shards and spill partitions agree exactly.
     """
     days = np.asarray(horizons, dtype=np.float64)
-    survival = predictions[[per_horizon(CHURN_PROBABILITY, h) for h in horizons]].to_numpy(np.float64)
+    decline = per_horizon(NO_PURCHASE_PROBABILITY, horizons[0]) in predictions.columns
+    probability = NO_PURCHASE_PROBABILITY if decline else CHURN_PROBABILITY
+    survival = predictions[[per_horizon(probability, h) for h in horizons]].to_numpy(np.float64)
     clv = discounted_value(predictions, horizons, discount_rate)
     curve = np.concatenate([np.ones((len(predictions), 1)), survival], axis=1)
     widths = np.diff(np.concatenate([[0.0], days]))

@@ -17,12 +17,16 @@ from pytorch_lightning.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
 from churnformer.data.featurizer import FeaturizerConfig
+from churnformer.data.labels import ChurnDefinition
 from churnformer.data.sources import EventLogSource
 from churnformer.data.training_set import TrainingSet, build_training_set, rolling_windows
 from churnformer.data.window import HorizonGrid, Window
+from churnformer.defaults import yaml_defaults
 from churnformer.schema import (
     CHURN,
     CHURN_BY_HORIZON,
+    NO_PURCHASE,
+    NO_PURCHASE_BY_HORIZON,
     OBSERVED,
     OBSERVED_BY_HORIZON,
     RUN_TEXT_EMBEDDINGS,
@@ -45,12 +49,27 @@ class DataSettings:
     horizons_days: list[float]
     purchase_types: list[str] | None
     event_type_column: str
+    churn_definition: str
+    decline_threshold: float
     features: dict[str, Any]
     val_fraction: float
     batch_size: int
     batch_tokens: int | None
     seed: int
     rolling_cutoffs: dict[str, float]
+
+    @property
+    def definition(self) -> ChurnDefinition:
+        return ChurnDefinition(self.churn_definition, float(self.decline_threshold))
+
+    @classmethod
+    def defaults(cls, **changes: Any) -> DataSettings:
+        """``conf/data/settings/default.yaml`` without Hydra (tests, notebooks): its interpolations of top-level
+        keys (``seed``, ``churn_definition``) resolved from ``conf/train.yaml``, then ``changes``."""
+        top = {key: value for key, value in yaml_defaults("train").items() if not isinstance(value, dict)}
+        config = OmegaConf.create({**top, "data": yaml_defaults("data/settings/default")})
+        values = {**OmegaConf.to_container(config, resolve=True)["data"], **changes}
+        return cls(**{f.name: values[f.name] for f in fields(cls)})
 
     @classmethod
     def of(cls, data: DictConfig) -> DataSettings:
@@ -75,6 +94,7 @@ class SequenceDataset(torch.utils.data.Dataset):
             CHURN: data.labels[CHURN].to_numpy(np.float32),
             SPEND: data.labels[SPEND].to_numpy(np.float32),
             CHURN_BY_HORIZON: data.by_horizon(CHURN),
+            NO_PURCHASE_BY_HORIZON: data.by_horizon(NO_PURCHASE),
             SPEND_BY_HORIZON: data.by_horizon(SPEND),
             OBSERVED_BY_HORIZON: data.by_horizon(OBSERVED),
         }
@@ -161,6 +181,7 @@ class ChurnDataModule(pl.LightningDataModule):
             self.settings.purchase_types,
             self.settings.event_type_column,
             texts,
+            self.settings.definition,
         )
         if texts is not None and rank_zero_only.rank == 0:
             texts.save(self.run_dir / RUN_TEXT_EMBEDDINGS)

@@ -31,6 +31,7 @@ from churnformer.artifacts.export import export_checkpoint
 from churnformer.artifacts.quantize import quantize_checked
 from churnformer.console import silence_known_noise
 from churnformer.data.events import CUSTOMER_ID
+from churnformer.data.labels import ChurnDefinition
 from churnformer.data.sources import EventLogFiles
 from churnformer.defaults import serving_defaults
 from churnformer.errors import ConfigError
@@ -132,7 +133,8 @@ def train(
             quantize(model, datamodule)
         if cfg.predict_after_training:
             scored = write_predictions(result, run_dir / RUN_PREDICTIONS)
-    print(summary_line(fitted, metrics, scored, time.perf_counter() - started, run_dir))
+    elapsed = time.perf_counter() - started
+    print(summary_line(fitted, metrics, scored, elapsed, run_dir, datamodule.settings.definition))
     print(f"TensorBoard: tensorboard --logdir {tensorboard_root(run_dir)} --samples_per_plugin={SAMPLES_PER_PLUGIN}")
     return metrics
 
@@ -186,6 +188,7 @@ def build_module(cfg: DictConfig, datamodule: ChurnDataModule) -> ChurnFormerMod
         META_HORIZONS: list(datamodule.data.grid.days),
         META_TRAINED_CUTOFF: str(datamodule.window),
         META_COLUMNS: asdict(datamodule.source.columns),
+        **datamodule.settings.definition.to_metadata(),
     }
     return hydra.utils.instantiate(
         cfg.model,
@@ -416,11 +419,17 @@ def write_predictions(result: ScoringResult, output: Path) -> ScoringResult:
 
 
 def summary_line(
-    fitted: Fitted, metrics: dict[str, float], scored: ScoringResult | None, seconds: float, run_dir: Path
+    fitted: Fitted,
+    metrics: dict[str, float],
+    scored: ScoringResult | None,
+    seconds: float,
+    run_dir: Path,
+    definition: ChurnDefinition,
 ) -> str:
     """One line, as predict's: what was trained, how good the best checkpoint is, where the run is."""
+    churn = f"churn ({definition})" if definition.is_decline else "churn"
     quality = (
-        f"churn AUROC {metrics['churn/auroc/val']:.4f}, PR-AUC {metrics['churn/pr_auc/val']:.4f}; "
+        f"{churn} AUROC {metrics['churn/auroc/val']:.4f}, PR-AUC {metrics['churn/pr_auc/val']:.4f}; "
         f"spend Gini {metrics['spend/gini/val']:.4f}"
     )
     scoring = f"; {scored.summary.customers_scored:,} customers scored" if scored is not None else ""

@@ -20,8 +20,9 @@ import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 
 from churnformer.data.featurizer import Featurizer
+from churnformer.data.labels import ChurnDefinition
 from churnformer.errors import ConfigError
-from churnformer.modeling.heads import expected_spend, survival
+from churnformer.modeling.heads import churn_probability, expected_spend, survival
 from churnformer.modeling.losses import LossWeights, joint_loss
 from churnformer.modeling.network import ChurnFormer
 from churnformer.schema import (
@@ -29,6 +30,7 @@ from churnformer.schema import (
     CHURN_BY_HORIZON,
     META_HORIZON_DAYS,
     META_HORIZONS,
+    NO_PURCHASE_BY_HORIZON,
     OBSERVED_BY_HORIZON,
     SPEND,
     SPEND_BY_HORIZON,
@@ -62,10 +64,11 @@ def step(
     (training, validation and final evaluation)."""
     heads = network(batch)
     labels = (batch[CHURN_BY_HORIZON], batch[SPEND_BY_HORIZON], batch[OBSERVED_BY_HORIZON])
-    losses = joint_loss(heads, *labels, weights)
+    losses = joint_loss(heads, *labels, weights, no_purchase=batch[NO_PURCHASE_BY_HORIZON])
     with torch.no_grad():
-        p_churn = survival(heads.hazard_logits.float())[:, main]
-        expected = expected_spend(p_churn, heads.log_spend_mean[:, main].float())
+        heads = heads._replace(**{name: value.float() for name, value in heads._asdict().items() if value is not None})
+        p_churn = churn_probability(heads)[:, main]
+        expected = expected_spend(survival(heads.hazard_logits)[:, main], heads.log_spend_mean[:, main])
     metrics.update(losses, p_churn, batch[CHURN], expected, batch[SPEND])
     return losses["joint"]
 
@@ -113,7 +116,8 @@ class ChurnFormerModule(pl.LightningModule):
         horizons = export_metadata[META_HORIZONS]
         self.main = horizons.index(export_metadata[META_HORIZON_DAYS])
         featurizer = Featurizer.from_json(featurizer_json)
-        self.network = ChurnFormer.build(network, featurizer, len(horizons))
+        decline = ChurnDefinition.of_metadata(export_metadata).is_decline
+        self.network = ChurnFormer.build(network, featurizer, len(horizons), decline)
         self.static_dropout = static_dropout
         self.n_static_numeric = len(featurizer.customer_numeric)
         self.network.heads.init_output_biases(**label_stats)

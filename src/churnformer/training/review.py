@@ -48,6 +48,7 @@ HPARAMS = {
     "data.source._target_": "data source",
     "data.cutoff": "cutoff",
     "data.horizon_days": "horizon (days)",
+    "churn_definition": "churn definition",
     "data.batch_size": "batch size",
     "data.batch_tokens": "batch tokens",
     "data.features.max_len": "max events",
