@@ -216,7 +216,8 @@ def test_a_shared_churn_bias_is_one_number_and_fits_worse_than_one_per_interval(
 
 def test_a_decline_model_gets_its_own_platt_scaling_and_keeps_survival_for_spend() -> None:
     """Decline logits distorted by a temperature and per-horizon biases are recovered by their own fit; the
-    hazard calibration is the one a no-purchase model of the same heads gets; the exported churn probability
+    hazard calibration is the one a no-purchase model of the same heads gets; the decline temperature comes from
+    the validation customers alone, its biases from all; the exported churn probability
     is the calibrated decline (its mean the decline rate at each horizon, levels from all customers) and S(t)
     follows as no_purchase_probability."""
     distortion = {"temperature": 2.0, "bias": [0.5, -0.3], "log_scale": [0.8, 1.0], "power": 1.5}
@@ -228,7 +229,10 @@ def test_a_decline_model_gets_its_own_platt_scaling_and_keeps_survival_for_spend
     survival_only = fit_calibration(KnownHeads(), plain[:3], MAIN, plain[3:], shapes_from_all=True)
     assert fitted.churn_temperature == pytest.approx(survival_only.churn_temperature, rel=1e-9)
     assert fitted.spend_power == pytest.approx(survival_only.spend_power, rel=1e-9)
-    assert f"decline temperature {fitted.decline_temperature:.3f}, biases +0.4" in str(fitted)
+    assert f"decline temperature {fitted.decline_temperature:.3f}, biases {fitted.decline_bias[0]:+.3f}" in str(fitted)
+    # The decline temperature is the validation customers' alone, even with the shapes from all.
+    alone = fit_calibration(KnownDeclineHeads(), data[:3], MAIN)
+    assert fitted.decline_temperature == alone.decline_temperature
     declined_out, plain_out = outputs(fitted, data, KnownDeclineHeads()), outputs(survival_only, plain)
     for k in range(2):
         declines = sum(float(b[CHURN_BY_HORIZON][:, k].sum()) for b in data)

@@ -97,7 +97,10 @@ def test_a_decline_score_does_not_depend_on_the_batch_it_is_in(
 
 
 def test_churnformer_evaluate_judges_a_decline_model_against_decline_labels(
-    decline_run: tuple[Path, subprocess.CompletedProcess], tiny_world: tuple[Path, Path], tmp_path: Path
+    decline_run: tuple[Path, subprocess.CompletedProcess],
+    tiny_world: tuple[Path, Path],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     run_dir, _ = decline_run
     events, _ = tiny_world
@@ -121,6 +124,10 @@ def test_churnformer_evaluate_judges_a_decline_model_against_decline_labels(
     no_purchase = make_labels(log, window, population)["churn"]
     assert float(declined.mean()) != pytest.approx(float(no_purchase.mean()))
     assert 0.5 < metrics["survival_c_index"] <= 1.0  # S(t) judged against no-purchase labels
+    assert "decline model" not in caplog.text
+    # The same predictions against labels of the default definition: allowed, with a warning that says how.
+    run_evaluation({**config, "churn_definition": "no_purchase", "output": str(tmp_path / "other")})
+    assert "pass churn_definition=decline" in caplog.text
 
 
 def test_training_without_the_setting_predicts_no_purchase(trained_run: Path) -> None:

@@ -181,7 +181,7 @@ def test_joint_loss_learns_a_separable_signal() -> None:
     spend = torch.where(churn > 0, 0.0, torch.exp(2 + customer_num[:, 1:2]) * torch.tensor([1.0, 2.0, 3.0, 4.0]))
     observed = torch.ones_like(churn)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    weights = LossWeights(churn=1.0, spend=1.0)
+    weights = LossWeights(churn=1.0, spend=1.0, decline=1.0)
     first = None
     for _ in range(60):
         losses = joint_loss(model(inputs), churn, spend, observed, weights)
@@ -199,7 +199,7 @@ def test_joint_loss_is_finite_for_all_zero_or_all_positive_batches(zero_spend: b
     k = len(HORIZONS)
     spend = torch.zeros(8, k) if zero_spend else torch.full((8, k), 12.5)
     churn = torch.ones(8, k) if zero_spend else torch.zeros(8, k)
-    losses = joint_loss(heads, churn, spend, torch.ones(8, k), LossWeights(1.0, 1.0))
+    losses = joint_loss(heads, churn, spend, torch.ones(8, k), LossWeights(1.0, 1.0, 1.0))
     assert all(torch.isfinite(v) for v in losses.values())
     losses["joint"].backward()
 

@@ -9,7 +9,8 @@ too wide or too narrow: level errors per decile), and each scale a_k makes total
 spend at its horizon. Quantiles come from the same transformed log-normal and the spend mixture uses the
 calibrated churn probability, so the heads stay consistent. A decline model's decline logits get their own
 Platt scaling (a temperature and a bias per horizon, by binary cross-entropy: the horizons are not nested
-intervals), fitted on the same customers as the churn shapes and levels.
+intervals): its temperature on the validation customers alone (the decline head fits its training customers
+more closely than new ones), its biases on the same customers as the churn levels.
 
 Shapes (temperature, power) and levels (biases, scales) can be fitted on every labelled customer at the
 cutoff (training ones too) instead of the validation customers alone: a validation split of a few thousand
@@ -92,7 +93,8 @@ def fit_calibration(
     shapes are fitted on validation alone, the levels are reset so that over validation and these together
     the survival likelihood is at its optimum in the biases (the churn rate of every interval matches) and
     total expected spend is total spend at every horizon. ``shared_churn_bias``: one bias for every
-    interval instead. ``shapes_from_all``: the shapes too are fitted on validation and ``level_batches``
+    interval instead. ``shapes_from_all``: the shapes (not a decline model's decline temperature) too are
+    fitted on validation and ``level_batches``
     together.
 
     A part (churn or spend) whose fit falls outside the sane ranges above is left at the identity, and
@@ -126,9 +128,11 @@ def fit_calibration(
     s, _, _, log_mean = calibrated(_heads(data), temperature, bias, log_scale, power)
     churn, decline_temperature, decline_bias = s, 1.0, torch.zeros(0, dtype=torch.float64)
     if "decline" in data:
-        decline_temperature, decline_bias = _fit_decline(
-            shaping, everyone if level_batches is not None else None, fallback
-        )
+        # The decline temperature from validation alone, whatever shapes_from_all says: the decline head fits its
+        # training customers more closely than new ones (README, Model), so their logits would call for too
+        # little softening.
+        levels = everyone if level_batches is not None else None
+        decline_temperature, decline_bias = _fit_decline(data, levels, fallback)
         churn = calibrated_decline(_heads(data), decline_temperature, decline_bias)
     levels = torch.tensor(PERCENTILE_LEVELS, dtype=torch.float64)
     return Calibration(

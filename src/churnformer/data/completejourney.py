@@ -7,8 +7,11 @@ nothing is downloaded at run time. This module only joins and renames them into 
 nothing is cleaned by hand, so a user can rebuild the same log from the package's tables:
 
 - every line item is a ``purchase`` event: the household, the transaction time, ``sales_value`` as the
-  amount, and as attributes the store, the basket id, the quantity, the three discounts and the product's
-  department, category and brand (national or private label);
+  amount, and as attributes the store, the basket id, the product id (a string: an identifier, not a
+  quantity), the quantity, the three discounts and the product's department, category and brand (national
+  or private label). Without the product id, two products of one basket with the same price, quantity,
+  discounts and category would be identical rows, and identical rows count once (a log written twice):
+  8% of the line items and 5% of the spend in protocol C's horizon would vanish from the labels;
 - every coupon redemption is a ``coupon_redemption`` event and every campaign a household was sent is a
   ``campaign`` event at the campaign's start date, both with amount 0 and the campaign's type;
 - the demographics table is the customer table; the 1,668 households without demographics are simply
@@ -52,6 +55,7 @@ def load_complete_journey(tables: dict[str, pd.DataFrame] | None = None) -> tupl
             "timestamp": items["transaction_timestamp"],
             "amount": items["sales_value"],
             "event_type": PURCHASE,
+            "product_id": items["product_id"].astype(str),
             **{column: items[column] for column in (*LINE_ITEM_ATTRIBUTES, *PRODUCT_ATTRIBUTES)},
         }
     )

@@ -5,6 +5,7 @@ evaluate a subset)."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -376,6 +377,15 @@ def evaluate_files(
     # A directory is the Parquet dataset churnformer-predict engine=spark writes.
     predicted = pd.read_parquet(predictions) if Path(predictions).is_dir() else read_table(predictions, CUSTOMER_ID)
     horizons = predicted_horizons(predicted)
+    decline_model = any(column.startswith(f"{NO_PURCHASE_PROBABILITY}_") for column in predicted.columns)
+    if labels is None and decline_model and not definition.is_decline:
+        logging.getLogger(__name__).warning(
+            "%s holds a decline model's predictions (no_purchase_probability_<h>d columns) and the labels from "
+            "%s are no purchase: pass churn_definition=decline (and the model's decline_threshold) to judge "
+            "its churn_probability against declines",
+            predictions,
+            events,
+        )
     label_frame, label_source = load_labels(
         labels, events, cutoff, horizon_days, columns, purchase_types, horizons, definition
     )
