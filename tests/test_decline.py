@@ -24,7 +24,7 @@ from churnformer.schema import (
     per_horizon,
 )
 from churnformer.serving.predictor import Predictor
-from tests.conftest import TINY_CUTOFF, TRAIN_OVERRIDES, run_cli, run_predict
+from tests.conftest import TINY_CUTOFF, TRAIN_OVERRIDES, run_cli, run_in_process, run_predict
 
 THRESHOLD = 0.4
 DECLINE = ChurnDefinition(DECLINE_DEFINITION, THRESHOLD)
@@ -128,6 +128,19 @@ def test_churnformer_evaluate_judges_a_decline_model_against_decline_labels(
     # The same predictions against labels of the default definition: allowed, with a warning that says how.
     run_evaluation({**config, "churn_definition": "no_purchase", "output": str(tmp_path / "other")})
     assert "pass churn_definition=decline" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("churn_definition=lapse", "churn_definition='lapse'"), ("decline_threshold=half", "decline_threshold='half'")],
+)
+def test_a_wrong_churn_definition_is_one_error_line(
+    tiny_world: tuple[Path, Path], tmp_path: Path, override: str, message: str
+) -> None:
+    events, _ = tiny_world
+    run = f"hydra.run.dir={tmp_path / 'run'}"
+    finished = run_in_process("churnformer-train", *TRAIN_OVERRIDES, f"data.events={events}", run, override)
+    assert message in finished.error_line
 
 
 def test_training_without_the_setting_predicts_no_purchase(trained_run: Path) -> None:

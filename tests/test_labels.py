@@ -115,9 +115,14 @@ def test_each_horizon_of_a_decline_compares_windows_of_its_own_length():
 
 @pytest.mark.parametrize(
     ("name", "threshold", "message"),
-    [("lapse", 0.5, "churn_definition='lapse'"), ("decline", 0.0, "decline_threshold=0.0"), ("decline", 1.5, "(0, 1]")],
+    [
+        ("lapse", 0.5, "churn_definition='lapse'"),
+        ("decline", 0.0, "decline_threshold=0.0"),
+        ("decline", 1.5, "(0, 1]"),
+        ("decline", "half", "decline_threshold='half'"),
+    ],
 )
-def test_an_unknown_churn_definition_or_threshold_is_a_config_error(name: str, threshold: float, message: str):
+def test_an_unknown_churn_definition_or_threshold_is_a_config_error(name: str, threshold: object, message: str):
     with pytest.raises(ConfigError, match=re.escape(message)):
         ChurnDefinition(name, threshold)
 

@@ -152,7 +152,7 @@ def run_validation_data(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame | Non
     # Runs of releases before churn_definition existed predict no purchase.
     default = ChurnDefinition()
     definition = ChurnDefinition(
-        data.get("churn_definition", default.name), float(data.get("decline_threshold", default.decline_threshold))
+        data.get("churn_definition", default.name), data.get("decline_threshold", default.decline_threshold)
     )
     labels = validation_labels(
         events, window, data.val_fraction, data.purchase_types, data.event_type_column, definition

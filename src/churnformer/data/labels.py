@@ -39,8 +39,9 @@ class ChurnDefinition:
                 f"{DECLINE_DEFINITION} (spend in the horizon below decline_threshold times the same-length window "
                 "before the cutoff)"
             )
-        if not 0 < self.decline_threshold <= 1:  # also false for NaN
-            raise ConfigError(f"decline_threshold={self.decline_threshold}: must be in (0, 1], e.g. 0.5")
+        threshold = self.decline_threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 < threshold <= 1:
+            raise ConfigError(f"decline_threshold={threshold!r}: must be a number in (0, 1], e.g. 0.5")
 
     @property
     def is_decline(self) -> bool:

@@ -411,6 +411,6 @@ def run_evaluation(config: dict[str, Any]) -> dict[str, Path]:
         horizon_days=config["horizon_days"],
         columns=columns,
         purchase_types=config["purchase_types"],
-        definition=ChurnDefinition(config["churn_definition"], float(config["decline_threshold"])),
+        definition=ChurnDefinition(config["churn_definition"], config["decline_threshold"]),
         output_dir=config["output"],
     )

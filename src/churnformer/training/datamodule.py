@@ -60,7 +60,7 @@ class DataSettings:
 
     @property
     def definition(self) -> ChurnDefinition:
-        return ChurnDefinition(self.churn_definition, float(self.decline_threshold))
+        return ChurnDefinition(self.churn_definition, self.decline_threshold)
 
     @classmethod
     def defaults(cls, **changes: Any) -> DataSettings:
