@@ -10,7 +10,16 @@ from churnformer.modeling.heads import normal_quantile
 from churnformer.modeling.losses import LossWeights, joint_loss, survival_nll
 from churnformer.modeling.network import ChurnFormer
 from churnformer.modeling.scoring_model import Calibration, ScoringModel
-from churnformer.schema import MODEL_INPUTS, model_outputs, per_horizon
+from churnformer.schema import (
+    CUSTOMER_CAT,
+    CUSTOMER_NUM,
+    EVENT_CAT,
+    EVENT_NUM,
+    LENGTHS,
+    MODEL_INPUTS,
+    model_outputs,
+    per_horizon,
+)
 from tests.conftest import network_config
 
 HORIZONS = (30.0, 90.0, 180.0, 365.0)
@@ -90,6 +99,41 @@ def test_single_event_and_no_static_columns_give_finite_outputs() -> None:
     with torch.no_grad():
         outputs = model(*batch)
     assert all(torch.isfinite(o).all() for o in outputs)
+
+
+@pytest.mark.parametrize("wide", [True, False])
+def test_customer_numbers_reach_the_churn_logits_through_the_wide_path(wide: bool) -> None:
+    """With the deep path's output held at zero, the customer numbers still move the hazard and decline logits
+    (Wide & Deep) and leave the spend head alone; without ``wide`` (checkpoints from before it) every head
+    sees the deep path only."""
+    sizes = FeatureSizes(
+        event_cat_cardinalities=[6, 9, 14],
+        n_event_num=5,
+        time_feature_index=[1, 3],
+        customer_cat_cardinalities=[5],
+        n_customer_num=2,
+    )
+    torch.manual_seed(0)
+    network = ChurnFormer(network_config(d_model=32, wide=wide), sizes, len(HORIZONS), decline=True)
+    assert (network.wide is not None) == wide
+    with torch.no_grad():
+        network.pool[0].weight.zero_()
+        network.pool[0].bias.zero_()
+    event_cat, event_num, lengths, customer_cat, customer_num = random_batch(4, 10)
+    inputs = {EVENT_CAT: event_cat, EVENT_NUM: event_num, LENGTHS: lengths, CUSTOMER_CAT: customer_cat}
+    with torch.no_grad():
+        first = network({**inputs, CUSTOMER_NUM: customer_num})
+        second = network({**inputs, CUSTOMER_NUM: customer_num + 1.0})
+        other_events = network({**inputs, EVENT_NUM: event_num + 1.0, CUSTOMER_NUM: customer_num})
+    for name, through_wide in [
+        ("hazard_logits", wide),
+        ("decline_logits", wide),
+        ("log_spend_mean", False),
+        ("spend_sigma", False),
+    ]:
+        moved = (getattr(second, name) - getattr(first, name)).abs().amax().item()
+        assert (moved > 1e-4) == through_wide, name
+        torch.testing.assert_close(getattr(other_events, name), getattr(first, name))
 
 
 def outputs_by_name(model: ScoringModel, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:

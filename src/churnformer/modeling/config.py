@@ -21,6 +21,7 @@ class ModelConfig:
     ff_multiplier: int
     dropout: float  # residual and feed-forward dropout; attention weights are never dropped (slow on CPU)
     time_frequencies: int  # learned sinusoidal frequencies per time feature
+    wide: bool = False  # a linear path from the customer numbers to the churn logits (older checkpoints: none)
 
 
 @dataclass(frozen=True)

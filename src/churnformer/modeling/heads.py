@@ -47,16 +47,20 @@ class SurvivalSpendHeads(nn.Module):
         self.spend = nn.Linear(d_model, 2 * n_horizons)  # log m_1, K - 1 steps, K spreads
         self.decline = nn.Linear(d_model, n_horizons) if decline else None
 
-    def forward(self, pooled: torch.Tensor) -> HeadOutputs:
+    def forward(self, pooled: torch.Tensor, churn_pooled: torch.Tensor | None = None) -> HeadOutputs:
+        """``churn_pooled``: what the hazard and decline logits read instead of ``pooled`` (the network's wide
+        path adds the customer numbers there; through the spend head it spread predicted spend too far on
+        CDNOW, README Model)."""
+        churn_pooled = pooled if churn_pooled is None else churn_pooled
         k = self.n_horizons
         spend = self.spend(pooled)  # (B, 2K)
         level, steps = spend[:, :1], softplus(spend[:, 1:k])
         log_mean = torch.cat([level, level + torch.cumsum(steps, dim=1)], dim=1)  # (B, K), non-decreasing
         return HeadOutputs(
-            hazard_logits=self.hazard(pooled),
+            hazard_logits=self.hazard(churn_pooled),
             log_spend_mean=log_mean,
             spend_sigma=softplus(spend[:, k:]) + MIN_SIGMA,
-            decline_logits=self.decline(pooled) if self.decline is not None else None,
+            decline_logits=self.decline(churn_pooled) if self.decline is not None else None,
         )
 
     def init_output_biases(

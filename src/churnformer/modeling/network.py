@@ -1,5 +1,5 @@
 """The churn + spend network: event encoder -> backbone (transformer by default) -> pooling -> survival and
-spend heads over the horizon grid.
+spend heads over the horizon grid, and a linear path from the customer numbers to the churn logits.
 
 Shapes: B customers, T events (padded), D = d_model. Inputs are the model inputs by name
 (``churnformer.schema``), as :meth:`churnformer.data.sequences.Sequences.pad` makes them.
@@ -33,6 +33,9 @@ class ChurnFormer(nn.Module):
         self.backbone = build_backbone(config.backbone, config)
         self.norm = nn.LayerNorm(config.d_model)
         self.pool = nn.Sequential(nn.Linear(2 * config.d_model, config.d_model), nn.GELU())
+        # Wide & Deep (Cheng et al. 2016): the history summary and static numbers also reach the churn logits
+        # through one linear map, past the layer norms that keep only their direction in the summary token.
+        self.wide = nn.Linear(sizes.n_customer_num, config.d_model) if config.wide else None
         self.heads = SurvivalSpendHeads(config.d_model, n_horizons, decline)
         self.apply(_init_weights)
 
@@ -55,7 +58,8 @@ class ChurnFormer(nn.Module):
         weights = (positions.unsqueeze(0) < lengths.unsqueeze(1)).unsqueeze(-1).to(x.dtype)  # (B, T, 1) real events
         mean_events = (x[:, 1:] * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (B, D)
         pooled = self.pool(torch.cat([self.backbone.summary(x, lengths), mean_events], dim=-1))  # (B, D)
-        return self.heads(pooled)
+        churn_pooled = pooled if self.wide is None else pooled + self.wide(inputs[CUSTOMER_NUM])
+        return self.heads(pooled, churn_pooled)
 
 
 def _init_weights(module: nn.Module) -> None:

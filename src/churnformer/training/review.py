@@ -42,6 +42,7 @@ HPARAMS = {
     "model.network.n_heads": "n_heads",
     "model.static_dropout": "static dropout",
     "model.network.backbone._target_": "backbone",
+    "model.network.wide": "wide path",
     "model.loss.spend": "spend loss weight",
     "model.loss.churn": "churn loss weight",
     "model.optimizer.weight_decay": "weight decay",
