@@ -113,6 +113,7 @@ def export_onnx(
             verbose=False,
         )
     proto = program.model_proto
+    require_symbolic_axes(proto)
     props = {
         META_FEATURIZER: featurizer_json,
         META_VERSION: __version__,
@@ -123,6 +124,21 @@ def export_onnx(
     onnx.helper.set_model_props(proto, {METADATA_PREFIX + k: v for k, v in props.items()})
     onnx.checker.check_model(proto)
     return write_atomically(Path(output), lambda partial: onnx.save(proto, partial))
+
+
+def require_symbolic_axes(proto: onnx.ModelProto) -> None:
+    """Fail unless every axis of ``schema.DYNAMIC_AXES`` stayed symbolic in ``proto``'s inputs. When
+    ``torch.export`` cannot prove a shape guard for every length it may fix the axis at the example's size
+    and still write a model, which would then refuse every other batch or length at scoring time (seen with
+    a GRU with the wide path exported after another in the same process, README Model)."""
+    for graph_input in proto.graph.input:
+        dims = graph_input.type.tensor_type.shape.dim
+        for index, axis in enumerate(DYNAMIC_AXES.get(graph_input.name, ())):
+            if not dims[index].dim_param:
+                raise RuntimeError(
+                    f"the ONNX export fixed axis {axis!r} of input {graph_input.name!r} at {dims[index].dim_value}; "
+                    "the model would refuse any other size"
+                )
 
 
 def export_checkpoint(
