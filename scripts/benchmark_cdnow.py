@@ -65,35 +65,46 @@ from churnformer.api import predict, train
 from churnformer.data.events import AMOUNT, CUSTOMER_ID, TIMESTAMP, load_events
 from churnformer.data.labels import DECLINE_DEFINITION, NO_PURCHASE_DEFINITION, ChurnDefinition, horizon_labels
 from churnformer.data.window import NS_PER_DAY, HorizonGrid, Window
+from churnformer.defaults import yaml_defaults
 from churnformer.evaluation.metrics import expected_calibration_error, normalized_gini
 from churnformer.evaluation.report import evaluate, predicted_horizons
 from churnformer.schema import CHURN_PROBABILITY, CLV, EXPECTED_SPEND, per_horizon
 from churnformer.serving.retention import discounted_value
 
+
+def data_config(name: str, group_by_for_lightgbm: bool = False) -> dict:
+    """Protocol settings of ``conf/data/<name>.yaml`` (their one home): cutoff, main horizon, grid, and its
+    feature settings that differ from every source's as overrides for churnformer and the GRU (as
+    ``churnformer-train data=<name>`` reads them); with ``group_by_for_lightgbm``, its basket column for
+    LightGBM's basket-level features."""
+    config = yaml_defaults(f"data/{name}")
+    shared = yaml_defaults("data/settings/default")["features"]
+    features = {key: value for key, value in config.get("features", {}).items() if value != shared.get(key)}
+    settings = {
+        "cutoff": config["cutoff"],
+        "horizon_days": config["horizon_days"],
+        "horizons_days": config["horizons_days"],
+        "overrides": [f"data.features.{key}={override_value(value)}" for key, value in features.items()],
+    }
+    if group_by_for_lightgbm:
+        settings["group_by"] = features["group_by"]
+    return settings
+
+
+def override_value(value: object) -> str:
+    """A config value as the command line writes it: ``[a,b]`` for a list."""
+    return f"[{','.join(map(str, value))}]" if isinstance(value, list) else str(value)
+
+
+SYNTHETIC = {"cutoff": "2024-06-30", "horizon_days": 90, "horizons_days": [30, 90, 180, 365]}
 DATASETS = {
-    "cdnow": {"cutoff": "1997-09-30", "horizon_days": 273, "horizons_days": [30, 90, 180, 273]},
-    "synthetic": {"cutoff": "2024-06-30", "horizon_days": 90, "horizons_days": [30, 90, 180, 365]},
+    "cdnow": data_config("cdnow"),
+    "synthetic": SYNTHETIC,
     # The same world with what its customers write (churnformer-synthetic --text); its text column is read by
     # churnformer and the GRU, and dropped for churnformer_no_text (LightGBM and BTYD never read it).
-    "synthetic_text": {
-        "cutoff": "2024-06-30",
-        "horizon_days": 90,
-        "horizons_days": [30, 90, 180, 365],
-        "text": ["text"],
-    },
-    # conf/data/completejourney.yaml's settings; its feature settings go to churnformer and the GRU as overrides.
-    "completejourney": {
-        "cutoff": "2017-09-30",
-        "horizon_days": 92,
-        "horizons_days": [30, 60, 92],
-        "overrides": [
-            "data.features.categorical=[store_id]",
-            "data.features.drop=[basket_id]",
-            "data.features.group_by=basket_id",
-        ],
-        # LightGBM gets basket-level aggregates too (the fair strong baseline of a line-item log).
-        "group_by": "basket_id",
-    },
+    "synthetic_text": {**SYNTHETIC, "text": ["text"]},
+    # LightGBM gets basket-level aggregates too (the fair strong baseline of a line-item log).
+    "completejourney": data_config("completejourney", group_by_for_lightgbm=True),
 }
 BY_HORIZON = (
     "churn_auc",
