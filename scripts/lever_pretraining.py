@@ -1,6 +1,7 @@
 """A measured lever, not a package feature: masked-event pretraining of the encoder before training.
 
-Usage (the protocol and arguments of ``scripts/benchmark_cdnow.py``; the churnformer rows only)::
+Usage (the protocol and arguments of ``scripts/benchmark_cdnow.py``; every churnformer or GRU model it
+trains is pretrained)::
 
     python scripts/lever_pretraining.py --dataset completejourney --models churnformer \
         [--pretrain-epochs 20] [--mask-share 0.15] [--pretrain-test-half]
