@@ -72,23 +72,21 @@ from churnformer.schema import CHURN_PROBABILITY, CLV, EXPECTED_SPEND, per_horiz
 from churnformer.serving.retention import discounted_value
 
 
-def data_config(name: str, group_by_for_lightgbm: bool = False) -> dict:
-    """Protocol settings of ``conf/data/<name>.yaml`` (their one home): cutoff, main horizon, grid, and its
-    feature settings that differ from every source's as overrides for churnformer and the GRU (as
-    ``churnformer-train data=<name>`` reads them); with ``group_by_for_lightgbm``, its basket column for
-    LightGBM's basket-level features."""
-    config = yaml_defaults(f"data/{name}")
-    shared = yaml_defaults("data/settings/default")["features"]
-    features = {key: value for key, value in config.get("features", {}).items() if value != shared.get(key)}
-    settings = {
+def data_config(name: str) -> dict:
+    """Protocol settings of ``conf/data/<name>.yaml`` over the settings every source shares (their one home):
+    cutoff, main horizon, grid, the feature settings that differ from the shared ones as overrides for
+    churnformer and the GRU (as ``churnformer-train data=<name>`` reads them), and a line-item log's basket
+    column (``group_by``), over which LightGBM adds basket-level features."""
+    shared = yaml_defaults("data/settings/default")
+    config = {**shared, **yaml_defaults(f"data/{name}")}
+    features = {key: value for key, value in config["features"].items() if value != shared["features"].get(key)}
+    return {
         "cutoff": config["cutoff"],
         "horizon_days": config["horizon_days"],
         "horizons_days": config["horizons_days"],
         "overrides": [f"data.features.{key}={override_value(value)}" for key, value in features.items()],
+        "group_by": config["features"]["group_by"],
     }
-    if group_by_for_lightgbm:
-        settings["group_by"] = features["group_by"]
-    return settings
 
 
 def override_value(value: object) -> str:
@@ -96,15 +94,14 @@ def override_value(value: object) -> str:
     return f"[{','.join(map(str, value))}]" if isinstance(value, list) else str(value)
 
 
-SYNTHETIC = {"cutoff": "2024-06-30", "horizon_days": 90, "horizons_days": [30, 90, 180, 365]}
 DATASETS = {
     "cdnow": data_config("cdnow"),
-    "synthetic": SYNTHETIC,
+    "synthetic": data_config("synthetic"),
     # The same world with what its customers write (churnformer-synthetic --text); its text column is read by
     # churnformer and the GRU, and dropped for churnformer_no_text (LightGBM and BTYD never read it).
-    "synthetic_text": {**SYNTHETIC, "text": ["text"]},
-    # LightGBM gets basket-level aggregates too (the fair strong baseline of a line-item log).
-    "completejourney": data_config("completejourney", group_by_for_lightgbm=True),
+    "synthetic_text": {**data_config("synthetic"), "text": ["text"]},
+    # group_by: LightGBM gets basket-level aggregates too (the fair strong baseline of a line-item log).
+    "completejourney": data_config("completejourney"),
 }
 BY_HORIZON = (
     "churn_auc",
