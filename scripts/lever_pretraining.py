@@ -70,9 +70,8 @@ class MaskedEventModel(nn.Module):
 
 def pretrain(network: ChurnFormer, sequences: Sequences, epochs: int, share: float, seed: int) -> None:
     """``epochs`` passes of masked-event training over ``sequences`` (AdamW, batches of 256 customers)."""
-    first = sequences.pad(np.arange(min(2, len(sequences))))
     cardinalities = [table.num_embeddings for table in network.events.categorical.tables]
-    model = MaskedEventModel(network, first[EVENT_NUM].shape[-1], cardinalities)
+    model = MaskedEventModel(network, network.events.numeric.in_features, cardinalities)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
     generator = torch.Generator().manual_seed(seed)
     order_rng = np.random.default_rng(seed)
