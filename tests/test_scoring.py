@@ -16,8 +16,8 @@ from churnformer.errors import ChurnformerError
 from churnformer.serving.batching import padded_width, token_budget_batches
 from churnformer.serving.job import score_log
 from churnformer.serving.output import write_result
-from churnformer.serving.partition import Shard, customer_hash
-from churnformer.serving.predictor import Predictor
+from churnformer.serving.partition import Shard, customer_hash, string_columns
+from churnformer.serving.predictor import Predictor, stream_layout
 from churnformer.serving.retention import ReferencePercentiles, SegmentRules, add_retention_columns, descending_decile
 from tests.conftest import TINY_CUTOFF, run_predict, write_messy_log
 
@@ -166,6 +166,35 @@ def test_a_score_does_not_depend_on_the_batch_it_is_in(model: Predictor, tiny_wo
         assert (numeric.nunique() == 1).all(), numeric.nunique()[numeric.nunique() > 1].to_dict()
 
 
+def test_stream_layout_shares_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("churnformer.serving.predictor.available_cores", lambda: 4)
+    assert stream_layout(0, 0) == (4, 1)  # one single-threaded stream per core
+    assert stream_layout(0, 2) == (2, 2)
+    assert stream_layout(1, 0) == (1, 4)
+    assert stream_layout(3, 0) == (3, 1)
+    assert stream_layout(8, 1) == (8, 1)  # asked for: oversubscribed as asked
+    assert stream_layout(0, 0, gpu=True) == (2, 0)
+
+
+@pytest.mark.parametrize(("streams", "threads"), [(1, 1), (1, 2), (3, 1)])
+def test_a_score_does_not_depend_on_streams_or_threads(
+    trained_run: Path, tiny_world: tuple[Path, Path], full, streams: int, threads: int
+) -> None:
+    """Batches run side by side on single-threaded sessions by default; a customer's score is the same
+    however many streams and threads the job has."""
+    predictor = Predictor(trained_run / "model.onnx", streams=streams, threads=threads, batch_tokens=256)
+    assert predictor.streams == streams
+    events, customers = tiny_world
+    result = score_log(predictor, events, TINY_CUTOFF, customers)
+    pd.testing.assert_frame_equal(result.predictions, full.predictions, check_exact=True)
+
+
+def test_parquet_string_categories_are_read_dictionary_encoded(tmp_path: Path) -> None:
+    path = tmp_path / "events.parquet"
+    pd.DataFrame({"event_type": ["a", None], "store": [1, 2], "note": ["x", "y"]}).to_parquet(path)
+    assert string_columns(path, ["event_type", "store"]) == ("event_type",)  # numbers are read as they are
+
+
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
 def test_spilled_chunks_score_exactly_like_memory(
     model: Predictor, tiny_world: tuple[Path, Path], full, tmp_path: Path, fmt: str
@@ -175,6 +204,7 @@ def test_spilled_chunks_score_exactly_like_memory(
         path = tmp_path / "events.parquet"
         pd.read_csv(events, dtype={"customer_id": str}).to_parquet(path, row_group_size=997)
         events = path
+        assert "event_type" in model.open_events(path, model.columns).dictionary_columns
     spilled = score_log(model, events, TINY_CUTOFF, customers, memory_budget_mb=901, chunk_rows=1000)
     assert spilled.summary.partitions > 1
     pd.testing.assert_frame_equal(spilled.predictions, full.predictions, check_exact=True)

@@ -86,16 +86,22 @@ def csv_separator(path: Path) -> str:
     return "\t" if ".tsv" in "".join(path.suffixes[-2:]).lower() else ","
 
 
-def read_table(path: str | Path, id_column: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
+def read_table(
+    path: str | Path, id_column: str, columns: Sequence[str] | None = None, dictionary: Sequence[str] = ()
+) -> pd.DataFrame:
     """Read CSV or Parquet by file extension, after :func:`check_table_file`.
 
-    CSV ids are read as strings so that ids such as ``00042`` come back unchanged in outputs.
+    CSV ids are read as strings so that ids such as ``00042`` come back unchanged in outputs. Parquet string
+    columns named in ``dictionary`` are read dictionary-encoded (pandas categories): one string per distinct
+    value instead of one per row.
     """
     path = Path(path)
     is_parquet = check_table_file(path)
     try:
         if is_parquet:
-            frame = pd.read_parquet(path, columns=list(columns) if columns else None)
+            frame = pd.read_parquet(
+                path, columns=list(columns) if columns else None, read_dictionary=list(dictionary) or None
+            )
         else:
             frame = read_csv(path, csv_separator(path), id_column, columns)
     except pd.errors.EmptyDataError as error:  # only blank lines: no header to read

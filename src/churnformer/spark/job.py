@@ -102,6 +102,7 @@ def predictor_options(config: dict[str, Any]) -> dict[str, Any]:
     """:class:`Predictor` settings of the job; onnxruntime threads default to ``spark.task.cpus`` (one
     session per task, not one per machine)."""
     options = {
+        "streams": config["streams"] or 1,  # each task is one stream; Spark runs tasks side by side
         "providers": config["providers"],
         "batch_tokens": config["batch_tokens"],
         "max_batch_size": config["max_batch_size"],

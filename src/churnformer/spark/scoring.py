@@ -144,14 +144,15 @@ def score_job(
     fields. ``buckets``: how many groups of customers (each scored by one Python call); default: about
     a million events each, at least one per core (counting the events costs one pass). ``options``:
     :class:`Predictor` settings (``batch_tokens``, ``segments``, ``discount_rate``, ...); onnxruntime gets
-    ``spark.task.cpus`` threads unless ``threads`` is given. ``*_reading``: how a table's values become what
+    ``spark.task.cpus`` threads and one stream per task unless ``threads`` or ``streams`` is given. ``*_reading``: how a table's values become what
     churnformer would read from its file (:class:`TableReading`: a CSV file's text, nanosecond timestamps).
     """
     if buckets is not None and not (isinstance(buckets, int) and buckets >= 1):
         raise ConfigError(f"buckets={buckets!r}: a whole number >= 1, or null to choose from the event count")
     spark = events.sparkSession
     model = model if isinstance(model, ModelBytes) else ModelBytes.read(model)
-    options = {"threads": int(spark.conf.get("spark.task.cpus", "1")), **options}
+    # Spark runs tasks side by side, one per spark.task.cpus cores: each task is one stream of batches.
+    options = {"threads": int(spark.conf.get("spark.task.cpus", "1")), "streams": 1, **options}
     if options.get("text_cache") is not None:
         raise ConfigError("text_cache: engine=local only; on Spark each worker embeds the texts of its own buckets")
     predictor = Predictor(model, **options)  # the model file is checked here, before any task
