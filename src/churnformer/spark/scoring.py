@@ -144,8 +144,9 @@ def score_job(
     fields. ``buckets``: how many groups of customers (each scored by one Python call); default: about
     a million events each, at least one per core (counting the events costs one pass). ``options``:
     :class:`Predictor` settings (``batch_tokens``, ``segments``, ``discount_rate``, ...); onnxruntime gets
-    ``spark.task.cpus`` threads and one stream per task unless ``threads`` or ``streams`` is given. ``*_reading``: how a table's values become what
-    churnformer would read from its file (:class:`TableReading`: a CSV file's text, nanosecond timestamps).
+    ``spark.task.cpus`` threads and one stream per task unless ``threads`` or ``streams`` is given.
+    ``*_reading``: how a table's values become what churnformer would read from its file
+    (:class:`TableReading`: a CSV file's text, nanosecond timestamps).
     """
     if buckets is not None and not (isinstance(buckets, int) and buckets >= 1):
         raise ConfigError(f"buckets={buckets!r}: a whole number >= 1, or null to choose from the event count")
