@@ -88,6 +88,15 @@ def run_in_process(tool: str, *overrides: str) -> Finished:
     return Finished(code, out.getvalue(), err.getvalue())
 
 
+def tightest_budget_mb(streams: int | None = None) -> float:
+    """A ``memory_budget_mb`` just above the floor for ``streams`` scoring streams (default: what
+    ``churnformer-predict`` runs here, one per core), so that any log spills."""
+    from churnformer.serving.partition import memory_floor_bytes
+    from churnformer.serving.predictor import stream_layout
+
+    return memory_floor_bytes(streams or stream_layout(0, 0)[0]) / 2**20 + 1
+
+
 def run_predict(
     model: Path, events: Path, output: Path, *overrides: str, cutoff: str = TINY_CUTOFF, check: bool = True
 ) -> subprocess.CompletedProcess:

@@ -31,7 +31,7 @@ from churnformer.serving.explain import (
 from churnformer.serving.job import score_log
 from churnformer.serving.partition import Shard
 from churnformer.serving.predictor import Predictor
-from tests.conftest import TINY_CUTOFF, run_in_process
+from tests.conftest import TINY_CUTOFF, run_in_process, tightest_budget_mb
 
 
 @pytest.fixture(scope="module")
@@ -240,8 +240,9 @@ def test_explanations_are_identical_across_shards_and_spill_partitions(model, ti
     shards = [
         score_log(model, events, TINY_CUTOFF, customers, shard=Shard(i, 2), explainer=explainer) for i in range(2)
     ]
+    budget = tightest_budget_mb(model.streams)
     spilled = score_log(
-        model, events, TINY_CUTOFF, customers, memory_budget_mb=901, chunk_rows=1000, explainer=explainer
+        model, events, TINY_CUTOFF, customers, memory_budget_mb=budget, chunk_rows=1000, explainer=explainer
     )
     assert spilled.summary.partitions > 1
     joined = pd.concat([s.predictions for s in shards]).sort_values("customer_id", ignore_index=True)

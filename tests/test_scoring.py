@@ -12,14 +12,14 @@ import onnx
 import pandas as pd
 import pytest
 
-from churnformer.errors import ChurnformerError
+from churnformer.errors import ChurnformerError, ConfigError
 from churnformer.serving.batching import padded_width, token_budget_batches
 from churnformer.serving.job import score_log
 from churnformer.serving.output import write_result
-from churnformer.serving.partition import Shard, customer_hash, string_columns
+from churnformer.serving.partition import Shard, customer_hash, partitions_needed, string_columns
 from churnformer.serving.predictor import Predictor, stream_layout
 from churnformer.serving.retention import ReferencePercentiles, SegmentRules, add_retention_columns, descending_decile
-from tests.conftest import TINY_CUTOFF, run_predict, write_messy_log
+from tests.conftest import TINY_CUTOFF, run_predict, tightest_budget_mb, write_messy_log
 
 LEVELS = np.arange(1, 100, dtype=float)
 
@@ -176,6 +176,15 @@ def test_stream_layout_shares_the_cores(monkeypatch: pytest.MonkeyPatch) -> None
     assert stream_layout(0, 0, gpu=True) == (2, 0)
 
 
+def test_the_memory_budget_counts_every_stream() -> None:
+    """Each stream after the first holds one more batch: the budget left for events shrinks, and a budget that
+    cannot hold the streams is refused with a way out."""
+    assert partitions_needed(10_000_000, 2048, streams=4) > partitions_needed(10_000_000, 2048, streams=1)
+    assert partitions_needed(0, 1100, streams=1) == 1
+    with pytest.raises(ConfigError, match=r"memory_budget_mb=1100 is below the 1284 MB .* 4 scoring stream"):
+        partitions_needed(0, 1100, streams=4)
+
+
 @pytest.mark.parametrize(("streams", "threads"), [(1, 1), (1, 2), (3, 1)])
 def test_a_score_does_not_depend_on_streams_or_threads(
     trained_run: Path, tiny_world: tuple[Path, Path], full, streams: int, threads: int
@@ -205,7 +214,8 @@ def test_spilled_chunks_score_exactly_like_memory(
         pd.read_csv(events, dtype={"customer_id": str}).to_parquet(path, row_group_size=997)
         events = path
         assert "event_type" in model.open_events(path, model.columns).dictionary_columns
-    spilled = score_log(model, events, TINY_CUTOFF, customers, memory_budget_mb=901, chunk_rows=1000)
+    budget = tightest_budget_mb(model.streams)
+    spilled = score_log(model, events, TINY_CUTOFF, customers, memory_budget_mb=budget, chunk_rows=1000)
     assert spilled.summary.partitions > 1
     pd.testing.assert_frame_equal(spilled.predictions, full.predictions, check_exact=True)
     pd.testing.assert_frame_equal(spilled.rejects, full.rejects)
@@ -227,13 +237,14 @@ def test_scores_are_identical_when_the_log_is_truncated_at_the_cutoff(
     assert result.summary.events_ignored["after_cutoff"] == 0 < full.summary.events_ignored["after_cutoff"]
 
 
-@pytest.mark.parametrize("budget", [4096, 901])
+@pytest.mark.parametrize("spilled", [False, True])
 def test_every_customer_of_a_messy_log_is_scored_or_rejected(
-    model: Predictor, tiny_world: tuple[Path, Path], tmp_path: Path, budget: int
+    model: Predictor, tiny_world: tuple[Path, Path], tmp_path: Path, spilled: bool
 ) -> None:
     """Duplicates, future-only customers, unseen categories, long histories, shuffled rows: the accounting
     still adds up, in memory and spilled, for the whole log and for each shard."""
     events, customers = tiny_world
+    budget = tightest_budget_mb(model.streams) if spilled else 4096
     path = tmp_path / "messy.csv"
     messy, copies, odd = write_messy_log(events, path)
     distinct = set(messy["customer_id"])

@@ -25,7 +25,7 @@ from churnformer.schema import EVENT_TEXT, RUN_TEXT_EMBEDDINGS, RUN_TEXT_ENCODER
 from churnformer.serving.predictor import Predictor
 from churnformer.text.embeddings import TextEmbeddings
 from churnformer.text.encoder import TextEncoder
-from tests.conftest import TINY_CUTOFF, run_in_process, run_predict
+from tests.conftest import TINY_CUTOFF, run_in_process, run_predict, tightest_budget_mb
 
 pytest.importorskip("tokenizers", reason="the text extra is not installed (pip install -e '.[dev]' installs it)")
 
@@ -172,7 +172,7 @@ def test_a_text_model_scores_bit_identically_however_the_job_is_split(
     outputs = {}
     for name, overrides in {
         "memory": (),
-        "spilled": ("memory_budget_mb=902",),
+        "spilled": (f"memory_budget_mb={tightest_budget_mb()}",),
         "small_batches": ("batch_tokens=64", "max_batch_size=3"),
     }.items():
         output = tmp_path / f"{name}.parquet"
@@ -195,7 +195,7 @@ def test_a_text_cache_embeds_each_text_once_across_jobs_with_the_same_outputs(
     for name, overrides in {
         "fresh": (),
         "first": (f"text_cache={cache}",),  # no file yet: every text embedded, the file written at the end
-        "second": (f"text_cache={cache}", "memory_budget_mb=902"),  # every text from the file, spilled
+        "second": (f"text_cache={cache}", f"memory_budget_mb={tightest_budget_mb()}"),  # from the file, spilled
     }.items():
         output = tmp_path / f"{name}.parquet"
         result = run_predict(text_run, events, output, f"customers={customers}", *overrides)

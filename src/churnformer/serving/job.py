@@ -33,10 +33,10 @@ from churnformer.errors import ConfigError
 from churnformer.serving.explain import Explainer, ExplainSettings
 from churnformer.serving.output import ScoringResult, ScoringSummary, check_output_path, describe, write_result
 from churnformer.serving.partition import (
-    BASE_BYTES,
     PEAK_BYTES_PER_EVENT,
     Shard,
     SpillWriter,
+    bytes_for_events,
     customer_hash,
     keep_shard,
     partitions_needed,
@@ -77,7 +77,7 @@ def score_log(
     static = load_customers(customers, columns.customer_id) if customers is not None else None
     rows = source.estimated_rows()
     clock = Stopwatch()
-    if partitions_needed(rows, memory_budget_mb) == 1:  # the whole file is read at once, whatever the shard
+    if partitions_needed(rows, memory_budget_mb, predictor.streams) == 1:  # the whole file, whatever the shard
         with clock("read"):
             frame = source.read_all()
         require_events_before(frame[TIMESTAMP], window, str(source.path))
@@ -87,9 +87,9 @@ def score_log(
         del frame
         parts = [predictor.score_frame(mine, window, static, progress, explainer)]
     else:
-        available = memory_budget_mb * 2**20 - BASE_BYTES
+        available = bytes_for_events(memory_budget_mb, predictor.streams)
         chunk_rows = chunk_rows or max(MIN_CHUNK_ROWS, int(available / PEAK_BYTES_PER_EVENT / CHUNK_SHARE))
-        spilled = partitions_needed(rows // shard.count, memory_budget_mb)  # only this shard is spilled
+        spilled = partitions_needed(rows // shard.count, memory_budget_mb, predictor.streams)  # this shard only
         parts, other_shards = [], 0
         with tempfile.TemporaryDirectory(prefix="churnformer-spill-", dir=spill_dir) as directory:
             writer = SpillWriter(Path(directory), spilled, predictor.featurizer)
@@ -231,7 +231,6 @@ def run_prediction(config: dict[str, Any]) -> dict[str, Path]:
         raise ConfigError(f"engine={config['engine']}: choose local (this process) or spark")
     output = check_output_path(config["output"])
     check_spill_dir(config["spill_dir"])
-    partitions_needed(0, config["memory_budget_mb"])  # a budget below the floor is refused before any work
     reuse_freed_memory()
     predictor = Predictor(
         config["model"],
@@ -245,6 +244,7 @@ def run_prediction(config: dict[str, Any]) -> dict[str, Path]:
         text_encoder=config["text_encoder"],
         text_cache=config["text_cache"],
     )
+    bytes_for_events(config["memory_budget_mb"], predictor.streams)  # a budget below the floor: before any event
     if config["text_cache"] is not None and predictor.texts is None:
         print(f"warning: text_cache={config['text_cache']} ignored: {predictor.path} reads no text", file=sys.stderr)
     settings = {key: value for key, value in config["explain"].items() if key != "enabled"}

@@ -41,6 +41,10 @@ PEAK_BYTES_PER_EVENT = 448
 # 165 MB), what the spill pass leaves allocated (about 300 MB), and freed heap that scoring keeps for reuse
 # (serving.job.reuse_freed_memory; up to about 400 MB measured on the benchmark log), rounded up.
 BASE_BYTES = 900 * 2**20
+# Each scoring stream after the first holds one more batch in flight (serving.predictor.stream_layout): its
+# padded inputs and onnxruntime's intermediates. A second stream added about 70 MB to the benchmark jobs'
+# peak RSS; rounded up.
+STREAM_BYTES = 128 * 2**20
 
 
 @dataclass(frozen=True)
@@ -176,15 +180,25 @@ def _parquet_file(path: Path, dictionary: tuple[str, ...] = ()) -> pq.ParquetFil
         raise InputError(f"{path}: not a readable Parquet file ({error})") from error
 
 
-def partitions_needed(estimated_rows: int, memory_budget_mb: float) -> int:
+def partitions_needed(estimated_rows: int, memory_budget_mb: float, streams: int = 1) -> int:
     """How many spill partitions keep one partition's processing within the budget (1: in memory)."""
-    available = memory_budget_mb * 2**20 - BASE_BYTES
-    if available <= 0:
+    return max(1, math.ceil(estimated_rows * PEAK_BYTES_PER_EVENT / bytes_for_events(memory_budget_mb, streams)))
+
+
+def memory_floor_bytes(streams: int = 1) -> int:
+    """What the process and ``streams`` scoring streams take before any event is read."""
+    return BASE_BYTES + (streams - 1) * STREAM_BYTES
+
+
+def bytes_for_events(memory_budget_mb: float, streams: int = 1) -> float:
+    """What ``memory_budget_mb`` leaves for one block of events; a budget at or below the floor is refused."""
+    floor = memory_floor_bytes(streams)
+    if memory_budget_mb * 2**20 <= floor:
         raise ConfigError(
-            f"memory_budget_mb={memory_budget_mb} is below the {BASE_BYTES // 2**20} MB that libraries and the "
-            "model take before any event is read"
+            f"memory_budget_mb={memory_budget_mb} is below the {floor // 2**20} MB that libraries, the model and "
+            f"{streams} scoring stream(s) take before any event is read; raise it or set fewer streams"
         )
-    return max(1, math.ceil(estimated_rows * PEAK_BYTES_PER_EVENT / available))
+    return memory_budget_mb * 2**20 - floor
 
 
 def spill_columns(frame: pd.DataFrame, featurizer: Featurizer) -> pd.DataFrame:
