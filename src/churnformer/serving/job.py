@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -93,16 +94,28 @@ def score_log(
         parts, other_shards = [], 0
         with tempfile.TemporaryDirectory(prefix="churnformer-spill-", dir=spill_dir) as directory:
             writer = SpillWriter(Path(directory), spilled, predictor.featurizer)
+
+            def spill(chunk: pd.DataFrame) -> int:
+                """Write this shard's rows of ``chunk`` to their partitions; the count of other shards' rows."""
+                hashes = customer_hash(chunk[CUSTOMER_ID])
+                mine = shard.contains(hashes)
+                writer.write(chunk.loc[mine], hashes[mine])
+                return int((~mine).sum())
+
             time_range: list[np.datetime64] = []
-            for chunk in clock.iterate("read", source.chunks(chunk_rows)):
-                time_range += [chunk[TIMESTAMP].min(), chunk[TIMESTAMP].max()]
+            # A chunk is hashed and written on a helper thread while the next one is read (Arrow and numpy
+            # release the GIL); spill_s is the time the job waits for it.
+            with ThreadPoolExecutor(max_workers=1) as spiller:
+                pending: Future[int] | None = None
+                for chunk in clock.iterate("read", source.chunks(chunk_rows)):
+                    time_range += [chunk[TIMESTAMP].min(), chunk[TIMESTAMP].max()]
+                    with clock("spill"):
+                        other_shards += pending.result() if pending is not None else 0
+                    pending = spiller.submit(spill, chunk)
+                    del chunk  # at most two chunks in memory: the one being read and the one being spilled
                 with clock("spill"):
-                    hashes = customer_hash(chunk[CUSTOMER_ID])
-                    mine = shard.contains(hashes)
-                    other_shards += int((~mine).sum())
-                    writer.write(chunk.loc[mine], hashes[mine])
-            with clock("spill"):
-                partitions = writer.close()
+                    other_shards += pending.result() if pending is not None else 0
+                    partitions = writer.close()
             release_memory()
             require_events_before(np.array(time_range, dtype="datetime64[ns]"), window, str(source.path))
             # One step per partition: the customer total is only known once every partition is featurized.
