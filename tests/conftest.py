@@ -88,13 +88,12 @@ def run_in_process(tool: str, *overrides: str) -> Finished:
     return Finished(code, out.getvalue(), err.getvalue())
 
 
-def tightest_budget_mb(streams: int | None = None) -> float:
-    """A ``memory_budget_mb`` just above the floor for ``streams`` scoring streams (default: what
-    ``churnformer-predict`` runs here, one per core), so that any log spills."""
+def tightest_budget_mb(streams: int = 1) -> float:
+    """A ``memory_budget_mb`` just above the floor for ``streams`` scoring streams, so that any log spills
+    (``churnformer-predict`` chooses one stream under it: automatic streams fit the budget)."""
     from churnformer.serving.partition import memory_floor_bytes
-    from churnformer.serving.predictor import stream_layout
 
-    return memory_floor_bytes(streams or stream_layout(0, 0)[0]) / 2**20 + 1
+    return memory_floor_bytes(streams) / 2**20 + 1
 
 
 def run_predict(

@@ -16,7 +16,7 @@ from churnformer.errors import ChurnformerError, ConfigError
 from churnformer.serving.batching import padded_width, token_budget_batches
 from churnformer.serving.job import score_log
 from churnformer.serving.output import write_result
-from churnformer.serving.partition import Shard, customer_hash, partitions_needed, string_columns
+from churnformer.serving.partition import Shard, customer_hash, partitions_needed, streams_within, string_columns
 from churnformer.serving.predictor import Predictor, stream_layout
 from churnformer.serving.retention import ReferencePercentiles, SegmentRules, add_retention_columns, descending_decile
 from tests.conftest import TINY_CUTOFF, run_predict, tightest_budget_mb, write_messy_log
@@ -174,6 +174,10 @@ def test_stream_layout_shares_the_cores(monkeypatch: pytest.MonkeyPatch) -> None
     assert stream_layout(3, 0) == (3, 1)
     assert stream_layout(8, 1) == (8, 1)  # asked for: oversubscribed as asked
     assert stream_layout(0, 0, gpu=True) == (2, 0)
+    assert stream_layout(0, 0, most=3) == (3, 1)  # automatic streams fit the memory budget
+    assert stream_layout(0, 0, most=1) == (1, 4)
+    assert stream_layout(6, 0, most=1) == (6, 1)  # asked for: as asked
+    assert (streams_within(1024), streams_within(4096)) == (1, 13)
 
 
 def test_the_memory_budget_counts_every_stream() -> None:

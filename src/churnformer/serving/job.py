@@ -42,6 +42,7 @@ from churnformer.serving.partition import (
     keep_shard,
     partitions_needed,
     read_partition,
+    streams_within,
 )
 from churnformer.serving.predictor import Predictor
 from churnformer.serving.retention import SegmentRules
@@ -252,6 +253,7 @@ def run_prediction(config: dict[str, Any]) -> dict[str, Path]:
         max_batch_size=config["max_batch_size"],
         threads=config["threads"],
         streams=config["streams"],
+        max_streams=streams_within(config["memory_budget_mb"]),
         segments=SegmentRules(**config["segments"]),
         discount_rate=config["clv"]["discount_rate"],
         text_encoder=config["text_encoder"],

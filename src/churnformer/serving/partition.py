@@ -185,6 +185,12 @@ def partitions_needed(estimated_rows: int, memory_budget_mb: float, streams: int
     return max(1, math.ceil(estimated_rows * PEAK_BYTES_PER_EVENT / bytes_for_events(memory_budget_mb, streams)))
 
 
+def streams_within(memory_budget_mb: float) -> int:
+    """The most streams automatic ``streams`` may use under the budget: half of what it leaves beyond the
+    process's floor may go to streams (``memory_budget_mb=1024``: one; the default 4096: thirteen)."""
+    return 1 + max(0, int((memory_budget_mb * 2**20 - BASE_BYTES) / 2 / STREAM_BYTES))
+
+
 def memory_floor_bytes(streams: int = 1) -> int:
     """What the process and ``streams`` scoring streams take before any event is read."""
     return BASE_BYTES + (streams - 1) * STREAM_BYTES

@@ -70,14 +70,17 @@ class Predictor:
         max_batch_size: int | None = None,
         threads: int | None = None,
         streams: int | None = None,
+        max_streams: int | None = None,
         segments: SegmentRules | None = None,
         discount_rate: float | None = None,
         text_encoder: str | Path | None = None,
         text_cache: str | Path | None = None,
     ) -> None:
-        """``text_encoder``: a model with text features reads its texts with this file (default: the
-        ``text_encoder.onnx`` beside the model, as its training run wrote it). ``text_cache``: a table of text
-        embeddings an earlier job saved (``self.texts.save``); its texts are not embedded again."""
+        """``max_streams``: the most streams automatic ``streams`` may choose (``churnformer-predict``: what
+        ``memory_budget_mb`` allows). ``text_encoder``: a model with text features reads its texts with this
+        file (default: the ``text_encoder.onnx`` beside the model, as its training run wrote it).
+        ``text_cache``: a table of text embeddings an earlier job saved (``self.texts.save``); its texts are
+        not embedded again."""
         defaults = serving_defaults("predict")
         self.path, raw, self.metadata = load_model(model)
         self.segments = segments or SegmentRules(**defaults["segments"])
@@ -94,6 +97,7 @@ class Predictor:
             defaults["streams"] if streams is None else streams,
             defaults["threads"] if threads is None else threads,
             gpu=requested[0] == "CUDAExecutionProvider",
+            most=max_streams,
         )
         self.session = ort.InferenceSession(raw, session_options(threads), providers=requested)
         self.provider = self.session.get_providers()[0]
@@ -318,20 +322,21 @@ def customers_without_events_before(frame: pd.DataFrame, window: Window, scored:
     return np.asarray(pd.Index(late).difference(pd.Index(scored)))
 
 
-def stream_layout(streams: int, threads: int, gpu: bool = False) -> tuple[int, int]:
+def stream_layout(streams: int, threads: int, gpu: bool = False, most: int | None = None) -> tuple[int, int]:
     """(batches run at once, onnxruntime intra-op threads per batch) from the ``streams`` and ``threads``
     settings, 0 meaning automatic: on CPU, one stream per core with one thread each unless ``threads``
-    asks for more per stream; on a GPU, two streams (one batch is padded and copied while the other runs).
+    asks for more per stream; on a GPU, two streams (one batch is padded and copied while the other runs);
+    automatic streams are at most ``most``.
 
     This model is small (d_model 64, short rows), so one batch split between threads leaves cores idle in
     every small kernel; batches side by side keep them busy: two single-threaded streams on 2 cores score
     the same batches in 15-25% less time than one stream with two threads (``scripts/bench_score.py
     --sweep-session``). A customer's score does not depend on its stream or thread count (tested)."""
     if gpu:
-        return streams if streams > 0 else 2, threads
+        return streams if streams > 0 else min(2, most or 2), threads
     cores = available_cores()
     if streams <= 0:
-        streams = max(1, cores // threads) if threads > 0 else cores
+        streams = min(max(1, cores // threads) if threads > 0 else cores, most or cores)
     if threads <= 0:
         threads = max(1, cores // streams)
     return streams, threads
