@@ -330,7 +330,7 @@ def stream_layout(streams: int, threads: int, gpu: bool = False, most: int | Non
 
     This model is small (d_model 64, short rows), so one batch split between threads leaves cores idle in
     every small kernel; batches side by side keep them busy: two single-threaded streams on 2 cores score
-    the same batches in 15-25% less time than one stream with two threads (``scripts/bench_score.py
+    the same batches in 15-20% less time than one stream with two threads (``scripts/bench_score.py
     --sweep-session``). A customer's score does not depend on its stream or thread count (tested)."""
     if gpu:
         return streams if streams > 0 else min(2, most or 2), threads
