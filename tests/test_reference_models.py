@@ -1,0 +1,81 @@
+"""Models trained before a refactor keep their scores: the stored model files score as they did, and their
+checkpoints exported and calibrated again by today's code give the same numbers (tests/data/reference)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from churnformer.serving.predictor import Predictor
+
+REFERENCE = Path(__file__).parent / "data" / "reference"
+CUTOFF = "2023-09-30"
+MODELS = ("default", "decline")
+# What the reference runs set on the command line (tests/data/reference/README.md).
+DATA_CHANGES = {"cutoff": CUTOFF, "horizon_days": 60, "batch_size": 32}
+MAX_LEN = 32
+
+
+def scores(model: Path) -> pd.DataFrame:
+    predictor = Predictor(model)
+    customers = pd.read_csv(REFERENCE / "customers.csv")
+    return predictor.predict(REFERENCE / "events.csv", CUTOFF, customers).predictions
+
+
+def stored(name: str) -> pd.DataFrame:
+    return pd.read_parquet(REFERENCE / name / "predictions.parquet")
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_a_stored_model_file_scores_as_it_did(name: str) -> None:
+    pd.testing.assert_frame_equal(scores(REFERENCE / name / "model.onnx"), stored(name), check_exact=True)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_a_stored_checkpoint_exports_to_the_same_scores(name: str, tmp_path: Path) -> None:
+    from churnformer.artifacts.export import export_checkpoint
+
+    model = export_checkpoint(
+        REFERENCE / name / "model.ckpt",
+        tmp_path / "model.onnx",
+        calibration=REFERENCE / name / "calibration.json",
+        fused_attention=True,
+    )
+    now, before = scores(model), stored(name)
+    assert list(now.columns) == list(before.columns) or set(now.columns) == set(before.columns)
+    pd.testing.assert_frame_equal(now[before.columns], before, check_exact=False, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_a_stored_checkpoint_calibrated_again_gives_the_same_scores(name: str, tmp_path: Path) -> None:
+    """Calibration fitted again by today's code on the reference run's data, exported and scored: the scores
+    the run's own calibration gave."""
+    from omegaconf import OmegaConf
+
+    from churnformer.artifacts.checkpoint import load_checkpoint
+    from churnformer.artifacts.export import export_checkpoint
+    from churnformer.data.sources import EventLogFiles
+    from churnformer.training.datamodule import ChurnDataModule, DataSettings
+    from churnformer.training.job import calibrate
+
+    definition = "decline" if name == "decline" else "no_purchase"
+    settings = DataSettings.defaults(
+        **DATA_CHANGES, churn_definition=definition, features={**DataSettings.defaults().features, "max_len": MAX_LEN}
+    )
+    columns = {"customer_id": "customer_id", "timestamp": "timestamp", "amount": "amount"}
+    source = EventLogFiles(REFERENCE / "events.csv", REFERENCE / "customers.csv", columns)
+    datamodule = ChurnDataModule(source, settings, tmp_path)
+    datamodule.setup("fit")
+    train_config = OmegaConf.load(Path(__file__).parents[1] / "src" / "churnformer" / "conf" / "train.yaml")
+    network, _ = load_checkpoint(REFERENCE / name / "model.ckpt")
+    calibrate(train_config, network, datamodule, tmp_path)
+    refit = tmp_path / "calibration.json"
+    model = export_checkpoint(
+        REFERENCE / name / "model.ckpt", tmp_path / "model.onnx", calibration=refit, fused_attention=True
+    )
+    before = stored(name)
+    pd.testing.assert_frame_equal(scores(model)[before.columns], before, check_exact=False, rtol=1e-4, atol=1e-5)
+    assert np.isfinite(before.select_dtypes("number").to_numpy()).all()
