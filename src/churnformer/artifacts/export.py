@@ -16,6 +16,7 @@ import torch
 from churnformer import __version__
 from churnformer.artifacts.checkpoint import load_checkpoint
 from churnformer.data.featurizer import Featurizer
+from churnformer.files import write_atomically
 from churnformer.modeling.backbones import SelfAttention
 from churnformer.modeling.network import ChurnFormer
 from churnformer.modeling.scoring_model import Calibration, ScoringModel
@@ -38,7 +39,6 @@ from churnformer.schema import (
     TEXT_EMBEDDINGS,
     model_outputs,
 )
-from churnformer.serving.output import write_atomically
 
 # opset 23 turns SDPA into an ONNX `Attention` op whose CPU kernel rejects broadcast key-padding masks, so the
 # portable export decomposes attention into opset-20 ops; the default is onnxruntime's fused kernel instead.

@@ -25,8 +25,8 @@ from churnformer.data.window import Window
 from churnformer.errors import ConfigError
 from churnformer.evaluation.metrics import roc_auc
 from churnformer.evaluation.report import align
+from churnformer.files import write_atomically
 from churnformer.schema import META_QUANTIZED, METADATA_PREFIX, RUN_CONFIG
-from churnformer.serving.output import write_atomically
 from churnformer.serving.predictor import Predictor
 
 MAX_AUC_DROP = 0.002

@@ -3,14 +3,13 @@ before any data is, so a wrong file is named in one line rather than failing hal
 
 from __future__ import annotations
 
-import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 
 from churnformer.errors import ModelFileError
+from churnformer.files import ModelBytes, resolve_model_path
 from churnformer.schema import (
     META_OUTPUTS,
     META_VERSION,
@@ -18,39 +17,7 @@ from churnformer.schema import (
     MODEL_OUTPUTS,
     REQUIRED_METADATA,
     REQUIRED_MODEL_INPUTS,
-    RUN_MODEL,
 )
-
-
-def resolve_model_path(model: str | Path) -> Path:
-    """A run directory means its ``model.onnx``."""
-    path = Path(model)
-    if path.is_dir():
-        path = path / RUN_MODEL
-    if not path.is_file():
-        raise ModelFileError(f"{path}: model file not found (pass an .onnx file or a training run directory)")
-    return path
-
-
-@dataclass(frozen=True)
-class ModelBytes:
-    """A model file's content, named by the file it was read from: what a distributed job ships to its
-    workers (a path on the driver means nothing there)."""
-
-    name: str
-    raw: bytes
-    digest: str  # SHA-256 of raw, taken once where the file is read (workers key their sessions by it)
-    # A model with text features: its sentence encoder's file, shipped with it (the path means nothing there).
-    text_encoder: ModelBytes | None = None
-
-    @classmethod
-    def read(cls, model: str | Path) -> ModelBytes:
-        return cls.of_file(resolve_model_path(model))
-
-    @classmethod
-    def of_file(cls, path: Path) -> ModelBytes:
-        raw = path.read_bytes()
-        return cls(str(path), raw, hashlib.sha256(raw).hexdigest())
 
 
 def load_model(model: str | Path | ModelBytes) -> tuple[str, bytes, dict[str, str]]:

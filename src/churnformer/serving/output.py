@@ -7,8 +7,6 @@ predictions come last, so their presence means the job completed.
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import pandas as pd
 
 from churnformer.console import counts_in_words, reason_in_words
 from churnformer.errors import ConfigError
+from churnformer.files import write_atomically
 
 
 @dataclass
@@ -81,19 +80,6 @@ def check_output_path(path: str | Path) -> Path:
     path = Path(path)
     if path.suffix.lower() not in {".parquet", ".pq", ".csv"}:
         raise ConfigError(f"output={path}: the output must end in .parquet or .csv")
-    return path
-
-
-def write_atomically(path: Path, write: Callable[[Path], object]) -> Path:
-    """``write`` to a hidden temporary name beside ``path``, renamed into place only when complete, so
-    an interrupted job never leaves a partial file at ``path`` (the temporary is removed on errors)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        write(partial)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
     return path
 
 

@@ -28,10 +28,11 @@ from churnformer.data.featurizer import FeatureMismatchError, Featurizer
 from churnformer.data.sequences import Sequences, build_sequences
 from churnformer.data.window import Window, require_events_before
 from churnformer.defaults import serving_defaults
+from churnformer.files import ModelBytes
 from churnformer.schema import META_COLUMNS, META_FEATURIZER, META_HORIZON_DAYS, META_HORIZONS, META_OUTPUTS, N_EVENTS
 from churnformer.serving.batching import fill_rows, padded_width, token_budget_batches
 from churnformer.serving.explain import EXPLAINED, Explainer, ExplainSettings, drivers_last
-from churnformer.serving.model_file import ModelBytes, load_model
+from churnformer.serving.model_file import load_model
 from churnformer.serving.output import ScoringResult, ScoringSummary
 from churnformer.serving.partition import EventSource
 from churnformer.serving.retention import (

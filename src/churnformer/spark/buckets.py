@@ -25,8 +25,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from churnformer.data.events import TIMESTAMP, ColumnMapping, load_customers, load_events, read_csv
+from churnformer.files import ModelBytes
 from churnformer.serving.explain import Explainer, ExplainSettings
-from churnformer.serving.model_file import ModelBytes
 from churnformer.serving.partition import customer_hash, spill_partition
 from churnformer.serving.predictor import Predictor
 

@@ -28,9 +28,9 @@ from pyspark.sql import DataFrame, SparkSession
 
 from churnformer.data.events import check_table_file, csv_separator, load_customers
 from churnformer.errors import ConfigError
+from churnformer.files import ModelBytes, write_atomically
 from churnformer.serving.explain import ExplainSettings
-from churnformer.serving.model_file import ModelBytes
-from churnformer.serving.output import check_output_path, describe, write_atomically
+from churnformer.serving.output import check_output_path, describe
 from churnformer.serving.partition import file_columns
 from churnformer.serving.predictor import Predictor
 from churnformer.serving.retention import SegmentRules

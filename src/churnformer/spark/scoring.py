@@ -39,8 +39,8 @@ from churnformer.data.events import (
 from churnformer.data.window import Window, require_events_before
 from churnformer.defaults import serving_defaults
 from churnformer.errors import ChurnformerError, ConfigError, InputError, ModelFileError
+from churnformer.files import ModelBytes
 from churnformer.serving.explain import Explainer, ExplainSettings
-from churnformer.serving.model_file import ModelBytes
 from churnformer.serving.output import ScoringSummary
 from churnformer.serving.predictor import Predictor
 from churnformer.spark.buckets import (

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from churnformer.errors import ModelFileError
-from churnformer.serving.output import write_atomically
+from churnformer.files import write_atomically
 from churnformer.text.encoder import TextEncoder
 
 # U+FFFD: what bytes that are not UTF-8 become when a log is read with replacement (data.events.read_csv).

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from churnformer.errors import ConfigError, ModelFileError
+from churnformer.files import ModelBytes
 from churnformer.schema import METADATA_PREFIX
-from churnformer.serving.model_file import ModelBytes
 
 META_ENCODER = "text_encoder"  # EncoderIdentity as JSON (a model keeps it in its featurization state)
 META_TOKENIZER = "tokenizer"  # the tokenizer.json of the encoder, in the encoder's metadata

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from churnformer.errors import ConfigError
+from churnformer.files import write_atomically
 from churnformer.schema import METADATA_PREFIX
-from churnformer.serving.output import write_atomically
 from churnformer.text.encoder import (
     ATTENTION_MASK,
     INPUT_IDS,
