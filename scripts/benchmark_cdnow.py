@@ -63,7 +63,13 @@ import pandas as pd
 
 from churnformer.api import predict, train
 from churnformer.data.events import AMOUNT, CUSTOMER_ID, TIMESTAMP, load_events
-from churnformer.data.labels import DECLINE_DEFINITION, NO_PURCHASE_DEFINITION, ChurnDefinition, horizon_labels
+from churnformer.data.labels import (
+    DECLINE_DEFINITION,
+    NO_PURCHASE_DEFINITION,
+    ChurnDefinition,
+    LabelSpec,
+    horizon_labels,
+)
 from churnformer.data.window import NS_PER_DAY, HorizonGrid, Window
 from churnformer.defaults import yaml_defaults
 from churnformer.evaluation.metrics import expected_calibration_error, normalized_gini
@@ -208,7 +214,7 @@ def baseline_model(name: str, threads: int, protocol: Protocol) -> Predictor:
                 num_threads=threads,
                 horizons=protocol.grid.days,
                 group_by=protocol.group_by,
-                definition=protocol.definition,
+                spec=LabelSpec(churn=protocol.definition),
             )
         from churnformer.baselines.btyd import fit_predict_btyd
 
@@ -232,7 +238,8 @@ def run_protocol(
         train_ids, test_ids = split(np.sort(events[CUSTOMER_ID].unique()), seed)
         test_population = np.intersect1d(test_ids, eligible)
         test_events = events[events[CUSTOMER_ID].isin(test_population)]
-        labels = horizon_labels(test_events, window, protocol.grid, test_population, definition=protocol.definition)
+        spec = LabelSpec(churn=protocol.definition)
+        labels = horizon_labels(test_events, window, protocol.grid, test_population, spec)
         realized = discounted_spend(test_events, window, max(protocol.grid.days), protocol.discount_rate)
         predicted, seconds = {}, {}
         for name, model in models.items():

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from churnformer.data.events import load_events
-from churnformer.data.labels import DECLINE_DEFINITION, ChurnDefinition, make_labels
+from churnformer.data.labels import DECLINE_DEFINITION, ChurnDefinition, LabelSpec, make_labels
 from churnformer.data.window import Window
 from churnformer.evaluation.report import run_evaluation
 from churnformer.schema import (
@@ -119,7 +119,7 @@ def test_churnformer_evaluate_judges_a_decline_model_against_decline_labels(
     window = Window.from_cutoff(TINY_CUTOFF, 60)
     population = log.loc[log["timestamp"] < window.feature_end, "customer_id"].unique()
     assert metrics["n_customers"] == len(population)
-    declined = make_labels(log, window, population, definition=DECLINE)["churn"]
+    declined = make_labels(log, window, population, LabelSpec(churn=DECLINE))["churn"]
     assert metrics["churn_rate"] == pytest.approx(float(declined.mean()))
     no_purchase = make_labels(log, window, population)["churn"]
     assert float(declined.mean()) != pytest.approx(float(no_purchase.mean()))

@@ -1,4 +1,5 @@
-"""Labels from the horizon window: churn (no purchase) and net spend, for the feature population."""
+"""Labels from the horizon window: churn (no purchase, or a decline), net spend and purchase days, for the feature
+population."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from churnformer.data.events import load_events
 from churnformer.data.featurizer import fit_featurizer
-from churnformer.data.labels import ChurnDefinition, horizon_labels, is_purchase, make_labels
+from churnformer.data.labels import ChurnDefinition, LabelSpec, horizon_labels, make_labels
 from churnformer.data.sequences import build_sequences
 from churnformer.data.window import HorizonGrid, Window
 from churnformer.errors import ConfigError, InputError
@@ -81,7 +82,7 @@ def test_a_decline_is_spend_below_half_of_the_same_window_before_the_cutoff():
         ]
     )
     ids = np.array(["faded", "steady", "gone", "idle", "refunded", "copied"], dtype=object)
-    declines = make_labels(events, WINDOW, ids, definition=DECLINE)
+    declines = make_labels(events, WINDOW, ids, LabelSpec(churn=DECLINE))
     assert _labels_by_id(declines) == {
         "faded": (1.0, 40.0),
         "steady": (0.0, 50.0),
@@ -104,7 +105,7 @@ def test_each_horizon_of_a_decline_compares_windows_of_its_own_length():
         ]
     )
     grid = HorizonGrid.of([30, 60], 30)
-    labels = horizon_labels(events, WINDOW, grid, np.array(["a"], dtype=object), definition=DECLINE)
+    labels = horizon_labels(events, WINDOW, grid, np.array(["a"], dtype=object), LabelSpec(churn=DECLINE))
     assert labels[["churn_30d", "churn_60d", "no_purchase_30d", "no_purchase_60d"]].iloc[0].tolist() == [
         0.0,
         1.0,
@@ -181,7 +182,7 @@ def test_purchase_types_use_the_event_type_column():
         event_type=True,
     )
     ids = np.array(["a", "b", "c"], dtype=object)
-    by_type = make_labels(events, WINDOW, ids, purchase_types=["order", "subscription"])
+    by_type = make_labels(events, WINDOW, ids, LabelSpec(purchase_types=("order", "subscription")))
     assert _labels_by_id(by_type) == {"a": (0.0, 0.0), "b": (1.0, 30.0), "c": (0.0, 10.0)}
     by_amount = make_labels(events, WINDOW, ids)
     assert _labels_by_id(by_amount) == {"a": (1.0, 0.0), "b": (0.0, 30.0), "c": (0.0, 10.0)}
@@ -197,19 +198,19 @@ def test_purchase_types_with_a_renamed_or_categorical_column():
         }
     )
     events = load_events(raw)
-    labels = make_labels(events, WINDOW, np.array([1, 2]), purchase_types=["3"], event_type_column="kind")
+    labels = make_labels(events, WINDOW, np.array([1, 2]), LabelSpec.of(["3"], "kind"))
     assert labels["churn"].tolist() == [0.0, 1.0]
 
 
 def test_purchase_types_without_the_column_are_an_error():
     events = _events([("a", "2024-07-02", 1.0)])
     with pytest.raises(InputError, match="'event_type'"):
-        make_labels(events, WINDOW, np.array(["a"], dtype=object), purchase_types=["order"])
+        make_labels(events, WINDOW, np.array(["a"], dtype=object), LabelSpec(purchase_types=("order",)))
 
 
 def test_is_purchase_default_is_positive_amount():
     events = _events([("a", "2024-07-02", 1.0), ("a", "2024-07-02", 0.0), ("a", "2024-07-02", -1.0)])
-    assert is_purchase(events).tolist() == [True, False, False]
+    assert LabelSpec().is_purchase(events).tolist() == [True, False, False]
 
 
 def test_integer_ids():
@@ -261,3 +262,26 @@ def test_property_labels_match_a_pandas_reference(rows, horizon_days):
         expected_spend = max(float(net.get(row.customer_id, 0.0)), 0.0)
         assert row.churn == expected_churn
         assert row.spend == pytest.approx(expected_spend)
+    # Purchases count days with a purchase, as BG/NBD counts transactions.
+    days = in_horizon.loc[in_horizon["amount"] > 0].assign(day=lambda f: f["timestamp"].dt.floor("D"))
+    purchase_days = days.groupby("customer_id")["day"].nunique()
+    grid = HorizonGrid((float(horizon_days),), float(horizon_days))
+    counted = horizon_labels(events, window, grid, population)
+    assert counted["purchases"].tolist() == [float(purchase_days.get(c, 0)) for c in population]
+
+
+def test_purchases_count_days_with_a_purchase_of_the_configured_types():
+    events = _events(
+        [
+            ("a", "2024-07-02 09:00", 5.0, "order"),
+            ("a", "2024-07-02 18:00", 7.0, "order"),  # the same day: one purchase day
+            ("a", "2024-07-20", 3.0, "order"),
+            ("a", "2024-07-21", 3.0, "visit"),  # not a purchase type
+            ("a", "2024-09-15", 3.0, "order"),  # after 30 days, within 90
+            ("b", "2024-07-05", -4.0, "refund"),
+        ],
+        event_type=True,
+    )
+    grid = HorizonGrid.of([30, 90], 30)
+    labels = horizon_labels(events, WINDOW, grid, np.array(["a", "b"], dtype=object), LabelSpec(("order",)))
+    assert labels[["purchases_30d", "purchases_90d", "purchases"]].to_numpy().tolist() == [[2, 3, 2], [0, 0, 0]]

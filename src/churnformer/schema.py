@@ -80,6 +80,7 @@ RETENTION_COLUMNS = (CHURN_RISK_DECILE, VALUE_DECILE, SEGMENT)
 CHURN = "churn"  # 1: churned in the horizon (no purchase by default; a decline with churn_definition=decline)
 NO_PURCHASE = "no_purchase"  # 1: no purchase in the horizon (churn of the default definition)
 SPEND = "spend"  # net spend in the horizon, floored at 0
+PURCHASES = "purchases"  # days with a purchase in the horizon (same-day purchases count once, as in BG/NBD)
 OBSERVED = "observed"  # 1: the horizon's window ends within the log (else its labels are unknown: censored)
 LABEL_COLUMNS = (CHURN, SPEND)
 # Training batches: the labels at every horizon of the grid, (B, K) each.

@@ -19,7 +19,7 @@ import onnx
 import pandas as pd
 
 from churnformer.data.events import CUSTOMER_ID
-from churnformer.data.labels import ChurnDefinition
+from churnformer.data.labels import ChurnDefinition, LabelSpec
 from churnformer.data.training_set import validation_labels
 from churnformer.data.window import Window
 from churnformer.errors import ConfigError
@@ -151,10 +151,11 @@ def run_validation_data(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame | Non
     window = Window.from_cutoff(data.cutoff, data.horizon_days)
     # Runs of releases before churn_definition existed predict no purchase.
     default = ChurnDefinition()
-    definition = ChurnDefinition(
-        data.get("churn_definition", default.name), data.get("decline_threshold", default.decline_threshold)
+    spec = LabelSpec.of(
+        data.purchase_types,
+        data.event_type_column,
+        data.get("churn_definition", default.name),
+        data.get("decline_threshold", default.decline_threshold),
     )
-    labels = validation_labels(
-        events, window, data.val_fraction, data.purchase_types, data.event_type_column, definition
-    )
+    labels = validation_labels(events, window, data.val_fraction, spec)
     return events, customers, str(data.cutoff), labels

@@ -17,7 +17,7 @@ import pandas as pd
 from churnformer.baselines import history, prediction_frame, scored_ids
 from churnformer.data.events import AMOUNT, CUSTOMER_ID, STANDARD_COLUMNS, TIMESTAMP
 from churnformer.data.grouping import Grouping
-from churnformer.data.labels import ChurnDefinition, horizon_labels
+from churnformer.data.labels import LabelSpec, horizon_labels
 from churnformer.data.window import NS_PER_DAY, HorizonGrid, Window
 from churnformer.schema import CHURN, SPEND, per_horizon
 
@@ -256,7 +256,7 @@ def fit_predict_gbm(
     early_stopping_rounds: int = EARLY_STOPPING_ROUNDS,
     horizons: Sequence[float] = (),
     group_by: str | None = None,
-    definition: ChurnDefinition = ChurnDefinition(),
+    spec: LabelSpec = LabelSpec(),
 ) -> pd.DataFrame:
     """Fit churn and spend boosters on ``train_ids``; predict for ``test_ids`` from their history only.
 
@@ -267,7 +267,8 @@ def fit_predict_gbm(
     (:data:`BASE_PARAMS` and the per-model objective settings). Deterministic for a given ``seed`` and
     ``num_threads``. Returns one row per test customer with any event before ``feature_end``, sorted by
     customer id. ``group_by``: a line-item log's basket column, for basket-level features too
-    (:func:`rfm_features`). ``definition``: what the churn boosters learn (no purchase, or a decline).
+    (:func:`rfm_features`). ``spec``: what the boosters learn (a purchase, and a churn: no purchase, or a
+    decline).
     """
     past = history(events, window)
     train, test = scored_ids(past, train_ids), scored_ids(past, test_ids)
@@ -277,7 +278,7 @@ def fit_predict_gbm(
         for ids in (train, test)
     )
     grid = HorizonGrid.of(horizons, window.horizon_days)
-    labels = horizon_labels(events, window, grid, train, definition=definition)
+    labels = horizon_labels(events, window, grid, train, spec)
     folds = stratified_folds(labels[CHURN].to_numpy(dtype=np.float64), n_folds, seed)
     common = {**BASE_PARAMS, "seed": seed, "num_threads": num_threads}
     fit = {"folds": folds, "max_rounds": max_rounds, "early_stopping_rounds": early_stopping_rounds}

@@ -1,4 +1,5 @@
-"""Labels from the horizon window: churn (no purchase, or a decline) and net spend per customer."""
+"""Labels from the horizon window: churn (no purchase, or a decline), net spend and the days with a purchase
+per customer, by what a :class:`LabelSpec` says a purchase and a churn are."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pandas as pd
 from churnformer.data.events import AMOUNT, CUSTOMER_ID, TIMESTAMP, source_of
 from churnformer.data.window import NS_PER_DAY, HorizonGrid, Window, log_end_ns
 from churnformer.errors import ConfigError, InputError
-from churnformer.schema import CHURN, META_CHURN_DEFINITION, NO_PURCHASE, OBSERVED, SPEND, per_horizon
+from churnformer.schema import CHURN, META_CHURN_DEFINITION, NO_PURCHASE, OBSERVED, PURCHASES, SPEND, per_horizon
 
 NO_PURCHASE_DEFINITION = "no_purchase"
 DECLINE_DEFINITION = "decline"
@@ -63,27 +64,46 @@ class ChurnDefinition:
         return cls(**json.loads(stored)) if stored else cls()
 
 
-def is_purchase(
-    events: pd.DataFrame, purchase_types: Sequence[str] | None = None, event_type_column: str = "event_type"
-) -> np.ndarray:
-    """A purchase is an event with amount > 0, or, when configured, an event of the given types."""
-    if not purchase_types:
-        return events[AMOUNT].to_numpy() > 0
-    if event_type_column not in events.columns:
-        raise InputError(
-            f"events: purchase types {list(purchase_types)} need column {event_type_column!r}, "
-            f"which is not among {list(events.columns)}"
-        )
-    return events[event_type_column].astype(str).isin([str(t) for t in purchase_types]).to_numpy()
+@dataclass(frozen=True)
+class LabelSpec:
+    """What the labels count, in one object: which events are purchases (those of ``purchase_types`` in
+    ``event_type_column``, or with ``purchase_types`` unset any event with amount > 0) and what churn is
+    (``churn``). ``data.purchase_types``, ``data.event_type_column``, ``churn_definition`` and
+    ``decline_threshold`` in the config; ``churnformer-evaluate`` takes the same keys."""
+
+    purchase_types: tuple[str, ...] | None = None
+    event_type_column: str = "event_type"
+    churn: ChurnDefinition = ChurnDefinition()
+
+    @classmethod
+    def of(
+        cls,
+        purchase_types: Sequence[str] | None,
+        event_type_column: str,
+        churn_definition: str = NO_PURCHASE_DEFINITION,
+        decline_threshold: float = 0.5,
+    ) -> LabelSpec:
+        """From the config's keys (``purchase_types`` a list or null)."""
+        types = tuple(str(t) for t in purchase_types) if purchase_types else None
+        return cls(types, event_type_column, ChurnDefinition(churn_definition, decline_threshold))
+
+    def is_purchase(self, events: pd.DataFrame) -> np.ndarray:
+        """A purchase is an event with amount > 0, or, when configured, an event of the given types."""
+        if not self.purchase_types:
+            return events[AMOUNT].to_numpy() > 0
+        if self.event_type_column not in events.columns:
+            raise InputError(
+                f"events: purchase types {list(self.purchase_types)} need column {self.event_type_column!r}, "
+                f"which is not among {list(events.columns)}"
+            )
+        return events[self.event_type_column].astype(str).isin(self.purchase_types).to_numpy()
+
+    def __str__(self) -> str:
+        return str(self.churn)
 
 
 def make_labels(
-    events: pd.DataFrame,
-    window: Window,
-    customer_ids: np.ndarray,
-    purchase_types: Sequence[str] | None = None,
-    event_type_column: str = "event_type",
-    definition: ChurnDefinition = ChurnDefinition(),
+    events: pd.DataFrame, window: Window, customer_ids: np.ndarray, spec: LabelSpec = LabelSpec()
 ) -> pd.DataFrame:
     """Labels at the window's horizon for ``customer_ids`` (normally :attr:`Sequences.customer_ids`), in
     that order: ``churn`` is 1 when the customer churns in the horizon window (by default: makes no purchase
@@ -95,24 +115,18 @@ def make_labels(
     would read "churned, spent 0" and a model would learn that from nothing.
     """
     grid = HorizonGrid((window.horizon_days,), window.horizon_days)
-    labels = horizon_labels(events, window, grid, customer_ids, purchase_types, event_type_column, definition)
-    return labels[[CUSTOMER_ID, CHURN, SPEND]]
+    return horizon_labels(events, window, grid, customer_ids, spec)[[CUSTOMER_ID, CHURN, SPEND]]
 
 
 def horizon_labels(
-    events: pd.DataFrame,
-    window: Window,
-    grid: HorizonGrid,
-    customer_ids: np.ndarray,
-    purchase_types: Sequence[str] | None = None,
-    event_type_column: str = "event_type",
-    definition: ChurnDefinition = ChurnDefinition(),
+    events: pd.DataFrame, window: Window, grid: HorizonGrid, customer_ids: np.ndarray, spec: LabelSpec = LabelSpec()
 ) -> pd.DataFrame:
     """:func:`make_labels` at every horizon of ``grid`` after ``window.feature_end``: ``churn_<h>d``,
     ``spend_<h>d``, ``no_purchase_<h>d`` (what the survival head learns; ``churn_<h>d`` itself unless the
-    definition is a decline) and ``observed_<h>d`` (1 when the horizon's window ends within the log, see
-    :func:`log_end_ns`; where it does not, the labels count only what the log holds, and training leaves
-    them out), and ``churn``/``spend`` at the main horizon."""
+    definition is a decline), ``purchases_<h>d`` (the days with a purchase: several purchases on one day count
+    once, as BG/NBD counts transactions) and ``observed_<h>d`` (1 when the horizon's window ends within the
+    log, see :func:`log_end_ns`; where it does not, the labels count only what the log holds, and training
+    leaves them out), and ``churn``/``spend``/``purchases`` at the main horizon."""
     stamps = events[TIMESTAMP].to_numpy(dtype="datetime64[ns]").view(np.int64)
     if len(stamps) and stamps.max() < window.feature_end_ns:
         raise InputError(
@@ -129,8 +143,9 @@ def horizon_labels(
     position = pd.Index(customer_ids).get_indexer(future[CUSTOMER_ID].to_numpy())
     known = position >= 0
     position, offsets = position[known], offsets[known]
-    purchase = is_purchase(future, purchase_types, event_type_column)[known]
+    purchase = spec.is_purchase(future)[known]
     amounts = future[AMOUNT].to_numpy()[known]
+    purchase_day = (window.feature_end_ns + offsets) // NS_PER_DAY
     n = len(customer_ids)
     columns: dict[str, np.ndarray] = {CUSTOMER_ID: customer_ids}
     for days in grid.days:
@@ -139,18 +154,26 @@ def horizon_labels(
         spend = np.maximum(np.bincount(position[inside], weights=amounts[inside], minlength=n), 0.0)
         observed = window.feature_end_ns + round(days * NS_PER_DAY) <= log_end
         no_purchase = (purchases == 0).astype(np.float32)
-        if definition.is_decline:
+        if spec.churn.is_decline:
             before = spend_before(events, stamps, window.feature_end_ns, days, customer_ids)
-            columns[per_horizon(CHURN, days)] = (spend < definition.decline_threshold * before).astype(np.float32)
+            columns[per_horizon(CHURN, days)] = (spend < spec.churn.decline_threshold * before).astype(np.float32)
         else:
             columns[per_horizon(CHURN, days)] = no_purchase
         columns[per_horizon(SPEND, days)] = spend.astype(np.float32)
         columns[per_horizon(NO_PURCHASE, days)] = no_purchase
+        columns[per_horizon(PURCHASES, days)] = purchase_days(position, purchase_day, inside & purchase, n)
         columns[per_horizon(OBSERVED, days)] = np.full(n, observed, dtype=np.float32)
     labels = pd.DataFrame(columns)
     labels[CHURN] = labels[per_horizon(CHURN, grid.main)]
     labels[SPEND] = labels[per_horizon(SPEND, grid.main)]
+    labels[PURCHASES] = labels[per_horizon(PURCHASES, grid.main)]
     return labels
+
+
+def purchase_days(position: np.ndarray, day: np.ndarray, chosen: np.ndarray, n: int) -> np.ndarray:
+    """Per customer (``position`` into ``n`` customers), the distinct ``day`` values of the ``chosen`` events."""
+    keys = np.unique(position[chosen].astype(np.int64) << 32 | (day[chosen] - day.min(initial=0)))
+    return np.bincount(keys >> 32, minlength=n).astype(np.float32)
 
 
 def spend_before(

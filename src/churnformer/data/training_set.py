@@ -8,7 +8,6 @@ the ones training used without Lightning.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
@@ -17,7 +16,7 @@ import pandas as pd
 
 from churnformer.data.events import CUSTOMER_ID, TIMESTAMP, source_of
 from churnformer.data.featurizer import Featurizer, FeaturizerConfig, fit_featurizer
-from churnformer.data.labels import ChurnDefinition, horizon_labels, make_labels
+from churnformer.data.labels import LabelSpec, horizon_labels, make_labels
 from churnformer.data.sequences import Sequences, build_sequences, concat_sequences
 from churnformer.data.window import NS_PER_DAY, HorizonGrid, Window, log_end_ns, require_events_before
 from churnformer.errors import ConfigError, InputError
@@ -71,7 +70,7 @@ class TrainingSet:
     val_rows: np.ndarray
     main_count: int
     grid: HorizonGrid  # the horizons observed at some training cutoff (the others are dropped)
-    definition: ChurnDefinition = ChurnDefinition()
+    spec: LabelSpec = LabelSpec()
 
     def by_horizon(self, column: str) -> np.ndarray:
         """``column`` (churn, no_purchase, spend or observed) at every horizon of the grid: (examples, K) float32."""
@@ -93,7 +92,7 @@ class TrainingSet:
             declines.append(float(churn[seen, k].mean()) if seen.any() else 0.5)
             means.append(float(positive.mean()) if len(positive) else 0.0)
             stds.append(float(positive.std()) if len(positive) > 1 else 1.0)
-        decline_rate = declines if self.definition.is_decline else None
+        decline_rate = declines if self.spec.churn.is_decline else None
         return LabelStats(churn_rate=rates, log_spend_mean=means, log_spend_std=stds, decline_rate=decline_rate)
 
 
@@ -104,16 +103,14 @@ def build_training_set(
     grid: HorizonGrid,
     features: FeaturizerConfig,
     val_fraction: float,
-    purchase_types: Sequence[str] | None,
-    event_type_column: str,
+    spec: LabelSpec,
     texts: TextEmbeddings | None = None,
-    definition: ChurnDefinition = ChurnDefinition(),
 ) -> TrainingSet:
     """Fit the featurizer on the training customers' events before the main cutoff (``windows[0]``), then
     build sequences and labels at every window and horizon of ``grid``; validation customers appear at the
     main cutoff only. Horizons whose window ends after the log at every cutoff are dropped (a warning says
     so); the main horizon must be observed at the main cutoff. ``texts`` embeds the text columns
-    (``features.text``), if any; ``definition`` says what churn is."""
+    (``features.text``), if any; ``spec`` says what a purchase and a churn are."""
     main = windows[0]
     require_events_before(events[TIMESTAMP], main, source_of(events, "events"))
     grid = observable_grid(events, windows, grid)
@@ -134,11 +131,7 @@ def build_training_set(
             sequences = sequences.subset(np.flatnonzero(~validation_mask(sequences.customer_ids, val_fraction)))
         if len(sequences):
             parts.append(sequences)
-            labels.append(
-                horizon_labels(
-                    events, window, grid, sequences.customer_ids, purchase_types, event_type_column, definition
-                )
-            )
+            labels.append(horizon_labels(events, window, grid, sequences.customer_ids, spec))
     sequences = concat_sequences(parts)
     main_count = len(parts[0])
     is_val = np.zeros(len(sequences), dtype=bool)
@@ -150,7 +143,7 @@ def build_training_set(
             f"(data.val_fraction={val_fraction})"
         )
     labels = pd.concat(labels, ignore_index=True)
-    return TrainingSet(featurizer, sequences, labels, train_rows, val_rows, main_count, grid, definition)
+    return TrainingSet(featurizer, sequences, labels, train_rows, val_rows, main_count, grid, spec)
 
 
 def observable_grid(events: pd.DataFrame, windows: list[Window], grid: HorizonGrid) -> HorizonGrid:
@@ -174,18 +167,11 @@ def observable_grid(events: pd.DataFrame, windows: list[Window], grid: HorizonGr
     return grid.without(unobserved)
 
 
-def validation_labels(
-    events: pd.DataFrame,
-    window: Window,
-    val_fraction: float,
-    purchase_types: Sequence[str] | None,
-    event_type_column: str,
-    definition: ChurnDefinition = ChurnDefinition(),
-) -> pd.DataFrame:
+def validation_labels(events: pd.DataFrame, window: Window, val_fraction: float, spec: LabelSpec) -> pd.DataFrame:
     """Labels of the validation customers at ``window`` (those :func:`build_training_set` holds out), without
     building any features: customer_id, churn, spend."""
     require_events_before(events[TIMESTAMP], window, source_of(events, "events"))
     before = events[TIMESTAMP] < window.feature_end
     population = np.sort(events.loc[before, CUSTOMER_ID].unique())
     held_out = population[validation_mask(population, val_fraction)]
-    return make_labels(events, window, held_out, purchase_types, event_type_column, definition)
+    return make_labels(events, window, held_out, spec)

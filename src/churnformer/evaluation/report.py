@@ -25,7 +25,7 @@ from churnformer.data.events import (
     read_table,
     source_of,
 )
-from churnformer.data.labels import ChurnDefinition, horizon_labels
+from churnformer.data.labels import LabelSpec, horizon_labels
 from churnformer.data.window import HorizonGrid, Window, require_events_before
 from churnformer.defaults import serving_defaults
 from churnformer.errors import InputError
@@ -309,9 +309,8 @@ def labels_from_events(
     cutoff: str,
     horizon_days: float,
     columns: ColumnMapping | None = None,
-    purchase_types: Sequence[str] | None = None,
+    spec: LabelSpec = LabelSpec(),
     horizons: Sequence[float] = (),
-    definition: ChurnDefinition = ChurnDefinition(),
 ) -> pd.DataFrame:
     """Labels of every customer with at least one event before the cutoff (the population the predictor
     scores) at the main horizon and at each of ``horizons``, with whether the log covers each."""
@@ -321,7 +320,7 @@ def labels_from_events(
     before = frame[TIMESTAMP].to_numpy(dtype="datetime64[ns]").view(np.int64) < window.feature_end_ns
     population = np.sort(pd.unique(frame[CUSTOMER_ID].to_numpy()[before]))
     grid = HorizonGrid.of(horizons, horizon_days)
-    return horizon_labels(frame, window, grid, population, purchase_types, definition=definition)
+    return horizon_labels(frame, window, grid, population, spec)
 
 
 def load_labels(
@@ -330,9 +329,8 @@ def load_labels(
     cutoff: str | None,
     horizon_days: float | None,
     columns: ColumnMapping | None = None,
-    purchase_types: Sequence[str] | None = None,
+    spec: LabelSpec = LabelSpec(),
     horizons: Sequence[float] = (),
-    definition: ChurnDefinition = ChurnDefinition(),
 ) -> tuple[pd.DataFrame, str]:
     """Labels from a labels file or computed from an event log (at ``horizons`` too), and a description of
     where they came from. A labels file's ``churn_<h>d``/``spend_<h>d`` columns count as observed unless it
@@ -351,13 +349,13 @@ def load_labels(
             "no labels: pass labels=PATH (columns customer_id, churn, spend), or events=PATH with "
             "cutoff=YYYY-MM-DD and horizon_days=N (the cutoff and horizon the predictions were made for)"
         )
-    frame = labels_from_events(events, cutoff, horizon_days, columns, purchase_types, horizons, definition)
+    frame = labels_from_events(events, cutoff, horizon_days, columns, spec, horizons)
     if not frame[per_horizon(OBSERVED, float(horizon_days))].all():
         raise InputError(
             f"{events}: the log ends before the {float(horizon_days):g}-day horizon after {cutoff} does, so its "
             "churn and spend are not known yet: evaluate at an earlier cutoff or a shorter horizon_days"
         )
-    return frame, f"labels from {events} (cutoff {cutoff}, horizon {horizon_days} days, churn: {definition})"
+    return frame, f"labels from {events} (cutoff {cutoff}, horizon {horizon_days} days, churn: {spec})"
 
 
 def evaluate_files(
@@ -368,8 +366,7 @@ def evaluate_files(
     cutoff: str | None = None,
     horizon_days: float | None = None,
     columns: ColumnMapping | None = None,
-    purchase_types: Sequence[str] | None = None,
-    definition: ChurnDefinition = ChurnDefinition(),
+    spec: LabelSpec = LabelSpec(),
     output_dir: str | Path = "evaluation",
 ) -> dict[str, Path]:
     """Evaluate a predictions file against a labels file, or against labels computed from an event log, and
@@ -378,7 +375,7 @@ def evaluate_files(
     predicted = pd.read_parquet(predictions) if Path(predictions).is_dir() else read_table(predictions, CUSTOMER_ID)
     horizons = predicted_horizons(predicted)
     decline_model = any(column.startswith(f"{NO_PURCHASE_PROBABILITY}_") for column in predicted.columns)
-    if labels is None and decline_model and not definition.is_decline:
+    if labels is None and decline_model and not spec.churn.is_decline:
         logging.getLogger(__name__).warning(
             "%s holds a decline model's predictions (no_purchase_probability_<h>d columns) and the labels from "
             "%s are no purchase: pass churn_definition=decline (and the model's decline_threshold) to judge "
@@ -386,9 +383,7 @@ def evaluate_files(
             predictions,
             events,
         )
-    label_frame, label_source = load_labels(
-        labels, events, cutoff, horizon_days, columns, purchase_types, horizons, definition
-    )
+    label_frame, label_source = load_labels(labels, events, cutoff, horizon_days, columns, spec, horizons)
     joined = align(predicted, label_frame, names=(str(predictions), label_source))
     metrics = compute_metrics(joined)
     paths = write_report(
@@ -410,7 +405,11 @@ def run_evaluation(config: dict[str, Any]) -> dict[str, Path]:
         cutoff=config["cutoff"],
         horizon_days=config["horizon_days"],
         columns=columns,
-        purchase_types=config["purchase_types"],
-        definition=ChurnDefinition(config["churn_definition"], config["decline_threshold"]),
+        spec=LabelSpec.of(
+            config["purchase_types"],
+            config["event_type_column"],
+            config["churn_definition"],
+            config["decline_threshold"],
+        ),
         output_dir=config["output"],
     )

@@ -17,7 +17,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
 from churnformer.data.featurizer import FeaturizerConfig
-from churnformer.data.labels import ChurnDefinition
+from churnformer.data.labels import LabelSpec
 from churnformer.data.sources import EventLogSource
 from churnformer.data.training_set import TrainingSet, build_training_set, rolling_windows
 from churnformer.data.window import HorizonGrid, Window
@@ -59,8 +59,9 @@ class DataSettings:
     rolling_cutoffs: dict[str, float]
 
     @property
-    def definition(self) -> ChurnDefinition:
-        return ChurnDefinition(self.churn_definition, self.decline_threshold)
+    def labels(self) -> LabelSpec:
+        """What a purchase and a churn are."""
+        return LabelSpec.of(self.purchase_types, self.event_type_column, self.churn_definition, self.decline_threshold)
 
     @classmethod
     def defaults(cls, **changes: Any) -> DataSettings:
@@ -178,10 +179,8 @@ class ChurnDataModule(pl.LightningDataModule):
             self.grid,
             FeaturizerConfig(**self.settings.features),
             self.settings.val_fraction,
-            self.settings.purchase_types,
-            self.settings.event_type_column,
+            self.settings.labels,
             texts,
-            self.settings.definition,
         )
         if texts is not None and rank_zero_only.rank == 0:
             texts.save(self.run_dir / RUN_TEXT_EMBEDDINGS)

@@ -134,7 +134,7 @@ def train(
         if cfg.predict_after_training:
             scored = write_predictions(result, run_dir / RUN_PREDICTIONS)
     elapsed = time.perf_counter() - started
-    print(summary_line(fitted, metrics, scored, elapsed, run_dir, datamodule.settings.definition))
+    print(summary_line(fitted, metrics, scored, elapsed, run_dir, datamodule.settings.labels.churn))
     print(f"TensorBoard: tensorboard --logdir {tensorboard_root(run_dir)} --samples_per_plugin={SAMPLES_PER_PLUGIN}")
     return metrics
 
@@ -188,7 +188,7 @@ def build_module(cfg: DictConfig, datamodule: ChurnDataModule) -> ChurnFormerMod
         META_HORIZONS: list(datamodule.data.grid.days),
         META_TRAINED_CUTOFF: str(datamodule.window),
         META_COLUMNS: asdict(datamodule.source.columns),
-        **datamodule.settings.definition.to_metadata(),
+        **datamodule.settings.labels.churn.to_metadata(),
     }
     return hydra.utils.instantiate(
         cfg.model,
