@@ -39,6 +39,7 @@ from churnformer.api import train
 from churnformer.artifacts.export import export_onnx
 from churnformer.data.featurizer import FeaturizerConfig, fit_featurizer
 from churnformer.data.synthetic import SyntheticWorldConfig, generate_world
+from churnformer.defaults import model_heads
 from churnformer.modeling.network import ChurnFormer
 from churnformer.serving.predictor import Predictor
 
@@ -83,7 +84,7 @@ def scoring_runs(workdir: Path, n_events: int, n_customers: int) -> dict[str, Ca
     runs = {}
     for name, horizons in VARIANTS.items():
         torch.manual_seed(0)
-        network = ChurnFormer.build(small_network(), featurizer, len(horizons)).eval()
+        network = ChurnFormer.build(small_network(), featurizer, len(horizons), model_heads()).eval()
         path = workdir / f"{name.replace(' ', '_')}.onnx"
         metadata = {"horizon_days": MAIN_HORIZON, "horizons_days": list(horizons)}
         export_onnx(network, featurizer.to_json(), path, metadata, fused_attention=True)

@@ -65,12 +65,13 @@ import torch
 from benchlog import SPAN_SECONDS, START, generate_crm_events, generate_events
 
 from churnformer.artifacts.export import export_onnx
+from churnformer.calibration import Calibration
 from churnformer.data.featurizer import FeaturizerConfig, fit_featurizer
 from churnformer.data.sequences import build_sequences
 from churnformer.data.window import Window
-from churnformer.defaults import yaml_defaults
+from churnformer.defaults import model_heads, yaml_defaults
 from churnformer.modeling.network import ChurnFormer
-from churnformer.modeling.scoring_model import Calibration, ScoringModel
+from churnformer.modeling.scoring_model import ScoringModel
 from churnformer.schema import MODEL_INPUTS, PERCENTILE_LEVELS, RUN_TEXT_ENCODER
 from churnformer.serving.predictor import Predictor
 from churnformer.text.encoder import TextEncoder
@@ -114,7 +115,7 @@ def make_model(workdir: Path, log: Path, text: bool = False) -> Path:
         if text:
             featurizer.text_encoder = asdict(TextEncoder(encoder).identity)
         torch.manual_seed(0)
-        network = ChurnFormer.build(small_network(), featurizer, len(HORIZONS)).eval()
+        network = ChurnFormer.build(small_network(), featurizer, len(HORIZONS), model_heads()).eval()
         torch.save(network.state_dict(), path.with_suffix(".pt"))
         metadata = {"horizon_days": 90, "horizons_days": list(HORIZONS)}
         export_onnx(network, featurizer.to_json(), path, metadata, fused_attention=True)
@@ -134,12 +135,9 @@ def reference_model(model: Path, log: Path) -> Path:
         events = pq.read_table(log, filters=[("customer_id", "in", sample.tolist())]).to_pandas()
         scores = predictor.predict(events, cutoff_date()).predictions
         levels = list(PERCENTILE_LEVELS)
-        calibration = Calibration(
-            churn_percentiles=scores["churn_probability"].quantile(levels).tolist(),
-            spend_percentiles=scores["expected_spend"].quantile(levels).tolist(),
-            spend_if_retained_percentiles=scores["spend_if_retained"].quantile(levels).tolist(),
-        )
-        network = ChurnFormer.build(small_network(), predictor.featurizer, len(HORIZONS)).eval()
+        columns = ("churn_probability", "expected_spend", "spend_if_retained")
+        calibration = Calibration(percentiles={c: scores[c].quantile(levels).tolist() for c in columns})
+        network = ChurnFormer.build(small_network(), predictor.featurizer, len(HORIZONS), model_heads()).eval()
         network.load_state_dict(torch.load(model.with_suffix(".pt"), weights_only=True))
         metadata = {"horizon_days": 90, "horizons_days": list(HORIZONS)}
         export_onnx(network, predictor.featurizer.to_json(), path, metadata, calibration, fused_attention=True)
@@ -307,7 +305,7 @@ def torch_eager(model: Path, log: Path, sample: int, max_len: int) -> tuple[floa
 def load_network(model: Path) -> torch.nn.Module:
     """The benchmark network with the weights exported to ``model`` (saved beside it as plain tensors)."""
     predictor = Predictor(model)
-    network = ChurnFormer.build(small_network(), predictor.featurizer, len(HORIZONS))
+    network = ChurnFormer.build(small_network(), predictor.featurizer, len(HORIZONS), model_heads())
     network.load_state_dict(torch.load(model.with_suffix(".pt"), weights_only=True))
     return network.eval()
 

@@ -53,8 +53,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
 from churnformer.console import silence_known_noise
-from churnformer.modeling.losses import LossWeights, joint_loss
-from churnformer.schema import CHURN, CHURN_BY_HORIZON, OBSERVED_BY_HORIZON, SPEND_BY_HORIZON
+from churnformer.schema import LABELS_BY_HORIZON, OBSERVED_BY_HORIZON, by_horizon
 from churnformer.training.augment import hide_static_attributes
 from churnformer.training.datamodule import ChurnDataModule
 from churnformer.training.job import build_datamodule, build_module, build_trainer
@@ -86,7 +85,6 @@ class BareStep:
         self.network = module.network.train()
         self.n_static_numeric = module.n_static_numeric
         self.optimizer = hydra.utils.instantiate(cfg.model.optimizer)(self.network.parameters())
-        self.weights = LossWeights(**cfg.model.loss)
         self.static_dropout = cfg.model.static_dropout
         self.clip = cfg.trainer.gradient_clip_val
         self.device = device
@@ -95,9 +93,8 @@ class BareStep:
     def __call__(self, batch: dict[str, torch.Tensor]) -> None:
         batch = hide_static_attributes(batch, self.static_dropout, self.n_static_numeric)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device == "cuda"):
-            heads = self.network(batch)
-            labels = (batch[CHURN_BY_HORIZON], batch[SPEND_BY_HORIZON], batch[OBSERVED_BY_HORIZON])
-            loss = joint_loss(heads, *labels, self.weights)["joint"]
+            labels = {label: batch[by_horizon(label)] for label in LABELS_BY_HORIZON}
+            loss = self.network.heads.loss(self.network(batch), labels)["joint"]
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.clip)
         self.optimizer.step()
@@ -125,14 +122,14 @@ class LoopTimer(pl.Callback):
         ended = time.perf_counter()
         if batch_idx >= WARMUP_BATCHES:
             self.loop_s += ended - self._since
-            self.loop_sequences += len(batch[CHURN])
+            self.loop_sequences += len(batch[OBSERVED_BY_HORIZON])
         if batch_idx % self.stride == 0:
             self.bare(batch)
             synchronize(self.bare.device)
             self.bare_total_s += time.perf_counter() - ended
             if batch_idx >= WARMUP_BATCHES:
                 self.step_s += time.perf_counter() - ended
-                self.step_sequences += len(batch[CHURN])
+                self.step_sequences += len(batch[OBSERVED_BY_HORIZON])
         self._since = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

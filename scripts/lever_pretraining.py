@@ -110,8 +110,8 @@ def main() -> None:
         finally:
             pending.pop("events", None)
 
-    def build_then_pretrain(cls, network, featurizer: Featurizer, n_horizons: int, decline: bool = False):
-        built = original_build(cls, network, featurizer, n_horizons, decline)
+    def build_then_pretrain(cls, network, featurizer: Featurizer, n_horizons: int, heads: dict):
+        built = original_build(cls, network, featurizer, n_horizons, heads)
         events = pending.pop("events", None)
         if events is not None:  # the training module's network; a checkpoint's rebuild is not pretrained again
             window = Window.from_cutoff(pending["cutoff"], 1)

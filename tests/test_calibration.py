@@ -7,16 +7,21 @@ import pytest
 import torch
 from torch import nn
 
-from churnformer.artifacts.calibration import CHURN_TEMPERATURE_LIMITS, SPEND_POWER_LIMITS, fit_calibration
-from churnformer.modeling.heads import HeadOutputs
-from churnformer.modeling.losses import survival_nll
-from churnformer.modeling.scoring_model import Calibration, ScoringModel
+from churnformer.artifacts.calibration import describe, fit_calibration
+from churnformer.calibration import Calibration
+from churnformer.defaults import model_heads
+from churnformer.modeling.heads.base import Heads
+from churnformer.modeling.heads.spend import POWER_LIMITS as SPEND_POWER_LIMITS
+from churnformer.modeling.heads.survival import TEMPERATURE_LIMITS as CHURN_TEMPERATURE_LIMITS
+from churnformer.modeling.heads.survival import survival_nll
+from churnformer.modeling.scoring_model import ScoringModel
 from churnformer.schema import (
     CHURN_BY_HORIZON,
     MODEL_INPUTS,
     NO_PURCHASE_BY_HORIZON,
     OBSERVED_BY_HORIZON,
     SPEND_BY_HORIZON,
+    per_horizon,
 )
 
 MAIN = 1  # the second of two horizons
@@ -24,17 +29,18 @@ SIGMA = 0.6
 
 
 class KnownHeads(nn.Module):
-    """Returns the heads stored in each batch: the distorted outputs a miscalibrated network would give."""
+    """Returns the heads' raw outputs stored in each batch: the distorted outputs a miscalibrated network
+    would give."""
+
+    names = ("survival", "spend")
 
     def __init__(self) -> None:
         super().__init__()
-        self.heads = nn.Module()
-        self.heads.n_horizons = 2
-        self.heads.decline = None
+        self.heads = Heads.build(model_heads(names=self.names), d_model=1, n_horizons=2)
 
-    def forward(self, inputs: dict[str, torch.Tensor]) -> HeadOutputs:
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
         logit, log_mean, sigma = (inputs[name] for name in MODEL_INPUTS[:3])
-        return HeadOutputs(hazard_logits=logit, log_spend_mean=log_mean, spend_sigma=sigma)
+        return {"survival": {"hazard_logits": logit}, "spend": {"log_spend_mean": log_mean, "spend_sigma": sigma}}
 
 
 def batches(n: int, temperature: float, bias: list[float], log_scale: list[float], power: float, seed: int = 0):
@@ -74,12 +80,10 @@ def batches(n: int, temperature: float, bias: list[float], log_scale: list[float
 class KnownDeclineHeads(KnownHeads):
     """A decline model's heads: the stored ones plus decline logits (kept in the batch's fourth input)."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.heads.decline = nn.Identity()
+    names = ("survival", "spend", "decline")
 
-    def forward(self, inputs: dict[str, torch.Tensor]) -> HeadOutputs:
-        return super().forward(inputs)._replace(decline_logits=inputs[MODEL_INPUTS[3]])
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+        return super().forward(inputs) | {"decline": {"decline_logits": inputs[MODEL_INPUTS[3]]}}
 
 
 def with_declines(data: list[dict], temperature: float, bias: list[float], seed: int = 0) -> list[dict]:
@@ -96,33 +100,48 @@ def with_declines(data: list[dict], temperature: float, bias: list[float], seed:
     return declined
 
 
-def outputs(fitted: Calibration, data: list[dict], network: nn.Module | None = None) -> list[tuple[torch.Tensor, ...]]:
-    """The exported arithmetic over the stored heads, with the fitted calibration."""
-    scoring = ScoringModel(network or KnownHeads(), list(MODEL_INPUTS), MAIN, fitted)
-    return [scoring(*(b[name] for name in MODEL_INPUTS)) for b in data]
+def outputs(fitted: Calibration, data: list[dict], network: nn.Module | None = None) -> list[dict[str, torch.Tensor]]:
+    """The exported arithmetic over the stored heads, with the fitted calibration, by output column (the
+    horizons are named 1 and 2 days)."""
+    network = network or KnownHeads()
+    scoring = ScoringModel(network, list(MODEL_INPUTS), MAIN, fitted)
+    columns = network.heads.output_columns((1.0, 2.0))
+    return [dict(zip(columns, scoring(*(b[name] for name in MODEL_INPUTS)), strict=True)) for b in data]
+
+
+def other(column: str) -> str:
+    """The same column at the other of the two horizons."""
+    return column[:-2] + ("2d" if column.endswith("1d") else "1d")
+
+
+def survival_of(fitted: Calibration) -> dict:
+    return fitted.heads["survival"]
+
+
+def spend_of(fitted: Calibration) -> dict:
+    return fitted.heads["spend"]
 
 
 def test_fit_recovers_known_distortions() -> None:
     data = list(batches(80_000, temperature=2.0, bias=[0.5, -0.3], log_scale=[0.8, 1.0], power=1.5))
     fitted = fit_calibration(KnownHeads(), data, MAIN)
-    assert fitted.churn_temperature == pytest.approx(2.0, rel=0.05)
-    assert fitted.churn_bias == pytest.approx([0.5, -0.3], abs=0.06)
-    assert fitted.spend_power == pytest.approx(1.5, rel=0.05)
-    assert fitted.spend_log_scale[MAIN] == pytest.approx(1.0, abs=0.15)
+    assert survival_of(fitted)["temperature"] == pytest.approx(2.0, rel=0.05)
+    assert survival_of(fitted)["bias"] == pytest.approx([0.5, -0.3], abs=0.06)
+    assert spend_of(fitted)["power"] == pytest.approx(1.5, rel=0.05)
+    assert spend_of(fitted)["log_scale"][MAIN] == pytest.approx(1.0, abs=0.15)
     assert fitted.fallback == []
 
 
 def test_identity_stays_identity_and_totals_match_at_every_horizon() -> None:
     data = list(batches(60_000, temperature=1.0, bias=[0.0, 0.0], log_scale=[0.0, 0.0], power=1.0, seed=1))
     fitted = fit_calibration(KnownHeads(), data, MAIN)
-    assert fitted.churn_temperature == pytest.approx(1.0, rel=0.05)
-    assert fitted.churn_bias == pytest.approx([0.0, 0.0], abs=0.05)
-    assert fitted.spend_power == pytest.approx(1.0, rel=0.05)
-    # Through the exported arithmetic: total expected spend equals total spend at each horizon
-    # (outputs 7 and 9 are the expected spend at the two horizons).
+    assert survival_of(fitted)["temperature"] == pytest.approx(1.0, rel=0.05)
+    assert survival_of(fitted)["bias"] == pytest.approx([0.0, 0.0], abs=0.05)
+    assert spend_of(fitted)["power"] == pytest.approx(1.0, rel=0.05)
+    # Through the exported arithmetic: total expected spend equals total spend at each horizon.
     out = outputs(fitted, data)
-    for column, k in ((7, 0), (9, 1)):
-        expected = sum(float(o[column].sum()) for o in out)
+    for k in range(2):
+        expected = sum(float(o[per_horizon("expected_spend", k + 1.0)].sum()) for o in out)
         actual = sum(float(b[SPEND_BY_HORIZON][:, k].sum()) for b in data)
         assert expected == pytest.approx(actual, rel=1e-4)
 
@@ -130,11 +149,11 @@ def test_identity_stays_identity_and_totals_match_at_every_horizon() -> None:
 def test_an_implausible_spend_power_leaves_spend_at_the_identity() -> None:
     data = list(batches(20_000, temperature=1.0, bias=[0.0, 0.0], log_scale=[-2.0, -2.0], power=4.0))
     fitted = fit_calibration(KnownHeads(), data, MAIN)
-    assert (fitted.spend_log_scale, fitted.spend_power) == ([0.0, 0.0], 1.0)
+    assert (spend_of(fitted)["log_scale"], spend_of(fitted)["power"]) == ([0.0, 0.0], 1.0)
     (reason,) = fitted.fallback
     assert reason.startswith("spend power 3.9") and reason.endswith(f"outside {list(SPEND_POWER_LIMITS)}")
-    assert fitted.churn_temperature == pytest.approx(1.0, rel=0.05)  # the churn part is kept
-    assert f"identity instead: {reason}" in str(fitted)
+    assert survival_of(fitted)["temperature"] == pytest.approx(1.0, rel=0.05)  # the churn part is kept
+    assert f"identity instead: {reason}" in describe(KnownHeads(), fitted)
 
 
 def test_an_implausible_churn_temperature_leaves_churn_at_the_identity() -> None:
@@ -142,16 +161,16 @@ def test_an_implausible_churn_temperature_leaves_churn_at_the_identity() -> None
     wants a temperature near 0.01, which would turn tiny logit noise into confident probabilities."""
     data = list(batches(20_000, temperature=0.01, bias=[0.0, 0.0], log_scale=[0.0, 0.0], power=1.0))
     fitted = fit_calibration(KnownHeads(), data, MAIN)
-    assert (fitted.churn_temperature, fitted.churn_bias) == (1.0, [0.0, 0.0])
+    assert (survival_of(fitted)["temperature"], survival_of(fitted)["bias"]) == (1.0, [0.0, 0.0])
     (reason,) = fitted.fallback
     assert reason.startswith("churn temperature 0.0") and reason.endswith(f"outside {list(CHURN_TEMPERATURE_LIMITS)}")
-    assert fitted.spend_power == pytest.approx(1.0, rel=0.05)  # the spend part is kept
+    assert spend_of(fitted)["power"] == pytest.approx(1.0, rel=0.05)  # the spend part is kept
 
 
 def test_a_churn_bias_beyond_the_base_rate_leaves_churn_at_the_identity() -> None:
     data = list(batches(20_000, temperature=1.0, bias=[0.0, -9.0], log_scale=[0.0, 0.0], power=1.0))
     fitted = fit_calibration(KnownHeads(), data, MAIN)
-    assert (fitted.churn_temperature, fitted.churn_bias) == (1.0, [0.0, 0.0])
+    assert (survival_of(fitted)["temperature"], survival_of(fitted)["bias"]) == (1.0, [0.0, 0.0])
     assert fitted.fallback[0].startswith("churn bias -9") and "interval 2" in fitted.fallback[0]
 
 
@@ -160,7 +179,7 @@ def test_spend_is_left_alone_when_nobody_bought_in_validation() -> None:
     for batch in data:
         batch[SPEND_BY_HORIZON] = torch.zeros_like(batch[SPEND_BY_HORIZON])
     fitted = fit_calibration(KnownHeads(), data, MAIN)
-    assert (fitted.spend_log_scale, fitted.spend_power) == ([0.0, 0.0], 1.0)
+    assert (spend_of(fitted)["log_scale"], spend_of(fitted)["power"]) == ([0.0, 0.0], 1.0)
 
 
 def test_levels_from_more_customers_match_their_rates_and_keep_the_validation_shapes() -> None:
@@ -169,18 +188,20 @@ def test_levels_from_more_customers_match_their_rates_and_keep_the_validation_sh
     training = list(batches(40_000, **distortion, seed=3))
     alone = fit_calibration(KnownHeads(), validation, MAIN)
     fitted = fit_calibration(KnownHeads(), validation, MAIN, training)
-    assert fitted.churn_temperature == alone.churn_temperature
-    assert fitted.spend_power == alone.spend_power
-    assert fitted.churn_bias != alone.churn_bias
+    assert survival_of(fitted)["temperature"] == survival_of(alone)["temperature"]
+    # The power is the validation customers' too, fitted under the churn levels the model ships with.
+    assert spend_of(fitted)["power"] == pytest.approx(spend_of(alone)["power"], rel=1e-3)
+    assert survival_of(fitted)["bias"] != survival_of(alone)["bias"]
     # Through the exported arithmetic, on all labelled customers together: the mean churn probability is the
     # churn rate and total expected spend is total spend, at each horizon (outputs 6..9: S and spend by horizon).
     everyone = validation + training
     out = outputs(fitted, everyone)
     for k in range(2):
         churned = sum(float(b[CHURN_BY_HORIZON][:, k].sum()) for b in everyone)
-        assert sum(float(o[6 + 2 * k].sum()) for o in out) == pytest.approx(churned, rel=2e-3)
+        churn, spend = (per_horizon(column, k + 1.0) for column in ("churn_probability", "expected_spend"))
+        assert sum(float(o[churn].sum()) for o in out) == pytest.approx(churned, rel=2e-3)
         spent = sum(float(b[SPEND_BY_HORIZON][:, k].sum()) for b in everyone)
-        assert sum(float(o[7 + 2 * k].sum()) for o in out) == pytest.approx(spent, rel=1e-4)
+        assert sum(float(o[spend].sum()) for o in out) == pytest.approx(spent, rel=1e-4)
 
 
 def test_shapes_from_all_customers_are_those_of_validation_and_training_together() -> None:
@@ -190,10 +211,10 @@ def test_shapes_from_all_customers_are_those_of_validation_and_training_together
     from_validation = fit_calibration(KnownHeads(), validation, MAIN, training)
     from_all = fit_calibration(KnownHeads(), validation, MAIN, training, shapes_from_all=True)
     pooled = fit_calibration(KnownHeads(), validation + training, MAIN)
-    assert from_all.churn_temperature == pytest.approx(pooled.churn_temperature, rel=1e-6)
-    assert from_all.spend_power == pytest.approx(pooled.spend_power, rel=1e-6)
-    assert from_all.churn_bias == pytest.approx(pooled.churn_bias, abs=1e-6)
-    assert abs(from_all.churn_temperature - from_validation.churn_temperature) > 0.1
+    assert survival_of(from_all)["temperature"] == pytest.approx(survival_of(pooled)["temperature"], rel=1e-6)
+    assert spend_of(from_all)["power"] == pytest.approx(spend_of(pooled)["power"], rel=1e-6)
+    assert survival_of(from_all)["bias"] == pytest.approx(survival_of(pooled)["bias"], abs=1e-6)
+    assert abs(survival_of(from_all)["temperature"] - survival_of(from_validation)["temperature"]) > 0.1
 
 
 def test_a_shared_churn_bias_is_one_number_and_fits_worse_than_one_per_interval() -> None:
@@ -202,12 +223,12 @@ def test_a_shared_churn_bias_is_one_number_and_fits_worse_than_one_per_interval(
     data = list(batches(80_000, temperature=1.0, bias=[0.8, -0.4], log_scale=[0.0, 0.0], power=1.0, seed=2))
     per_interval = fit_calibration(KnownHeads(), data, MAIN)
     shared = fit_calibration(KnownHeads(), data, MAIN, shared_churn_bias=True)
-    assert per_interval.churn_bias == pytest.approx([0.8, -0.4], abs=0.06)
-    assert shared.churn_bias[0] == shared.churn_bias[1]
+    assert survival_of(per_interval)["bias"] == pytest.approx([0.8, -0.4], abs=0.06)
+    assert survival_of(shared)["bias"][0] == survival_of(shared)["bias"][1]
 
     def nll(fitted: Calibration) -> float:
-        logits = torch.cat([b[MODEL_INPUTS[0]] for b in data]) / fitted.churn_temperature
-        logits = logits + torch.tensor(fitted.churn_bias)
+        logits = torch.cat([b[MODEL_INPUTS[0]] for b in data]) / survival_of(fitted)["temperature"]
+        logits = logits + torch.tensor(survival_of(fitted)["bias"])
         churn, seen = (torch.cat([b[key] for b in data]) for key in (CHURN_BY_HORIZON, OBSERVED_BY_HORIZON))
         return float(survival_nll(logits, churn, seen).mean())
 
@@ -224,20 +245,26 @@ def test_a_decline_model_gets_its_own_platt_scaling_and_keeps_survival_for_spend
     plain = list(batches(60_000, **distortion, seed=4))
     data = with_declines(plain, temperature=0.5, bias=[0.4, -0.2])
     fitted = fit_calibration(KnownDeclineHeads(), data[:3], MAIN, data[3:], shapes_from_all=True)
-    assert fitted.decline_temperature == pytest.approx(0.5, rel=0.05)
-    assert fitted.decline_bias == pytest.approx([0.4, -0.2], abs=0.06)
+    assert fitted.heads["decline"]["temperature"] == pytest.approx(0.5, rel=0.05)
+    assert fitted.heads["decline"]["bias"] == pytest.approx([0.4, -0.2], abs=0.06)
     survival_only = fit_calibration(KnownHeads(), plain[:3], MAIN, plain[3:], shapes_from_all=True)
-    assert fitted.churn_temperature == pytest.approx(survival_only.churn_temperature, rel=1e-9)
-    assert fitted.spend_power == pytest.approx(survival_only.spend_power, rel=1e-9)
-    assert f"decline temperature {fitted.decline_temperature:.3f}, biases {fitted.decline_bias[0]:+.3f}" in str(fitted)
+    assert survival_of(fitted)["temperature"] == pytest.approx(survival_of(survival_only)["temperature"], rel=1e-9)
+    assert spend_of(fitted)["power"] == pytest.approx(spend_of(survival_only)["power"], rel=1e-9)
+    decline = fitted.heads["decline"]
+    words = f"decline temperature {decline['temperature']:.3f}, biases {decline['bias'][0]:+.3f}"
+    assert words in describe(KnownDeclineHeads(), fitted)
     # The decline temperature is the validation customers' alone, even with the shapes from all.
     alone = fit_calibration(KnownDeclineHeads(), data[:3], MAIN)
-    assert fitted.decline_temperature == alone.decline_temperature
+    assert fitted.heads["decline"]["temperature"] == alone.heads["decline"]["temperature"]
     declined_out, plain_out = outputs(fitted, data, KnownDeclineHeads()), outputs(survival_only, plain)
     for k in range(2):
         declines = sum(float(b[CHURN_BY_HORIZON][:, k].sum()) for b in data)
-        assert sum(float(o[6 + 2 * k].sum()) for o in declined_out) == pytest.approx(declines, rel=2e-3)
+        churn, spend, no_purchase = (
+            per_horizon(column, k + 1.0)
+            for column in ("churn_probability", "expected_spend", "no_purchase_probability")
+        )
+        assert sum(float(o[churn].sum()) for o in declined_out) == pytest.approx(declines, rel=2e-3)
         for with_decline, without in zip(declined_out, plain_out, strict=True):
-            assert len(with_decline) == len(without) + 2
-            torch.testing.assert_close(with_decline[10 + k], without[6 + 2 * k])  # no_purchase_probability
-            torch.testing.assert_close(with_decline[7 + 2 * k], without[7 + 2 * k])  # the same expected spend
+            assert set(with_decline) - set(without) == {"no_purchase_probability", no_purchase, other(no_purchase)}
+            torch.testing.assert_close(with_decline[no_purchase], without[churn])  # S(t) of the same survival head
+            torch.testing.assert_close(with_decline[spend], without[spend])  # the same expected spend

@@ -132,7 +132,13 @@ def test_churnformer_evaluate_judges_a_decline_model_against_decline_labels(
 
 @pytest.mark.parametrize(
     ("override", "message"),
-    [("churn_definition=lapse", "churn_definition='lapse'"), ("decline_threshold=half", "decline_threshold='half'")],
+    [
+        (
+            "churn_definition=lapse",
+            "Could not find 'churn_definition/lapse'; Available options in 'churn_definition': ",
+        ),
+        ("decline_threshold=half", "decline_threshold='half'"),
+    ],
 )
 def test_a_wrong_churn_definition_is_one_error_line(
     tiny_world: tuple[Path, Path], tmp_path: Path, override: str, message: str

@@ -17,7 +17,6 @@ from tensorboard.backend.event_processing.event_multiplexer import EventMultiple
 
 from churnformer.artifacts.checkpoint import load_checkpoint
 from churnformer.data.sources import EventLogFiles
-from churnformer.modeling.losses import LossWeights
 from churnformer.schema import META_HORIZON_DAYS, META_HORIZONS
 from churnformer.training.datamodule import ChurnDataModule, DataSettings
 from churnformer.training.module import evaluate_network
@@ -104,7 +103,7 @@ def test_ddp_validation_metrics_are_over_the_whole_validation_set(ddp_run: tuple
     datamodule.setup("fit")
     metadata = hparams["export_metadata"]
     main = metadata[META_HORIZONS].index(metadata[META_HORIZON_DAYS])
-    single, _ = evaluate_network(network, datamodule.validation_loader(), LossWeights(**hparams["loss"]), main)
+    single, _ = evaluate_network(network, datamodule.validation_loader(), main)
 
     board = EventMultiplexer(size_guidance={"scalars": 0})
     board.AddRunsFromDirectory(str(run_dir / "tensorboard"))

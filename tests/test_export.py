@@ -13,9 +13,10 @@ import torch
 
 from churnformer.artifacts.checkpoint import load_checkpoint
 from churnformer.artifacts.export import example_inputs, export_checkpoint, export_onnx, require_symbolic_axes
+from churnformer.calibration import Calibration
 from churnformer.data.featurizer import Featurizer
-from churnformer.modeling.scoring_model import Calibration, ScoringModel
-from churnformer.schema import MODEL_INPUTS, MODEL_OUTPUTS, model_outputs
+from churnformer.modeling.scoring_model import ScoringModel
+from churnformer.schema import MODEL_INPUTS, MODEL_OUTPUTS
 from churnformer.serving.predictor import Predictor
 
 
@@ -35,10 +36,10 @@ def exported(
     metadata = hparams["export_metadata"]
     k = len(metadata["horizons_days"])
     calibration = Calibration(
-        churn_temperature=1.3,
-        churn_bias=[0.2 * (-1) ** i for i in range(k)],
-        spend_log_scale=[0.1 * (i + 1) for i in range(k)],
-        spend_power=1.2,
+        {
+            "survival": {"temperature": 1.3, "bias": [0.2 * (-1) ** i for i in range(k)]},
+            "spend": {"log_scale": [0.1 * (i + 1) for i in range(k)], "power": 1.2},
+        }
     )
     path = export_onnx(
         network, hparams["featurizer_json"], output, metadata, calibration=calibration, fused_attention=request.param
@@ -90,14 +91,14 @@ def test_onnxruntime_matches_pytorch(exported, batch: int, length: int) -> None:
 
 
 def test_batch_and_length_are_symbolic(exported) -> None:
-    path, _, _ = exported
+    path, model, _ = exported
     graph = onnx.load(path).graph
     dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input}
     assert isinstance(dims["event_cat"][0], str) and isinstance(dims["event_cat"][1], str)
     assert dims["event_num"][:2] == dims["event_cat"][:2]
     assert isinstance(dims["lengths"][0], str)
     horizons = json.loads(next(p.value for p in onnx.load(path).metadata_props if p.key == "churnformer.horizons_days"))
-    assert [o.name for o in graph.output] == list(model_outputs(tuple(horizons)))
+    assert [o.name for o in graph.output] == model.network.heads.output_columns(tuple(horizons))
 
 
 def test_an_export_that_fixed_an_axis_is_refused(exported) -> None:

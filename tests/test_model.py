@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from churnformer.calibration import Calibration
+from churnformer.defaults import model_heads
 from churnformer.modeling.config import FeatureSizes
-from churnformer.modeling.heads import normal_quantile
-from churnformer.modeling.losses import LossWeights, joint_loss, survival_nll
+from churnformer.modeling.heads.survival import survival_nll
 from churnformer.modeling.network import ChurnFormer
-from churnformer.modeling.scoring_model import Calibration, ScoringModel
+from churnformer.modeling.ops import normal_quantile
+from churnformer.modeling.scoring_model import ScoringModel
 from churnformer.schema import (
     CUSTOMER_CAT,
     CUSTOMER_NUM,
@@ -17,7 +19,6 @@ from churnformer.schema import (
     EVENT_NUM,
     LENGTHS,
     MODEL_INPUTS,
-    model_outputs,
     per_horizon,
 )
 from tests.conftest import network_config
@@ -37,7 +38,9 @@ def make_model(
         customer_cat_cardinalities=[5] * n_customer_cat,
         n_customer_num=2,
     )
-    network = ChurnFormer(network_config(encoder, d_model=32, n_layers=2, n_heads=4), sizes, len(HORIZONS))
+    network = ChurnFormer(
+        network_config(encoder, d_model=32, n_layers=2, n_heads=4), sizes, len(HORIZONS), model_heads()
+    )
     # Non-trivial weights everywhere (init leaves biases at zero and embeddings tiny).
     with torch.no_grad():
         for parameter in network.parameters():
@@ -114,7 +117,8 @@ def test_customer_numbers_reach_the_churn_logits_through_the_wide_path(wide: boo
         n_customer_num=2,
     )
     torch.manual_seed(0)
-    network = ChurnFormer(network_config(d_model=32, wide=wide), sizes, len(HORIZONS), decline=True)
+    heads = model_heads(names=("survival", "spend", "decline"))
+    network = ChurnFormer(network_config(d_model=32, wide=wide), sizes, len(HORIZONS), heads)
     assert (network.wide is not None) == wide
     with torch.no_grad():
         network.pool[0].weight.zero_()
@@ -125,20 +129,20 @@ def test_customer_numbers_reach_the_churn_logits_through_the_wide_path(wide: boo
         first = network({**inputs, CUSTOMER_NUM: customer_num})
         second = network({**inputs, CUSTOMER_NUM: customer_num + 1.0})
         other_events = network({**inputs, EVENT_NUM: event_num + 1.0, CUSTOMER_NUM: customer_num})
-    for name, through_wide in [
-        ("hazard_logits", wide),
-        ("decline_logits", wide),
-        ("log_spend_mean", False),
-        ("spend_sigma", False),
+    for head, name, through_wide in [
+        ("survival", "hazard_logits", wide),
+        ("decline", "decline_logits", wide),
+        ("spend", "log_spend_mean", False),
+        ("spend", "spend_sigma", False),
     ]:
-        moved = (getattr(second, name) - getattr(first, name)).abs().amax().item()
+        moved = (second[head][name] - first[head][name]).abs().amax().item()
         assert (moved > 1e-4) == through_wide, name
-        torch.testing.assert_close(getattr(other_events, name), getattr(first, name))
+        torch.testing.assert_close(other_events[head][name], first[head][name])
 
 
 def outputs_by_name(model: ScoringModel, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
     with torch.no_grad():
-        return dict(zip(model_outputs(HORIZONS), model(*batch), strict=True))
+        return dict(zip(model.network.heads.output_columns(HORIZONS), model(*batch), strict=True))
 
 
 def test_heads_are_consistent() -> None:
@@ -148,9 +152,9 @@ def test_heads_are_consistent() -> None:
     batch = random_batch(64, 30)
     out = outputs_by_name(model, batch)
     with torch.no_grad():
-        heads = model.network(dict(zip(MODEL_INPUTS, batch, strict=True)))
-    s = torch.exp(-torch.cumsum(torch.nn.functional.softplus(heads.hazard_logits), dim=1))
-    mean_if_buying = torch.exp(heads.log_spend_mean)
+        raw = model.network(dict(zip(MODEL_INPUTS, batch, strict=True)))
+    s = torch.exp(-torch.cumsum(torch.nn.functional.softplus(raw["survival"]["hazard_logits"]), dim=1))
+    mean_if_buying = torch.exp(raw["spend"]["log_spend_mean"])
     for k, days in enumerate(HORIZONS):
         torch.testing.assert_close(out[per_horizon("churn_probability", days)], s[:, k])
         torch.testing.assert_close(out[per_horizon("expected_spend", days)], (1 - s[:, k]) * mean_if_buying[:, k])
@@ -162,8 +166,8 @@ def test_heads_are_consistent() -> None:
     assert (p10 <= p50).all() and (p50 <= p90).all()
     assert torch.equal(p50 == 0, p_churn >= 0.5)
     # Where buying is likely, the median is the log-normal quantile at the renormalized level.
-    sigma = heads.spend_sigma[:, MAIN]
-    mu = heads.log_spend_mean[:, MAIN] - sigma**2 / 2
+    sigma = raw["spend"]["spend_sigma"][:, MAIN]
+    mu = raw["spend"]["log_spend_mean"][:, MAIN] - sigma**2 / 2
     level = (0.5 - p_churn) / (1 - p_churn)
     exact = torch.exp(mu + sigma * torch.special.ndtri(level.double()).float())
     buying = p_churn < 0.4
@@ -174,8 +178,18 @@ def test_heads_are_consistent() -> None:
     "calibration",
     [
         None,
-        Calibration(churn_temperature=0.2, churn_bias=[4.0, -9.0, 3.0, -7.0], spend_log_scale=[3.0, -8.0, 5.0, -9.0]),
-        Calibration(churn_temperature=5.0, churn_bias=[-9.0, 9.0, -9.0, 9.0], spend_log_scale=[-5.0, 5.0, -5.0, 5.0]),
+        Calibration(
+            {
+                "survival": {"temperature": 0.2, "bias": [4.0, -9.0, 3.0, -7.0]},
+                "spend": {"log_scale": [3.0, -8.0, 5.0, -9.0]},
+            }
+        ),
+        Calibration(
+            {
+                "survival": {"temperature": 5.0, "bias": [-9.0, 9.0, -9.0, 9.0]},
+                "spend": {"log_scale": [-5.0, 5.0, -5.0, 5.0]},
+            }
+        ),
     ],
     ids=["identity", "extreme", "extreme-reversed"],
 )
@@ -223,12 +237,11 @@ def test_joint_loss_learns_a_separable_signal() -> None:
     customer_num = inputs["customer_num"]
     churn = (customer_num[:, :1] > 0).float().expand(128, len(HORIZONS))
     spend = torch.where(churn > 0, 0.0, torch.exp(2 + customer_num[:, 1:2]) * torch.tensor([1.0, 2.0, 3.0, 4.0]))
-    observed = torch.ones_like(churn)
+    labels = {"churn": churn, "no_purchase": churn, "spend": spend, "observed": torch.ones_like(churn)}
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    weights = LossWeights(churn=1.0, spend=1.0, decline=1.0)
     first = None
     for _ in range(60):
-        losses = joint_loss(model(inputs), churn, spend, observed, weights)
+        losses = model.heads.loss(model(inputs), labels)
         first = first or {k: float(v.detach()) for k, v in losses.items()}
         optimizer.zero_grad()
         losses["joint"].backward()
@@ -239,11 +252,13 @@ def test_joint_loss_learns_a_separable_signal() -> None:
 
 @pytest.mark.parametrize("zero_spend", [True, False])
 def test_joint_loss_is_finite_for_all_zero_or_all_positive_batches(zero_spend: bool) -> None:
-    heads = make_model().network(dict(zip(MODEL_INPUTS, random_batch(8, 5), strict=True)))
+    network = make_model().network
+    raw = network(dict(zip(MODEL_INPUTS, random_batch(8, 5), strict=True)))
     k = len(HORIZONS)
     spend = torch.zeros(8, k) if zero_spend else torch.full((8, k), 12.5)
     churn = torch.ones(8, k) if zero_spend else torch.zeros(8, k)
-    losses = joint_loss(heads, churn, spend, torch.ones(8, k), LossWeights(1.0, 1.0, 1.0))
+    labels = {"churn": churn, "no_purchase": churn, "spend": spend, "observed": torch.ones(8, k)}
+    losses = network.heads.loss(raw, labels)
     assert all(torch.isfinite(v) for v in losses.values())
     losses["joint"].backward()
 

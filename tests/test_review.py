@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing.event_multiplexer import EventMultiple
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from churnformer.schema import RUN_EVALUATION
-from churnformer.training.metrics import HEAD_METRICS
+from churnformer.training.metrics import KIND_METRICS
 from churnformer.training.runs import collect_runs, main, runs_table
 from tests.conftest import TRAIN_OVERRIDES, run_cli, run_in_process
 
@@ -38,7 +38,10 @@ def test_train_and_validation_are_sibling_runs_with_the_same_tags(trained_run: P
     board = tensorboard(trained_run)
     assert set(board.Runs()) == {".", "train", "val"}
     train, val = (set(board.GetAccumulator(run).Tags()["scalars"]) for run in ("train", "val"))
-    expected = {f"{head}/{metric}" for head, metrics in HEAD_METRICS.items() for metric in metrics}
+    groups = {"churn": "probability", "spend": "expectation", "joint": None}
+    expected = {
+        f"{group}/{metric}" for group, kind in groups.items() for metric in ("loss", *KIND_METRICS.get(kind, ()))
+    }
     assert expected <= train and expected <= val
     assert {"optim/lr", "joint/loss_per_step"} <= train  # step-level curves, training only
     assert not any(tag.endswith(("/train", "/val")) or tag.startswith("hparams/") for tag in train | val)
@@ -174,7 +177,7 @@ def test_optuna_sweep_trials_are_named_rows_with_their_knobs(sweep_dir: Path) ->
             "model.network.d_model",
             "model.network.n_layers",
             "model.network.dropout",
-            "model.loss.spend",
+            "model.heads.spend.weight",
         }
     results = OmegaConf.load(sweep_dir / "optimization_results.yaml")
     best = min(json.loads((t / "metrics.json").read_text())["joint/loss/val"] for t in trials)

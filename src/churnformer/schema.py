@@ -7,7 +7,7 @@ is refused by scoring with a message rather than misread.
 
 from __future__ import annotations
 
-# --- model inputs: the arrays of churnformer.data.sequences.PaddedBatch, by name ----------------------------
+# --- model inputs: the arrays of churnformer.data.sequences.Sequences.pad, by name --------------------------
 EVENT_CAT = "event_cat"  # (B, T, Ce) int32: categorical ids per event
 EVENT_NUM = "event_num"  # (B, T, Fe) float32: numeric features per event
 LENGTHS = "lengths"  # (B,) int64: real events per row (padding after them)
@@ -26,14 +26,38 @@ DYNAMIC_AXES |= {CUSTOMER_CAT: ("batch",), CUSTOMER_NUM: ("batch",)}
 DYNAMIC_AXES |= {EVENT_TEXT: ("batch", "length"), TEXT_EMBEDDINGS: ("texts",)}
 
 # --- model outputs: one value per customer, the first columns of every predictions file ---------------------
+# A model's outputs are declared by its heads (churnformer.modeling.heads), each predicting one label over the
+# horizon grid; what a head predicts is named after its label and kind, so that evaluation can pair any output
+# with its label without knowing the head: a probability of label x is ``x_probability``, an expectation
+# ``expected_x``; at every horizon with the horizon appended (``per_horizon``).
+PROBABILITY, EXPECTATION = "probability", "expectation"
+
+
+def prediction_of(label: str, kind: str) -> str:
+    """The output that predicts ``label`` as a ``kind`` (PROBABILITY or EXPECTATION)."""
+    return f"{label}_probability" if kind == PROBABILITY else f"expected_{label}"
+
+
+def label_of(column: str) -> tuple[str, str] | None:
+    """(label, kind) an output column predicts by its name (the inverse of :func:`prediction_of`), else None."""
+    if column.endswith("_probability"):
+        return column.removesuffix("_probability"), PROBABILITY
+    if column.startswith("expected_"):
+        return column.removeprefix("expected_"), EXPECTATION
+    return None
+
+
 CHURN_PROBABILITY = "churn_probability"  # P(churn in the horizon): no purchase, or a decline (churn_definition)
-# E[spend over the horizon] = (1 - P(no purchase)) * SPEND_IF_RETAINED (P(no purchase) = churn_probability unless
-# churn is a decline)
+# E[spend over the horizon] = (1 - P(no purchase)) * SPEND_IF_RETAINED
 EXPECTED_SPEND = "expected_spend"
 SPEND_QUANTILES = (0.1, 0.5, 0.9)
 SPEND_QUANTILE_COLUMNS = tuple(f"spend_p{round(q * 100)}" for q in SPEND_QUANTILES)
 SPEND_IF_RETAINED = "spend_if_retained"  # E[spend | spend > 0]: what the customer is worth if retained
+# What scoring reads of every model (its value columns and segments): the survival and spend heads' outputs.
 MODEL_OUTPUTS = (CHURN_PROBABILITY, EXPECTED_SPEND, *SPEND_QUANTILE_COLUMNS, SPEND_IF_RETAINED)
+# P(no purchase by the horizon), S(h) of the survival head: a model of the decline churn definition outputs it
+# beside churn_probability (for one of the purchase definition it is churn_probability itself).
+NO_PURCHASE_PROBABILITY = "no_purchase_probability"
 
 # --- per-horizon outputs: the same quantities over every horizon of the grid -------------------------------
 
@@ -48,25 +72,10 @@ def per_horizon(column: str, days: float) -> str:
     return f"{column}_{horizon_name(days)}"
 
 
-# Models of the decline churn definition only: P(no purchase by the horizon), S(h) of the survival head (for a
-# model of the purchase definition it is churn_probability_<h>d itself).
-NO_PURCHASE_PROBABILITY = "no_purchase_probability"
-
-
-def model_outputs(horizons: tuple[float, ...], decline: bool = False) -> tuple[str, ...]:
-    """The outputs of a model trained on ``horizons``: the main horizon's (MODEL_OUTPUTS), then the churn
-    probability and the expected spend at every horizon; a model of the decline definition adds S(h) at every
-    horizon (``no_purchase_probability_<h>d``)."""
-    grid = tuple(per_horizon(c, h) for h in horizons for c in (CHURN_PROBABILITY, EXPECTED_SPEND))
-    no_purchase = tuple(per_horizon(NO_PURCHASE_PROBABILITY, h) for h in horizons) if decline else ()
-    return (*MODEL_OUTPUTS, *grid, *no_purchase)
-
-
 # --- what scoring derives from the outputs ------------------------------------------------------------------
 CLV = "clv"  # discounted expected spend over the horizon grid
 EXPECTED_DAYS_TO_NEXT_PURCHASE = "expected_days_to_next_purchase"  # restricted mean within the longest horizon
 VALUE_AT_RISK = "value_at_risk"  # churn_probability * spend_if_retained: the spend lost if the customer churns
-DERIVED_COLUMNS = (CLV, EXPECTED_DAYS_TO_NEXT_PURCHASE, VALUE_AT_RISK)
 
 # --- predictions file: model outputs, then what scoring adds ------------------------------------------------
 N_EVENTS = "n_events"  # events up to the cutoff, before truncation to max_len
@@ -74,7 +83,6 @@ CHURN_RISK_DECILE = "churn_risk_decile"  # 1 = highest churn probability, relati
 VALUE_DECILE = "value_decile"  # 1 = highest value (the segments' value basis)
 SEGMENT = "segment"  # {high,low} value {at risk,loyal}
 SEGMENTS = ("high value at risk", "high value loyal", "low value at risk", "low value loyal")
-RETENTION_COLUMNS = (CHURN_RISK_DECILE, VALUE_DECILE, SEGMENT)
 
 # --- labels (what happened in the horizon) ------------------------------------------------------------------
 CHURN = "churn"  # 1: churned in the horizon (no purchase by default; a decline with churn_definition=decline)
@@ -83,17 +91,25 @@ SPEND = "spend"  # net spend in the horizon, floored at 0
 PURCHASES = "purchases"  # days with a purchase in the horizon (same-day purchases count once, as in BG/NBD)
 OBSERVED = "observed"  # 1: the horizon's window ends within the log (else its labels are unknown: censored)
 LABEL_COLUMNS = (CHURN, SPEND)
-# Training batches: the labels at every horizon of the grid, (B, K) each.
-CHURN_BY_HORIZON = "churn_by_horizon"
-NO_PURCHASE_BY_HORIZON = "no_purchase_by_horizon"
-SPEND_BY_HORIZON = "spend_by_horizon"
-OBSERVED_BY_HORIZON = "observed_by_horizon"
+# What a label file or frame has at every horizon (observed: whether the horizon's labels are known).
+LABELS_BY_HORIZON = (CHURN, NO_PURCHASE, SPEND, PURCHASES, OBSERVED)
+
+
+def by_horizon(label: str) -> str:
+    """A training batch's key for ``label`` at every horizon of the grid, (B, K): ``churn_by_horizon``."""
+    return f"{label}_by_horizon"
+
+
+CHURN_BY_HORIZON = by_horizon(CHURN)
+NO_PURCHASE_BY_HORIZON = by_horizon(NO_PURCHASE)
+SPEND_BY_HORIZON = by_horizon(SPEND)
+OBSERVED_BY_HORIZON = by_horizon(OBSERVED)
 
 # --- ONNX metadata: JSON strings under this prefix in the model file's metadata_props -------------------------
 METADATA_PREFIX = "churnformer."
 META_FEATURIZER = "featurizer"  # fitted featurization state (churnformer.data.featurizer.Featurizer)
 META_VERSION = "version"  # churnformer version that exported the file
-META_OUTPUTS = "outputs"  # MODEL_OUTPUTS as exported
+META_OUTPUTS = "outputs"  # the model's output names in order (its heads' columns)
 META_CALIBRATION = "calibration"  # churnformer.calibration.Calibration, with the reference percentiles
 META_HORIZON_DAYS = "horizon_days"  # the main horizon
 META_HORIZONS = "horizons_days"  # the horizon grid the model predicts on
@@ -113,8 +129,6 @@ RUN_CONFIG = "config.yaml"  # the resolved config
 RUN_INFO = "run_info.json"  # versions, git commit, data fingerprints
 RUN_CALIBRATION = "calibration.json"
 RUN_PREDICTIONS = "predictions.parquet"
-RUN_CHECKPOINTS = "checkpoints"
-RUN_TENSORBOARD = "tensorboard"
 RUN_EVALUATION = "evaluation"
 RUN_LOG = "cli.log"
 RUN_TEXT_ENCODER = "text_encoder.onnx"  # the sentence encoder scoring runs (models with text features)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +14,12 @@ import torch
 
 from churnformer import __version__
 from churnformer.artifacts.checkpoint import load_checkpoint
+from churnformer.calibration import Calibration
 from churnformer.data.featurizer import Featurizer
 from churnformer.files import write_atomically
 from churnformer.modeling.backbones import SelfAttention
 from churnformer.modeling.network import ChurnFormer
-from churnformer.modeling.scoring_model import Calibration, ScoringModel
+from churnformer.modeling.scoring_model import ScoringModel
 from churnformer.schema import (
     CUSTOMER_CAT,
     CUSTOMER_NUM,
@@ -37,7 +37,6 @@ from churnformer.schema import (
     METADATA_PREFIX,
     RUN_CALIBRATION,
     TEXT_EMBEDDINGS,
-    model_outputs,
 )
 
 # opset 23 turns SDPA into an ONNX `Attention` op whose CPU kernel rejects broadcast key-padding masks, so the
@@ -88,7 +87,7 @@ def export_onnx(
     calibration = calibration or Calibration()
     inputs = example_inputs(featurizer)
     horizons = tuple(float(h) for h in metadata[META_HORIZONS])
-    outputs = model_outputs(horizons, decline=network.heads.decline is not None)
+    outputs = network.heads.output_columns(horizons)
     model = ScoringModel(network, list(inputs), horizons.index(float(metadata[META_HORIZON_DAYS])), calibration)
     model.eval()
     dims = {axis: torch.export.Dim(axis) for axis in ("batch", "length", "texts")}
@@ -118,7 +117,7 @@ def export_onnx(
         META_FEATURIZER: featurizer_json,
         META_VERSION: __version__,
         META_OUTPUTS: json.dumps(outputs),
-        META_CALIBRATION: json.dumps(asdict(calibration)),
+        META_CALIBRATION: calibration.to_json(),
     }
     props.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()})
     onnx.helper.set_model_props(proto, {METADATA_PREFIX + k: v for k, v in props.items()})

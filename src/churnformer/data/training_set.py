@@ -20,7 +20,7 @@ from churnformer.data.labels import LabelSpec, horizon_labels, make_labels
 from churnformer.data.sequences import Sequences, build_sequences, concat_sequences
 from churnformer.data.window import NS_PER_DAY, HorizonGrid, Window, log_end_ns, require_events_before
 from churnformer.errors import ConfigError, InputError
-from churnformer.schema import CHURN, NO_PURCHASE, OBSERVED, SPEND, per_horizon
+from churnformer.schema import CHURN, NO_PURCHASE, OBSERVED, PURCHASES, SPEND, per_horizon
 
 if TYPE_CHECKING:
     from churnformer.text.embeddings import TextEmbeddings
@@ -48,17 +48,6 @@ def rolling_windows(window: Window, count: int, step_days: float) -> list[Window
 
 
 @dataclass
-class LabelStats:
-    """Base rates of the training labels at each horizon of the grid (over the examples where it is
-    observed), used to initialise the output biases."""
-
-    churn_rate: list[float]  # of no purchase (the survival head)
-    log_spend_mean: list[float]
-    log_spend_std: list[float]
-    decline_rate: list[float] | None = None  # of churn, for a model of the decline definition
-
-
-@dataclass
 class TrainingSet:
     """Rows ``0 .. main_count - 1`` of ``sequences`` and ``labels`` are the customers at the main cutoff (the
     validation customers among them); later rows are training customers at earlier cutoffs."""
@@ -73,7 +62,7 @@ class TrainingSet:
     spec: LabelSpec = LabelSpec()
 
     def by_horizon(self, column: str) -> np.ndarray:
-        """``column`` (churn, no_purchase, spend or observed) at every horizon of the grid: (examples, K) float32."""
+        """``column`` (a label of ``schema.LABELS_BY_HORIZON``) at every horizon of the grid: (examples, K) float32."""
         return self.labels[[per_horizon(column, days) for days in self.grid.days]].to_numpy(np.float32)
 
     @property
@@ -81,19 +70,31 @@ class TrainingSet:
         """Training customers at the main cutoff (no rolling-cutoff copies)."""
         return self.train_rows[self.train_rows < self.main_count]
 
-    def label_stats(self) -> LabelStats:
+    def label_stats(self) -> dict[str, dict[str, list[float]]]:
+        """Per label (churn, no_purchase, spend, purchases), per horizon of the grid, over the training examples
+        where it is observed: the ``mean`` (0.5 where none is observed), and of the positive values their
+        ``positive_mean``, ``log_positive_mean`` (0 where there are none) and ``log_positive_std`` (1 with fewer
+        than two): what the heads start their output biases at."""
         rows = self.train_rows
-        churn, no_purchase, spend, observed = (self.by_horizon(c)[rows] for c in (CHURN, NO_PURCHASE, SPEND, OBSERVED))
-        rates, declines, means, stds = [], [], [], []
-        for k in range(len(self.grid.days)):
-            seen = observed[:, k] > 0
-            positive = np.log(spend[seen & (spend[:, k] > 0), k].astype(np.float64))
-            rates.append(float(no_purchase[seen, k].mean()) if seen.any() else 0.5)
-            declines.append(float(churn[seen, k].mean()) if seen.any() else 0.5)
-            means.append(float(positive.mean()) if len(positive) else 0.0)
-            stds.append(float(positive.std()) if len(positive) > 1 else 1.0)
-        decline_rate = declines if self.spec.churn.is_decline else None
-        return LabelStats(churn_rate=rates, log_spend_mean=means, log_spend_std=stds, decline_rate=decline_rate)
+        observed = self.by_horizon(OBSERVED)[rows]
+        stats = {}
+        for label in (CHURN, NO_PURCHASE, SPEND, PURCHASES):
+            values = self.by_horizon(label)[rows]
+            summary: dict[str, list[float]] = {
+                "mean": [],
+                "positive_mean": [],
+                "log_positive_mean": [],
+                "log_positive_std": [],
+            }
+            for k in range(len(self.grid.days)):
+                seen = observed[:, k] > 0
+                positive = values[seen & (values[:, k] > 0), k].astype(np.float64)
+                summary["mean"].append(float(values[seen, k].mean()) if seen.any() else 0.5)
+                summary["positive_mean"].append(float(positive.mean()) if len(positive) else 0.0)
+                summary["log_positive_mean"].append(float(np.log(positive).mean()) if len(positive) else 0.0)
+                summary["log_positive_std"].append(float(np.log(positive).std()) if len(positive) > 1 else 1.0)
+            stats[label] = summary
+        return stats
 
 
 def build_training_set(

@@ -9,6 +9,7 @@ import logging
 import math
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,18 +51,48 @@ from churnformer.schema import (
     NO_PURCHASE,
     NO_PURCHASE_PROBABILITY,
     OBSERVED,
+    PROBABILITY,
     SPEND,
+    label_of,
     per_horizon,
 )
 
-# What an evaluation needs of a predictions file (any model's: churnformer's or a baseline's), and by horizon
-# where both sides have them.
+# What an evaluation needs of a predictions file (any model's: churnformer's or a baseline's) and of its labels.
+# Every other output named for a label (schema.label_of: x_probability, expected_x) is judged too, at the main
+# horizon and at each horizon where both sides have it.
 EVALUATED_COLUMNS = (CHURN_PROBABILITY, EXPECTED_SPEND)
-PREDICTED_BY_HORIZON = (CHURN_PROBABILITY, EXPECTED_SPEND)
-LABELLED_BY_HORIZON = (CHURN, SPEND, OBSERVED)
 MIN_CUSTOMERS = 10  # deciles need at least one customer each
 EXAMPLES = 5
-DECILE_NOTE = "spend_decile_mape skips deciles whose mean actual spend is 0 (the relative error is undefined there)."
+DECILE_NOTE = "*_decile_mape skips deciles whose mean actual value is 0 (the relative error is undefined there)."
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A predictions column and the labels column it is judged against."""
+
+    predicted: str
+    label: str
+    kind: str  # schema.PROBABILITY or schema.EXPECTATION
+    name: str  # the label's name, the prefix of its metrics
+    days: float | None = None  # a horizon of the grid; None: the main horizon
+
+
+def pairs(predictions: Iterable[str], labels: Iterable[str]) -> list[Pair]:
+    """Every output of ``predictions`` named for a label that ``labels`` has: at the main horizon (``x`` and
+    ``x_probability`` or ``expected_x``) and at each horizon whose labels say whether it is observed."""
+    labels = set(labels)
+    found = []
+    for column in predictions:
+        horizon = re.fullmatch(r"(.+)_([\d.]+)d", str(column))
+        base, days = (horizon[1], float(horizon[2])) if horizon else (str(column), None)
+        meaning = label_of(base)
+        if meaning is None:
+            continue
+        name, kind = meaning
+        label = name if days is None else per_horizon(name, days)
+        if label in labels and (days is None or per_horizon(OBSERVED, days) in labels):
+            found.append(Pair(str(column), label, kind, name, days))
+    return found
 
 
 # --- joining predictions and labels ---------------------------------------------------------------------------
@@ -93,20 +124,21 @@ def _checked_frame(frame: pd.DataFrame, columns: Sequence[str], where: str) -> p
     return pd.DataFrame({CUSTOMER_ID: ids.to_numpy(), **values})
 
 
-def _check_ranges(joined: pd.DataFrame, names: tuple[str, str]) -> None:
+def _check_ranges(joined: pd.DataFrame, probabilities: list[Pair], names: tuple[str, str]) -> None:
     """Probabilities outside [0, 1] or labels other than 0/1 mean the wrong column or file, not a bad model."""
-    outside = ~joined[CHURN_PROBABILITY].between(0, 1)
-    if outside.any():
-        raise InputError(
-            f"{names[0]}: {int(outside.sum())} {CHURN_PROBABILITY} value(s) outside [0, 1], "
-            f"e.g. for customer(s) {_examples(joined.loc[outside, CUSTOMER_ID].to_numpy())}"
-        )
-    not_binary = ~joined[CHURN].isin([0.0, 1.0])
-    if not_binary.any():
-        raise InputError(
-            f"{names[1]}: {int(not_binary.sum())} churn value(s) other than 0 or 1, "
-            f"e.g. for customer(s) {_examples(joined.loc[not_binary, CUSTOMER_ID].to_numpy())}"
-        )
+    for pair in probabilities:
+        outside = ~joined[pair.predicted].between(0, 1)
+        if outside.any():
+            raise InputError(
+                f"{names[0]}: {int(outside.sum())} {pair.predicted} value(s) outside [0, 1], "
+                f"e.g. for customer(s) {_examples(joined.loc[outside, CUSTOMER_ID].to_numpy())}"
+            )
+        not_binary = ~joined[pair.label].isin([0.0, 1.0])
+        if not_binary.any():
+            raise InputError(
+                f"{names[1]}: {int(not_binary.sum())} {pair.label} value(s) other than 0 or 1, "
+                f"e.g. for customer(s) {_examples(joined.loc[not_binary, CUSTOMER_ID].to_numpy())}"
+            )
 
 
 def _same_id_type(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -122,19 +154,15 @@ def align(
     """One row per customer with predictions and labels; both sides must cover exactly the same customers.
 
     An inner join would silently evaluate a subset (say, only customers the model happened to score), so
-    any customer on one side only is an error that names how many and which.
+    any customer on one side only is an error that names how many and which. The frame keeps every
+    :func:`pairs` column of both sides, and whether each horizon is observed.
     """
-    horizons = [h for h in predicted_horizons(predictions) if per_horizon(OBSERVED, h) in labels.columns]
-    # A decline model's S(t) and the labels it is judged against, where both sides have them.
-    no_purchase = horizon_columns([NO_PURCHASE_PROBABILITY], horizons), horizon_columns([NO_PURCHASE], horizons)
-    if not all(c in predictions.columns for c in no_purchase[0]) or not all(c in labels for c in no_purchase[1]):
-        no_purchase = [], []
-    predicted = _checked_frame(
-        predictions, [*EVALUATED_COLUMNS, *horizon_columns(PREDICTED_BY_HORIZON, horizons), *no_purchase[0]], names[0]
-    )
-    labelled = _checked_frame(
-        labels, [*LABEL_COLUMNS, *horizon_columns(LABELLED_BY_HORIZON, horizons), *no_purchase[1]], names[1]
-    )
+    found = pairs(predictions.columns, labels.columns)
+    observed = list(dict.fromkeys(per_horizon(OBSERVED, pair.days) for pair in found if pair.days is not None))
+    predicted_columns = list(dict.fromkeys([*EVALUATED_COLUMNS, *(pair.predicted for pair in found)]))
+    label_columns = list(dict.fromkeys([*LABEL_COLUMNS, *(pair.label for pair in found), *observed]))
+    predicted = _checked_frame(predictions, predicted_columns, names[0])
+    labelled = _checked_frame(labels, label_columns, names[1])
     predicted, labelled = _same_id_type(predicted, labelled)
     predicted_ids, labelled_ids = pd.Index(predicted[CUSTOMER_ID]), pd.Index(labelled[CUSTOMER_ID])
     unpredicted, unlabelled = labelled_ids.difference(predicted_ids), predicted_ids.difference(labelled_ids)
@@ -151,7 +179,7 @@ def align(
     if len(predicted) < MIN_CUSTOMERS:
         raise InputError(f"{names[0]}: {len(predicted)} customer(s); evaluation needs at least {MIN_CUSTOMERS}")
     joined = predicted.merge(labelled, on=CUSTOMER_ID, how="inner", validate="one_to_one")
-    _check_ranges(joined, names)
+    _check_ranges(joined, [pair for pair in pairs(joined.columns, joined.columns) if pair.kind == PROBABILITY], names)
     return joined
 
 
@@ -166,34 +194,70 @@ def _columns(joined: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
 def compute_metrics(joined: pd.DataFrame) -> dict[str, float]:
     """Every metric of :func:`evaluate` from a frame made by :func:`align`: at the main horizon, then (when the
     frame has predictions and labels by horizon) at every observed horizon, and for S(t) over the grid."""
-    return {**_main_metrics(joined), **horizon_metrics(joined)}
+    main = [pair for pair in pairs(joined.columns, joined.columns) if pair.days is None]
+    metrics: dict[str, float] = {}
+    for pair in main:
+        metrics |= _main_metrics(pair, joined[pair.predicted].to_numpy(), joined[pair.label].to_numpy())
+    return {**metrics, "n_customers": len(joined), **horizon_metrics(joined)}
 
 
 def horizon_metrics(joined: pd.DataFrame) -> dict[str, float]:
-    """Churn AUC, Brier and ECE, spend Gini, decile MAPE and aggregate error at each horizon whose window is
-    observed (``churn_auc_30d``, ...), and the concordance index and integrated Brier score of S(t)."""
-    horizons = predicted_horizons(joined)
-    horizons = [h for h in horizons if per_horizon(OBSERVED, h) in joined.columns]
-    if not horizons:
+    """At each horizon whose window is observed, of every output there: AUC, Brier and ECE of a probability
+    (``churn_auc_30d``, ...); Gini, decile MAPE, aggregate error, MAE and Spearman of an expectation
+    (``spend_gini_30d``, ...); and the concordance index and integrated Brier score of S(t)."""
+    by_horizon = [pair for pair in pairs(joined.columns, joined.columns) if pair.days is not None]
+    if not by_horizon:
         return {}
     metrics: dict[str, float] = {}
-    for days in horizons:
-        if not joined[per_horizon(OBSERVED, days)].all():
+    for pair in by_horizon:
+        if not joined[per_horizon(OBSERVED, pair.days)].all():
             continue
-        p, churn = joined[per_horizon(CHURN_PROBABILITY, days)].to_numpy(), joined[per_horizon(CHURN, days)].to_numpy()
-        e, spend = joined[per_horizon(EXPECTED_SPEND, days)].to_numpy(), joined[per_horizon(SPEND, days)].to_numpy()
-        metrics |= {
-            per_horizon("churn_auc", days): roc_auc(churn, p),
-            per_horizon("churn_brier", days): float(np.mean((p - churn) ** 2)),
-            per_horizon("churn_ece", days): expected_calibration_error(p, churn),
-            per_horizon("spend_gini", days): normalized_gini(spend, e),
-            per_horizon("spend_decile_mape", days): decile_mape(e, spend),
-            per_horizon("spend_aggregate_error", days): aggregate_error(e, spend),
-        }
-    survival, churn, observed = survival_arrays(joined, horizons)
-    metrics["survival_c_index"] = concordance_index(survival, churn, observed)
-    metrics["survival_integrated_brier"] = integrated_brier_score(survival, churn, observed, np.asarray(horizons))
+        values = _horizon_metrics(pair, joined[pair.predicted].to_numpy(), joined[pair.label].to_numpy())
+        metrics |= {per_horizon(name, pair.days): value for name, value in values.items()}
+    horizons = [h for h in predicted_horizons(joined) if per_horizon(OBSERVED, h) in joined.columns]
+    if horizons:
+        survival, churn, observed = survival_arrays(joined, horizons)
+        metrics["survival_c_index"] = concordance_index(survival, churn, observed)
+        metrics["survival_integrated_brier"] = integrated_brier_score(survival, churn, observed, np.asarray(horizons))
     return metrics
+
+
+def _main_metrics(pair: Pair, predicted: np.ndarray, actual: np.ndarray) -> dict[str, float]:
+    name = pair.name
+    if pair.kind == PROBABILITY:
+        return {
+            f"{name}_auc": roc_auc(actual, predicted),
+            f"{name}_pr_auc": average_precision(actual, predicted),
+            f"{name}_brier": float(np.mean((predicted - actual) ** 2)),
+            f"{name}_log_loss": log_loss(actual, predicted),
+            f"{name}_ece": expected_calibration_error(predicted, actual),
+            f"{name}_rate": float(actual.mean()),
+        }
+    return {
+        f"{name}_mae": float(np.mean(np.abs(predicted - actual))),
+        f"{name}_rmse": float(np.sqrt(np.mean((predicted - actual) ** 2))),
+        f"{name}_gini": normalized_gini(actual, predicted),
+        f"{name}_spearman": spearman(predicted, actual),
+        f"{name}_decile_mape": decile_mape(predicted, actual),
+        f"{name}_aggregate_error": aggregate_error(predicted, actual),
+    }
+
+
+def _horizon_metrics(pair: Pair, predicted: np.ndarray, actual: np.ndarray) -> dict[str, float]:
+    name = pair.name
+    if pair.kind == PROBABILITY:
+        return {
+            f"{name}_auc": roc_auc(actual, predicted),
+            f"{name}_brier": float(np.mean((predicted - actual) ** 2)),
+            f"{name}_ece": expected_calibration_error(predicted, actual),
+        }
+    return {
+        f"{name}_gini": normalized_gini(actual, predicted),
+        f"{name}_decile_mape": decile_mape(predicted, actual),
+        f"{name}_aggregate_error": aggregate_error(predicted, actual),
+        f"{name}_mae": float(np.mean(np.abs(predicted - actual))),
+        f"{name}_spearman": spearman(predicted, actual),
+    }
 
 
 def survival_arrays(joined: pd.DataFrame, horizons: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -201,6 +265,7 @@ def survival_arrays(joined: pd.DataFrame, horizons: Sequence[float]) -> tuple[np
     for a decline model (whose churn is not "no purchase") its no_purchase_probability_<h>d against
     no_purchase_<h>d labels when :func:`align` kept them."""
     decline = per_horizon(NO_PURCHASE_PROBABILITY, horizons[0]) in joined.columns
+    decline = decline and per_horizon(NO_PURCHASE, horizons[0]) in joined.columns
     predicted, label = (NO_PURCHASE_PROBABILITY, NO_PURCHASE) if decline else (CHURN_PROBABILITY, CHURN)
     return tuple(
         joined[[per_horizon(column, h) for h in horizons]].to_numpy(np.float64)
@@ -216,25 +281,6 @@ def predicted_horizons(frame: pd.DataFrame) -> list[float]:
 
 def horizon_columns(bases: Sequence[str], horizons: Sequence[float]) -> list[str]:
     return [per_horizon(base, h) for h in horizons for base in bases]
-
-
-def _main_metrics(joined: pd.DataFrame) -> dict[str, float]:
-    p, churn, expected, spend = _columns(joined)
-    return {
-        "churn_auc": roc_auc(churn, p),
-        "churn_pr_auc": average_precision(churn, p),
-        "churn_brier": float(np.mean((p - churn) ** 2)),
-        "churn_log_loss": log_loss(churn, p),
-        "churn_ece": expected_calibration_error(p, churn),
-        "churn_rate": float(churn.mean()),
-        "spend_mae": float(np.mean(np.abs(expected - spend))),
-        "spend_rmse": float(np.sqrt(np.mean((expected - spend) ** 2))),
-        "spend_gini": normalized_gini(spend, expected),
-        "spend_spearman": spearman(expected, spend),
-        "spend_decile_mape": decile_mape(expected, spend),
-        "spend_aggregate_error": aggregate_error(expected, spend),
-        "n_customers": len(joined),
-    }
 
 
 def evaluate(predictions: pd.DataFrame, labels: pd.DataFrame) -> dict[str, float]:

@@ -1,5 +1,6 @@
-"""The churn + spend network: event encoder -> backbone (transformer by default) -> pooling -> survival and
-spend heads over the horizon grid, and a linear path from the customer numbers to the churn logits.
+"""The churn + spend network: event encoder -> backbone (transformer by default) -> pooling -> the heads over
+the horizon grid (:mod:`churnformer.modeling.heads`), and a linear path from the customer numbers to the heads
+that read it (the churn logits).
 
 Shapes: B customers, T events (padded), D = d_model. Inputs are the model inputs by name
 (``churnformer.schema``), as :meth:`churnformer.data.sequences.Sequences.pad` makes them.
@@ -17,15 +18,17 @@ from churnformer.data.featurizer import Featurizer
 from churnformer.modeling.backbones import build_backbone
 from churnformer.modeling.config import FeatureSizes, ModelConfig
 from churnformer.modeling.encoders import CustomerEncoder, EventEncoder
-from churnformer.modeling.heads import HeadOutputs, SurvivalSpendHeads
+from churnformer.modeling.heads.base import Heads, Raw
 from churnformer.schema import CUSTOMER_CAT, CUSTOMER_NUM, EVENT_CAT, EVENT_NUM, EVENT_TEXT, LENGTHS, TEXT_EMBEDDINGS
 
 
 class ChurnFormer(nn.Module):
-    """Reads a customer's event sequence and returns, at each of ``n_horizons`` horizons, the hazard logit of
-    the first purchase and the positive-spend log-normal (and with ``decline`` the decline logit)."""
+    """Reads a customer's event sequence and returns each head's raw outputs at each of ``n_horizons``
+    horizons; ``heads``: ``model.heads`` (name -> ``_target_`` and settings)."""
 
-    def __init__(self, config: ModelConfig, sizes: FeatureSizes, n_horizons: int, decline: bool = False) -> None:
+    def __init__(
+        self, config: ModelConfig, sizes: FeatureSizes, n_horizons: int, heads: Mapping[str, Mapping[str, Any]]
+    ) -> None:
         super().__init__()
         self.config = config
         self.events = EventEncoder(config, sizes)
@@ -36,18 +39,22 @@ class ChurnFormer(nn.Module):
         # Wide & Deep (Cheng et al. 2016): the history summary and static numbers also reach the churn logits
         # through one linear map, past the layer norms that keep only their direction in the summary token.
         self.wide = nn.Linear(sizes.n_customer_num, config.d_model) if config.wide else None
-        self.heads = SurvivalSpendHeads(config.d_model, n_horizons, decline)
+        self.heads = Heads.build(heads, config.d_model, n_horizons)
         self.apply(_init_weights)
 
     @classmethod
     def build(
-        cls, network: Mapping[str, Any], featurizer: Featurizer, n_horizons: int, decline: bool = False
+        cls,
+        network: Mapping[str, Any],
+        featurizer: Featurizer,
+        n_horizons: int,
+        heads: Mapping[str, Mapping[str, Any]],
     ) -> ChurnFormer:
-        """From the ``model.network`` config (a plain dict, as checkpoints keep it), the fitted featurizer, the
-        size of the horizon grid and whether churn is a decline (a decline head)."""
-        return cls(ModelConfig(**network), FeatureSizes.of(featurizer), n_horizons, decline)
+        """From the ``model.network`` and ``model.heads`` configs (plain dicts, as checkpoints keep them), the
+        fitted featurizer and the size of the horizon grid."""
+        return cls(ModelConfig(**network), FeatureSizes.of(featurizer), n_horizons, heads)
 
-    def forward(self, inputs: Mapping[str, torch.Tensor]) -> HeadOutputs:
+    def forward(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, Raw]:
         lengths = inputs[LENGTHS]  # (B,)
         events = self.events(
             inputs[EVENT_CAT], inputs[EVENT_NUM], inputs.get(EVENT_TEXT), inputs.get(TEXT_EMBEDDINGS)
@@ -58,8 +65,8 @@ class ChurnFormer(nn.Module):
         weights = (positions.unsqueeze(0) < lengths.unsqueeze(1)).unsqueeze(-1).to(x.dtype)  # (B, T, 1) real events
         mean_events = (x[:, 1:] * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (B, D)
         pooled = self.pool(torch.cat([self.backbone.summary(x, lengths), mean_events], dim=-1))  # (B, D)
-        churn_pooled = pooled if self.wide is None else pooled + self.wide(inputs[CUSTOMER_NUM])
-        return self.heads(pooled, churn_pooled)
+        wide = pooled if self.wide is None else pooled + self.wide(inputs[CUSTOMER_NUM])
+        return self.heads(pooled, wide)
 
 
 def _init_weights(module: nn.Module) -> None:

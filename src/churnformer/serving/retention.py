@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from churnformer.calibration import Calibration
 from churnformer.errors import ConfigError
 from churnformer.schema import (
     CHURN_PROBABILITY,
@@ -39,12 +40,8 @@ from churnformer.schema import (
 
 # segments.value -> the predictions column it ranks value by.
 VALUE_BASES = {"if_retained": SPEND_IF_RETAINED, "expected": EXPECTED_SPEND}
-# Calibration fields holding the reference percentiles of each column.
-PERCENTILE_FIELDS = {
-    CHURN_PROBABILITY: "churn_percentiles",
-    EXPECTED_SPEND: "spend_percentiles",
-    SPEND_IF_RETAINED: "spend_if_retained_percentiles",
-}
+# The columns deciles and value segments rank by.
+RANKED_COLUMNS = (CHURN_PROBABILITY, EXPECTED_SPEND, SPEND_IF_RETAINED)
 
 
 @dataclass(frozen=True)
@@ -76,18 +73,15 @@ class ReferencePercentiles:
     @classmethod
     def from_metadata(cls, metadata: dict[str, str]) -> ReferencePercentiles | None:
         """The validation customers' percentiles stored at export; None for a model without them."""
-        calibration = json.loads(metadata.get(META_CALIBRATION, "{}"))
-        stored = {column: calibration.get(name) for column, name in PERCENTILE_FIELDS.items()}
-        return (
-            cls({column: values for column, values in stored.items() if values}) if stored[CHURN_PROBABILITY] else None
-        )
+        stored = Calibration.from_dict(json.loads(metadata.get(META_CALIBRATION, "{}"))).percentiles
+        return cls(dict(stored)) if stored.get(CHURN_PROBABILITY) else None
 
     @classmethod
     def of(cls, predictions: pd.DataFrame) -> ReferencePercentiles:
         """The scored population itself (models exported without reference percentiles)."""
         levels = np.asarray(PERCENTILE_LEVELS)
         by_column = {}
-        for column in PERCENTILE_FIELDS:
+        for column in RANKED_COLUMNS:
             values = predictions[column].to_numpy(dtype="float64") if column in predictions else np.zeros(0)
             by_column[column] = np.quantile(values, levels).tolist() if len(values) else [0.0] * len(levels)
         return cls(by_column)

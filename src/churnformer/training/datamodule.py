@@ -22,18 +22,7 @@ from churnformer.data.sources import EventLogSource
 from churnformer.data.training_set import TrainingSet, build_training_set, rolling_windows
 from churnformer.data.window import HorizonGrid, Window
 from churnformer.defaults import yaml_defaults
-from churnformer.schema import (
-    CHURN,
-    CHURN_BY_HORIZON,
-    NO_PURCHASE,
-    NO_PURCHASE_BY_HORIZON,
-    OBSERVED,
-    OBSERVED_BY_HORIZON,
-    RUN_TEXT_EMBEDDINGS,
-    RUN_TEXT_ENCODER,
-    SPEND,
-    SPEND_BY_HORIZON,
-)
+from churnformer.schema import LABELS_BY_HORIZON, RUN_TEXT_EMBEDDINGS, RUN_TEXT_ENCODER, by_horizon
 from churnformer.text.embeddings import TextEmbeddings
 from churnformer.text.encoder import TextEncoder, require_text_support
 from churnformer.training.sampler import LengthBucketBatchSampler
@@ -66,8 +55,10 @@ class DataSettings:
     @classmethod
     def defaults(cls, **changes: Any) -> DataSettings:
         """``conf/data/settings/default.yaml`` without Hydra (tests, notebooks): its interpolations of top-level
-        keys (``seed``, ``churn_definition``) resolved from ``conf/train.yaml``, then ``changes``."""
+        keys (``seed``, ``churn_definition``) resolved from ``conf/train.yaml`` and its default churn definition,
+        then ``changes``."""
         top = {key: value for key, value in yaml_defaults("train").items() if not isinstance(value, dict)}
+        top |= yaml_defaults("churn_definition/no_purchase")
         config = OmegaConf.create({**top, "data": yaml_defaults("data/settings/default")})
         values = {**OmegaConf.to_container(config, resolve=True)["data"], **changes}
         return cls(**{f.name: values[f.name] for f in fields(cls)})
@@ -91,14 +82,7 @@ class SequenceDataset(torch.utils.data.Dataset):
 
     def __init__(self, data: TrainingSet, rows: np.ndarray) -> None:
         self.sequences = data.sequences
-        self.labels = {
-            CHURN: data.labels[CHURN].to_numpy(np.float32),
-            SPEND: data.labels[SPEND].to_numpy(np.float32),
-            CHURN_BY_HORIZON: data.by_horizon(CHURN),
-            NO_PURCHASE_BY_HORIZON: data.by_horizon(NO_PURCHASE),
-            SPEND_BY_HORIZON: data.by_horizon(SPEND),
-            OBSERVED_BY_HORIZON: data.by_horizon(OBSERVED),
-        }
+        self.labels = {by_horizon(label): data.by_horizon(label) for label in LABELS_BY_HORIZON}
         self.rows = rows
 
     def __len__(self) -> int:

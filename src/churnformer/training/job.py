@@ -25,10 +25,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from churnformer.artifacts.calibration import describe as describe_calibration
 from churnformer.artifacts.calibration import fit_calibration
 from churnformer.artifacts.checkpoint import load_checkpoint
 from churnformer.artifacts.export import export_checkpoint
 from churnformer.artifacts.quantize import quantize_checked
+from churnformer.calibration import Calibration
 from churnformer.console import silence_known_noise
 from churnformer.data.events import CUSTOMER_ID
 from churnformer.data.labels import ChurnDefinition
@@ -45,9 +47,7 @@ from churnformer.evaluation.report import (
     report_figures,
     write_report,
 )
-from churnformer.modeling.losses import LossWeights
 from churnformer.modeling.network import ChurnFormer
-from churnformer.modeling.scoring_model import Calibration
 from churnformer.schema import (
     META_COLUMNS,
     META_HORIZON_DAYS,
@@ -116,8 +116,7 @@ def train(
     fitted = fit_result(trainer)
     run_dir = Path(cfg.paths.output_dir)
     network, _ = load_checkpoint(fitted.best_checkpoint)
-    weights, main = LossWeights(**cfg.model.loss), datamodule.data.grid.main_index
-    metrics, predictions = evaluate_network(network, datamodule.validation_loader(), weights, main)
+    metrics, predictions = evaluate_network(network, datamodule.validation_loader(), datamodule.data.grid.main_index)
     record_run(cfg, run_dir, metrics, datamodule)
     review_run(cfg, trainer, metrics, fitted, predictions, run_dir)
     if cfg.calibrate:
@@ -195,7 +194,7 @@ def build_module(cfg: DictConfig, datamodule: ChurnDataModule) -> ChurnFormerMod
         _recursive_=False,
         _convert_="all",
         featurizer_json=datamodule.data.featurizer.to_json(),
-        label_stats=asdict(datamodule.data.label_stats()),
+        label_stats=datamodule.data.label_stats(),
         export_metadata=export_metadata,
     )
 
@@ -268,7 +267,7 @@ def review_run(
     trainer: pl.Trainer,
     metrics: dict[str, float],
     fitted: Fitted,
-    predictions: tuple[torch.Tensor, ...],
+    predictions: dict[str, tuple[torch.Tensor, torch.Tensor]],
     run_dir: Path,
 ) -> None:
     """TensorBoard: the best checkpoint's metrics and figures (``best/``), the HPARAMS session, the run's
@@ -302,7 +301,7 @@ def calibrate(cfg: DictConfig, network: ChurnFormer, datamodule: ChurnDataModule
     calibration.save(run_dir / RUN_CALIBRATION)
     print(
         f"calibration (shapes from {cfg.calibration_shapes}, levels from {cfg.calibration_levels} customers): "
-        f"{calibration}"
+        f"{describe_calibration(network, calibration)}"
     )
     if calibration.fallback:
         print(

@@ -20,21 +20,9 @@ import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 
 from churnformer.data.featurizer import Featurizer
-from churnformer.data.labels import ChurnDefinition
 from churnformer.errors import ConfigError
-from churnformer.modeling.heads import churn_probability, expected_spend, survival
-from churnformer.modeling.losses import LossWeights, joint_loss
 from churnformer.modeling.network import ChurnFormer
-from churnformer.schema import (
-    CHURN,
-    CHURN_BY_HORIZON,
-    META_HORIZON_DAYS,
-    META_HORIZONS,
-    NO_PURCHASE_BY_HORIZON,
-    OBSERVED_BY_HORIZON,
-    SPEND,
-    SPEND_BY_HORIZON,
-)
+from churnformer.schema import LABELS_BY_HORIZON, META_HORIZON_DAYS, META_HORIZONS, OBSERVED_BY_HORIZON, by_horizon
 from churnformer.training.augment import hide_static_attributes
 from churnformer.training.metrics import EpochMetrics, metric_name
 from churnformer.training.review import SplitRunsLogger, architecture_text
@@ -57,32 +45,29 @@ def set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def step(
-    network: ChurnFormer, batch: dict[str, torch.Tensor], weights: LossWeights, metrics: EpochMetrics, main: int
-) -> torch.Tensor:
+def step(network: ChurnFormer, batch: dict[str, torch.Tensor], metrics: EpochMetrics, main: int) -> torch.Tensor:
     """Forward, losses, metric update at the main horizon (index ``main`` of the grid); returns the joint loss
     (training, validation and final evaluation)."""
-    heads = network(batch)
-    labels = (batch[CHURN_BY_HORIZON], batch[SPEND_BY_HORIZON], batch[OBSERVED_BY_HORIZON])
-    losses = joint_loss(heads, *labels, weights, no_purchase=batch[NO_PURCHASE_BY_HORIZON])
+    raw = network(batch)
+    labels = {label: batch[by_horizon(label)] for label in LABELS_BY_HORIZON if by_horizon(label) in batch}
+    losses = network.heads.loss(raw, labels)
     with torch.no_grad():
-        heads = heads._replace(**{name: value.float() for name, value in heads._asdict().items() if value is not None})
-        p_churn = churn_probability(heads)[:, main]
-        expected = expected_spend(survival(heads.hazard_logits)[:, main], heads.log_spend_mean[:, main])
-    metrics.update(losses, p_churn, batch[CHURN], expected, batch[SPEND])
+        raw = {head: {name: value.float() for name, value in outputs.items()} for head, outputs in raw.items()}
+        predicted = network.heads.predict(raw, None, main)
+    metrics.update(losses, network.heads.main_predictions(predicted, labels, main))
     return losses["joint"]
 
 
 @torch.no_grad()
 def evaluate_network(
-    network: ChurnFormer, batches: Iterable[dict[str, torch.Tensor]], weights: LossWeights, main: int
-) -> tuple[dict[str, float], tuple[torch.Tensor, ...]]:
+    network: ChurnFormer, batches: Iterable[dict[str, torch.Tensor]], main: int
+) -> tuple[dict[str, float], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
     """The validation metrics (the names and definitions of the per-epoch ones) and the predictions of a
     network over ``batches`` in this process alone: no collective, so rank 0 can run it after a DDP fit."""
-    metrics = EpochMetrics("val", keep_predictions=True, sync=False)
+    metrics = EpochMetrics("val", network.heads.kinds(), keep_predictions=True, sync=False)
     network.eval()
     for batch in batches:
-        step(network, batch, weights, metrics, main)
+        step(network, batch, metrics, main)
     return metrics.compute(), metrics.all_predictions()
 
 
@@ -103,10 +88,10 @@ class ChurnFormerModule(pl.LightningModule):
         self,
         featurizer_json: str,
         network: dict[str, Any],
-        loss: dict[str, float],
+        heads: dict[str, dict[str, Any]],
         optimizer: dict[str, Any],
         scheduler: dict[str, float],
-        label_stats: dict[str, float],
+        label_stats: dict[str, dict[str, list[float]]],
         export_metadata: dict[str, Any],
         static_dropout: float = 0.0,
     ) -> None:
@@ -116,25 +101,28 @@ class ChurnFormerModule(pl.LightningModule):
         horizons = export_metadata[META_HORIZONS]
         self.main = horizons.index(export_metadata[META_HORIZON_DAYS])
         featurizer = Featurizer.from_json(featurizer_json)
-        decline = ChurnDefinition.of_metadata(export_metadata).is_decline
-        self.network = ChurnFormer.build(network, featurizer, len(horizons), decline)
+        self.network = ChurnFormer.build(network, featurizer, len(horizons), heads)
         self.static_dropout = static_dropout
         self.n_static_numeric = len(featurizer.customer_numeric)
-        self.network.heads.init_output_biases(**label_stats)
-        self.loss_weights = LossWeights(**loss)
+        self.network.heads.init_biases(label_stats)
+        groups = self.network.heads.kinds()
         # Keyed by split, with a prefix: nn.Module already has a ``train`` attribute.
         self.epoch_metrics = torch.nn.ModuleDict(
-            {"split_train": EpochMetrics("train"), "split_val": EpochMetrics("val", keep_predictions=True)}
+            {
+                "split_train": EpochMetrics("train", groups),
+                "split_val": EpochMetrics("val", groups, keep_predictions=True),
+            }
         )
         self._resume_state: dict[str, Any] | None = None
 
     def _step(self, batch: dict[str, torch.Tensor], split: str) -> torch.Tensor:
-        return step(self.network, batch, self.loss_weights, self.epoch_metrics[f"split_{split}"], self.main)
+        return step(self.network, batch, self.epoch_metrics[f"split_{split}"], self.main)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._step(hide_static_attributes(batch, self.static_dropout, self.n_static_numeric), "train")
         if self._step_is_logged():
-            self.log(STEP_LOSS, loss.detach(), on_step=True, on_epoch=False, batch_size=len(batch[CHURN]))
+            size = len(batch[OBSERVED_BY_HORIZON])
+            self.log(STEP_LOSS, loss.detach(), on_step=True, on_epoch=False, batch_size=size)
         return loss
 
     def _step_is_logged(self) -> bool:
@@ -182,7 +170,7 @@ class ChurnFormerModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint["hyper_parameters"]
-        for key in ("featurizer_json", "network"):
+        for key in ("featurizer_json", "network", "heads"):
             if saved.get(key) != self.hparams[key]:
                 raise ConfigError(
                     f"the checkpoint was trained with another {key.removesuffix('_json')} than this run builds "

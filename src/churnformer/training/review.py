@@ -26,8 +26,11 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 from torch.utils.tensorboard import SummaryWriter
 
 from churnformer.evaluation.figures import review_figures
+from churnformer.schema import CHURN, SPEND
 
 SPLITS = ("train", "val")
+# Per metric group, every validation customer's prediction and label at the main horizon.
+Predictions = Mapping[str, tuple[torch.Tensor, torch.Tensor]]
 BEST = "best"
 # Image and PR-curve steps TensorBoard keeps per tag: by default 10, so early epochs would vanish.
 SAMPLES_PER_PLUGIN = "images=100,pr_curves=100"
@@ -43,8 +46,8 @@ HPARAMS = {
     "model.static_dropout": "static dropout",
     "model.network.backbone._target_": "backbone",
     "model.network.wide": "wide path",
-    "model.loss.spend": "spend loss weight",
-    "model.loss.churn": "churn loss weight",
+    "model.heads.spend.weight": "spend loss weight",
+    "model.heads.survival.weight": "survival loss weight",
     "model.optimizer.weight_decay": "weight decay",
     "data.source._target_": "data source",
     "data.cutoff": "cutoff",
@@ -80,9 +83,9 @@ class SplitRunsLogger(TensorBoardLogger):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._writers: dict[str, SummaryWriter] = {}
-        self._staged: tuple[torch.Tensor, ...] | None = None
+        self._staged: Predictions | None = None
 
-    def stage_review(self, predictions: tuple[torch.Tensor, ...]) -> None:
+    def stage_review(self, predictions: Predictions) -> None:
         """The validation epoch's predictions; their figures are written with the epoch's metrics, at the step
         Lightning logs those at."""
         self._staged = predictions
@@ -100,7 +103,7 @@ class SplitRunsLogger(TensorBoardLogger):
             run, tag = (split, head) if split in SPLITS else ("train", name)
             self.writer(run).add_scalar(tag, float(value), step)
         if self._staged is not None and any(name.endswith("/val") for name in metrics):
-            log_review(self.writer("val"), step, *self._staged)
+            log_review(self.writer("val"), step, self._staged)
             self._staged = None
 
     @rank_zero_only
@@ -118,17 +121,10 @@ def architecture_text(network: torch.nn.Module) -> str:
     return f"{table}\n\n```\n{network}\n```"
 
 
-def log_review(
-    writer: SummaryWriter,
-    step: int,
-    p_churn: torch.Tensor,
-    churn: torch.Tensor,
-    expected: torch.Tensor,
-    spend: torch.Tensor,
-    prefix: str = "",
-) -> None:
-    """The churn PR curve and the figures of one population (a validation epoch, or the best checkpoint)."""
-    p, c, e, s = (t.double().numpy() for t in (p_churn, churn, expected, spend))
+def log_review(writer: SummaryWriter, step: int, predictions: Predictions, prefix: str = "") -> None:
+    """The churn PR curve and the figures of one population (a validation epoch, or the best checkpoint) from
+    its churn and spend predictions and labels."""
+    p, c, e, s = (t.double().numpy() for group in (CHURN, SPEND) for t in predictions[group])
     log_pr_curve(writer, f"{prefix}churn/pr_curve", p, c, step)
     for tag, figure in review_figures(p, c, e, s).items():
         writer.add_figure(prefix + tag, figure, step, close=True)
@@ -152,7 +148,7 @@ def log_best(
     writer: SummaryWriter,
     metrics: Mapping[str, float],
     epoch: int,
-    predictions: tuple[torch.Tensor, ...],
+    predictions: Predictions,
 ) -> None:
     """The best checkpoint's validation metrics (``best/<head>/<metric>``, at its epoch), figures and PR curve,
     once, in the run's own directory: never in the per-epoch curves."""
@@ -161,7 +157,7 @@ def log_best(
         if split == "val":
             writer.add_scalar(f"{BEST}/{head}", value, epoch)
     writer.add_scalar(f"{BEST}/epoch", epoch, epoch)
-    log_review(writer, epoch, *predictions, prefix=f"{BEST}/")
+    log_review(writer, epoch, predictions, prefix=f"{BEST}/")
 
 
 def log_text_gains(writer: SummaryWriter, gains: Mapping[str, float], epoch: int) -> None:
