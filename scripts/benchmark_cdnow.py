@@ -6,7 +6,8 @@ Usage::
                                       [--cutoff YYYY-MM-DD]
                                       [--horizon-days N] [--horizons-days 30 90 ...] [--discount-rate 0.1]
                                       [--seeds 0 1 2]
-                                      [--models churnformer gru lightgbm btyd churnformer_main_only]
+                                      [--models churnformer gru lightgbm btyd churnformer_main_only
+                                                churnformer_purchases]
                                       [--ensemble MODEL ...]
                                       [--churn-definition no_purchase|decline] [--decline-threshold 0.5]
                                       [--json PATH] [--markdown PATH] [--tables-from JSON]
@@ -22,6 +23,9 @@ dunnhumby's The Complete Journey (extra ``completejourney``: 2,469 households, c
 92 days, the data config's features: one event per basket; ``churnformer_ungrouped``: one per line item;
 LightGBM adds basket-level features; ``scripts/benchmark_completejourney.py`` runs protocol C's rows);
 ``--cutoff``/``--horizon-days`` run it at another cutoff of the same log (do the defaults generalize?).
+``churnformer_purchases`` is churnformer with the expected-purchases head (``model/heads=[survival,spend,
+purchases]``); a fourth table then compares its ``expected_purchases_<h>d`` with BG/NBD's by horizon (MAE,
+Spearman, aggregate error against the purchase days of each horizon).
 ``churnformer_main_only`` is churnformer trained on the main horizon alone (what releases before 0.2
 trained): the grid's effect on the main horizon. ``--ensemble churnformer gru lightgbm`` adds the mean of
 those models' predictions as one more row: a
@@ -117,6 +121,8 @@ BY_HORIZON = (
     "spend_decile_mape",
     "spend_aggregate_error",
 )
+# Expected purchases by horizon, of the models that predict them (churnformer_purchases, btyd).
+PURCHASES_BY_HORIZON = ("purchases_mae", "purchases_spearman", "purchases_aggregate_error")
 OVER_THE_GRID = ("survival_c_index", "survival_integrated_brier", "clv_gini", "monotonicity_violations")
 PREDICTED = ("churn_probability", "expected_spend")
 SHOWN = (
@@ -320,16 +326,18 @@ def summary_table(rows: list[dict]) -> pd.DataFrame:
     return mean_std(pd.DataFrame(rows), ["model"], list(SHOWN))
 
 
-def horizon_table(rows: list[dict], horizons: tuple[float, ...]) -> pd.DataFrame:
-    """One row per model and horizon it predicts: each horizon's churn and spend metrics."""
+def horizon_table(rows: list[dict], horizons: tuple[float, ...], metrics: tuple[str, ...] = BY_HORIZON) -> pd.DataFrame:
+    """One row per model and horizon it predicts: each horizon's ``metrics`` (churn and spend by default)."""
     long = []
     for row in rows:
         for days in horizons:
-            values = {metric: row.get(per_horizon(metric, days), np.nan) for metric in BY_HORIZON}
+            values = {metric: row.get(per_horizon(metric, days), np.nan) for metric in metrics}
             if all(np.isnan(value) for value in values.values()):
                 continue
             long.append({"model": row["model"], "horizon": f"{days:g}d", "seed": row["seed"], **values})
-    return mean_std(pd.DataFrame(long), ["model", "horizon"], list(BY_HORIZON))
+    if not long:
+        return pd.DataFrame()
+    return mean_std(pd.DataFrame(long), ["model", "horizon"], list(metrics))
 
 
 def grid_table(rows: list[dict], horizons: tuple[float, ...]) -> pd.DataFrame:
@@ -354,6 +362,9 @@ def print_tables(rows: list[dict], header: dict) -> dict[str, pd.DataFrame]:
         "by horizon": horizon_table(rows, grid),
         "over the grid": grid_table(rows, grid),
     }
+    purchases = horizon_table(rows, grid, PURCHASES_BY_HORIZON)
+    if len(purchases):
+        tables["expected purchases by horizon"] = purchases
     print(
         f"\n{header['dataset']}, cutoff {header['cutoff']}, horizon {header['horizon_days']:g} days (grid "
         f"{'/'.join(f'{d:g}' for d in grid)}, clv discount {header['discount_rate']:g}): mean ± std over seeds "
@@ -393,6 +404,7 @@ def main() -> None:
             "churnformer_main_only",
             "churnformer_no_text",
             "churnformer_ungrouped",
+            "churnformer_purchases",
             "gru",
             "lightgbm",
             "btyd",
@@ -447,6 +459,9 @@ def main() -> None:
             [*args.override, "data.features.group_by=null"], workdir / "ungrouped", protocol
         ),
         "churnformer_no_text": lambda: churnformer_model(args.override, workdir / "no_text", protocol, drop=text),
+        "churnformer_purchases": lambda: churnformer_model(
+            [*reading, "model/heads=[survival,spend,purchases]"], workdir / "purchases", protocol
+        ),
         "gru": lambda: churnformer_model(["model=gru", *reading], workdir / "gru", protocol),
         "churnformer_main_only": lambda: churnformer_model(
             args.override,

@@ -63,7 +63,11 @@ def baseline(request: pytest.FixtureRequest, world) -> tuple[Callable[..., pd.Da
 def test_output_contract(world, baseline) -> None:
     events, window, _, test = world
     _, predictions = baseline
-    assert tuple(predictions.columns) == BASELINE_COLUMNS
+    assert tuple(predictions.columns[:3]) == BASELINE_COLUMNS
+    extra = list(predictions.columns[3:])  # BG/NBD also counts the purchases it expects
+    assert extra in ([], ["expected_purchases"])
+    if extra:
+        assert np.isfinite(predictions["expected_purchases"]).all() and (predictions["expected_purchases"] >= 0).all()
     expected = np.sort(test[~np.isin(test, ["LATE", GHOST])])
     np.testing.assert_array_equal(predictions["customer_id"].to_numpy(), expected)
     np.testing.assert_array_equal(expected, scored_ids(history(events, window), test))
@@ -257,3 +261,18 @@ def test_btyd_is_consistent_over_horizons_and_its_undiscounted_clv_is_the_spend_
     np.testing.assert_allclose(frame["clv"], frame["expected_spend_360d"], rtol=1e-9)  # 12 steps of 30 days
     discounted = fit_predict(events, window, train, test, seed=0, horizons=[360], discount_rate=0.1)
     assert (discounted["clv"] < frame["clv"]).all() and (discounted["clv"] > frame["clv"] / 1.1).all()
+
+
+def test_btyd_expects_purchase_days_by_horizon_as_lifetimes_does(world) -> None:
+    """``expected_purchases_<h>d`` is lifetimes' conditional expectation of the purchase count at each
+    horizon (what the purchases head is compared with): non-decreasing over the grid, and the main horizon's."""
+    fit_predict = _btyd()
+    events, window, train, test = world
+    frame = fit_predict(events, window, train, test, seed=0, horizons=[30, 90, 360])
+    counts = frame[["expected_purchases_30d", "expected_purchases_90d", "expected_purchases_360d"]].to_numpy()
+    assert (np.diff(counts, axis=1) >= -1e-12).all() and (counts[:, -1] > counts[:, 0]).any()
+    main = fit_predict(events, window, train, test, seed=0, horizons=[window.horizon_days])
+    np.testing.assert_allclose(main["expected_purchases"], main[f"expected_purchases_{window.horizon_days:g}d"])
+    # With the expected spend per purchase fixed, spend follows the counts.
+    ratio = frame["expected_spend_360d"] / frame["expected_purchases_360d"]
+    np.testing.assert_allclose(frame["expected_spend_30d"], ratio * frame["expected_purchases_30d"], rtol=1e-9)

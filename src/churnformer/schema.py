@@ -53,6 +53,7 @@ EXPECTED_SPEND = "expected_spend"
 SPEND_QUANTILES = (0.1, 0.5, 0.9)
 SPEND_QUANTILE_COLUMNS = tuple(f"spend_p{round(q * 100)}" for q in SPEND_QUANTILES)
 SPEND_IF_RETAINED = "spend_if_retained"  # E[spend | spend > 0]: what the customer is worth if retained
+EXPECTED_PURCHASES = "expected_purchases"  # purchase days expected in the horizon (the purchases head; BG/NBD)
 # What scoring reads of every model (its value columns and segments): the survival and spend heads' outputs.
 MODEL_OUTPUTS = (CHURN_PROBABILITY, EXPECTED_SPEND, *SPEND_QUANTILE_COLUMNS, SPEND_IF_RETAINED)
 # P(no purchase by the horizon), S(h) of the survival head: a model of the decline churn definition outputs it

@@ -47,9 +47,11 @@ def prediction_frame(
     churn_probability: np.ndarray,
     expected_spend: np.ndarray,
     by_horizon: Mapping[float, tuple[np.ndarray, np.ndarray]] | None = None,
+    expectations: Mapping[str, np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """The common output: probabilities clipped to [0, 1] and spends floored at 0, whatever the model emits;
-    ``by_horizon`` (days: churn probability, expected spend) adds the columns at each horizon."""
+    ``by_horizon`` (days: churn probability, expected spend) adds the columns at each horizon, ``expectations``
+    more expected amounts or counts by column name (``expected_purchases_30d``), floored at 0 too."""
     answers = {(CHURN_PROBABILITY, EXPECTED_SPEND): (churn_probability, expected_spend)}
     for days, pair in (by_horizon or {}).items():
         answers[per_horizon(CHURN_PROBABILITY, days), per_horizon(EXPECTED_SPEND, days)] = pair
@@ -57,4 +59,6 @@ def prediction_frame(
     for (churn_column, spend_column), (churn, spend) in answers.items():
         columns[churn_column] = np.clip(np.asarray(churn, dtype=np.float64), 0.0, 1.0)
         columns[spend_column] = np.maximum(np.asarray(spend, dtype=np.float64), 0.0)
+    for column, values in (expectations or {}).items():
+        columns[column] = np.maximum(np.asarray(values, dtype=np.float64), 0.0)
     return pd.DataFrame(columns)

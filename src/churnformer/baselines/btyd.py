@@ -19,7 +19,7 @@ import pandas as pd
 from churnformer.baselines import history, prediction_frame, scored_ids
 from churnformer.data.events import AMOUNT, CUSTOMER_ID, TIMESTAMP
 from churnformer.data.window import NS_PER_DAY, Window
-from churnformer.schema import CLV
+from churnformer.schema import CLV, EXPECTED_PURCHASES, per_horizon
 
 if TYPE_CHECKING:
     from lifetimes import BetaGeoFitter, GammaGammaFitter
@@ -140,8 +140,10 @@ def fit_predict_btyd(
     expected number of purchases in the horizon times Gamma-Gamma's expected purchase value (its population
     mean for customers with no repeat purchase). With ``discount_rate`` (annual), ``clv`` is lifetimes'
     ``customer_lifetime_value`` over the longest horizon in whole 30-day months at the equivalent monthly
-    rate. The fit is deterministic; ``seed`` is accepted only for the common baseline signature. Returns one
-    row per test customer with any event before ``feature_end``, sorted by customer id.
+    rate. ``expected_purchases`` (and ``expected_purchases_<h>d``) is lifetimes'
+    ``conditional_expected_number_of_purchases_up_to_time``: purchase days, as the labels count them. The fit
+    is deterministic; ``seed`` is accepted only for the common baseline signature. Returns one row per test
+    customer with any event before ``feature_end``, sorted by customer id.
     """
     past = history(events, window)
     train = btyd_summary(past, window, scored_ids(past, train_ids))
@@ -153,12 +155,17 @@ def fit_predict_btyd(
     x, t_x, age = (test[column].to_numpy() for column in ("frequency", "recency", "T"))
     value = gamma_gamma.conditional_expected_average_profit(x, test["monetary_value"].to_numpy())
 
+    def purchases(tau: float) -> np.ndarray:
+        return bgnbd.conditional_expected_number_of_purchases_up_to_time(tau, x, t_x, age)
+
     def answer(tau: float) -> tuple[np.ndarray, np.ndarray]:
-        purchases = bgnbd.conditional_expected_number_of_purchases_up_to_time(tau, x, t_x, age)
-        return prob_no_purchase(bgnbd, tau, x, t_x, age), purchases * value
+        return prob_no_purchase(bgnbd, tau, x, t_x, age), purchases(tau) * value
 
     by_horizon = {days: answer(float(days)) for days in horizons}
-    frame = prediction_frame(test[CUSTOMER_ID].to_numpy(), *answer(window.horizon_days), by_horizon=by_horizon)
+    counts = {EXPECTED_PURCHASES: purchases(window.horizon_days)}
+    counts |= {per_horizon(EXPECTED_PURCHASES, days): purchases(float(days)) for days in horizons}
+    ids = test[CUSTOMER_ID].to_numpy()
+    frame = prediction_frame(ids, *answer(window.horizon_days), by_horizon=by_horizon, expectations=counts)
     if discount_rate is not None:
         months = max(1, round(max([window.horizon_days, *horizons]) / 30))
         frame[CLV] = lifetimes_clv(bgnbd, gamma_gamma, test, months, discount_rate)

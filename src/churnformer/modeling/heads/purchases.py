@@ -25,8 +25,8 @@ from torch import nn
 from churnformer.modeling.heads.base import (
     CalibrationFit,
     Head,
-    LabelStats,
     Labels,
+    LabelStats,
     Params,
     Predicted,
     Raw,
