@@ -21,6 +21,18 @@ import torch
 from churnformer.data.synthetic import SyntheticWorldConfig, write_world
 
 BIN = Path(sys.executable).parent
+# Fixtures that train or start something big (a console-script training run, the sentence encoder, a sweep,
+# DDP ranks, a Spark session): a test that uses one is in the slow tier (``pytest -m "not slow"`` leaves it out).
+SLOW_FIXTURES = {"cli_run", "text_run", "decline_run", "sweep_dir", "ddp_run", "spark"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that use a slow fixture, and the model-quality tests, are marked slow."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("quality"):
+            item.add_marker(pytest.mark.slow)
+
+
 TINY_CUTOFF = "2023-09-30"
 BACKBONES = {
     "transformer": "churnformer.modeling.backbones.Transformer",
@@ -55,6 +67,14 @@ class Finished:
     code: int
     out: str
     err: str
+
+    @property
+    def stdout(self) -> str:  # as subprocess.CompletedProcess names it
+        return self.out
+
+    @property
+    def returncode(self) -> int:
+        return self.code
 
     @property
     def error_line(self) -> str:
@@ -98,10 +118,16 @@ def tightest_budget_mb(streams: int = 1) -> float:
 
 def run_predict(
     model: Path, events: Path, output: Path, *overrides: str, cutoff: str = TINY_CUTOFF, check: bool = True
-) -> subprocess.CompletedProcess:
-    """``churnformer-predict`` on the tiny world's cutoff (customers and others via ``overrides``)."""
+) -> Finished:
+    """``churnformer-predict`` on the tiny world's cutoff (customers and others via ``overrides``), run in this
+    process (``tests/test_cli.py`` runs the console script itself)."""
     args = (f"model={model}", f"events={events}", f"cutoff={cutoff}", f"output={output}", "progress=false")
-    return run_cli("churnformer-predict", *args, *overrides, cwd=output.parent, check=check)
+    finished = run_in_process("churnformer-predict", *args, *overrides)
+    if check and finished.code != 0:
+        raise AssertionError(
+            f"churnformer-predict failed ({finished.code}):\n{finished.out[-3000:]}\n{finished.err[-5000:]}"
+        )
+    return finished
 
 
 def _signal(process: subprocess.Popen, number: int, group: bool) -> None:
@@ -196,11 +222,36 @@ TRAIN_OVERRIDES = (
 )
 
 
+def train_in_process(run_dir: Path, *overrides: str) -> dict[str, float]:
+    """The job ``churnformer-train <overrides>`` runs, in this process (no interpreter start-up, no progress
+    bar), composed from the same config; without Hydra's own files (``.hydra/``, ``cli.log``), which the
+    console script's tests check. Returns the validation metrics."""
+    from hydra import compose, initialize_config_module
+
+    from churnformer.training.job import train
+
+    with initialize_config_module("churnformer.conf", version_base="1.3"):
+        config = compose(
+            "train", overrides=[*overrides, f"paths.output_dir={run_dir}", "trainer.enable_progress_bar=false"]
+        )
+    with contextlib.redirect_stdout(io.StringIO()):
+        return train(config)
+
+
 @pytest.fixture(scope="session")
 def trained_run(tiny_world: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run directory trained on the tiny world through the real CLI."""
+    """A run directory trained on the tiny world by the training job, in this process."""
     events, customers = tiny_world
     run_dir = tmp_path_factory.mktemp("run")
+    train_in_process(run_dir, *TRAIN_OVERRIDES, f"data.events={events}", f"data.customers={customers}")
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def cli_run(tiny_world: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run directory trained on the tiny world through the real console script, progress bar on."""
+    events, customers = tiny_world
+    run_dir = tmp_path_factory.mktemp("cli-run")
     run_cli(
         "churnformer-train",
         *TRAIN_OVERRIDES,

@@ -11,10 +11,24 @@ import pandas as pd
 import pytest
 
 from churnformer.data.events import load_events
-from tests.conftest import TINY_CUTOFF, run_cli, run_predict
+from tests.conftest import TINY_CUTOFF, run_cli
 
 
-def test_train_writes_a_complete_run_directory(trained_run: Path) -> None:
+def run_predict(model: Path, events: Path, output: Path, *overrides: str) -> None:
+    """The ``churnformer-predict`` console script on the tiny world's cutoff."""
+    args = (f"model={model}", f"events={events}", f"cutoff={TINY_CUTOFF}", f"output={output}", "progress=false")
+    run_cli("churnformer-predict", *args, *overrides, cwd=output.parent)
+
+
+# The console scripts as a user runs them, each a new interpreter: the slow tier (the fast one runs the same
+# entry points in-process).
+pytestmark = pytest.mark.slow
+
+
+def test_train_writes_a_complete_run_directory(cli_run: Path) -> None:
+    """The console script, as a user runs it (progress bar on): every file of a run directory."""
+    trained_run = cli_run
+    assert (trained_run / "cli.log").is_file() and (trained_run / ".hydra" / "overrides.yaml").is_file()
     for name in (
         "model.onnx",
         "metrics.json",

@@ -35,6 +35,8 @@ DDP_OVERRIDES = (
     "threads=1",
 )
 
+pytestmark = pytest.mark.slow
+
 
 def run_ranks(command: list[str], cwd: Path, timeout: float = HANG_TIMEOUT) -> subprocess.CompletedProcess:
     """Run a multi-process command in its own process group; if it outlives ``timeout``, every process of the

@@ -18,7 +18,7 @@ from churnformer.api import train
 from churnformer.data.synthetic import SyntheticWorldConfig, generate_world
 from churnformer.serving.predictor import Predictor
 
-pytestmark = pytest.mark.quality
+pytestmark = [pytest.mark.quality, pytest.mark.slow]
 
 CUTOFF = "2024-06-30"
 SCRIPT = Path(__file__).parents[1] / "scripts" / "bench_explain.py"

@@ -20,7 +20,11 @@ from churnformer.schema import MODEL_INPUTS, MODEL_OUTPUTS
 from churnformer.serving.predictor import Predictor
 
 
-@pytest.fixture(scope="module", params=[True, False], ids=["fused-attention", "portable"])
+@pytest.fixture(
+    scope="module",
+    params=[True, pytest.param(False, marks=pytest.mark.slow)],
+    ids=["fused-attention", "portable"],
+)
 def exported(
     request: pytest.FixtureRequest, trained_run: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, ScoringModel, Featurizer]:
@@ -126,6 +130,7 @@ def test_checkpoints_load_without_pickled_code(trained_run: Path) -> None:
     assert isinstance(checkpoint["hyper_parameters"]["featurizer_json"], str)
 
 
+@pytest.mark.slow
 def test_export_checkpoint_reproduces_training_export(trained_run: Path, tmp_path: Path) -> None:
     """churnformer-export on the best checkpoint gives the model the training run exported."""
     best = next((trained_run / "checkpoints").glob("epoch*.ckpt"))

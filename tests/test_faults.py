@@ -36,6 +36,7 @@ def _state_dict(run_dir: Path) -> dict[str, Any]:
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="POSIX signals")
+@pytest.mark.slow
 def test_run_killed_mid_epoch_resumes_to_the_same_metrics(tiny_world: tuple[Path, Path], tmp_path: Path) -> None:
     events, customers = tiny_world
     overrides = (*RESUMABLE_OVERRIDES, f"data.events={events}", f"data.customers={customers}")

@@ -24,6 +24,7 @@ from churnformer.artifacts.export import export_onnx
 from churnformer.data.events import AMOUNT, CUSTOMER_ID, TIMESTAMP, load_events
 from churnformer.data.featurizer import FeaturizerConfig, fit_featurizer
 from churnformer.data.window import Window
+from churnformer.defaults import model_heads
 from churnformer.errors import ChurnformerError
 from churnformer.modeling.config import FeatureSizes
 from churnformer.modeling.network import ChurnFormer
@@ -60,7 +61,7 @@ def predictor(tmp_path_factory: pytest.TempPathFactory) -> Predictor:
         load_events(clean), None, FeaturizerConfig.with_defaults(max_len=8, min_category_count=1)
     )
     config = network_config(d_model=8, n_layers=1, n_heads=2, time_frequencies=4)
-    network = ChurnFormer(config, FeatureSizes.of(featurizer), 2).eval()
+    network = ChurnFormer(config, FeatureSizes.of(featurizer), 2, model_heads()).eval()
     output = tmp_path_factory.mktemp("fuzz") / "model.onnx"
     metadata = {"horizon_days": 30, "horizons_days": [30, 90]}
     path = export_onnx(network, featurizer.to_json(), output, metadata, fused_attention=True)

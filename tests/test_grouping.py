@@ -110,6 +110,7 @@ def test_a_missing_group_column_or_text_with_groups_is_one_clear_error() -> None
         fit_featurizer(events.assign(note="x"), None, FeaturizerConfig.with_defaults(group_by="basket", text=["note"]))
 
 
+@pytest.mark.slow
 def test_a_line_item_log_with_its_own_column_names_trains_and_scores(
     tiny_world: tuple[Path, Path], tmp_path: Path
 ) -> None:

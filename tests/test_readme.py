@@ -29,6 +29,8 @@ TINY = "experiment=quick"
 JAVA = shutil.which("java") or os.environ.get("JAVA_HOME")
 RENAMED = {"customer_id": "user", "timestamp": "ts", "amount": "value", "event_type": "kind"}
 
+pytestmark = pytest.mark.slow
+
 
 def section(heading: str) -> str:
     """The README text from ``## heading`` to the next ``## `` heading."""

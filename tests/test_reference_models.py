@@ -13,7 +13,8 @@ from churnformer.serving.predictor import Predictor
 
 REFERENCE = Path(__file__).parent / "data" / "reference"
 CUTOFF = "2023-09-30"
-MODELS = ("default", "decline")
+# The decline model's checks are slow-tier: every fast run exports the default one.
+MODELS = ("default", pytest.param("decline", marks=pytest.mark.slow))
 # What the reference runs set on the command line (tests/data/reference/README.md).
 DATA_CHANGES = {"cutoff": CUTOFF, "horizon_days": 60, "batch_size": 32}
 MAX_LEN = 32

@@ -119,7 +119,11 @@ def test_hparams_show_every_knob_and_final_metric_under_display_names(trained_ru
     assert start.hparams["model.optimizer.lr"].number_value == pytest.approx(0.001)
     assert start.hparams["data.cutoff"].string_value == "2023-09-30"
     assert start.hparams["model.network.backbone._target_"].string_value == "Transformer"
-    # knobs given on the command line come first (TensorBoard shows the first five by default)
+
+
+def test_hparams_put_the_knobs_given_on_the_command_line_first(cli_run: Path) -> None:
+    """TensorBoard shows the first five knobs by default: those the run's command line set come first."""
+    experiment = hparams_data(tensorboard(cli_run), "_hparams_/experiment").experiment
     differs = [info.name for info in experiment.hparam_infos if info.differs]
     assert "model.network.d_model" in differs and "seed" not in differs
     assert experiment.hparam_infos[0].differs

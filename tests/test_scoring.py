@@ -241,7 +241,7 @@ def test_scores_are_identical_when_the_log_is_truncated_at_the_cutoff(
     assert result.summary.events_ignored["after_cutoff"] == 0 < full.summary.events_ignored["after_cutoff"]
 
 
-@pytest.mark.parametrize("spilled", [False, True])
+@pytest.mark.parametrize("spilled", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_every_customer_of_a_messy_log_is_scored_or_rejected(
     model: Predictor, tiny_world: tuple[Path, Path], tmp_path: Path, spilled: bool
 ) -> None:

@@ -23,10 +23,13 @@ from churnformer.serving.predictor import Predictor
 from tests.conftest import TINY_CUTOFF, run_cli, run_in_process, run_predict, write_messy_log
 
 pytest.importorskip("pyspark", reason="the spark extra is not installed (pip install -e '.[dev]' installs it)")
-pytestmark = pytest.mark.skipif(
-    shutil.which("java") is None and not os.environ.get("JAVA_HOME"),
-    reason="Spark needs a Java 17+ runtime: java is not on PATH and JAVA_HOME is unset (.ci/run installs one)",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        shutil.which("java") is None and not os.environ.get("JAVA_HOME"),
+        reason="Spark needs a Java 17+ runtime: java is not on PATH and JAVA_HOME is unset (.ci/run installs one)",
+    ),
+]
 
 from pyspark.sql import SparkSession  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
