@@ -85,7 +85,7 @@ def driver_beats_random(effects: pd.DataFrame, predictions: pd.DataFrame, seed: 
 def shapley_gap(model: Predictor, events: pd.DataFrame, customers: pd.DataFrame, cutoff: str, n: int) -> float:
     """Largest |sum of Shapley values − (f(x) − f(empty))| over ``n`` customers, churn and spend."""
     ids = np.sort(events[CUSTOMER_ID].unique())[:n]
-    result = model.explain(events.loc[events[CUSTOMER_ID].isin(ids)], cutoff, customers, method="shapley")
+    result = model.explaining({"method": "shapley"}).score(events.loc[events[CUSTOMER_ID].isin(ids)], cutoff, customers)
     totals = result.effects.groupby(CUSTOMER_ID)[[CHURN_EFFECT, SPEND_EFFECT]].sum()
     scored = result.predictions.set_index(CUSTOMER_ID).loc[totals.index]
     blank = customers.loc[customers[CUSTOMER_ID].isin(totals.index)].copy()
@@ -112,7 +112,7 @@ def main() -> None:
     events, customers = generate_world(SyntheticWorldConfig.with_defaults(n_customers=args.customers, seed=args.seed))
     model = Predictor(args.model)
     started = time.perf_counter()
-    explained = model.explain(events, args.cutoff, customers)
+    explained = model.explaining(True).score(events, args.cutoff, customers)
     wall_s = time.perf_counter() - started
     predictions, effects = explained.predictions, explained.effects
     complainers = predictions.loc[predictions[CUSTOMER_ID].isin(recent_complainers(events, args.cutoff))]

@@ -89,7 +89,7 @@ def scoring_runs(workdir: Path, n_events: int, n_customers: int) -> dict[str, Ca
         metadata = {"horizon_days": MAIN_HORIZON, "horizons_days": list(horizons)}
         export_onnx(network, featurizer.to_json(), path, metadata, fused_attention=True)
         predictor = Predictor(path)
-        runs[name] = lambda predictor=predictor: predictor.predict(frame, cutoff)
+        runs[name] = lambda predictor=predictor: predictor.score(frame, cutoff)
     return runs
 
 

@@ -133,7 +133,7 @@ def reference_model(model: Path, log: Path) -> Path:
         ids = pq.read_table(log, columns=["customer_id"])["customer_id"].unique()
         sample = np.random.default_rng(0).choice(ids.to_numpy(), size=len(ids) // 10, replace=False)
         events = pq.read_table(log, filters=[("customer_id", "in", sample.tolist())]).to_pandas()
-        scores = predictor.predict(events, cutoff_date()).predictions
+        scores = predictor.score(events, cutoff_date()).predictions
         levels = list(PERCENTILE_LEVELS)
         columns = ("churn_probability", "expected_spend", "spend_if_retained")
         calibration = Calibration(percentiles={c: scores[c].quantile(levels).tolist() for c in columns})

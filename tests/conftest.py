@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from unittest import mock
 
@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from churnformer.data.synthetic import SyntheticWorldConfig, write_world
+from churnformer.serving.predictor import Predictor
 
 BIN = Path(sys.executable).parent
 # Fixtures that train or start something big (a console-script training run, the sentence encoder, a sweep,
@@ -114,6 +115,11 @@ def tightest_budget_mb(streams: int = 1) -> float:
     from churnformer.serving.partition import memory_floor_bytes
 
     return memory_floor_bytes(streams) / 2**20 + 1
+
+
+def with_settings(predictor: Predictor, **changes: object) -> Predictor:
+    """Another predictor of the same model, with some of its scoring settings changed."""
+    return Predictor(predictor.path, replace(predictor.settings, **changes)).explaining(predictor.settings.explain)
 
 
 def run_predict(

@@ -92,7 +92,7 @@ def test_a_decline_score_does_not_depend_on_the_batch_it_is_in(
     customer = events.loc[events["timestamp"] <= TINY_CUTOFF, "customer_id"].value_counts().index[0]
     mine = events.loc[events["customer_id"] == customer]
     copies = pd.concat([mine.assign(customer_id=f"copy{i:05d}") for i in range(6000)], ignore_index=True)
-    numeric = Predictor(run_dir / RUN_MODEL).predict(copies, TINY_CUTOFF).predictions.select_dtypes("number")
+    numeric = Predictor(run_dir / RUN_MODEL).score(copies, TINY_CUTOFF).predictions.select_dtypes("number")
     assert (numeric.nunique() == 1).all(), numeric.nunique()[numeric.nunique() > 1].to_dict()
 
 

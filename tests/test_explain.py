@@ -21,7 +21,6 @@ from churnformer.serving.explain import (
     EXPLAINED,
     GROUP,
     SPEND_EFFECT,
-    Explainer,
     ExplainSettings,
     Selection,
     _shapley_weights,
@@ -31,12 +30,13 @@ from churnformer.serving.explain import (
 from churnformer.serving.job import score_log
 from churnformer.serving.partition import Shard
 from churnformer.serving.predictor import Predictor
-from tests.conftest import TINY_CUTOFF, run_in_process, tightest_budget_mb
+from churnformer.serving.settings import ScoringSettings
+from tests.conftest import TINY_CUTOFF, run_in_process, tightest_budget_mb, with_settings
 
 
 @pytest.fixture(scope="module")
 def model(trained_run: Path) -> Predictor:
-    return Predictor(trained_run / "model.onnx")
+    return Predictor(trained_run / "model.onnx", ScoringSettings.defaults(progress=False))
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def frames(tiny_world: tuple[Path, Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
 @pytest.fixture(scope="module")
 def explained(model: Predictor, frames):
     events, customers = frames
-    return model.explain(events, TINY_CUTOFF, customers)
+    return model.explaining(True).score(events, TINY_CUTOFF, customers)
 
 
 # --- what an effect is ----------------------------------------------------------------------------------------
@@ -83,7 +83,7 @@ def test_an_occlusion_effect_is_the_score_minus_the_score_without_the_group(mode
             mine = mine.loc[~(days_before / 86_400 < 30)]
         else:
             static["age_band"] = None
-        without = model.predict(mine, TINY_CUTOFF, static).predictions.set_index("customer_id").loc[ids]
+        without = model.score(mine, TINY_CUTOFF, static).predictions.set_index("customer_id").loc[ids]
         expected_churn = full.loc[ids, "churn_probability"].to_numpy(np.float64) - without["churn_probability"]
         expected_spend = full.loc[ids, "expected_spend"].to_numpy(np.float64) - without["expected_spend"]
         np.testing.assert_array_equal(rows[CHURN_EFFECT].to_numpy(), expected_churn.to_numpy(np.float64))
@@ -100,7 +100,7 @@ def test_only_groups_a_customer_has_are_explained(frames, explained) -> None:
 
 def test_scores_are_untouched_and_drivers_come_last(model, frames, explained) -> None:
     events, customers = frames
-    plain = model.predict(events, TINY_CUTOFF, customers).predictions
+    plain = model.score(events, TINY_CUTOFF, customers).predictions
     pd.testing.assert_frame_equal(explained.predictions[list(plain.columns)], plain, check_exact=True)
     extra = list(explained.predictions.columns[len(plain.columns) :])
     assert extra[0] == EXPLAINED and extra[1:3] == ["risk_driver_1", "risk_driver_1_effect"]
@@ -149,7 +149,7 @@ def test_only_refuses_anything_else(text: str) -> None:
 
 def test_explaining_only_the_riskiest_customers(model, frames) -> None:
     events, customers = frames
-    result = model.explain(events, TINY_CUTOFF, customers, only="risk_decile<=2")
+    result = model.explaining({"only": "risk_decile<=2"}).score(events, TINY_CUTOFF, customers)
     predictions = result.predictions
     assert (predictions[EXPLAINED] == (predictions["churn_risk_decile"] <= 2)).all()
     assert set(result.effects["customer_id"]) == set(predictions.loc[predictions[EXPLAINED], "customer_id"])
@@ -206,7 +206,7 @@ def test_shapley_values_add_up_to_the_score_minus_an_empty_history(model, frames
     events, customers = frames
     ids = np.sort(events["customer_id"].unique())[:25]
     mine = events.loc[events["customer_id"].isin(ids)]
-    result = model.explain(mine, TINY_CUTOFF, customers, method="shapley", permutations=4)
+    result = model.explaining({"method": "shapley", "permutations": 4}).score(mine, TINY_CUTOFF, customers)
     totals = result.effects.groupby("customer_id")[[CHURN_EFFECT, SPEND_EFFECT]].sum()
     scored = result.predictions.set_index("customer_id").loc[totals.index]
     blank = customers.loc[customers["customer_id"].isin(totals.index)].copy()
@@ -235,15 +235,11 @@ def test_a_training_run_reports_the_validation_drivers(trained_run: Path) -> Non
 
 def test_explanations_are_identical_across_shards_and_spill_partitions(model, tiny_world) -> None:
     events, customers = tiny_world
-    explainer = Explainer(model, ExplainSettings())
-    full = score_log(model, events, TINY_CUTOFF, customers, explainer=explainer)
-    shards = [
-        score_log(model, events, TINY_CUTOFF, customers, shard=Shard(i, 2), explainer=explainer) for i in range(2)
-    ]
-    budget = tightest_budget_mb(model.streams)
-    spilled = score_log(
-        model, events, TINY_CUTOFF, customers, memory_budget_mb=budget, chunk_rows=1000, explainer=explainer
-    )
+    explaining = model.explaining(ExplainSettings())
+    full = score_log(explaining, events, TINY_CUTOFF, customers)
+    shards = [score_log(explaining, events, TINY_CUTOFF, customers, shard=Shard(i, 2)) for i in range(2)]
+    tight = with_settings(explaining, memory_budget_mb=tightest_budget_mb(model.streams))
+    spilled = score_log(tight, events, TINY_CUTOFF, customers, chunk_rows=1000)
     assert spilled.summary.partitions > 1
     joined = pd.concat([s.predictions for s in shards]).sort_values("customer_id", ignore_index=True)
     joined_effects = pd.concat([s.effects for s in shards]).sort_values("customer_id", kind="stable", ignore_index=True)

@@ -45,7 +45,7 @@ def world_explained(tmp_path_factory: pytest.TempPathFactory):
         overrides=["trainer.max_epochs=10", "model.network.d_model=32", "data.features.max_len=64"],
     )
     events, customers = generate_world(SyntheticWorldConfig.with_defaults(n_customers=6000, seed=7))
-    return events, customers, Predictor(run.model_path).explain(events, CUTOFF, customers)
+    return events, customers, Predictor(run.model_path).explaining(True).score(events, CUTOFF, customers)
 
 
 def test_a_recent_complaint_is_the_first_risk_driver(world_explained) -> None:

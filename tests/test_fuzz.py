@@ -29,6 +29,7 @@ from churnformer.errors import ChurnformerError
 from churnformer.modeling.config import FeatureSizes
 from churnformer.modeling.network import ChurnFormer
 from churnformer.serving.predictor import Predictor
+from churnformer.serving.settings import ScoringSettings
 from tests.conftest import network_config
 
 CUTOFF = "2024-06-30"
@@ -65,7 +66,7 @@ def predictor(tmp_path_factory: pytest.TempPathFactory) -> Predictor:
     output = tmp_path_factory.mktemp("fuzz") / "model.onnx"
     metadata = {"horizon_days": 30, "horizons_days": [30, 90]}
     path = export_onnx(network, featurizer.to_json(), output, metadata, fused_attention=True)
-    return Predictor(path, providers=["CPUExecutionProvider"], threads=1)
+    return Predictor(path, ScoringSettings.defaults(providers=["CPUExecutionProvider"], threads=1, progress=False))
 
 
 # --- values: clean ones, and the junk real logs contain ---------------------------------------------
@@ -179,7 +180,7 @@ def check_scoring(predictor: Predictor, events: pd.DataFrame) -> str:
     """The property: a clean error, or every distinct customer scored (with sane outputs) or rejected, once.
     Returns the outcome, for hypothesis' statistics."""
     try:
-        result = predictor.predict(events, CUTOFF)
+        result = predictor.score(events, CUTOFF)
     except ChurnformerError as error:
         assert str(error)  # a message the user can act on
         return f"clean error: {type(error).__name__}"

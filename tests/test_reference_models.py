@@ -23,7 +23,7 @@ MAX_LEN = 32
 def scores(model: Path) -> pd.DataFrame:
     predictor = Predictor(model)
     customers = pd.read_csv(REFERENCE / "customers.csv")
-    return predictor.predict(REFERENCE / "events.csv", CUTOFF, customers).predictions
+    return predictor.score(REFERENCE / "events.csv", CUTOFF, customers).predictions
 
 
 def stored(name: str) -> pd.DataFrame:

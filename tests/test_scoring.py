@@ -19,7 +19,8 @@ from churnformer.serving.output import write_result
 from churnformer.serving.partition import Shard, customer_hash, partitions_needed, streams_within, string_columns
 from churnformer.serving.predictor import Predictor, stream_layout
 from churnformer.serving.retention import ReferencePercentiles, SegmentRules, add_retention_columns, descending_decile
-from tests.conftest import TINY_CUTOFF, run_predict, tightest_budget_mb, write_messy_log
+from churnformer.serving.settings import ScoringSettings
+from tests.conftest import TINY_CUTOFF, run_predict, tightest_budget_mb, with_settings, write_messy_log
 
 LEVELS = np.arange(1, 100, dtype=float)
 
@@ -123,7 +124,7 @@ def test_shards_are_those_of_every_earlier_release_whatever_the_id_column_type(i
 
 @pytest.fixture(scope="module")
 def model(trained_run: Path) -> Predictor:
-    return Predictor(trained_run / "model.onnx")
+    return Predictor(trained_run / "model.onnx", ScoringSettings.defaults(progress=False))
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +162,7 @@ def test_a_score_does_not_depend_on_the_batch_it_is_in(model: Predictor, tiny_wo
     for customer in (lengths.idxmin(), lengths.index[len(lengths) // 2]):  # the shortest history, a typical one
         mine = events.loc[events["customer_id"] == customer]
         copies = pd.concat([mine.assign(customer_id=f"copy{i:05d}") for i in range(6000)], ignore_index=True)
-        scores = model.predict(copies, TINY_CUTOFF).predictions
+        scores = model.score(copies, TINY_CUTOFF).predictions
         numeric = scores.select_dtypes("number")
         assert (numeric.nunique() == 1).all(), numeric.nunique()[numeric.nunique() > 1].to_dict()
 
@@ -195,7 +196,9 @@ def test_a_score_does_not_depend_on_streams_or_threads(
 ) -> None:
     """Batches run side by side on single-threaded sessions by default; a customer's score is the same
     however many streams and threads the job has."""
-    predictor = Predictor(trained_run / "model.onnx", streams=streams, threads=threads, batch_tokens=256)
+    predictor = Predictor(
+        trained_run / "model.onnx", ScoringSettings.defaults(streams=streams, threads=threads, batch_tokens=256)
+    )
     assert predictor.streams == streams
     events, customers = tiny_world
     result = score_log(predictor, events, TINY_CUTOFF, customers)
@@ -219,7 +222,7 @@ def test_spilled_chunks_score_exactly_like_memory(
         events = path
         assert "event_type" in model.open_events(path, model.columns).dictionary_columns
     budget = tightest_budget_mb(model.streams)
-    spilled = score_log(model, events, TINY_CUTOFF, customers, memory_budget_mb=budget, chunk_rows=1000)
+    spilled = score_log(with_settings(model, memory_budget_mb=budget), events, TINY_CUTOFF, customers, chunk_rows=1000)
     assert spilled.summary.partitions > 1
     pd.testing.assert_frame_equal(spilled.predictions, full.predictions, check_exact=True)
     pd.testing.assert_frame_equal(spilled.rejects, full.rejects)
@@ -253,7 +256,8 @@ def test_every_customer_of_a_messy_log_is_scored_or_rejected(
     messy, copies, odd = write_messy_log(events, path)
     distinct = set(messy["customer_id"])
     for shard in (Shard(), Shard(0, 2), Shard(1, 2)):
-        result = score_log(model, path, TINY_CUTOFF, customers, shard=shard, memory_budget_mb=budget, chunk_rows=777)
+        tight = with_settings(model, memory_budget_mb=budget)
+        result = score_log(tight, path, TINY_CUTOFF, customers, shard=shard, chunk_rows=777)
         mine = {c for c in distinct if customer_hash(np.array([c], dtype=object))[0] % shard.count == shard.index}
         scored, rejected = set(result.predictions["customer_id"]), set(result.rejects["customer_id"])
         assert scored | rejected == mine and not scored & rejected
@@ -263,7 +267,8 @@ def test_every_customer_of_a_messy_log_is_scored_or_rejected(
         assert {c for c in mine if c.startswith("late-")} <= rejected
         if "busy" in mine:
             assert summary.events_ignored["truncated"] > 0
-    full = score_log(model, path, TINY_CUTOFF, customers, memory_budget_mb=budget, chunk_rows=777).summary
+    full = score_log(with_settings(model, memory_budget_mb=budget), path, TINY_CUTOFF, customers, chunk_rows=777)
+    full = full.summary
 
     def before_cutoff(rows: pd.DataFrame) -> int:
         return int((pd.to_datetime(rows["timestamp"]) < pd.Timestamp(TINY_CUTOFF) + pd.Timedelta(days=1)).sum())
@@ -313,7 +318,9 @@ def test_rescoring_is_byte_identical(trained_run: Path, tiny_world: tuple[Path, 
 
 
 def test_unavailable_provider_fallback_is_loud(trained_run: Path, capsys: pytest.CaptureFixture) -> None:
-    predictor = Predictor(trained_run, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    predictor = Predictor(
+        trained_run, ScoringSettings.defaults(providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    )
     if predictor.provider == "CUDAExecutionProvider":
         pytest.skip("this machine has a usable CUDA provider")
     assert predictor.provider == "CPUExecutionProvider"
@@ -361,3 +368,15 @@ def test_scoring_and_evaluation_never_import_torch() -> None:
     assert (
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
     )
+
+
+def test_without_pyspark_the_spark_engine_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from churnformer.cli import engine_job
+
+    for name in [n for n in sys.modules if n.startswith(("churnformer.spark", "pyspark"))]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "pyspark", None)
+    with pytest.raises(ConfigError, match=r"pip install 'churnformer\[spark\]'"):
+        engine_job("spark")
+    with pytest.raises(ConfigError, match="engine=ray: choose one of local, spark"):
+        engine_job("ray")

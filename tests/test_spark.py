@@ -17,7 +17,7 @@ import onnx
 import pandas as pd
 import pytest
 
-from churnformer.errors import ConfigError, InputError, ModelFileError
+from churnformer.errors import InputError, ModelFileError
 from churnformer.schema import META_CALIBRATION, METADATA_PREFIX
 from churnformer.serving.predictor import Predictor
 from tests.conftest import TINY_CUTOFF, run_cli, run_in_process, run_predict, write_messy_log
@@ -34,7 +34,8 @@ pytestmark = [
 from pyspark.sql import SparkSession  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
 
-from churnformer.spark import TableReading, score_job, summarize  # noqa: E402
+from churnformer.serving.settings import ScoringSettings  # noqa: E402
+from churnformer.spark import TableReading, score_table, summarize  # noqa: E402
 from churnformer.spark.job import flat_settings, read_table  # noqa: E402
 
 CSV_TEXT = TableReading(csv_text=True)
@@ -75,18 +76,20 @@ def counts(summary) -> dict:
     return {k: v for k, v in vars(summary).items() if k not in skipped and not k.endswith("_s")}
 
 
-def explained_csv_job(spark: SparkSession, events: Path, customers: Path, model: Path, **options):
+def explained_csv_job(
+    spark: SparkSession, events: Path, customers: Path, model: Path, buckets: int, **settings: object
+):
     """The Spark job over CSV events and customers, with explanations, persisted."""
     customers_frame = read_table(spark, customers)[0]
-    return score_job(
+    return score_table(
         read_table(spark, events)[0],
         model,
         TINY_CUTOFF,
         customers=customers_frame,
-        explain=True,
+        settings=ScoringSettings.defaults(explain=True, **settings),
+        buckets=buckets,
         events_reading=CSV_TEXT,
         customers_reading=CSV_TEXT,
-        **options,
     ).persist()
 
 
@@ -97,7 +100,7 @@ def test_a_messy_log_with_explanations_scores_exactly_as_one_machine(
     read from CSV with the customer table, spread over 5 buckets: predictions, drivers, effects, rejects and
     every count equal the local job's."""
     customers = tiny_world[1]
-    local = Predictor(trained_run).explain(messy, TINY_CUTOFF, customers=customers)
+    local = Predictor(trained_run).explaining(True).score(messy, TINY_CUTOFF, customers=customers)
     job = explained_csv_job(spark, messy, customers, trained_run / "model.onnx", buckets=5)
     assert_same_rows(job.predictions.toPandas(), local.predictions)
     assert_same_rows(job.rejects.toPandas(), local.rejects)
@@ -115,10 +118,12 @@ def test_a_text_model_scores_exactly_as_one_machine_with_its_encoder_shipped(
     """The workers read the texts with the encoder's bytes the driver checked and shipped (here from a model
     copied away from its run directory, the encoder named by path): the local job's rows, explanations too."""
     events, customers = text_world
-    local = Predictor(text_run).explain(events, TINY_CUTOFF, customers=customers)
+    local = Predictor(text_run).explaining(True).score(events, TINY_CUTOFF, customers=customers)
     alone = tmp_path / "model.onnx"
     shutil.copy(text_run / "model.onnx", alone)
-    job = explained_csv_job(spark, events, customers, alone, buckets=3, text_encoder=text_run / "text_encoder.onnx")
+    job = explained_csv_job(
+        spark, events, customers, alone, buckets=3, text_encoder=str(text_run / "text_encoder.onnx")
+    )
     assert_same_rows(job.predictions.toPandas(), local.predictions)
     assert_same_rows(job.effects.toPandas(), local.effects)
     assert "text" in set(local.effects["group"])
@@ -134,7 +139,7 @@ def test_a_task_retried_by_spark_gives_the_same_rows(
     from pyspark import TaskContext
 
     events = tiny_world[0]
-    local = Predictor(trained_run).predict(events, TINY_CUTOFF)
+    local = Predictor(trained_run).score(events, TINY_CUTOFF)
 
     @F.udf("boolean")
     def fail_first_attempt(customer_id: str) -> bool:
@@ -143,7 +148,7 @@ def test_a_task_retried_by_spark_gives_the_same_rows(
             raise RuntimeError("injected task failure")
         return True
 
-    job = score_job(read_table(spark, events)[0], trained_run, TINY_CUTOFF, buckets=3, events_reading=CSV_TEXT)
+    job = score_table(read_table(spark, events)[0], trained_run, TINY_CUTOFF, buckets=3, events_reading=CSV_TEXT)
     tracker = spark.sparkContext.statusTracker()
     jobs_before = set(tracker.getJobIdsForGroup(None))
     retried = job.predictions.where(fail_first_attempt(F.col("customer_id"))).toPandas()
@@ -169,8 +174,8 @@ def test_two_million_events_with_a_skewed_customer_score_exactly_as_one_machine(
     frame = pd.concat([frame, skewed], ignore_index=True)
     path = tmp_path / "events.parquet"
     frame.to_parquet(path, index=False, row_group_size=250_000)
-    local = Predictor(trained_run).predict(path, TINY_CUTOFF)
-    job = score_job(spark.read.parquet(str(path)), trained_run, TINY_CUTOFF).persist()
+    local = Predictor(trained_run).score(path, TINY_CUTOFF)
+    job = score_table(spark.read.parquet(str(path)), trained_run, TINY_CUTOFF).persist()
     assert_same_rows(job.predictions.toPandas(), local.predictions)
     summary = summarize(job)
     assert counts(summary) == counts(local.summary)
@@ -216,16 +221,16 @@ def test_bad_columns_and_model_files_are_refused_before_any_task(
     events = spark.createDataFrame(world_events.drop(columns=["amount"]))
     jobs_before = len(spark.sparkContext.statusTracker().getJobIdsForGroup(None))
     with pytest.raises(InputError, match=r"required column\(s\) \['amount'\] not found"):
-        score_job(events, trained_run, TINY_CUTOFF, buckets=2)
+        score_table(events, trained_run, TINY_CUTOFF, buckets=2)
     with pytest.raises(ModelFileError, match="model file not found"):
-        score_job(events, tmp_path / "missing.onnx", TINY_CUTOFF, buckets=2)
+        score_table(events, tmp_path / "missing.onnx", TINY_CUTOFF, buckets=2)
     proto = onnx.load(trained_run / "model.onnx")
     kept = [p for p in proto.metadata_props if p.key != METADATA_PREFIX + META_CALIBRATION]
     del proto.metadata_props[:]
     proto.metadata_props.extend(kept)
     onnx.save(proto, tmp_path / "uncalibrated.onnx")
     with pytest.raises(ModelFileError, match="no reference percentiles"):
-        score_job(spark.createDataFrame(world_events), tmp_path / "uncalibrated.onnx", TINY_CUTOFF, buckets=2)
+        score_table(spark.createDataFrame(world_events), tmp_path / "uncalibrated.onnx", TINY_CUTOFF, buckets=2)
     assert len(spark.sparkContext.statusTracker().getJobIdsForGroup(None)) == jobs_before
 
 
@@ -238,7 +243,7 @@ def test_unparseable_timestamps_found_by_a_worker_end_in_one_line(
     bad.loc[100, "timestamp"] = "garbage"
     path = tmp_path / "bad.csv"
     bad.to_csv(path, index=False)
-    job = score_job(read_table(spark, path)[0], trained_run, TINY_CUTOFF, buckets=2, events_reading=CSV_TEXT)
+    job = score_table(read_table(spark, path)[0], trained_run, TINY_CUTOFF, buckets=2, events_reading=CSV_TEXT)
     with pytest.raises(InputError, match=r"column 'timestamp': missing or unparseable timestamps .*'garbage'"):
         summarize(job)
     out = tmp_path / "out.parquet"
@@ -265,13 +270,3 @@ def test_command_line_settings(trained_run: Path, tiny_world: tuple[Path, Path],
         "spark.sql.shuffle.partitions": 8,
         "spark.a": 1,
     }
-
-
-def test_without_pyspark_the_engine_names_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from churnformer.serving.job import spark_job
-
-    for name in [n for n in sys.modules if n.startswith(("churnformer.spark", "pyspark"))]:
-        monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setitem(sys.modules, "pyspark", None)
-    with pytest.raises(ConfigError, match=r"pip install 'churnformer\[spark\]'"):
-        spark_job()

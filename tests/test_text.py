@@ -23,6 +23,7 @@ from churnformer.data.window import Window
 from churnformer.errors import ConfigError, InputError
 from churnformer.schema import EVENT_TEXT, RUN_TEXT_EMBEDDINGS, RUN_TEXT_ENCODER, TEXT_EMBEDDINGS
 from churnformer.serving.predictor import Predictor
+from churnformer.serving.settings import ScoringSettings
 from churnformer.text.embeddings import TextEmbeddings
 from churnformer.text.encoder import TextEncoder
 from tests.conftest import TINY_CUTOFF, run_in_process, run_predict, tightest_budget_mb
@@ -213,9 +214,11 @@ def test_a_text_cache_embeds_each_text_once_across_jobs_with_the_same_outputs(
     # A training run's table is the same format: it seeds the first scoring job.
     seeded = tmp_path / "seeded.npz"
     shutil.copy(text_run / RUN_TEXT_EMBEDDINGS, seeded)
-    scored = Predictor(text_run, text_cache=seeded).predict(str(events), TINY_CUTOFF, str(customers))
+    scored = Predictor(text_run, ScoringSettings.defaults(text_cache=str(seeded))).score(
+        str(events), TINY_CUTOFF, str(customers)
+    )
     assert 0 < scored.summary.texts["cached"] <= scored.summary.texts["distinct"]
-    alone = Predictor(text_run).predict(str(events), TINY_CUTOFF, str(customers)).predictions
+    alone = Predictor(text_run).score(str(events), TINY_CUTOFF, str(customers)).predictions
     pd.testing.assert_frame_equal(scored.predictions, alone, check_exact=True)
 
 
@@ -288,7 +291,7 @@ def test_scoring_a_text_model_imports_no_torch(text_run: Path, text_world: tuple
     code = (
         "import sys\n"
         "from churnformer.serving.predictor import Predictor\n"
-        f"result = Predictor({str(text_run)!r}).predict({str(text_world[0])!r}, {TINY_CUTOFF!r})\n"
+        f"result = Predictor({str(text_run)!r}).score({str(text_world[0])!r}, {TINY_CUTOFF!r})\n"
         "assert result.summary.texts['distinct'] > 0\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'transformers', 'lightning'}))\n"
     )

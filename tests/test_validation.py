@@ -25,6 +25,7 @@ from churnformer.data.window import HorizonGrid, Window, require_events_before
 from churnformer.errors import ConfigError, InputError, ModelFileError
 from churnformer.serving.output import ScoringResult
 from churnformer.serving.predictor import Predictor
+from churnformer.serving.settings import ScoringSettings
 from tests.conftest import TINY_CUTOFF, Finished, run_in_process
 
 CUTOFF = "2024-06-30"
@@ -456,12 +457,12 @@ def test_cutoff_after_every_event_in_evaluation_exits_2(tiny_world, tmp_path):
 
 @pytest.fixture(scope="module")
 def predictor(trained_run: Path) -> Predictor:
-    return Predictor(trained_run, providers=["CPUExecutionProvider"])
+    return Predictor(trained_run, ScoringSettings.defaults(providers=["CPUExecutionProvider"], progress=False))
 
 
 @pytest.fixture(scope="module")
 def baseline(predictor: Predictor, tiny_world: tuple[Path, Path]) -> ScoringResult:
-    return predictor.predict(tiny_world[0], TINY_CUTOFF, tiny_world[1])
+    return predictor.score(tiny_world[0], TINY_CUTOFF, tiny_world[1])
 
 
 def _feature_end() -> pd.Timestamp:
@@ -470,7 +471,7 @@ def _feature_end() -> pd.Timestamp:
 
 def _score_csv(predictor: Predictor, frame: pd.DataFrame, path: Path, customers: Path, **kwargs) -> ScoringResult:
     frame.to_csv(path, index=False)
-    return predictor.predict(path, kwargs.pop("cutoff", TINY_CUTOFF), customers, **kwargs)
+    return predictor.score(path, kwargs.pop("cutoff", TINY_CUTOFF), customers, **kwargs)
 
 
 def test_scoring_counts_events_after_the_cutoff(baseline, world_events):
@@ -544,14 +545,14 @@ def test_scoring_summary_counts_duplicate_events(predictor, world_events, tiny_w
 
 
 def test_cutoff_after_every_event_at_scoring_is_fine(predictor, world_events, tiny_world):
-    result = predictor.predict(tiny_world[0], "2030-01-01", tiny_world[1])
+    result = predictor.score(tiny_world[0], "2030-01-01", tiny_world[1])
     assert result.summary.customers_scored == world_events["customer_id"].nunique()
     assert result.summary.events_ignored["after_cutoff"] == 0
 
 
 def test_cutoff_before_every_event_at_scoring_is_an_error(predictor, tiny_world):
     with pytest.raises(InputError) as error:
-        predictor.predict(tiny_world[0], "2020-01-01", tiny_world[1])
+        predictor.score(tiny_world[0], "2020-01-01", tiny_world[1])
     assert _message(error).startswith(f"{tiny_world[0]}: no events up to the cutoff 2020-01-01; the log starts at")
 
 
@@ -565,7 +566,7 @@ def test_model_needing_an_event_column_the_file_lacks_names_file_and_column(pred
     path = tmp_path / "events.csv"
     world_events.drop(columns=[column]).to_csv(path, index=False)
     with pytest.raises(FeatureMismatchError) as error:
-        predictor.predict(path, TINY_CUTOFF)
+        predictor.score(path, TINY_CUTOFF)
     message = _message(error)
     assert message.startswith(f"{path}: lacks attribute column(s) ['{column}'] that the model was trained with")
 
@@ -575,7 +576,7 @@ def test_model_needing_a_customers_column_the_file_lacks_names_file_and_column(p
     path = tmp_path / "customers.csv"
     customers.to_csv(path, index=False)
     with pytest.raises(FeatureMismatchError) as error:
-        predictor.predict(tiny_world[0], TINY_CUTOFF, path)
+        predictor.score(tiny_world[0], TINY_CUTOFF, path)
     assert _message(error).startswith(f"{path}: lacks column(s) ['region'] that the model was trained with")
 
 
@@ -583,7 +584,7 @@ def test_model_mismatch_names_the_model(predictor, world_events, tmp_path):
     path = tmp_path / "events.csv"
     world_events.drop(columns=["channel"]).to_csv(path, index=False)
     with pytest.raises(FeatureMismatchError) as error:
-        predictor.predict(path, TINY_CUTOFF)
+        predictor.score(path, TINY_CUTOFF)
     assert str(predictor.path) in _message(error)
 
 

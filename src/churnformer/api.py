@@ -10,12 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from hydra import compose, initialize_config_module
 
 from churnformer.data.events import ColumnMapping
 from churnformer.serving.predictor import Predictor
+from churnformer.serving.settings import ScoringSettings
 
 
 @dataclass
@@ -70,13 +72,18 @@ def predict(
     columns: ColumnMapping | Mapping[str, str | None] | None = None,
     discount_rate: float | None = None,
     text_cache: str | Path | None = None,
+    explain: bool | Mapping[str, Any] = False,
 ) -> pd.DataFrame:
-    """One row per customer with an event up to ``cutoff``; ``discount_rate`` (annual) is that of the ``clv``
-    column (default: ``clv.discount_rate`` of ``conf/serving/predict.yaml``). A model that reads text takes
-    texts from ``text_cache`` when that file exists and saves this call's texts there (``text_cache`` of
-    ``churnformer-predict``). See :class:`churnformer.serving.predictor.Predictor`."""
-    predictor = Predictor(model, discount_rate=discount_rate, text_cache=text_cache)
-    predictions = predictor.predict(events, cutoff, customers, columns).predictions
+    """One row per customer with an event up to ``cutoff``: the predictions of
+    :meth:`churnformer.serving.predictor.Predictor.score` (which also gives the rejects and the summary).
+    ``discount_rate`` (annual) is that of the ``clv`` column (default: ``clv.discount_rate`` of
+    ``conf/serving/predict.yaml``). A model that reads text takes texts from ``text_cache`` when that file exists
+    and saves this call's texts there (``text_cache`` of ``churnformer-predict``). ``explain``: True (or some of
+    ``explain.*``, e.g. ``{"only": "risk_decile<=2"}``) adds each customer's drivers."""
+    changes = {"discount_rate": discount_rate, "text_cache": None if text_cache is None else str(text_cache)}
+    settings = ScoringSettings.defaults(progress=False, **{k: v for k, v in changes.items() if v is not None})
+    predictor = Predictor(model, settings.explaining(explain))
+    predictions = predictor.score(events, cutoff, customers, columns).predictions
     if text_cache is not None and predictor.texts is not None:
         predictor.texts.save(text_cache)
     return predictions

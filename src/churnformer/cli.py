@@ -6,6 +6,7 @@ clear message and exit status 2; ``debug=true`` shows the traceback instead.
 
 from __future__ import annotations
 
+import importlib
 import io
 import logging
 import os
@@ -200,10 +201,32 @@ def _export(cfg: DictConfig) -> None:
         print(f"exported {quantized}")
 
 
-def _predict(cfg: DictConfig) -> None:
-    from churnformer.serving.job import run_prediction
+# churnformer-predict's engines: where each one's job is, and the extra it needs beyond the core install.
+ENGINES = {
+    "local": ("churnformer.serving.job", "run_prediction", None),
+    "spark": ("churnformer.spark.job", "run_spark_prediction", "spark"),
+}
 
-    run_prediction(OmegaConf.to_container(cfg, resolve=True))
+
+def engine_job(engine: str) -> Callable[[dict[str, Any]], Any]:
+    """The job of ``engine=...``, or one line saying which engines there are or what to install."""
+    if engine not in ENGINES:
+        raise ConfigError(f"engine={engine}: choose one of {', '.join(ENGINES)} (local: this process)")
+    module, function, extra = ENGINES[engine]
+    try:
+        return getattr(importlib.import_module(module), function)
+    except ImportError as error:
+        missing = (error.name or "").split(".")[0]
+        if extra is None or missing.startswith("churnformer"):
+            raise
+        raise ConfigError(
+            f"engine={engine} needs {missing} ({error}); install it with: pip install 'churnformer[{extra}]'"
+        ) from error
+
+
+def _predict(cfg: DictConfig) -> None:
+    config = OmegaConf.to_container(cfg, resolve=True)
+    engine_job(config["engine"])(config)
 
 
 def _evaluate(cfg: DictConfig) -> None:

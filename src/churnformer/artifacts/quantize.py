@@ -27,7 +27,8 @@ from churnformer.evaluation.metrics import roc_auc
 from churnformer.evaluation.report import align
 from churnformer.files import write_atomically
 from churnformer.schema import META_QUANTIZED, METADATA_PREFIX, RUN_CONFIG
-from churnformer.serving.predictor import Predictor
+from churnformer.serving.predictor import AS_LOADED, Predictor
+from churnformer.serving.settings import ScoringSettings
 
 MAX_AUC_DROP = 0.002
 INT8_SUFFIX = ".int8.onnx"
@@ -103,7 +104,11 @@ def check_quantized(
     ids = labels[CUSTOMER_ID]
     scored = []
     for path in (fp32, int8):
-        predictions = Predictor(path).predict_standard(events, cutoff, customers).predictions
+        predictions = (
+            Predictor(path, ScoringSettings.defaults(progress=False))
+            .score(events, cutoff, customers, AS_LOADED)
+            .predictions
+        )
         scored.append(align(predictions[predictions[CUSTOMER_ID].isin(ids)], labels))
     fp32_frame, int8_frame = scored
     churn = fp32_frame["churn"].to_numpy()

@@ -22,14 +22,14 @@ import math
 import re
 from dataclasses import dataclass, field
 from itertools import combinations
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
 
 from churnformer.data.events import CUSTOMER_ID, TIMESTAMP
 from churnformer.data.featurizer import Featurizer
-from churnformer.data.sequences import build_sequences, concat_sequences, empty_histories
+from churnformer.data.sequences import Sequences, build_sequences, concat_sequences, empty_histories
 from churnformer.data.values import UNKNOWN_ID, numeric_values
 from churnformer.data.window import NS_PER_DAY, Window
 from churnformer.errors import ConfigError
@@ -44,7 +44,8 @@ from churnformer.schema import (
 from churnformer.serving.partition import customer_hash
 
 if TYPE_CHECKING:
-    from churnformer.serving.predictor import Predictor
+    from churnformer.serving.retention import ReferencePercentiles
+    from churnformer.text.embeddings import TextEmbeddings
 
 METHODS = ("occlusion", "shapley")
 EXACT_SHAPLEY_GROUPS = 6
@@ -217,16 +218,29 @@ class Explanations:
     drivers: pd.DataFrame
 
 
+class Scorer(Protocol):
+    """What explanations need of a model: its featurization and texts, its reference population, and scores
+    of featurized customers (:class:`churnformer.serving.predictor.Predictor` is one)."""
+
+    featurizer: Featurizer
+    texts: TextEmbeddings | None
+    reference: ReferencePercentiles | None
+
+    def score_sequences(self, sequences: Sequences) -> pd.DataFrame: ...
+
+    def retention(self, predictions: pd.DataFrame) -> pd.DataFrame: ...
+
+
 class Explainer:
     """Explains customers of one frame at a time (a whole log, a shard or a spill partition) with the
-    predictor's model."""
+    model ``scorer`` scores with."""
 
-    def __init__(self, predictor: Predictor, settings: ExplainSettings) -> None:
-        self.predictor = predictor
+    def __init__(self, scorer: Scorer, settings: ExplainSettings) -> None:
+        self.scorer = scorer
         self.settings = settings
-        self.groups = driver_groups(predictor.featurizer, settings)
+        self.groups = driver_groups(scorer.featurizer, settings)
         self.selection = Selection.parse(settings.only)
-        if self.selection.column is not None and predictor.reference is None:
+        if self.selection.column is not None and scorer.reference is None:
             raise ConfigError(
                 f"explain.only={settings.only}: this model has no reference percentiles (exported without "
                 "calibration), so deciles and segments would depend on which customers a job scores"
@@ -237,7 +251,7 @@ class Explainer:
     ) -> Explanations:
         """Explain the selected customers among ``predictions`` (model outputs of ``frame``'s customers, in
         customer id order) from their events in ``frame``."""
-        chosen = predictions.iloc[self.selection.rows(self.predictor.retention(predictions))]
+        chosen = predictions.iloc[self.selection.rows(self.scorer.retention(predictions))]
         ids = chosen[CUSTOMER_ID].to_numpy()
         stamps = frame[TIMESTAMP].to_numpy(dtype="datetime64[ns]").view(np.int64)
         events = frame.loc[(stamps < window.feature_end_ns) & frame[CUSTOMER_ID].isin(ids).to_numpy()]
@@ -286,7 +300,7 @@ class Explainer:
         stamps = events[TIMESTAMP].to_numpy(dtype="datetime64[ns]").view(np.int64)
         days_before = (window.feature_end_ns - stamps) / NS_PER_DAY
         encoded: dict[str, np.ndarray] = {}
-        encoders = self.predictor.featurizer.event_value_encoders
+        encoders = self.scorer.featurizer.event_value_encoders
         for index, group in enumerate(self.groups):
             if group.column is not None:
                 if group.column not in encoded:
@@ -313,7 +327,7 @@ class Explainer:
             return bits
         stamps = events[TIMESTAMP].to_numpy(dtype="datetime64[ns]").view(np.int64)
         written = np.zeros(len(events), dtype=bool)
-        for column in self.predictor.featurizer.text_columns:
+        for column in self.scorer.featurizer.text_columns:
             written |= (events[column].astype("string").str.strip().fillna("") != "").to_numpy(dtype=bool)
         return (written & (stamps < window.feature_end_ns)).astype(np.int64) << index
 
@@ -327,7 +341,7 @@ class Explainer:
         bits = np.zeros(n, dtype=np.int64)
         if static is None:
             return bits
-        featurizer = self.predictor.featurizer
+        featurizer = self.scorer.featurizer
         categorical = {encoder.name: encoder for encoder in featurizer.customer_categorical}
         for index, group in enumerate(self.groups):
             if group.attribute is None or group.attribute not in static.columns:
@@ -362,7 +376,7 @@ class Explainer:
         variant_events[CUSTOMER_ID] = variant_of_row[keep]
         if self._text_index is not None:
             blank = (removed[variant_of_row[keep]] >> self._text_index) & 1 == 1
-            for column in self.predictor.featurizer.text_columns:
+            for column in self.scorer.featurizer.text_columns:
                 variant_events[column] = variant_events[column].mask(blank)
         variant_static = None
         if static is not None:
@@ -372,13 +386,13 @@ class Explainer:
                 if group.attribute is not None and group.attribute in variant_static.columns:
                     hidden = (removed >> index) & 1 == 1
                     variant_static[group.attribute] = variant_static[group.attribute].mask(hidden)
-        featurizer = self.predictor.featurizer
-        texts = self.predictor.texts
+        featurizer = self.scorer.featurizer
+        texts = self.scorer.texts
         sequences = build_sequences(variant_events, window, featurizer, variant_static, texts)
         empty = np.setdiff1d(np.arange(len(customer)), sequences.customer_ids)
         if len(empty):
             sequences = concat_sequences([sequences, empty_histories(empty, featurizer, variant_static, texts)])
-        scored = self.predictor.score_sequences(sequences)
+        scored = self.scorer.score_sequences(sequences)
         values = np.empty((len(customer), 2))
         values[scored[CUSTOMER_ID].to_numpy(np.int64)] = scored[[CHURN_PROBABILITY, EXPECTED_SPEND]].to_numpy(
             np.float64

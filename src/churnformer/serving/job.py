@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,7 +31,6 @@ from tqdm.auto import tqdm
 from churnformer.data.events import CUSTOMER_ID, TIMESTAMP, ColumnMapping, load_customers
 from churnformer.data.window import require_events_before
 from churnformer.errors import ConfigError
-from churnformer.serving.explain import Explainer, ExplainSettings
 from churnformer.serving.output import ScoringResult, ScoringSummary, check_output_path, describe, write_result
 from churnformer.serving.partition import (
     PEAK_BYTES_PER_EVENT,
@@ -45,7 +44,7 @@ from churnformer.serving.partition import (
     streams_within,
 )
 from churnformer.serving.predictor import Predictor
-from churnformer.serving.retention import SegmentRules
+from churnformer.serving.settings import ScoringSettings
 
 T = TypeVar("T")
 # Chunks are a quarter of what one partition may hold, so reading never dominates the peak.
@@ -60,18 +59,20 @@ def score_log(
     customers: str | Path | None = None,
     columns: ColumnMapping | Mapping[str, str | None] | None = None,
     shard: Shard | None = None,
-    memory_budget_mb: float = 4096,
-    spill_dir: str | Path | None = None,
-    progress: bool = False,
     chunk_rows: int | None = None,
-    explainer: Explainer | None = None,
 ) -> ScoringResult:
-    """Score an event-log file within ``memory_budget_mb``; see the module docstring.
+    """Score an event-log file within the predictor's ``memory_budget_mb`` (spilling to its ``spill_dir``),
+    explaining what its settings ask, partition by partition; see the module docstring.
 
     ``chunk_rows`` (default: derived from the budget) is the number of input rows read at a time when
-    the log does not fit. ``explainer``: explain the customers it selects, partition by partition.
+    the log does not fit.
     """
     started = time.perf_counter()
+    memory_budget_mb, spill_dir, progress = (
+        predictor.settings.memory_budget_mb,
+        predictor.settings.spill_dir,
+        predictor.settings.progress,
+    )
     shard = shard or Shard()
     columns = predictor.column_mapping(columns)
     window = predictor.window(cutoff)
@@ -87,7 +88,7 @@ def score_log(
             mine = keep_shard(frame, shard)
         other_shards, spilled = len(frame) - len(mine), 0
         del frame
-        parts = [predictor.score_frame(mine, window, static, progress, explainer)]
+        parts = [predictor.score_frame(mine, window, static, progress)]
     else:
         available = bytes_for_events(memory_budget_mb, predictor.streams)
         chunk_rows = chunk_rows or max(MIN_CHUNK_ROWS, int(available / PEAK_BYTES_PER_EVENT / CHUNK_SHARE))
@@ -125,7 +126,7 @@ def score_log(
                 for path in partitions:
                     with clock("spill"):
                         partition = read_partition(path, str(source.path))
-                    parts.append(predictor.score_frame(partition, window, static, explainer=explainer))
+                    parts.append(predictor.score_frame(partition, window, static))
                     del partition
                     path.unlink()
                     release_memory()
@@ -238,32 +239,15 @@ def combine(parts: list[ScoringResult], predictor: Predictor) -> ScoringResult:
 
 
 def run_prediction(config: dict[str, Any]) -> dict[str, Path]:
-    """The ``churnformer-predict`` job from a plain config dict (see ``conf/serving/predict.yaml``)."""
-    if config["engine"] == "spark":
-        return spark_job()(config)
-    if config["engine"] != "local":
-        raise ConfigError(f"engine={config['engine']}: choose local (this process) or spark")
+    """``churnformer-predict engine=local``: the job from a plain config dict (``conf/serving/predict.yaml``)."""
     output = check_output_path(config["output"])
-    check_spill_dir(config["spill_dir"])
+    settings = ScoringSettings.of(config)
+    check_spill_dir(settings.spill_dir)
     reuse_freed_memory()
-    predictor = Predictor(
-        config["model"],
-        providers=config["providers"],
-        batch_tokens=config["batch_tokens"],
-        max_batch_size=config["max_batch_size"],
-        threads=config["threads"],
-        streams=config["streams"],
-        max_streams=streams_within(config["memory_budget_mb"]),
-        segments=SegmentRules(**config["segments"]),
-        discount_rate=config["clv"]["discount_rate"],
-        text_encoder=config["text_encoder"],
-        text_cache=config["text_cache"],
-    )
-    bytes_for_events(config["memory_budget_mb"], predictor.streams)  # a budget below the floor: before any event
-    if config["text_cache"] is not None and predictor.texts is None:
-        print(f"warning: text_cache={config['text_cache']} ignored: {predictor.path} reads no text", file=sys.stderr)
-    settings = {key: value for key, value in config["explain"].items() if key != "enabled"}
-    explainer = Explainer(predictor, ExplainSettings(**settings)) if config["explain"]["enabled"] else None
+    predictor = Predictor(config["model"], settings, max_streams=streams_within(settings.memory_budget_mb))
+    bytes_for_events(settings.memory_budget_mb, predictor.streams)  # a budget below the floor: before any event
+    if settings.text_cache is not None and predictor.texts is None:
+        print(f"warning: text_cache={settings.text_cache} ignored: {predictor.path} reads no text", file=sys.stderr)
     result = score_log(
         predictor,
         config["events"],
@@ -271,27 +255,10 @@ def run_prediction(config: dict[str, Any]) -> dict[str, Path]:
         customers=config["customers"],
         columns=config["columns"],
         shard=Shard.parse(config["shard"]),
-        memory_budget_mb=config["memory_budget_mb"],
-        spill_dir=config["spill_dir"],
-        progress=config["progress"],
-        explainer=explainer,
     )
     paths = write_result(result, output)
-    if config["text_cache"] is not None and predictor.texts is not None:
-        predictor.texts.save(config["text_cache"])  # exactly this job's texts: the next job's cache
+    if settings.text_cache is not None and predictor.texts is not None:
+        predictor.texts.save(settings.text_cache)  # exactly this job's texts: the next job's cache
     print(describe(result.summary))
     print("  ".join(f"{name}: {path}" for name, path in paths.items()))
     return paths
-
-
-def spark_job() -> Callable[[dict[str, Any]], dict[str, Path]]:
-    """``churnformer.spark.job.run_spark_prediction``, or one line saying how to install what it needs."""
-    try:
-        from churnformer.spark.job import run_spark_prediction
-    except ImportError as error:
-        if not (error.name or "").startswith(("pyspark", "py4j")):
-            raise
-        raise ConfigError(
-            f"engine=spark needs pyspark ({error}); install it with: pip install 'churnformer[spark]'"
-        ) from error
-    return run_spark_prediction

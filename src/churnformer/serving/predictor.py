@@ -7,6 +7,7 @@ model file, so a model cannot be paired with the wrong vocabularies.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sys
@@ -27,7 +28,6 @@ from churnformer.data.events import CUSTOMER_ID, TIMESTAMP, ColumnMapping, load_
 from churnformer.data.featurizer import FeatureMismatchError, Featurizer
 from churnformer.data.sequences import Sequences, build_sequences
 from churnformer.data.window import Window, require_events_before
-from churnformer.defaults import serving_defaults
 from churnformer.files import ModelBytes
 from churnformer.schema import META_COLUMNS, META_FEATURIZER, META_HORIZON_DAYS, META_HORIZONS, META_OUTPUTS, N_EVENTS
 from churnformer.serving.batching import fill_rows, padded_width, token_budget_batches
@@ -35,17 +35,16 @@ from churnformer.serving.explain import EXPLAINED, Explainer, ExplainSettings, d
 from churnformer.serving.model_file import load_model
 from churnformer.serving.output import ScoringResult, ScoringSummary
 from churnformer.serving.partition import EventSource
-from churnformer.serving.retention import (
-    ReferencePercentiles,
-    SegmentRules,
-    add_retention_columns,
-    add_value_columns,
-    check_discount_rate,
-)
+from churnformer.serving.retention import ReferencePercentiles, add_retention_columns, add_value_columns
+from churnformer.serving.settings import ScoringSettings
 from churnformer.text.encoder import require_text_support
 
 if TYPE_CHECKING:
     from churnformer.text.embeddings import TextEmbeddings
+
+
+# Predictor.score(columns=AS_LOADED): the frames are already in the standard contract.
+AS_LOADED = "as loaded"
 
 
 def default_providers() -> list[str]:
@@ -58,47 +57,35 @@ def default_providers() -> list[str]:
 
 
 class Predictor:
-    """One onnxruntime session reused for every batch: ``Predictor(path).predict(events, cutoff)``.
+    """One onnxruntime session reused for every batch: ``Predictor(path).score(events, cutoff)``.
 
-    Settings left at None take ``churnformer-predict``'s defaults (``conf/serving/predict.yaml``).
+    ``settings``: how to score (default: ``conf/serving/predict.yaml``'s); with ``settings.explain`` every
+    frame scored is explained too. ``max_streams``: the most streams automatic ``streams`` may choose
+    (``churnformer-predict``: what ``memory_budget_mb`` allows).
+
+    The verbs, one per level: :meth:`score` (a user's events, in memory), :meth:`score_frame` (a frame in the
+    standard contract: every engine's unit of work, no retention columns) and :meth:`score_sequences`
+    (featurized customers: the model's outputs). :func:`churnformer.serving.job.score_log` scores a log on
+    disk within a memory budget, :func:`churnformer.spark.score_table` a Spark table.
     """
 
     def __init__(
-        self,
-        model: str | Path | ModelBytes,
-        providers: list[str] | None = None,
-        batch_tokens: int | None = None,
-        max_batch_size: int | None = None,
-        threads: int | None = None,
-        streams: int | None = None,
-        max_streams: int | None = None,
-        segments: SegmentRules | None = None,
-        discount_rate: float | None = None,
-        text_encoder: str | Path | None = None,
-        text_cache: str | Path | None = None,
+        self, model: str | Path | ModelBytes, settings: ScoringSettings | None = None, max_streams: int | None = None
     ) -> None:
-        """``max_streams``: the most streams automatic ``streams`` may choose (``churnformer-predict``: what
-        ``memory_budget_mb`` allows). ``text_encoder``: a model with text features reads its texts with this
-        file (default: the ``text_encoder.onnx`` beside the model, as its training run wrote it).
-        ``text_cache``: a table of text embeddings an earlier job saved (``self.texts.save``); its texts are
-        not embedded again."""
-        defaults = serving_defaults("predict")
+        """``model``: an .onnx file, a training run directory, or a model's bytes as a distributed job ships them
+        (with its text encoder: ``ModelBytes.text_encoder``). A model with text features reads its texts with
+        ``settings.text_encoder`` (default: the ``text_encoder.onnx`` beside the model, as its training run
+        wrote it), taking the embeddings of ``settings.text_cache`` when that file exists."""
+        self.settings = settings = settings or ScoringSettings.defaults()
         self.path, raw, self.metadata = load_model(model)
-        self.segments = segments or SegmentRules(**defaults["segments"])
         self.featurizer = Featurizer.from_json(self.metadata[META_FEATURIZER])
         self.columns = ColumnMapping(**json.loads(self.metadata.get(META_COLUMNS, "{}")))
         self.outputs = json.loads(self.metadata[META_OUTPUTS])
         self.horizons = [float(days) for days in json.loads(self.metadata[META_HORIZONS])]
-        self.discount_rate = check_discount_rate(
-            defaults["clv"]["discount_rate"] if discount_rate is None else discount_rate
-        )
         self.reference = ReferencePercentiles.from_metadata(self.metadata)
-        requested = providers or default_providers()
+        requested = settings.providers or default_providers()
         self.streams, threads = stream_layout(
-            defaults["streams"] if streams is None else streams,
-            defaults["threads"] if threads is None else threads,
-            gpu=requested[0] == "CUDAExecutionProvider",
-            most=max_streams,
+            settings.streams, settings.threads, gpu=requested[0] == "CUDAExecutionProvider", most=max_streams
         )
         self.session = ort.InferenceSession(raw, session_options(threads), providers=requested)
         self.provider = self.session.get_providers()[0]
@@ -112,10 +99,18 @@ class Predictor:
         self.input_names = [i.name for i in self.session.get_inputs()]
         shipped = model.text_encoder if isinstance(model, ModelBytes) else None
         # Texts are embedded during featurization, before any batch runs: the encoder gets every stream's threads.
-        self.texts = self.open_texts(shipped or text_encoder, threads * self.streams, text_cache)
-        self.batch_tokens = batch_tokens or defaults["batch_tokens"]
-        self.max_batch_size = max_batch_size or defaults["max_batch_size"]
+        self.texts = self.open_texts(shipped or settings.text_encoder, threads * self.streams, settings.text_cache)
+        self.explainer = Explainer(self, settings.explain) if settings.explain is not None else None
         self.infer_s = 0.0  # wall time of the batch loop of the last score_sequences call
+
+    def explaining(self, explain: bool | Mapping[str, Any] | ExplainSettings | None) -> Predictor:
+        """This predictor (the same model, session and texts) explaining what it scores as ``explain`` says:
+        True (``conf/serving/predict.yaml``'s ``explain.*``), some of those settings (``{"only":
+        "risk_decile<=2"}``), ExplainSettings, or False/None (no explanations)."""
+        other = copy.copy(self)
+        other.settings = self.settings.explaining(explain)
+        other.explainer = Explainer(other, other.settings.explain) if other.settings.explain is not None else None
+        return other
 
     def open_texts(
         self, text_encoder: str | Path | ModelBytes | None, threads: int, text_cache: str | Path | None
@@ -156,7 +151,7 @@ class Predictor:
         ``streams`` threads each pad a batch and run it (onnxruntime releases the GIL), so one pads while
         another runs; each thread holds one batch at a time."""
         results = np.zeros((len(sequences), len(self.outputs)), dtype=np.float32)
-        batches = token_budget_batches(sequences.lengths, self.batch_tokens, self.max_batch_size)
+        batches = token_budget_batches(sequences.lengths, self.settings.batch_tokens, self.settings.max_batch_size)
 
         def score(rows: np.ndarray) -> int:
             width = int(padded_width(sequences.lengths[rows[:1]])[0])
@@ -176,22 +171,18 @@ class Predictor:
         frame = pd.DataFrame(results, columns=self.outputs)
         frame.insert(0, CUSTOMER_ID, sequences.customer_ids)
         frame[N_EVENTS] = sequences.n_events_total
-        return add_value_columns(frame, self.horizons, self.discount_rate)
+        return add_value_columns(frame, self.horizons, self.settings.discount_rate)
 
     def retention(self, predictions: pd.DataFrame) -> pd.DataFrame:
         """Retention columns added; explanation columns, if any, kept last."""
-        return drivers_last(add_retention_columns(predictions, self.segments, self.reference))
+        return drivers_last(add_retention_columns(predictions, self.settings.segments, self.reference))
 
     def score_frame(
-        self,
-        frame: pd.DataFrame,
-        window: Window,
-        static: pd.DataFrame | None,
-        progress: bool = False,
-        explainer: Explainer | None = None,
+        self, frame: pd.DataFrame, window: Window, static: pd.DataFrame | None, progress: bool = False
     ) -> ScoringResult:
-        """Score one standard frame (a whole log, a job shard or a spill partition), and explain the
-        customers ``explainer`` selects; no retention columns."""
+        """Score one frame in the standard contract (a whole log, a job shard, a spill partition, a Spark
+        bucket), and explain the customers the settings select; no retention columns (they are relative to
+        the whole population when the model has no reference percentiles)."""
         started = time.perf_counter()
         texts_before = self.texts.stats.copy() if self.texts is not None else None
         with self.naming_the_model():
@@ -200,9 +191,9 @@ class Predictor:
         predictions = self.score_sequences(sequences, progress)
         infer_s = self.infer_s
         effects, explain_s, explained = None, 0.0, 0
-        if explainer is not None:
+        if self.explainer is not None:
             explain_started = time.perf_counter()
-            explanations = explainer.explain(frame, window, static, predictions)
+            explanations = self.explainer.explain(frame, window, static, predictions)
             predictions = pd.concat([predictions, explanations.drivers.drop(columns=CUSTOMER_ID)], axis=1)
             effects, explained = explanations.effects, int(explanations.drivers[EXPLAINED].sum())
             explain_s = time.perf_counter() - explain_started
@@ -234,48 +225,37 @@ class Predictor:
     def window(self, cutoff: str | pd.Timestamp) -> Window:
         return Window.from_cutoff(cutoff, float(self.metadata[META_HORIZON_DAYS]))
 
-    def predict(
+    def score(
         self,
         events: str | Path | pd.DataFrame,
         cutoff: str | pd.Timestamp,
         customers: str | Path | pd.DataFrame | None = None,
-        columns: ColumnMapping | Mapping[str, str | None] | None = None,
-        progress: bool = False,
-        explainer: Explainer | None = None,
+        columns: ColumnMapping | Mapping[str, str | None] | str | None = None,
     ) -> ScoringResult:
         """Score every customer with at least one event up to ``cutoff``; report everyone else.
 
         ``events`` and ``customers`` are the user's file or DataFrame, with the user's column names:
         ``columns`` maps them (a :class:`ColumnMapping`, or ``{"customer_id": "user", ...}`` where keys left
-        out keep the names the model was trained with). In memory; ``churnformer-predict``
-        (:func:`churnformer.serving.job.run_prediction`) adds memory-bounded spilling and job shards.
+        out keep the names the model was trained with); ``columns=AS_LOADED`` takes frames already in the
+        standard contract (``load_events``/``load_customers`` output, as training holds them) as they are.
+        In memory; :func:`churnformer.serving.job.score_log` scores a log on disk within a memory budget.
         """
         started = time.perf_counter()
-        columns = self.column_mapping(columns)
-        if isinstance(events, pd.DataFrame):
-            frame = load_events(events, columns)
+        if columns is AS_LOADED:
+            frame, static = events, customers
         else:
-            frame = self.open_events(events, columns).read_all()
-        static = load_customers(customers, columns.customer_id) if customers is not None else None
-        result = self.predict_standard(frame, cutoff, static, progress, explainer)
+            columns = self.column_mapping(columns)
+            if isinstance(events, pd.DataFrame):
+                frame = load_events(events, columns)
+            else:
+                frame = self.open_events(events, columns).read_all()
+            static = load_customers(customers, columns.customer_id) if customers is not None else None
+        window = self.window(cutoff)
+        require_events_before(frame[TIMESTAMP], window, source_of(frame, "events"))
+        result = self.score_frame(frame, window, static, self.settings.progress)
+        result.predictions = self.retention(result.predictions)
         result.summary.wall_s = round(time.perf_counter() - started, 3)
         return result
-
-    def explain(
-        self,
-        events: str | Path | pd.DataFrame,
-        cutoff: str | pd.Timestamp,
-        customers: str | Path | pd.DataFrame | None = None,
-        columns: ColumnMapping | Mapping[str, str | None] | None = None,
-        settings: ExplainSettings | None = None,
-        **options: Any,
-    ) -> ScoringResult:
-        """:meth:`predict` with the drivers of each customer's scores: the predictions gain ``explained`` and
-        ``risk_driver_k``/``value_driver_k`` with their effects, and ``effects`` holds every present group's
-        effects per customer. ``options`` are :class:`ExplainSettings` fields (``only="risk_decile<=2"``,
-        ``method="shapley"``, ...), used when ``settings`` is not given."""
-        explainer = Explainer(self, settings or ExplainSettings(**options))
-        return self.predict(events, cutoff, customers, columns, explainer=explainer)
 
     def open_events(self, path: str | Path, columns: ColumnMapping) -> EventSource:
         """The event-log file, checked against what the model needs (a mismatch names the model)."""
@@ -293,24 +273,6 @@ class Predictor:
     def column_mapping(self, columns: ColumnMapping | Mapping[str, str | None] | None) -> ColumnMapping:
         """The mapping to read a log with: ``columns`` given in full, or the model's with some names replaced."""
         return columns if isinstance(columns, ColumnMapping) else self.columns.overridden(columns)
-
-    def predict_standard(
-        self,
-        events: pd.DataFrame,
-        cutoff: str | pd.Timestamp,
-        customers: pd.DataFrame | None = None,
-        progress: bool = False,
-        explainer: Explainer | None = None,
-    ) -> ScoringResult:
-        """:meth:`predict` on frames already in the standard contract (``load_events`` / ``load_customers``
-        output, as training holds them): no column mapping is applied again."""
-        started = time.perf_counter()
-        window = self.window(cutoff)
-        require_events_before(events[TIMESTAMP], window, source_of(events, "events"))
-        result = self.score_frame(events, window, customers, progress, explainer)
-        result.predictions = self.retention(result.predictions)
-        result.summary.wall_s = round(time.perf_counter() - started, 3)
-        return result
 
 
 def customers_without_events_before(frame: pd.DataFrame, window: Window, scored: np.ndarray) -> np.ndarray:

@@ -26,9 +26,9 @@ import pyarrow.csv as pacsv
 
 from churnformer.data.events import TIMESTAMP, ColumnMapping, load_customers, load_events, read_csv
 from churnformer.files import ModelBytes
-from churnformer.serving.explain import Explainer, ExplainSettings
 from churnformer.serving.partition import customer_hash, spill_partition
 from churnformer.serving.predictor import Predictor
+from churnformer.serving.settings import ScoringSettings
 
 BUCKET = "churnformer_bucket"
 RECORD = "record"
@@ -84,11 +84,11 @@ class WorkerState:
 
     predictors: dict[tuple[str, str], Predictor] = field(default_factory=dict)
 
-    def predictor(self, model: ModelBytes, options: dict[str, Any]) -> Predictor:
-        key = (model.digest, repr(sorted(options.items())))
+    def predictor(self, model: ModelBytes, settings: ScoringSettings) -> Predictor:
+        key = (model.digest, repr(settings))
         if key not in self.predictors:
             self.predictors.clear()  # one model at a time: a worker that moves on frees the last one
-            self.predictors[key] = Predictor(model, **options)
+            self.predictors[key] = Predictor(model, settings)
         return self.predictors[key]
 
 
@@ -101,8 +101,7 @@ class BucketScorer:
     command this large once per worker instead of sending it with every task)."""
 
     model: ModelBytes
-    predictor_options: dict[str, Any]
-    explain: ExplainSettings | None
+    settings: ScoringSettings
     cutoff: str
     columns: ColumnMapping
     events_reading: TableReading
@@ -117,15 +116,14 @@ def score_bucket(scorer: BucketScorer, key: tuple[Any, ...], events: pa.Table, c
     if events.num_rows == 0:  # a bucket with rows in the customer table and no events
         return scorer.schema.empty_table()
     where = f"{scorer.source} (Spark bucket {key[0].as_py()}; row numbers count within the bucket)"
-    predictor = _WORKER.predictor(scorer.model, scorer.predictor_options)
-    explainer = Explainer(predictor, scorer.explain) if scorer.explain is not None else None
+    predictor = _WORKER.predictor(scorer.model, scorer.settings)
     id_column = scorer.columns.customer_id
     frame = load_events(scorer.events_reading.frame(events.drop_columns([BUCKET]), id_column), scorer.columns, where)
     static = None
     if scorer.customers_reading is not None:
         table = scorer.customers_reading.frame(customers.drop_columns([BUCKET]), id_column)
         static = load_customers(table, id_column, name=where)
-    result = predictor.score_frame(frame, predictor.window(scorer.cutoff), static, explainer=explainer)
+    result = predictor.score_frame(frame, predictor.window(scorer.cutoff), static)
     stamps = frame[TIMESTAMP].to_numpy().view(np.int64)
     summary = {"summary": asdict(result.summary), FIRST_EVENT: int(stamps.min()), LAST_EVENT: int(stamps.max())}
     parts = [

@@ -29,13 +29,12 @@ from pyspark.sql import DataFrame, SparkSession
 from churnformer.data.events import check_table_file, csv_separator, load_customers
 from churnformer.errors import ConfigError
 from churnformer.files import ModelBytes, write_atomically
-from churnformer.serving.explain import ExplainSettings
 from churnformer.serving.output import check_output_path, describe
 from churnformer.serving.partition import file_columns
 from churnformer.serving.predictor import Predictor
-from churnformer.serving.retention import SegmentRules
+from churnformer.serving.settings import ScoringSettings
 from churnformer.spark.buckets import AS_STORED, TableReading
-from churnformer.spark.scoring import column, score_job, summarize, worker_errors
+from churnformer.spark.scoring import column, for_spark, score_table, summarize, worker_errors
 
 # Rows the driver holds at a time while it writes the rejects file.
 REJECTS_CHUNK_ROWS = 100_000
@@ -49,14 +48,9 @@ def run_spark_prediction(config: dict[str, Any]) -> dict[str, Path]:
         raise ConfigError(f"output={config['output']}: engine=spark writes a Parquet dataset; name it .parquet")
     if config["shard"] not in (None, ""):
         raise ConfigError(f"shard={config['shard']}: engine=spark spreads the customers over its workers itself")
-    if config["text_cache"] is not None:
-        raise ConfigError(
-            f"text_cache={config['text_cache']}: engine=local only; with engine=spark each worker embeds the texts "
-            "of its own buckets"
-        )
+    settings = ScoringSettings.of(config)
     model = ModelBytes.read(config["model"])
-    options = predictor_options(config)
-    predictor = Predictor(model, **options)  # the model and the files are checked before Spark starts
+    predictor = Predictor(model, for_spark(settings, task_cpus=1))  # the model and files, checked before Spark starts
     mapping = predictor.column_mapping(config["columns"])
     events = predictor.open_events(config["events"], mapping)
     customers = Path(config["customers"]) if config["customers"] is not None else None
@@ -64,22 +58,20 @@ def run_spark_prediction(config: dict[str, Any]) -> dict[str, Path]:
         columns = file_columns(customers, check_table_file(customers))
         load_customers(pd.DataFrame(columns=columns), mapping.customer_id, name=str(customers))
     spark = start_session(config["spark"], progress=config["progress"], debug=config["debug"])
-    settings = {key: value for key, value in config["explain"].items() if key != "enabled"}
     events_frame, events_reading = read_table(spark, events.path, events.columns)
     customers_frame, customers_reading = read_table(spark, customers) if customers is not None else (None, None)
-    job = score_job(
+    job = score_table(
         events_frame,
         model,
         config["cutoff"],
         customers=customers_frame,
         columns=mapping,
-        explain=ExplainSettings(**settings) if config["explain"]["enabled"] else False,
+        settings=settings,
         buckets=config["spark"]["buckets"],
         source=str(events.path),
         customers_source=str(customers),
         events_reading=events_reading,
         customers_reading=customers_reading or AS_STORED,
-        **options,
     ).persist()
     with worker_errors():
         summary = summarize(job)
@@ -96,21 +88,6 @@ def run_spark_prediction(config: dict[str, Any]) -> dict[str, Path]:
     print(describe(summary))
     print("  ".join(f"{name}: {path}" for name, path in paths.items()))
     return paths
-
-
-def predictor_options(config: dict[str, Any]) -> dict[str, Any]:
-    """:class:`Predictor` settings of the job; onnxruntime threads default to ``spark.task.cpus`` (one
-    session per task, not one per machine)."""
-    options = {
-        "streams": config["streams"] or 1,  # each task is one stream; Spark runs tasks side by side
-        "providers": config["providers"],
-        "batch_tokens": config["batch_tokens"],
-        "max_batch_size": config["max_batch_size"],
-        "segments": SegmentRules(**config["segments"]),
-        "discount_rate": config["clv"]["discount_rate"],
-        "text_encoder": config["text_encoder"],
-    }
-    return {**options, "threads": config["threads"]} if config["threads"] else options
 
 
 def start_session(settings: dict[str, Any], progress: bool, debug: bool) -> SparkSession:

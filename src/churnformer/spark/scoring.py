@@ -37,12 +37,11 @@ from churnformer.data.events import (
     load_events,
 )
 from churnformer.data.window import Window, require_events_before
-from churnformer.defaults import serving_defaults
 from churnformer.errors import ChurnformerError, ConfigError, InputError, ModelFileError
 from churnformer.files import ModelBytes
-from churnformer.serving.explain import Explainer, ExplainSettings
 from churnformer.serving.output import ScoringSummary
 from churnformer.serving.predictor import Predictor
+from churnformer.serving.settings import ScoringSettings
 from churnformer.spark.buckets import (
     AS_STORED,
     BUCKET,
@@ -108,58 +107,40 @@ class SparkScoring:
         self.records.unpersist()
 
 
-def score(
-    events: DataFrame,
-    model: str | Path,
-    cutoff: str,
-    customers: DataFrame | None = None,
-    columns: ColumnMapping | Mapping[str, str | None] | None = None,
-    explain: bool | ExplainSettings | Mapping[str, Any] = False,
-    **options: Any,
-) -> DataFrame:
-    """The predictions of :func:`score_job`: the rows ``churnformer-predict`` writes, as a Spark DataFrame."""
-    return score_job(events, model, cutoff, customers, columns, explain, **options).predictions
-
-
-def score_job(
+def score_table(
     events: DataFrame,
     model: str | Path | ModelBytes,
     cutoff: str,
     customers: DataFrame | None = None,
     columns: ColumnMapping | Mapping[str, str | None] | None = None,
-    explain: bool | ExplainSettings | Mapping[str, Any] = False,
+    settings: ScoringSettings | None = None,
     *,
     buckets: int | None = None,
     source: str = "events DataFrame",
     customers_source: str = "customers DataFrame",
     events_reading: TableReading = AS_STORED,
     customers_reading: TableReading = AS_STORED,
-    **options: Any,
 ) -> SparkScoring:
     """Score every customer of the ``events`` table at ``cutoff`` on Spark, as ``churnformer-predict`` does
     on one machine, bit for bit; see :class:`SparkScoring` for the parts.
 
-    ``columns`` maps the table's column names as in :meth:`Predictor.predict`; ``explain``: True (the
-    defaults of ``explain.*`` in ``conf/serving/predict.yaml``), ExplainSettings or a mapping of its
-    fields. ``buckets``: how many groups of customers (each scored by one Python call); default: about
-    a million events each, at least one per core (counting the events costs one pass). ``options``:
-    :class:`Predictor` settings (``batch_tokens``, ``segments``, ``discount_rate``, ...); onnxruntime gets
-    ``spark.task.cpus`` threads and one stream per task unless ``threads`` or ``streams`` is given.
-    ``*_reading``: how a table's values become what churnformer would read from its file
-    (:class:`TableReading`: a CSV file's text, nanosecond timestamps).
+    ``columns`` maps the table's column names as in :meth:`Predictor.score`; ``settings``: how to score
+    (default: ``conf/serving/predict.yaml``'s; with ``settings.explain`` the customers it selects are
+    explained), with onnxruntime given ``spark.task.cpus`` threads and one stream per task unless ``threads``
+    or ``streams`` is set. ``buckets``: how many groups of customers (each scored by one Python call); default:
+    about a million events each, at least one per core (counting the events costs one pass). ``*_reading``:
+    how a table's values become what churnformer would read from its file (:class:`TableReading`: a CSV
+    file's text, nanosecond timestamps).
     """
     if buckets is not None and not (isinstance(buckets, int) and buckets >= 1):
         raise ConfigError(f"buckets={buckets!r}: a whole number >= 1, or null to choose from the event count")
     spark = events.sparkSession
     model = model if isinstance(model, ModelBytes) else ModelBytes.read(model)
-    # Spark runs tasks side by side, one per spark.task.cpus cores: each task is one stream of batches.
-    options = {"threads": int(spark.conf.get("spark.task.cpus", "1")), "streams": 1, **options}
-    if options.get("text_cache") is not None:
-        raise ConfigError("text_cache: engine=local only; on Spark each worker embeds the texts of its own buckets")
-    predictor = Predictor(model, **options)  # the model file is checked here, before any task
+    settings = for_spark(settings or ScoringSettings.defaults(), int(spark.conf.get("spark.task.cpus", "1")))
+    predictor = Predictor(model, settings)  # the model file is checked here, before any task
     if predictor.texts is not None:  # workers read the texts with the encoder the driver checked
         model = replace(model, text_encoder=predictor.texts.encoder.file)
-        options.pop("text_encoder", None)
+        settings = replace(settings, text_encoder=None)
     if predictor.reference is None:
         raise ModelFileError(
             f"{predictor.path}: the model stores no reference percentiles, so deciles and segments would depend "
@@ -173,14 +154,12 @@ def score_job(
     events = events.select(*[column(name) for name in dict.fromkeys(wanted)])
     if customers is not None:  # the id column, checked as the single-machine job checks it
         load_customers(pd.DataFrame(columns=customers.columns), mapping.customer_id, name=customers_source)
-    explain_settings = explain_settings_of(explain)
     id_type = pa.string() if events_reading.csv_text else to_arrow_type(events.schema[mapping.customer_id].dataType)
-    schema = records_schema(predictor, explain_settings, mapping, id_type, cutoff)
+    schema = records_schema(predictor, mapping, id_type, cutoff)
     count = buckets or bucket_count(spark, events)
     scorer = BucketScorer(
         model=model,
-        predictor_options=options,
-        explain=explain_settings,
+        settings=settings,
         cutoff=cutoff,
         columns=mapping,
         events_reading=events_reading,
@@ -207,12 +186,24 @@ def score_job(
     return SparkScoring(
         records=records,
         prediction_columns=records_part_columns(schema, PREDICTION),
-        effect_columns=effects if explain_settings is not None else (),
+        effect_columns=effects if settings.explain is not None else (),
         window=predictor.window(cutoff),
         source=source,
         provider=predictor.provider,
         buckets=count,
     )
+
+
+def for_spark(settings: ScoringSettings, task_cpus: int) -> ScoringSettings:
+    """``settings`` as a Spark task scores with them: one stream (Spark runs tasks side by side) of
+    ``spark.task.cpus`` onnxruntime threads unless set; a text cache is refused (each worker embeds the texts of
+    its own buckets)."""
+    if settings.text_cache is not None:
+        raise ConfigError(
+            f"text_cache={settings.text_cache}: engine=local only; with engine=spark each worker embeds the texts "
+            "of its own buckets"
+        )
+    return replace(settings, streams=settings.streams or 1, threads=settings.threads or task_cpus)
 
 
 def summarize(job: SparkScoring) -> ScoringSummary:
@@ -235,18 +226,7 @@ def summarize(job: SparkScoring) -> ScoringSummary:
     return summary
 
 
-def explain_settings_of(explain: bool | ExplainSettings | Mapping[str, Any]) -> ExplainSettings | None:
-    if isinstance(explain, ExplainSettings):
-        return explain
-    if explain is False or explain is None:
-        return None
-    defaults = {k: v for k, v in serving_defaults("predict")["explain"].items() if k != "enabled"}
-    return ExplainSettings(**defaults, **({} if explain is True else dict(explain)))
-
-
-def records_schema(
-    predictor: Predictor, explain: ExplainSettings | None, mapping: ColumnMapping, id_type: pa.DataType, cutoff: str
-) -> pa.Schema:
+def records_schema(predictor: Predictor, mapping: ColumnMapping, id_type: pa.DataType, cutoff: str) -> pa.Schema:
     """The Arrow schema of a bucket's records: taken from scoring one made-up customer on the driver, so
     the columns and types are the ones the scoring code produces, never a second list of them."""
     window = predictor.window(cutoff)
@@ -260,8 +240,10 @@ def records_schema(
             **{column: [None] for column in predictor.featurizer.text_columns},
         }
     )
-    explainer = Explainer(predictor, replace(explain, only=None)) if explain is not None else None
-    result = predictor.score_frame(load_events(raw, mapping), window, None, explainer=explainer)
+    explain = predictor.settings.explain
+    if explain is not None:  # explained whatever the selection, so the schema has the explanation columns
+        predictor = predictor.explaining(replace(explain, only=None))
+    result = predictor.score_frame(load_events(raw, mapping), window, None)
     fields = [pa.field(RECORD, pa.string())]
     fields += arrow_fields(predictor.retention(result.predictions))
     fields += [pa.field(REASON, pa.string())]

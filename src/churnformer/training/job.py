@@ -61,9 +61,10 @@ from churnformer.schema import (
     RUN_MODEL,
     RUN_PREDICTIONS,
 )
-from churnformer.serving.explain import Explainer, ExplainSettings, driver_summary
+from churnformer.serving.explain import driver_summary
 from churnformer.serving.output import describe, write_result
-from churnformer.serving.predictor import Predictor, ScoringResult
+from churnformer.serving.predictor import AS_LOADED, Predictor, ScoringResult
+from churnformer.serving.settings import ScoringSettings
 from churnformer.training.datamodule import ChurnDataModule, DataSettings
 from churnformer.training.module import ChurnFormerModule, evaluate_network
 from churnformer.training.review import (
@@ -77,6 +78,8 @@ from churnformer.training.review import (
 )
 from churnformer.training.run_info import run_info
 
+# How the job scores with the model it exported: churnformer-predict's defaults, without a progress bar.
+SCORING = ScoringSettings.defaults(progress=False)
 # Validation customers explained for the training-time view of the driver groups.
 EXPLAINED_VALIDATION_CUSTOMERS = 20_000
 # The validation metrics whose gain from the text branch the report and TensorBoard show.
@@ -321,7 +324,7 @@ def export_model(best_checkpoint: Path, run_dir: Path) -> Path:
 def score_training_log(model: Path, datamodule: ChurnDataModule) -> ScoringResult:
     """Every customer of the training log scored at the cutoff by the exported model: the end-to-end check."""
     events, customers = datamodule.load_frames()
-    return Predictor(model).predict_standard(events, datamodule.settings.cutoff, customers)
+    return Predictor(model, SCORING).score(events, datamodule.settings.cutoff, customers, AS_LOADED)
 
 
 def explain_validation(model: Path, datamodule: ChurnDataModule) -> pd.DataFrame | None:
@@ -336,10 +339,8 @@ def explain_validation(model: Path, datamodule: ChurnDataModule) -> pd.DataFrame
         labels = labels.sample(EXPLAINED_VALIDATION_CUSTOMERS, random_state=datamodule.settings.seed)
     events, customers = datamodule.load_frames()
     events = events.loc[events[CUSTOMER_ID].isin(labels[CUSTOMER_ID]).to_numpy()]
-    predictor = Predictor(model)
-    settings = {key: value for key, value in serving_defaults("predict")["explain"].items() if key != "enabled"}
-    explainer = Explainer(predictor, ExplainSettings(**settings))
-    result = predictor.predict_standard(events, datamodule.settings.cutoff, customers, explainer=explainer)
+    predictor = Predictor(model, SCORING.explaining(True))
+    result = predictor.score(events, datamodule.settings.cutoff, customers, AS_LOADED)
     return driver_summary(result.effects, result.predictions)
 
 
@@ -381,7 +382,7 @@ def text_gains(
         return {}
     events, customers = datamodule.load_frames()
     events = events.loc[events[CUSTOMER_ID].isin(labels[CUSTOMER_ID]).to_numpy()].assign(**dict.fromkeys(columns))
-    blank = Predictor(model).predict_standard(events, datamodule.settings.cutoff, customers)
+    blank = Predictor(model, SCORING).score(events, datamodule.settings.cutoff, customers, AS_LOADED)
     without = compute_metrics(align(blank.predictions, labels))
     return {f"text_gain_{name}": metrics[name] - without[name] for name in TEXT_GAIN_METRICS}
 
