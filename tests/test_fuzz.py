@@ -205,6 +205,7 @@ def check_scoring(predictor: Predictor, events: pd.DataFrame) -> str:
     return "scored"
 
 
+@pytest.mark.slow  # its model's ONNX export and the examples take about 8 s
 @FUZZ
 @given(events=event_logs())
 def test_scoring_any_log_is_a_clean_error_or_fully_accounted(predictor: Predictor, events: pd.DataFrame) -> None:

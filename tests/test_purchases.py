@@ -76,7 +76,7 @@ def test_expected_purchases_are_a_hurdle_on_survival_and_never_fall_over_the_gri
 def test_the_loss_learns_how_often_buyers_buy() -> None:
     """Counts that follow a customer number: the head learns their mean given a purchase at every horizon."""
     built = network(seed=1).train()
-    batch = inputs(512, seed=3)
+    batch = inputs(256, seed=3)
     rate = torch.exp(1.0 + batch["customer_num"][:, :1])  # extra purchases over the first horizon
     generator = torch.Generator().manual_seed(0)
     counts = 1 + torch.poisson(rate * torch.tensor([1.0, 3.0, 6.0]), generator=generator)
