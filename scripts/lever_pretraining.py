@@ -51,7 +51,7 @@ class MaskedEventModel(nn.Module):
 
     def loss(self, batch: dict[str, torch.Tensor], share: float, generator: torch.Generator) -> torch.Tensor:
         lengths = batch[LENGTHS]
-        events = self.network.events(batch[EVENT_CAT], batch[EVENT_NUM])  # (B, T, D)
+        events = self.network.events(batch)  # (B, T, D)
         positions = torch.arange(events.shape[1])
         real = positions.unsqueeze(0) < lengths.unsqueeze(1)
         hidden = real & (torch.rand(real.shape, generator=generator) < share)

@@ -12,7 +12,13 @@ import pytest
 import torch
 
 from churnformer.artifacts.checkpoint import load_checkpoint
-from churnformer.artifacts.export import example_inputs, export_checkpoint, export_onnx, require_symbolic_axes
+from churnformer.artifacts.export import (
+    example_inputs,
+    export_checkpoint,
+    export_onnx,
+    input_axes,
+    require_symbolic_axes,
+)
 from churnformer.calibration import Calibration
 from churnformer.data.featurizer import Featurizer
 from churnformer.modeling.scoring_model import ScoringModel
@@ -108,13 +114,14 @@ def test_batch_and_length_are_symbolic(exported) -> None:
 def test_an_export_that_fixed_an_axis_is_refused(exported) -> None:
     """The check behind every export: the real export passes it; the same model with its length axis fixed,
     as torch.export may leave it when it cannot prove a shape guard for every length, is refused."""
-    path, _, _ = exported
+    path, _, featurizer = exported
     proto = onnx.load(path)
-    require_symbolic_axes(proto)
+    axes = input_axes(featurizer)
+    require_symbolic_axes(proto, axes)
     length = next(i for i in proto.graph.input if i.name == "event_num").type.tensor_type.shape.dim[1]
     length.dim_value = 5  # replaces the dim_param (a oneof)
     with pytest.raises(RuntimeError, match="fixed axis 'length' of input 'event_num' at 5"):
-        require_symbolic_axes(proto)
+        require_symbolic_axes(proto, axes)
 
 
 def test_featurizer_state_is_embedded(exported) -> None:

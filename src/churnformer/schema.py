@@ -20,10 +20,9 @@ TEXT_EMBEDDINGS = "text_embeddings"  # (M, E) float32, row 0 zeros
 MODEL_INPUTS = (EVENT_CAT, EVENT_NUM, LENGTHS, CUSTOMER_CAT, CUSTOMER_NUM)  # a text model adds the two above
 # Inputs a model file must have (a model without static categorical features may lack customer_cat).
 REQUIRED_MODEL_INPUTS = (EVENT_CAT, EVENT_NUM, LENGTHS, CUSTOMER_NUM)
-# Dimensions that vary from batch to batch, per input (the rest are fixed by the fitted featurizer).
-DYNAMIC_AXES = {EVENT_CAT: ("batch", "length"), EVENT_NUM: ("batch", "length"), LENGTHS: ("batch",)}
-DYNAMIC_AXES |= {CUSTOMER_CAT: ("batch",), CUSTOMER_NUM: ("batch",)}
-DYNAMIC_AXES |= {EVENT_TEXT: ("batch", "length"), TEXT_EMBEDDINGS: ("texts",)}
+# Dimensions that vary from batch to batch, per input besides the event inputs (those declare their own:
+# churnformer.data.inputs); the rest are fixed by the fitted featurizer.
+DYNAMIC_AXES = {LENGTHS: ("batch",), CUSTOMER_CAT: ("batch",), CUSTOMER_NUM: ("batch",)}
 
 # --- model outputs: one value per customer, the first columns of every predictions file ---------------------
 # A model's outputs are declared by its heads (churnformer.modeling.heads), each predicting one label over the

@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import torch
 
@@ -16,6 +17,7 @@ from churnformer import __version__
 from churnformer.artifacts.checkpoint import load_checkpoint
 from churnformer.calibration import Calibration
 from churnformer.data.featurizer import Featurizer
+from churnformer.data.inputs import EVENT_INPUTS, dynamic_axes, example_ids
 from churnformer.files import write_atomically
 from churnformer.modeling.backbones import SelfAttention
 from churnformer.modeling.network import ChurnFormer
@@ -24,9 +26,6 @@ from churnformer.schema import (
     CUSTOMER_CAT,
     CUSTOMER_NUM,
     DYNAMIC_AXES,
-    EVENT_CAT,
-    EVENT_NUM,
-    EVENT_TEXT,
     LENGTHS,
     META_CALIBRATION,
     META_FEATURIZER,
@@ -36,7 +35,6 @@ from churnformer.schema import (
     META_VERSION,
     METADATA_PREFIX,
     RUN_CALIBRATION,
-    TEXT_EMBEDDINGS,
 )
 
 # opset 23 turns SDPA into an ONNX `Attention` op whose CPU kernel rejects broadcast key-padding masks, so the
@@ -45,26 +43,21 @@ OPSET = 20
 
 
 def example_inputs(featurizer: Featurizer, batch: int = 3, length: int = 5) -> dict[str, torch.Tensor]:
-    """A valid example batch by input name; batch and length >= 2 so the exporter keeps both symbolic."""
-    generator = torch.Generator().manual_seed(0)
+    """A valid example batch by input name, in the model file's input order (each event input's arrays, then
+    lengths and the customer inputs); batch and length >= 2 so the exporter keeps both symbolic."""
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for event_input in EVENT_INPUTS:
+        arrays |= event_input.example(featurizer, batch, length, rng)
+    arrays[LENGTHS] = np.arange(length, length - batch, -1).clip(min=1).astype(np.int64)
+    arrays[CUSTOMER_CAT] = example_ids(rng, (batch,), featurizer.customer_categorical_cardinalities)
+    arrays[CUSTOMER_NUM] = rng.standard_normal((batch, len(featurizer.customer_numeric_names))).astype(np.float32)
+    return {name: torch.from_numpy(values) for name, values in arrays.items()}
 
-    def ids(shape: tuple[int, ...], cardinalities: list[int]) -> torch.Tensor:
-        high = torch.tensor(cardinalities or [2])[: len(cardinalities)]
-        return (torch.rand(*shape, len(cardinalities), generator=generator) * (high - 1)).int() + 1
 
-    inputs = {
-        EVENT_CAT: ids((batch, length), featurizer.event_categorical_cardinalities),
-        EVENT_NUM: torch.randn(batch, length, len(featurizer.event_numeric_names), generator=generator),
-        LENGTHS: torch.arange(length, length - batch, -1).clamp(min=1).long(),
-        CUSTOMER_CAT: ids((batch,), featurizer.customer_categorical_cardinalities),
-        CUSTOMER_NUM: torch.randn(batch, len(featurizer.customer_numeric_names), generator=generator),
-    }
-    if featurizer.text_columns:  # texts: 4 rows, so the exporter keeps their count symbolic apart from batch
-        texts = 4
-        inputs[EVENT_TEXT] = torch.randint(0, texts, (batch, length, len(featurizer.text_columns)), generator=generator)
-        inputs[EVENT_TEXT] = inputs[EVENT_TEXT].int()
-        inputs[TEXT_EMBEDDINGS] = torch.randn(texts, featurizer.text_dimension, generator=generator)
-    return inputs
+def input_axes(featurizer: Featurizer) -> dict[str, tuple[str, ...]]:
+    """The dynamic axes of every input of a model of ``featurizer``: its event inputs' and the fixed ones."""
+    return {**dynamic_axes(featurizer), **DYNAMIC_AXES}
 
 
 def export_onnx(
@@ -92,7 +85,8 @@ def export_onnx(
     model.eval()
     dims = {axis: torch.export.Dim(axis) for axis in ("batch", "length", "texts")}
     # One entry for ScoringModel.forward's *inputs, a spec per input in order.
-    dynamic_shapes = {"inputs": tuple({i: dims[a] for i, a in enumerate(DYNAMIC_AXES[name])} for name in inputs)}
+    axes = input_axes(featurizer)
+    dynamic_shapes = {"inputs": tuple({i: dims[a] for i, a in enumerate(axes[name])} for name in inputs)}
     # The exporter logs every graph pass at INFO and warns that torchvision (unused here) is missing.
     for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
@@ -112,7 +106,7 @@ def export_onnx(
             verbose=False,
         )
     proto = program.model_proto
-    require_symbolic_axes(proto)
+    require_symbolic_axes(proto, axes)
     props = {
         META_FEATURIZER: featurizer_json,
         META_VERSION: __version__,
@@ -125,14 +119,14 @@ def export_onnx(
     return write_atomically(Path(output), lambda partial: onnx.save(proto, partial))
 
 
-def require_symbolic_axes(proto: onnx.ModelProto) -> None:
-    """Fail unless every axis of ``schema.DYNAMIC_AXES`` stayed symbolic in ``proto``'s inputs. When
+def require_symbolic_axes(proto: onnx.ModelProto, axes: dict[str, tuple[str, ...]]) -> None:
+    """Fail unless every dynamic axis (``axes``, by input) stayed symbolic in ``proto``'s inputs. When
     ``torch.export`` cannot prove a shape guard for every length it may fix the axis at the example's size
     and still write a model, which would then refuse every other batch or length at scoring time (seen with
     a GRU with the wide path exported after another in the same process, README Model)."""
     for graph_input in proto.graph.input:
         dims = graph_input.type.tensor_type.shape.dim
-        for index, axis in enumerate(DYNAMIC_AXES.get(graph_input.name, ())):
+        for index, axis in enumerate(axes.get(graph_input.name, ())):
             if not dims[index].dim_param:
                 raise RuntimeError(
                     f"the ONNX export fixed axis {axis!r} of input {graph_input.name!r} at {dims[index].dim_value}; "

@@ -15,10 +15,11 @@ import numpy as np
 import pandas as pd
 
 from churnformer.data.events import AMOUNT, CUSTOMER_ID, TIMESTAMP, source_of
-from churnformer.data.featurizer import BASE_CUSTOMER_NUMERIC, CALENDAR, FeatureMismatchError, Featurizer
+from churnformer.data.featurizer import BASE_CUSTOMER_NUMERIC, FeatureMismatchError, Featurizer
+from churnformer.data.inputs import EVENT_INPUTS, KeptEvents, event_arrays, signed_log1p, stack
 from churnformer.data.values import UNKNOWN_ID, numeric_values
 from churnformer.data.window import NS_PER_DAY, Window
-from churnformer.schema import CUSTOMER_CAT, CUSTOMER_NUM, EVENT_CAT, EVENT_NUM, EVENT_TEXT, LENGTHS, TEXT_EMBEDDINGS
+from churnformer.schema import CUSTOMER_CAT, CUSTOMER_NUM, LENGTHS
 
 if TYPE_CHECKING:
     from churnformer.text.embeddings import TextEmbeddings
@@ -120,12 +121,8 @@ class Sequences:
             padded[name] = out
         padded[LENGTHS] = lengths.astype(np.int64)
         padded.update({name: values[rows] for name, values in self.customers.items()})
-        if self.text_table is not None:
-            used, local = np.unique(padded[EVENT_TEXT], return_inverse=True)
-            if used[0] != 0:  # every slot holds text: row 0 (no text) still comes first
-                used, local = np.concatenate([[0], used]), local + 1
-            padded[EVENT_TEXT] = local.reshape(padded[EVENT_TEXT].shape).astype(np.int32)
-            padded[TEXT_EMBEDDINGS] = self.text_table[used]
+        for event_input in EVENT_INPUTS:
+            event_input.pad(padded, self.text_table)
         return padded
 
 
@@ -197,13 +194,9 @@ def _history_summary(
         np.log1p(np.bincount(codes, weights=purchase & (days_before <= 30), minlength=n)),
         np.log1p(np.bincount(codes, weights=purchase & (days_before <= 90), minlength=n)),
         np.log1p(purchase_total),
-        _signed_log1p(np.bincount(codes, weights=amounts, minlength=n)),
+        signed_log1p(np.bincount(codes, weights=amounts, minlength=n)),
         np.log1p(purchase_total / np.maximum(purchases, 1)),
     ]
-
-
-def _signed_log1p(values: np.ndarray) -> np.ndarray:
-    return np.sign(values) * np.log1p(np.abs(values))
 
 
 def _static_features(
@@ -294,44 +287,23 @@ def build_sequences(
     report.customers = len(customer_ids)
     report.events_truncated = int((~keep).sum())
     report.customers_truncated = int((counts > featurizer.max_len).sum())
-    days = stamps // NS_PER_DAY
-    event_cat = [encoder.encode(events[encoder.name], rows) for encoder in featurizer.event_categorical]
-    for encoder, (_, unseen) in zip(featurizer.event_categorical, event_cat, strict=True):
-        report.unknown_categories[f"events.{encoder.name}"] = unseen
-    calendar = {
-        "day_of_week": (days + 3) % 7,  # 1970-01-01 was a Thursday; Monday = 0
-        "month": stamps.astype("datetime64[ns]").astype("datetime64[M]").astype(np.int64) % 12,
-    }
-    cat_columns = [ids for ids, _ in event_cat] + [(calendar[name] + 2).astype(np.int32) for name in CALENDAR]
-
-    amounts = events[AMOUNT].to_numpy(dtype="float64")[rows]
-    num_columns = [
-        _signed_log1p(amounts),
-        np.log1p(gap_days),
-        first_in_group.astype(np.float64),
-        np.log1p((window.feature_end_ns - stamps) / NS_PER_DAY),
-    ]
-    scaled_pairs = [scaler.encode(events[scaler.name], rows) for scaler in featurizer.event_numeric]
-    num_columns += [s for s, _ in scaled_pairs] + [m for _, m in scaled_pairs]
+    kept_events = KeptEvents(
+        events, rows, stamps, gap_days, first_in_group, window.feature_end_ns, report.unknown_categories, texts
+    )
+    event_inputs = {}
+    for event_input in EVENT_INPUTS:
+        if event_input.arrays(featurizer):
+            event_inputs.update(event_input.write(featurizer, kept_events))
 
     static_cat, static_num = _static_features(customer_ids, customers, featurizer, report)
     customer_num = [*summary, *static_num]
 
     n = len(customer_ids)
-    event_inputs = {
-        EVENT_CAT: _stack(cat_columns, len(rows), np.int32),
-        EVENT_NUM: _stack(num_columns, len(rows), np.float32),
-    }
-    if featurizer.text_columns:
-        if texts is None:
-            raise ValueError("this featurizer reads text columns: build_sequences needs texts=TextEmbeddings(...)")
-        text_rows = [texts.rows_of(events[column], rows, column) for column in featurizer.text_columns]
-        event_inputs[EVENT_TEXT] = _stack(text_rows, len(rows), np.int32)
     return Sequences(
         customer_ids=customer_ids,
         offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
         events=event_inputs,
-        customers={CUSTOMER_CAT: _stack(static_cat, n, np.int32), CUSTOMER_NUM: _stack(customer_num, n, np.float32)},
+        customers={CUSTOMER_CAT: stack(static_cat, n, np.int32), CUSTOMER_NUM: stack(customer_num, n, np.float32)},
         n_events_total=counts.astype(np.int64),
         report=report,
         text_table=texts.table if featurizer.text_columns else None,
@@ -380,19 +352,14 @@ def empty_histories(
     n = len(customer_ids)
     static_cat, static_num = _static_features(customer_ids, customers, featurizer, report)
     summary = [np.zeros(n) for _ in BASE_CUSTOMER_NUMERIC]
-    events = {
-        EVENT_CAT: np.zeros((0, len(featurizer.event_categorical_names)), dtype=np.int32),
-        EVENT_NUM: np.zeros((0, len(featurizer.event_numeric_names)), dtype=np.float32),
-    }
-    if featurizer.text_columns:
-        events[EVENT_TEXT] = np.zeros((0, len(featurizer.text_columns)), dtype=np.int32)
+    events = {name: np.zeros((0, *spec.shape), dtype=spec.dtype) for name, spec in event_arrays(featurizer).items()}
     return Sequences(
         customer_ids=np.asarray(customer_ids),
         offsets=np.zeros(n + 1, dtype=np.int64),
         events=events,
         customers={
-            CUSTOMER_CAT: _stack(static_cat, n, np.int32),
-            CUSTOMER_NUM: _stack([*summary, *static_num], n, np.float32),
+            CUSTOMER_CAT: stack(static_cat, n, np.int32),
+            CUSTOMER_NUM: stack([*summary, *static_num], n, np.float32),
         },
         n_events_total=np.zeros(n, dtype=np.int64),
         report=report,
@@ -419,10 +386,3 @@ def concat_sequences(parts: list[Sequences]) -> Sequences:
         report=parts[0].report,
         text_table=max(tables, key=len) if tables else None,
     )
-
-
-def _stack(columns: list[np.ndarray], rows: int, dtype: type) -> np.ndarray:
-    out = np.empty((rows, len(columns)), dtype=dtype)
-    for j, column in enumerate(columns):
-        out[:, j] = column
-    return out

@@ -22,6 +22,9 @@ class ModelConfig:
     dropout: float  # residual and feed-forward dropout; attention weights are never dropped (slow on CPU)
     time_frequencies: int  # learned sinusoidal frequencies per time feature
     wide: bool = False  # a linear path from the customer numbers to the churn logits (older checkpoints: none)
+    # The encoders of each event's inputs whose vectors are summed (churnformer.modeling.encoders.EVENT_ENCODERS;
+    # those the model has no input for, text without text columns, are left out).
+    event_encoders: tuple[str, ...] = ("categorical", "numeric", "time", "text")
 
 
 @dataclass(frozen=True)

@@ -6,23 +6,32 @@ features, D = d_model.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import ClassVar
+
 import torch
 from torch import nn
 
+from churnformer.errors import ConfigError
 from churnformer.modeling.config import FeatureSizes, ModelConfig
+from churnformer.schema import EVENT_CAT, EVENT_NUM, EVENT_TEXT, TEXT_EMBEDDINGS
 
 
-class TimeEncoding(nn.Module):
-    """Learned sinusoids of the time features (gap, days before cutoff), in the spirit of Time2Vec."""
+class EventInputEncoder(nn.Module, ABC):
+    """One kind of event input (:mod:`churnformer.data.inputs`) -> a D-vector per event, added to the others'.
+    ``model.network.event_encoders`` lists them by ``name``."""
 
-    def __init__(self, n_time: int, frequencies: int, d_model: int) -> None:
-        super().__init__()
-        self.frequency = nn.Linear(n_time, n_time * frequencies)
-        self.project = nn.Linear(2 * n_time * frequencies, d_model)
+    name: ClassVar[str]
 
-    def forward(self, time: torch.Tensor) -> torch.Tensor:  # (N, n_time) -> (N, D)
-        phase = self.frequency(time)
-        return self.project(torch.cat([torch.sin(phase), torch.cos(phase)], dim=-1))
+    @classmethod
+    @abstractmethod
+    def build(cls, config: ModelConfig, sizes: FeatureSizes) -> EventInputEncoder | None:
+        """The encoder for a model of these feature sizes; None when the model has no such input."""
+
+    @abstractmethod
+    def forward(self, inputs: Mapping[str, torch.Tensor], batch: int, length: int) -> torch.Tensor:
+        """The batch's inputs by name -> (B * T, D)."""
 
 
 class SummedEmbeddings(nn.Module):
@@ -40,52 +49,108 @@ class SummedEmbeddings(nn.Module):
         return out
 
 
-class TextProjection(nn.Module):
+class CategoricalEncoder(SummedEmbeddings, EventInputEncoder):
+    """The event's categorical ids (attributes and calendar), each embedded, summed."""
+
+    name = "categorical"
+
+    @classmethod
+    def build(cls, config: ModelConfig, sizes: FeatureSizes) -> CategoricalEncoder:
+        return cls(sizes.event_cat_cardinalities, config.d_model)
+
+    def forward(self, inputs: Mapping[str, torch.Tensor], batch: int, length: int) -> torch.Tensor:
+        return super().forward(inputs[EVENT_CAT]).view(batch * length, -1)
+
+
+class NumericEncoder(nn.Linear, EventInputEncoder):
+    """The event's numeric features, projected (a 2D input: an exported linear becomes Gemm, see
+    backbones.Block)."""
+
+    name = "numeric"
+
+    @classmethod
+    def build(cls, config: ModelConfig, sizes: FeatureSizes) -> NumericEncoder:
+        return cls(sizes.n_event_num, config.d_model)
+
+    def forward(self, inputs: Mapping[str, torch.Tensor], batch: int, length: int) -> torch.Tensor:
+        return super().forward(inputs[EVENT_NUM].reshape(batch * length, -1))
+
+
+class TimeEncoding(EventInputEncoder):
+    """Learned sinusoids of the time features (gap, days before cutoff: columns of the numeric input), in the
+    spirit of Time2Vec."""
+
+    name = "time"
+
+    def __init__(self, time_index: list[int], frequencies: int, d_model: int) -> None:
+        super().__init__()
+        n_time = len(time_index)
+        self.frequency = nn.Linear(n_time, n_time * frequencies)
+        self.project = nn.Linear(2 * n_time * frequencies, d_model)
+        self.register_buffer("time_index", torch.tensor(time_index), persistent=False)
+
+    @classmethod
+    def build(cls, config: ModelConfig, sizes: FeatureSizes) -> TimeEncoding:
+        return cls(sizes.time_feature_index, config.time_frequencies, config.d_model)
+
+    def forward(self, inputs: Mapping[str, torch.Tensor], batch: int, length: int) -> torch.Tensor:
+        time = inputs[EVENT_NUM].reshape(batch * length, -1).index_select(-1, self.time_index)  # (N, n_time)
+        phase = self.frequency(time)
+        return self.project(torch.cat([torch.sin(phase), torch.cos(phase)], dim=-1))
+
+
+class TextProjection(EventInputEncoder):
     """Per text column, a learned linear map of the (frozen) sentence embedding into the event vector; no
     bias, so an event without text (row 0, zeros) gets zero. The batch's distinct texts are projected once
     and then gathered per event: a text repeated across events costs one projection."""
+
+    name = "text"
 
     def __init__(self, n_columns: int, dimension: int, d_model: int) -> None:
         super().__init__()
         self.columns = nn.ModuleList(nn.Linear(dimension, d_model, bias=False) for _ in range(n_columns))
 
-    def forward(self, event_text: torch.Tensor, table: torch.Tensor) -> torch.Tensor:  # -> (B * T, D)
-        rows = event_text.long().reshape(-1, len(self.columns))
+    @classmethod
+    def build(cls, config: ModelConfig, sizes: FeatureSizes) -> TextProjection | None:
+        return cls(sizes.n_text_columns, sizes.text_dimension, config.d_model) if sizes.n_text_columns else None
+
+    def forward(self, inputs: Mapping[str, torch.Tensor], batch: int, length: int) -> torch.Tensor:
+        table = inputs[TEXT_EMBEDDINGS]
+        rows = inputs[EVENT_TEXT].long().reshape(-1, len(self.columns))
         out = self.columns[0](table).index_select(0, rows[:, 0])
         for j, column in enumerate(self.columns[1:], start=1):
             out = out + column(table).index_select(0, rows[:, j])
         return out
 
 
+# model.network.event_encoders names these.
+EVENT_ENCODERS = {
+    encoder.name: encoder for encoder in (CategoricalEncoder, NumericEncoder, TimeEncoding, TextProjection)
+}
+
+
 class EventEncoder(nn.Module):
-    """Each event -> one D-vector: categorical embeddings + numeric projection + time encoding (+ projected
-    texts, for models with text columns)."""
+    """Each event -> one D-vector: the sum of the encoders of ``config.event_encoders`` (those the model has
+    inputs for), layer-normed."""
 
     def __init__(self, config: ModelConfig, sizes: FeatureSizes) -> None:
         super().__init__()
-        self.categorical = SummedEmbeddings(sizes.event_cat_cardinalities, config.d_model)
-        self.numeric = nn.Linear(sizes.n_event_num, config.d_model)
-        self.time = TimeEncoding(len(sizes.time_feature_index), config.time_frequencies, config.d_model)
-        self.register_buffer("time_index", torch.tensor(sizes.time_feature_index), persistent=False)
-        self.text = (
-            TextProjection(sizes.n_text_columns, sizes.text_dimension, config.d_model) if sizes.n_text_columns else None
-        )
+        unknown = [name for name in config.event_encoders if name not in EVENT_ENCODERS]
+        if unknown:
+            raise ConfigError(f"model.network.event_encoders: {unknown} unknown; there are {sorted(EVENT_ENCODERS)}")
+        self.encoders: list[str] = []
+        for name in config.event_encoders:
+            encoder = EVENT_ENCODERS[name].build(config, sizes)
+            if encoder is not None:  # registered under its name: a checkpoint's keys are events.<name>.*
+                self.add_module(name, encoder)
+                self.encoders.append(name)
         self.norm = nn.LayerNorm(config.d_model)
 
-    def forward(
-        self,
-        event_cat: torch.Tensor,
-        event_num: torch.Tensor,
-        event_text: torch.Tensor | None = None,
-        text_embeddings: torch.Tensor | None = None,
-    ) -> torch.Tensor:  # -> (B, T, D)
-        batch, length, _ = event_num.shape
-        numeric = event_num.reshape(batch * length, -1)  # 2D: exported linears become Gemm (see backbones.Block)
-        time = numeric.index_select(-1, self.time_index)
-        categorical = self.categorical(event_cat).view(batch * length, -1)
-        summed = categorical + self.numeric(numeric) + self.time(time)
-        if self.text is not None:
-            summed = summed + self.text(event_text, text_embeddings)
+    def forward(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:  # -> (B, T, D)
+        batch, length = inputs[EVENT_NUM].shape[:2]
+        summed = getattr(self, self.encoders[0])(inputs, batch, length)
+        for name in self.encoders[1:]:
+            summed = summed + getattr(self, name)(inputs, batch, length)
         return self.norm(summed).view(batch, length, -1)
 
 

@@ -19,7 +19,7 @@ from churnformer.modeling.backbones import build_backbone
 from churnformer.modeling.config import FeatureSizes, ModelConfig
 from churnformer.modeling.encoders import CustomerEncoder, EventEncoder
 from churnformer.modeling.heads.base import Heads, Raw
-from churnformer.schema import CUSTOMER_CAT, CUSTOMER_NUM, EVENT_CAT, EVENT_NUM, EVENT_TEXT, LENGTHS, TEXT_EMBEDDINGS
+from churnformer.schema import CUSTOMER_CAT, CUSTOMER_NUM, LENGTHS
 
 
 class ChurnFormer(nn.Module):
@@ -56,9 +56,7 @@ class ChurnFormer(nn.Module):
 
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, Raw]:
         lengths = inputs[LENGTHS]  # (B,)
-        events = self.events(
-            inputs[EVENT_CAT], inputs[EVENT_NUM], inputs.get(EVENT_TEXT), inputs.get(TEXT_EMBEDDINGS)
-        )  # (B, T, D)
+        events = self.events(inputs)  # (B, T, D)
         summary = self.customer(inputs[CUSTOMER_CAT], inputs[CUSTOMER_NUM]).unsqueeze(1)  # (B, 1, D)
         x = self.norm(self.backbone(torch.cat([summary, events], dim=1), lengths))  # (B, 1 + T, D)
         positions = torch.arange(events.shape[1], device=x.device)
