@@ -179,13 +179,30 @@ def console_script(main: Callable[[], Any]) -> Callable[[], None]:
     return entry
 
 
+# What the training stack (the ``train`` extra) brings; scoring and evaluation need none of it.
+TRAINING_MODULES = ("torch", "pytorch_lightning", "torchmetrics", "tensorboard")
+
+
+def require_extra(tool: str, extra: str, modules: tuple[str, ...]) -> None:
+    """One line naming the extra to install when ``tool`` runs on an install without it."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise ConfigError(
+                f"{tool} needs the {extra} extra ({error}); install it with: pip install 'churnformer[{extra}]'"
+            ) from error
+
+
 def _train(cfg: DictConfig) -> float | None:
+    require_extra("churnformer-train", "train", TRAINING_MODULES)
     from churnformer.training.job import configured_metric, train
 
     return configured_metric(cfg, train(cfg))
 
 
 def _export(cfg: DictConfig) -> None:
+    require_extra("churnformer-export", "train", TRAINING_MODULES)
     from pathlib import Path
 
     from churnformer.artifacts.export import export_checkpoint
@@ -271,3 +288,15 @@ predict = console_script(
 evaluate = console_script(
     hydra.main(version_base="1.3", config_path="conf/serving", config_name="evaluate")(_job(_evaluate))
 )
+
+
+def runs() -> None:
+    """``churnformer-runs``: the training runs under a directory (it reads their TensorBoard knobs)."""
+    try:
+        require_extra("churnformer-runs", "train", TRAINING_MODULES)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    from churnformer.training.runs import main
+
+    main()
