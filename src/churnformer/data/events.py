@@ -162,6 +162,9 @@ def parse_timestamps(values: pd.Series, where: str) -> pd.Series:
             parsed = pd.to_datetime(values.astype(str), utc=True, format="mixed", errors="coerce")
         parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
     out = ((parsed < pd.Timestamp.min) | (parsed > pd.Timestamp.max)).to_numpy()
+    unparsed = parsed.isna().to_numpy()
+    if unparsed.any():  # pandas 2 reads a date it cannot hold as missing; pandas 3 holds it at a coarser unit
+        out[unparsed] = outside_nanoseconds(values[unparsed])
     if out.any():
         raise InputError(
             f"{where}: timestamps outside {pd.Timestamp.min:%Y-%m-%d}..{pd.Timestamp.max:%Y-%m-%d} in "
@@ -177,6 +180,20 @@ def parse_timestamps(values: pd.Series, where: str) -> pd.Series:
             f"(e.g. {example!r}); expected datetime, date, ISO-8601 string or epoch seconds"
         )
     return parsed
+
+
+def outside_nanoseconds(values: pd.Series) -> np.ndarray:
+    """Which values are dates (read at day precision) that a nanosecond timestamp cannot hold."""
+
+    def day(value: object) -> np.datetime64:
+        try:
+            return np.datetime64(str(value).strip()[:10], "D")
+        except ValueError:
+            return np.datetime64("NaT")
+
+    days = np.array([day(value) for value in values], dtype="datetime64[D]")
+    low, high = (np.datetime64(limit.date(), "D") for limit in (pd.Timestamp.min, pd.Timestamp.max))
+    return ~np.isnat(days) & ((days < low) | (days > high))
 
 
 def check_customer_ids(ids: pd.Series, where: str) -> pd.Series:

@@ -103,7 +103,7 @@ def event_texts(
     code = (((kind * len(OPENINGS["purchase"]) + opening) * len(MIDDLES) + middle) * 2 + upset) * len(CALM) + tone
     codes, inverse = np.unique(np.where(writes, code, -1), return_inverse=True)
     texts = pa.array([_text(int(c)) if c >= 0 else "" for c in codes], type=pa.string())
-    return pd.array(texts.take(pa.array(inverse, mask=~writes)), dtype="str")
+    return pd.array(texts.take(pa.array(inverse, mask=~writes)), dtype="string[pyarrow]")
 
 
 def _text(code: int) -> str:

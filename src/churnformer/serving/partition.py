@@ -79,7 +79,7 @@ def customer_hash(ids: pd.Series | np.ndarray) -> np.ndarray:
     a Series of Arrow strings (what pandas reads from Parquet) is factorized by Arrow without a Python
     object per row. Either way each id gets the value ``pd.util.hash_array(np.asarray(ids), categorize=True)``
     gives it, so shards stay the same across versions."""
-    values = ids.array if isinstance(ids, pd.Series) else np.asarray(ids)
+    values = ids if isinstance(ids, pd.Series) else np.asarray(ids)
     if pd.api.types.is_numeric_dtype(values.dtype) or pd.api.types.is_datetime64_any_dtype(values.dtype):
         return pd.util.hash_array(np.asarray(values))
     codes, uniques = pd.factorize(values, use_na_sentinel=False)

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -87,7 +88,9 @@ class Predictor:
         self.streams, threads = stream_layout(
             settings.streams, settings.threads, gpu=requested[0] == "CUDAExecutionProvider", most=max_streams
         )
-        self.session = ort.InferenceSession(raw, session_options(threads), providers=requested)
+        with warnings.catch_warnings():  # onnxruntime's own words on a missing provider: ours follow, clearer
+            warnings.filterwarnings("ignore", message="Specified provider", category=UserWarning)
+            self.session = ort.InferenceSession(raw, session_options(threads), providers=requested)
         self.provider = self.session.get_providers()[0]
         if requested[0] != self.provider:
             # onnxruntime falls back silently; a GPU job running on CPU must not go unnoticed.
