@@ -79,7 +79,7 @@ from churnformer.text.encoder import TextEncoder
 # Issue 21's targets: end to end per log, and useful FLOP/s against the matmul peak of the same run.
 TARGETS = {"wall_s": {"int": 22.0, "crm": 30.0}, "peak_rss_mb": 3072.0, "useful_share_of_peak": 0.55}
 EAGER_BATCH = 256
-HORIZONS = (30, 90, 180, 365)  # the default grid (conf/data/settings/default.yaml), main horizon 90
+HORIZONS = tuple(yaml_defaults("data/settings/default")["horizons_days"])  # the default grid, main horizon 90
 
 
 def cutoff_date() -> str:

@@ -3,6 +3,8 @@ output, loud provider fallback, int8 quantization, and no torch in the scoring p
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +18,15 @@ from churnformer.errors import ChurnformerError, ConfigError
 from churnformer.serving.batching import padded_width, token_budget_batches
 from churnformer.serving.job import score_log
 from churnformer.serving.output import write_result
-from churnformer.serving.partition import Shard, customer_hash, partitions_needed, streams_within, string_columns
+from churnformer.serving.partition import (
+    SPILL_OWNER,
+    SPILL_PREFIX,
+    Shard,
+    customer_hash,
+    partitions_needed,
+    streams_within,
+    string_columns,
+)
 from churnformer.serving.predictor import Predictor, stream_layout
 from churnformer.serving.retention import ReferencePercentiles, SegmentRules, add_retention_columns, descending_decile
 from churnformer.serving.settings import ScoringSettings
@@ -380,3 +390,30 @@ def test_without_pyspark_the_spark_engine_names_the_extra(monkeypatch: pytest.Mo
         engine_job("spark")
     with pytest.raises(ConfigError, match="engine=ray: choose one of local, spark"):
         engine_job("ray")
+
+
+def test_spill_directories_of_jobs_that_are_gone_are_removed_by_the_next_job(
+    model: Predictor, tiny_world: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A job killed while spilling (SIGKILL) cannot remove its spill directory; the next job that spills there
+    removes it, and only such ones: not those of live jobs, of other machines or without an owner."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    owners = {
+        "dead": f"{socket.gethostname()} {dead.pid}",
+        "alive": f"{socket.gethostname()} {os.getpid()}",
+        "elsewhere": f"another-host {dead.pid}",
+    }
+    for name, owner in owners.items():
+        (tmp_path / f"{SPILL_PREFIX}{name}").mkdir()
+        (tmp_path / f"{SPILL_PREFIX}{name}" / SPILL_OWNER).write_text(owner)
+        (tmp_path / f"{SPILL_PREFIX}{name}" / "partition-0.parquet").write_bytes(b"x" * 2**20)
+    (tmp_path / f"{SPILL_PREFIX}unowned").mkdir()
+    events, customers = tiny_world
+    tight = with_settings(model, memory_budget_mb=tightest_budget_mb(model.streams), spill_dir=str(tmp_path))
+    result = score_log(tight, events, TINY_CUTOFF, customers, chunk_rows=1000)
+    assert result.summary.partitions > 1
+    left = sorted(path.name.removeprefix(SPILL_PREFIX) for path in tmp_path.iterdir())
+    assert left == ["alive", "elsewhere", "unowned"]  # the job's own directory is gone too
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == "removed 1 spill directory (1 MB) left by scoring jobs on this machine that did not finish"

@@ -680,10 +680,27 @@ def test_cdnow_without_its_package_is_one_line(tmp_path, monkeypatch):
     assert "the CDNOW master log comes with the 'lifetimes' package" in line
 
 
-def test_export_of_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path):
-    path = _write(tmp_path, "model.ckpt", "not a checkpoint")
+@pytest.mark.parametrize(
+    "content",
+    [b"not a checkpoint", b"customer_id,timestamp\nC1,2024-01-01\n", b"", b"PK\x03\x04 not a zip file"],
+    ids=["text", "two-line-csv", "empty", "broken-zip"],
+)
+def test_export_of_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path, content):
+    """A text file used to end in torch's unpickler traceback (IndexError: pop from empty list)."""
+    path = tmp_path / "notes.csv"
+    path.write_bytes(content)
     line = _assert_clean_exit(run_in_process("churnformer-export", f"ckpt={path}", f"output={tmp_path / 'm.onnx'}"))
     assert line.startswith(f"error: {path}: not a churnformer training checkpoint")
+
+
+@pytest.mark.parametrize("content", [b"", b"texts\n", b"PK\x03\x04 not a zip file"], ids=["empty", "csv", "broken-zip"])
+def test_a_text_cache_that_is_not_one_is_named(tmp_path, content):
+    from churnformer.text.embeddings import SavedTable
+
+    path = tmp_path / "cache.npz"
+    path.write_bytes(content)
+    with pytest.raises(ModelFileError, match=f"{path}: not a table of text embeddings saved by churnformer"):
+        SavedTable.read(path, "0" * 64, 8)
 
 
 def test_debug_true_shows_the_traceback_above_the_same_line(trained_run, tmp_path):

@@ -14,7 +14,6 @@ import ctypes
 import gc
 import os
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
@@ -41,6 +40,8 @@ from churnformer.serving.partition import (
     keep_shard,
     partitions_needed,
     read_partition,
+    remove_orphaned_spill_directories,
+    spill_directory,
     streams_within,
 )
 from churnformer.serving.predictor import Predictor
@@ -94,8 +95,15 @@ def score_log(
         chunk_rows = chunk_rows or max(MIN_CHUNK_ROWS, int(available / PEAK_BYTES_PER_EVENT / CHUNK_SHARE))
         spilled = partitions_needed(rows // shard.count, memory_budget_mb, predictor.streams)  # this shard only
         parts, other_shards = [], 0
-        with tempfile.TemporaryDirectory(prefix="churnformer-spill-", dir=spill_dir) as directory:
-            writer = SpillWriter(Path(directory), spilled, predictor.featurizer)
+        removed, size = remove_orphaned_spill_directories(spill_dir)
+        if removed:
+            print(
+                f"removed {removed} spill director{'y' if removed == 1 else 'ies'} ({size / 2**20:,.0f} MB) left "
+                "by scoring jobs on this machine that did not finish",
+                file=sys.stderr,
+            )
+        with spill_directory(spill_dir) as directory:
+            writer = SpillWriter(directory, spilled, predictor.featurizer)
 
             def spill(chunk: pd.DataFrame) -> int:
                 """Write this shard's rows of ``chunk`` to their partitions; the count of other shards' rows."""

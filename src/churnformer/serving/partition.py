@@ -9,8 +9,13 @@ cover every customer exactly once. The log is read in chunks with only the colum
 from __future__ import annotations
 
 import math
+import os
 import re
+import shutil
+import socket
+import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -281,3 +286,47 @@ def read_partition(path: Path, source: str) -> pd.DataFrame:
     frame[TIMESTAMP] = frame[TIMESTAMP].astype("datetime64[ns]")
     frame.attrs[SOURCE_ATTR] = source
     return frame
+
+
+SPILL_PREFIX = "churnformer-spill-"
+SPILL_OWNER = "owner"  # inside a spill directory: "<host> <pid>" of the job that made it
+
+
+@contextmanager
+def spill_directory(spill_dir: str | Path | None) -> Iterator[Path]:
+    """A new spill directory under ``spill_dir`` (default: the system's temporary directory), removed when the
+    job ends; it names the job that owns it, so that a job killed before it could remove it (SIGKILL, the
+    machine's memory killer) leaves nothing behind for long: :func:`remove_orphaned_spill_directories`."""
+    with tempfile.TemporaryDirectory(prefix=SPILL_PREFIX, dir=spill_dir) as directory:
+        (Path(directory) / SPILL_OWNER).write_text(f"{socket.gethostname()} {os.getpid()}")
+        yield Path(directory)
+
+
+def remove_orphaned_spill_directories(spill_dir: str | Path | None) -> tuple[int, int]:
+    """Remove the spill directories under ``spill_dir`` whose owning job, on this machine, is gone; returns how
+    many and their bytes. Directories of live jobs, of other machines (a shared ``spill_dir``) and without an
+    owner (not churnformer's, or from a release that did not name it) are left alone."""
+    root = Path(spill_dir) if spill_dir is not None else Path(tempfile.gettempdir())
+    removed, size = 0, 0
+    for directory in root.glob(f"{SPILL_PREFIX}*"):
+        try:
+            host, pid = (directory / SPILL_OWNER).read_text().split()
+        except (OSError, ValueError):
+            continue
+        if host != socket.gethostname() or process_alive(int(pid)):
+            continue
+        size += sum(path.stat().st_size for path in directory.rglob("*") if path.is_file())
+        shutil.rmtree(directory, ignore_errors=True)
+        removed += 1
+    return removed, size
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists (one of another user counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

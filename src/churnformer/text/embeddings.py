@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import zipfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -166,7 +167,7 @@ class SavedTable:
             with np.load(path) as saved:
                 keys, table, truncated = saved["keys"], saved["table"], saved["truncated"]
                 made_by = str(saved["encoder_sha256"])
-        except (OSError, ValueError, KeyError) as error:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
             raise ModelFileError(
                 f"{path}: not a table of text embeddings saved by churnformer ({error}); delete it and it is made again"
             ) from error
