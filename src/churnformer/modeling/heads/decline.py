@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from churnformer.modeling.heads.base import CalibrationFit, Head, Labels, LabelStats, Params, Predicted, Raw, as_tensor
-from churnformer.modeling.heads.survival import BIAS_MARGIN, TEMPERATURE_LIMITS
+from churnformer.modeling.heads.survival import TEMPERATURE_LIMITS, biases_are_sane
 from churnformer.modeling.ops import minimize, sigmoid
 from churnformer.schema import CHURN, NO_PURCHASE, OBSERVED, PROBABILITY
 
@@ -84,11 +84,7 @@ class DeclineHead(Head):
             minimize(bias, lambda: decline_nll(data["logit"] / temperature + bias, data["churn"], data["seen"]).mean())
             bias = bias.detach()
         rate = ((data["churn"] * data["seen"]).sum(0) / data["seen"].sum(0).clamp(min=1.0)).clamp(1e-3, 1 - 1e-3)
-        limit = torch.logit(rate).abs() * abs(1 - 1 / temperature) + BIAS_MARGIN
-        bad = (bias.abs() > limit) | ~torch.isfinite(bias)
-        if bad.any():
-            h = int(torch.nonzero(bad)[0])
-            fit.fallback.append(f"decline bias {float(bias[h]):+.3g} of horizon {h + 1} beyond +-{float(limit[h]):.3g}")
+        if not biases_are_sane(bias, temperature, rate, "decline bias", "horizon", fit.fallback):
             return identity
         return {"temperature": temperature, "bias": bias.tolist()}
 

@@ -159,13 +159,21 @@ def _biases_are_sane(
 ) -> bool:
     """Whether every bias is within what rescaling its interval's base rate by ``temperature`` needs, plus a
     margin."""
-    rate = _interval_hazard_rates(data)
+    return biases_are_sane(bias, temperature, _interval_hazard_rates(data), "churn bias", "interval", fallback)
+
+
+def biases_are_sane(
+    bias: torch.Tensor, temperature: float, rate: torch.Tensor, what: str, per: str, fallback: list[str]
+) -> bool:
+    """Whether each bias of Platt scaling stays within what rescaling its base ``rate`` by ``temperature``
+    needs (|logit(rate)| * |1 - 1/temperature|) plus :data:`BIAS_MARGIN`; else the first one out, as ``what``
+    of ``per`` k, is appended to ``fallback``."""
     limit = torch.logit(rate).abs() * abs(1 - 1 / temperature) + BIAS_MARGIN
     bad = (bias.abs() > limit) | ~torch.isfinite(bias)
     if not bad.any():
         return True
     k = int(torch.nonzero(bad)[0])
-    fallback.append(f"churn bias {float(bias[k]):+.3g} of interval {k + 1} beyond +-{float(limit[k]):.3g}")
+    fallback.append(f"{what} {float(bias[k]):+.3g} of {per} {k + 1} beyond +-{float(limit[k]):.3g}")
     return False
 
 
