@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from unittest import mock
@@ -100,13 +102,29 @@ def run_in_process(tool: str, *overrides: str) -> Finished:
     }[tool]
     out, err = io.StringIO(), io.StringIO()
     code = 0
-    with mock.patch.object(sys, "argv", [tool, *overrides]), contextlib.redirect_stdout(out):
+    with mock.patch.object(sys, "argv", [tool, *overrides]), contextlib.redirect_stdout(out), kept_logging():
         with contextlib.redirect_stderr(err):
             try:
                 entry()
             except SystemExit as stop:
                 code = stop.code if isinstance(stop.code, int) else 1
     return Finished(code, out.getvalue(), err.getvalue())
+
+
+@contextlib.contextmanager
+def kept_logging() -> Iterator[None]:
+    """The logging configuration as it was after a console entry point ran in this process: Hydra configures
+    logging for the job (``disable_existing_loggers`` among it), which a process of its own would end with."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    loggers = [lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
+    disabled = {lg: lg.disabled for lg in loggers}
+    try:
+        yield
+    finally:
+        root.handlers[:], root.level = handlers, level
+        for lg, was in disabled.items():
+            lg.disabled = was
 
 
 def tightest_budget_mb(streams: int = 1) -> float:
