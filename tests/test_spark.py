@@ -141,8 +141,8 @@ def test_a_task_retried_by_spark_gives_the_same_rows(
     events = tiny_world[0]
     local = Predictor(trained_run).score(events, TINY_CUTOFF)
 
-    @F.udf("boolean")
-    def fail_first_attempt(customer_id: str) -> bool:
+    @F.udf("boolean")  # no type hints: pyspark would try to infer a pandas UDF's eval type from them, and warn
+    def fail_first_attempt(customer_id):
         context = TaskContext.get()
         if context.partitionId() == 0 and context.attemptNumber() == 0:
             raise RuntimeError("injected task failure")
