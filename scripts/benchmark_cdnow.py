@@ -209,7 +209,7 @@ def churnformer_model(overrides: list[str], workdir: Path, protocol: Protocol, d
 def baseline_model(name: str, threads: int, protocol: Protocol) -> Predictor:
     def run(events, customers, window, train_ids, test_ids, seed) -> pd.DataFrame:
         if name == "lightgbm":
-            from churnformer.baselines.gbm import fit_predict_gbm
+            from churnformer.baselines.gbm import Boosting, fit_predict_gbm
 
             return fit_predict_gbm(
                 events,
@@ -217,7 +217,7 @@ def baseline_model(name: str, threads: int, protocol: Protocol) -> Predictor:
                 train_ids,
                 test_ids,
                 seed=seed,
-                num_threads=threads,
+                boosting=Boosting(num_threads=threads),
                 horizons=protocol.grid.days,
                 group_by=protocol.group_by,
                 spec=LabelSpec(churn=protocol.definition),

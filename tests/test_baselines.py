@@ -43,10 +43,10 @@ def _gbm() -> Callable[..., pd.DataFrame]:
     pytest.importorskip("lightgbm")
     from functools import partial
 
-    from churnformer.baselines.gbm import fit_predict_gbm
+    from churnformer.baselines.gbm import Boosting, fit_predict_gbm
 
     # One thread: OpenMP threads spin-wait and crawl when the shared cores are oversubscribed.
-    return partial(fit_predict_gbm, num_threads=1)
+    return partial(fit_predict_gbm, boosting=Boosting(num_threads=1))
 
 
 BASELINES = {"btyd": _btyd, "gbm": _gbm}
@@ -241,10 +241,14 @@ def test_btyd_summary_on_hand_made_log(tiny_log) -> None:
 
 
 def test_gbm_answers_each_horizon_with_its_own_boosters_and_the_main_one_unchanged(world) -> None:
+    from churnformer.baselines.gbm import Boosting
+
     fit_predict = _gbm()
     events, window, train, test = world
-    single = fit_predict(events, window, train, test, seed=0, max_rounds=50)
-    grid = fit_predict(events, window, train, test, seed=0, max_rounds=50, horizons=[30, 90, 180])
+    single = fit_predict(events, window, train, test, seed=0, boosting=Boosting(num_threads=1, max_rounds=50))
+    grid = fit_predict(
+        events, window, train, test, seed=0, boosting=Boosting(num_threads=1, max_rounds=50), horizons=[30, 90, 180]
+    )
     pd.testing.assert_frame_equal(grid[list(BASELINE_COLUMNS)], single)
     np.testing.assert_array_equal(grid["churn_probability_90d"], grid["churn_probability"])
     # Separate boosters per horizon: different answers, not one scaled copy.

@@ -35,10 +35,11 @@ from pyspark.sql import SparkSession  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
 
 from churnformer.serving.settings import ScoringSettings  # noqa: E402
-from churnformer.spark import TableReading, score_table, summarize  # noqa: E402
+from churnformer.spark import TableOrigin, TableReading, score_table, summarize  # noqa: E402
 from churnformer.spark.job import flat_settings, read_table  # noqa: E402
 
 CSV_TEXT = TableReading(csv_text=True)
+CSV_ORIGIN = TableOrigin(events_reading=CSV_TEXT)
 
 
 @pytest.fixture(scope="session")
@@ -88,8 +89,7 @@ def explained_csv_job(
         customers=customers_frame,
         settings=ScoringSettings.defaults(explain=True, **settings),
         buckets=buckets,
-        events_reading=CSV_TEXT,
-        customers_reading=CSV_TEXT,
+        origin=TableOrigin(events_reading=CSV_TEXT, customers_reading=CSV_TEXT),
     ).persist()
 
 
@@ -148,7 +148,7 @@ def test_a_task_retried_by_spark_gives_the_same_rows(
             raise RuntimeError("injected task failure")
         return True
 
-    job = score_table(read_table(spark, events)[0], trained_run, TINY_CUTOFF, buckets=3, events_reading=CSV_TEXT)
+    job = score_table(read_table(spark, events)[0], trained_run, TINY_CUTOFF, buckets=3, origin=CSV_ORIGIN)
     tracker = spark.sparkContext.statusTracker()
     jobs_before = set(tracker.getJobIdsForGroup(None))
     retried = job.predictions.where(fail_first_attempt(F.col("customer_id"))).toPandas()
@@ -243,7 +243,7 @@ def test_unparseable_timestamps_found_by_a_worker_end_in_one_line(
     bad.loc[100, "timestamp"] = "garbage"
     path = tmp_path / "bad.csv"
     bad.to_csv(path, index=False)
-    job = score_table(read_table(spark, path)[0], trained_run, TINY_CUTOFF, buckets=2, events_reading=CSV_TEXT)
+    job = score_table(read_table(spark, path)[0], trained_run, TINY_CUTOFF, buckets=2, origin=CSV_ORIGIN)
     with pytest.raises(InputError, match=r"column 'timestamp': missing or unparseable timestamps .*'garbage'"):
         summarize(job)
     out = tmp_path / "out.parquet"

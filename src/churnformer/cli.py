@@ -299,4 +299,4 @@ def runs() -> None:
         sys.exit(2)
     from churnformer.training.runs import main
 
-    main()
+    sys.exit(main())

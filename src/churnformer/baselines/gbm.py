@@ -9,6 +9,7 @@ training customers only, so nothing about the test customers' outcomes informs t
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -243,30 +244,37 @@ def _fit_booster(
     return lgb.train(dict(params), data, num_boost_round=rounds)
 
 
+@dataclass(frozen=True)
+class Boosting:
+    """How the boosters are fitted: ``params`` override the LightGBM parameters (:data:`BASE_PARAMS` and the
+    per-model objective settings); rounds are chosen by early-stopped ``n_folds``-fold cross-validation."""
+
+    num_threads: int = 2
+    params: Mapping[str, object] | None = None
+    n_folds: int = N_FOLDS
+    max_rounds: int = MAX_ROUNDS
+    early_stopping_rounds: int = EARLY_STOPPING_ROUNDS
+
+
 def fit_predict_gbm(
     events: pd.DataFrame,
     window: Window,
     train_ids: np.ndarray,
     test_ids: np.ndarray,
     seed: int = 0,
-    num_threads: int = 2,
-    params: Mapping[str, object] | None = None,
-    n_folds: int = N_FOLDS,
-    max_rounds: int = MAX_ROUNDS,
-    early_stopping_rounds: int = EARLY_STOPPING_ROUNDS,
     horizons: Sequence[float] = (),
     group_by: str | None = None,
     spec: LabelSpec = LabelSpec(),
+    boosting: Boosting = Boosting(),
 ) -> pd.DataFrame:
     """Fit churn and spend boosters on ``train_ids``; predict for ``test_ids`` from their history only.
 
     Training rows are the training customers with any event before ``feature_end``, labelled from the
     horizon window (:func:`horizon_labels`; spend is floored at 0). With ``horizons``, a separate pair of
     boosters per horizon answers it (the usual way, one model per window: nothing ties the horizons together,
-    so nothing keeps their answers consistent). ``params`` override the LightGBM parameters
-    (:data:`BASE_PARAMS` and the per-model objective settings). Deterministic for a given ``seed`` and
-    ``num_threads``. Returns one row per test customer with any event before ``feature_end``, sorted by
-    customer id. ``group_by``: a line-item log's basket column, for basket-level features too
+    so nothing keeps their answers consistent). ``boosting``: how the boosters are fitted. Deterministic for a
+    given ``seed`` and ``boosting.num_threads``. Returns one row per test customer with any event before
+    ``feature_end``, sorted by customer id. ``group_by``: a line-item log's basket column, for basket-level features too
     (:func:`rfm_features`). ``spec``: what the boosters learn (a purchase, and a churn: no purchase, or a
     decline).
     """
@@ -279,9 +287,10 @@ def fit_predict_gbm(
     )
     grid = HorizonGrid.of(horizons, window.horizon_days)
     labels = horizon_labels(events, window, grid, train, spec)
-    folds = stratified_folds(labels[CHURN].to_numpy(dtype=np.float64), n_folds, seed)
-    common = {**BASE_PARAMS, "seed": seed, "num_threads": num_threads}
-    fit = {"folds": folds, "max_rounds": max_rounds, "early_stopping_rounds": early_stopping_rounds}
+    folds = stratified_folds(labels[CHURN].to_numpy(dtype=np.float64), boosting.n_folds, seed)
+    common = {**BASE_PARAMS, "seed": seed, "num_threads": boosting.num_threads}
+    fit = {"folds": folds, "max_rounds": boosting.max_rounds, "early_stopping_rounds": boosting.early_stopping_rounds}
+    params = boosting.params
     answers = {}
     for days in grid.days:
         churn, spend = (labels[per_horizon(c, days)].to_numpy(dtype=np.float64) for c in (CHURN, SPEND))

@@ -9,6 +9,6 @@ the command line; both take their settings as :class:`churnformer.serving.settin
 """
 
 from churnformer.spark.buckets import TableReading
-from churnformer.spark.scoring import SparkScoring, score_table, summarize
+from churnformer.spark.scoring import SparkScoring, TableOrigin, score_table, summarize
 
-__all__ = ["SparkScoring", "TableReading", "score_table", "summarize"]
+__all__ = ["SparkScoring", "TableOrigin", "TableReading", "score_table", "summarize"]

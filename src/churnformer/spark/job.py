@@ -34,7 +34,7 @@ from churnformer.serving.partition import file_columns
 from churnformer.serving.predictor import Predictor
 from churnformer.serving.settings import ScoringSettings
 from churnformer.spark.buckets import AS_STORED, TableReading
-from churnformer.spark.scoring import column, for_spark, score_table, summarize, worker_errors
+from churnformer.spark.scoring import TableOrigin, column, for_spark, score_table, summarize, worker_errors
 
 # Rows the driver holds at a time while it writes the rejects file.
 REJECTS_CHUNK_ROWS = 100_000
@@ -68,10 +68,7 @@ def run_spark_prediction(config: dict[str, Any]) -> dict[str, Path]:
         columns=mapping,
         settings=settings,
         buckets=config["spark"]["buckets"],
-        source=str(events.path),
-        customers_source=str(customers),
-        events_reading=events_reading,
-        customers_reading=customers_reading or AS_STORED,
+        origin=TableOrigin(str(events.path), str(customers), events_reading, customers_reading or AS_STORED),
     ).persist()
     with worker_errors():
         summary = summarize(job)

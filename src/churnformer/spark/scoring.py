@@ -107,6 +107,18 @@ class SparkScoring:
         self.records.unpersist()
 
 
+@dataclass(frozen=True)
+class TableOrigin:
+    """Where a job's Spark tables came from: their names in messages, and how their values become what
+    churnformer would read from their files (:class:`TableReading`: a CSV file's text, nanosecond
+    timestamps). ``churnformer-predict engine=spark`` reads files; a notebook's tables are as stored."""
+
+    events_source: str = "events DataFrame"
+    customers_source: str = "customers DataFrame"
+    events_reading: TableReading = AS_STORED
+    customers_reading: TableReading = AS_STORED
+
+
 def score_table(
     events: DataFrame,
     model: str | Path | ModelBytes,
@@ -116,10 +128,7 @@ def score_table(
     settings: ScoringSettings | None = None,
     *,
     buckets: int | None = None,
-    source: str = "events DataFrame",
-    customers_source: str = "customers DataFrame",
-    events_reading: TableReading = AS_STORED,
-    customers_reading: TableReading = AS_STORED,
+    origin: TableOrigin = TableOrigin(),
 ) -> SparkScoring:
     """Score every customer of the ``events`` table at ``cutoff`` on Spark, as ``churnformer-predict`` does
     on one machine, bit for bit; see :class:`SparkScoring` for the parts.
@@ -128,10 +137,10 @@ def score_table(
     (default: ``conf/serving/predict.yaml``'s; with ``settings.explain`` the customers it selects are
     explained), with onnxruntime given ``spark.task.cpus`` threads and one stream per task unless ``threads``
     or ``streams`` is set. ``buckets``: how many groups of customers (each scored by one Python call); default:
-    about a million events each, at least one per core (counting the events costs one pass). ``*_reading``:
-    how a table's values become what churnformer would read from its file (:class:`TableReading`: a CSV
-    file's text, nanosecond timestamps).
+    about a million events each, at least one per core (counting the events costs one pass). ``origin``: where
+    the tables came from (:class:`TableOrigin`; the defaults: tables as they are stored).
     """
+    source, readings = origin.events_source, origin
     if buckets is not None and not (isinstance(buckets, int) and buckets >= 1):
         raise ConfigError(f"buckets={buckets!r}: a whole number >= 1, or null to choose from the event count")
     spark = events.sparkSession
@@ -153,8 +162,9 @@ def score_table(
     wanted = [mapping.customer_id, mapping.timestamp, mapping.amount, *predictor.featurizer.event_attribute_columns]
     events = events.select(*[column(name) for name in dict.fromkeys(wanted)])
     if customers is not None:  # the id column, checked as the single-machine job checks it
-        load_customers(pd.DataFrame(columns=customers.columns), mapping.customer_id, name=customers_source)
-    id_type = pa.string() if events_reading.csv_text else to_arrow_type(events.schema[mapping.customer_id].dataType)
+        load_customers(pd.DataFrame(columns=customers.columns), mapping.customer_id, name=origin.customers_source)
+    csv_ids = readings.events_reading.csv_text
+    id_type = pa.string() if csv_ids else to_arrow_type(events.schema[mapping.customer_id].dataType)
     schema = records_schema(predictor, mapping, id_type, cutoff)
     count = buckets or bucket_count(spark, events)
     scorer = BucketScorer(
@@ -162,8 +172,8 @@ def score_table(
         settings=settings,
         cutoff=cutoff,
         columns=mapping,
-        events_reading=events_reading,
-        customers_reading=customers_reading if customers is not None else None,
+        events_reading=readings.events_reading,
+        customers_reading=readings.customers_reading if customers is not None else None,
         source=source,
         schema=schema,
     )
