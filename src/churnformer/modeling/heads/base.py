@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from churnformer.errors import ConfigError
-from churnformer.schema import CHURN, CHURN_PROBABILITY, NO_PURCHASE, OBSERVED, per_horizon, prediction_of
+from churnformer.schema import CHURN, CHURN_PROBABILITY, NO_PURCHASE, per_horizon, prediction_of
 
 Raw = dict[str, torch.Tensor]  # one head's raw outputs by name, (B, K) each
 Labels = Mapping[str, torch.Tensor]  # label name -> (B, K) at every horizon (observed: whether it is known)
@@ -45,9 +45,6 @@ class FitData:
 
     raw: dict[str, Raw]
     labels: dict[str, torch.Tensor]
-
-    def __len__(self) -> int:
-        return len(self.labels[OBSERVED])
 
     def concat(self, other: FitData) -> FitData:
         raw = {head: {k: torch.cat([v, other.raw[head][k]]) for k, v in out.items()} for head, out in self.raw.items()}
