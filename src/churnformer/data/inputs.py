@@ -23,6 +23,7 @@ from churnformer.data.window import NS_PER_DAY
 from churnformer.schema import EVENT_CAT, EVENT_NUM, EVENT_TEXT, TEXT_EMBEDDINGS
 
 if TYPE_CHECKING:
+    from churnformer.data.sequences import Sequences
     from churnformer.text.embeddings import TextEmbeddings
 
 EVENT_AXES = ("batch", "length")  # the dynamic axes of an array with a row per event of a padded batch
@@ -69,8 +70,8 @@ class EventInput(ABC):
         """The arrays it adds to a padded batch as a whole (not per event)."""
         return {}
 
-    def pad(self, padded: Arrays, table: np.ndarray | None) -> None:  # noqa: B027 (most inputs need nothing)
-        """Complete a padded batch of its per-event arrays (``table``: the sequences' text table)."""
+    def pad(self, padded: Arrays, sequences: Sequences) -> None:  # noqa: B027 (most inputs need nothing)
+        """Complete a padded batch of ``sequences`` with what the batch as a whole needs of this input."""
 
     @abstractmethod
     def example(self, featurizer: Featurizer, batch: int, length: int, rng: np.random.Generator) -> Arrays:
@@ -156,7 +157,8 @@ class TextInput(EventInput):
         text_rows = [kept.texts.rows_of(kept.events[column], kept.rows, column) for column in featurizer.text_columns]
         return {EVENT_TEXT: stack(text_rows, len(kept.rows), np.int32)}
 
-    def pad(self, padded: Arrays, table: np.ndarray | None) -> None:
+    def pad(self, padded: Arrays, sequences: Sequences) -> None:
+        table = sequences.text_table
         if EVENT_TEXT not in padded or table is None:
             return
         used, local = np.unique(padded[EVENT_TEXT], return_inverse=True)

@@ -122,7 +122,7 @@ class Sequences:
         padded[LENGTHS] = lengths.astype(np.int64)
         padded.update({name: values[rows] for name, values in self.customers.items()})
         for event_input in EVENT_INPUTS:
-            event_input.pad(padded, self.text_table)
+            event_input.pad(padded, self)
         return padded
 
 

@@ -140,7 +140,7 @@ def score_table(
     about a million events each, at least one per core (counting the events costs one pass). ``origin``: where
     the tables came from (:class:`TableOrigin`; the defaults: tables as they are stored).
     """
-    source, readings = origin.events_source, origin
+    source = origin.events_source
     if buckets is not None and not (isinstance(buckets, int) and buckets >= 1):
         raise ConfigError(f"buckets={buckets!r}: a whole number >= 1, or null to choose from the event count")
     spark = events.sparkSession
@@ -163,7 +163,7 @@ def score_table(
     events = events.select(*[column(name) for name in dict.fromkeys(wanted)])
     if customers is not None:  # the id column, checked as the single-machine job checks it
         load_customers(pd.DataFrame(columns=customers.columns), mapping.customer_id, name=origin.customers_source)
-    csv_ids = readings.events_reading.csv_text
+    csv_ids = origin.events_reading.csv_text
     id_type = pa.string() if csv_ids else to_arrow_type(events.schema[mapping.customer_id].dataType)
     schema = records_schema(predictor, mapping, id_type, cutoff)
     count = buckets or bucket_count(spark, events)
@@ -172,8 +172,8 @@ def score_table(
         settings=settings,
         cutoff=cutoff,
         columns=mapping,
-        events_reading=readings.events_reading,
-        customers_reading=readings.customers_reading if customers is not None else None,
+        events_reading=origin.events_reading,
+        customers_reading=origin.customers_reading if customers is not None else None,
         source=source,
         schema=schema,
     )
