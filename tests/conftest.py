@@ -272,6 +272,21 @@ def trained_run(tiny_world: tuple[Path, Path], tmp_path_factory: pytest.TempPath
 
 
 @pytest.fixture(scope="session")
+def aggregates_run(tiny_world: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run directory trained on the tiny world with the engineered aggregates fused in, in this process."""
+    events, customers = tiny_world
+    run_dir = tmp_path_factory.mktemp("aggregates-run")
+    train_in_process(
+        run_dir,
+        *TRAIN_OVERRIDES,
+        f"data.events={events}",
+        f"data.customers={customers}",
+        "data.features.aggregates.enabled=true",
+    )
+    return run_dir
+
+
+@pytest.fixture(scope="session")
 def cli_run(tiny_world: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run directory trained on the tiny world through the real console script, progress bar on."""
     events, customers = tiny_world

@@ -425,7 +425,7 @@ def test_featurizer_json_round_trip():
     )
 
 
-@pytest.mark.parametrize("version", [0, 2, "1", None])
+@pytest.mark.parametrize("version", [0, 3, "1", None])
 def test_wrong_format_version_rejected(version):
     state = json.loads(fit_featurizer(_base_log()).to_json())
     if version is None:

@@ -13,6 +13,7 @@ EVENT_NUM = "event_num"  # (B, T, Fe) float32: numeric features per event
 LENGTHS = "lengths"  # (B,) int64: real events per row (padding after them)
 CUSTOMER_CAT = "customer_cat"  # (B, Cc) int32: static categorical ids
 CUSTOMER_NUM = "customer_num"  # (B, Fc) float32: history summary + static numerics
+CUSTOMER_AGG = "customer_agg"  # (B, Fa) float32: engineered aggregates (data.features.aggregates), NaN undefined
 # Models with text features (data.features.text) only: per event and text column, the row of its text in
 # text_embeddings, 0 for none; and the batch's distinct texts embedded by the run's sentence encoder.
 EVENT_TEXT = "event_text"  # (B, T, Ct) int32
@@ -22,7 +23,7 @@ MODEL_INPUTS = (EVENT_CAT, EVENT_NUM, LENGTHS, CUSTOMER_CAT, CUSTOMER_NUM)  # a 
 REQUIRED_MODEL_INPUTS = (EVENT_CAT, EVENT_NUM, LENGTHS, CUSTOMER_NUM)
 # Dimensions that vary from batch to batch, per input besides the event inputs (those declare their own:
 # churnformer.data.inputs); the rest are fixed by the fitted featurizer.
-DYNAMIC_AXES = {LENGTHS: ("batch",), CUSTOMER_CAT: ("batch",), CUSTOMER_NUM: ("batch",)}
+DYNAMIC_AXES = {LENGTHS: ("batch",), CUSTOMER_CAT: ("batch",), CUSTOMER_NUM: ("batch",), CUSTOMER_AGG: ("batch",)}
 
 # --- model outputs: one value per customer, the first columns of every predictions file ---------------------
 # A model's outputs are declared by its heads (churnformer.modeling.heads), each predicting one label over the

@@ -23,6 +23,7 @@ from churnformer.modeling.backbones import SelfAttention
 from churnformer.modeling.network import ChurnFormer
 from churnformer.modeling.scoring_model import ScoringModel
 from churnformer.schema import (
+    CUSTOMER_AGG,
     CUSTOMER_CAT,
     CUSTOMER_NUM,
     DYNAMIC_AXES,
@@ -52,6 +53,8 @@ def example_inputs(featurizer: Featurizer, batch: int = 3, length: int = 5) -> d
     arrays[LENGTHS] = np.arange(length, length - batch, -1).clip(min=1).astype(np.int64)
     arrays[CUSTOMER_CAT] = example_ids(rng, (batch,), featurizer.customer_categorical_cardinalities)
     arrays[CUSTOMER_NUM] = rng.standard_normal((batch, len(featurizer.customer_numeric_names))).astype(np.float32)
+    if featurizer.aggregates is not None:
+        arrays[CUSTOMER_AGG] = rng.standard_normal((batch, len(featurizer.aggregate_names))).astype(np.float32)
     return {name: torch.from_numpy(values) for name, values in arrays.items()}
 
 

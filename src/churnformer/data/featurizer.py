@@ -13,12 +13,17 @@ from typing import Any
 
 import pandas as pd
 
+from churnformer.data.aggregates import Aggregates
 from churnformer.data.events import CUSTOMER_ID, STANDARD_COLUMNS, source_of
 from churnformer.data.grouping import Grouping
 from churnformer.data.values import CategoricalEncoder, NumericScaler
 from churnformer.errors import ConfigError, InputError
 
 FORMAT_VERSION = 1
+# The state of a model that reads engineered aggregates: an older churnformer would not compute them, so it is
+# told the state is newer than it reads instead of failing on a missing model input.
+AGGREGATES_FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (FORMAT_VERSION, AGGREGATES_FORMAT_VERSION)
 # Per-event numeric features computed from the standard columns, in this order, before attributes.
 BASE_EVENT_NUMERIC = ("amount_signed_log", "log_gap_days", "is_first_event", "log_days_before_cutoff")
 # Of those, the ones that measure time (the model encodes them with learned sinusoids).
@@ -63,6 +68,8 @@ class FeaturizerConfig:
     text: list[str]  # free-text event columns, read by the sentence encoder (churnformer.text)
     group_by: str | None = None  # rows with the same value of this column (per customer) are one event
     group_bag_size: int = 16  # per categorical column varying within groups: its most frequent values kept
+    # Engineered per-customer aggregates (churnformer.data.aggregates): enabled, windows_days, top_values.
+    aggregates: dict[str, Any] | None = None
 
     @classmethod
     def with_defaults(cls, **changes: Any) -> FeaturizerConfig:
@@ -86,6 +93,7 @@ class Featurizer:
     # SHA-256 of its file): scoring refuses any other.
     text_encoder: dict[str, Any] | None = None
     grouping: Grouping | None = None  # data.features.group_by: events are groups of rows (churnformer.data.grouping)
+    aggregates: Aggregates | None = None  # data.features.aggregates: the per-customer aggregates the model reads
     format_version: int = FORMAT_VERSION
 
     @property
@@ -132,6 +140,11 @@ class Featurizer:
         return list(BASE_CUSTOMER_NUMERIC) + _with_indicators(self.customer_numeric)
 
     @property
+    def aggregate_names(self) -> list[str]:
+        """The engineered aggregates' names (none without ``data.features.aggregates``)."""
+        return self.aggregates.names if self.aggregates is not None else []
+
+    @property
     def event_attribute_columns(self) -> list[str]:
         """The event log's attribute columns the model reads (those of its groups', when grouped)."""
         if self.grouping is not None:
@@ -158,10 +171,11 @@ class Featurizer:
     @classmethod
     def from_json(cls, text: str) -> Featurizer:
         state = json.loads(text)
-        if state.get("format_version") != FORMAT_VERSION:
+        if state.get("format_version") not in READABLE_FORMAT_VERSIONS:
             raise InputError(
                 f"featurization state has format version {state.get('format_version')!r}; "
-                f"this churnformer reads version {FORMAT_VERSION}"
+                f"this churnformer reads versions {list(READABLE_FORMAT_VERSIONS)} (a newer model needs a newer "
+                "churnformer)"
             )
         return cls(
             max_len=int(state["max_len"]),
@@ -172,6 +186,8 @@ class Featurizer:
             text_columns=list(state.get("text_columns", [])),
             text_encoder=state.get("text_encoder"),
             grouping=Grouping.from_state(state["grouping"]) if state.get("grouping") else None,
+            aggregates=Aggregates.from_state(state["aggregates"]) if state.get("aggregates") else None,
+            format_version=int(state["format_version"]),
         )
 
 
@@ -251,14 +267,41 @@ def fit_featurizer(
     def categorical(frame: pd.DataFrame, columns: list[str]) -> list[CategoricalEncoder]:
         return [CategoricalEncoder.fit(c, frame[c], config.max_vocab_size, config.min_category_count) for c in columns]
 
+    event_categorical = categorical(events, event_cat)
+    aggregates = fit_aggregates(config.aggregates, event_categorical, event_num)
     return Featurizer(
         max_len=config.max_len,
-        event_categorical=categorical(events, event_cat),
+        event_categorical=event_categorical,
         event_numeric=[NumericScaler.fit(c, events[c]) for c in event_num],
         customer_categorical=categorical(static, static_cat),
         customer_numeric=[NumericScaler.fit(c, static[c]) for c in static_num],
         text_columns=list(config.text),
         grouping=grouping,
+        aggregates=aggregates,
+        format_version=FORMAT_VERSION if aggregates is None else AGGREGATES_FORMAT_VERSION,
+    )
+
+
+def fit_aggregates(
+    settings: dict[str, Any] | None, event_categorical: list[CategoricalEncoder], event_numeric: list[str]
+) -> Aggregates | None:
+    """The aggregates of ``data.features.aggregates`` (None when not enabled): shares of each categorical event
+    column's ``top_values`` most frequent training values, the numeric event columns' sums and means."""
+    if not settings or not settings.get("enabled"):
+        return None
+    unknown = set(settings) - {"enabled", "windows_days", "top_values"}
+    if unknown:
+        raise ConfigError(
+            f"data.features.aggregates: unknown key(s) {sorted(unknown)}; there are enabled, windows_days, top_values"
+        )
+    windows = sorted(int(days) for days in settings.get("windows_days", []))
+    if not windows or windows[0] <= 0:
+        raise ConfigError(f"data.features.aggregates.windows_days={windows}: give positive numbers of days")
+    top = int(settings.get("top_values", 0))
+    return Aggregates(
+        windows_days=windows,
+        categories={encoder.name: min(top, len(encoder.vocabulary)) for encoder in event_categorical},
+        numbers=list(event_numeric),
     )
 
 

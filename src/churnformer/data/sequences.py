@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from churnformer.data.aggregates import AggregateInputs
 from churnformer.data.events import AMOUNT, CUSTOMER_ID, TIMESTAMP, source_of
 from churnformer.data.featurizer import BASE_CUSTOMER_NUMERIC, FeatureMismatchError, Featurizer
 from churnformer.data.inputs import EVENT_INPUTS, KeptEvents, event_arrays, signed_log1p, stack
 from churnformer.data.values import UNKNOWN_ID, numeric_values
 from churnformer.data.window import NS_PER_DAY, Window
-from churnformer.schema import CUSTOMER_CAT, CUSTOMER_NUM, LENGTHS
+from churnformer.schema import CUSTOMER_AGG, CUSTOMER_CAT, CUSTOMER_NUM, LENGTHS
 
 if TYPE_CHECKING:
     from churnformer.text.embeddings import TextEmbeddings
@@ -199,6 +200,34 @@ def _history_summary(
     ]
 
 
+def _aggregates(
+    featurizer: Featurizer,
+    events: pd.DataFrame,
+    rows: np.ndarray,
+    codes: np.ndarray,
+    stamps: np.ndarray,
+    amounts: np.ndarray,
+    n: int,
+    window: Window,
+) -> dict[str, np.ndarray]:
+    """The engineered aggregates (:mod:`churnformer.data.aggregates`) of every event kept before truncation,
+    ``rows`` of ``events`` in (customer, time) order; none for a model without them."""
+    if featurizer.aggregates is None:
+        return {}
+    spec = featurizer.aggregates
+    encoders = {encoder.name: encoder for encoder in featurizer.event_categorical}
+    inputs = AggregateInputs(
+        n_customers=n,
+        codes=codes,
+        stamps=stamps,
+        amounts=amounts,
+        feature_end_ns=window.feature_end_ns,
+        categories={name: encoders[name].encode(events[name], rows)[0] for name in spec.categories},
+        numbers={name: numeric_values(events[name], rows) for name in spec.numbers},
+    )
+    return {CUSTOMER_AGG: spec.compute(inputs)}
+
+
 def _static_features(
     customer_ids: np.ndarray, customers: pd.DataFrame | None, featurizer: Featurizer, report: BuildReport
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -278,7 +307,9 @@ def build_sequences(
     gap_days = np.zeros(len(codes))
     gap_days[1:] = np.diff(stamps) / NS_PER_DAY
     gap_days[first_in_group] = 0.0
-    summary = _history_summary(codes, stamps, events[AMOUNT].to_numpy("float64")[kept[order]], starts, counts, window)
+    amounts = events[AMOUNT].to_numpy("float64")[kept[order]]
+    summary = _history_summary(codes, stamps, amounts, starts, counts, window)
+    aggregates = _aggregates(featurizer, events, kept[order], codes, stamps, amounts, len(customer_ids), window)
 
     keep = position >= counts[codes] - featurizer.max_len
     rows = kept[order[keep]]  # input row of each kept event, in (customer, time) order
@@ -299,11 +330,12 @@ def build_sequences(
     customer_num = [*summary, *static_num]
 
     n = len(customer_ids)
+    customer_inputs = {CUSTOMER_CAT: stack(static_cat, n, np.int32), CUSTOMER_NUM: stack(customer_num, n, np.float32)}
     return Sequences(
         customer_ids=customer_ids,
         offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
         events=event_inputs,
-        customers={CUSTOMER_CAT: stack(static_cat, n, np.int32), CUSTOMER_NUM: stack(customer_num, n, np.float32)},
+        customers=customer_inputs | aggregates,
         n_events_total=counts.astype(np.int64),
         report=report,
         text_table=texts.table if featurizer.text_columns else None,
@@ -353,6 +385,20 @@ def empty_histories(
     static_cat, static_num = _static_features(customer_ids, customers, featurizer, report)
     summary = [np.zeros(n) for _ in BASE_CUSTOMER_NUMERIC]
     events = {name: np.zeros((0, *spec.shape), dtype=spec.dtype) for name, spec in event_arrays(featurizer).items()}
+    none = np.zeros(0, dtype=np.int64)
+    aggregates = {}
+    if featurizer.aggregates is not None:
+        spec = featurizer.aggregates
+        inputs = AggregateInputs(
+            n_customers=n,
+            codes=none,
+            stamps=none,
+            amounts=np.zeros(0),
+            feature_end_ns=0,
+            categories={name: none for name in spec.categories},
+            numbers={name: np.zeros(0) for name in spec.numbers},
+        )
+        aggregates = {CUSTOMER_AGG: spec.compute(inputs)}
     return Sequences(
         customer_ids=np.asarray(customer_ids),
         offsets=np.zeros(n + 1, dtype=np.int64),
@@ -360,6 +406,7 @@ def empty_histories(
         customers={
             CUSTOMER_CAT: stack(static_cat, n, np.int32),
             CUSTOMER_NUM: stack([*summary, *static_num], n, np.float32),
+            **aggregates,
         },
         n_events_total=np.zeros(n, dtype=np.int64),
         report=report,

@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from churnformer.data.aggregates import aggregate_quantiles
 from churnformer.data.events import CUSTOMER_ID, TIMESTAMP, source_of
 from churnformer.data.featurizer import Featurizer, FeaturizerConfig, fit_featurizer
 from churnformer.data.labels import LabelSpec, horizon_labels, make_labels
 from churnformer.data.sequences import Sequences, build_sequences, concat_sequences
 from churnformer.data.window import NS_PER_DAY, HorizonGrid, Window, log_end_ns, require_events_before
 from churnformer.errors import ConfigError, InputError
-from churnformer.schema import CHURN, NO_PURCHASE, OBSERVED, PURCHASES, SPEND, per_horizon
+from churnformer.schema import CHURN, CUSTOMER_AGG, NO_PURCHASE, OBSERVED, PURCHASES, SPEND, per_horizon
 
 if TYPE_CHECKING:
     from churnformer.text.embeddings import TextEmbeddings
@@ -69,6 +70,12 @@ class TrainingSet:
     def main_train_rows(self) -> np.ndarray:
         """Training customers at the main cutoff (no rolling-cutoff copies)."""
         return self.train_rows[self.train_rows < self.main_count]
+
+    def aggregate_quantiles(self) -> list[list[float]] | None:
+        """The training examples' quantiles of each engineered aggregate (where the network's numeric encoding
+        puts its bins); None for a featurizer without aggregates."""
+        values = self.sequences.customers.get(CUSTOMER_AGG)
+        return None if values is None else aggregate_quantiles(values[self.train_rows])
 
     def label_stats(self) -> dict[str, dict[str, list[float]]]:
         """Per label (churn, no_purchase, spend, purchases), per horizon of the grid, over the training examples

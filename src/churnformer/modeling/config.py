@@ -25,6 +25,9 @@ class ModelConfig:
     # The encoders of each event's inputs whose vectors are summed (churnformer.modeling.encoders.EVENT_ENCODERS;
     # those the model has no input for, text without text columns, are left out).
     event_encoders: tuple[str, ...] = ("categorical", "numeric", "time", "text")
+    # How the engineered aggregates are encoded and fused with the sequence (churnformer.modeling.fusion.FusionConfig;
+    # read by models with data.features.aggregates only).
+    fusion: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class FeatureSizes:
     n_customer_num: int
     n_text_columns: int = 0  # free-text event columns
     text_dimension: int = 0  # size of their sentence embeddings
+    n_customer_agg: int = 0  # engineered aggregates (data.features.aggregates)
 
     @classmethod
     def of(cls, featurizer: Featurizer) -> FeatureSizes:
@@ -49,4 +53,5 @@ class FeatureSizes:
             n_customer_num=len(featurizer.customer_numeric_names),
             n_text_columns=len(featurizer.text_columns),
             text_dimension=featurizer.text_dimension,
+            n_customer_agg=len(featurizer.aggregate_names),
         )

@@ -1,5 +1,6 @@
-"""The churn + spend network: event encoder -> backbone (transformer by default) -> pooling -> the heads over
-the horizon grid (:mod:`churnformer.modeling.heads`), and a linear path from the customer numbers to the heads
+"""The churn + spend network: event encoder -> backbone (transformer by default) -> pooling -> (fused with the
+engineered aggregates, :mod:`churnformer.modeling.fusion`, for models that read them) -> the heads over the
+horizon grid (:mod:`churnformer.modeling.heads`), and a linear path from the customer numbers to the heads
 that read it (the churn logits).
 
 Shapes: B customers, T events (padded), D = d_model. Inputs are the model inputs by name
@@ -18,8 +19,9 @@ from churnformer.data.featurizer import Featurizer
 from churnformer.modeling.backbones import build_backbone
 from churnformer.modeling.config import FeatureSizes, ModelConfig
 from churnformer.modeling.encoders import CustomerEncoder, EventEncoder
+from churnformer.modeling.fusion import AggregateFusion, FusionConfig
 from churnformer.modeling.heads.base import Heads, Raw
-from churnformer.schema import CUSTOMER_CAT, CUSTOMER_NUM, LENGTHS
+from churnformer.schema import CUSTOMER_AGG, CUSTOMER_CAT, CUSTOMER_NUM, LENGTHS
 
 
 class ChurnFormer(nn.Module):
@@ -39,6 +41,12 @@ class ChurnFormer(nn.Module):
         # Wide & Deep (Cheng et al. 2016): the history summary and static numbers also reach the churn logits
         # through one linear map, past the layer norms that keep only their direction in the summary token.
         self.wide = nn.Linear(sizes.n_customer_num, config.d_model) if config.wide else None
+        # The engineered aggregates, fused with the pooled sequence before every head (data.features.aggregates).
+        self.fusion = (
+            AggregateFusion(FusionConfig(**(config.fusion or {})), sizes.n_customer_agg, config.d_model)
+            if sizes.n_customer_agg
+            else None
+        )
         self.heads = Heads.build(heads, config.d_model, n_horizons)
         self.apply(_init_weights)
 
@@ -63,6 +71,8 @@ class ChurnFormer(nn.Module):
         weights = (positions.unsqueeze(0) < lengths.unsqueeze(1)).unsqueeze(-1).to(x.dtype)  # (B, T, 1) real events
         mean_events = (x[:, 1:] * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (B, D)
         pooled = self.pool(torch.cat([self.backbone.summary(x, lengths), mean_events], dim=-1))  # (B, D)
+        if self.fusion is not None:
+            pooled = self.fusion(pooled, inputs[CUSTOMER_AGG])
         wide = pooled if self.wide is None else pooled + self.wide(inputs[CUSTOMER_NUM])
         return self.heads(pooled, wide)
 

@@ -199,6 +199,7 @@ def build_module(cfg: DictConfig, datamodule: ChurnDataModule) -> ChurnFormerMod
         featurizer_json=datamodule.data.featurizer.to_json(),
         label_stats=datamodule.data.label_stats(),
         export_metadata=export_metadata,
+        aggregate_quantiles=datamodule.data.aggregate_quantiles(),
     )
 
 

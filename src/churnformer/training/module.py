@@ -94,6 +94,7 @@ class ChurnFormerModule(pl.LightningModule):
         label_stats: dict[str, dict[str, list[float]]],
         export_metadata: dict[str, Any],
         static_dropout: float = 0.0,
+        aggregate_quantiles: list[list[float]] | None = None,
     ) -> None:
         super().__init__()
         # Not sent to the logger: it would flood HPARAMS with the featurizer JSON; the job logs a curated set.
@@ -105,6 +106,8 @@ class ChurnFormerModule(pl.LightningModule):
         self.static_dropout = static_dropout
         self.n_static_numeric = len(featurizer.customer_numeric)
         self.network.heads.init_biases(label_stats)
+        if self.network.fusion is not None and aggregate_quantiles:
+            self.network.fusion.encoding.fit(aggregate_quantiles)  # bins at the training customers' quantiles
         groups = self.network.heads.kinds()
         # Keyed by split, with a prefix: nn.Module already has a ``train`` attribute.
         self.epoch_metrics = torch.nn.ModuleDict(
