@@ -56,12 +56,14 @@ class AggregateInputs:
 class Aggregates:
     """Which aggregates a model reads: fitted with the featurizer, stored in its state.
 
-    ``categories``: categorical event column -> how many of its most frequent values get shares (its
-    vocabulary is frequency-ordered, so these are ids ``2 .. 1 + count``); ``numbers``: numeric event columns.
+    ``categories``: (categorical event column, how many of its most frequent values get shares: its vocabulary
+    is frequency-ordered, so these are ids ``2 .. 1 + count``) pairs, in order; ``numbers``: numeric event
+    columns. Lists, not mappings: the state is stored with sorted keys, and the order is the model's input
+    layout.
     """
 
     windows_days: list[int]
-    categories: dict[str, int]
+    categories: list[tuple[str, int]]
     numbers: list[str]
 
     @property
@@ -74,7 +76,7 @@ class Aggregates:
         names += ["gap_mean_days", "gap_std_days", "gap_max_days", "gap_last_days", "overdue_ratio"]
         names += ["amount_mean", "amount_std", "amount_max", "amount_last_vs_mean", "amount_recent_vs_earlier"]
         names += ["refunds", "refund_amount"]
-        for column, count in self.categories.items():
+        for column, count in self.categories:
             names += [f"{column}_distinct"]
             names += [f"{column}_{rank}_share" for rank in range(count)]
             names += [f"{column}_{rank}_spend_share" for rank in range(count)]
@@ -101,7 +103,7 @@ class Aggregates:
             columns += [np.log1p(recent_days) - np.log1p(before_days), np.log1p(recent_spend) - np.log1p(before_spend)]
         columns += _gap_statistics(codes[first_of_day], day[first_of_day], age, codes, purchase, n)
         columns += _amount_statistics(codes, amounts, purchase, age, n)
-        for column, count in self.categories.items():
+        for column, count in self.categories:
             columns += _category_shares(codes, inputs.categories[column], spend, count, n)
         for column in self.numbers:
             values = np.nan_to_num(inputs.numbers[column].astype(np.float64))
@@ -117,14 +119,11 @@ class Aggregates:
             out[:, j] = column
         return out
 
-    def to_state(self) -> dict:
-        return {"windows_days": self.windows_days, "categories": self.categories, "numbers": self.numbers}
-
     @classmethod
     def from_state(cls, state: dict) -> Aggregates:
         return cls(
             windows_days=[int(d) for d in state["windows_days"]],
-            categories={k: int(v) for k, v in state["categories"].items()},
+            categories=[(str(column), int(count)) for column, count in state["categories"]],
             numbers=list(state["numbers"]),
         )
 

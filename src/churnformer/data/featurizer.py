@@ -300,7 +300,7 @@ def fit_aggregates(
     top = int(settings.get("top_values", 0))
     return Aggregates(
         windows_days=windows,
-        categories={encoder.name: min(top, len(encoder.vocabulary)) for encoder in event_categorical},
+        categories=[(encoder.name, min(top, len(encoder.vocabulary))) for encoder in event_categorical],
         numbers=list(event_numeric),
     )
 

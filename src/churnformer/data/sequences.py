@@ -222,7 +222,7 @@ def _aggregates(
         stamps=stamps,
         amounts=amounts,
         feature_end_ns=window.feature_end_ns,
-        categories={name: encoders[name].encode(events[name], rows)[0] for name in spec.categories},
+        categories={name: encoders[name].encode(events[name], rows)[0] for name, _ in spec.categories},
         numbers={name: numeric_values(events[name], rows) for name in spec.numbers},
     )
     return {CUSTOMER_AGG: spec.compute(inputs)}
@@ -395,7 +395,7 @@ def empty_histories(
             stamps=none,
             amounts=np.zeros(0),
             feature_end_ns=0,
-            categories={name: none for name in spec.categories},
+            categories={name: none for name, _ in spec.categories},
             numbers={name: np.zeros(0) for name in spec.numbers},
         )
         aggregates = {CUSTOMER_AGG: spec.compute(inputs)}

@@ -48,16 +48,18 @@ class FusionConfig:
 
 class PiecewiseLinearEncoding(nn.Module):
     """Each aggregate -> an E-vector: its piecewise-linear encoding over K bins (how far it is through each
-    bin: 1 for bins below it, 0 for bins above), mapped linearly; missing values get a learned vector."""
+    bin: 1 for bins below it, 0 for bins above; the outer bins go on to -1 and 2 outside the training range),
+    mapped linearly; missing values get a learned vector."""
 
     def __init__(self, n_features: int, bins: int, embedding_dim: int) -> None:
         super().__init__()
         # Set from the training customers (fit); the checkpoint keeps them.
         self.register_buffer("left", torch.zeros(n_features, bins))
         self.register_buffer("width", torch.ones(n_features, bins))
-        # The first and last bins extend beyond the training range: values outside it still move the output.
+        # The first and last bins extend beyond the training range by up to a bin: values outside it still move
+        # the output, but a value far outside (a bin of tied edges is 1e-6 wide) cannot blow it up.
         lower, upper = torch.zeros(bins), torch.ones(bins)
-        lower[0], upper[-1] = -torch.inf, torch.inf
+        lower[0], upper[-1] = -1.0, 2.0
         self.register_buffer("lower", lower, persistent=False)
         self.register_buffer("upper", upper, persistent=False)
         self.weight = nn.Parameter(torch.empty(n_features, bins, embedding_dim))
