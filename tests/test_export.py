@@ -22,7 +22,7 @@ from churnformer.artifacts.export import (
 from churnformer.calibration import Calibration
 from churnformer.data.featurizer import Featurizer
 from churnformer.modeling.scoring_model import ScoringModel
-from churnformer.schema import MODEL_INPUTS, MODEL_OUTPUTS
+from churnformer.schema import EMBEDDING, MODEL_INPUTS, MODEL_OUTPUTS
 from churnformer.serving.predictor import Predictor
 
 
@@ -55,7 +55,7 @@ def exported(
         network, hparams["featurizer_json"], output, metadata, calibration=calibration, fused_attention=request.param
     )
     main = metadata["horizons_days"].index(metadata["horizon_days"])
-    model = ScoringModel(network, list(MODEL_INPUTS), main, calibration).eval()
+    model = ScoringModel(network, list(MODEL_INPUTS), main, calibration, with_embedding=True).eval()
     return path, model, Featurizer.from_json(hparams["featurizer_json"])
 
 
@@ -82,6 +82,11 @@ def test_onnxruntime_matches_pytorch(exported, batch: int, length: int) -> None:
     got = session.run(None, {i.name: feed[i.name] for i in session.get_inputs()})
     names = [o.name for o in session.get_outputs()]
     outputs = dict(zip(names, zip(got, expected, strict=True), strict=True))
+    # The customer representation the heads read comes last (churnformer-predict embeddings=true).
+    a, b = outputs.pop(EMBEDDING)
+    assert a.shape == (batch, model.network.config.d_model) and names[-1] == EMBEDDING
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    names = names[:-1]
     for name, (a, _) in outputs.items():
         assert a.shape == (batch,), name
     a, b = outputs["churn_probability"]
@@ -108,7 +113,7 @@ def test_batch_and_length_are_symbolic(exported) -> None:
     assert dims["event_num"][:2] == dims["event_cat"][:2]
     assert isinstance(dims["lengths"][0], str)
     horizons = json.loads(next(p.value for p in onnx.load(path).metadata_props if p.key == "churnformer.horizons_days"))
-    assert [o.name for o in graph.output] == model.network.heads.output_columns(tuple(horizons))
+    assert [o.name for o in graph.output] == [*model.network.heads.output_columns(tuple(horizons)), EMBEDDING]
 
 
 def test_an_export_that_fixed_an_axis_is_refused(exported) -> None:

@@ -270,3 +270,24 @@ def test_command_line_settings(trained_run: Path, tiny_world: tuple[Path, Path],
         "spark.sql.shuffle.partitions": 8,
         "spark.a": 1,
     }
+
+
+def test_a_model_with_aggregates_and_its_embeddings_score_exactly_as_one_machine(
+    spark: SparkSession, aggregates_run: Path, tiny_world: tuple[Path, Path], messy: Path
+) -> None:
+    """The aggregates are computed per customer in the buckets as on one machine, and the embedding columns
+    come with the predictions, bit-identical."""
+    customers = tiny_world[1]
+    settings = ScoringSettings.defaults(embeddings=True)
+    local = Predictor(aggregates_run, settings).score(messy, TINY_CUTOFF, customers=customers)
+    assert "embedding_0" in local.predictions.columns
+    job = score_table(
+        read_table(spark, messy)[0],
+        aggregates_run / "model.onnx",
+        TINY_CUTOFF,
+        customers=read_table(spark, customers)[0],
+        settings=settings,
+        buckets=4,
+        origin=TableOrigin(events_reading=CSV_TEXT, customers_reading=CSV_TEXT),
+    )
+    assert_same_rows(job.predictions.toPandas(), local.predictions)

@@ -107,6 +107,11 @@ SPEND_BY_HORIZON = by_horizon(SPEND)
 OBSERVED_BY_HORIZON = by_horizon(OBSERVED)
 
 # --- ONNX metadata: JSON strings under this prefix in the model file's metadata_props -------------------------
+# The model file's last output, (B, D): the customer representation the heads read (churnformer-predict
+# embeddings=true writes it as EMBEDDING_PREFIX + i columns). Files exported before it lack it. Not "embedding":
+# the exporter names the values of torch's embedding lookups so, and an ONNX graph names each value once.
+EMBEDDING = "customer_embedding"
+EMBEDDING_PREFIX = "embedding_"
 METADATA_PREFIX = "churnformer."
 META_FEATURIZER = "featurizer"  # fitted featurization state (churnformer.data.featurizer.Featurizer)
 META_VERSION = "version"  # churnformer version that exported the file

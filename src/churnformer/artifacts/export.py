@@ -27,6 +27,7 @@ from churnformer.schema import (
     CUSTOMER_CAT,
     CUSTOMER_NUM,
     DYNAMIC_AXES,
+    EMBEDDING,
     LENGTHS,
     META_CALIBRATION,
     META_FEATURIZER,
@@ -84,7 +85,8 @@ def export_onnx(
     inputs = example_inputs(featurizer)
     horizons = tuple(float(h) for h in metadata[META_HORIZONS])
     outputs = network.heads.output_columns(horizons)
-    model = ScoringModel(network, list(inputs), horizons.index(float(metadata[META_HORIZON_DAYS])), calibration)
+    main = horizons.index(float(metadata[META_HORIZON_DAYS]))
+    model = ScoringModel(network, list(inputs), main, calibration, with_embedding=True)
     model.eval()
     dims = {axis: torch.export.Dim(axis) for axis in ("batch", "length", "texts")}
     # One entry for ScoringModel.forward's *inputs, a spec per input in order.
@@ -105,7 +107,7 @@ def export_onnx(
             opset_version=OPSET,
             dynamic_shapes=dynamic_shapes,
             input_names=list(inputs),
-            output_names=list(outputs),
+            output_names=[*outputs, EMBEDDING],
             verbose=False,
         )
     proto = program.model_proto

@@ -63,6 +63,16 @@ class ChurnFormer(nn.Module):
         return cls(ModelConfig(**network), FeatureSizes.of(featurizer), n_horizons, heads)
 
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, Raw]:
+        return self.heads_of(self.represent(inputs), inputs)
+
+    def heads_of(self, representation: torch.Tensor, inputs: Mapping[str, torch.Tensor]) -> dict[str, Raw]:
+        """Each head's raw outputs from the customer representation (:meth:`represent`)."""
+        wide = representation if self.wide is None else representation + self.wide(inputs[CUSTOMER_NUM])
+        return self.heads(representation, wide)
+
+    def represent(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The customer representation every head reads, (B, D): the pooled sequence, fused with the aggregates
+        in a model that reads them. What ``churnformer-predict embeddings=true`` writes out."""
         lengths = inputs[LENGTHS]  # (B,)
         events = self.events(inputs)  # (B, T, D)
         summary = self.customer(inputs[CUSTOMER_CAT], inputs[CUSTOMER_NUM]).unsqueeze(1)  # (B, 1, D)
@@ -73,8 +83,7 @@ class ChurnFormer(nn.Module):
         pooled = self.pool(torch.cat([self.backbone.summary(x, lengths), mean_events], dim=-1))  # (B, D)
         if self.fusion is not None:
             pooled = self.fusion(pooled, inputs[CUSTOMER_AGG])
-        wide = pooled if self.wide is None else pooled + self.wide(inputs[CUSTOMER_NUM])
-        return self.heads(pooled, wide)
+        return pooled
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -33,12 +33,21 @@ class ScoringModel(nn.Module):
 
     Calibration keeps the guarantees of the heads (S non-increasing, expected spend non-decreasing over the grid;
     see each head). A head the calibration does not name is exported uncalibrated (its identity parameters).
+    ``with_embedding``: the customer representation the heads read (B, D) follows, as the model file's
+    ``schema.EMBEDDING`` output (a session asked for the predictions alone never computes more than they need).
     """
 
     def __init__(
-        self, network: ChurnFormer, input_names: list[str], main_index: int, calibration: Calibration | None = None
+        self,
+        network: ChurnFormer,
+        input_names: list[str],
+        main_index: int,
+        calibration: Calibration | None = None,
+        *,
+        with_embedding: bool = False,
     ) -> None:
         super().__init__()
+        self.with_embedding = with_embedding
         self.network = network
         self.input_names = list(input_names)
         self.main = main_index
@@ -52,6 +61,9 @@ class ScoringModel(nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         heads = self.network.heads
-        raw = self.network(dict(zip(self.input_names, inputs, strict=True)))
+        named = dict(zip(self.input_names, inputs, strict=True))
+        representation = self.network.represent(named) if self.with_embedding else None
+        raw = self.network(named) if representation is None else self.network.heads_of(representation, named)
         params = {name: parameters.values() for name, parameters in self.calibration.items()}
-        return heads.outputs(heads.predict(raw, params, self.main, extras=True), self.main)
+        outputs = heads.outputs(heads.predict(raw, params, self.main, extras=True), self.main)
+        return outputs if representation is None else (*outputs, representation)

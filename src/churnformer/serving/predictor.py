@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,8 +29,19 @@ from churnformer.data.events import CUSTOMER_ID, TIMESTAMP, ColumnMapping, load_
 from churnformer.data.featurizer import FeatureMismatchError, Featurizer
 from churnformer.data.sequences import Sequences, build_sequences
 from churnformer.data.window import Window, require_events_before
+from churnformer.errors import ModelFileError
 from churnformer.files import ModelBytes
-from churnformer.schema import META_COLUMNS, META_FEATURIZER, META_HORIZON_DAYS, META_HORIZONS, META_OUTPUTS, N_EVENTS
+from churnformer.schema import (
+    EMBEDDING,
+    EMBEDDING_PREFIX,
+    META_COLUMNS,
+    META_FEATURIZER,
+    META_HORIZON_DAYS,
+    META_HORIZONS,
+    META_OUTPUTS,
+    META_VERSION,
+    N_EVENTS,
+)
 from churnformer.serving.batching import fill_rows, padded_width, token_budget_batches
 from churnformer.serving.explain import EXPLAINED, Explainer, ExplainSettings, drivers_last
 from churnformer.serving.model_file import load_model
@@ -100,6 +111,8 @@ class Predictor:
                 file=sys.stderr,
             )
         self.input_names = [i.name for i in self.session.get_inputs()]
+        if settings.embeddings:
+            self.embedding_size()  # a model file without the output is refused before any event is read
         shipped = model.text_encoder if isinstance(model, ModelBytes) else None
         # Texts are embedded during featurization, before any batch runs: the encoder gets every stream's threads.
         self.texts = self.open_texts(shipped or settings.text_encoder, threads * self.streams, settings.text_cache)
@@ -135,15 +148,15 @@ class Predictor:
             texts.load(text_cache)
         return texts
 
-    def _run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def _run(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
         feed = {name: inputs[name] for name in self.input_names}
         if self.provider != "CUDAExecutionProvider":
-            return self.session.run(None, feed)
+            return self.session.run(outputs, feed)
         # IO binding: inputs are copied to the device once and outputs come back in one copy each.
         binding = self.session.io_binding()
         for name, array in feed.items():
             binding.bind_cpu_input(name, array)
-        for name in self.outputs:
+        for name in outputs:
             binding.bind_output(name, "cpu")
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()
@@ -153,13 +166,18 @@ class Predictor:
 
         ``streams`` threads each pad a batch and run it (onnxruntime releases the GIL), so one pads while
         another runs; each thread holds one batch at a time."""
-        results = np.zeros((len(sequences), len(self.outputs)), dtype=np.float32)
+        embedding = self.embedding_size() if self.settings.embeddings else 0
+        names = [*self.outputs, EMBEDDING] if embedding else self.outputs
+        results = np.zeros((len(sequences), len(self.outputs) + embedding), dtype=np.float32)
         batches = token_budget_batches(sequences.lengths, self.settings.batch_tokens, self.settings.max_batch_size)
 
         def score(rows: np.ndarray) -> int:
             width = int(padded_width(sequences.lengths[rows[:1]])[0])
-            outputs = self._run(sequences.pad(fill_rows(rows), width=width))
-            results[rows] = np.stack(outputs, axis=1)[: len(rows)]
+            outputs = self._run(sequences.pad(fill_rows(rows), width=width), names)
+            predicted = np.stack(outputs[: len(self.outputs)], axis=1)
+            if embedding:
+                predicted = np.concatenate([predicted, outputs[-1]], axis=1)
+            results[rows] = predicted[: len(rows)]
             return len(rows)
 
         started = time.perf_counter()
@@ -171,14 +189,51 @@ class Predictor:
             for scored in runners.map(score, batches):
                 bar.update(scored)
         self.infer_s = time.perf_counter() - started
-        frame = pd.DataFrame(results, columns=self.outputs)
+        frame = pd.DataFrame(results[:, : len(self.outputs)], columns=self.outputs)
         frame.insert(0, CUSTOMER_ID, sequences.customer_ids)
         frame[N_EVENTS] = sequences.n_events_total
-        return add_value_columns(frame, self.horizons, self.settings.discount_rate)
+        frame = add_value_columns(frame, self.horizons, self.settings.discount_rate)
+        if embedding:
+            columns = [f"{EMBEDDING_PREFIX}{i}" for i in range(embedding)]
+            frame = pd.concat([frame, pd.DataFrame(results[:, len(self.outputs) :], columns=columns)], axis=1)
+        return frame
+
+    def embedding_size(self) -> int:
+        """Size of the model's customer representation (its ``embedding`` output); a model file exported before
+        it has none, and is told to be exported again."""
+        shapes = {o.name: o.shape for o in self.session.get_outputs()}
+        if EMBEDDING not in shapes:
+            raise ModelFileError(
+                f"{self.path}: exported by churnformer {self.metadata.get(META_VERSION, 'unknown')} without the "
+                f"customer embedding output ({EMBEDDING}); export its checkpoint again with this version's "
+                "churnformer-export to write embeddings"
+            )
+        return int(shapes[EMBEDDING][-1])
+
+    def embed(
+        self,
+        events: str | Path | pd.DataFrame,
+        cutoff: str | pd.Timestamp,
+        customers: str | Path | pd.DataFrame | None = None,
+        columns: ColumnMapping | Mapping[str, str | None] | str | None = None,
+    ) -> pd.DataFrame:
+        """The customer representation the heads read, one row per customer scored: ``customer_id`` and
+        ``embedding_0 .. embedding_<D-1>`` (for clustering, look-alikes, or as features of another model). The
+        same events, cutoff and columns as :meth:`score`; the customers it could not score are in a score's
+        rejects."""
+        other = copy.copy(self)
+        other.settings = replace(self.settings, embeddings=True, explain=None)
+        other.explainer = None
+        predictions = other.score(events, cutoff, customers, columns).predictions
+        return predictions[[CUSTOMER_ID, *(c for c in predictions.columns if c.startswith(EMBEDDING_PREFIX))]]
 
     def retention(self, predictions: pd.DataFrame) -> pd.DataFrame:
-        """Retention columns added; explanation columns, if any, kept last."""
-        return drivers_last(add_retention_columns(predictions, self.settings.segments, self.reference))
+        """Retention columns added; the embedding columns, if any, after them, and explanation columns last."""
+        scored = add_retention_columns(predictions, self.settings.segments, self.reference)
+        embedding = [c for c in scored.columns if str(c).startswith(EMBEDDING_PREFIX)]
+        if embedding:
+            scored = scored[[c for c in scored.columns if c not in embedding] + embedding]
+        return drivers_last(scored)
 
     def score_frame(
         self, frame: pd.DataFrame, window: Window, static: pd.DataFrame | None, progress: bool = False

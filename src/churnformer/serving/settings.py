@@ -31,6 +31,7 @@ class ScoringSettings:
     memory_budget_mb: float
     spill_dir: str | None
     progress: bool
+    embeddings: bool = False  # add the customer representation as embedding_0.. columns
     explain: ExplainSettings | None = field(default=None)
 
     def __post_init__(self) -> None:
