@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from churnformer.artifacts.stacked_trees import STACKED_COLUMNS
 from churnformer.data.featurizer import Featurizer
 from churnformer.data.labels import ChurnDefinition
 from churnformer.errors import ModelFileError
@@ -48,7 +49,10 @@ def load_checkpoint(path: str | Path) -> tuple[ChurnFormer, dict[str, Any]]:
         hparams, state = from_before_head_components(hparams, state)
     metadata = hparams["export_metadata"]
     featurizer = Featurizer.from_json(hparams["featurizer_json"])
-    network = ChurnFormer.build(hparams["network"], featurizer, len(metadata[META_HORIZONS]), hparams["heads"])
+    stacked = len(STACKED_COLUMNS) if hparams.get("stacked_trees") else 0
+    network = ChurnFormer.build(
+        hparams["network"], featurizer, len(metadata[META_HORIZONS]), hparams["heads"], extra_aggregates=stacked
+    )
     network.load_state_dict(
         {k.removeprefix(NETWORK_PREFIX): v for k, v in state.items() if k.startswith(NETWORK_PREFIX)}
     )

@@ -15,6 +15,7 @@ import torch
 
 from churnformer import __version__
 from churnformer.artifacts.checkpoint import load_checkpoint
+from churnformer.artifacts.stacked_trees import StackedTrees, stacked_example
 from churnformer.calibration import Calibration
 from churnformer.data.featurizer import Featurizer
 from churnformer.data.inputs import EVENT_INPUTS, dynamic_axes, example_ids
@@ -72,17 +73,21 @@ def export_onnx(
     calibration: Calibration | None = None,
     *,
     fused_attention: bool,
+    stacked_trees: StackedTrees | None = None,
 ) -> Path:
     """Write ``output`` atomically; batch and length are symbolic. ``metadata``: the training run's (at least
     ``schema.META_HORIZONS``, the grid, and ``schema.META_HORIZON_DAYS``, the main horizon), stored beside
     the featurization state and calibration.
 
     ``fused_attention``: attention as onnxruntime's ``com.microsoft.Attention`` kernel (CPU and CUDA; the
-    fastest), or, when False, as standard ONNX ops that any ONNX runtime can execute.
+    fastest), or, when False, as standard ONNX ops that any ONNX runtime can execute. ``stacked_trees``: the
+    boosted trees stacked under the network (``data.stacking``), put in front of its graph.
     """
     featurizer = Featurizer.from_json(featurizer_json)
     calibration = calibration or Calibration()
     inputs = example_inputs(featurizer)
+    if stacked_trees is not None:  # the network reads the trees' columns after the featurizer's aggregates
+        inputs[CUSTOMER_AGG] = torch.from_numpy(stacked_example(inputs[CUSTOMER_AGG].numpy()))
     horizons = tuple(float(h) for h in metadata[META_HORIZONS])
     outputs = network.heads.output_columns(horizons)
     main = horizons.index(float(metadata[META_HORIZON_DAYS]))
@@ -111,6 +116,8 @@ def export_onnx(
             verbose=False,
         )
     proto = program.model_proto
+    if stacked_trees is not None:
+        proto = stacked_trees.under(proto)
     require_symbolic_axes(proto, axes)
     props = {
         META_FEATURIZER: featurizer_json,
@@ -149,4 +156,8 @@ def export_checkpoint(
     fitted = Calibration.load(calibration_file) if calibration_file.is_file() else None
     network, hparams = load_checkpoint(checkpoint)
     metadata = hparams["export_metadata"]
-    return export_onnx(network, hparams["featurizer_json"], output, metadata, fitted, fused_attention=fused_attention)
+    stacked = StackedTrees.from_state(hparams.get("stacked_trees"))
+    featurizer_json = hparams["featurizer_json"]
+    return export_onnx(
+        network, featurizer_json, output, metadata, fitted, fused_attention=fused_attention, stacked_trees=stacked
+    )

@@ -10,6 +10,7 @@ Shapes: B customers, T events (padded), D = d_model. Inputs are the model inputs
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -57,10 +58,14 @@ class ChurnFormer(nn.Module):
         featurizer: Featurizer,
         n_horizons: int,
         heads: Mapping[str, Mapping[str, Any]],
+        extra_aggregates: int = 0,
     ) -> ChurnFormer:
         """From the ``model.network`` and ``model.heads`` configs (plain dicts, as checkpoints keep them), the
-        fitted featurizer and the size of the horizon grid."""
-        return cls(ModelConfig(**network), FeatureSizes.of(featurizer), n_horizons, heads)
+        fitted featurizer and the size of the horizon grid; ``extra_aggregates``: columns the training job
+        appends to the featurizer's aggregates (stacked trees' predictions, ``data.stacking``)."""
+        sizes = FeatureSizes.of(featurizer)
+        sizes = replace(sizes, n_customer_agg=sizes.n_customer_agg + extra_aggregates)
+        return cls(ModelConfig(**network), sizes, n_horizons, heads)
 
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, Raw]:
         return self.heads_of(self.represent(inputs), inputs)

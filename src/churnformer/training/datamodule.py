@@ -16,6 +16,7 @@ from omegaconf import Container, DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
+from churnformer.artifacts.stacked_trees import StackedTrees
 from churnformer.data.featurizer import FeaturizerConfig
 from churnformer.data.labels import LabelSpec
 from churnformer.data.sources import EventLogSource
@@ -26,6 +27,7 @@ from churnformer.schema import LABELS_BY_HORIZON, RUN_TEXT_EMBEDDINGS, RUN_TEXT_
 from churnformer.text.embeddings import TextEmbeddings
 from churnformer.text.encoder import TextEncoder, require_text_support
 from churnformer.training.sampler import LengthBucketBatchSampler
+from churnformer.training.stacking import StackingSettings, stack_trees
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class DataSettings:
     batch_tokens: int | None
     seed: int
     rolling_cutoffs: dict[str, float]
+    stacking: dict[str, Any]
 
     @property
     def labels(self) -> LabelSpec:
@@ -112,6 +115,7 @@ class ChurnDataModule(pl.LightningDataModule):
         self.window = Window.from_cutoff(settings.cutoff, settings.horizon_days)
         self.grid = HorizonGrid.of(settings.horizons_days, settings.horizon_days)
         self.data: TrainingSet | None = None
+        self.stacked_trees: StackedTrees | None = None  # data.stacking: the trees whose predictions join the aggregates
         self._train_sampler: LengthBucketBatchSampler | None = None
         self._train_sampler_state: dict[str, int] | None = None
 
@@ -166,6 +170,7 @@ class ChurnDataModule(pl.LightningDataModule):
             self.settings.labels,
             texts,
         )
+        self.stacked_trees = stack_trees(self.data, StackingSettings(**self.settings.stacking), self.settings.seed)
         if texts is not None and rank_zero_only.rank == 0:
             texts.save(self.run_dir / RUN_TEXT_EMBEDDINGS)
 

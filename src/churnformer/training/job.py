@@ -200,6 +200,7 @@ def build_module(cfg: DictConfig, datamodule: ChurnDataModule) -> ChurnFormerMod
         label_stats=datamodule.data.label_stats(),
         export_metadata=export_metadata,
         aggregate_quantiles=datamodule.data.aggregate_quantiles(),
+        stacked_trees=datamodule.stacked_trees.to_state() if datamodule.stacked_trees else None,
     )
 
 

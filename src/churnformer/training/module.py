@@ -19,6 +19,7 @@ import pytorch_lightning as pl
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 
+from churnformer.artifacts.stacked_trees import STACKED_COLUMNS
 from churnformer.data.featurizer import Featurizer
 from churnformer.errors import ConfigError
 from churnformer.modeling.network import ChurnFormer
@@ -95,6 +96,7 @@ class ChurnFormerModule(pl.LightningModule):
         export_metadata: dict[str, Any],
         static_dropout: float = 0.0,
         aggregate_quantiles: list[list[float]] | None = None,
+        stacked_trees: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         # Not sent to the logger: it would flood HPARAMS with the featurizer JSON; the job logs a curated set.
@@ -102,7 +104,8 @@ class ChurnFormerModule(pl.LightningModule):
         horizons = export_metadata[META_HORIZONS]
         self.main = horizons.index(export_metadata[META_HORIZON_DAYS])
         featurizer = Featurizer.from_json(featurizer_json)
-        self.network = ChurnFormer.build(network, featurizer, len(horizons), heads)
+        stacked = len(STACKED_COLUMNS) if stacked_trees else 0  # data.stacking: the trees' columns join the aggregates
+        self.network = ChurnFormer.build(network, featurizer, len(horizons), heads, extra_aggregates=stacked)
         self.static_dropout = static_dropout
         self.n_static_numeric = len(featurizer.customer_numeric)
         self.network.heads.init_biases(label_stats)
