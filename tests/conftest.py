@@ -26,7 +26,7 @@ from churnformer.serving.predictor import Predictor
 BIN = Path(sys.executable).parent
 # Fixtures that train or start something big (a console-script training run, the sentence encoder, a sweep,
 # DDP ranks, a Spark session): a test that uses one is in the slow tier (``pytest -m "not slow"`` leaves it out).
-SLOW_FIXTURES = {"cli_run", "text_run", "decline_run", "sweep_dir", "ddp_run", "spark"}
+SLOW_FIXTURES = {"cli_run", "text_run", "decline_run", "sweep_dir", "ddp_run", "spark", "stacked_run"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -282,6 +282,23 @@ def aggregates_run(tiny_world: tuple[Path, Path], tmp_path_factory: pytest.TempP
         f"data.events={events}",
         f"data.customers={customers}",
         "data.features.aggregates.enabled=true",
+    )
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def stacked_run(tiny_world: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run directory trained on the tiny world with the aggregates and boosted trees stacked under the network."""
+    events, customers = tiny_world
+    run_dir = tmp_path_factory.mktemp("stacked-run")
+    train_in_process(
+        run_dir,
+        *TRAIN_OVERRIDES,
+        f"data.events={events}",
+        f"data.customers={customers}",
+        "data.features.aggregates.enabled=true",
+        "data.stacking.enabled=true",
+        "data.stacking.folds=3",
     )
     return run_dir
 
