@@ -234,46 +234,65 @@ def baseline_model(name: str, threads: int, protocol: Protocol) -> Predictor:
 def run_protocol(
     dataset: str, seeds: list[int], models: dict[str, Predictor], protocol: Protocol, ensemble: list[str] | None = None
 ) -> list[dict[str, float | int | str]]:
-    """Rows of per-seed metrics; with ``ensemble``, one more row per seed for the mean of those models'
-    predictions (a rough ceiling: how much better any one model could get from what they jointly know)."""
+    """Rows of per-seed metrics, each seed splitting the customers 50/50 (:func:`split`); with ``ensemble``,
+    one more row per seed for the mean of those models' predictions (a rough ceiling: how much better any one
+    model could get from what they jointly know)."""
     events, customers = load_dataset(dataset)
-    window = protocol.window
-    eligible = np.sort(events.loc[events[TIMESTAMP] < window.feature_end, CUSTOMER_ID].unique())
     rows = []
     for seed in seeds:
         train_ids, test_ids = split(np.sort(events[CUSTOMER_ID].unique()), seed)
-        test_population = np.intersect1d(test_ids, eligible)
-        test_events = events[events[CUSTOMER_ID].isin(test_population)]
-        spec = LabelSpec(churn=protocol.definition)
-        labels = horizon_labels(test_events, window, protocol.grid, test_population, spec)
-        realized = discounted_spend(test_events, window, max(protocol.grid.days), protocol.discount_rate)
-        predicted, seconds = {}, {}
-        for name, model in models.items():
-            started = time.perf_counter()
-            predictions = model(events, customers, window, train_ids, test_ids, seed)
-            seconds[name] = time.perf_counter() - started
-            predicted[name] = predictions.set_index(CUSTOMER_ID).sort_index()
-        if ensemble:
-            name = "mean(" + "+".join(ensemble) + ")"
-            shared = sorted(set.intersection(*(set(predicted[member].columns) for member in ensemble)) - {CLV})
-            predicted[name] = sum(predicted[member][shared] for member in ensemble) / len(ensemble)
-            seconds[name] = sum(seconds[member] for member in ensemble)
-        for name, predictions in predicted.items():
-            metrics = evaluate(predictions.reset_index(), labels)
-            metrics["churn_ece_floor"] = calibrated_ece_floor(predictions[CHURN_PROBABILITY].to_numpy())
-            metrics["monotonicity_violations"] = monotonicity_violations(predictions)
-            if CLV not in predictions.columns:  # the grid formula on the model's spend by horizon
-                predictions = predictions.assign(
-                    **{CLV: discounted_value(predictions, protocol.grid.days, protocol.discount_rate)}
-                )
-            actual = realized.reindex(predictions.index, fill_value=0.0).to_numpy()
-            metrics["clv_gini"] = normalized_gini(actual, predictions[CLV].to_numpy())
-            rows.append({"dataset": dataset, "model": name, "seed": seed, **metrics, "train_s": seconds[name]})
-            print(
-                f"seed {seed} {name:<12} auc {metrics['churn_auc']:.4f} gini {metrics['spend_gini']:.4f} "
-                f"({seconds[name]:.0f} s)",
-                flush=True,
+        for row in run_models(events, customers, protocol, models, train_ids, test_ids, seed, ensemble):
+            rows.append({"dataset": dataset, **row})
+    return rows
+
+
+def run_models(
+    events: pd.DataFrame,
+    customers: pd.DataFrame | None,
+    protocol: Protocol,
+    models: dict[str, Predictor],
+    train_ids: np.ndarray,
+    test_ids: np.ndarray,
+    seed: int,
+    ensemble: list[str] | None = None,
+) -> list[dict[str, float | int | str]]:
+    """Every model trained on ``train_ids`` and scored on the ``test_ids`` with history before the cutoff: a row
+    of metrics per model (and the ensemble's)."""
+    window = protocol.window
+    eligible = np.sort(events.loc[events[TIMESTAMP] < window.feature_end, CUSTOMER_ID].unique())
+    test_population = np.intersect1d(test_ids, eligible)
+    test_events = events[events[CUSTOMER_ID].isin(test_population)]
+    spec = LabelSpec(churn=protocol.definition)
+    labels = horizon_labels(test_events, window, protocol.grid, test_population, spec)
+    realized = discounted_spend(test_events, window, max(protocol.grid.days), protocol.discount_rate)
+    predicted, seconds = {}, {}
+    for name, model in models.items():
+        started = time.perf_counter()
+        predictions = model(events, customers, window, train_ids, test_ids, seed)
+        seconds[name] = time.perf_counter() - started
+        predicted[name] = predictions.set_index(CUSTOMER_ID).sort_index()
+    if ensemble:
+        name = "mean(" + "+".join(ensemble) + ")"
+        shared = sorted(set.intersection(*(set(predicted[member].columns) for member in ensemble)) - {CLV})
+        predicted[name] = sum(predicted[member][shared] for member in ensemble) / len(ensemble)
+        seconds[name] = sum(seconds[member] for member in ensemble)
+    rows = []
+    for name, predictions in predicted.items():
+        metrics = evaluate(predictions.reset_index(), labels)
+        metrics["churn_ece_floor"] = calibrated_ece_floor(predictions[CHURN_PROBABILITY].to_numpy())
+        metrics["monotonicity_violations"] = monotonicity_violations(predictions)
+        if CLV not in predictions.columns:  # the grid formula on the model's spend by horizon
+            predictions = predictions.assign(
+                **{CLV: discounted_value(predictions, protocol.grid.days, protocol.discount_rate)}
             )
+        actual = realized.reindex(predictions.index, fill_value=0.0).to_numpy()
+        metrics["clv_gini"] = normalized_gini(actual, predictions[CLV].to_numpy())
+        rows.append({"model": name, "seed": seed, **metrics, "train_s": seconds[name]})
+        print(
+            f"seed {seed} {name:<12} auc {metrics['churn_auc']:.4f} gini {metrics['spend_gini']:.4f} "
+            f"({seconds[name]:.0f} s)",
+            flush=True,
+        )
     return rows
 
 
