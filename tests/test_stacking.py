@@ -3,6 +3,7 @@ the one model file computing what LightGBM computed in training, and every guara
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import numpy as np
@@ -91,3 +92,18 @@ def test_the_model_file_runs_the_trees_as_training_did(stacked_run: Path, tiny_w
     spend = predictions[[per_horizon("expected_spend", d) for d in horizons]].to_numpy()
     # No purchase within a longer horizon is less likely; spend over it is more.
     assert (np.diff(churn, axis=1) <= 1e-6).all() and (np.diff(spend, axis=1) >= -1e-4).all() and (spend >= 0).all()
+
+
+def test_without_the_stacking_extra_the_error_says_how_to_install_it(
+    tiny_world: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = importlib.import_module
+
+    def without_onnxmltools(name: str, *args: object) -> object:
+        if name == "onnxmltools":
+            raise ImportError(name=name)
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", without_onnxmltools)
+    with pytest.raises(ConfigError, match=r"needs onnxmltools: pip install 'churnformer\[stacking\]'"):
+        stack_trees(_training_set(tiny_world), StackingSettings(enabled=True), seed=0)

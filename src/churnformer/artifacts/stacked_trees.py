@@ -14,12 +14,15 @@ keeps its inputs, scoring stays torch-free and runs the trees wherever it runs t
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from churnformer.errors import ConfigError
 from churnformer.schema import CUSTOMER_AGG
 
 # The columns the trees add to the aggregates, in order: P(churn at the main horizon), log expected spend.
@@ -37,8 +40,7 @@ class StackedTrees:
     n_features: int
 
     def boosters(self) -> tuple:
-        import lightgbm as lgb
-
+        lgb = stacking_extra("lightgbm")
         return lgb.Booster(model_str=self.churn), lgb.Booster(model_str=self.spend)
 
     def predict(self, aggregates: np.ndarray) -> np.ndarray:
@@ -86,6 +88,7 @@ class StackedTrees:
         """The churn classifier's and the spend regressor's tree-ensemble nodes, reading the aggregates input:
         the churn probabilities (rows, 2) as ``stack_probabilities`` and the raw spend score as
         ``stack_log_spend``; and the opsets they need."""
+        stacking_extra("onnxmltools")
         from onnxmltools import convert_lightgbm
         from onnxmltools.convert.common.data_types import FloatTensorType
 
@@ -105,6 +108,17 @@ class StackedTrees:
             nodes.append(tree)
             opsets.update({o.domain: o.version for o in model.opset_import})
         return nodes, opsets
+
+
+def stacking_extra(module: str) -> ModuleType:
+    """``module`` of the stacking extra, or an error that says how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise ConfigError(
+            f"this model stacks boosted trees under its network; fitting or exporting them needs {module}: "
+            "pip install 'churnformer[stacking]' (scoring the exported model.onnx does not)"
+        ) from error
 
 
 def stacked_example(aggregates: np.ndarray) -> np.ndarray:

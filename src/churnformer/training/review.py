@@ -57,6 +57,9 @@ HPARAMS = {
     "data.batch_tokens": "batch tokens",
     "data.features.max_len": "max events",
     "data.rolling_cutoffs.count": "rolling cutoffs",
+    "data.features.aggregates.enabled": "aggregates",
+    "model.network.fusion.kind": "fusion",
+    "data.stacking.enabled": "stacked trees",
     "trainer.max_epochs": "max epochs",
     "seed": "seed",
 }

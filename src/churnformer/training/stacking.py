@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from churnformer.artifacts.stacked_trees import STACKED_COLUMNS, StackedTrees
+from churnformer.artifacts.stacked_trees import STACKED_COLUMNS, StackedTrees, stacking_extra
 from churnformer.baselines.gbm import BASE_PARAMS, CHURN_PARAMS, SPEND_PARAMS
 from churnformer.data.training_set import TrainingSet
 from churnformer.errors import ConfigError
@@ -44,14 +44,8 @@ def stack_trees(data: TrainingSet, settings: StackingSettings, seed: int, thread
         raise ConfigError(
             "data.stacking.enabled=true stacks trees on the aggregates: set data.features.aggregates.enabled=true"
         )
-    try:
-        import lightgbm  # noqa: F401
-        import onnxmltools  # noqa: F401
-    except ImportError as error:
-        raise ConfigError(
-            f"data.stacking.enabled=true needs the stacking extra ({error.name} is missing): "
-            "pip install 'churnformer[stacking]'"
-        ) from error
+    for module in ("lightgbm", "onnxmltools"):  # both before any tree is fitted: the export converts them
+        stacking_extra(module)
     if settings.folds < 2:
         raise ConfigError(f"data.stacking.folds={settings.folds}: at least 2 folds give out-of-fold predictions")
     aggregates = data.sequences.customers[CUSTOMER_AGG]
