@@ -71,24 +71,14 @@ import benchmark_cdnow as bench  # scripts/ is on sys.path when this script runs
 import numpy as np
 import pandas as pd
 
-from churnformer.baselines import history, prediction_frame, scored_ids
-from churnformer.baselines.gbm import (
-    BASE_PARAMS,
-    CHURN_PARAMS,
-    SPEND_PARAMS,
-    Boosting,
-    _fit_booster,
-    rfm_features,
-    stratified_folds,
-    top_event_types,
-)
+from churnformer.baselines import history, scored_ids
+from churnformer.baselines.gbm import Boosting, fit_predict_features, rfm_features, top_event_types
 from churnformer.data.events import AMOUNT, CUSTOMER_ID, STANDARD_COLUMNS, TIMESTAMP
 from churnformer.data.grouping import Grouping
-from churnformer.data.labels import ChurnDefinition, LabelSpec, horizon_labels
+from churnformer.data.labels import ChurnDefinition, LabelSpec
 from churnformer.data.values import CategoricalEncoder, numeric_values
 from churnformer.data.window import NS_PER_DAY, HorizonGrid, Window
 from churnformer.defaults import yaml_defaults
-from churnformer.schema import CHURN, SPEND, per_horizon
 
 EMBEDDING = "emb"
 TIME_FEATURES = ("gap", "age")
@@ -279,34 +269,6 @@ def coles_embeddings(
     )
 
 
-def fit_predict_matrix(
-    events: pd.DataFrame,
-    window: Window,
-    train: np.ndarray,
-    test: np.ndarray,
-    x_train: np.ndarray,
-    x_test: np.ndarray,
-    seed: int,
-    horizons: tuple[float, ...],
-    spec: LabelSpec,
-    boosting: Boosting,
-) -> pd.DataFrame:
-    """``fit_predict_gbm``'s fit on given feature matrices (rows: ``train`` / ``test``, sorted scored ids)."""
-    grid = HorizonGrid.of(horizons, window.horizon_days)
-    labels = horizon_labels(events, window, grid, train, spec)
-    folds = stratified_folds(labels[CHURN].to_numpy(dtype=np.float64), boosting.n_folds, seed)
-    common = {**BASE_PARAMS, "seed": seed, "num_threads": boosting.num_threads}
-    fit = {"folds": folds, "max_rounds": boosting.max_rounds, "early_stopping_rounds": boosting.early_stopping_rounds}
-    answers = {}
-    for days in grid.days:
-        churn, spend = (labels[per_horizon(c, days)].to_numpy(dtype=np.float64) for c in (CHURN, SPEND))
-        churn_model = _fit_booster(x_train, churn, {**common, **CHURN_PARAMS, **(boosting.params or {})}, **fit)
-        spend_model = _fit_booster(x_train, spend, {**common, **SPEND_PARAMS, **(boosting.params or {})}, **fit)
-        answers[days] = (churn_model.predict(x_test), spend_model.predict(x_test))
-    by_horizon = {days: answers[days] for days in horizons}
-    return prediction_frame(test, *answers[grid.main], by_horizon=by_horizon)
-
-
 class ColesModels:
     """The CoLES rows' predictors for ``run_protocol``: one pretraining per seed, shared by both rows."""
 
@@ -348,13 +310,11 @@ class ColesModels:
                     )
                     for ids, emb in ((train, e_train), (test, e_test))
                 )
-            return fit_predict_matrix(
+            return fit_predict_features(
                 events,
                 window,
-                train,
-                test,
-                x_train.to_numpy(np.float64),
-                x_test.to_numpy(np.float64),
+                (train, x_train.to_numpy(np.float64)),
+                (test, x_test.to_numpy(np.float64)),
                 seed,
                 protocol.grid.days,
                 LabelSpec(churn=protocol.definition),

@@ -285,6 +285,23 @@ def fit_predict_gbm(
         rfm_features(past, window, ids, event_types, group_by=group_by).drop(columns=CUSTOMER_ID).to_numpy(np.float64)
         for ids in (train, test)
     )
+    return fit_predict_features(events, window, (train, x_train), (test, x_test), seed, horizons, spec, boosting)
+
+
+def fit_predict_features(
+    events: pd.DataFrame,
+    window: Window,
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    seed: int = 0,
+    horizons: Sequence[float] = (),
+    spec: LabelSpec = LabelSpec(),
+    boosting: Boosting = Boosting(),
+) -> pd.DataFrame:
+    """:func:`fit_predict_gbm`'s boosters on given features: ``train`` and ``test`` are (sorted customer ids,
+    their feature rows); labels from ``events`` as there. For other feature sets in the same protocol (e.g.
+    sequence embeddings, ``scripts/baseline_lifestream.py``)."""
+    (train, x_train), (test, x_test) = train, test
     grid = HorizonGrid.of(horizons, window.horizon_days)
     labels = horizon_labels(events, window, grid, train, spec)
     folds = stratified_folds(labels[CHURN].to_numpy(dtype=np.float64), boosting.n_folds, seed)
