@@ -262,45 +262,33 @@ def train_in_process(run_dir: Path, *overrides: str) -> dict[str, float]:
         return train(config)
 
 
+def train_tiny_world(
+    tiny_world: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory, name: str, *overrides: str
+) -> Path:
+    """A run directory trained on the tiny world by the training job, in this process, with ``overrides``."""
+    events, customers = tiny_world
+    run_dir = tmp_path_factory.mktemp(name)
+    train_in_process(run_dir, *TRAIN_OVERRIDES, f"data.events={events}", f"data.customers={customers}", *overrides)
+    return run_dir
+
+
 @pytest.fixture(scope="session")
 def trained_run(tiny_world: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run directory trained on the tiny world by the training job, in this process."""
-    events, customers = tiny_world
-    run_dir = tmp_path_factory.mktemp("run")
-    train_in_process(run_dir, *TRAIN_OVERRIDES, f"data.events={events}", f"data.customers={customers}")
-    return run_dir
+    return train_tiny_world(tiny_world, tmp_path_factory, "run")
 
 
 @pytest.fixture(scope="session")
 def aggregates_run(tiny_world: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run directory trained on the tiny world with the engineered aggregates fused in, in this process."""
-    events, customers = tiny_world
-    run_dir = tmp_path_factory.mktemp("aggregates-run")
-    train_in_process(
-        run_dir,
-        *TRAIN_OVERRIDES,
-        f"data.events={events}",
-        f"data.customers={customers}",
-        "data.features.aggregates.enabled=true",
-    )
-    return run_dir
+    """The same with the engineered aggregates fused in."""
+    return train_tiny_world(tiny_world, tmp_path_factory, "aggregates-run", "data.features.aggregates.enabled=true")
 
 
 @pytest.fixture(scope="session")
 def stacked_run(tiny_world: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run directory trained on the tiny world with the aggregates and boosted trees stacked under the network."""
-    events, customers = tiny_world
-    run_dir = tmp_path_factory.mktemp("stacked-run")
-    train_in_process(
-        run_dir,
-        *TRAIN_OVERRIDES,
-        f"data.events={events}",
-        f"data.customers={customers}",
-        "data.features.aggregates.enabled=true",
-        "data.stacking.enabled=true",
-        "data.stacking.folds=3",
-    )
-    return run_dir
+    """The same with the aggregates and boosted trees stacked under the network."""
+    overrides = ("data.features.aggregates.enabled=true", "data.stacking.enabled=true", "data.stacking.folds=3")
+    return train_tiny_world(tiny_world, tmp_path_factory, "stacked-run", *overrides)
 
 
 @pytest.fixture(scope="session")

@@ -221,27 +221,29 @@ def stratified_folds(labels: np.ndarray, n_folds: int, seed: int) -> list[tuple[
     return [(np.flatnonzero(fold != k), np.flatnonzero(fold == k)) for k in range(n_folds)]
 
 
-def _fit_booster(
+def cross_validated_booster(
     features: np.ndarray,
     target: np.ndarray,
     params: Mapping[str, object],
     folds: list[tuple[np.ndarray, np.ndarray]],
     max_rounds: int,
     early_stopping_rounds: int,
-) -> lgb.Booster:
-    """Choose the number of rounds by early-stopped cross-validation, then refit on all rows with it."""
+) -> tuple[lgb.Booster, lgb.CVBooster]:
+    """Choose the number of rounds by early-stopped cross-validation, then refit on all rows with it; also the
+    folds' boosters (``best_iteration`` set), whose predictions on their held-out rows are out of fold."""
     import lightgbm as lgb
 
     data = lgb.Dataset(features, label=target, free_raw_data=False)
-    scores = lgb.cv(
+    result = lgb.cv(
         dict(params),
         data,
         num_boost_round=max_rounds,
         folds=folds,
         callbacks=[lgb.early_stopping(early_stopping_rounds, verbose=False)],
+        return_cvbooster=True,
     )
-    rounds = len(next(iter(scores.values())))
-    return lgb.train(dict(params), data, num_boost_round=rounds)
+    folded = result["cvbooster"]
+    return lgb.train(dict(params), data, num_boost_round=folded.best_iteration), folded
 
 
 @dataclass(frozen=True)
@@ -311,8 +313,8 @@ def fit_predict_features(
     answers = {}
     for days in grid.days:
         churn, spend = (labels[per_horizon(c, days)].to_numpy(dtype=np.float64) for c in (CHURN, SPEND))
-        churn_model = _fit_booster(x_train, churn, {**common, **CHURN_PARAMS, **(params or {})}, **fit)
-        spend_model = _fit_booster(x_train, spend, {**common, **SPEND_PARAMS, **(params or {})}, **fit)
+        churn_model, _ = cross_validated_booster(x_train, churn, {**common, **CHURN_PARAMS, **(params or {})}, **fit)
+        spend_model, _ = cross_validated_booster(x_train, spend, {**common, **SPEND_PARAMS, **(params or {})}, **fit)
         answers[days] = (churn_model.predict(x_test), spend_model.predict(x_test))
     by_horizon = {days: answers[days] for days in horizons}
     return prediction_frame(test, *answers[grid.main], by_horizon=by_horizon)

@@ -162,6 +162,19 @@ def _purchase_days(codes: np.ndarray, stamps: np.ndarray, purchase: np.ndarray) 
     return day, first
 
 
+def _distribution(owner: np.ndarray, values: np.ndarray, n: int) -> tuple[np.ndarray, ...]:
+    """Per customer, of its ``values`` (in time order): mean, spread (population std), largest and latest; NaN
+    for a customer without values."""
+    count = _count(owner, n)
+    mean = _ratio(_sum(owner, values, n), count)
+    spread = np.sqrt(np.maximum(_ratio(_sum(owner, values**2, n), count) - mean**2, 0.0))
+    largest = np.full(n, np.nan)
+    np.fmax.at(largest, owner, values)
+    latest = np.full(n, np.nan)
+    latest[owner] = values  # the last write per customer is its latest value (NumPy assigns in order)
+    return mean, spread, largest, latest
+
+
 def _gap_statistics(
     day_codes: np.ndarray, days: np.ndarray, age: np.ndarray, codes: np.ndarray, purchase: np.ndarray, n: int
 ) -> list[np.ndarray]:
@@ -169,13 +182,7 @@ def _gap_statistics(
     log latest, and log(1 + days since the last purchase / mean gap)."""
     follows = np.flatnonzero(day_codes[1:] == day_codes[:-1]) + 1  # purchase days after the customer's first
     gaps, owner = (days[follows] - days[follows - 1]).astype(np.float64), day_codes[follows]
-    count = _count(owner, n)
-    mean = _ratio(_sum(owner, gaps, n), count)
-    spread = np.sqrt(np.maximum(_ratio(_sum(owner, gaps**2, n), count) - mean**2, 0.0))
-    longest = np.full(n, np.nan)
-    np.fmax.at(longest, owner, gaps)
-    latest = np.full(n, np.nan)
-    latest[owner] = gaps  # the last write per customer is its latest gap (days are in time order)
+    mean, spread, longest, latest = _distribution(owner, gaps, n)
     since_purchase = np.full(n, np.nan)
     np.fmin.at(since_purchase, codes[purchase], age[purchase])
     return [np.log1p(mean), np.log1p(spread), np.log1p(longest), np.log1p(latest), np.log1p(since_purchase / mean)]
@@ -187,13 +194,7 @@ def _amount_statistics(
     """Log mean, log spread and log largest purchase amount, the latest against the mean and the recent mean
     against the earlier one (log ratios), and the refunds' log count and log amount."""
     owner, value = codes[purchase], amounts[purchase]
-    count = _count(owner, n)
-    mean = _ratio(_sum(owner, value, n), count)
-    spread = np.sqrt(np.maximum(_ratio(_sum(owner, value**2, n), count) - mean**2, 0.0))
-    largest = np.full(n, np.nan)
-    np.fmax.at(largest, owner, value)
-    latest = np.full(n, np.nan)
-    latest[owner] = value
+    mean, spread, largest, latest = _distribution(owner, value, n)
     recent = age[purchase] < RECENT_AMOUNT_DAYS
     recent_mean = _ratio(_sum(owner[recent], value[recent], n), _count(owner[recent], n))
     earlier_mean = _ratio(_sum(owner[~recent], value[~recent], n), _count(owner[~recent], n))

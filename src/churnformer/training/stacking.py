@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from churnformer.artifacts.stacked_trees import STACKED_COLUMNS, StackedTrees, stacking_extra
-from churnformer.baselines.gbm import BASE_PARAMS, CHURN_PARAMS, SPEND_PARAMS
+from churnformer.baselines.gbm import BASE_PARAMS, CHURN_PARAMS, SPEND_PARAMS, cross_validated_booster
 from churnformer.data.training_set import TrainingSet
 from churnformer.errors import ConfigError
 from churnformer.schema import CHURN, CUSTOMER_AGG, SPEND
@@ -85,21 +85,11 @@ def _fit(
     raw: bool,
 ) -> tuple[Any, np.ndarray]:
     """The booster on every row (rounds chosen by cross-validation) and each row's out-of-fold prediction."""
-    import lightgbm as lgb
-
     values = features.astype(np.float64)
-    dataset = lgb.Dataset(values, label=target, free_raw_data=False)
-    result = lgb.cv(
-        params,
-        dataset,
-        num_boost_round=settings.max_rounds,
-        folds=folds,
-        callbacks=[lgb.early_stopping(settings.early_stopping_rounds, verbose=False)],
-        return_cvbooster=True,
+    full, folded = cross_validated_booster(
+        values, target, params, folds, settings.max_rounds, settings.early_stopping_rounds
     )
-    boosters = result["cvbooster"]
     out_of_fold = np.zeros(len(values))
-    for booster, (_, held_out) in zip(boosters.boosters, folds, strict=True):
-        out_of_fold[held_out] = booster.predict(values[held_out], num_iteration=boosters.best_iteration, raw_score=raw)
-    full = lgb.train(params, dataset, num_boost_round=boosters.best_iteration)
+    for booster, (_, held_out) in zip(folded.boosters, folds, strict=True):
+        out_of_fold[held_out] = booster.predict(values[held_out], num_iteration=folded.best_iteration, raw_score=raw)
     return full, out_of_fold
