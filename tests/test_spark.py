@@ -272,11 +272,13 @@ def test_command_line_settings(trained_run: Path, tiny_world: tuple[Path, Path],
     }
 
 
+@pytest.mark.parametrize("run", ["aggregates_run", "stacked_run"])
 def test_a_model_with_aggregates_and_its_embeddings_score_exactly_as_one_machine(
-    spark: SparkSession, aggregates_run: Path, tiny_world: tuple[Path, Path], messy: Path
+    spark: SparkSession, run: str, request: pytest.FixtureRequest, tiny_world: tuple[Path, Path], messy: Path
 ) -> None:
-    """The aggregates are computed per customer in the buckets as on one machine, and the embedding columns
-    come with the predictions, bit-identical."""
+    """The aggregates are computed per customer in the buckets as on one machine (and the stacked trees run
+    there), and the embedding columns come with the predictions, bit-identical."""
+    aggregates_run = request.getfixturevalue(run)
     customers = tiny_world[1]
     settings = ScoringSettings.defaults(embeddings=True)
     local = Predictor(aggregates_run, settings).score(messy, TINY_CUTOFF, customers=customers)
