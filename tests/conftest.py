@@ -280,8 +280,10 @@ def trained_run(tiny_world: tuple[Path, Path], tmp_path_factory: pytest.TempPath
 
 @pytest.fixture(scope="session")
 def aggregates_run(tiny_world: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The same with the engineered aggregates fused in."""
-    return train_tiny_world(tiny_world, tmp_path_factory, "aggregates-run", "data.features.aggregates.enabled=true")
+    """The same with the engineered aggregates fused in (not explained or scored after training: trained_run's
+    tests keep those on)."""
+    overrides = ("data.features.aggregates.enabled=true", "explain_validation=false", "predict_after_training=false")
+    return train_tiny_world(tiny_world, tmp_path_factory, "aggregates-run", *overrides)
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ import torch
 
 from churnformer.artifacts.checkpoint import load_checkpoint
 from churnformer.artifacts.export import example_inputs, export_onnx
+from churnformer.calibration import Calibration
 from churnformer.data.aggregates import aggregate_quantiles
 from churnformer.data.events import load_events
 from churnformer.data.featurizer import (
@@ -29,7 +30,7 @@ from churnformer.errors import ConfigError
 from churnformer.modeling.fusion import PiecewiseLinearEncoding
 from churnformer.modeling.network import ChurnFormer
 from churnformer.modeling.scoring_model import ScoringModel
-from churnformer.schema import CUSTOMER_AGG
+from churnformer.schema import CUSTOMER_AGG, RUN_CALIBRATION
 from churnformer.serving.predictor import Predictor
 from tests.conftest import TINY_CUTOFF
 
@@ -179,25 +180,41 @@ def test_piecewise_linear_encoding_places_values_in_training_quantile_bins() -> 
     np.testing.assert_allclose(out.numpy(), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["cross", "mlp"])
-def test_a_fused_network_exports_to_onnx_as_it_runs_in_torch(aggregates_run: Path, tmp_path: Path, kind: str) -> None:
-    """Every fusion, with undefined aggregates among the inputs: onnxruntime gives torch's outputs."""
+def test_the_trained_model_file_runs_its_fusion_as_torch_does(aggregates_run: Path) -> None:
+    """The run's exported file (cross fusion, calibrated), with undefined aggregates among the inputs, gives
+    the torch network's outputs and its customer representation."""
+    network, hparams = load_checkpoint(next((aggregates_run / "checkpoints").glob("epoch*.ckpt")))
+    assert network.config.fusion["kind"] == "cross"
+    _assert_onnx_matches_torch(
+        network, hparams, aggregates_run / "model.onnx", Calibration.load(aggregates_run / RUN_CALIBRATION)
+    )
+
+
+@pytest.mark.slow
+def test_an_mlp_fusion_exports_to_onnx_as_it_runs_in_torch(aggregates_run: Path, tmp_path: Path) -> None:
     network, hparams = load_checkpoint(next((aggregates_run / "checkpoints").glob("epoch*.ckpt")))
     featurizer = Featurizer.from_json(hparams["featurizer_json"])
-    if kind != network.config.fusion["kind"]:
-        config = {**vars(network.config), "fusion": {**network.config.fusion, "kind": kind}}
-        n_horizons = len(hparams["export_metadata"]["horizons_days"])
-        network = ChurnFormer.build(config, featurizer, n_horizons, hparams["heads"])
+    config = {**vars(network.config), "fusion": {**network.config.fusion, "kind": "mlp"}}
+    n_horizons = len(hparams["export_metadata"]["horizons_days"])
+    network = ChurnFormer.build(config, featurizer, n_horizons, hparams["heads"])
     torch.manual_seed(0)
-    with torch.no_grad():
+    with torch.no_grad():  # weights away from their initial values, so every path matters
         for parameter in network.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))
     metadata = hparams["export_metadata"]
     path = export_onnx(network, hparams["featurizer_json"], tmp_path / "model.onnx", metadata, fused_attention=True)
+    _assert_onnx_matches_torch(network, hparams, path, None)
+
+
+def _assert_onnx_matches_torch(
+    network: ChurnFormer, hparams: dict, path: Path, calibration: Calibration | None
+) -> None:
+    featurizer = Featurizer.from_json(hparams["featurizer_json"])
+    metadata = hparams["export_metadata"]
     inputs = example_inputs(featurizer, batch=6, length=9)
     inputs[CUSTOMER_AGG][::2, ::3] = float("nan")
     main = metadata["horizons_days"].index(metadata["horizon_days"])
-    model = ScoringModel(network, list(inputs), main, with_embedding=True).eval()
+    model = ScoringModel(network, list(inputs), main, calibration, with_embedding=True).eval()
     with torch.no_grad():
         expected = [t.numpy() for t in model(*inputs.values())]
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
