@@ -272,20 +272,18 @@ def test_command_line_settings(trained_run: Path, tiny_world: tuple[Path, Path],
     }
 
 
-@pytest.mark.parametrize("run", ["aggregates_run", "stacked_run"])
-def test_a_model_with_aggregates_and_its_embeddings_score_exactly_as_one_machine(
-    spark: SparkSession, run: str, request: pytest.FixtureRequest, tiny_world: tuple[Path, Path], messy: Path
+def test_a_model_with_aggregates_stacked_trees_and_embeddings_scores_exactly_as_one_machine(
+    spark: SparkSession, stacked_run: Path, tiny_world: tuple[Path, Path], messy: Path
 ) -> None:
-    """The aggregates are computed per customer in the buckets as on one machine (and the stacked trees run
-    there), and the embedding columns come with the predictions, bit-identical."""
-    aggregates_run = request.getfixturevalue(run)
+    """The aggregates are computed per customer in the buckets as on one machine, the stacked trees run there,
+    and the embedding columns come with the predictions, bit-identical."""
     customers = tiny_world[1]
     settings = ScoringSettings.defaults(embeddings=True)
-    local = Predictor(aggregates_run, settings).score(messy, TINY_CUTOFF, customers=customers)
+    local = Predictor(stacked_run, settings).score(messy, TINY_CUTOFF, customers=customers)
     assert "embedding_0" in local.predictions.columns
     job = score_table(
         read_table(spark, messy)[0],
-        aggregates_run / "model.onnx",
+        stacked_run / "model.onnx",
         TINY_CUTOFF,
         customers=read_table(spark, customers)[0],
         settings=settings,
