@@ -57,3 +57,22 @@ def test_embedding_columns_leave_the_predictions_as_they_were(
 def test_a_model_exported_before_embeddings_is_refused_with_the_remedy() -> None:
     with pytest.raises(ModelFileError, match=r"customer_embedding.*churnformer-export"):
         Predictor(REFERENCE / "default" / "model.onnx", ScoringSettings.defaults(embeddings=True))
+
+
+def test_explained_predictions_keep_their_drivers_last_and_the_same_with_embeddings(
+    aggregates_run: Path, tiny_world: tuple[Path, Path]
+) -> None:
+    events, customers = tiny_world
+    explain = {"only": "risk_decile<=1"}
+    plain = Predictor(aggregates_run).explaining(explain).score(events, TINY_CUTOFF, customers).predictions
+    embedded = (
+        Predictor(aggregates_run, ScoringSettings.defaults(embeddings=True))
+        .explaining(explain)
+        .score(events, TINY_CUTOFF, customers)
+        .predictions
+    )
+    added = [c for c in embedded.columns if c not in plain.columns]
+    assert added and all(c.startswith("embedding_") for c in added)
+    drivers = list(plain.columns[list(plain.columns).index("explained") :])
+    assert list(embedded.columns[-len(drivers) :]) == drivers
+    pd.testing.assert_frame_equal(embedded[plain.columns], plain, check_exact=True)

@@ -119,6 +119,20 @@ class Aggregates:
             out[:, j] = column
         return out
 
+    def of_no_events(self, n_customers: int) -> np.ndarray:
+        """The aggregates of ``n_customers`` empty histories (counts 0, what needs an event NaN)."""
+        none = np.zeros(0, dtype=np.int64)
+        inputs = AggregateInputs(
+            n_customers=n_customers,
+            codes=none,
+            stamps=none,
+            amounts=np.zeros(0),
+            feature_end_ns=0,
+            categories={name: none for name, _ in self.categories},
+            numbers={name: np.zeros(0) for name in self.numbers},
+        )
+        return self.compute(inputs)
+
     @classmethod
     def from_state(cls, state: dict) -> Aggregates:
         return cls(

@@ -385,20 +385,7 @@ def empty_histories(
     static_cat, static_num = _static_features(customer_ids, customers, featurizer, report)
     summary = [np.zeros(n) for _ in BASE_CUSTOMER_NUMERIC]
     events = {name: np.zeros((0, *spec.shape), dtype=spec.dtype) for name, spec in event_arrays(featurizer).items()}
-    none = np.zeros(0, dtype=np.int64)
-    aggregates = {}
-    if featurizer.aggregates is not None:
-        spec = featurizer.aggregates
-        inputs = AggregateInputs(
-            n_customers=n,
-            codes=none,
-            stamps=none,
-            amounts=np.zeros(0),
-            feature_end_ns=0,
-            categories={name: none for name, _ in spec.categories},
-            numbers={name: np.zeros(0) for name in spec.numbers},
-        )
-        aggregates = {CUSTOMER_AGG: spec.compute(inputs)}
+    aggregates = {CUSTOMER_AGG: featurizer.aggregates.of_no_events(n)} if featurizer.aggregates is not None else {}
     return Sequences(
         customer_ids=np.asarray(customer_ids),
         offsets=np.zeros(n + 1, dtype=np.int64),

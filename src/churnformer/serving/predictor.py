@@ -116,7 +116,9 @@ class Predictor:
         shipped = model.text_encoder if isinstance(model, ModelBytes) else None
         # Texts are embedded during featurization, before any batch runs: the encoder gets every stream's threads.
         self.texts = self.open_texts(shipped or settings.text_encoder, threads * self.streams, settings.text_cache)
-        self.explainer = Explainer(self, settings.explain) if settings.explain is not None else None
+        self.explainer = (
+            Explainer(self.without_embeddings(), settings.explain) if settings.explain is not None else None
+        )
         self.infer_s = 0.0  # wall time of the batch loop of the last score_sequences call
 
     def explaining(self, explain: bool | Mapping[str, Any] | ExplainSettings | None) -> Predictor:
@@ -125,7 +127,8 @@ class Predictor:
         "risk_decile<=2"}``), ExplainSettings, or False/None (no explanations)."""
         other = copy.copy(self)
         other.settings = self.settings.explaining(explain)
-        other.explainer = Explainer(other, other.settings.explain) if other.settings.explain is not None else None
+        explain = other.settings.explain
+        other.explainer = Explainer(other.without_embeddings(), explain) if explain is not None else None
         return other
 
     def open_texts(
@@ -197,6 +200,15 @@ class Predictor:
             columns = [f"{EMBEDDING_PREFIX}{i}" for i in range(embedding)]
             frame = pd.concat([frame, pd.DataFrame(results[:, len(self.outputs) :], columns=columns)], axis=1)
         return frame
+
+    def without_embeddings(self) -> Predictor:
+        """This predictor (same session) scoring without the embedding columns: what explanations score their
+        changed histories with, so ``embeddings=true`` costs them nothing."""
+        if not self.settings.embeddings:
+            return self
+        other = copy.copy(self)
+        other.settings = replace(self.settings, embeddings=False)
+        return other
 
     def embedding_size(self) -> int:
         """Size of the model's customer representation (its ``embedding`` output); a model file exported before

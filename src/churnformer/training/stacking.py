@@ -35,7 +35,7 @@ class StackingSettings:
     params: dict[str, Any] = field(default_factory=dict)  # LightGBM parameters over the baseline's
 
 
-def stack_trees(data: TrainingSet, settings: StackingSettings, seed: int, threads: int = 0) -> StackedTrees | None:
+def stack_trees(data: TrainingSet, settings: StackingSettings, seed: int) -> StackedTrees | None:
     """Fit the boosters on ``data``'s training examples and append their columns (:data:`STACKED_COLUMNS`) to
     every example's aggregates, in place; None (nothing changed) when stacking is off."""
     if not settings.enabled:
@@ -53,7 +53,7 @@ def stack_trees(data: TrainingSet, settings: StackingSettings, seed: int, thread
     main = data.grid.main_index
     fold = _customer_folds(data.sequences.customer_ids[rows], settings.folds, seed)
     folds = [(np.flatnonzero(fold != k), np.flatnonzero(fold == k)) for k in range(settings.folds)]
-    common = {**BASE_PARAMS, "seed": seed, "num_threads": threads, **settings.params}
+    common = {**BASE_PARAMS, "seed": seed, **settings.params}  # params may set num_threads (default: every core)
     stacked = np.zeros((len(aggregates), len(STACKED_COLUMNS)), dtype=np.float32)
     texts = []
     for column, (label, params) in enumerate(((CHURN, CHURN_PARAMS), (SPEND, SPEND_PARAMS))):
