@@ -87,8 +87,15 @@ class Sequences:
 
     def subset(self, rows: np.ndarray) -> Sequences:
         """The chosen customers only, as a compact ragged set."""
-        lengths = self.lengths_of(rows)
-        source = self._event_rows(rows, lengths)
+        return self.slices(rows, np.zeros(len(rows), dtype=np.int64), self.lengths_of(rows))
+
+    def slices(self, rows: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> Sequences:
+        """Contiguous runs of events as a compact ragged set: entry i holds events ``starts[i]`` to
+        ``starts[i] + lengths[i] - 1`` (positions within the history) of customer ``rows[i]``, with that
+        customer's inputs; a customer may appear more than once (the views of contrastive pretraining)."""
+        rows, lengths = np.asarray(rows, dtype=np.int64), np.asarray(lengths, dtype=np.int64)
+        first = np.cumsum(lengths) - lengths
+        source = np.arange(int(lengths.sum())) + np.repeat(self.offsets[rows] + starts - first, lengths)
         return Sequences(
             customer_ids=self.customer_ids[rows],
             offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),

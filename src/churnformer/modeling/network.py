@@ -78,6 +78,14 @@ class ChurnFormer(nn.Module):
     def represent(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The customer representation every head reads, (B, D): the pooled sequence, fused with the aggregates
         in a model that reads them. What ``churnformer-predict embeddings=true`` writes out."""
+        pooled = self.pooled_sequence(inputs)
+        if self.fusion is not None:
+            pooled = self.fusion(pooled, inputs[CUSTOMER_AGG])
+        return pooled
+
+    def pooled_sequence(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The event sequence and summary token, read by the backbone and pooled, (B, D): the representation
+        before the aggregates join it (what contrastive pretraining trains, :mod:`churnformer.training.pretraining`)."""
         lengths = inputs[LENGTHS]  # (B,)
         events = self.events(inputs)  # (B, T, D)
         summary = self.customer(inputs[CUSTOMER_CAT], inputs[CUSTOMER_NUM]).unsqueeze(1)  # (B, 1, D)
@@ -85,10 +93,12 @@ class ChurnFormer(nn.Module):
         positions = torch.arange(events.shape[1], device=x.device)
         weights = (positions.unsqueeze(0) < lengths.unsqueeze(1)).unsqueeze(-1).to(x.dtype)  # (B, T, 1) real events
         mean_events = (x[:, 1:] * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (B, D)
-        pooled = self.pool(torch.cat([self.backbone.summary(x, lengths), mean_events], dim=-1))  # (B, D)
-        if self.fusion is not None:
-            pooled = self.fusion(pooled, inputs[CUSTOMER_AGG])
-        return pooled
+        return self.pool(torch.cat([self.backbone.summary(x, lengths), mean_events], dim=-1))  # (B, D)
+
+    def sequence_encoder(self) -> list[nn.Module]:
+        """The parts that read the event sequence: what contrastive pretraining trains and ``pretrain.freeze``
+        keeps fixed afterwards."""
+        return [self.events, self.backbone, self.norm, self.pool]
 
 
 def _init_weights(module: nn.Module) -> None:

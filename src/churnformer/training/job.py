@@ -67,6 +67,7 @@ from churnformer.serving.predictor import AS_LOADED, Predictor, ScoringResult
 from churnformer.serving.settings import ScoringSettings
 from churnformer.training.datamodule import ChurnDataModule, DataSettings
 from churnformer.training.module import ChurnFormerModule, evaluate_network
+from churnformer.training.pretraining import PretrainSettings, pretrain
 from churnformer.training.review import (
     SAMPLES_PER_PLUGIN,
     SplitRunsLogger,
@@ -82,6 +83,8 @@ from churnformer.training.run_info import run_info
 SCORING = ScoringSettings.defaults(progress=False)
 # Validation customers explained for the training-time view of the driver groups.
 EXPLAINED_VALIDATION_CUSTOMERS = 20_000
+# Contrastive pretraining's mean loss per pretraining epoch (pretrain.enabled).
+PRETRAIN_LOSS = "pretrain/contrastive_loss"
 # The validation metrics whose gain from the text branch the report and TensorBoard show.
 TEXT_GAIN_METRICS = ("churn_auc", "churn_pr_auc", "spend_gini")
 
@@ -113,6 +116,8 @@ def train(
     datamodule = build_datamodule(cfg, events, customers)
     module = build_module(cfg, datamodule)
     trainer = build_trainer(cfg, callbacks)
+    if not resume_from:  # a resumed run's checkpoint already holds the pretrained weights
+        pretrain_encoder(cfg, module, datamodule, trainer)
     fit(trainer, module, datamodule, resume_from)
     if not trainer.is_global_zero:
         return {}
@@ -201,7 +206,29 @@ def build_module(cfg: DictConfig, datamodule: ChurnDataModule) -> ChurnFormerMod
         export_metadata=export_metadata,
         aggregate_quantiles=datamodule.data.aggregate_quantiles(),
         stacked_trees=datamodule.stacked_trees.to_state() if datamodule.stacked_trees else None,
+        freeze_sequence_encoder=bool(cfg.pretrain.enabled and cfg.pretrain.freeze),
     )
+
+
+def pretrain_encoder(
+    cfg: DictConfig, module: ChurnFormerModule, datamodule: ChurnDataModule, trainer: pl.Trainer
+) -> None:
+    """``pretrain.enabled``: contrastive pretraining of the network's sequence encoder on the training histories
+    (every rolling cutoff), its loss per epoch in TensorBoard (``pretrain/contrastive_loss``, step = epoch).
+    Every DDP rank runs it alike (same seed, same data), so the ranks start the fit from the same weights."""
+    settings = PretrainSettings(**cfg.pretrain)
+    if not settings.enabled:
+        return
+
+    def log_epoch(epoch: int, loss: float) -> None:
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics({PRETRAIN_LOSS: loss}, step=epoch)
+
+    data = datamodule.data
+    result = pretrain(module.network, data.sequences, data.train_rows, settings, cfg.seed, log_epoch)
+    if trainer.is_global_zero:
+        print(result.describe())
 
 
 def build_trainer(cfg: DictConfig, callbacks: list[Any]) -> pl.Trainer:

@@ -26,6 +26,7 @@ from churnformer.modeling.network import ChurnFormer
 from churnformer.schema import LABELS_BY_HORIZON, META_HORIZON_DAYS, META_HORIZONS, OBSERVED_BY_HORIZON, by_horizon
 from churnformer.training.augment import hide_static_attributes
 from churnformer.training.metrics import EpochMetrics, metric_name
+from churnformer.training.pretraining import freeze_pretrained
 from churnformer.training.review import SplitRunsLogger, architecture_text
 
 RESUME_STATE = "churnformer_resume_state"
@@ -97,6 +98,7 @@ class ChurnFormerModule(pl.LightningModule):
         static_dropout: float = 0.0,
         aggregate_quantiles: list[list[float]] | None = None,
         stacked_trees: dict[str, Any] | None = None,
+        freeze_sequence_encoder: bool = False,
     ) -> None:
         super().__init__()
         # Not sent to the logger: it would flood HPARAMS with the featurizer JSON; the job logs a curated set.
@@ -106,6 +108,8 @@ class ChurnFormerModule(pl.LightningModule):
         featurizer = Featurizer.from_json(featurizer_json)
         stacked = len(STACKED_COLUMNS) if stacked_trees else 0  # data.stacking: the trees' columns join the aggregates
         self.network = ChurnFormer.build(network, featurizer, len(horizons), heads, extra_aggregates=stacked)
+        if freeze_sequence_encoder:  # pretrain.freeze: the contrastively pretrained parts stay as they are
+            freeze_pretrained(self.network)
         self.static_dropout = static_dropout
         self.n_static_numeric = len(featurizer.customer_numeric)
         self.network.heads.init_biases(label_stats)
@@ -193,7 +197,9 @@ class ChurnFormerModule(pl.LightningModule):
             self._resume_state = None
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = fused_on_cuda(hydra.utils.instantiate(self.hparams.optimizer), self.device)(self.parameters())
+        optimizer = fused_on_cuda(hydra.utils.instantiate(self.hparams.optimizer), self.device)(
+            [p for p in self.parameters() if p.requires_grad]
+        )
         total = max(int(self.trainer.estimated_stepping_batches), 2)
         warmup = max(1, math.ceil(self.hparams.scheduler["warmup_fraction"] * total))
         base_lr = optimizer.param_groups[0]["lr"]

@@ -60,6 +60,8 @@ HPARAMS = {
     "data.features.aggregates.enabled": "aggregates",
     "model.network.fusion.kind": "fusion",
     "data.stacking.enabled": "stacked trees",
+    "pretrain.enabled": "contrastive pretraining",
+    "pretrain.freeze": "pretrained encoder frozen",
     "trainer.max_epochs": "max epochs",
     "seed": "seed",
 }
