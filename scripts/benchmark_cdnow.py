@@ -8,7 +8,7 @@ Usage::
                                       [--seeds 0 1 2]
                                       [--models churnformer gru lightgbm btyd churnformer_main_only
                                                 churnformer_purchases]
-                                      [--ensemble MODEL ...]
+                                      [--ensemble MODEL ... | --seed-ensemble N]
                                       [--churn-definition no_purchase|decline] [--decline-threshold 0.5]
                                       [--json PATH] [--markdown PATH] [--tables-from JSON]
                                       [--override key=value ...]
@@ -30,6 +30,8 @@ Spearman, aggregate error against the purchase days of each horizon).
 trained): the grid's effect on the main horizon. ``--ensemble churnformer gru lightgbm`` adds the mean of
 those models' predictions as one more row: a
 rough ceiling of what the log's information supports, to read the single models' rows against.
+``--seed-ensemble 3`` trains churnformer three times on each split (network seeds +0, +1000, +2000) and adds
+the mean of the three as a row: what an ensemble of seeds buys, at three times the training and scoring.
 ``--churn-definition decline``: churn is spend in the horizon below ``--decline-threshold`` times the spend of
 the same-length window before the cutoff, for every model (churnformer trains with ``churn_definition=decline``,
 LightGBM's churn boosters learn the decline; BG/NBD, which predicts no purchase only, is left out).
@@ -52,6 +54,7 @@ P(no purchase by t) rises or expected spend by t falls somewhere on the grid.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import tempfile
@@ -177,8 +180,11 @@ def split(customer_ids: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return customer_ids[order[:half]], customer_ids[order[half:]]
 
 
-def churnformer_model(overrides: list[str], workdir: Path, protocol: Protocol, drop: tuple[str, ...] = ()) -> Predictor:
-    """churnformer through the public API with ``overrides``, on the log without the columns ``drop``."""
+def churnformer_model(
+    overrides: list[str], workdir: Path, protocol: Protocol, drop: tuple[str, ...] = (), seed_offset: int = 0
+) -> Predictor:
+    """churnformer through the public API with ``overrides``, on the log without the columns ``drop``; the
+    network's seed is the split's plus ``seed_offset`` (another network on the same split: seed ensembles)."""
     horizons = ",".join(f"{days:g}" for days in protocol.grid.days)
 
     def run(events, customers, window, train_ids, test_ids, seed) -> pd.DataFrame:
@@ -192,7 +198,7 @@ def churnformer_model(overrides: list[str], workdir: Path, protocol: Protocol, d
             customers=customers,
             output_dir=run_dir,
             overrides=[
-                f"seed={seed}",
+                f"seed={seed + seed_offset}",
                 f"data.horizons_days=[{horizons}]",
                 f"churn_definition={protocol.definition.name}",
                 f"decline_threshold={protocol.definition.decline_threshold}",
@@ -432,6 +438,13 @@ def main() -> None:
     parser.add_argument(
         "--ensemble", nargs="+", default=None, help="also score the mean of these models' predictions (a ceiling)"
     )
+    parser.add_argument(
+        "--seed-ensemble",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train churnformer N times per split (network seeds +0, +1000, ...) and score their mean",
+    )
     parser.add_argument("--override", nargs="*", default=[], help="Hydra overrides for churnformer and gru")
     parser.add_argument(
         "--churn-definition",
@@ -490,6 +503,16 @@ def main() -> None:
         "lightgbm": lambda: baseline_model("lightgbm", args.gbm_threads, protocol),
         "btyd": lambda: baseline_model("btyd", args.gbm_threads, protocol),
     }
+    if args.seed_ensemble:
+        if args.ensemble or "churnformer" not in args.models:
+            parser.error("--seed-ensemble needs churnformer among --models and no --ensemble")
+        members = [f"churnformer_seed+{1000 * k}" for k in range(1, args.seed_ensemble)]
+        for k, name in enumerate(members, start=1):
+            builders[name] = functools.partial(
+                churnformer_model, reading, workdir / name, protocol, seed_offset=1000 * k
+            )
+        args.models = [*args.models, *members]
+        args.ensemble = ["churnformer", *members]
     if args.ensemble and not set(args.ensemble) <= set(args.models):
         parser.error(f"--ensemble {args.ensemble}: every member must be among --models {args.models}")
     models = {name: builders[name]() for name in args.models}

@@ -110,7 +110,12 @@ def test_pretraining_learns_to_tell_customers_apart_and_touches_only_the_sequenc
     backbone_before = {k: v.clone() for k, v in network.backbone.state_dict().items()}
     losses = []
     result = pretrain(
-        network, training_set.sequences, training_set.train_rows, SETTINGS, seed=0, on_epoch=lambda e, v: losses.append(v)
+        network,
+        training_set.sequences,
+        training_set.train_rows,
+        SETTINGS,
+        seed=0,
+        on_epoch=lambda e, v: losses.append(v),
     )
     assert result.epoch_losses == losses and len(losses) == SETTINGS.epochs
     assert losses[-1] < losses[0]
