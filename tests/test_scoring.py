@@ -237,6 +237,7 @@ def test_spilled_chunks_score_exactly_like_memory(
     pd.testing.assert_frame_equal(spilled.predictions, full.predictions, check_exact=True)
     pd.testing.assert_frame_equal(spilled.rejects, full.rejects)
     assert spilled.summary.events_ignored == full.summary.events_ignored
+    assert spilled.summary.input_profile == full.summary.input_profile  # the partitions' profiles add up
 
 
 def test_scores_are_identical_when_the_log_is_truncated_at_the_cutoff(

@@ -32,11 +32,14 @@ class Calibration:
     """Each head's calibration parameters by head name (a head left out is uncalibrated); the percentiles 1..99
     (``schema.PERCENTILE_LEVELS``) of each main-horizon output over the validation customers: the reference
     population scoring's deciles and value segments are relative to (:mod:`churnformer.serving.retention`);
-    and why a fitted part was replaced by the identity (``fallback``; empty: everything fitted was kept)."""
+    and why a fitted part was replaced by the identity (``fallback``; empty: everything fitted was kept).
+    ``reference_inputs``: the same validation customers' input profile (:mod:`churnformer.serving.input_profile`),
+    what ``churnformer-monitor reference=<model>`` compares a scoring run's input with."""
 
     heads: dict[str, dict[str, Any]] = field(default_factory=dict)
     percentiles: dict[str, list[float]] = field(default_factory=dict)
     fallback: list[str] = field(default_factory=list)
+    reference_inputs: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -53,7 +56,7 @@ class Calibration:
         """From its JSON, or from the flat JSON of a release before heads were components."""
         if "heads" in stored or not stored:
             heads, percentiles = dict(stored.get("heads", {})), dict(stored.get("percentiles", {}))
-            return cls(heads, percentiles, list(stored.get("fallback", [])))
+            return cls(heads, percentiles, list(stored.get("fallback", [])), dict(stored.get("reference_inputs", {})))
         heads = {}
         for head, names in _LEGACY_HEADS.items():
             values = {new: stored[old] for old, new in names.items() if old in stored}

@@ -1,4 +1,4 @@
-"""Console entry points (Hydra apps): ``churnformer-train``, ``-export``, ``-predict``, ``-evaluate``.
+"""Console entry points (Hydra apps): ``churnformer-train``, ``-export``, ``-predict``, ``-evaluate``, ``-monitor``.
 
 Problems the user can fix (:class:`ChurnformerError`: bad input, impossible config) end with one
 clear message and exit status 2; ``debug=true`` shows the traceback instead.
@@ -252,6 +252,14 @@ def _evaluate(cfg: DictConfig) -> None:
     run_evaluation(OmegaConf.to_container(cfg, resolve=True))
 
 
+def _monitor(cfg: DictConfig) -> None:
+    from churnformer.monitoring.job import run_monitor
+
+    status = run_monitor(OmegaConf.to_container(cfg, resolve=True))
+    if status:
+        sys.exit(status)
+
+
 train = console_script(hydra.main(version_base="1.3", config_path="conf", config_name="train")(_job(_train)))
 export = console_script(hydra.main(version_base="1.3", config_path="conf/serving", config_name="export")(_job(_export)))
 
@@ -287,6 +295,10 @@ predict = console_script(
 )
 evaluate = console_script(
     hydra.main(version_base="1.3", config_path="conf/serving", config_name="evaluate")(_job(_evaluate))
+)
+
+monitor = console_script(
+    hydra.main(version_base="1.3", config_path="conf/serving", config_name="monitor")(_job(_monitor))
 )
 
 

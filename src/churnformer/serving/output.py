@@ -15,6 +15,7 @@ import pandas as pd
 from churnformer.console import counts_in_words, reason_in_words
 from churnformer.errors import ConfigError
 from churnformer.files import write_atomically
+from churnformer.serving.input_profile import add_profiles
 
 
 @dataclass
@@ -33,6 +34,8 @@ class ScoringSummary:
     # Models with text features: distinct texts, of them truncated to the encoder's limit, with bytes that
     # were not UTF-8 (replaced when read) and taken from text_cache (not embedded). Each text counts once per job.
     texts: dict[str, int] = field(default_factory=dict)
+    # The scored customers' input, in fixed bins (churnformer.serving.input_profile): what churnformer-monitor compares.
+    input_profile: dict[str, dict[str, int]] = field(default_factory=dict)
     provider: str = ""
     engine: str = "local"  # local: churnformer-predict's own process; spark: churnformer.spark
     buckets: int = 0  # groups of customers, each scored by one Python call (engine spark)
@@ -59,6 +62,7 @@ class ScoringSummary:
         ):
             for key, value in theirs.items():
                 mine[key] = mine.get(key, 0) + value
+        add_profiles(self.input_profile, other.input_profile)
         self.customers_without_static += other.customers_without_static
         self.events_grouped += other.events_grouped
         self.featurize_s += other.featurize_s

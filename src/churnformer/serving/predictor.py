@@ -44,6 +44,7 @@ from churnformer.schema import (
 )
 from churnformer.serving.batching import fill_rows, padded_width, token_budget_batches
 from churnformer.serving.explain import EXPLAINED, Explainer, ExplainSettings, drivers_last
+from churnformer.serving.input_profile import input_profile
 from churnformer.serving.model_file import load_model
 from churnformer.serving.output import ScoringResult, ScoringSummary
 from churnformer.serving.partition import EventSource
@@ -283,6 +284,7 @@ class Predictor:
             unknown_categories={k: v for k, v in report.unknown_categories.items() if v},
             customers_without_static=report.customers_without_static,
             events_grouped=report.events_grouped,
+            input_profile=input_profile(sequences, self.featurizer),
             texts=asdict(self.texts.stats.minus(texts_before)) if self.texts is not None else {},
             provider=self.provider,
             featurize_s=round(featurize_s, 3),

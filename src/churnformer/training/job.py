@@ -62,6 +62,7 @@ from churnformer.schema import (
     RUN_PREDICTIONS,
 )
 from churnformer.serving.explain import driver_summary
+from churnformer.serving.input_profile import input_profile
 from churnformer.serving.output import describe, write_result
 from churnformer.serving.predictor import AS_LOADED, Predictor, ScoringResult
 from churnformer.serving.settings import ScoringSettings
@@ -330,6 +331,8 @@ def calibrate(cfg: DictConfig, network: ChurnFormer, datamodule: ChurnDataModule
         shared_churn_bias=cfg.calibration_churn_bias == "shared",
         shapes_from_all=cfg.calibration_shapes == "all",
     )
+    data = datamodule.data  # the reference population's input too, for churnformer-monitor reference=<model>
+    calibration.reference_inputs = input_profile(data.sequences.subset(data.val_rows), data.featurizer)
     calibration.save(run_dir / RUN_CALIBRATION)
     print(
         f"calibration (shapes from {cfg.calibration_shapes}, levels from {cfg.calibration_levels} customers): "
