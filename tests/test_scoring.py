@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from churnformer.errors import ChurnformerError, ConfigError
+from churnformer.model_card import summary_line as card_summary
 from churnformer.serving.batching import padded_width, token_budget_batches
 from churnformer.serving.job import score_log
 from churnformer.serving.output import write_result
@@ -323,9 +324,10 @@ def test_rescoring_is_byte_identical(trained_run: Path, tiny_world: tuple[Path, 
     for name in ("a", "b"):
         output = tmp_path / name / "scores.parquet"
         output.parent.mkdir()
-        run_predict(trained_run, events, output, f"customers={customers}")
+        finished = run_predict(trained_run, events, output, f"customers={customers}")
         outputs.append(output.read_bytes())
     assert outputs[0] == outputs[1]
+    assert finished.out.splitlines()[0] == card_summary(Predictor(trained_run).card)  # the model card's line first
 
 
 def test_unavailable_provider_fallback_is_loud(trained_run: Path, capsys: pytest.CaptureFixture) -> None:

@@ -122,6 +122,7 @@ META_HORIZONS = "horizons_days"  # the horizon grid the model predicts on
 META_TRAINED_CUTOFF = "trained_cutoff"
 META_COLUMNS = "columns"  # the column mapping of the training log (scoring's default)
 META_QUANTIZED = "quantized"  # "int8" for a dynamically quantized copy
+META_MODEL_CARD = "model_card"  # churnformer.model_card: the training run's card (JSON)
 META_CHURN_DEFINITION = "churn_definition"  # churnformer.data.labels.ChurnDefinition; absent: no purchase
 REQUIRED_METADATA = (META_FEATURIZER, META_OUTPUTS, META_HORIZON_DAYS, META_HORIZONS)
 
@@ -136,6 +137,7 @@ RUN_INFO = "run_info.json"  # versions, git commit, data fingerprints
 RUN_CALIBRATION = "calibration.json"
 RUN_PREDICTIONS = "predictions.parquet"
 RUN_EVALUATION = "evaluation"
+RUN_MODEL_CARD = "model_card.md"
 RUN_LOG = "cli.log"
 RUN_TEXT_ENCODER = "text_encoder.onnx"  # the sentence encoder scoring runs (models with text features)
 RUN_TEXT_EMBEDDINGS = "text_embeddings.npz"  # the embedded training texts by content hash (never the texts)

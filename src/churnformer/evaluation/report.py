@@ -22,6 +22,7 @@ from churnformer.data.events import (
     TIMESTAMP,
     ColumnMapping,
     check_customer_ids,
+    load_customers,
     load_events,
     read_table,
     source_of,
@@ -43,6 +44,7 @@ from churnformer.evaluation.metrics import (
     roc_auc,
     spearman,
 )
+from churnformer.evaluation.slices import slice_metrics, slices_markdown
 from churnformer.schema import (
     CHURN,
     CHURN_PROBABILITY,
@@ -328,10 +330,15 @@ def format_metrics(metrics: dict[str, float]) -> str:
 
 
 def write_report(
-    metrics: dict[str, float], figures: dict[str, Figure], out_dir: str | Path, title: str
+    metrics: dict[str, float],
+    figures: dict[str, Figure],
+    out_dir: str | Path,
+    title: str,
+    slices: pd.DataFrame | None = None,
 ) -> dict[str, Path]:
-    """``metrics.json`` (undefined metrics as null, so strict JSON readers accept it), one PNG per figure and
-    ``report.md`` with the metrics table and the figures linked; returns the paths by name."""
+    """``metrics.json`` (undefined metrics as null, so strict JSON readers accept it), one PNG per figure,
+    ``slices.csv`` with the metrics per customer slice when given, and ``report.md`` with the metrics table,
+    the slices and the figures linked; returns the paths by name."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"metrics": out_dir / "metrics.json", "report": out_dir / "report.md"}
@@ -342,7 +349,14 @@ def write_report(
         figure.savefig(paths[name], dpi=100)
     rows = [f"| {name} | {format_value(name, value)} |" for name, value in metrics.items()]
     links = [f"## {name}\n\n![{name}]({name}.png)\n" for name in figures]
-    markdown = "\n".join([f"# {title}\n", "| metric | value |", "|---|---|", *rows, "", f"{DECILE_NOTE}\n", *links])
+    by_slice = []
+    if slices is not None and len(slices):
+        paths["slices"] = out_dir / "slices.csv"
+        slices.to_csv(paths["slices"], index=False)
+        by_slice = ["## Slices\n", slices_markdown(slices), ""]
+    markdown = "\n".join(
+        [f"# {title}\n", "| metric | value |", "|---|---|", *rows, "", f"{DECILE_NOTE}\n", *by_slice, *links]
+    )
     paths["report"].write_text(markdown)
     return paths
 
@@ -414,9 +428,11 @@ def evaluate_files(
     columns: ColumnMapping | None = None,
     spec: LabelSpec = LabelSpec(),
     output_dir: str | Path = "evaluation",
+    customers: str | Path | None = None,
 ) -> dict[str, Path]:
     """Evaluate a predictions file against a labels file, or against labels computed from an event log, and
-    write the report to ``output_dir``; prints the metrics and where the report went."""
+    write the report to ``output_dir``; prints the metrics and where the report went. Metrics per slice: by
+    the predictions' segments, and by every attribute of the ``customers`` table when given."""
     # A directory is the Parquet dataset churnformer-predict engine=spark writes.
     predicted = pd.read_parquet(predictions) if Path(predictions).is_dir() else read_table(predictions, CUSTOMER_ID)
     horizons = predicted_horizons(predicted)
@@ -432,9 +448,11 @@ def evaluate_files(
     label_frame, label_source = load_labels(labels, events, cutoff, horizon_days, columns, spec, horizons)
     joined = align(predicted, label_frame, names=(str(predictions), label_source))
     metrics = compute_metrics(joined)
-    paths = write_report(
-        metrics, report_figures(joined), output_dir, f"Evaluation of {predictions} against {label_source}"
-    )
+    columns = columns or ColumnMapping()
+    static = load_customers(customers, columns.customer_id) if customers is not None else None
+    slices = slice_metrics(joined, static, predicted)
+    title = f"Evaluation of {predictions} against {label_source}"
+    paths = write_report(metrics, report_figures(joined), output_dir, title, slices)
     print(format_metrics(metrics))
     print(f"report: {paths['report']}  metrics: {paths['metrics']}")
     return paths
@@ -458,4 +476,5 @@ def run_evaluation(config: dict[str, Any]) -> dict[str, Path]:
             config["decline_threshold"],
         ),
         output_dir=config["output"],
+        customers=config["customers"],
     )

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from churnformer.data.events import CUSTOMER_ID, TIMESTAMP, ColumnMapping, load_customers
 from churnformer.data.window import require_events_before
 from churnformer.errors import ConfigError
+from churnformer.model_card import summary_line as card_summary
 from churnformer.serving.output import ScoringResult, ScoringSummary, check_output_path, describe, write_result
 from churnformer.serving.partition import (
     PEAK_BYTES_PER_EVENT,
@@ -254,6 +255,8 @@ def run_prediction(config: dict[str, Any]) -> dict[str, Path]:
     reuse_freed_memory()
     predictor = Predictor(config["model"], settings, max_streams=streams_within(settings.memory_budget_mb))
     bytes_for_events(settings.memory_budget_mb, predictor.streams)  # a budget below the floor: before any event
+    if predictor.card is not None:
+        print(card_summary(predictor.card))
     if settings.text_cache is not None and predictor.texts is None:
         print(f"warning: text_cache={settings.text_cache} ignored: {predictor.path} reads no text", file=sys.stderr)
     result = score_log(

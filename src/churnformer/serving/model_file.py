@@ -9,7 +9,7 @@ from pathlib import Path
 import onnx
 
 from churnformer.errors import ModelFileError
-from churnformer.files import ModelBytes, resolve_model_path
+from churnformer.files import ModelBytes, resolve_model_path, write_atomically
 from churnformer.schema import (
     META_OUTPUTS,
     META_VERSION,
@@ -55,3 +55,18 @@ def check_model(raw: bytes, path: str) -> dict[str, str]:
             f"{lacking}; export its checkpoint again with this version's churnformer-export"
         )
     return metadata
+
+
+def add_metadata(path: str | Path, entries: dict[str, str]) -> None:
+    """Add churnformer metadata ``entries`` (key without prefix -> JSON text) to the model file at ``path``,
+    atomically, keeping everything else: what the training job learns after the export (the model card)."""
+    path = Path(path)
+
+    def write(partial: Path) -> None:
+        proto = onnx.load(path)
+        props = {p.key: p.value for p in proto.metadata_props}
+        props.update({METADATA_PREFIX + key: value for key, value in entries.items()})
+        onnx.helper.set_model_props(proto, props)
+        onnx.save(proto, partial)
+
+    write_atomically(path, write)

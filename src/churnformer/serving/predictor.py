@@ -38,6 +38,7 @@ from churnformer.schema import (
     META_FEATURIZER,
     META_HORIZON_DAYS,
     META_HORIZONS,
+    META_MODEL_CARD,
     META_OUTPUTS,
     META_VERSION,
     N_EVENTS,
@@ -96,6 +97,8 @@ class Predictor:
         self.outputs = json.loads(self.metadata[META_OUTPUTS])
         self.horizons = [float(days) for days in json.loads(self.metadata[META_HORIZONS])]
         self.reference = ReferencePercentiles.from_metadata(self.metadata)
+        # The training run's model card (models exported before it: none).
+        self.card = json.loads(self.metadata[META_MODEL_CARD]) if META_MODEL_CARD in self.metadata else None
         requested = settings.providers or default_providers()
         self.streams, threads = stream_layout(
             settings.streams, settings.threads, gpu=requested[0] == "CUDAExecutionProvider", most=max_streams

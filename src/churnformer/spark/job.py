@@ -29,6 +29,7 @@ from pyspark.sql import DataFrame, SparkSession
 from churnformer.data.events import check_table_file, csv_separator, load_customers
 from churnformer.errors import ConfigError
 from churnformer.files import ModelBytes, write_atomically
+from churnformer.model_card import summary_line as card_summary
 from churnformer.serving.output import check_output_path, describe
 from churnformer.serving.partition import file_columns
 from churnformer.serving.predictor import Predictor
@@ -51,6 +52,8 @@ def run_spark_prediction(config: dict[str, Any]) -> dict[str, Path]:
     settings = ScoringSettings.of(config)
     model = ModelBytes.read(config["model"])
     predictor = Predictor(model, for_spark(settings, task_cpus=1))  # the model and files, checked before Spark starts
+    if predictor.card is not None:
+        print(card_summary(predictor.card))
     mapping = predictor.column_mapping(config["columns"])
     events = predictor.open_events(config["events"], mapping)
     customers = Path(config["customers"]) if config["customers"] is not None else None

@@ -23,6 +23,7 @@ from churnformer.data.sources import EventLogSource
 from churnformer.data.training_set import TrainingSet, build_training_set, rolling_windows
 from churnformer.data.window import HorizonGrid, Window
 from churnformer.defaults import yaml_defaults
+from churnformer.model_card import log_facts
 from churnformer.schema import LABELS_BY_HORIZON, RUN_TEXT_EMBEDDINGS, RUN_TEXT_ENCODER, by_horizon
 from churnformer.text.embeddings import TextEmbeddings
 from churnformer.text.encoder import TextEncoder, require_text_support
@@ -116,6 +117,8 @@ class ChurnDataModule(pl.LightningDataModule):
         self.grid = HorizonGrid.of(settings.horizons_days, settings.horizon_days)
         self.data: TrainingSet | None = None
         self.stacked_trees: StackedTrees | None = None  # data.stacking: the trees whose predictions join the aggregates
+        self.customers: pd.DataFrame | None = None
+        self.log_facts: dict[str, Any] = {}
         self._train_sampler: LengthBucketBatchSampler | None = None
         self._train_sampler_state: dict[str, int] | None = None
 
@@ -158,6 +161,8 @@ class ChurnDataModule(pl.LightningDataModule):
         if self.data is not None:
             return
         events, customers = self.source.load()
+        self.customers = customers  # the static attributes: slices of the validation report
+        self.log_facts = log_facts(events, customers)  # for the model card
         rolling = self.settings.rolling_cutoffs
         texts = self.text_embeddings()
         self.data = build_training_set(

@@ -22,7 +22,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from churnformer.artifacts.calibration import describe as describe_calibration
@@ -47,11 +47,14 @@ from churnformer.evaluation.report import (
     report_figures,
     write_report,
 )
+from churnformer.evaluation.slices import slice_metrics
+from churnformer.model_card import CARD_KNOBS, build_card, card_markdown
 from churnformer.modeling.network import ChurnFormer
 from churnformer.schema import (
     META_COLUMNS,
     META_HORIZON_DAYS,
     META_HORIZONS,
+    META_MODEL_CARD,
     META_TRAINED_CUTOFF,
     RUN_CALIBRATION,
     RUN_CONFIG,
@@ -59,10 +62,12 @@ from churnformer.schema import (
     RUN_INFO,
     RUN_METRICS,
     RUN_MODEL,
+    RUN_MODEL_CARD,
     RUN_PREDICTIONS,
 )
 from churnformer.serving.explain import driver_summary
 from churnformer.serving.input_profile import input_profile
+from churnformer.serving.model_file import add_metadata
 from churnformer.serving.output import describe, write_result
 from churnformer.serving.predictor import AS_LOADED, Predictor, ScoringResult
 from churnformer.serving.settings import ScoringSettings
@@ -128,8 +133,7 @@ def train(
     metrics, predictions = evaluate_network(network, datamodule.validation_loader(), datamodule.data.grid.main_index)
     record_run(cfg, run_dir, metrics, datamodule)
     review_run(cfg, trainer, metrics, fitted, predictions, run_dir)
-    if cfg.calibrate:
-        calibrate(cfg, network, datamodule, run_dir)
+    calibration = calibrate(cfg, network, datamodule, run_dir) if cfg.calibrate else None
     scored = None
     if cfg.export:
         model = export_model(fitted.best_checkpoint, run_dir)
@@ -137,6 +141,11 @@ def train(
         drivers = explain_validation(model, datamodule) if cfg.explain_validation else None
         joined, gains = report_validation(model, result, datamodule, run_dir / RUN_EVALUATION, drivers)
         review_horizons(trainer, joined, fitted.best_epoch, drivers, gains)
+        card = model_card(
+            cfg, run_dir, fitted, datamodule, describe_calibration(network, calibration) if calibration else None
+        )
+        (run_dir / RUN_MODEL_CARD).write_text(card_markdown(card))
+        add_metadata(model, {META_MODEL_CARD: json.dumps(card)})
         if cfg.quantize:
             quantize(model, datamodule)
         if cfg.predict_after_training:
@@ -394,14 +403,66 @@ def report_validation(
     predictions = result.predictions[result.predictions[CUSTOMER_ID].isin(labels[CUSTOMER_ID])]
     joined = align(predictions, labels)
     metrics = compute_metrics(joined)
+    slices = slice_metrics(joined, datamodule.customers, predictions)
     gains = text_gains(model, datamodule, labels, metrics)
     figures = report_figures(joined)
     if drivers is not None:
         figures["drivers"] = drivers_figure(drivers)
         out_dir.mkdir(parents=True, exist_ok=True)
         drivers.to_csv(out_dir / "drivers.csv", index=False)
-    write_report(metrics | gains, figures, out_dir, "Validation customers")
+    write_report(metrics | gains, figures, out_dir, "Validation customers", slices)
     return joined, gains
+
+
+def model_card(
+    cfg: DictConfig, run_dir: Path, fitted: Fitted, datamodule: ChurnDataModule, calibration: str | None
+) -> dict[str, Any]:
+    """The run's model card (:mod:`churnformer.model_card`) from what the run wrote: the exported model's
+    validation report (``evaluation/metrics.json``, ``slices.csv``) and ``run_info.json``."""
+    evaluation = run_dir / RUN_EVALUATION
+    metrics_file, slices_file = evaluation / "metrics.json", evaluation / "slices.csv"
+    validation = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    slices = pd.read_csv(slices_file, dtype={"value": str}) if slices_file.is_file() else None
+    info = json.loads((run_dir / RUN_INFO).read_text())
+    data = datamodule.data
+    kept = list(data.grid.days)
+    configured = [float(h) for h in cfg.data.horizons_days]
+    events_file = (info["data"].get("events") or {}).get("path")
+    return build_card(
+        version=info["churnformer"],
+        run={
+            "seed": cfg.seed,
+            "git_commit": info["git_commit"],
+            "epochs": fitted.epochs,
+            "best_epoch": fitted.best_epoch,
+        },
+        task={
+            "churn_definition": str(datamodule.settings.labels.churn),
+            "cutoff": str(cfg.data.cutoff),
+            "horizon_days": datamodule.window.horizon_days,
+            "horizons_days": kept,
+            "horizons_dropped": [h for h in configured if h not in kept],
+        },
+        data={
+            "log": datamodule.log_facts,
+            "events_file": events_file,
+            "training_customers": int(pd.unique(data.labels[CUSTOMER_ID].to_numpy()[data.main_train_rows]).size),
+            "training_examples": len(data.train_rows),
+            "validation_customers": len(data.val_rows),
+            "rolling_cutoffs": int(datamodule.settings.rolling_cutoffs["count"]),
+        },
+        knobs={key: display_knob(OmegaConf.select(cfg, key, default=None)) for key in CARD_KNOBS},
+        validation={name: value for name, value in validation.items() if value is not None},
+        calibration=calibration,
+        slices=slices,
+    )
+
+
+def display_knob(value: Any) -> Any:
+    """A config value as plain JSON: a list as a list, a mapping (``model.heads``) by its keys."""
+    if isinstance(value, DictConfig):
+        return list(value.keys())
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, ListConfig) else value
 
 
 def text_gains(
