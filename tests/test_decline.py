@@ -14,7 +14,7 @@ import pytest
 from churnformer.data.events import load_events
 from churnformer.data.labels import DECLINE_DEFINITION, ChurnDefinition, LabelSpec, make_labels
 from churnformer.data.window import Window
-from churnformer.evaluation.report import run_evaluation
+from churnformer.evaluation.job import run_evaluation
 from churnformer.schema import (
     CHURN_PROBABILITY,
     EXPECTED_DAYS_TO_NEXT_PURCHASE,

@@ -14,6 +14,7 @@ from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision, Bin
 from torchmetrics.regression import SpearmanCorrCoef
 
 from churnformer.errors import InputError
+from churnformer.evaluation.job import run_evaluation
 from churnformer.evaluation.metrics import (
     aggregate_error,
     average_precision,
@@ -28,7 +29,7 @@ from churnformer.evaluation.metrics import (
     roc_auc,
     spearman,
 )
-from churnformer.evaluation.report import evaluate, run_evaluation
+from churnformer.evaluation.report import evaluate
 from churnformer.training.metrics import NormalizedGini
 
 METRIC_KEYS = {

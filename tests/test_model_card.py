@@ -12,11 +12,15 @@ import pandas as pd
 import pytest
 
 from churnformer.data.events import CUSTOMER_ID
+from churnformer.errors import InputError
+from churnformer.evaluation.job import run_evaluation
 from churnformer.evaluation.metrics import expected_calibration_error, normalized_gini, roc_auc
+from churnformer.evaluation.outcomes import TRACKED
 from churnformer.evaluation.report import evaluate_files
 from churnformer.evaluation.slices import MISSING, slice_metrics
 from churnformer.model_card import CARD_METRICS, summary_line
 from churnformer.schema import CHURN, CHURN_PROBABILITY, EXPECTED_SPEND, RUN_EVALUATION, RUN_MODEL_CARD, SEGMENT, SPEND
+from churnformer.serving.output import write_result
 from churnformer.serving.predictor import Predictor
 from tests.conftest import TINY_CUTOFF
 
@@ -108,3 +112,41 @@ def test_evaluate_reports_slices_by_the_customers_table(
     assert set(slices["attribute"]) == {"region", "age_band", "signup_channel", SEGMENT}
     assert slices.groupby("attribute")["n_customers"].sum().eq(len(scored)).all()
     assert "## Slices" in paths["report"].read_text()
+
+
+def test_past_runs_make_one_table_whose_rows_are_each_runs_own_evaluation(
+    trained_run: Path, tiny_world: tuple[Path, Path], tmp_path: Path
+) -> None:
+    events, customers = tiny_world
+    runs = tmp_path / "runs"
+    predictor = Predictor(trained_run)
+    for cutoff in ("2023-06-30", "2023-07-31", "2023-08-31", "2023-11-30"):  # the last: its horizon not yet over
+        write_result(predictor.score(events, cutoff, customers), runs / f"scores-{cutoff}.parquet")
+    paths = run_evaluation({"predictions": str(runs), "events": str(events), "output": str(tmp_path / "outcomes")})
+    table = pd.read_csv(paths["outcomes"])
+    assert table["cutoff"].tolist() == ["2023-06-30", "2023-07-31", "2023-08-31", "2023-11-30"]
+    assert table["status"].tolist() == ["evaluated"] * 3 + ["pending"] and table["horizon_days"].eq(60).all()
+    for row in table[table["status"] == "evaluated"].itertuples():
+        alone = evaluate_files(
+            runs / f"scores-{row.cutoff}.parquet",
+            events=events,
+            cutoff=row.cutoff,
+            horizon_days=60,
+            output_dir=tmp_path / f"alone-{row.cutoff}",
+        )
+        metrics = json.loads(alone["metrics"].read_text())
+        for name in TRACKED:
+            expected = metrics.get(name)
+            value = getattr(row, name)
+            assert math.isnan(value) if expected is None else value == pytest.approx(expected, rel=1e-12), name
+    assert (tmp_path / "outcomes" / "outcomes.png").stat().st_size > 0
+
+
+def test_outcome_tracking_names_what_it_lacks(trained_run: Path, tiny_world: tuple[Path, Path], tmp_path: Path) -> None:
+    events, customers = tiny_world
+    scored = Predictor(trained_run).score(events, "2023-06-30", customers)
+    scored.predictions.to_parquet(tmp_path / "bare.parquet")  # no summary beside it
+    with pytest.raises(InputError, match=r"no bare\.parquet\.summary\.json beside it"):
+        run_evaluation({"predictions": [str(tmp_path / "bare.parquet")], "events": str(events)})
+    with pytest.raises(InputError, match="drop labels= and cutoff="):
+        run_evaluation({"predictions": [str(tmp_path / "bare.parquet")], "events": str(events), "cutoff": "2023-06-30"})

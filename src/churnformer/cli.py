@@ -247,7 +247,7 @@ def _predict(cfg: DictConfig) -> None:
 
 
 def _evaluate(cfg: DictConfig) -> None:
-    from churnformer.evaluation.report import run_evaluation
+    from churnformer.evaluation.job import run_evaluation
 
     run_evaluation(OmegaConf.to_container(cfg, resolve=True))
 

@@ -29,7 +29,6 @@ from churnformer.data.events import (
 )
 from churnformer.data.labels import LabelSpec, horizon_labels
 from churnformer.data.window import HorizonGrid, Window, require_events_before
-from churnformer.defaults import serving_defaults
 from churnformer.errors import InputError
 from churnformer.evaluation.figures import horizon_calibration_figure, horizons_figure, review_figures
 from churnformer.evaluation.metrics import (
@@ -364,6 +363,10 @@ def write_report(
 # --- files and config -----------------------------------------------------------------------------------------
 
 
+class HorizonNotObserved(InputError):
+    """The log ends before the horizon after the cutoff does: what the customers did is not known yet."""
+
+
 def labels_from_events(
     events: str | Path,
     cutoff: str,
@@ -411,7 +414,7 @@ def load_labels(
         )
     frame = labels_from_events(events, cutoff, horizon_days, columns, spec, horizons)
     if not frame[per_horizon(OBSERVED, float(horizon_days))].all():
-        raise InputError(
+        raise HorizonNotObserved(
             f"{events}: the log ends before the {float(horizon_days):g}-day horizon after {cutoff} does, so its "
             "churn and spend are not known yet: evaluate at an earlier cutoff or a shorter horizon_days"
         )
@@ -456,25 +459,3 @@ def evaluate_files(
     print(format_metrics(metrics))
     print(f"report: {paths['report']}  metrics: {paths['metrics']}")
     return paths
-
-
-def run_evaluation(config: dict[str, Any]) -> dict[str, Path]:
-    """The ``churnformer-evaluate`` job from a plain config dict (see ``conf/serving/evaluate.yaml``)."""
-    config = {**serving_defaults("evaluate"), **config}
-    columns = ColumnMapping().overridden(config["columns"])
-    return evaluate_files(
-        config["predictions"],
-        config["labels"],
-        events=config["events"],
-        cutoff=config["cutoff"],
-        horizon_days=config["horizon_days"],
-        columns=columns,
-        spec=LabelSpec.of(
-            config["purchase_types"],
-            config["event_type_column"],
-            config["churn_definition"],
-            config["decline_threshold"],
-        ),
-        output_dir=config["output"],
-        customers=config["customers"],
-    )

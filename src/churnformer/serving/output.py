@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -22,6 +23,9 @@ from churnformer.serving.input_profile import add_profiles
 class ScoringSummary:
     """Where every input row and customer went; scored + not scored = customers seen, always."""
 
+    cutoff: str = ""  # as given to the job; with horizon_days: what churnformer-evaluate checks the run against
+    horizon_days: float = 0.0  # the model's main horizon
+    scored_at: str = ""  # when the job finished (UTC, ISO 8601)
     rows_read: int = 0
     customers_seen: int = 0
     customers_scored: int = 0
@@ -51,6 +55,7 @@ class ScoringSummary:
 
     def add(self, other: ScoringSummary) -> None:
         """Accumulate the counts of another part (job shard or spill partition) of the same job."""
+        self.cutoff, self.horizon_days = self.cutoff or other.cutoff, self.horizon_days or other.horizon_days
         self.rows_read += other.rows_read
         self.customers_seen += other.customers_seen
         self.customers_scored += other.customers_scored
@@ -102,6 +107,7 @@ def write_result(result: ScoringResult, output: str | Path) -> dict[str, Path]:
     The predictions are written last, so their presence means the job completed.
     """
     output = check_output_path(output)
+    result.summary.scored_at = result.summary.scored_at or finished_at()
     paths = {"rejects": write_table(result.rejects, output.with_name(output.name + ".rejects.csv"))}
     if result.effects is not None:
         paths["drivers"] = write_table(result.effects, output.with_name(output.name + ".drivers.parquet"))
@@ -110,6 +116,11 @@ def write_result(result: ScoringResult, output: str | Path) -> dict[str, Path]:
         output.with_name(output.name + ".summary.json"), lambda p: p.write_text(summary_text)
     )
     return {"predictions": write_table(result.predictions, output), **paths}
+
+
+def finished_at() -> str:
+    """Now, as a scoring summary's ``scored_at``."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def describe(summary: ScoringSummary) -> str:

@@ -275,6 +275,8 @@ class Predictor:
         rejects = pd.DataFrame({CUSTOMER_ID: not_scored, "reason": "no_event_before_cutoff"})
         report = sequences.report
         summary = ScoringSummary(
+            cutoff=str(window),
+            horizon_days=window.horizon_days,
             rows_read=len(frame),
             customers_seen=len(sequences.customer_ids) + len(not_scored),
             customers_scored=len(predictions),

@@ -30,7 +30,7 @@ from churnformer.data.events import check_table_file, csv_separator, load_custom
 from churnformer.errors import ConfigError
 from churnformer.files import ModelBytes, write_atomically
 from churnformer.model_card import summary_line as card_summary
-from churnformer.serving.output import check_output_path, describe
+from churnformer.serving.output import check_output_path, describe, finished_at
 from churnformer.serving.partition import file_columns
 from churnformer.serving.predictor import Predictor
 from churnformer.serving.settings import ScoringSettings
@@ -79,6 +79,7 @@ def run_spark_prediction(config: dict[str, Any]) -> dict[str, Path]:
         if job.effects is not None:
             paths["drivers"] = write_dataset(job.effects, output.with_name(output.name + ".drivers.parquet"))
         summary.wall_s = round(time.perf_counter() - started, 3)
+        summary.scored_at = finished_at()
         summary_text = json.dumps(asdict(summary), indent=2)
         paths["summary"] = write_atomically(
             output.with_name(output.name + ".summary.json"), lambda p: p.write_text(summary_text)
