@@ -1,4 +1,5 @@
-"""Console entry points (Hydra apps): ``churnformer-train``, ``-export``, ``-predict``, ``-evaluate``, ``-monitor``.
+"""Console entry points (Hydra apps): ``churnformer-train``, ``-export``, ``-predict``, ``-evaluate``, ``-monitor``,
+``-backtest``.
 
 Problems the user can fix (:class:`ChurnformerError`: bad input, impossible config) end with one
 clear message and exit status 2; ``debug=true`` shows the traceback instead.
@@ -252,6 +253,13 @@ def _evaluate(cfg: DictConfig) -> None:
     run_evaluation(OmegaConf.to_container(cfg, resolve=True))
 
 
+def _backtest(cfg: DictConfig) -> None:
+    require_extra("churnformer-backtest", "train", TRAINING_MODULES)
+    from churnformer.backtest import run_backtest
+
+    run_backtest(cfg)
+
+
 def _monitor(cfg: DictConfig) -> None:
     from churnformer.monitoring.job import run_monitor
 
@@ -297,6 +305,7 @@ evaluate = console_script(
     hydra.main(version_base="1.3", config_path="conf/serving", config_name="evaluate")(_job(_evaluate))
 )
 
+backtest = console_script(hydra.main(version_base="1.3", config_path="conf", config_name="backtest")(_job(_backtest)))
 monitor = console_script(
     hydra.main(version_base="1.3", config_path="conf/serving", config_name="monitor")(_job(_monitor))
 )

@@ -290,6 +290,34 @@ def fit_predict_gbm(
     return fit_predict_features(events, window, (train, x_train), (test, x_test), seed, horizons, spec, boosting)
 
 
+def fit_predict_gbm_forward(
+    events: pd.DataFrame,
+    train_window: Window,
+    score_window: Window,
+    seed: int = 0,
+    horizons: Sequence[float] = (),
+    group_by: str | None = None,
+    spec: LabelSpec = LabelSpec(),
+    boosting: Boosting = Boosting(),
+) -> pd.DataFrame:
+    """:func:`fit_predict_gbm` forward in time: boosters fitted on every customer at ``train_window`` (features
+    from the history before it, labels from its horizons), scoring every customer at the later
+    ``score_window`` from the history before that: what a model retrained at the later cutoff knows. The
+    caller keeps the labels inside what was known then: ``events`` end at ``score_window``'s cutoff and the
+    ``horizons`` end by it (``churnformer-backtest``)."""
+    ids = events[CUSTOMER_ID].unique()
+    past_train, past_score = history(events, train_window), history(events, score_window)
+    train, test = scored_ids(past_train, ids), scored_ids(past_score, ids)
+    event_types = top_event_types(past_train)
+    x_train, x_test = (
+        rfm_features(past, window, scored, event_types, group_by=group_by)
+        .drop(columns=CUSTOMER_ID)
+        .to_numpy(np.float64)
+        for past, window, scored in ((past_train, train_window, train), (past_score, score_window, test))
+    )
+    return fit_predict_features(events, train_window, (train, x_train), (test, x_test), seed, horizons, spec, boosting)
+
+
 def fit_predict_features(
     events: pd.DataFrame,
     window: Window,
