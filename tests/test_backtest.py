@@ -104,3 +104,22 @@ def test_a_backtest_runs_every_cutoff_and_model_and_continues_where_it_stopped(
         pd.read_csv(out / "backtest.csv").drop(columns="seconds"), table.drop(columns="seconds")
     )
     assert "backtest: 2 cutoffs" in first.stdout and "backtest: 2 cutoffs" in again.stdout
+
+
+@pytest.mark.slow
+def test_bad_backtest_settings_end_in_one_line_with_status_2(tiny_world: tuple[Path, Path], tmp_path: Path) -> None:
+    events, _ = tiny_world
+    common = (
+        *TINY,
+        f"data.events={events}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        f"backtest.output={tmp_path / 'out'}",
+    )
+    for extra, message in (
+        ("backtest.baselines=[xgboost]", "unknown ['xgboost']"),
+        ("backtest.cutoffs=[2023-02-01]", "before the log starts"),
+    ):
+        result = run_cli("churnformer-backtest", *common, extra, cwd=tmp_path, check=False)
+        assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+        assert result.stderr.strip().count("\n") == 0
+    assert not (tmp_path / "out" / "backtest.csv").exists()

@@ -13,7 +13,7 @@ import pytest
 
 from churnformer.data.events import CUSTOMER_ID
 from churnformer.errors import ConfigError, InputError
-from churnformer.monitoring.drift import ALERT, OK, Shift, Thresholds, js_distance, psi
+from churnformer.monitoring.drift import ALERT, OK, Shift, Thresholds, binned_counts, js_distance, psi
 from churnformer.monitoring.job import ALERT_EXIT_STATUS, RESULT_FILE, run_monitor
 from churnformer.serving.input_profile import (
     DAYS_SINCE_LAST_EVENT,
@@ -163,3 +163,8 @@ def test_the_console_script_exits_3_on_an_alert_and_2_on_bad_input(scorings: Pat
     assert alert.returncode == ALERT_EXIT_STATUS and "alert" in alert.stdout
     bad = run_cli("churnformer-monitor", f"current={tmp_path / 'x.csv'}", "reference=y", cwd=tmp_path, check=False)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "file not found" in bad.stderr
+
+
+def test_bins_of_close_edges_keep_distinct_names() -> None:
+    counts = binned_counts(np.array([0.123451, 0.123459, 0.5]), np.array([0.123450, 0.123455, 0.3]))
+    assert list(counts.values()) == [0.0, 1.0, 1.0, 1.0] and len(counts) == 4

@@ -25,6 +25,7 @@ from churnformer.data.events import ColumnMapping
 from churnformer.data.labels import LabelSpec
 from churnformer.errors import InputError
 from churnformer.evaluation.report import HorizonNotObserved, evaluate_files
+from churnformer.files import write_atomically
 
 # The metrics of each run in the table (from its report's metrics.json).
 TRACKED = (
@@ -116,13 +117,14 @@ def track_outcomes(
         metrics = json.loads(paths["metrics"].read_text())
         rows.append({**row, "status": EVALUATED, **{name: metrics.get(name) for name in TRACKED}})
     table = pd.DataFrame(rows, columns=list(OUTCOME_COLUMNS)).sort_values(["cutoff", "run"], kind="stable")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"outcomes": output_dir / "outcomes.csv", "report": output_dir / "outcomes.md"}
-    table.to_csv(paths["outcomes"], index=False)
-    paths["report"].write_text(outcomes_markdown(table))
+    paths = {}
     if (table["status"] == EVALUATED).any():
-        paths["figure"] = output_dir / "outcomes.png"
-        outcomes_figure(table).savefig(paths["figure"], dpi=100)
+        paths["figure"] = write_atomically(
+            output_dir / "outcomes.png", lambda p: outcomes_figure(table).savefig(p, format="png", dpi=100)
+        )
+    paths["report"] = write_atomically(output_dir / "outcomes.md", lambda p: p.write_text(outcomes_markdown(table)))
+    # The table last: its presence means the job completed.
+    paths["outcomes"] = write_atomically(output_dir / "outcomes.csv", lambda p: table.to_csv(p, index=False))
     print(outcomes_markdown(table, figure=False))
     print(f"outcomes: {paths['outcomes']}  report: {paths['report']}")
     return paths

@@ -10,6 +10,7 @@ disjoint ones.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,14 +108,16 @@ def binned_counts(values: np.ndarray, edges: np.ndarray) -> dict[str, float]:
     """Counts of ``values`` in the bins the inner ``edges`` make (``< e1``, ``[e1, e2)``, ..., ``>= ek``)."""
     index = np.searchsorted(edges, values, side="right")
     counts = np.bincount(index, minlength=len(edges) + 1)
-    return {edge_label(edges, i): float(count) for i, count in enumerate(counts)}
+    return {label: float(count) for label, count in zip(bin_labels(edges), counts, strict=True)}
 
 
-def edge_label(edges: np.ndarray, index: int) -> str:
+def bin_labels(edges: np.ndarray) -> list[str]:
+    """The bins' names, with as many significant digits as it takes to tell close edges apart."""
     if not len(edges):
-        return "all"
-    if index == 0:
-        return f"< {edges[0]:.4g}"
-    if index == len(edges):
-        return f">= {edges[-1]:.4g}"
-    return f"[{edges[index - 1]:.4g}, {edges[index]:.4g})"
+        return ["all"]
+    for digits in (4, 6, 8, 12, 17):
+        text = [f"{edge:.{digits}g}" for edge in edges]
+        if len(set(text)) == len(text):
+            break
+    inner = [f"[{low}, {high})" for low, high in itertools.pairwise(text)]
+    return [f"< {text[0]}", *inner, f">= {text[-1]}"]
