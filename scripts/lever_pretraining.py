@@ -12,7 +12,7 @@ the loss is the squared error of the hidden events' numeric features, time and b
 the cross-entropy of their categorical features). Only the events before the cutoff are read, so no label
 reaches the pretraining. By default only the seed's training half is read (protocol C trains every model on
 it); ``--pretrain-test-half`` adds the test half's histories too (no labels, but a transductive reading of
-the customers it then scores). Issue 16 names the lever; README, The Complete Journey, has what it measured.
+the customers it then scores). Issue 16 names the lever; docs/benchmarks.md, The Complete Journey, has what it measured.
 """
 
 from __future__ import annotations

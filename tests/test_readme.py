@@ -25,7 +25,12 @@ import pytest
 from churnformer.data.synthetic import SyntheticWorldConfig, generate_world
 from tests.conftest import BIN
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+# The docs pages whose every command block runs here, in order, after "Set up": day one in detail, then the
+# monthly workflow (the README's short "Day one" is a subset of their commands).
+GETTING_STARTED = ROOT / "docs" / "getting-started.md"
+MONTHLY = ROOT / "docs" / "guide" / "monitoring.md"
 CI_SCRIPT = Path(__file__).resolve().parents[1] / ".ci" / "run"
 TINY = "experiment=quick"
 BACKTEST_CUTOFFS = "backtest.count=2"
@@ -37,12 +42,16 @@ RENAMED = {"customer_id": "user", "timestamp": "ts", "amount": "value", "event_t
 pytestmark = pytest.mark.slow
 
 
-def section(heading: str) -> str:
-    """The README text from ``## heading`` to the next ``## `` heading."""
-    text = README.read_text()
+def section(heading: str, page: Path = README) -> str:
+    """The text of ``page`` (the README, or a docs page) from ``## heading`` to the next ``## `` heading."""
+    text = page.read_text()
     start = text.index(f"\n## {heading}")
     end = text.find("\n## ", start + 1)
     return text[start : end if end >= 0 else len(text)]
+
+
+def page_text(page: Path) -> str:
+    return page.read_text()
 
 
 def code_blocks(text: str, language: str) -> list[str]:
@@ -104,6 +113,23 @@ def run_all(block_commands: list[str], cwd: Path) -> list[subprocess.CompletedPr
     return done
 
 
+def test_the_readmes_day_one_commands_are_the_tested_ones_of_the_docs() -> None:
+    """The README's short "Day one" runs nothing of its own: each command is one the docs pages run here."""
+    tested = {
+        c for page in (GETTING_STARTED, MONTHLY) for b in code_blocks(page_text(page), "bash") for c in commands(b)
+    }
+    readme = [c for b in code_blocks(section("Day one"), "bash") for c in commands(strip_comments(b))]
+    assert readme and not [c for c in readme if c not in tested]
+    # And the docs start with the README's set-up commands, the same ones.
+    docs_set_up = GETTING_STARTED.read_text().split("\n## Day one", 1)[0]
+    assert code_blocks(docs_set_up, "bash") == code_blocks(section("Set up"), "bash")
+
+
+def strip_comments(block: str) -> str:
+    """A command block without its whole-line comments (the README's short Day one explains each command)."""
+    return "\n".join(line for line in block.splitlines() if not line.lstrip().startswith("#"))
+
+
 def test_the_test_command_is_what_ci_runs() -> None:
     blocks = code_blocks(section("Set up"), "bash")
     test_command = next(b.strip() for b in blocks if "pytest" in b)
@@ -129,7 +155,7 @@ def test_set_up_runs_the_main_job_end_to_end(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def day_one(user_dir: Path) -> list[subprocess.CompletedProcess]:
     """Every command of "Day one", in order, in the user's directory (training first: the rest use it)."""
-    day_one_text = section("Day one")
+    day_one_text = section("Day one", GETTING_STARTED)
     results = []
     for block in code_blocks(day_one_text, "bash"):
         block_commands = commands(block)
@@ -180,7 +206,8 @@ def test_day_one_scoring_evaluation_shards_and_export(day_one, user_dir: Path) -
 def test_day_one_train_on_the_same_log_as_csv(day_one, user_dir: Path, tmp_path: Path) -> None:
     """The same command on the same log as CSV: the same run, to the last bit (the same config and seed give
     the same result, whatever the file format)."""
-    train = next(c for b in code_blocks(section("Day one"), "bash") for c in commands(b) if "churnformer-train" in c)
+    blocks = code_blocks(section("Day one", GETTING_STARTED), "bash")
+    train = next(c for b in blocks for c in commands(b) if "churnformer-train" in c)
     for name in ("events.csv", "customers.csv"):
         (tmp_path / name).symlink_to(user_dir / name)
     run_all([train.replace("events.parquet", "events.csv")], tmp_path)
@@ -194,7 +221,7 @@ def test_day_one_train_on_the_same_log_as_csv(day_one, user_dir: Path, tmp_path:
 def test_month_after_month_monitor_outcomes_and_backtest(day_one, user_dir: Path) -> None:
     """The section's commands after Day one's (its run and scores): drift against a run and against the model,
     past runs as one table, and a backtest, each with the outputs the section names."""
-    results = run_all([c for b in code_blocks(section("Month after month"), "bash") for c in commands(b)], user_dir)
+    results = run_all([c for b in code_blocks(page_text(MONTHLY), "bash") for c in commands(b)], user_dir)
     for out in ("monitoring", "monitoring-vs-model"):
         assert {"drift.json", "drift.md", "drift.png"} <= {p.name for p in (user_dir / out).iterdir()}
     outcomes = pd.read_csv(user_dir / "outcomes" / "outcomes.csv")
@@ -205,7 +232,7 @@ def test_month_after_month_monitor_outcomes_and_backtest(day_one, user_dir: Path
 
 
 def test_notebook_example(user_dir: Path, tmp_path: Path) -> None:
-    (example,) = code_blocks(section("Day one"), "python")
+    (example,) = code_blocks(section("Day one", GETTING_STARTED), "python")
     events_df = pd.read_parquet(user_dir / "events.parquet")
     customers_df = pd.read_csv(user_dir / "customers.csv", dtype={"user": str})
     example = example.replace('overrides=["', f'overrides=["{TINY}", "')

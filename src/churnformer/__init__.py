@@ -1,3 +1,3 @@
 """churnformer: churn probability and future spend per customer from raw event logs."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -4,7 +4,7 @@ percentiles of the calibrated outputs are taken over the validation customers.
 
 Shapes (temperatures, powers) and levels (biases, scales) can be fitted on every labelled customer at the
 cutoff (training ones too) instead of the validation customers alone: a validation split of a few thousand
-customers pins a churn rate only to about +-1 point, and a temperature no better (README, Model).
+customers pins a churn rate only to about +-1 point, and a temperature no better (docs/guide/model.md).
 """
 
 from __future__ import annotations

@@ -135,7 +135,7 @@ def require_symbolic_axes(proto: onnx.ModelProto, axes: dict[str, tuple[str, ...
     """Fail unless every dynamic axis (``axes``, by input) stayed symbolic in ``proto``'s inputs. When
     ``torch.export`` cannot prove a shape guard for every length it may fix the axis at the example's size
     and still write a model, which would then refuse every other batch or length at scoring time (seen with
-    a GRU with the wide path exported after another in the same process, README Model)."""
+    a GRU with the wide path exported after another in the same process, docs/guide/model.md)."""
     for graph_input in proto.graph.input:
         dims = graph_input.type.tensor_type.shape.dim
         for index, axis in enumerate(axes.get(graph_input.name, ())):

@@ -48,7 +48,7 @@ class SurvivalHead(Head):
 
     label = NO_PURCHASE
     kind = PROBABILITY
-    reads_wide_path = True  # Wide & Deep: the customer numbers reach the churn logits (README, Model)
+    reads_wide_path = True  # Wide & Deep: the customer numbers reach the churn logits (docs/guide/model.md)
 
     def __init__(self, d_model: int, n_horizons: int, weight: float = 1.0) -> None:
         super().__init__(d_model, n_horizons, weight)
