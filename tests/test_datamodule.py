@@ -6,10 +6,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from churnformer.data.sources import EventLogFiles
+from churnformer.data.training_set import sampled_customers
+from churnformer.errors import ConfigError
 from churnformer.training.datamodule import ChurnDataModule, DataSettings
 from tests.conftest import TINY_CUTOFF
 
@@ -60,3 +63,31 @@ def test_calibration_loaders_hold_each_main_cutoff_customer_once_on_every_rank(d
     assert (training < data.main_count).all()
     assert len(set(ids[training])) == len(training)
     assert set(ids[training]) | set(ids[validation]) == set(ids[: data.main_count])
+
+
+def test_a_sampled_fraction_agrees_customer_by_customer_whatever_else_is_in_the_log() -> None:
+    ids = np.array([f"c{i}" for i in range(5000)])
+    half, third = sampled_customers(ids, 0.5), sampled_customers(ids, 0.3)
+    assert abs(len(half) - 2500) < 150 and set(third) <= set(half)  # a larger fraction keeps the smaller's
+    part = ids[::7][::-1]  # a shard of the log, in another order
+    np.testing.assert_array_equal(sampled_customers(part, 0.5), np.intersect1d(half, part))
+    np.testing.assert_array_equal(sampled_customers(ids, 1.0), np.sort(ids))
+    counted = sampled_customers(ids, 100)
+    assert len(counted) == 100 and np.array_equal(counted, sampled_customers(ids[::-1], 100))
+
+
+@pytest.mark.parametrize("bad", [0, -3, 1.5, "half", True])
+def test_a_bad_sample_is_named(bad: object) -> None:
+    with pytest.raises(ConfigError, match=r"data\.sample_customers"):
+        sampled_customers(np.array(["a", "b"]), bad)
+
+
+def test_a_run_on_a_sample_trains_and_validates_on_those_customers_only(tiny_world: tuple[Path, Path]) -> None:
+    events, customers = tiny_world
+    settings = data_settings(cutoff=TINY_CUTOFF, horizon_days=60, batch_size=64, sample_customers=0.5)
+    module = ChurnDataModule(EventLogFiles(events, customers, {}), settings)
+    module.setup("fit")
+    everyone = pd.read_csv(events, dtype={"customer_id": str})["customer_id"].unique()
+    sample = set(sampled_customers(everyone, 0.5))
+    assert set(module.data.sequences.customer_ids) <= sample and len(set(module.data.sequences.customer_ids)) > 100
+    assert set(module.customers["customer_id"]) <= sample

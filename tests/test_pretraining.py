@@ -27,7 +27,7 @@ from tests.conftest import TINY_CUTOFF, train_tiny_world
 
 SETTINGS = PretrainSettings(
     enabled=True,
-    epochs=3,
+    epochs=2,
     views=3,
     min_share=0.3,
     min_events=2,
@@ -151,6 +151,7 @@ def test_bad_settings_and_too_few_histories_are_named(training_set: TrainingSet)
         )
 
 
+@pytest.mark.slow
 def test_a_frozen_pretrained_encoder_stays_as_pretrained_while_the_heads_train(
     tiny_world: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> None:

@@ -33,6 +33,24 @@ def validation_mask(customer_ids: np.ndarray, fraction: float, salt: str = "chur
     return (hashed % np.uint64(10_000)) < np.uint64(round(fraction * 10_000))
 
 
+def sampled_customers(customer_ids: np.ndarray, sample: float | int | None) -> np.ndarray:
+    """The customers a run trains on (``data.sample_customers``), chosen by a stable hash of the id (salted
+    apart from the validation split's): a fraction in (0, 1] keeps each customer whose hash falls below it, so
+    shards, reruns and DDP ranks agree customer by customer; a count keeps that many, those with the smallest
+    hashes. None: everyone. Sorted."""
+    ids = np.sort(pd.unique(np.asarray(customer_ids)))
+    if sample is None:
+        return ids
+    hashed = pd.util.hash_array(np.asarray(ids, dtype=object), hash_key=f"{'sample':<16}"[:16])
+    if isinstance(sample, bool) or not isinstance(sample, int | float) or sample <= 0:
+        raise ConfigError(f"data.sample_customers must be a fraction in (0, 1] or a count >= 1, got {sample!r}")
+    if isinstance(sample, float):
+        if sample > 1:
+            raise ConfigError(f"data.sample_customers={sample}: a fraction must be at most 1 (or give a count)")
+        return ids[(hashed % np.uint64(1_000_000)) < np.uint64(round(sample * 1_000_000))]
+    return np.sort(ids[np.argsort(hashed, kind="stable")[:sample]])
+
+
 def rolling_windows(window: Window, count: int, step_days: float) -> list[Window]:
     """The main window, then ``count`` earlier cutoffs ``step_days`` apart.
 

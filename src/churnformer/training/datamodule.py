@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from dataclasses import dataclass, fields
@@ -17,10 +18,11 @@ from pytorch_lightning.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
 from churnformer.artifacts.stacked_trees import StackedTrees
+from churnformer.data.events import CUSTOMER_ID
 from churnformer.data.featurizer import FeaturizerConfig
 from churnformer.data.labels import LabelSpec
 from churnformer.data.sources import EventLogSource
-from churnformer.data.training_set import TrainingSet, build_training_set, rolling_windows
+from churnformer.data.training_set import TrainingSet, build_training_set, rolling_windows, sampled_customers
 from churnformer.data.window import HorizonGrid, Window
 from churnformer.defaults import yaml_defaults
 from churnformer.model_card import log_facts
@@ -50,6 +52,7 @@ class DataSettings:
     seed: int
     rolling_cutoffs: dict[str, float]
     stacking: dict[str, Any]
+    sample_customers: float | int | None = None
 
     @property
     def labels(self) -> LabelSpec:
@@ -160,7 +163,7 @@ class ChurnDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.data is not None:
             return
-        events, customers = self.source.load()
+        events, customers = self.load_frames()
         self.customers = customers  # the static attributes: slices of the validation report
         self.log_facts = log_facts(events, customers)  # for the model card
         rolling = self.settings.rolling_cutoffs
@@ -180,8 +183,21 @@ class ChurnDataModule(pl.LightningDataModule):
             texts.save(self.run_dir / RUN_TEXT_EMBEDDINGS)
 
     def load_frames(self) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-        """The standard events and customers frames of the source (scored after training)."""
-        return self.source.load()
+        """The standard events and customers frames of the source, of the customers the run trains on
+        (``data.sample_customers``; everyone by default): what training reads and what is scored after it."""
+        events, customers = self.source.load()
+        sample = self.settings.sample_customers
+        if sample is None:
+            return events, customers
+        kept = sampled_customers(events[CUSTOMER_ID].to_numpy(), sample)
+        if rank_zero_only.rank == 0:
+            logging.getLogger(__name__).info(
+                "data.sample_customers=%s: %d of %d customers", sample, len(kept), events[CUSTOMER_ID].nunique()
+            )
+        events = events.loc[events[CUSTOMER_ID].isin(kept).to_numpy()]
+        if customers is not None:
+            customers = customers.loc[customers[CUSTOMER_ID].isin(kept).to_numpy()]
+        return events, customers
 
     def _loader(self, rows: np.ndarray, shuffle: bool, sharded: bool = True) -> DataLoader:
         dataset = SequenceDataset(self.data, rows)
