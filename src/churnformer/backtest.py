@@ -40,6 +40,7 @@ from churnformer.data.events import CUSTOMER_ID, TIMESTAMP
 from churnformer.data.labels import horizon_labels
 from churnformer.data.window import HorizonGrid, Window
 from churnformer.errors import ConfigError
+from churnformer.evaluation.metrics import HEADLINE_METRICS
 from churnformer.evaluation.report import align, compute_metrics
 from churnformer.files import write_atomically
 from churnformer.schema import RUN_MODEL
@@ -50,16 +51,7 @@ CHURNFORMER, LIGHTGBM, BTYD = "churnformer", "lightgbm", "btyd"
 BASELINES = (LIGHTGBM, BTYD)
 # Per model, cutoff and horizon (the horizon's own metrics; PR-AUC at the main horizon only; the C-index of
 # the whole grid on every row of its cutoff).
-METRICS = (
-    "churn_auc",
-    "churn_pr_auc",
-    "churn_brier",
-    "churn_ece",
-    "spend_gini",
-    "spend_spearman",
-    "spend_aggregate_error",
-    "survival_c_index",
-)
+METRICS = HEADLINE_METRICS
 ROW_COLUMNS = ("model", "retrain", "cutoff", "trained_cutoff", "horizon_days", "n_customers", *METRICS, "seconds")
 FIGURE_METRICS = ("churn_auc", "churn_ece", "spend_gini", "spend_aggregate_error")
 TABLE, REPORT, FIGURE = "backtest.csv", "backtest.md", "backtest.png"

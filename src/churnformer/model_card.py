@@ -15,18 +15,10 @@ from typing import Any
 import pandas as pd
 
 from churnformer.data.events import CUSTOMER_ID, TIMESTAMP
+from churnformer.evaluation.metrics import HEADLINE_METRICS
 
 # The validation metrics the card shows, from the exported model's evaluation (evaluation/metrics.json).
-CARD_METRICS = (
-    "churn_auc",
-    "churn_pr_auc",
-    "churn_brier",
-    "churn_ece",
-    "spend_gini",
-    "spend_spearman",
-    "spend_aggregate_error",
-    "survival_c_index",
-)
+CARD_METRICS = HEADLINE_METRICS
 # The knobs a reader of the card needs first (config keys).
 CARD_KNOBS = (
     "model.network.backbone._target_",

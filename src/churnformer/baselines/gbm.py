@@ -283,11 +283,17 @@ def fit_predict_gbm(
     past = history(events, window)
     train, test = scored_ids(past, train_ids), scored_ids(past, test_ids)
     event_types = top_event_types(past.loc[past[CUSTOMER_ID].isin(train).to_numpy()])
-    x_train, x_test = (
-        rfm_features(past, window, ids, event_types, group_by=group_by).drop(columns=CUSTOMER_ID).to_numpy(np.float64)
-        for ids in (train, test)
-    )
+    x_train, x_test = (feature_rows(past, window, ids, event_types, group_by) for ids in (train, test))
     return fit_predict_features(events, window, (train, x_train), (test, x_test), seed, horizons, spec, boosting)
+
+
+def feature_rows(
+    past: pd.DataFrame, window: Window, ids: np.ndarray, event_types: list[str], group_by: str | None
+) -> np.ndarray:
+    """:func:`rfm_features` of ``ids`` as the boosters read them (no id column, float64)."""
+    return (
+        rfm_features(past, window, ids, event_types, group_by=group_by).drop(columns=CUSTOMER_ID).to_numpy(np.float64)
+    )
 
 
 def fit_predict_gbm_forward(
@@ -309,12 +315,8 @@ def fit_predict_gbm_forward(
     past_train, past_score = history(events, train_window), history(events, score_window)
     train, test = scored_ids(past_train, ids), scored_ids(past_score, ids)
     event_types = top_event_types(past_train)
-    x_train, x_test = (
-        rfm_features(past, window, scored, event_types, group_by=group_by)
-        .drop(columns=CUSTOMER_ID)
-        .to_numpy(np.float64)
-        for past, window, scored in ((past_train, train_window, train), (past_score, score_window, test))
-    )
+    x_train = feature_rows(past_train, train_window, train, event_types, group_by)
+    x_test = feature_rows(past_score, score_window, test, event_types, group_by)
     return fit_predict_features(events, train_window, (train, x_train), (test, x_test), seed, horizons, spec, boosting)
 
 

@@ -14,6 +14,20 @@ LOG_LOSS_EPS = 1e-7
 # --- ranks and ties -------------------------------------------------------------------------------------------
 
 
+# What sums up how well one run did, in the names churnformer-evaluate's metrics.json uses: the model card, the
+# table of past runs and the backtest report these.
+HEADLINE_METRICS = (
+    "churn_auc",
+    "churn_pr_auc",
+    "churn_brier",
+    "churn_ece",
+    "spend_gini",
+    "spend_spearman",
+    "spend_aggregate_error",
+    "survival_c_index",
+)
+
+
 def _tie_groups(sorted_values: np.ndarray) -> np.ndarray:
     """Group index (0, 1, ...) of each element of a sorted array; equal neighbours share a group."""
     return np.cumsum(np.r_[False, sorted_values[1:] != sorted_values[:-1]])

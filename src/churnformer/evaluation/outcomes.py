@@ -24,22 +24,12 @@ from matplotlib.figure import Figure
 from churnformer.data.events import ColumnMapping
 from churnformer.data.labels import LabelSpec
 from churnformer.errors import InputError
+from churnformer.evaluation.metrics import HEADLINE_METRICS
 from churnformer.evaluation.report import HorizonNotObserved, evaluate_files
 from churnformer.files import write_atomically
 
 # The metrics of each run in the table (from its report's metrics.json).
-TRACKED = (
-    "n_customers",
-    "churn_rate",
-    "churn_auc",
-    "churn_pr_auc",
-    "churn_brier",
-    "churn_ece",
-    "spend_gini",
-    "spend_spearman",
-    "spend_aggregate_error",
-    "survival_c_index",
-)
+TRACKED = ("n_customers", "churn_rate", *HEADLINE_METRICS)
 OUTCOME_COLUMNS = ("run", "scored_at", "cutoff", "horizon_days", "status", *TRACKED)
 EVALUATED, PENDING = "evaluated", "pending"
 FIGURE_METRICS = ("churn_auc", "churn_ece", "spend_gini", "spend_aggregate_error")
