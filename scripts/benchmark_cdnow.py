@@ -280,6 +280,8 @@ def run_models(
     if ensemble:
         name = "mean(" + "+".join(ensemble) + ")"
         shared = sorted(set.intersection(*(set(predicted[member].columns) for member in ensemble)) - {CLV})
+        # The predictions averaged: the numbers (segments and deciles are recomputed by nobody here).
+        shared = [c for c in shared if all(pd.api.types.is_float_dtype(predicted[m][c]) for m in ensemble)]
         predicted[name] = sum(predicted[member][shared] for member in ensemble) / len(ensemble)
         seconds[name] = sum(seconds[member] for member in ensemble)
     rows = []
