@@ -229,6 +229,7 @@ def test_normal_quantile_matches_exact() -> None:
     assert (normal_quantile(p) - exact).abs().max() < 1e-4
 
 
+@pytest.mark.slow  # hundreds of optimizer steps: the fast tier keeps the heads' exact-value tests
 def test_joint_loss_learns_a_separable_signal() -> None:
     """A few optimizer steps on a learnable signal must lower both parts of the loss."""
     model = make_model(seed=1).network.train()

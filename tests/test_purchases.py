@@ -73,6 +73,7 @@ def test_expected_purchases_are_a_hurdle_on_survival_and_never_fall_over_the_gri
         torch.testing.assert_close(purchases, (1 - survival) * (1 + more))
 
 
+@pytest.mark.slow  # hundreds of optimizer steps: the fast tier keeps the heads' exact-value tests
 def test_the_loss_learns_how_often_buyers_buy() -> None:
     """Counts that follow a customer number: the head learns their mean given a purchase at every horizon."""
     built = network(seed=1).train()
