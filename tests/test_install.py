@@ -89,9 +89,22 @@ def test_the_core_install_scores_a_model_as_a_full_install_does(
     )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert (tmp_path / "evaluation" / "metrics.json").is_file()
+    # Drift monitoring is torch-free too: the core's two outputs of one log agree, against the model as well.
+    for reference in (tmp_path / "full.csv", trained_run):
+        monitored = run_core(
+            core_venv,
+            "churnformer-monitor",
+            f"current={tmp_path / 'core.csv'}",
+            f"reference={reference}",
+            f"output={tmp_path / 'monitoring'}",
+            cwd=tmp_path,
+        )
+        assert monitored.returncode in (0, 3) and "quantities compared" in monitored.stdout, monitored.stderr[-3000:]
 
 
-@pytest.mark.parametrize("tool", ["churnformer-train", "churnformer-export", "churnformer-runs"])
+@pytest.mark.parametrize(
+    "tool", ["churnformer-train", "churnformer-export", "churnformer-backtest", "churnformer-runs"]
+)
 def test_training_tools_name_the_train_extra_in_one_line(core_venv: Path, tool: str, tmp_path: Path) -> None:
     arguments = {"churnformer-export": ("ckpt=x.ckpt", "output=x.onnx"), "churnformer-runs": (str(tmp_path),)}
     finished = run_core(core_venv, tool, *arguments.get(tool, ()), cwd=tmp_path)

@@ -236,6 +236,7 @@ def pretrain_encoder(
                 logger.log_metrics({PRETRAIN_LOSS: loss}, step=epoch)
 
     data = datamodule.data
+    module.network.to(trainer.strategy.root_device)  # on the run's device (a rank's GPU), as the fit will be
     result = pretrain(module.network, data.sequences, data.train_rows, settings, cfg.seed, log_epoch)
     if trainer.is_global_zero:
         print(result.describe())
