@@ -122,6 +122,7 @@ def spend_of(fitted: Calibration) -> dict:
     return fitted.heads["spend"]
 
 
+@pytest.mark.slow  # seconds of fitting: the full suite runs it
 def test_fit_recovers_known_distortions() -> None:
     data = list(batches(80_000, temperature=2.0, bias=[0.5, -0.3], log_scale=[0.8, 1.0], power=1.5))
     fitted = fit_calibration(KnownHeads(), data, MAIN)
@@ -235,6 +236,7 @@ def test_a_shared_churn_bias_is_one_number_and_fits_worse_than_one_per_interval(
     assert nll(per_interval) < nll(shared) - 0.005
 
 
+@pytest.mark.slow  # seconds of fitting: the full suite runs it
 def test_a_decline_model_gets_its_own_platt_scaling_and_keeps_survival_for_spend() -> None:
     """Decline logits distorted by a temperature and per-horizon biases are recovered by their own fit; the
     hazard calibration is the one a no-purchase model of the same heads gets; the decline temperature comes from

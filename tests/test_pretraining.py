@@ -127,6 +127,7 @@ def test_pretraining_learns_to_tell_customers_apart_and_touches_only_the_sequenc
     assert all(p.grad is None for p in network.parameters())
 
 
+@pytest.mark.slow  # seconds of fitting: the full suite runs it
 def test_pretraining_is_deterministic_for_a_seed(training_set: TrainingSet) -> None:
     settings = replace(SETTINGS, epochs=1)
     first, second = _network(training_set), _network(training_set)

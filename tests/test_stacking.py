@@ -39,6 +39,7 @@ def _training_set(tiny_world: tuple[Path, Path], aggregates: bool = True):
     return build_training_set(events, None, windows, HorizonGrid.of([30, 60], 60), features, 0.2, LabelSpec())
 
 
+@pytest.mark.slow  # seconds of fitting: the full suite runs it
 def test_training_examples_get_out_of_fold_predictions_and_validation_ones_the_full_trees(
     tiny_world: tuple[Path, Path],
 ) -> None:
