@@ -180,6 +180,7 @@ def test_piecewise_linear_encoding_places_values_in_training_quantile_bins() -> 
     np.testing.assert_allclose(out.numpy(), expected, atol=1e-5)
 
 
+@pytest.mark.slow  # a training run with export (~14 s): the full suite
 def test_the_trained_model_file_runs_its_fusion_as_torch_does(aggregates_run: Path) -> None:
     """The run's exported file (cross fusion, calibrated), with undefined aggregates among the inputs, gives
     the torch network's outputs and its customer representation."""
@@ -224,6 +225,7 @@ def _assert_onnx_matches_torch(
     assert all(np.isfinite(a).all() for a in got)
 
 
+@pytest.mark.slow  # a training run with export (~14 s): the full suite
 def test_a_model_with_aggregates_scores_the_same_in_shards(aggregates_run: Path, tiny_world: tuple[Path, Path]) -> None:
     """The aggregates are computed per customer: a job cut into shards scores every customer as the whole."""
     events, customers = tiny_world

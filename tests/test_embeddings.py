@@ -23,10 +23,18 @@ from tests.conftest import TINY_CUTOFF, run_predict
 REFERENCE = Path(__file__).parent / "data" / "reference"
 
 
-def test_embeddings_are_the_representation_the_heads_read(aggregates_run: Path, tiny_world: tuple[Path, Path]) -> None:
+# The default model in the fast tier; with the aggregates fused in (another training run) in the full suite.
+RUNS = ["trained_run", pytest.param("aggregates_run", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("run", RUNS)
+def test_embeddings_are_the_representation_the_heads_read(
+    run: str, tiny_world: tuple[Path, Path], request: pytest.FixtureRequest
+) -> None:
     events, customers = tiny_world
-    embedded = Predictor(aggregates_run).embed(events, TINY_CUTOFF, customers)
-    network, hparams = load_checkpoint(next((aggregates_run / "checkpoints").glob("epoch*.ckpt")))
+    run_dir: Path = request.getfixturevalue(run)
+    embedded = Predictor(run_dir).embed(events, TINY_CUTOFF, customers)
+    network, hparams = load_checkpoint(next((run_dir / "checkpoints").glob("epoch*.ckpt")))
     width = network.config.d_model
     assert list(embedded.columns) == [CUSTOMER_ID, *(f"embedding_{i}" for i in range(width))]
     featurizer = Featurizer.from_json(hparams["featurizer_json"])
@@ -40,12 +48,12 @@ def test_embeddings_are_the_representation_the_heads_read(aggregates_run: Path, 
 
 
 def test_embedding_columns_leave_the_predictions_as_they_were(
-    aggregates_run: Path, tiny_world: tuple[Path, Path], tmp_path: Path
+    trained_run: Path, tiny_world: tuple[Path, Path], tmp_path: Path
 ) -> None:
     """``embeddings=true`` adds the columns after the retention columns and changes no other bit."""
     events, customers = tiny_world
-    run_predict(aggregates_run, events, tmp_path / "plain.parquet", f"customers={customers}")
-    run_predict(aggregates_run, events, tmp_path / "embedded.parquet", f"customers={customers}", "embeddings=true")
+    run_predict(trained_run, events, tmp_path / "plain.parquet", f"customers={customers}")
+    run_predict(trained_run, events, tmp_path / "embedded.parquet", f"customers={customers}", "embeddings=true")
     before, after = (pd.read_parquet(tmp_path / name) for name in ("plain.parquet", "embedded.parquet"))
     added = [c for c in after.columns if c not in before.columns]
     assert added == [f"embedding_{i}" for i in range(len(added))] and added
@@ -60,13 +68,13 @@ def test_a_model_exported_before_embeddings_is_refused_with_the_remedy() -> None
 
 
 def test_explained_predictions_keep_their_drivers_last_and_the_same_with_embeddings(
-    aggregates_run: Path, tiny_world: tuple[Path, Path]
+    trained_run: Path, tiny_world: tuple[Path, Path]
 ) -> None:
     events, customers = tiny_world
     explain = {"only": "risk_decile<=1"}
-    plain = Predictor(aggregates_run).explaining(explain).score(events, TINY_CUTOFF, customers).predictions
+    plain = Predictor(trained_run).explaining(explain).score(events, TINY_CUTOFF, customers).predictions
     embedded = (
-        Predictor(aggregates_run, ScoringSettings.defaults(embeddings=True))
+        Predictor(trained_run, ScoringSettings.defaults(embeddings=True))
         .explaining(explain)
         .score(events, TINY_CUTOFF, customers)
         .predictions

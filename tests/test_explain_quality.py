@@ -5,14 +5,11 @@ can only be as right as the model: a model that has learned the complaint effect
 and the default network. A narrower one (d_model 32, 64 events, 10 epochs on 3,000 customers, what this test
 trained until it failed at 51.9%) leans on the static attributes, which then outrank a recent complaint for
 one complainer in two; the default network on 5,000 customers names the complaint for 88.0% (10,000: 93.2%).
-``scripts/bench_explain.py`` measures the same on any model trained on the synthetic world (the README's table
-comes from the benchmark's model).
+``python -m scripts.experiments.explanations`` measures the same on any model trained on the synthetic world
+(the benchmarks page's table comes from the benchmark's model).
 """
 
 from __future__ import annotations
-
-import importlib.util
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -20,19 +17,11 @@ import pytest
 from churnformer.api import train
 from churnformer.data.synthetic import SyntheticWorldConfig, generate_world
 from churnformer.serving.predictor import Predictor
+from scripts.experiments import explanations
 
 pytestmark = [pytest.mark.quality, pytest.mark.slow]
 
 CUTOFF = "2024-06-30"
-SCRIPT = Path(__file__).parents[1] / "scripts" / "bench_explain.py"
-
-
-def bench_explain():
-    """The measurement functions of ``scripts/bench_explain.py`` (one definition of each check)."""
-    spec = importlib.util.spec_from_file_location("bench_explain", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -54,21 +43,21 @@ def world_explained(tmp_path_factory: pytest.TempPathFactory):
 def test_a_recent_complaint_is_the_first_risk_driver(world_explained) -> None:
     events, _, result = world_explained
     predictions = result.predictions
-    complainers = predictions.loc[predictions["customer_id"].isin(bench_explain().recent_complainers(events, CUTOFF))]
+    complainers = predictions.loc[predictions["customer_id"].isin(explanations.recent_complainers(events, CUTOFF))]
     assert len(complainers) >= 100
     assert (complainers["risk_driver_1"] == "complaint").mean() >= 0.80
 
 
 def test_attributes_that_raise_dropout_have_positive_churn_effects(world_explained) -> None:
     _, customers, result = world_explained
-    shares = bench_explain().static_positive_shares(result.effects, customers)
+    shares = explanations.static_positive_shares(result.effects, customers)
     assert set(shares) == {"age_band=18-24", "signup_channel=paid_social"}
     assert min(shares.values()) >= 0.80, shares
 
 
 def test_removing_the_first_risk_driver_beats_removing_a_random_group(world_explained) -> None:
     _, _, result = world_explained
-    assert bench_explain().driver_beats_random(result.effects, result.predictions, seed=7) >= 0.90
+    assert explanations.driver_beats_random(result.effects, result.predictions, seed=7) >= 0.90
 
 
 def test_the_drivers_file_has_every_explained_customer(world_explained) -> None:

@@ -13,7 +13,7 @@ from churnformer.serving.predictor import Predictor
 
 REFERENCE = Path(__file__).parent / "data" / "reference"
 CUTOFF = "2023-09-30"
-# The decline model's checks are slow-tier: every fast run exports the default one.
+# The decline model's checks are slow-tier; so is every re-export (test_export.py exports in the fast tier).
 MODELS = ("default", pytest.param("decline", marks=pytest.mark.slow))
 # What the reference runs set on the command line (tests/data/reference/README.md).
 DATA_CHANGES = {"cutoff": CUTOFF, "horizon_days": 60, "batch_size": 32}
@@ -35,6 +35,7 @@ def test_a_stored_model_file_scores_as_it_did(name: str) -> None:
     pd.testing.assert_frame_equal(scores(REFERENCE / name / "model.onnx"), stored(name), check_exact=True)
 
 
+@pytest.mark.slow  # one ONNX export per stored model (~5 s each): the full suite
 @pytest.mark.parametrize("name", MODELS)
 def test_a_stored_checkpoint_exports_to_the_same_scores(name: str, tmp_path: Path) -> None:
     from churnformer.artifacts.export import export_checkpoint

@@ -332,7 +332,7 @@ def fit_predict_features(
 ) -> pd.DataFrame:
     """:func:`fit_predict_gbm`'s boosters on given features: ``train`` and ``test`` are (sorted customer ids,
     their feature rows); labels from ``events`` as there. For other feature sets in the same protocol (e.g.
-    sequence embeddings, ``scripts/baseline_lifestream.py``)."""
+    sequence embeddings, ``scripts/experiments/lifestream.py``)."""
     (train, x_train), (test, x_test) = train, test
     grid = HorizonGrid.of(horizons, window.horizon_days)
     labels = horizon_labels(events, window, grid, train, spec)

@@ -88,7 +88,7 @@ class SelfAttention(nn.Module):
         """The same projection + masked softmax attention as onnxruntime's fused ``com.microsoft.Attention``
         (CPU and CUDA kernels): it writes Q, K, V straight into the per-head layout and masks by row length,
         where the decomposed graph spends much of its time on transposes and mask additions (measured by
-        ``scripts/bench_score.py --sweep-session``). Only meaningful inside ``torch.onnx.export``."""
+        ``scripts/benchmarks/score.py --sweep-session``). Only meaningful inside ``torch.onnx.export``."""
         return torch.onnx.ops.symbolic(
             "com.microsoft::Attention",
             (x, self.qkv.weight.t(), self.qkv.bias, counts),
@@ -115,7 +115,7 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, keys: KeyPadding) -> torch.Tensor:  # (B, L, D) -> (B, L, D)
         # Token-wise layers see one (B * L, D) matrix: exported, each linear is then a Gemm with its bias
-        # fused, not a batched MatMul followed by an Add (measured faster by scripts/bench_score.py).
+        # fused, not a batched MatMul followed by an Add (measured faster by scripts/benchmarks/score.py).
         tokens = x.reshape(-1, x.shape[-1])
         tokens = tokens + self.dropout(self.attention(self.norm1(tokens), keys))
         tokens = tokens + self.dropout(self.mlp(self.norm2(tokens)))

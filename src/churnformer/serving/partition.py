@@ -40,7 +40,7 @@ from churnformer.data.values import category_labels, numeric_values
 from churnformer.errors import ConfigError, InputError
 
 # Peak resident bytes per input event while one block of events is loaded, featurized and scored: at
-# most 260 B measured per spill partition of the benchmark log (scripts/bench_score.py), plus margin.
+# most 260 B measured per spill partition of the benchmark log (scripts/benchmarks/score.py), plus margin.
 PEAK_BYTES_PER_EVENT = 448
 # Memory in use besides the block being scored: interpreter, libraries and the onnxruntime session (about
 # 165 MB), what the spill pass leaves allocated (about 300 MB), and freed heap that scoring keeps for reuse

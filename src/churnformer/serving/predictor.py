@@ -370,7 +370,7 @@ def stream_layout(streams: int, threads: int, gpu: bool = False, most: int | Non
 
     This model is small (d_model 64, short rows), so one batch split between threads leaves cores idle in
     every small kernel; batches side by side keep them busy: two single-threaded streams on 2 cores score
-    the same batches in 15-20% less time than one stream with two threads (``scripts/bench_score.py
+    the same batches in 15-20% less time than one stream with two threads (``scripts/benchmarks/score.py
     --sweep-session``). A customer's score does not depend on its stream or thread count (tested)."""
     if gpu:
         return streams if streams > 0 else min(2, most or 2), threads
@@ -388,7 +388,7 @@ def available_cores() -> int:
 
 
 def session_options(threads: int = 0) -> ort.SessionOptions:
-    """The onnxruntime settings scoring uses, chosen with ``scripts/bench_score.py --sweep-session``:
+    """The onnxruntime settings scoring uses, chosen with ``scripts/benchmarks/score.py --sweep-session``:
     basic graph optimizations (the extended fusions were 3-8% slower for this small model), ``threads``
     intra-op threads per stream (see :func:`stream_layout`), sequential execution (parallel: 1.3-2x
     slower), no spinning (within noise, and idle threads then leave the cores to Python, which pads the

@@ -1,9 +1,9 @@
 """A measured lever, not a package feature: masked-event pretraining of the encoder before training.
 
-Usage (the protocol and arguments of ``scripts/benchmark_cdnow.py``; every churnformer or GRU model it
+Usage (the protocol and arguments of ``scripts/experiments/compare.py``; every churnformer or GRU model it
 trains is pretrained)::
 
-    python scripts/lever_pretraining.py --dataset completejourney --models churnformer \
+    python -m scripts.experiments.masked_pretraining --dataset completejourney --models churnformer \
         [--pretrain-epochs 20] [--mask-share 0.15] [--pretrain-test-half]
 
 Before each seed's network trains, its event encoder, summary token and backbone learn to rebuild events
@@ -29,13 +29,13 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import benchmark_cdnow
 
 from churnformer.data.featurizer import Featurizer
 from churnformer.data.sequences import Sequences, build_sequences
 from churnformer.data.window import Window
 from churnformer.modeling.network import ChurnFormer
 from churnformer.schema import CUSTOMER_CAT, CUSTOMER_NUM, EVENT_CAT, EVENT_NUM, LENGTHS
+from scripts.experiments import compare
 
 
 class MaskedEventModel(nn.Module):
@@ -98,7 +98,7 @@ def main() -> None:
     parser.add_argument("--pretrain-test-half", action="store_true")
     ours, rest = parser.parse_known_args()
     pending: dict = {}
-    original_train, original_build = benchmark_cdnow.train, ChurnFormer.build.__func__
+    original_train, original_build = compare.train, ChurnFormer.build.__func__
 
     def remember_train(events: pd.DataFrame, cutoff: str, **kwargs):
         readers = events
@@ -120,18 +120,18 @@ def main() -> None:
             pretrain(built, sequences, ours.pretrain_epochs, ours.mask_share, seed=int(torch.initial_seed() % 2**31))
         return built
 
-    original_load = benchmark_cdnow.load_dataset
+    original_load = compare.load_dataset
 
     def load_and_keep(name: str):
         events, customers = original_load(name)
         pending["all_events"] = events
         return events, customers
 
-    benchmark_cdnow.train = remember_train
-    benchmark_cdnow.load_dataset = load_and_keep
+    compare.train = remember_train
+    compare.load_dataset = load_and_keep
     ChurnFormer.build = classmethod(build_then_pretrain)
     sys.argv = [sys.argv[0], *rest]
-    benchmark_cdnow.main()
+    compare.main()
 
 
 if __name__ == "__main__":

@@ -2,16 +2,16 @@
 
 Usage::
 
-    python scripts/bench_score.py [--events 10000000] [--customers 500000]
-                                  [--budget-mb 1024] [--eager-sample 20000] [--json PATH] [--workdir DIR]
-                                  [--int8] [--sweep-session N] [--explain]
-                                  [--text] [--text-share 0.05] [--text-distinct 20000]
+    python -m scripts.benchmarks.score [--events 10000000] [--customers 500000]
+                                       [--budget-mb 1024] [--eager-sample 20000] [--record PATH] [--workdir DIR]
+                                       [--int8] [--sweep-session N] [--explain]
+                                       [--text] [--text-share 0.05] [--text-distinct 20000]
 
 One run measures, on the same machine and the same model:
 
 * ``churnformer-predict`` end to end (the real CLI in a subprocess: Parquet in, Parquet out), with the
   default memory budget, and again with ``memory_budget_mb=--budget-mb`` (spilled partitions);
-  wall clock includes interpreter start-up; peak RSS is the child's ``ru_maxrss``.
+  wall clock includes interpreter start-up; peak RSS is the job's (``scripts.common.measure``).
 * a plain torch-eager scorer of the same network: batches of 256 customers padded to ``max_len``
   (what a straightforward PyTorch job does), on ``--eager-sample`` random customers (rate extrapolated;
   featurization is not timed for it, which flatters it);
@@ -38,7 +38,7 @@ summary token), per layer 2·n·(4·d² + 2·d·ff) for the projections and MLP 
 the batch loop, in which each stream pads its next batch while the others run in onnxruntime); the table
 also shows them over the whole end-to-end wall time.
 
-The log (``benchlog.generate_events``: skewed lognormal lengths, ~85% padding at max_len 128) and a
+The log (``scripts.common.logs.generate_events``: skewed lognormal lengths, ~85% padding at max_len 128) and a
 default-architecture model (``conf/model/small.yaml``, random weights: speed does not depend on them)
 are created in ``--workdir`` on first use.
 """
@@ -48,12 +48,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
@@ -62,86 +59,32 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from benchlog import SPAN_SECONDS, START, generate_crm_events, generate_events
 
-from churnformer.artifacts.export import export_onnx
-from churnformer.calibration import Calibration
-from churnformer.data.featurizer import FeaturizerConfig, fit_featurizer
 from churnformer.data.sequences import build_sequences
 from churnformer.data.window import Window
-from churnformer.defaults import model_heads, yaml_defaults
-from churnformer.modeling.network import ChurnFormer
 from churnformer.modeling.scoring_model import ScoringModel
-from churnformer.schema import MODEL_INPUTS, PERCENTILE_LEVELS, RUN_TEXT_ENCODER
+from churnformer.schema import MODEL_INPUTS, RUN_TEXT_ENCODER
 from churnformer.serving.predictor import Predictor
 from churnformer.text.encoder import TextEncoder
+from scripts.common import record
+from scripts.common.measure import run_measured
+from scripts.common.models import (
+    HORIZONS,
+    LOGS,
+    cutoff_date,
+    load_network,
+    make_log,
+    make_model,
+    matmul_peak,
+    portable_path,
+    reference_model,
+    small_network,
+    useful_flops,
+)
 
 # Issue 21's targets: end to end per log, and useful FLOP/s against the matmul peak of the same run.
 TARGETS = {"wall_s": {"int": 22.0, "crm": 30.0}, "peak_rss_mb": 3072.0, "useful_share_of_peak": 0.55}
 EAGER_BATCH = 256
-HORIZONS = tuple(yaml_defaults("data/settings/default")["horizons_days"])  # the default grid, main horizon 90
-
-
-def cutoff_date() -> str:
-    return str((START + np.timedelta64(SPAN_SECONDS - 1, "s")).astype("datetime64[D]"))
-
-
-LOGS = {"int": generate_events, "crm": generate_crm_events}
-
-
-def make_log(workdir: Path, n_events: int, n_customers: int, kind: str = "int") -> Path:
-    """The ``kind`` benchmark log (``benchlog``) in ``workdir``, generated on first use."""
-    path = workdir / f"events-{n_events}-{n_customers}{'' if kind == 'int' else '-' + kind}.parquet"
-    if not path.exists():
-        frame = LOGS[kind](n_events, n_customers)
-        frame.to_parquet(path.with_suffix(".partial"), index=False, row_group_size=1_000_000)
-        os.replace(path.with_suffix(".partial"), path)
-    return path
-
-
-def make_model(workdir: Path, log: Path, text: bool = False) -> Path:
-    """The default small architecture with random weights, featurizer fitted on the first 1 M events; with
-    ``text``, reading the log's ``text`` column too, the run's sentence encoder exported beside it."""
-    path = workdir / f"model-{log.stem}.onnx"
-    encoder = workdir / RUN_TEXT_ENCODER
-    if text and not encoder.exists():
-        from churnformer.text.export import export_text_encoder
-
-        export_text_encoder(encoder)
-    if not path.exists():
-        sample = pd.read_parquet(log).head(1_000_000)
-        config = FeaturizerConfig.with_defaults(max_len=128, text=["text"] if text else [])
-        featurizer = fit_featurizer(sample, config=config)
-        if text:
-            featurizer.text_encoder = asdict(TextEncoder(encoder).identity)
-        torch.manual_seed(0)
-        network = ChurnFormer.build(small_network(), featurizer, len(HORIZONS), model_heads()).eval()
-        torch.save(network.state_dict(), path.with_suffix(".pt"))
-        metadata = {"horizon_days": 90, "horizons_days": list(HORIZONS)}
-        export_onnx(network, featurizer.to_json(), path, metadata, fused_attention=True)
-        export_onnx(network, featurizer.to_json(), portable_path(path), metadata, fused_attention=False)
-    return path
-
-
-def reference_model(model: Path, log: Path) -> Path:
-    """The benchmark model again, with reference percentiles of its own scores on a random tenth of the
-    log's customers, all their events (what training stores from the validation customers), so deciles and
-    ``explain.only`` work: the top risk decile is then about a tenth of the log."""
-    path = model.with_name(model.stem + ".reference.onnx")
-    if not path.exists():
-        predictor = Predictor(model)
-        ids = pq.read_table(log, columns=["customer_id"])["customer_id"].unique()
-        sample = np.random.default_rng(0).choice(ids.to_numpy(), size=len(ids) // 10, replace=False)
-        events = pq.read_table(log, filters=[("customer_id", "in", sample.tolist())]).to_pandas()
-        scores = predictor.score(events, cutoff_date()).predictions
-        levels = list(PERCENTILE_LEVELS)
-        columns = ("churn_probability", "expected_spend", "spend_if_retained")
-        calibration = Calibration(percentiles={c: scores[c].quantile(levels).tolist() for c in columns})
-        network = ChurnFormer.build(small_network(), predictor.featurizer, len(HORIZONS), model_heads()).eval()
-        network.load_state_dict(torch.load(model.with_suffix(".pt"), weights_only=True))
-        metadata = {"horizon_days": 90, "horizons_days": list(HORIZONS)}
-        export_onnx(network, predictor.featurizer.to_json(), path, metadata, calibration, fused_attention=True)
-    return path
 
 
 def make_text_log(workdir: Path, log: Path, share: float, distinct: int) -> Path:
@@ -173,29 +116,11 @@ def encoder_rate(workdir: Path, log: Path, sample: int = 4000) -> float:
     return len(texts) / (time.perf_counter() - started)
 
 
-def portable_path(model: Path) -> Path:
-    """The same network exported with attention as standard ONNX ops (``fused_attention=False``)."""
-    return model.with_name(model.stem + ".portable.onnx")
-
-
-def run_cli(args: list[str]) -> dict[str, float]:
-    """Run a console entry point in a wrapper that reports its wall time and peak RSS."""
-    wrapper = (
-        "import resource, subprocess, sys, time\n"
-        "t = time.perf_counter(); code = subprocess.call(sys.argv[1:])\n"
-        "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, code)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", wrapper, *args], capture_output=True, text=True, check=True)
-    wall, rss_kb, code = done.stdout.strip().splitlines()[-1].split()
-    if code != "0":
-        raise SystemExit(f"{args[0]} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
-    return {"wall_s": float(wall), "peak_rss_mb": int(rss_kb) / 1024}
-
-
 def score_end_to_end(model: Path, log: Path, output: Path, extra: list[str]) -> dict[str, float]:
     binary = str(Path(sys.executable).parent / "churnformer-predict")
     args = [binary, f"model={model}", f"events={log}", f"cutoff={cutoff_date()}", f"output={output}", "progress=false"]
-    measured = run_cli(args + extra)
+    usage, _ = run_measured(args + extra)
+    measured = {"wall_s": usage.wall_s, "peak_rss_mb": usage.peak_rss_mb}
     summary = json.loads(output.with_name(output.name + ".summary.json").read_text())
     measured.update(
         customers=summary["customers_scored"],
@@ -274,12 +199,6 @@ def run_feed(session, names: list[str], feed: dict[str, np.ndarray]) -> list[np.
     return session.run(None, {name: feed[name] for name in names})
 
 
-def useful_flops(lengths: np.ndarray, d_model: int, ff: int, layers: int) -> float:
-    tokens = lengths.astype(np.float64) + 1
-    per_layer = 2 * tokens * (4 * d_model**2 + 2 * d_model * ff) + 4 * tokens**2 * d_model
-    return float(per_layer.sum() * layers)
-
-
 def torch_eager(model: Path, log: Path, sample: int, max_len: int) -> tuple[float, np.ndarray]:
     """Customers/s of the same network in torch eager, batches of 256 padded to max_len; and the
     real (truncated) lengths of every customer for the FLOP count."""
@@ -302,36 +221,6 @@ def torch_eager(model: Path, log: Path, sample: int, max_len: int) -> tuple[floa
     return len(sequences) / (time.perf_counter() - started), lengths
 
 
-def load_network(model: Path) -> torch.nn.Module:
-    """The benchmark network with the weights exported to ``model`` (saved beside it as plain tensors)."""
-    predictor = Predictor(model)
-    network = ChurnFormer.build(small_network(), predictor.featurizer, len(HORIZONS), model_heads())
-    network.load_state_dict(torch.load(model.with_suffix(".pt"), weights_only=True))
-    return network.eval()
-
-
-def small_network() -> dict:
-    return yaml_defaults("model/small")["network"]
-
-
-def matmul_peak(size: int = 2048, repeats: int = 20, device: str = "cpu", dtype: torch.dtype = torch.float32) -> float:
-    """GFLOP/s of the fastest of ``repeats`` square matmuls on ``device`` in ``dtype``."""
-    if device == "cuda":
-        size *= 4  # a GPU needs far more work per call to reach its peak
-    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        torch.mm(a, b)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - started)
-    return 2 * size**3 / best / 1e9
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -345,7 +234,6 @@ def main() -> None:
     parser.add_argument("--budget-mb", type=float, default=1024)
     parser.add_argument("--eager-sample", type=int, default=20_000)
     parser.add_argument("--workdir", type=Path, default=Path("bench-score"))
-    parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--int8", action="store_true", help="also score end to end with the int8 model")
     parser.add_argument(
         "--sweep-session", type=int, default=0, metavar="N", help="time onnxruntime settings on N customers"
@@ -354,7 +242,14 @@ def main() -> None:
     parser.add_argument("--text", action="store_true", help="also score the log with a text column (README)")
     parser.add_argument("--text-share", type=float, default=0.05, help="share of events with a text")
     parser.add_argument("--text-distinct", type=int, default=20_000, help="distinct texts among them")
+    record.add_argument(parser)
     args = parser.parse_args()
+    with record.recorded("benchmarks.score", args) as run:
+        run.figures, run.tables = measure(args)
+
+
+def measure(args: argparse.Namespace) -> tuple[dict, dict]:
+    """Every measurement of one run: the figures and the tables of its record."""
     args.workdir.mkdir(parents=True, exist_ok=True)
     cores = os.cpu_count() or 1
     torch.set_num_threads(cores)
@@ -403,7 +298,6 @@ def main() -> None:
     flops = useful_flops(lengths, d_model, d_model * network["ff_multiplier"], layers)
     result = {
         "log": args.log,
-        "machine": f"{platform.processor() or platform.machine()}, {cores} cores",
         "events": e2e["events"],
         "customers": e2e["customers"],
         "wall_s": e2e["wall_s"],
@@ -509,18 +403,20 @@ def main() -> None:
             ("  peak RSS with text_cache (MB)", f"{repeated['peak_rss_mb']:,.0f}", f"<= {TARGETS['peak_rss_mb']:g}"),
             ("sentence encoder, distinct texts/s", f"{rate:,.0f}", ""),
         ]
-    print(f"{args.log} log: {result['events']:,} events, {result['customers']:,} customers; {result['machine']}")
+    print(f"{args.log} log: {result['events']:,} events, {result['customers']:,} customers; {cores} cores")
     width = max(len(r[0]) for r in rows)
     for name, value, target in rows:
         print(f"{name:<{width}}  {value:>28}  {target}")
+    tables = {"measures": record.table(["measure", "value", "target"], rows)}
     if args.sweep_session:
         sweep = session_sweep(model, log, args.sweep_session)
         result["session_sweep_s"] = dict(sweep)
         print(f"\nonnxruntime settings, {args.sweep_session:,} customers (seconds for the batches, fastest of 3):")
         for name, seconds in sweep:
             print(f"  {name:<34} {seconds:6.2f}  x{seconds / sweep[0][1]:.2f}")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+        sweep_rows = [(name, f"{seconds:.2f}", f"x{seconds / sweep[0][1]:.2f}") for name, seconds in sweep]
+        tables["session_sweep"] = record.table(["onnxruntime setting", "seconds", "against scoring's"], sweep_rows)
+    return result, tables
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Usage::
 
-    python scripts/bench_monitor.py --predictions RUN_DIR/predictions.parquet [--customers 500000]
+    python -m scripts.benchmarks.monitor --predictions RUN_DIR/predictions.parquet [--customers 500000]
+                                       [--record PATH]
 
 Two scoring outputs of ``--customers`` customers each are made from a real one (``churnformer-predict``'s
 output with its ``.summary.json``; a training run's ``predictions.parquet`` will do): its rows drawn with
@@ -24,6 +25,7 @@ import pandas as pd
 
 from churnformer.data.events import CUSTOMER_ID
 from churnformer.monitoring.job import run_monitor
+from scripts.common import record
 
 
 def resampled(predictions: pd.DataFrame, customers: int, seed: int) -> pd.DataFrame:
@@ -37,7 +39,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--predictions", type=Path, required=True)
     parser.add_argument("--customers", type=int, default=500_000)
+    record.add_argument(parser)
     args = parser.parse_args()
+    with record.recorded("benchmarks.monitor", args) as run:
+        run.figures = measure(args)
+        run.tables["monitor"] = record.table(
+            ["customers per run", "churnformer-monitor, s", "of which reading the two files, s", "exit status"],
+            [
+                [
+                    f"{args.customers:,}",
+                    f"{run.figures['wall_s']:.1f}",
+                    f"{run.figures['read_s']:.1f}",
+                    run.figures["status"],
+                ]
+            ],
+        )
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """The monitor's wall time on two resampled runs, and reading them alone."""
     source = pd.read_parquet(args.predictions)
     summary = args.predictions.with_name(args.predictions.name + ".summary.json")
     work = Path(tempfile.mkdtemp(prefix="churnformer-bench-monitor-"))
@@ -61,6 +81,7 @@ def main() -> None:
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    return {"wall_s": wall_s, "read_s": read_s, "status": status}
 
 
 if __name__ == "__main__":

@@ -2,12 +2,12 @@
 
 Usage::
 
-    python scripts/bench_spark.py [--events 10000000] [--customers 500000] [--master local[2]]
-                                  [--json PATH] [--workdir bench-score]
+    python -m scripts.benchmarks.spark [--events 10000000] [--customers 500000] [--master local[2]]
+                                  [--record PATH] [--workdir bench-score]
 
 Both jobs run as the real command line in a subprocess, one after the other, on the scoring benchmark's
-log and model (``scripts/bench_score.py``: Parquet, integer ids, the default architecture with reference
-percentiles). psutil samples every process of the job's tree every 50 ms and sums RSS by role: the
+log and model (``scripts/benchmarks/score.py``: Parquet, integer ids, the default architecture with reference
+percentiles). ``scripts.common.measure`` samples the job's process tree every 50 ms and sums RSS by role: the
 ``churnformer-predict`` process (for Spark, the driver's Python side), the JVM (at a ``local[N]`` master,
 Spark's driver and executor in one process) and Spark's Python workers (``pyspark.daemon`` and its forks,
 where the buckets are scored); the table shows each role's peak and the whole tree's. Wall time includes
@@ -19,22 +19,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pandas as pd
 import psutil
-from bench_score import cutoff_date, make_log, make_model, reference_model
+
+from scripts.common import record
+from scripts.common.measure import run_measured
+from scripts.common.models import cutoff_date, make_log, make_model, reference_model
+from scripts.common.tables import render
 
 SAMPLE_S = 0.05
 ROLES = ("driver", "jvm", "python_workers")
 
 
-def role(process: psutil.Process, root: int) -> str:
-    if process.pid == root:
+def role(process: psutil.Process, root: psutil.Process) -> str:
+    """What a process of the job's tree is: the job itself (for Spark, the driver's Python side), the JVM or
+    Spark's Python workers."""
+    if process.pid == root.pid:
         return "driver"
     command = " ".join(process.cmdline())
     if "java" in process.name() or "java" in command.split(" ")[0]:
@@ -44,40 +47,9 @@ def role(process: psutil.Process, root: int) -> str:
 
 def run_sampled(args: list[str]) -> dict[str, float]:
     """Run ``args``; wall time and peak RSS (MB) of each role and of the whole process tree."""
-    started = time.perf_counter()
-    child = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peaks = dict.fromkeys((*ROLES, "total"), 0.0)
-    done = threading.Event()
-
-    def sample() -> None:
-        parent = psutil.Process(child.pid)
-        while not done.is_set():
-            by_role = dict.fromkeys(ROLES, 0.0)
-            try:
-                processes = [parent, *parent.children(recursive=True)]
-            except psutil.Error:  # the job ended
-                break
-            for process in processes:
-                try:
-                    with_role = role(process, child.pid)
-                    if with_role in by_role:
-                        by_role[with_role] += process.memory_info().rss / 2**20
-                except psutil.Error:  # it ended between listing and reading it
-                    continue
-            for name, value in by_role.items():
-                peaks[name] = max(peaks[name], value)
-            peaks["total"] = max(peaks["total"], sum(by_role.values()))
-            time.sleep(SAMPLE_S)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    out, err = child.communicate()
-    wall = time.perf_counter() - started
-    done.set()
-    sampler.join()
-    if child.returncode != 0:
-        raise SystemExit(f"{args[0]} failed ({child.returncode}):\n{out[-2000:]}\n{err[-4000:]}")
-    return {"wall_s": round(wall, 1), **{f"peak_{name}_mb": round(value) for name, value in peaks.items()}}
+    usage, _ = run_measured(args, role=role, interval_s=SAMPLE_S)
+    by_role = {f"peak_{name}_mb": round(usage.peak_rss_mb_by_role.get(name, 0.0)) for name in ROLES}
+    return {"wall_s": round(usage.wall_s, 1), **by_role, "peak_total_mb": round(usage.peak_rss_mb)}
 
 
 def main() -> None:
@@ -85,9 +57,15 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=10_000_000)
     parser.add_argument("--customers", type=int, default=500_000)
     parser.add_argument("--master", default="local[2]")
-    parser.add_argument("--json", type=Path)
     parser.add_argument("--workdir", type=Path, default=Path("bench-score"))
+    record.add_argument(parser)
     options = parser.parse_args()
+    with record.recorded("benchmarks.spark", options) as run:
+        run.figures, run.tables = measure(options)
+
+
+def measure(options: argparse.Namespace) -> tuple[dict, dict]:
+    """Both jobs, measured and compared: the record's figures and tables."""
     options.workdir.mkdir(parents=True, exist_ok=True)
     log = make_log(options.workdir, options.events, options.customers)
     model = reference_model(make_model(options.workdir, log), log)
@@ -116,18 +94,19 @@ def main() -> None:
         f"{options.events:,} events, {options.customers:,} customers; Spark at {options.master}, "
         f"{summary['buckets']} buckets"
     )
-    print(f"{'job':<8}{'wall s':>8}{'driver MB':>11}{'JVM MB':>9}{'workers MB':>12}{'total MB':>10}")
-    for name, measured in results.items():
-        print(
-            f"{name:<8}{measured['wall_s']:>8.1f}{measured['peak_driver_mb']:>11,}{measured['peak_jvm_mb']:>9,}"
-            f"{measured['peak_python_workers_mb']:>12,}{measured['peak_total_mb']:>10,}"
-        )
+    jobs = record.table(
+        ["job", "wall s", "driver MB", "JVM MB", "workers MB", "total MB"],
+        [
+            (name, f"{m['wall_s']:.1f}", *(f"{m[f'peak_{k}_mb']:,}" for k in (*ROLES, "total")))
+            for name, m in results.items()
+        ],
+    )
+    print(render(jobs))
     print(
         f"Spark / local wall time: {report['wall_ratio']:.2f}x (goal <= 2); identical predictions: "
         f"{report['identical_predictions']}, identical rejects: {report['identical_rejects']}"
     )
-    if options.json:
-        options.json.write_text(json.dumps(report, indent=2))
+    return report, {"jobs": jobs}
 
 
 if __name__ == "__main__":

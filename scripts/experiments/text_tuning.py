@@ -2,7 +2,7 @@
 
 Usage::
 
-    python scripts/text_tuning.py [--epochs 3] [--seed 0]
+    python -m scripts.experiments.text_tuning [--epochs 3] [--seed 0]
 
 Needs the ``text`` extra (torch, transformers). The synthetic world's 1,536 distinct texts
 (``churnformer.data.synthetic_text``: an opening, an optional middle and one of 8 calm or 8 upset closing
@@ -33,6 +33,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from churnformer.data.synthetic_text import CALM, MIDDLES, OPENINGS, _text
+from scripts.common import record
 
 FOLDS = 8
 BATCH = 128  # texts per step of the tuned layer
@@ -116,7 +117,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=3, help="passes over the training texts, tuning")
     parser.add_argument("--seed", type=int, default=0)
+    record.add_argument(parser)
     args = parser.parse_args()
+    with record.recorded("experiments.text_tuning", args) as run:
+        run.figures = measure(args)
+        run.tables["held_out"] = record.table(
+            ["split", "frozen + logistic", f"last layer tuned, seed {args.seed}", "tuning s per fold"],
+            [(split, *cells, f"{seconds:.1f}") for split, (cells, seconds) in run.figures["splits"].items()],
+        )
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """Held-out AUC / accuracy of both readers on both splits, and the tuning time per fold."""
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     texts, upset, closing = world_texts()
@@ -124,6 +136,7 @@ def main() -> None:
     shuffled = rng.permutation(len(texts)) % FOLDS
     print(f"{len(texts):,} distinct texts, {upset.mean():.0%} upset; {FOLDS} folds per split; held-out AUC / accuracy")
     print(f"{'split':<11} {'frozen + logistic':>18} {'tuned last layer':>18}  tuning s/fold")
+    splits = {}
     for split, fold_of in (("paraphrase", closing), ("seen", shuffled)):
         scores = {"frozen": np.zeros(len(texts)), "tuned": np.zeros(len(texts))}
         tuning_s = 0.0
@@ -136,6 +149,8 @@ def main() -> None:
             tuning_s += time.perf_counter() - started
         cells = [f"{roc_auc_score(upset, s):.4f} / {((s > 0.5) == upset).mean():.3f}" for s in scores.values()]
         print(f"{split:<11} {cells[0]:>18} {cells[1]:>18}  {tuning_s / FOLDS:.1f}")
+        splits[split] = (cells, tuning_s / FOLDS)
+    return {"texts": len(texts), "upset_share": float(upset.mean()), "folds": FOLDS, "splits": splits}
 
 
 if __name__ == "__main__":

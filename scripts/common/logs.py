@@ -1,4 +1,4 @@
-"""The benchmark event logs shared by ``bench_featurize.py``, ``bench_score.py`` and ``bench_train.py``.
+"""The benchmark event logs shared by the scoring, featurization and training benchmarks (``scripts.benchmarks``).
 
 ``int`` (:func:`generate_events`): arbitrary int64 customer ids with a skewed, lognormal events-per-customer
 distribution (at max_len 128 about 85% of a padded [customers, 128] array is padding, as in real logs),

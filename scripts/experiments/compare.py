@@ -2,7 +2,7 @@
 
 Usage::
 
-    python scripts/benchmark_cdnow.py [--dataset cdnow|synthetic|synthetic_text|completejourney]
+    python -m scripts.experiments.compare [--dataset cdnow|synthetic|synthetic_text|completejourney]
                                       [--cutoff YYYY-MM-DD]
                                       [--horizon-days N] [--horizons-days 30 90 ...] [--discount-rate 0.1]
                                       [--seeds 0 1 2]
@@ -10,7 +10,7 @@ Usage::
                                                 churnformer_purchases]
                                       [--ensemble MODEL ... | --seed-ensemble N]
                                       [--churn-definition no_purchase|decline] [--decline-threshold 0.5]
-                                      [--json PATH] [--markdown PATH] [--tables-from JSON]
+                                      [--record PATH] [--tables-from RECORD]
                                       [--override key=value ...]
 
 CDNOW master log (pip install -e ".[baselines]"), cutoff 1997-09-30, horizon 273 days, all 23,570
@@ -21,7 +21,7 @@ year of log after the cutoff); ``--dataset synthetic_text`` on the same world wi
 (``churnformer_no_text``: churnformer on that log without them); ``--dataset completejourney`` on
 dunnhumby's The Complete Journey (extra ``completejourney``: 2,469 households, cutoff 2017-09-30, horizon
 92 days, the data config's features: one event per basket; ``churnformer_ungrouped``: one per line item;
-LightGBM adds basket-level features; ``scripts/benchmark_completejourney.py`` runs protocol C's rows);
+LightGBM adds basket-level features; ``scripts/experiments/completejourney.py`` runs protocol C's rows);
 ``--cutoff``/``--horizon-days`` run it at another cutoff of the same log (do the defaults generalize?).
 ``churnformer_purchases`` is churnformer with the expected-purchases head (``model/heads=[survival,spend,
 purchases]``); a fourth table then compares its ``expected_purchases_<h>d`` with BG/NBD's by horizon (MAE,
@@ -38,8 +38,8 @@ LightGBM's churn boosters learn the decline; BG/NBD, which predicts no purchase 
 ``churn_ece_floor`` is the ECE a perfectly calibrated model with the same predictions would show on the
 same number of test customers: the part of ``churn_ece`` that is sampling noise.
 churnformer and the GRU run with the package defaults (``--override`` passes Hydra overrides to both),
-trained and scored through the public API (ONNX model, onnxruntime). Prints mean ± std over seeds and
-writes every per-seed row to JSON.
+trained and scored through the public API (ONNX model, onnxruntime). Prints mean ± std over seeds; the
+record (``scripts.common.record``) holds every per-seed row and the tables.
 
 Over the horizon grid (CDNOW 30/90/180/273 days: the log ends 273 days after the cutoff; synthetic
 30/90/180/365): every model answers at each horizon (churnformer and the GRU from one network, LightGBM
@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import tempfile
 import time
@@ -83,6 +82,7 @@ from churnformer.evaluation.metrics import expected_calibration_error, normalize
 from churnformer.evaluation.report import evaluate, predicted_horizons
 from churnformer.schema import CHURN_PROBABILITY, CLV, EXPECTED_SPEND, per_horizon
 from churnformer.serving.retention import discounted_value
+from scripts.common import record
 
 
 def data_config(name: str) -> dict:
@@ -382,7 +382,7 @@ def grid_table(rows: list[dict], horizons: tuple[float, ...]) -> pd.DataFrame:
 
 
 def print_tables(rows: list[dict], header: dict) -> dict[str, pd.DataFrame]:
-    """The three tables of ``rows`` (as run, or as saved in a ``--json`` file), printed under ``header``."""
+    """The three tables of ``rows`` (as run, or as saved in a record), printed under ``header``."""
     grid = tuple(header["horizons_days"])
     tables = {
         "main horizon": summary_table(rows),
@@ -400,18 +400,6 @@ def print_tables(rows: list[dict], header: dict) -> dict[str, pd.DataFrame]:
     for title, table in tables.items():
         print(f"\n{title}\n{table.to_string(index=False)}")
     return tables
-
-
-def markdown(table: pd.DataFrame) -> str:
-    header = "| " + " | ".join(table.columns) + " |"
-    rule = "|" + "---|" * len(table.columns)
-    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join([header, rule, *body])
-
-
-def write_markdown(tables: dict[str, pd.DataFrame], path: Path | None) -> None:
-    if path is not None:
-        path.write_text("\n\n".join(f"{title}:\n\n{markdown(t)}" for title, t in tables.items()) + "\n")
 
 
 def main() -> None:
@@ -457,15 +445,21 @@ def main() -> None:
     parser.add_argument("--decline-threshold", type=float, default=ChurnDefinition().decline_threshold)
     parser.add_argument("--gbm-threads", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=None, help="where training runs go (default: a temp dir)")
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--markdown", type=Path)
-    parser.add_argument("--tables-from", type=Path, help="print the tables of a --json file, running nothing")
+    parser.add_argument("--tables-from", type=Path, help="print the tables of a record, running nothing")
+    record.add_argument(parser)
     args = parser.parse_args()
     if args.tables_from:
-        saved = json.loads(args.tables_from.read_text())
-        write_markdown(print_tables(saved.pop("rows"), saved), args.markdown)
+        figures = record.load(args.tables_from)["figures"]
+        print_tables(figures["rows"], figures["header"])
         return
+    with record.recorded("experiments.compare", args) as run:
+        header, rows = compare(parser, args)
+        run.figures = {"header": header, "rows": rows}
+        run.tables = {title: record.frame_table(table) for title, table in print_tables(rows, header).items()}
 
+
+def compare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[dict, list[dict]]:
+    """Every model of ``args`` through the protocol on every seed: the header and the per-seed rows."""
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="churnformer-benchmark-"))
     defaults = DATASETS[args.dataset]
     cutoff, horizon = args.cutoff or defaults["cutoff"], args.horizon_days or defaults["horizon_days"]
@@ -528,10 +522,7 @@ def main() -> None:
         "churn_definition": str(definition),
         "seeds": args.seeds,
     }
-    tables = print_tables(rows, header)
-    if args.json:
-        args.json.write_text(json.dumps({**header, "rows": rows}, indent=2))
-    write_markdown(tables, args.markdown)
+    return header, rows
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python scripts/text_ceiling.py [--customers 20000] [--seed 0]
+    python -m scripts.experiments.text_ceiling [--customers 20000] [--seed 0]
 
 The default world with texts (``churnformer-synthetic --text``), cutoff 2024-06-30, churn within 90 days;
 customers split 50/50 at random. Three rows, each LightGBM on the same RFM features (recency, tenure,
@@ -25,6 +25,7 @@ from sklearn.metrics import roc_auc_score
 
 import churnformer.data.synthetic as synthetic
 from churnformer.data.synthetic_text import UPSET
+from scripts.common import record
 
 CUTOFF = pd.Timestamp("2024-07-01")  # the end of the cutoff day 2024-06-30
 HORIZON = pd.Timedelta(days=90)
@@ -34,7 +35,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--customers", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=0, help="the split's seed")
+    record.add_argument(parser)
     args = parser.parse_args()
+    with record.recorded("experiments.text_ceiling", args) as run:
+        run.figures = measure(args)
+        run.tables["churn_auc"] = record.table(
+            ["LightGBM on", "test churn AUC"], [(name, f"{auc:.4f}") for name, auc in run.figures["churn_auc"].items()]
+        )
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """LightGBM's test churn AUC on RFM features alone, with perfect tone counts, with the hidden state."""
     hidden = {}
     unhappiness = synthetic._unhappiness
 
@@ -74,10 +85,13 @@ def main() -> None:
     churn = (~pd.Index(ids).isin(after.loc[after["amount"] > 0, "customer_id"])).astype(int)
     train = np.random.default_rng(args.seed).random(len(ids)) < 0.5
     print(f"{len(ids):,} customers, churn rate {churn.mean():.3f}; test churn AUC of LightGBM on")
+    aucs = {}
     for name, features in (("RFM", rfm), ("RFM + upset-text counts", tone), ("RFM + hidden state", state)):
         model = lgb.LGBMClassifier(n_estimators=300, learning_rate=0.03, verbose=-1, random_state=0)
         model.fit(features[train], churn[train])
-        print(f"  {name:<26} {roc_auc_score(churn[~train], model.predict_proba(features[~train])[:, 1]):.4f}")
+        aucs[name] = roc_auc_score(churn[~train], model.predict_proba(features[~train])[:, 1])
+        print(f"  {name:<26} {aucs[name]:.4f}")
+    return {"customers": len(ids), "churn_rate": float(churn.mean()), "churn_auc": aucs}
 
 
 if __name__ == "__main__":

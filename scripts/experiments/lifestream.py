@@ -1,7 +1,7 @@
 """Baseline: pytorch-lifestream's CoLES embeddings in LightGBM, alone and next to the RFM aggregates.
 
 What it measures: how far self-supervised sequence embeddings from an off-the-shelf library get on
-churnformer's protocol A (``scripts/benchmark_cdnow.py``: same data, cutoff, main horizon and grid, same 50/50
+churnformer's protocol A (``scripts/experiments/compare.py``: same data, cutoff, main horizon and grid, same 50/50
 customer split by seed, same labels, same metrics). Per seed:
 
 1. Each customer's events before the cutoff become a ptls feature dict: ``event_time`` (days since 1970-01-01,
@@ -27,9 +27,9 @@ customer split by seed, same labels, same metrics). Per seed:
    (b) the embeddings next to ``rfm_features`` (with the basket features of ``group_by`` for completejourney;
    model ``coles_rfm_lgbm``). ``--models lightgbm`` adds churnformer's own RFM LightGBM row for reference.
 
-Rows are scored by ``benchmark_cdnow.run_protocol`` itself (same metric names: churn_auc, churn_pr_auc,
+Rows are scored by ``scripts.experiments.compare.run_protocol`` itself (same metric names: churn_auc, churn_pr_auc,
 churn_brier, churn_ece, spend_gini, spend_spearman, ..., train_s) and printed with its tables, so they table
-beside benchmark_cdnow's rows. ``train_s`` of both CoLES rows includes the seed's CoLES pretraining and
+beside compare's rows. ``train_s`` of both CoLES rows includes the seed's CoLES pretraining and
 embedding time (``coles_s``, shared by the two rows, also reported on its own).
 
 Its venv (ptls pins spacy==3.7.4, whose thinc wants numpy<2; ptls never imports spacy, so the pip check
@@ -44,10 +44,10 @@ complaint after the numpy upgrade below is harmless; pandas is held below 3 to m
 
 Usage::
 
-    /work/ptls-venv/bin/python scripts/baseline_lifestream.py [--dataset completejourney|cdnow]
+    /work/ptls-venv/bin/python -m scripts.experiments.lifestream [--dataset completejourney|cdnow]
         [--seeds 0 1 2] [--epochs 10] [--pretrain-on train|all] [--models coles coles_rfm lightgbm]
         [--hidden 128] [--batch-size 64] [--split-count 5] [--cnt-min 5] [--cnt-max 100] [--max-len 512]
-        [--no-time-features] [--threads 2] [--gbm-threads 1] [--max-customers N] [--json PATH]
+        [--no-time-features] [--threads 2] [--gbm-threads 1] [--max-customers N] [--record PATH]
 
 ``--max-customers N`` keeps N customers drawn at random (fixed draw) from the log: for smoke tests only.
 """
@@ -55,7 +55,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import time
@@ -63,11 +62,9 @@ import warnings
 from dataclasses import dataclass
 from functools import partial
 from itertools import pairwise
-from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "passive")  # as benchmark_cdnow: LightGBM's spinning threads
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")  # as compare: LightGBM's spinning threads
 
-import benchmark_cdnow as bench  # scripts/ is on sys.path when this script runs
 import numpy as np
 import pandas as pd
 
@@ -79,6 +76,8 @@ from churnformer.data.labels import ChurnDefinition, LabelSpec
 from churnformer.data.values import CategoricalEncoder, numeric_values
 from churnformer.data.window import NS_PER_DAY, HorizonGrid, Window
 from churnformer.defaults import yaml_defaults
+from scripts.common import record
+from scripts.experiments import compare as bench
 
 EMBEDDING = "emb"
 TIME_FEATURES = ("gap", "age")
@@ -370,8 +369,16 @@ def main() -> None:
     parser.add_argument("--gbm-threads", type=int, default=1)
     parser.add_argument("--discount-rate", type=float, default=0.10)
     parser.add_argument("--max-customers", type=int, default=None, help="a random subsample (smoke tests only)")
-    parser.add_argument("--json", type=Path)
+    record.add_argument(parser)
     args = parser.parse_args()
+    with record.recorded("experiments.lifestream", args) as run:
+        header, rows = measure(args)
+        run.figures = {"header": header, "rows": rows}
+        run.tables = {title: record.frame_table(table) for title, table in bench.print_tables(rows, header).items()}
+
+
+def measure(args: argparse.Namespace) -> tuple[dict, list[dict]]:
+    """Every row of the protocol with the CoLES models: the header and the per-seed rows."""
 
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
@@ -415,9 +422,7 @@ def main() -> None:
         "seeds": args.seeds,
         "coles": {**settings.__dict__, "max_customers": args.max_customers},
     }
-    bench.print_tables(rows, header)
-    if args.json:
-        args.json.write_text(json.dumps({**header, "rows": rows}, indent=2, default=float))
+    return header, rows
 
 
 if __name__ == "__main__":

@@ -2,11 +2,11 @@
 
 Usage::
 
-    python scripts/benchmark_cdnow.py --dataset completejourney --models churnformer --workdir RUNS \\
+    python -m scripts.experiments.compare --dataset completejourney --models churnformer --workdir RUNS \\
         --override data.features.aggregates.enabled=true data.stacking.enabled=true
-    python scripts/stacking_ceiling.py RUNS/churnformer/seed0 RUNS/churnformer/seed1 RUNS/churnformer/seed2
+    python -m scripts.experiments.stacking_ceiling RUNS/churnformer/seed0 RUNS/churnformer/seed1 RUNS/churnformer/seed2
 
-For each run directory of that benchmark (``seed<N>``: its split is ``benchmark_cdnow.split`` by N), on the
+For each run directory of that benchmark (``seed<N>``: its split is ``scripts.experiments.compare.split`` by N), on the
 test customers: the stacked network's churn PR-AUC and spend Gini (its model file, through ``Predictor``), its
 boosted trees' alone (LightGBM from the checkpoint, on the same aggregates), and a blend of the two, in logit
 space for churn and log space for spend, with the weight (0, 0.1, ..., 1) that scores best on the run's own
@@ -15,12 +15,11 @@ validation customers (held out from both the network and the trees). extra ``com
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from benchmark_cdnow import DATASETS, load_dataset, split
 
 from churnformer.artifacts.checkpoint import load_checkpoint
 from churnformer.artifacts.stacked_trees import StackedTrees
@@ -33,6 +32,8 @@ from churnformer.data.window import HorizonGrid, Window
 from churnformer.evaluation.metrics import average_precision, normalized_gini
 from churnformer.schema import CHURN, CHURN_PROBABILITY, CUSTOMER_AGG, EXPECTED_SPEND, SPEND
 from churnformer.serving.predictor import Predictor
+from scripts.common import record
+from scripts.experiments.compare import DATASETS, load_dataset, split
 
 WEIGHTS = np.linspace(0.0, 1.0, 11)
 
@@ -79,9 +80,33 @@ def score(frame: pd.DataFrame, label: str, values: np.ndarray) -> float:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", type=Path, nargs="+", help="the benchmark's run directories, seed<N>")
+    record.add_argument(parser)
+    args = parser.parse_args()
+    with record.recorded("experiments.stacking_ceiling", args) as run:
+        run.figures["rows"] = measure(args.runs)
+        run.tables["test"] = record.table(
+            ["run", "metric", "network", "trees", "blend weight (validation)", "blend"],
+            [
+                (
+                    r["run"],
+                    r["metric"],
+                    *(f"{r[k]:.4f}" for k in ("network", "trees")),
+                    f"{r['weight']:.1f}",
+                    f"{r['blend']:.4f}",
+                )
+                for r in run.figures["rows"]
+            ],
+        )
+
+
+def measure(runs: list[Path]) -> list[dict]:
+    """Per run and metric: the network's, the trees' and the validation-weighted blend's test score."""
     events, customers = load_dataset("completejourney")
     cutoff = Window.from_cutoff(DATASETS["completejourney"]["cutoff"], 1).feature_end
-    for run in map(Path, sys.argv[1:]):
+    rows = []
+    for run in runs:
         seed = int(run.name.removeprefix("seed"))
         train_ids, test_ids = split(np.sort(events[CUSTOMER_ID].unique()), seed)
         history = events.loc[(events[TIMESTAMP] < cutoff) & events[CUSTOMER_ID].isin(train_ids), CUSTOMER_ID]
@@ -90,11 +115,20 @@ def main() -> None:
         test = predictions(run, events, customers, test_ids)
         for label, name in ((CHURN, "churn PR-AUC"), (SPEND, "spend Gini")):
             weight = max(WEIGHTS, key=lambda w: score(validation, label, blended(validation, label, w)))
+            row = {
+                "run": run.name,
+                "metric": name,
+                "network": score(test, label, blended(test, label, 0.0)),
+                "trees": score(test, label, blended(test, label, 1.0)),
+                "weight": float(weight),
+                "blend": score(test, label, blended(test, label, weight)),
+            }
+            rows.append(row)
             print(
-                f"{run.name} {name}: network {score(test, label, blended(test, label, 0.0)):.4f}, "
-                f"trees {score(test, label, blended(test, label, 1.0)):.4f}, "
-                f"blend (weight {weight:.1f} on validation) {score(test, label, blended(test, label, weight)):.4f}"
+                f"{run.name} {name}: network {row['network']:.4f}, trees {row['trees']:.4f}, "
+                f"blend (weight {weight:.1f} on validation) {row['blend']:.4f}"
             )
+    return rows
 
 
 if __name__ == "__main__":

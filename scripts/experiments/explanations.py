@@ -2,8 +2,8 @@
 
 Usage::
 
-    python scripts/bench_explain.py --model RUN_DIR/model.onnx [--customers 20000] [--seed 7]
-                                    [--cutoff 2024-06-30] [--shapley-sample 300] [--json PATH]
+    python -m scripts.experiments.explanations --model RUN_DIR/model.onnx [--customers 20000] [--seed 7]
+                                    [--cutoff 2024-06-30] [--shapley-sample 300] [--record PATH]
 
 The synthetic world's churn has known causes (``churnformer.data.synthetic``): a complaint adds to the
 weekly hazard of starting to decline for a few weeks, and some static attributes multiply it (age band
@@ -23,7 +23,6 @@ The model should be trained on the synthetic world (the README's main command tr
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -42,6 +41,7 @@ from churnformer.data.synthetic import (
 )
 from churnformer.serving.explain import CHURN_EFFECT, GROUP, SPEND_EFFECT
 from churnformer.serving.predictor import Predictor
+from scripts.common import record
 
 TARGETS = {"complaint_first": 0.80, "static_positive": 0.80, "driver_beats_random": 0.90, "shapley_gap": 1e-5}
 RAISING = {
@@ -106,9 +106,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--cutoff", default="2024-06-30")
     parser.add_argument("--shapley-sample", type=int, default=300)
-    parser.add_argument("--json", type=Path)
+    record.add_argument(parser)
     args = parser.parse_args()
+    with record.recorded("experiments.explanations", args) as run:
+        run.figures, rows = measure(args)
+        run.tables["checks"] = record.table(["check", "value", "target"], rows)
 
+
+def measure(args: argparse.Namespace) -> tuple[dict, list[tuple[str, str, str]]]:
+    """Every check on the explained world: the figures and the table's rows."""
     events, customers = generate_world(SyntheticWorldConfig.with_defaults(n_customers=args.customers, seed=args.seed))
     model = Predictor(args.model)
     started = time.perf_counter()
@@ -152,8 +158,7 @@ def main() -> None:
     print(f"{args.model}: synthetic world of {args.customers:,} customers (seed {args.seed}), cutoff {args.cutoff}")
     for name, value, target in rows:
         print(f"{name:<{width}}  {value:>28}  {target}")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+    return result, rows
 
 
 if __name__ == "__main__":

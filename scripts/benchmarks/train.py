@@ -2,7 +2,7 @@
 
 Usage::
 
-    python scripts/bench_train.py [--device cpu|cuda] [--json PATH] [--workdir DIR]
+    python -m scripts.benchmarks.train [--device cpu|cuda] [--record PATH] [--workdir DIR]
                                   [--large-events 10000000] [--large-customers 500000] [--no-large]
                                   [--override KEY=VALUE ...]
 
@@ -20,15 +20,15 @@ config (``churnformer-train``'s, plus ``--override``; ``trainer=gpu`` with ``--d
   speeds up or slows down during the run moves both numbers alike; its time is taken out of the loop's;
 * ``loop_to_step_ratio``: the share of the ceiling the loop reaches;
 * ``useful_gflops``: the loop's useful (non-padding) FLOPs per second, three times the forward FLOPs of
-  ``bench_score.py``'s count (forward plus a backward of twice its cost), and ``peak_matmul_gflops``: a large
+  ``scripts.common.models.useful_flops`` (forward plus a backward of twice its cost); ``peak_matmul_gflops``: a large
   matmul on the same device (fp32 on CPU, bf16 on CUDA: what the mixed-precision step multiplies in);
 * ``epoch_s``: the first epoch's wall time, training and the validation that ends it (the bare steps' time
   taken out);
-* ``peak_rss_mb`` (the child's maximum resident set) and ``peak_gpu_mb`` (torch's peak allocation; null on
+* ``peak_rss_mb`` (the child's, by ``scripts.common.measure``) and ``peak_gpu_mb`` (torch's peak allocation; null on
   CPU).
 
 Logs: ``default``, the built-in synthetic world (20,000 customers; ``data=synthetic``), and ``large``, the
-scoring benchmark's generated log (``benchlog.generate_events``: 500,000 customers and 10 M events over two
+scoring benchmark's generated log (``scripts.common.logs.generate_events``: 500,000 customers and 10 M events over two
 years, in ``--workdir``), read from Parquet through ``data=csv`` with the cutoff one year in.
 """
 
@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,7 +46,6 @@ import hydra
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from bench_score import make_log, matmul_peak, useful_flops
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
@@ -57,6 +54,10 @@ from churnformer.schema import LABELS_BY_HORIZON, OBSERVED_BY_HORIZON, by_horizo
 from churnformer.training.augment import hide_static_attributes
 from churnformer.training.datamodule import ChurnDataModule
 from churnformer.training.job import build_datamodule, build_module, build_trainer
+from scripts.common import record
+from scripts.common.measure import run_measured
+from scripts.common.models import make_log, matmul_peak, useful_flops
+from scripts.common.tables import render
 
 WARMUP_BATCHES = 5
 MAX_STEP_BATCHES = 400
@@ -192,7 +193,6 @@ def measure(large_log: Path | None, workdir: Path, device: str, overrides: list[
         "peak_matmul_gflops": matmul_peak(device=device, dtype=torch.bfloat16 if on_cuda else torch.float32),
         "epoch_s": timer.epoch_ended - timer.epoch_started - timer.bare_total_s,
         "featurize_s": featurize_s,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if on_cuda else None,
         "sequences": len(lengths),
         "events": int(lengths.sum()),
@@ -202,13 +202,14 @@ def measure(large_log: Path | None, workdir: Path, device: str, overrides: list[
 def measure_in_child(large_log: Path | None, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         log = ["--child-large", str(large_log)] if large_log else ["--child-default"]
-        command = [sys.executable, __file__, *log, "--device", args.device, "--workdir", str(args.workdir)]
-        command += [f"--override={o}" for o in args.override] + ["--json", out.name]
-        subprocess.run(command, check=True)
-        return json.loads(Path(out.name).read_text())
+        command = [sys.executable, "-m", __spec__.name, *log, "--device", args.device, "--workdir", str(args.workdir)]
+        command += [f"--override={o}" for o in args.override] + ["--child-output", out.name]
+        usage, output = run_measured(command)
+        print(output, end="")
+        return json.loads(Path(out.name).read_text()) | {"peak_rss_mb": usage.peak_rss_mb}
 
 
-def table(results: dict[str, dict[str, Any]]) -> str:
+def table(results: dict[str, dict[str, Any]]) -> dict[str, list]:
     rows = [
         ("sequences / events per epoch", lambda r: f"{r['sequences']:,} / {r['events']:,}"),
         ("training loop, sequences/s", lambda r: f"{r['loop_seq_per_s']:,.0f}"),
@@ -225,15 +226,12 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         ("peak GPU memory, MB", lambda r: "n/a" if r["peak_gpu_mb"] is None else f"{r['peak_gpu_mb']:,.0f}"),
     ]
     names = list(results)
-    lines = ["| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    lines += [f"| {label} | " + " | ".join(cell(results[n]) for n in names) + " |" for label, cell in rows]
-    return "\n".join(lines)
+    return record.table(["", *names], [[label, *(cell(results[n]) for n in names)] for label, cell in rows])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--workdir", type=Path, default=Path("bench-train"))
     parser.add_argument("--large-events", type=int, default=10_000_000)
     parser.add_argument("--large-customers", type=int, default=500_000)
@@ -241,22 +239,24 @@ def main() -> None:
     parser.add_argument("--override", action="append", default=[], help="a churnformer-train override")
     parser.add_argument("--child-default", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child-large", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--child-output", type=Path, help=argparse.SUPPRESS)
+    record.add_argument(parser)
     args = parser.parse_args()
     args.workdir = args.workdir.resolve()
     args.workdir.mkdir(parents=True, exist_ok=True)
     if args.child_default or args.child_large:
-        args.json.write_text(json.dumps(measure(args.child_large, args.workdir, args.device, args.override)))
+        measured = measure(args.child_large, args.workdir, args.device, args.override)
+        args.child_output.write_text(json.dumps(measured))
         return
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch sees no CUDA device")
-    results = {"default": measure_in_child(None, args)}
-    if not args.no_large:
-        results["large"] = measure_in_child(make_log(args.workdir, args.large_events, args.large_customers), args)
-    print(table(results))
-    if args.json:
-        output = {key: results["default"][key] for key in KEYS}
-        output["large"] = {key: results["large"][key] for key in KEYS} if "large" in results else None
-        args.json.write_text(json.dumps(output, indent=2))
+    with record.recorded("benchmarks.train", args) as run:
+        results = {"default": measure_in_child(None, args)}
+        if not args.no_large:
+            results["large"] = measure_in_child(make_log(args.workdir, args.large_events, args.large_customers), args)
+        run.tables["throughput"] = table(results)
+        run.figures = {name: {key: measured[key] for key in KEYS} for name, measured in results.items()}
+        print(render(run.tables["throughput"]))
 
 
 if __name__ == "__main__":

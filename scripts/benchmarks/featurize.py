@@ -2,8 +2,8 @@
 
 Usage::
 
-    python scripts/bench_featurize.py [--events 10000000] [--customers 500000] [--max-len 128]
-                                      [--repeat 1] [--json PATH] [--profile] [--check]
+    python -m scripts.benchmarks.featurize [--events 10000000] [--customers 500000] [--max-len 128]
+                                      [--repeat 1] [--record PATH] [--profile] [--check]
                                       [--warm-mb 6144] [--keep-heap]
 
 For a steady ratio on a small or virtual machine use ``--repeat 3 --keep-heap`` (timings), and a plain
@@ -33,42 +33,33 @@ step once, so that drifting machine conditions hit all rows alike; the fastest r
 
 Before timing, ``--warm-mb`` of memory is touched and freed (on a VM the first touch of memory the
 host has not yet backed costs about a second per GB and otherwise lands on whichever step grows the
-heap first). Peak RSS is measured per step: the kernel's high-water mark (VmHWM) is reset through
-``/proc/self/clear_refs`` before each step and read after it, together with a psutil background thread
-sampling RSS every 2 ms; the larger of the two is reported (the method is printed and stored in JSON).
+heap first). Peak RSS is measured per step by ``scripts.common.measure`` (RSS sampled every 2 ms, the
+kernel's high-water mark, reset before each step, as its floor).
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
-import gc
 import io
-import json
 import os
-import platform
 import pstats
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from benchlog import SPAN_SECONDS, START, generate_events
 
 from churnformer.data.events import load_events
 from churnformer.data.featurizer import FeaturizerConfig, fit_featurizer
 from churnformer.data.sequences import Sequences, build_sequences
 from churnformer.data.window import Window
 from churnformer.schema import EVENT_CAT, EVENT_NUM
-
-try:
-    import psutil
-except ImportError:  # pragma: no cover - the `bench` extra installs it
-    psutil = None
+from scripts.common import record
+from scripts.common.logs import SPAN_SECONDS, START, generate_events
+from scripts.common.measure import measured
 
 RATIO_TARGET = 1.5
 KEEP_HEAP_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**40)}
@@ -127,83 +118,6 @@ def numpy_reference(
     }
 
 
-# -------------------------------------------------------------------------------------------- memory
-
-
-def _rss() -> int:
-    if psutil is not None:
-        return psutil.Process().memory_info().rss
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _reset_hwm() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _read_hwm() -> int | None:
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-class PeakMemory:
-    """Peak RSS during a block: kernel high-water mark (reset first) and a psutil sampling thread."""
-
-    def __init__(self, interval: float = 0.002) -> None:
-        self.interval = interval
-        self.start = 0
-        self.sampled = 0
-        self.hwm: int | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._hwm_reset = False
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.sampled = max(self.sampled, _rss())
-            time.sleep(self.interval)
-
-    def __enter__(self) -> PeakMemory:
-        gc.collect()
-        self.start = self.sampled = _rss()
-        self._hwm_reset = _reset_hwm()
-        if psutil is not None:
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self.sampled = max(self.sampled, _rss())
-        self.hwm = _read_hwm() if self._hwm_reset else None
-
-    @property
-    def peak(self) -> int:
-        return max(self.sampled, self.hwm or 0)
-
-
-def rss_method() -> str:
-    parts = []
-    if _reset_hwm() and _read_hwm() is not None:
-        parts.append("VmHWM reset via /proc/self/clear_refs")
-    if psutil is not None:
-        parts.append("psutil RSS sampled every 2 ms in a background thread")
-    return " + ".join(parts) if parts else "RSS after the step only (no psutil, no /proc)"
-
-
 # ------------------------------------------------------------------------------------------- runner
 
 
@@ -237,15 +151,13 @@ class Step:
 
 def measure(step: Step, first_round: bool) -> None:
     result: object = None
-    with PeakMemory() as memory:
-        started = time.perf_counter()
+    with measured(interval_s=0.002) as usage:
         result = step.run()
-        wall = time.perf_counter() - started
     row = step.row
-    row.all_wall_s.append(wall)
-    if wall < row.wall_s:  # report the fastest run, with that run's memory
-        row.wall_s, row.peak_rss_mb = wall, memory.peak / 2**20
-        row.rss_delta_mb = (memory.peak - memory.start) / 2**20
+    row.all_wall_s.append(usage.wall_s)
+    if usage.wall_s < row.wall_s:  # report the fastest run, with that run's memory
+        row.wall_s, row.peak_rss_mb = usage.wall_s, usage.peak_rss_mb
+        row.rss_delta_mb = usage.peak_rss_mb - usage.start_rss_mb
     if first_round and step.keep is not None:
         step.keep(result)
     del result
@@ -258,7 +170,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-len", type=int, default=128)
     parser.add_argument("--repeat", type=int, default=1, help="rounds; each round runs every step once")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--profile", action="store_true", help="cProfile one extra build_sequences run")
     parser.add_argument("--check", action="store_true", help=f"exit 1 if the ratio exceeds {RATIO_TARGET}")
     parser.add_argument(
@@ -275,11 +186,19 @@ def main(argv: list[str] | None = None) -> int:
         "huge MALLOC_TRIM_THRESHOLD_): steadier timings from the second round on, but the RSS columns then "
         "show the process heap, not per-step peaks",
     )
+    record.add_argument(parser)
     args = parser.parse_args(argv)
     if args.keep_heap and os.environ.get("MALLOC_MMAP_MAX_") != "0":
         env = {**os.environ, **KEEP_HEAP_ENV}
         script_args = sys.argv[1:] if argv is None else list(argv)
-        os.execve(sys.executable, [sys.executable, str(Path(__file__).resolve()), *script_args], env)
+        os.execve(sys.executable, [sys.executable, "-m", __spec__.name, *script_args], env)
+    with record.recorded("benchmarks.featurize", args) as run:
+        run.figures, run.tables, ratio = measure_all(args)
+    return 1 if args.check and ratio > RATIO_TARGET else 0
+
+
+def measure_all(args: argparse.Namespace) -> tuple[dict, dict, float]:
+    """Every step, timed and measured: the record's figures and tables, and the compared ratio."""
 
     started = time.perf_counter()
     raw = generate_events(args.events, args.customers, args.seed)
@@ -388,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         f"kept events {n_kept_events:,}; ragged event_cat x{shapes[0]}, event_num x{shapes[1]}; "
         f"padded event_num {padded_shape}"
     )
-    method = rss_method()
+    method = "scripts.common.measure (the process's sampled RSS, its kernel high-water mark the floor)"
     if args.keep_heap:
         method += " (--keep-heap: freed memory stays in the heap, so RSS is the process high-water, not per step)"
     print(f"peak RSS: {method}; Δ = peak minus RSS at step start")
@@ -406,43 +325,33 @@ def main(argv: list[str] | None = None) -> int:
         profile_text = buffer.getvalue()
         print("\ncProfile of one build_sequences run:\n" + profile_text)
 
-    if args.json:
-        payload = {
-            "events": args.events,
-            "customers": args.customers,
-            "max_len": args.max_len,
-            "repeat": args.repeat,
-            "seed": args.seed,
-            "generate_s": generate_s,
-            "warm_mb": args.warm_mb,
-            "keep_heap": args.keep_heap,
-            "warm_s": warm_s,
-            "numpy": np.__version__,
-            "pandas": pd.__version__,
-            "python": platform.python_version(),
-            "cpu_count": os.cpu_count(),
-            "rss_method": method,
-            "ratio": ratio,
-            "ratio_target": RATIO_TARGET,
-            "rows": [
-                {
-                    "step": r.step,
-                    "wall_s": r.wall_s,
-                    "ratio_vs_reference": r.wall_s / reference_row.wall_s,
-                    "peak_rss_mb": r.peak_rss_mb,
-                    "rss_delta_mb": r.rss_delta_mb,
-                    "compared": r.compared,
-                    "info": r.info,
-                    "all_wall_s": r.all_wall_s,
-                    **r.extra,
-                }
-                for r in rows
-            ],
-            "profile": profile_text,
-        }
-        args.json.write_text(json.dumps(payload, indent=2))
-        print(f"wrote {args.json}")
-    return 1 if args.check and ratio > RATIO_TARGET else 0
+    figures = {
+        "generate_s": generate_s,
+        "warm_s": warm_s,
+        "rss_method": method,
+        "ratio": ratio,
+        "ratio_target": RATIO_TARGET,
+        "rows": [
+            {
+                "step": r.step,
+                "wall_s": r.wall_s,
+                "ratio_vs_reference": r.wall_s / reference_row.wall_s,
+                "peak_rss_mb": r.peak_rss_mb,
+                "rss_delta_mb": r.rss_delta_mb,
+                "compared": r.compared,
+                "info": r.info,
+                "all_wall_s": r.all_wall_s,
+                **r.extra,
+            }
+            for r in rows
+        ],
+        "profile": profile_text,
+    }
+    steps_table = record.table(
+        ["step", "wall s", "against the reference", "peak RSS MB"],
+        [(r.step, f"{r.wall_s:.2f}", f"{r.wall_s / reference_row.wall_s:.2f}", f"{r.peak_rss_mb:,.0f}") for r in rows],
+    )
+    return figures, {"steps": steps_table}, ratio
 
 
 if __name__ == "__main__":

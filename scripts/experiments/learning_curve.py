@@ -2,9 +2,9 @@
 
 Usage::
 
-    python scripts/learning_curve.py [--sizes 1000 3000 10000 30000 100000] [--seeds 0 1 2]
+    python -m scripts.experiments.learning_curve [--sizes 1000 3000 10000 30000 100000] [--seeds 0 1 2]
                                      [--max-seeds-above 10000:1] [--test-customers 5000]
-                                     [--override key=value ...] [--json PATH] [--markdown PATH] [--figure PATH]
+                                     [--override key=value ...] [--record PATH] [--figure PATH]
                                      [--tables-from JSON]
 
 One synthetic world (``churnformer.data.synthetic``, seed 0, cutoff and horizon of ``conf/data/synthetic.yaml``)
@@ -12,24 +12,31 @@ with ``--test-customers`` more customers than the largest size. The same test cu
 every model; each size trains on a random draw (by seed) of that many of the others: where does reading the
 sequence start to pay over boosted trees on aggregates? ``--max-seeds-above 10000:1``: sizes above 10,000 run
 only the first seed (training time grows with the customers). Metrics and models as
-``scripts/benchmark_cdnow.py`` measures them (extra ``baselines``); prints a table per size and writes a
+``scripts/experiments/compare.py`` measures them (extra ``baselines``); prints a table per size and writes a
 figure of churn PR-AUC and spend Gini against the training customers.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from benchmark_cdnow import DATASETS, Protocol, baseline_model, churnformer_model, markdown, mean_std, run_models
 
 from churnformer.data.events import CUSTOMER_ID, TIMESTAMP, load_events
 from churnformer.data.synthetic import SyntheticWorldConfig, generate_world
 from churnformer.data.window import HorizonGrid, Window
+from scripts.common import record
+from scripts.experiments.compare import (
+    DATASETS,
+    Protocol,
+    baseline_model,
+    churnformer_model,
+    mean_std,
+    run_models,
+)
 
 SHOWN = ("churn_auc", "churn_pr_auc", "churn_ece", "spend_gini", "spend_spearman", "train_s")
 
@@ -42,23 +49,26 @@ def main() -> None:
     parser.add_argument("--test-customers", type=int, default=5000)
     parser.add_argument("--override", nargs="*", default=[], help="Hydra overrides for churnformer")
     parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--markdown", type=Path)
     parser.add_argument("--figure", type=Path)
-    parser.add_argument("--tables-from", type=Path, help="print the table and draw the figure of a --json file")
+    parser.add_argument("--tables-from", type=Path, help="print the table and draw the figure of a record")
+    record.add_argument(parser)
     args = parser.parse_args()
     if args.tables_from:
-        rows = json.loads(args.tables_from.read_text())["rows"]
+        rows = record.load(args.tables_from)["figures"]["rows"]
+        print(curve_table(rows).to_string(index=False))
     else:
-        rows = measure(args)
-        if args.json:
-            args.json.write_text(json.dumps({"sizes": args.sizes, "seeds": args.seeds, "rows": rows}, indent=2))
-    table = mean_std(pd.DataFrame(rows), ["size", "model"], list(SHOWN))
-    print(table.to_string(index=False))
-    if args.markdown:
-        args.markdown.write_text(markdown(table) + "\n")
+        with record.recorded("experiments.learning_curve", args) as run:
+            rows = measure(args)
+            table = curve_table(rows)
+            print(table.to_string(index=False))
+            run.figures, run.tables = {"rows": rows}, {"curve": record.frame_table(table)}
     if args.figure:
         draw(pd.DataFrame(rows), args.figure)
+
+
+def curve_table(rows: list[dict]) -> pd.DataFrame:
+    """Mean ± std over seeds, by training size and model."""
+    return mean_std(pd.DataFrame(rows), ["size", "model"], list(SHOWN))
 
 
 def measure(args: argparse.Namespace) -> list[dict]:

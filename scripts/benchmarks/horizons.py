@@ -2,8 +2,8 @@
 
 Usage::
 
-    python scripts/bench_horizons.py [--customers 4000] [--epochs 3] [--score-events 2000000]
-                                     [--score-customers 100000] [--repeats 3] [--json PATH]
+    python -m scripts.benchmarks.horizons [--customers 4000] [--epochs 3] [--score-events 2000000]
+                                     [--score-customers 100000] [--repeats 3] [--record PATH]
 
 Two measurements, each alternating the two variants ``--repeats`` times and keeping the fastest of each
 (the machine is shared and noisy; the ratio is the result):
@@ -13,7 +13,7 @@ Two measurements, each alternating the two variants ``--repeats`` times and keep
   with early stopping off so both variants run the same number, once with ``data.horizons_days=[90]``
   (one horizon, what every release before 0.2 trained) and once with the default grid 30/90/180/365;
 * **scoring**: ``Predictor.predict`` (featurization, onnxruntime, value and retention columns) on the
-  benchmark log of ``scripts/bench_score.py`` (``benchlog.generate_events``), with the default small
+  benchmark log of ``scripts/benchmarks/score.py`` (``scripts.common.logs.generate_events``), with the default small
   architecture exported with one output horizon and with four (random weights: speed does not depend
   on them).
 
@@ -23,7 +23,6 @@ Targets (issue 15): training with four horizons at most 1.3x one horizon, scorin
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,8 +31,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from bench_score import small_network
-from benchlog import SPAN_SECONDS, START, generate_events
 
 from churnformer.api import train
 from churnformer.artifacts.export import export_onnx
@@ -42,6 +39,9 @@ from churnformer.data.synthetic import SyntheticWorldConfig, generate_world
 from churnformer.defaults import model_heads
 from churnformer.modeling.network import ChurnFormer
 from churnformer.serving.predictor import Predictor
+from scripts.common import record
+from scripts.common.logs import SPAN_SECONDS, START, generate_events
+from scripts.common.models import small_network
 
 VARIANTS = {"one horizon": (90,), "four horizons": (30, 90, 180, 365)}
 MAIN_HORIZON = 90
@@ -100,9 +100,14 @@ def main() -> None:
     parser.add_argument("--score-events", type=int, default=2_000_000)
     parser.add_argument("--score-customers", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--json", type=Path)
+    record.add_argument(parser)
     args = parser.parse_args()
+    with record.recorded("benchmarks.horizons", args) as run:
+        run.figures, run.tables["cost"] = measure(args)
 
+
+def measure(args: argparse.Namespace) -> tuple[dict, dict]:
+    """Both variants, trained and scored, fastest of the repeats: the record's figures and its table."""
     workdir = Path(tempfile.mkdtemp(prefix="churnformer-bench-horizons-"))
     measured = {
         "training": fastest(training_runs(workdir, args.customers, args.epochs), args.repeats),
@@ -120,8 +125,7 @@ def main() -> None:
         f"{args.epochs} epochs; scoring: {args.score_events:,} events of {args.score_customers:,} customers\n"
     )
     print(table.to_string(index=False))
-    if args.json:
-        args.json.write_text(json.dumps({"arguments": vars(args) | {"json": str(args.json)}, **measured}, indent=2))
+    return measured, record.frame_table(table)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Speed and memory benchmarks; each compares side by side in one run, since the machines are noisy."""

@@ -1,0 +1,1 @@
+"""What every benchmark and experiment shares: logs, models, measurement and the result record."""

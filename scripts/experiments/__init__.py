@@ -1,0 +1,1 @@
+"""Predictive-quality experiments: the protocols against the baselines, learning curves, levers, ceilings."""
