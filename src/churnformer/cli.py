@@ -1,5 +1,5 @@
-"""Console entry points (Hydra apps): ``churnformer-train``, ``-export``, ``-predict``, ``-evaluate``, ``-monitor``,
-``-backtest``.
+"""Console entry points (Hydra apps): ``churnformer-train``, ``-featurize``, ``-export``, ``-predict``, ``-evaluate``,
+``-monitor``, ``-backtest``.
 
 Problems the user can fix (:class:`ChurnformerError`: bad input, impossible config) end with one
 clear message and exit status 2; ``debug=true`` shows the traceback instead.
@@ -202,6 +202,13 @@ def _train(cfg: DictConfig) -> float | None:
     return configured_metric(cfg, train(cfg))
 
 
+def _featurize(cfg: DictConfig) -> None:
+    require_extra("churnformer-featurize", "train", TRAINING_MODULES)
+    from churnformer.training.featurize import featurize
+
+    featurize(cfg)
+
+
 def _export(cfg: DictConfig) -> None:
     require_extra("churnformer-export", "train", TRAINING_MODULES)
     from pathlib import Path
@@ -270,6 +277,9 @@ def _monitor(cfg: DictConfig) -> None:
 
 train = console_script(hydra.main(version_base="1.3", config_path="conf", config_name="train")(_job(_train)))
 export = console_script(hydra.main(version_base="1.3", config_path="conf/serving", config_name="export")(_job(_export)))
+featurize = console_script(
+    hydra.main(version_base="1.3", config_path="conf", config_name="featurize")(_job(_featurize))
+)
 
 
 def explain_arguments(arguments: list[str]) -> list[str]:

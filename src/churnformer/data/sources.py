@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from churnformer.data.events import ColumnMapping, load_customers, load_events
+from churnformer.errors import InputError
 
 Table = str | Path | pd.DataFrame
 
@@ -120,3 +121,38 @@ class CompleteJourneyLog(EventLogSource):
 
     def origins(self) -> tuple[Table | None, Table | None]:
         return self._frames
+
+
+class TrainingSetDirectory(EventLogSource):
+    """A training set ``churnformer-featurize`` wrote (``data=dataset data.path=DIR``): training reads its
+    shards; the log it was built from (its manifest's ``source``) is read only for what runs after training on
+    the raw events (scoring the log, explaining and evaluating the validation customers)."""
+
+    def __init__(self, directory: str | Path) -> None:
+        from churnformer.data.store import read_manifest
+
+        self.directory = Path(directory)
+        self.manifest = read_manifest(self.directory)
+
+    @cached_property
+    def built_from(self) -> EventLogSource:
+        """The source the dataset was featurized from, as its manifest names it."""
+        from hydra.utils import instantiate
+
+        source = self.manifest.get("source")
+        if source is None:
+            raise InputError(
+                f"{self.directory}: built from DataFrames, not files, so the log behind it cannot be read again "
+                "(turn off what reads it after training: predict_after_training=false explain_validation=false)"
+            )
+        return instantiate(source)
+
+    @property
+    def columns(self) -> ColumnMapping:  # type: ignore[override]
+        return ColumnMapping().overridden(self.manifest.get("columns") or {})
+
+    def load(self) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+        return self.built_from.load()
+
+    def origins(self) -> tuple[Table | None, Table | None]:
+        return self.built_from.origins() if self.manifest.get("source") is not None else (None, None)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import time
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -21,14 +22,25 @@ from churnformer.artifacts.stacked_trees import StackedTrees
 from churnformer.data.events import CUSTOMER_ID
 from churnformer.data.featurizer import FeaturizerConfig
 from churnformer.data.labels import LabelSpec
-from churnformer.data.sources import EventLogSource
+from churnformer.data.sharded import ShardedSequences
+from churnformer.data.sources import EventLogSource, TrainingSetDirectory
+from churnformer.data.store import (
+    MANIFEST,
+    SHARD_EXAMPLES,
+    dataset_key,
+    load_training_set,
+    read_manifest,
+    write_training_set,
+)
 from churnformer.data.training_set import TrainingSet, build_training_set, rolling_windows, sampled_customers
 from churnformer.data.window import HorizonGrid, Window
 from churnformer.defaults import yaml_defaults
+from churnformer.errors import ConfigError
 from churnformer.model_card import log_facts
 from churnformer.schema import LABELS_BY_HORIZON, RUN_TEXT_EMBEDDINGS, RUN_TEXT_ENCODER, by_horizon
 from churnformer.text.embeddings import TextEmbeddings
 from churnformer.text.encoder import TextEncoder, require_text_support
+from churnformer.training.run_info import fingerprint
 from churnformer.training.sampler import LengthBucketBatchSampler
 from churnformer.training.stacking import StackingSettings, stack_trees
 
@@ -53,6 +65,37 @@ class DataSettings:
     rolling_cutoffs: dict[str, float]
     stacking: dict[str, Any]
     sample_customers: float | int | None = None
+    dataset_dir: str | None = None
+
+    # What a training set depends on (the keys of a featurized dataset); the rest only shapes batches and fits.
+    FEATURIZATION: ClassVar[tuple[str, ...]] = (
+        "cutoff",
+        "horizon_days",
+        "horizons_days",
+        "purchase_types",
+        "event_type_column",
+        "churn_definition",
+        "decline_threshold",
+        "features",
+        "val_fraction",
+        "rolling_cutoffs",
+        "sample_customers",
+    )
+
+    def featurization(self) -> dict[str, Any]:
+        """The settings a training set is built from, as a featurized dataset's manifest records them."""
+        return {name: getattr(self, name) for name in self.FEATURIZATION}
+
+    def from_dataset(self, manifest: dict[str, Any]) -> DataSettings:
+        """These settings with a featurized dataset's featurization settings (``data=dataset``); a cutoff given
+        here must be the dataset's."""
+        built = {name: manifest["settings"][name] for name in self.FEATURIZATION}
+        if self.cutoff is not None and str(self.cutoff) != str(built["cutoff"]):
+            raise ConfigError(
+                f"data.cutoff={self.cutoff}, but the dataset was featurized at {built['cutoff']}: leave data.cutoff "
+                "out (a dataset's cutoff, horizons and features are its own) or featurize again"
+            )
+        return replace(self, **built)
 
     @property
     def labels(self) -> LabelSpec:
@@ -80,8 +123,24 @@ class DataSettings:
         )
 
 
-# How long ranks other than 0 wait for rank 0's export of the sentence encoder (seconds).
+# How long ranks other than 0 wait for rank 0's export of the sentence encoder, and for its featurized dataset
+# (seconds).
 ENCODER_WAIT_S = 600
+DATASET_WAIT_S = 6 * 3600
+
+
+def wait_for(path: Path, seconds: float, what: str) -> None:
+    """Wait until ``path`` exists (what another rank writes); a timeout names it and ``what`` did not happen."""
+    deadline = time.monotonic() + seconds
+    while not path.is_file():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path}: {what} within {seconds:g} s")
+        time.sleep(1)
+
+
+# A training set on disk (data.dataset_dir, data=dataset): the pages of its shards a process has read are handed
+# back to the page cache every this many batches, so resident memory stays flat over an epoch.
+RELEASE_EVERY_BATCHES = 64
 
 
 class SequenceDataset(torch.utils.data.Dataset):
@@ -91,6 +150,7 @@ class SequenceDataset(torch.utils.data.Dataset):
         self.sequences = data.sequences
         self.labels = {by_horizon(label): data.by_horizon(label) for label in LABELS_BY_HORIZON}
         self.rows = rows
+        self._batches = 0
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -102,6 +162,9 @@ class SequenceDataset(torch.utils.data.Dataset):
         rows_array = np.asarray(rows, dtype=np.int64)
         batch = {name: torch.from_numpy(a) for name, a in self.sequences.pad(rows_array).items()}
         batch.update({name: torch.from_numpy(values[rows_array]) for name, values in self.labels.items()})
+        self._batches += 1
+        if isinstance(self.sequences, ShardedSequences) and self._batches % RELEASE_EVERY_BATCHES == 0:
+            self.sequences.release()
         return batch
 
 
@@ -109,18 +172,26 @@ class ChurnDataModule(pl.LightningDataModule):
     """Loads the source's log, builds the training set (featurization fitted on training customers only) and
     serves batches. DDP: training batches are split across ranks by the sampler (equal counts per rank)."""
 
-    def __init__(self, source: EventLogSource, settings: DataSettings, run_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        source: EventLogSource,
+        settings: DataSettings,
+        run_dir: Path | None = None,
+        source_config: dict[str, Any] | None = None,
+    ) -> None:
         """``run_dir``: where a model reading text keeps its sentence encoder and embedded texts (the run's
-        directory; a temporary one when None)."""
+        directory; a temporary one when None). ``source_config``: the ``data.source`` config, which a featurized
+        dataset records so that what runs after training can read its log again (None for DataFrames)."""
         super().__init__()
         self.source = source
+        self.source_config = source_config
         self.settings = settings
         self.run_dir = Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="churnformer-"))
         self.window = Window.from_cutoff(settings.cutoff, settings.horizon_days)
         self.grid = HorizonGrid.of(settings.horizons_days, settings.horizon_days)
         self.data: TrainingSet | None = None
         self.stacked_trees: StackedTrees | None = None  # data.stacking: the trees whose predictions join the aggregates
-        self.customers: pd.DataFrame | None = None
+        self._customers: pd.DataFrame | None = None
         self.log_facts: dict[str, Any] = {}
         self._train_sampler: LengthBucketBatchSampler | None = None
         self._train_sampler_state: dict[str, int] | None = None
@@ -145,11 +216,7 @@ class ChurnDataModule(pl.LightningDataModule):
             return
         # Ranks a launcher started together with rank 0 (torchrun) use the file rank 0 writes: one encoder,
         # one SHA-256, whatever the rank that exports the model.
-        deadline = time.monotonic() + ENCODER_WAIT_S
-        while not encoder.is_file():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{encoder}: rank 0 did not export the text encoder within {ENCODER_WAIT_S} s")
-            time.sleep(1)
+        wait_for(encoder, ENCODER_WAIT_S, "rank 0 did not export the text encoder")
 
     def text_embeddings(self) -> TextEmbeddings | None:
         """The run's texts embedded by its encoder (earlier embeddings of this run reused), or None."""
@@ -163,12 +230,23 @@ class ChurnDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.data is not None:
             return
+        if isinstance(self.source, TrainingSetDirectory):
+            self.data = load_training_set(self.source.directory)
+            self.log_facts = self.source.manifest.get("log_facts", {})
+        elif self.settings.dataset_dir is not None:
+            self.data = self.featurized_once(Path(self.settings.dataset_dir))
+        else:
+            self.data = self.featurize()
+        self.stacked_trees = stack_trees(self.data, StackingSettings(**self.settings.stacking), self.settings.seed)
+
+    def featurize(self) -> TrainingSet:
+        """Read the log and featurize it (featurization fitted on the training customers only)."""
         events, customers = self.load_frames()
-        self.customers = customers  # the static attributes: slices of the validation report
+        self._customers = customers
         self.log_facts = log_facts(events, customers)  # for the model card
         rolling = self.settings.rolling_cutoffs
         texts = self.text_embeddings()
-        self.data = build_training_set(
+        data = build_training_set(
             events,
             customers,
             rolling_windows(self.window, int(rolling["count"]), float(rolling["step_days"])),
@@ -178,9 +256,52 @@ class ChurnDataModule(pl.LightningDataModule):
             self.settings.labels,
             texts,
         )
-        self.stacked_trees = stack_trees(self.data, StackingSettings(**self.settings.stacking), self.settings.seed)
         if texts is not None and rank_zero_only.rank == 0:
             texts.save(self.run_dir / RUN_TEXT_EMBEDDINGS)
+        return data
+
+    def dataset_identity(self) -> tuple[dict[str, Any], list[dict[str, Any] | None]]:
+        """The settings and inputs a featurized dataset of this run is keyed by."""
+        settings = self.settings.featurization() | {"columns": asdict(self.source.columns)}
+        return settings, [fingerprint(origin) for origin in self.source.origins()]
+
+    def write_dataset(self, directory: Path, shard_examples: int = SHARD_EXAMPLES) -> TrainingSet:
+        """Featurize the log and write the training set to ``directory`` (``churnformer-featurize``'s format),
+        with what reads the log again (its ``data.source`` config; None for DataFrames)."""
+        data = self.featurize()
+        settings, inputs = self.dataset_identity()
+        extra = {"source": self.source_config, "columns": settings["columns"], "log_facts": self.log_facts}
+        write_training_set(data, directory, settings, inputs, extra, shard_examples)
+        return data
+
+    def featurized_once(self, root: Path) -> TrainingSet:
+        """The training set from ``root/<key>`` (``data.dataset_dir``), written there first if no run with these
+        settings and inputs has; every run, the first included, then trains from the files."""
+        settings, inputs = self.dataset_identity()
+        directory = root / dataset_key(settings, inputs)
+        log = logging.getLogger(__name__)
+        if (directory / MANIFEST).is_file():
+            log.info("data.dataset_dir: training from %s, featurized before", directory)
+        elif rank_zero_only.rank == 0:
+            root.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=root))
+            self.write_dataset(staging)
+            try:
+                staging.rename(directory)  # atomic: a concurrent run with the same key may have won
+            except OSError:
+                shutil.rmtree(staging, ignore_errors=True)
+            log.info("data.dataset_dir: featurized into %s", directory)
+        else:
+            wait_for(directory / MANIFEST, DATASET_WAIT_S, "rank 0 did not finish featurizing")
+        self.log_facts = read_manifest(directory).get("log_facts", {})
+        return load_training_set(directory)
+
+    @property
+    def customers(self) -> pd.DataFrame | None:
+        """The static attributes (slices of the validation report); read from the source when training did not."""
+        if self._customers is None:
+            self._customers = self.load_frames()[1]
+        return self._customers
 
     def load_frames(self) -> tuple[pd.DataFrame, pd.DataFrame | None]:
         """The standard events and customers frames of the source, of the customers the run trains on

@@ -34,7 +34,7 @@ from churnformer.calibration import Calibration
 from churnformer.console import silence_known_noise
 from churnformer.data.events import CUSTOMER_ID
 from churnformer.data.labels import ChurnDefinition
-from churnformer.data.sources import EventLogFiles
+from churnformer.data.sources import EventLogFiles, TrainingSetDirectory
 from churnformer.defaults import serving_defaults
 from churnformer.errors import ConfigError
 from churnformer.evaluation.figures import drivers_figure
@@ -186,15 +186,24 @@ def check_config(cfg: DictConfig) -> None:
             )
 
 
-def build_datamodule(cfg: DictConfig, events: pd.DataFrame | None, customers: pd.DataFrame | None) -> ChurnDataModule:
-    """The configured source (or the API's DataFrames, with the configured column mapping), set up."""
+def build_datamodule(
+    cfg: DictConfig, events: pd.DataFrame | None, customers: pd.DataFrame | None, setup: bool = True
+) -> ChurnDataModule:
+    """The configured source (or the API's DataFrames, with the configured column mapping), set up. A featurized
+    dataset (``data=dataset``) brings its own featurization settings (cutoff, horizons, features)."""
+    source_config = None
     if events is not None:
         source = EventLogFiles(events, customers, OmegaConf.to_container(cfg.data.columns))
     else:
         source = hydra.utils.instantiate(cfg.data.source)
-    datamodule = ChurnDataModule(source, DataSettings.of(cfg.data), Path(cfg.paths.output_dir))
+        source_config = OmegaConf.to_container(cfg.data.source, resolve=True)
+    settings = DataSettings.of(cfg.data)
+    if isinstance(source, TrainingSetDirectory):
+        settings = settings.from_dataset(source.manifest)
+    datamodule = ChurnDataModule(source, settings, Path(cfg.paths.output_dir), source_config)
     datamodule.prepare_data()
-    datamodule.setup("fit")
+    if setup:
+        datamodule.setup("fit")
     return datamodule
 
 
@@ -301,7 +310,9 @@ def record_run(cfg: DictConfig, run_dir: Path, metrics: dict[str, float], datamo
     """config.yaml (resolved), metrics.json (the best checkpoint's validation metrics) and run_info.json."""
     (run_dir / RUN_CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
     (run_dir / RUN_METRICS).write_text(json.dumps(metrics, indent=2))
-    info = run_info(cfg.seed, str(cfg.data.cutoff), datamodule.window.horizon_days, *datamodule.source.origins())
+    info = run_info(
+        cfg.seed, str(datamodule.settings.cutoff), datamodule.window.horizon_days, *datamodule.source.origins()
+    )
     (run_dir / RUN_INFO).write_text(json.dumps(info, indent=2))
 
 
@@ -427,7 +438,7 @@ def model_card(
     info = json.loads((run_dir / RUN_INFO).read_text())
     data = datamodule.data
     kept = list(data.grid.days)
-    configured = [float(h) for h in cfg.data.horizons_days]
+    configured = [float(h) for h in datamodule.settings.horizons_days]
     events_file = (info["data"].get("events") or {}).get("path")
     return build_card(
         version=info["churnformer"],
@@ -439,7 +450,7 @@ def model_card(
         },
         task={
             "churn_definition": str(datamodule.settings.labels.churn),
-            "cutoff": str(cfg.data.cutoff),
+            "cutoff": str(datamodule.settings.cutoff),
             "horizon_days": datamodule.window.horizon_days,
             "horizons_days": kept,
             "horizons_dropped": [h for h in configured if h not in kept],

@@ -1,0 +1,232 @@
+"""A training set on disk: shards of ragged arrays (Arrow IPC) and a manifest, written once and trained from many
+times (``churnformer-featurize``, ``data.dataset_dir``, ``data=dataset``).
+
+A directory holds ``manifest.json`` and, per shard of at most ``shard_examples`` consecutive examples (the
+training set's own order: the customers at the main cutoff sorted by id, then each earlier cutoff's training
+customers), ``shard-NNNNN.examples.arrow`` (one row per example: customer id, length, validation flag, customer
+inputs, labels) and ``shard-NNNNN.events.arrow`` (the examples' events back to back: one row per event, one
+column per event input). Files are uncompressed Arrow IPC, so the events are memory-mapped and read without a
+copy (:mod:`churnformer.data.sharded`); a text model's embedded texts are ``text_table.npy``.
+
+The manifest records the featurization state (the featurizer, the horizon grid, what a purchase and a churn
+are), the counts and a histogram of lengths, the settings the set was built with and the input files' hashes:
+its ``key`` names what would build the same set again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from churnformer import __version__
+from churnformer.data.events import CUSTOMER_ID
+from churnformer.data.featurizer import Featurizer
+from churnformer.data.labels import ChurnDefinition, LabelSpec
+from churnformer.data.sequences import BuildReport
+from churnformer.data.sharded import Shard, ShardedSequences
+from churnformer.data.training_set import TrainingSet
+from churnformer.data.window import HorizonGrid
+from churnformer.errors import InputError
+
+FORMAT = "churnformer-training-set/1"
+MANIFEST = "manifest.json"
+TEXT_TABLE = "text_table.npy"
+# Examples per shard: a few hundred MB of events at most for the longest histories (max_len 128 events each).
+SHARD_EXAMPLES = 50_000
+_LENGTH_COLUMN, _TOTAL_COLUMN, _VALIDATION_COLUMN = "length", "n_events_total", "is_validation"
+
+
+def dataset_key(settings: dict[str, Any], inputs: list[dict[str, Any] | None]) -> str:
+    """What identifies a training set: the settings it is built from and its inputs' contents, not where they
+    are (and the format and package version that wrote it). 16 hex digits of a SHA-256."""
+    contents = [None if i is None else {k: v for k, v in i.items() if k != "path"} for i in inputs]
+    payload = {"format": FORMAT, "version": __version__, "settings": settings, "inputs": contents}
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _column(values: np.ndarray) -> pa.Array:
+    """A (n, ...) array as an Arrow column: a fixed-size list per row (a plain column for (n,))."""
+    if values.ndim == 1:
+        return pa.array(values)
+    width = int(np.prod(values.shape[1:]))
+    return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(values).reshape(-1)), width)
+
+
+def _array(column: pa.Array | pa.ChunkedArray, shape_tail: list[int]) -> np.ndarray:
+    """An Arrow column back as numpy, without a copy where Arrow allows it."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if not shape_tail:
+        return column.to_numpy(zero_copy_only=False)
+    flat = column.flatten().to_numpy(zero_copy_only=True)
+    return flat.reshape(len(column), *shape_tail)
+
+
+def _write_table(path: Path, columns: dict[str, pa.Array]) -> None:
+    table = pa.table(columns)
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=max(table.num_rows, 1))
+
+
+def _shapes(arrays: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    return {name: {"dtype": str(values.dtype), "shape": list(values.shape[1:])} for name, values in arrays.items()}
+
+
+def lengths_histogram(lengths: np.ndarray) -> dict[str, int]:
+    """Examples by length, in powers of two: ``"1"``, ``"2-3"``, ``"4-7"``, ..."""
+    bins = np.floor(np.log2(np.maximum(lengths, 1))).astype(int)
+    counts = np.bincount(bins)
+    return {(f"{2**b}" if b == 0 else f"{2**b}-{2 ** (b + 1) - 1}"): int(n) for b, n in enumerate(counts) if n}
+
+
+def write_training_set(
+    data: TrainingSet,
+    directory: str | Path,
+    settings: dict[str, Any],
+    inputs: list[dict[str, Any]],
+    extra: dict[str, Any] | None = None,
+    shard_examples: int = SHARD_EXAMPLES,
+) -> Path:
+    """Write ``data`` to ``directory`` (created; files already there are replaced), with the ``settings`` and
+    ``inputs`` it was built from in the manifest, and ``extra`` entries (the source, the log's facts). The
+    manifest is written last: a directory with one is complete."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / MANIFEST).unlink(missing_ok=True)
+    sequences = data.sequences
+    is_validation = np.zeros(len(sequences), dtype=bool)
+    is_validation[data.val_rows] = True
+    label_columns = [c for c in data.labels.columns if c != CUSTOMER_ID]
+    shards = []
+    for number, start in enumerate(range(0, len(sequences), shard_examples)):
+        rows = np.arange(start, min(start + shard_examples, len(sequences)))
+        part = sequences.subset(rows)
+        name = f"shard-{number:05d}"
+        examples = {
+            CUSTOMER_ID: pa.array(part.customer_ids),
+            _LENGTH_COLUMN: pa.array(part.lengths.astype(np.int64)),
+            _TOTAL_COLUMN: pa.array(part.n_events_total.astype(np.int64)),
+            _VALIDATION_COLUMN: pa.array(is_validation[rows]),
+            **{f"customer:{n}": _column(v) for n, v in part.customers.items()},
+            **{f"label:{c}": pa.array(data.labels[c].to_numpy()[rows]) for c in label_columns},
+        }
+        _write_table(directory / f"{name}.examples.arrow", examples)
+        _write_table(directory / f"{name}.events.arrow", {n: _column(v) for n, v in part.events.items()})
+        shards.append({"name": name, "examples": len(rows), "events": int(part.offsets[-1])})
+    if sequences.text_table is not None:
+        np.save(directory / TEXT_TABLE, sequences.text_table)
+    manifest = {
+        "format": FORMAT,
+        "version": __version__,
+        "key": dataset_key(settings, inputs),
+        "settings": settings,
+        "inputs": inputs,
+        "featurizer": json.loads(data.featurizer.to_json()),
+        "grid": {"days": list(data.grid.days), "main": data.grid.main},
+        "labels": {
+            "purchase_types": list(data.spec.purchase_types) if data.spec.purchase_types else None,
+            "event_type_column": data.spec.event_type_column,
+            "churn_definition": data.spec.churn.name,
+            "decline_threshold": data.spec.churn.decline_threshold,
+            "columns": label_columns,
+        },
+        "examples": len(sequences),
+        "main_count": data.main_count,
+        "training_examples": len(data.train_rows),
+        "validation_examples": len(data.val_rows),
+        "events": int(sum(shard["events"] for shard in shards)),
+        "lengths_histogram": lengths_histogram(sequences.lengths),
+        "events_arrays": _shapes(sequences.events),
+        "customer_arrays": _shapes(sequences.customers),
+        "report": asdict(sequences.report),
+        "shards": shards,
+        **(extra or {}),
+    }
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    return directory
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    """A dataset's manifest; an error naming the directory when there is none or it is another format."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise InputError(f"{directory}: not a training-set directory (no {MANIFEST}; churnformer-featurize writes one)")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT:
+        raise InputError(f"{path}: format {manifest.get('format')!r}, this release reads {FORMAT!r}")
+    return manifest
+
+
+def _mapped_table(path: Path) -> tuple[pa.Table, mmap.mmap]:
+    with open(path, "rb") as handle:
+        mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    return pa.ipc.open_file(pa.py_buffer(mapping)).read_all(), mapping
+
+
+def load_training_set(directory: str | Path) -> TrainingSet:
+    """The training set of ``directory``: per-example arrays and labels in memory, events memory-mapped."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    event_shapes, customer_shapes = manifest["events_arrays"], manifest["customer_arrays"]
+    parts, shards = [], []
+    for number, entry in enumerate(manifest["shards"]):
+        examples = pa.ipc.open_file(pa.memory_map(str(directory / f"{entry['name']}.examples.arrow"))).read_all()
+        events, mapping = _mapped_table(directory / f"{entry['name']}.events.arrow")
+        lengths = examples[_LENGTH_COLUMN].to_numpy()
+        shards.append(
+            Shard(
+                offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+                events={name: _array(events[name], spec["shape"]) for name, spec in event_shapes.items()},
+                mapping=mapping,
+            )
+        )
+        parts.append((number, examples, lengths))
+    examples = pa.concat_tables([table for _, table, _ in parts])
+    lengths = np.concatenate([lengths for _, _, lengths in parts]).astype(np.int64)
+    customer_ids = examples[CUSTOMER_ID].to_numpy()
+    labels = pd.DataFrame(
+        {
+            CUSTOMER_ID: customer_ids,
+            **{c: examples[f"label:{c}"].to_numpy() for c in manifest["labels"]["columns"]},
+        }
+    )
+    text_table = np.load(directory / TEXT_TABLE) if (directory / TEXT_TABLE).is_file() else None
+    sequences = ShardedSequences(
+        customer_ids=customer_ids,
+        lengths=lengths,
+        customers={
+            name: np.array(_array(examples[f"customer:{name}"], spec["shape"]))
+            for name, spec in customer_shapes.items()
+        },
+        n_events_total=examples[_TOTAL_COLUMN].to_numpy(),
+        report=BuildReport(**manifest["report"]),
+        shards=shards,
+        shard=np.concatenate([np.full(len(n), number, dtype=np.int32) for number, _, n in parts]),
+        local=np.concatenate([np.arange(len(n), dtype=np.int64) for _, _, n in parts]),
+        text_table=text_table,
+    )
+    is_validation = examples[_VALIDATION_COLUMN].to_numpy(zero_copy_only=False)
+    spec = manifest["labels"]
+    return TrainingSet(
+        featurizer=Featurizer.from_json(json.dumps(manifest["featurizer"])),
+        sequences=sequences,
+        labels=labels,
+        train_rows=np.flatnonzero(~is_validation),
+        val_rows=np.flatnonzero(is_validation),
+        main_count=int(manifest["main_count"]),
+        grid=HorizonGrid(tuple(manifest["grid"]["days"]), manifest["grid"]["main"]),
+        spec=LabelSpec(
+            tuple(spec["purchase_types"]) if spec["purchase_types"] else None,
+            spec["event_type_column"],
+            ChurnDefinition(spec["churn_definition"], spec["decline_threshold"]),
+        ),
+    )
