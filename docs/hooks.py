@@ -6,14 +6,20 @@
 - ``<!-- generated: cli-reference -->``: every console script of ``pyproject.toml``, with its usage (the header
   comment of its config) or its module docstring, and where its settings are in the configuration reference.
 - ``<!-- generated: changelog -->``: ``CHANGELOG.md``, its links made relative to the docs.
+- ``<!-- results: FILE | TABLE -->``: the table ``TABLE`` of the benchmark record ``docs/results/FILE`` (the
+  JSON every ``python -m scripts...`` run writes, ``scripts.common.record``), with the command, date, commit
+  and machine that produced it. A missing record or table fails the build.
 
-Only the standard library: the docs build needs no churnformer import.
+Only the standard library (and ``scripts.common.tables``, which needs nothing else): the docs build needs no
+churnformer import.
 """
 
 from __future__ import annotations
 
 import ast
+import json
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +28,7 @@ CONF = ROOT / "src" / "churnformer" / "conf"
 # The console scripts with a Hydra config: the config file (relative to conf/).
 SCRIPT_CONFIGS = {
     "churnformer-train": "train.yaml",
+    "churnformer-featurize": "featurize.yaml",
     "churnformer-backtest": "backtest.yaml",
     "churnformer-export": "serving/export.yaml",
     "churnformer-predict": "serving/predict.yaml",
@@ -33,6 +40,10 @@ SCRIPT_MODULES = {
     "churnformer-synthetic": "churnformer.data.synthetic",
     "churnformer-runs": "churnformer.training.runs",
 }
+RESULTS = ROOT / "docs" / "results"
+# <!-- results: FILE[, FILE...] | TABLE[ | COLUMN, ...][ | rows: FIRST CELL, ...] -->: several files' rows are
+# stacked (same columns); optionally only some columns, and only the rows whose first cell is named.
+RESULT_MARKER = re.compile(r"<!-- results: (?P<spec>[^>]+?) -->")
 KEY = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z_][\w.@-]*|\"[^\"]+\"):(?P<value>.*)$")
 
 
@@ -224,9 +235,117 @@ def changelog() -> str:
 GENERATED = {"config-reference": config_reference, "cli-reference": cli_reference, "changelog": changelog}
 
 
+def provenance(record: dict) -> str:
+    """Where a record's numbers come from: command, date, commit, machine, duration, and any note."""
+    commit = (record.get("commit") or "not recorded")[:12] + (
+        " with uncommitted changes" if record.get("dirty") else ""
+    )
+    machine = record["machine"]
+    parts = [
+        f"`{record['command']}`",
+        record["date"][:10],
+        f"commit {commit}",
+        f"{machine['cores']} cores ({machine['cpu']})",
+    ]
+    if record.get("wall_s"):
+        minutes = record["wall_s"] / 60
+        parts.append(f"{minutes:.0f} min" if minutes >= 1 else f"{record['wall_s']:.0f} s")
+    note = f" {record['provenance']}" if record.get("provenance") else ""
+    return "<small>" + ", ".join(parts) + "." + note + "</small>"
+
+
+@dataclass
+class ResultSpec:
+    """What a results marker asks for."""
+
+    files: list[str]
+    table: str
+    columns: list[str] | None = None
+    rows: list[str] | None = None
+
+    @classmethod
+    def parse(cls, spec: str) -> ResultSpec:
+        files, table, *rest = (part.strip() for part in spec.split(" | "))
+        parsed = cls(split_list(files), table)
+        for part in rest:
+            if part.startswith("rows:"):
+                parsed.rows = split_list(part.removeprefix("rows:"))
+            else:
+                parsed.columns = split_list(part)
+        return parsed
+
+
+def split_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def result_table(spec: ResultSpec) -> tuple[dict, list[dict]]:
+    """The table a marker asks for, from its records under ``docs/results`` (rows stacked, then the columns
+    and rows it names), with the records themselves. A missing record, table, column or row is an error."""
+    records, stacked = [], None
+    for file in spec.files:
+        path = RESULTS / file
+        if not path.exists():
+            raise FileNotFoundError(f"no record {path.relative_to(ROOT)}")
+        record = json.loads(path.read_text())
+        if spec.table not in record["tables"]:
+            raise KeyError(f"{file} has no table {spec.table!r}, only {sorted(record['tables'])}")
+        table = record["tables"][spec.table]
+        if stacked is None:
+            stacked = {"columns": table["columns"], "rows": []}
+        elif table["columns"] != stacked["columns"]:
+            raise ValueError(f"{file}: table {spec.table!r} has other columns than {spec.files[0]}'s")
+        stacked["rows"] += table["rows"]
+        records.append(record)
+    if spec.rows:
+        by_name = {row[0]: row for row in stacked["rows"]}
+        missing = [name for name in spec.rows if name not in by_name]
+        if missing:
+            raise KeyError(f"table {spec.table!r} of {spec.files} has no row(s) {missing}")
+        stacked["rows"] = [by_name[name] for name in spec.rows]
+    if spec.columns:
+        missing = [c for c in spec.columns if c not in stacked["columns"]]
+        if missing:
+            raise KeyError(f"table {spec.table!r} of {spec.files} has no column(s) {missing}")
+        keep = [stacked["columns"].index(c) for c in spec.columns]
+        stacked = {"columns": spec.columns, "rows": [[row[i] for i in keep] for row in stacked["rows"]]}
+    return stacked, records
+
+
+def rendered_table(spec: ResultSpec) -> str:
+    """A marker's table as markdown (``scripts.common.tables.render``: the scripts print the same)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from scripts.common.tables import render
+
+    return render(result_table(spec)[0])
+
+
+def results_table(match: re.Match) -> str:
+    """A marker's table, rendered from its records, with each record's provenance under it."""
+    spec = ResultSpec.parse(match["spec"])
+    records = result_table(spec)[1]
+    return rendered_table(spec) + "\n\n" + "<br>\n".join(provenance(record) for record in records)
+
+
 def on_page_markdown(markdown: str, **_: object) -> str:
     for name, make in GENERATED.items():
         marker = f"<!-- generated: {name} -->"
         if marker in markdown:
             markdown = markdown.replace(marker, make())
-    return markdown
+    return RESULT_MARKER.sub(results_table, markdown)
+
+
+def refresh_readme(text: str) -> str:
+    """``text`` (the README, which GitHub shows without hooks) with the table under each results marker
+    rendered again from its records."""
+
+    def table_after(match: re.Match) -> str:
+        return f"{match[1]}\n\n{rendered_table(ResultSpec.parse(match[2]))}\n"
+
+    return re.sub(r"(<!-- results: ([^>]+?) -->)\n\n(?:\|.*\n)*", table_after, text)
+
+
+if __name__ == "__main__":  # python docs/hooks.py: the README's result tables, rendered again from the records
+    readme = ROOT / "README.md"
+    readme.write_text(refresh_readme(readme.read_text()))

@@ -1,10 +1,12 @@
 """The documentation: every command it shows is one the tools accept (its overrides compose into the command's
-config: no key, group or option that does not exist), and the site builds with ``mkdocs build --strict`` (no
-broken link, anchor or page). ``tests/test_readme.py`` runs the getting-started and monthly pages' commands."""
+config: no key, group or option that does not exist), every benchmark table is rendered from a committed record
+(and the README's copies match theirs), and the site builds with ``mkdocs build --strict`` (no broken link,
+anchor or page). ``tests/test_readme.py`` runs the getting-started and monthly pages' commands."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import shlex
 import subprocess
@@ -22,6 +24,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 # The Hydra-configured console scripts: the config module and name each composes.
 CONFIGS = {
     "churnformer-train": ("churnformer.conf", "train"),
+    "churnformer-featurize": ("churnformer.conf", "featurize"),
     "churnformer-backtest": ("churnformer.conf", "backtest"),
     "churnformer-predict": ("churnformer.conf.serving", "predict"),
     "churnformer-evaluate": ("churnformer.conf.serving", "evaluate"),
@@ -58,6 +61,8 @@ def test_the_docs_show_every_configured_command() -> None:
 )
 def test_every_documented_command_composes(page: str, tool: str, arguments: list[str]) -> None:
     overrides = [quote_spark_master(a) for a in explain_arguments(arguments) if a != "-m"]
+    if "-m" in arguments:  # a sweep: each trial composes one value of each swept key
+        overrides = [re.sub(r"^([^=\[]+=)([^,\[\]'\"]+),.*$", r"\1\2", o) for o in overrides]
     module, name = CONFIGS[tool]
     with initialize_config_module(module, version_base="1.3"):
         compose(name, overrides=overrides)  # raises on a key, group or option that does not exist
@@ -69,18 +74,62 @@ def leaf_keys(node: object, prefix: str = "") -> set[str]:
     return {prefix.rstrip(".")}
 
 
-@pytest.mark.parametrize("tool", sorted(CONFIGS))
-def test_the_configuration_reference_lists_every_key_of_each_command(tool: str) -> None:
-    """Every key of the composed config (as ``--cfg job`` prints it) has a row in the generated reference."""
+def docs_hooks():
+    """``docs/hooks.py``, the mkdocs hooks, as a module."""
     spec = importlib.util.spec_from_file_location("docs_hooks", ROOT / "docs" / "hooks.py")
     hooks = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = hooks  # its dataclasses look their module up there
     spec.loader.exec_module(hooks)
+    return hooks
+
+
+@pytest.mark.parametrize("tool", sorted(CONFIGS))
+def test_the_configuration_reference_lists_every_key_of_each_command(tool: str) -> None:
+    """Every key of the composed config (as ``--cfg job`` prints it) has a row in the generated reference."""
+    hooks = docs_hooks()
     module, name = CONFIGS[tool]
     with initialize_config_module(module, version_base="1.3"):
         config = OmegaConf.to_container(compose(name), resolve=False)
     missing = sorted(leaf_keys(config) - hooks.documented_keys())
     assert not missing, f"{tool}: keys without a row in the configuration reference: {missing}"
+
+
+RECORD_KEYS = {"benchmark", "command", "commit", "date", "machine", "wall_s", "peak_rss_mb", "figures", "tables"}
+
+
+def result_markers() -> list[tuple[str, str]]:
+    """(page, marker spec) of every ``<!-- results: ... -->`` marker of the README and the docs."""
+    hooks = docs_hooks()
+    return [
+        (str(page.relative_to(ROOT)), m["spec"])
+        for page in PAGES
+        for m in hooks.RESULT_MARKER.finditer(page.read_text())
+    ]
+
+
+def test_every_benchmark_table_comes_from_a_committed_record_and_every_record_is_shown() -> None:
+    hooks = docs_hooks()
+    shown = set()
+    for page, spec in result_markers():
+        parsed = hooks.ResultSpec.parse(spec)
+        table, _ = hooks.result_table(parsed)  # raises, naming it, on a missing record, table, row or column
+        assert table["rows"], f"{page}: {spec} renders no row"
+        shown.update(parsed.files)
+    published = {path.name for path in (ROOT / "docs" / "results").glob("*.json")}
+    assert shown == published, f"records shown nowhere: {sorted(published - shown)}"
+    for name in published:
+        record = json.loads((ROOT / "docs" / "results" / name).read_text())
+        assert RECORD_KEYS <= set(record), f"{name} lacks {sorted(RECORD_KEYS - set(record))}"
+        assert record["commit"] or record.get("provenance"), f"{name}: neither its commit nor where it came from"
+
+
+def test_the_readme_tables_are_their_records_tables() -> None:
+    """The README has no hook: the table under each results marker is the one its records render
+    (``python docs/hooks.py`` renders them again)."""
+    hooks = docs_hooks()
+    readme = (ROOT / "README.md").read_text()
+    assert hooks.RESULT_MARKER.search(readme)
+    assert hooks.refresh_readme(readme) == readme, "README.md's result tables differ from their records'"
 
 
 @pytest.mark.slow

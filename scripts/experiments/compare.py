@@ -10,7 +10,7 @@ Usage::
                                                 churnformer_purchases]
                                       [--ensemble MODEL ... | --seed-ensemble N]
                                       [--churn-definition no_purchase|decline] [--decline-threshold 0.5]
-                                      [--record PATH] [--tables-from RECORD]
+                                      [--label TEXT] [--record PATH] [--tables-from RECORD]
                                       [--override key=value ...]
 
 CDNOW master log (pip install -e ".[baselines]"), cutoff 1997-09-30, horizon 273 days, all 23,570
@@ -445,6 +445,9 @@ def main() -> None:
     parser.add_argument("--decline-threshold", type=float, default=ChurnDefinition().decline_threshold)
     parser.add_argument("--gbm-threads", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=None, help="where training runs go (default: a temp dir)")
+    parser.add_argument(
+        "--label", default=None, help="a name for this run's settings, shown after each model's (e.g. 'stacked')"
+    )
     parser.add_argument("--tables-from", type=Path, help="print the tables of a record, running nothing")
     record.add_argument(parser)
     args = parser.parse_args()
@@ -454,8 +457,14 @@ def main() -> None:
         return
     with record.recorded("experiments.compare", args) as run:
         header, rows = compare(parser, args)
+        rows = labelled(rows, args.label)
         run.figures = {"header": header, "rows": rows}
         run.tables = {title: record.frame_table(table) for title, table in print_tables(rows, header).items()}
+
+
+def labelled(rows: list[dict], label: str | None) -> list[dict]:
+    """``rows`` with ``label`` after each model's name: a run's settings, in a table beside other runs."""
+    return rows if not label else [{**row, "model": f"{row['model']} ({label})"} for row in rows]
 
 
 def compare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[dict, list[dict]]:
