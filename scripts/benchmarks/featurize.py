@@ -33,8 +33,8 @@ step once, so that drifting machine conditions hit all rows alike; the fastest r
 
 Before timing, ``--warm-mb`` of memory is touched and freed (on a VM the first touch of memory the
 host has not yet backed costs about a second per GB and otherwise lands on whichever step grows the
-heap first). Peak RSS is measured per step by ``scripts.common.measure`` (RSS sampled every 2 ms, the
-kernel's high-water mark, reset before each step, as its floor).
+heap first). Peak RSS is measured per step by ``scripts.common.measure`` (the kernel's high-water mark, reset
+before each step).
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ class Step:
 
 def measure(step: Step, first_round: bool) -> None:
     result: object = None
-    with measured(interval_s=0.002) as usage:
+    with measured() as usage:
         result = step.run()
     row = step.row
     row.all_wall_s.append(usage.wall_s)
@@ -307,7 +307,7 @@ def measure_all(args: argparse.Namespace) -> tuple[dict, dict, float]:
         f"kept events {n_kept_events:,}; ragged event_cat x{shapes[0]}, event_num x{shapes[1]}; "
         f"padded event_num {padded_shape}"
     )
-    method = "scripts.common.measure (the process's sampled RSS, its kernel high-water mark the floor)"
+    method = "scripts.common.measure (the kernel's high-water mark, reset before each step)"
     if args.keep_heap:
         method += " (--keep-heap: freed memory stays in the heap, so RSS is the process high-water, not per step)"
     print(f"peak RSS: {method}; Δ = peak minus RSS at step start")

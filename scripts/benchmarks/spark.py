@@ -7,7 +7,7 @@ Usage::
 
 Both jobs run as the real command line in a subprocess, one after the other, on the scoring benchmark's
 log and model (``scripts/benchmarks/score.py``: Parquet, integer ids, the default architecture with reference
-percentiles). ``scripts.common.measure`` samples the job's process tree every 50 ms and sums RSS by role: the
+percentiles). ``scripts.common.measure`` reads the peak of every process of the job's tree and sums them by role: the
 ``churnformer-predict`` process (for Spark, the driver's Python side), the JVM (at a ``local[N]`` master,
 Spark's driver and executor in one process) and Spark's Python workers (``pyspark.daemon`` and its forks,
 where the buckets are scored); the table shows each role's peak and the whole tree's. Wall time includes
@@ -30,7 +30,6 @@ from scripts.common.measure import run_measured
 from scripts.common.models import cutoff_date, make_log, make_model, reference_model
 from scripts.common.tables import render
 
-SAMPLE_S = 0.05
 ROLES = ("driver", "jvm", "python_workers")
 
 
@@ -45,9 +44,9 @@ def role(process: psutil.Process, root: psutil.Process) -> str:
     return "python_workers" if "pyspark" in command else "other"
 
 
-def run_sampled(args: list[str]) -> dict[str, float]:
+def run_job(args: list[str]) -> dict[str, float]:
     """Run ``args``; wall time and peak RSS (MB) of each role and of the whole process tree."""
-    usage, _ = run_measured(args, role=role, interval_s=SAMPLE_S)
+    usage, _ = run_measured(args, role=role)
     by_role = {f"peak_{name}_mb": round(usage.peak_rss_mb_by_role.get(name, 0.0)) for name in ROLES}
     return {"wall_s": round(usage.wall_s, 1), **by_role, "peak_total_mb": round(usage.peak_rss_mb)}
 
@@ -73,8 +72,8 @@ def measure(options: argparse.Namespace) -> tuple[dict, dict]:
     common = [binary, f"model={model}", f"events={log}", f"cutoff={cutoff_date()}", "progress=false"]
     local_out, spark_out = options.workdir / "spark-bench-local.parquet", options.workdir / "spark-bench-spark.parquet"
     results = {
-        "local": run_sampled([*common, f"output={local_out}"]),
-        "spark": run_sampled([*common, f"output={spark_out}", "engine=spark", f"spark.master={options.master}"]),
+        "local": run_job([*common, f"output={local_out}"]),
+        "spark": run_job([*common, f"output={spark_out}", "engine=spark", f"spark.master={options.master}"]),
     }
     spark_rows = pd.read_parquet(spark_out).sort_values("customer_id", ignore_index=True)
     identical = spark_rows.equals(pd.read_parquet(local_out))

@@ -140,7 +140,7 @@ def recorded(benchmark: str, args: argparse.Namespace) -> Iterator[Record]:
     arguments = {name: _plain(value) for name, value in vars(args).items() if name != "record"}
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     record = Record(benchmark, arguments, args.record or DEFAULT_DIR / benchmark / f"{stamp}.json")
-    with measured(interval_s=0.05) as usage:
+    with measured() as usage:
         yield record
     record.path.parent.mkdir(parents=True, exist_ok=True)
     payload = record.as_json(usage.wall_s, usage.peak_rss_mb)
