@@ -41,7 +41,7 @@ SCRIPT_MODULES = {
     "churnformer-runs": "churnformer.training.runs",
 }
 RESULTS = ROOT / "docs" / "results"
-# <!-- results: FILE[, FILE...] | TABLE[ | COLUMN, ...][ | rows: FIRST CELL, ...] -->: several files' rows are
+# <!-- results: FILE[, FILE...] | TABLE[ | COLUMN, ...][ | rows: FIRST CELL; ...] -->: several files' rows are
 # stacked (same columns); optionally only some columns, and only the rows whose first cell is named.
 RESULT_MARKER = re.compile(r"<!-- results: (?P<spec>[^>]+?) -->")
 KEY = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z_][\w.@-]*|\"[^\"]+\"):(?P<value>.*)$")
@@ -268,15 +268,15 @@ class ResultSpec:
         files, table, *rest = (part.strip() for part in spec.split(" | "))
         parsed = cls(split_list(files), table)
         for part in rest:
-            if part.startswith("rows:"):
-                parsed.rows = split_list(part.removeprefix("rows:"))
+            if part.startswith("rows:"):  # row names may hold commas: separated by semicolons
+                parsed.rows = split_list(part.removeprefix("rows:"), ";")
             else:
                 parsed.columns = split_list(part)
         return parsed
 
 
-def split_list(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
+def split_list(text: str, separator: str = ",") -> list[str]:
+    return [part.strip() for part in text.split(separator) if part.strip()]
 
 
 def result_table(spec: ResultSpec) -> tuple[dict, list[dict]]:
@@ -341,9 +341,9 @@ def refresh_readme(text: str) -> str:
     rendered again from its records."""
 
     def table_after(match: re.Match) -> str:
-        return f"{match[1]}\n\n{rendered_table(ResultSpec.parse(match[2]))}\n"
+        return f"{match[1]}\n\n{rendered_table(ResultSpec.parse(match[2]))}\n\n"
 
-    return re.sub(r"(<!-- results: ([^>]+?) -->)\n\n(?:\|.*\n)*", table_after, text)
+    return re.sub(r"(<!-- results: ([^>]+?) -->)\n\n(?:\|.*\n)*\n?", table_after, text)
 
 
 if __name__ == "__main__":  # python docs/hooks.py: the README's result tables, rendered again from the records
