@@ -99,6 +99,21 @@ def test_pages_handed_back_are_read_again_unchanged(
         np.testing.assert_array_equal(after[name], before[name])
 
 
+def test_a_log_without_a_customer_table_stores_its_empty_attribute_arrays(tmp_path: Path) -> None:
+    """No static attributes: customer arrays with no values per row (Arrow has no empty fixed-size list)."""
+    events, _ = generate_world(SyntheticWorldConfig.with_defaults(n_customers=300, seed=5))
+    window = Window.from_cutoff("2024-06-30", 90)
+    grid, features = HorizonGrid.of([90], 90), FeaturizerConfig.with_defaults()
+    data = build_training_set(load_events(events), None, [window], grid, features, 0.2, LabelSpec())
+    assert any(values.shape[1] == 0 for values in data.sequences.customers.values())
+    write_training_set(data, tmp_path, {}, [])
+    back = load_training_set(tmp_path)
+    rows = np.arange(len(data.sequences))
+    expected, actual = data.sequences.pad(rows), back.sequences.pad(rows)
+    for name in expected:
+        np.testing.assert_array_equal(actual[name], expected[name], err_msg=name)
+
+
 def test_the_manifest_counts_what_the_shards_hold(training_set: TrainingSet, stored: tuple[Path, TrainingSet]) -> None:
     directory, _ = stored
     manifest = read_manifest(directory)

@@ -53,16 +53,27 @@ def dataset_key(settings: dict[str, Any], inputs: list[dict[str, Any] | None]) -
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _column(values: np.ndarray) -> pa.Array:
-    """A (n, ...) array as an Arrow column: a fixed-size list per row (a plain column for (n,))."""
-    if values.ndim == 1:
-        return pa.array(values)
-    width = int(np.prod(values.shape[1:]))
-    return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(values).reshape(-1)), width)
+def _columns(prefix: str, arrays: dict[str, np.ndarray]) -> dict[str, pa.Array]:
+    """(n, ...) arrays as Arrow columns: a fixed-size list per row (a plain column for (n,)). An array with no
+    values per row (no static attributes, say) has no column: Arrow has no empty fixed-size list, and the
+    manifest's shape rebuilds it."""
+    columns = {}
+    for name, values in arrays.items():
+        width = int(np.prod(values.shape[1:]))
+        if values.ndim == 1:
+            columns[f"{prefix}{name}"] = pa.array(values)
+        elif width:
+            flat = pa.array(np.ascontiguousarray(values).reshape(-1))
+            columns[f"{prefix}{name}"] = pa.FixedSizeListArray.from_arrays(flat, width)
+    return columns
 
 
-def _array(column: pa.Array | pa.ChunkedArray, shape_tail: list[int]) -> np.ndarray:
-    """An Arrow column back as numpy, without a copy where Arrow allows it."""
+def _array(table: pa.Table, name: str, spec: dict[str, Any]) -> np.ndarray:
+    """A stored array back as numpy, without a copy where Arrow allows it."""
+    shape_tail = spec["shape"]
+    if shape_tail and not int(np.prod(shape_tail)):
+        return np.zeros((table.num_rows, *shape_tail), dtype=spec["dtype"])
+    column = table[name]
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     if not shape_tail:
@@ -116,11 +127,11 @@ def write_training_set(
             _LENGTH_COLUMN: pa.array(part.lengths.astype(np.int64)),
             _TOTAL_COLUMN: pa.array(part.n_events_total.astype(np.int64)),
             _VALIDATION_COLUMN: pa.array(is_validation[rows]),
-            **{f"customer:{n}": _column(v) for n, v in part.customers.items()},
+            **_columns("customer:", part.customers),
             **{f"label:{c}": pa.array(data.labels[c].to_numpy()[rows]) for c in label_columns},
         }
         _write_table(directory / f"{name}.examples.arrow", examples)
-        _write_table(directory / f"{name}.events.arrow", {n: _column(v) for n, v in part.events.items()})
+        _write_table(directory / f"{name}.events.arrow", _columns("", part.events))
         shards.append({"name": name, "examples": len(rows), "events": int(part.offsets[-1])})
     if sequences.text_table is not None:
         np.save(directory / TEXT_TABLE, sequences.text_table)
@@ -185,7 +196,7 @@ def load_training_set(directory: str | Path) -> TrainingSet:
         shards.append(
             Shard(
                 offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-                events={name: _array(events[name], spec["shape"]) for name, spec in event_shapes.items()},
+                events={name: _array(events, name, spec) for name, spec in event_shapes.items()},
                 mapping=mapping,
             )
         )
@@ -204,8 +215,7 @@ def load_training_set(directory: str | Path) -> TrainingSet:
         customer_ids=customer_ids,
         lengths=lengths,
         customers={
-            name: np.array(_array(examples[f"customer:{name}"], spec["shape"]))
-            for name, spec in customer_shapes.items()
+            name: np.array(_array(examples, f"customer:{name}", spec)) for name, spec in customer_shapes.items()
         },
         n_events_total=examples[_TOTAL_COLUMN].to_numpy(),
         report=BuildReport(**manifest["report"]),

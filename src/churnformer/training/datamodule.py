@@ -285,11 +285,14 @@ class ChurnDataModule(pl.LightningDataModule):
         elif rank_zero_only.rank == 0:
             root.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=root))
-            self.write_dataset(staging)
             try:
+                self.write_dataset(staging)
                 staging.rename(directory)  # atomic: a concurrent run with the same key may have won
             except OSError:
                 shutil.rmtree(staging, ignore_errors=True)
+            finally:
+                if staging.exists() and not (directory / MANIFEST).is_file():  # failed: leave nothing half-written
+                    shutil.rmtree(staging, ignore_errors=True)
             log.info("data.dataset_dir: featurized into %s", directory)
         else:
             wait_for(directory / MANIFEST, DATASET_WAIT_S, "rank 0 did not finish featurizing")
