@@ -312,20 +312,24 @@ def result_table(spec: ResultSpec) -> tuple[dict, list[dict]]:
     return stacked, records
 
 
-def rendered_table(spec: ResultSpec) -> str:
-    """A marker's table as markdown (``scripts.common.tables.render``: the scripts print the same)."""
+def render(table: dict) -> str:
+    """A table as markdown (``scripts.common.tables.render``: the scripts print the same)."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    from scripts.common.tables import render
+    from scripts.common.tables import render as markdown
 
+    return markdown(table)
+
+
+def rendered_table(spec: ResultSpec) -> str:
+    """A marker's table as markdown."""
     return render(result_table(spec)[0])
 
 
 def results_table(match: re.Match) -> str:
     """A marker's table, rendered from its records, with each record's provenance under it."""
-    spec = ResultSpec.parse(match["spec"])
-    records = result_table(spec)[1]
-    return rendered_table(spec) + "\n\n" + "<br>\n".join(provenance(record) for record in records)
+    table, records = result_table(ResultSpec.parse(match["spec"]))
+    return render(table) + "\n\n" + "<br>\n".join(provenance(record) for record in records)
 
 
 def on_page_markdown(markdown: str, **_: object) -> str:

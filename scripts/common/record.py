@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import shlex
-import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -31,6 +30,7 @@ from typing import Any
 
 import psutil
 
+from churnformer.training.run_info import git_commit
 from scripts.common.measure import measured
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,14 +58,6 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> dict[str, li
 def frame_table(frame) -> dict[str, list]:
     """A pandas frame (already formatted, e.g. ``mean ± std`` cells) as a table of a record."""
     return table(list(frame.columns), frame.astype(str).to_numpy().tolist())
-
-
-def _git(*args: str) -> str:
-    try:
-        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return ""
-    return done.stdout.strip()
 
 
 def _cpu_model() -> str:
@@ -110,14 +102,15 @@ class Record:
     tables: dict[str, dict[str, list]] = field(default_factory=dict)
 
     def as_json(self, wall_s: float, peak_rss_mb: float) -> dict[str, Any]:
+        commit, _, dirty = (git_commit(ROOT) or "").partition("+")
         main = sys.modules["__main__"].__spec__  # the module run with -m (a wrapper's own name)
         module = main.name if main is not None else f"scripts.{self.benchmark}"
         return {
             "benchmark": self.benchmark,
             "command": shlex.join(["python", "-m", module, *sys.argv[1:]]),
             "arguments": self.arguments,
-            "commit": _git("rev-parse", "HEAD") or None,
-            "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+            "commit": commit or None,
+            "dirty": bool(dirty),
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "machine": machine(),
             "wall_s": round(wall_s, 3),

@@ -265,11 +265,17 @@ class ChurnDataModule(pl.LightningDataModule):
         settings = self.settings.featurization() | {"columns": asdict(self.source.columns)}
         return settings, [fingerprint(origin) for origin in self.source.origins()]
 
-    def write_dataset(self, directory: Path, shard_examples: int = SHARD_EXAMPLES) -> TrainingSet:
+    def write_dataset(
+        self,
+        directory: Path,
+        shard_examples: int = SHARD_EXAMPLES,
+        identity: tuple[dict[str, Any], list[dict[str, Any] | None]] | None = None,
+    ) -> TrainingSet:
         """Featurize the log and write the training set to ``directory`` (``churnformer-featurize``'s format),
-        with what reads the log again (its ``data.source`` config; None for DataFrames)."""
+        with what reads the log again (its ``data.source`` config; None for DataFrames). ``identity``: the
+        :meth:`dataset_identity` already computed (the inputs are hashed once)."""
         data = self.featurize()
-        settings, inputs = self.dataset_identity()
+        settings, inputs = identity or self.dataset_identity()
         extra = {"source": self.source_config, "columns": settings["columns"], "log_facts": self.log_facts}
         write_training_set(data, directory, settings, inputs, extra, shard_examples)
         return data
@@ -286,13 +292,14 @@ class ChurnDataModule(pl.LightningDataModule):
             root.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=root))
             try:
-                self.write_dataset(staging)
-                staging.rename(directory)  # atomic: a concurrent run with the same key may have won
-            except OSError:
+                self.write_dataset(staging, identity=(settings, inputs))
+            except BaseException:  # leave nothing half-written
                 shutil.rmtree(staging, ignore_errors=True)
-            finally:
-                if staging.exists() and not (directory / MANIFEST).is_file():  # failed: leave nothing half-written
-                    shutil.rmtree(staging, ignore_errors=True)
+                raise
+            try:
+                staging.rename(directory)  # atomic
+            except OSError:  # a concurrent run with the same key wrote it first
+                shutil.rmtree(staging, ignore_errors=True)
             log.info("data.dataset_dir: featurized into %s", directory)
         else:
             wait_for(directory / MANIFEST, DATASET_WAIT_S, "rank 0 did not finish featurizing")
