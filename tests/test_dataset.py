@@ -175,8 +175,9 @@ def test_a_run_from_its_dataset_equals_the_run_in_memory_and_a_second_run_reuses
 
 @pytest.mark.slow
 def test_churnformer_featurize_then_train_from_the_dataset(tiny_world: tuple[Path, Path], tmp_path: Path) -> None:
-    """The console script writes the dataset; ``data=dataset`` trains from it with the dataset's own cutoff and
-    horizons to the in-memory run's metrics, and reads the log it was built from for what follows training."""
+    """The console script writes the dataset, partition by partition of the CSV log read in chunks;
+    ``data=dataset`` trains from it with the dataset's own cutoff and horizons to the in-memory run's metrics,
+    and reads the log it was built from for what follows training."""
     from hydra import compose, initialize_config_module
 
     from churnformer.training.featurize import featurize
@@ -184,8 +185,13 @@ def test_churnformer_featurize_then_train_from_the_dataset(tiny_world: tuple[Pat
     events, customers = tiny_world
     log = [*TRAIN_OVERRIDES, f"data.events={events}", f"data.customers={customers}"]
     with initialize_config_module("churnformer.conf", version_base="1.3"):
-        featurize(compose("featurize", overrides=[*log, f"output={tmp_path / 'dataset'}", "shard_examples=150"]))
-    assert len(read_manifest(tmp_path / "dataset")["shards"]) > 1
+        featurize(
+            compose(
+                "featurize", overrides=[*log, f"output={tmp_path / 'dataset'}", "shard_examples=150", "partitions=2"]
+            )
+        )
+    manifest = read_manifest(tmp_path / "dataset")
+    assert len(manifest["shards"]) > 2 and manifest["partitions"] == 2 and manifest["featurizer_fit_share"] == 1
     # The same command line without the log: the dataset's own cutoff, horizons and features.
     rest = [o for o in TRAIN_OVERRIDES if not o.startswith(("data=", "data.cutoff"))]
     from_dataset = train_in_process(tmp_path / "run", "data=dataset", f"data.path={tmp_path / 'dataset'}", *rest)

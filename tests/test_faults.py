@@ -38,11 +38,14 @@ def _state_dict(run_dir: Path) -> dict[str, Any]:
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="POSIX signals")
 @pytest.mark.slow
 def test_run_killed_mid_epoch_resumes_to_the_same_metrics(tiny_world: tuple[Path, Path], tmp_path: Path) -> None:
+    """The killed and the resumed run train from a featurized dataset on disk (``data.dataset_dir``: the killed
+    run writes it, the resumed one reads it), the uninterrupted one in memory: the same end either way."""
     events, customers = tiny_world
-    overrides = (*RESUMABLE_OVERRIDES, f"data.events={events}", f"data.customers={customers}")
+    log = (*RESUMABLE_OVERRIDES, f"data.events={events}", f"data.customers={customers}")
+    overrides = (*log, f"data.dataset_dir={tmp_path / 'datasets'}")
     uninterrupted, killed = tmp_path / "uninterrupted", tmp_path / "killed"
 
-    run_cli("churnformer-train", *overrides, f"hydra.run.dir={uninterrupted}", cwd=tmp_path)
+    run_cli("churnformer-train", *log, f"hydra.run.dir={uninterrupted}", cwd=tmp_path)
     final = _state_dict(uninterrupted)
     steps_per_epoch = final["global_step"] // MAX_EPOCHS
     assert final["global_step"] == MAX_EPOCHS * steps_per_epoch and steps_per_epoch > 2
@@ -67,8 +70,11 @@ def test_run_killed_mid_epoch_resumes_to_the_same_metrics(tiny_world: tuple[Path
     position = at_kill["ChurnDataModule"]["train_sampler"]
     assert position["epoch"] == at_kill["epoch"] and 0 < position["batches"] < steps_per_epoch
 
+    (dataset,) = (tmp_path / "datasets").glob("*/manifest.json")
+    written = dataset.stat().st_mtime_ns
     resumed = run_cli("churnformer-train", *overrides, f"hydra.run.dir={killed}", "ckpt_path=last", cwd=tmp_path)
     assert f"resuming from {killed / 'checkpoints' / 'last.ckpt'}" in resumed.stdout
+    assert dataset.stat().st_mtime_ns == written  # read, not written again
     assert json.loads((killed / "metrics.json").read_text()) == json.loads((uninterrupted / "metrics.json").read_text())
     again = _state_dict(killed)
     assert again["global_step"] == final["global_step"]

@@ -6,13 +6,15 @@ for column names, id types and timestamps live here and nowhere else.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import IO
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from churnformer.errors import InputError
 
@@ -299,6 +301,43 @@ def load_events(
     ).reset_index(drop=True)
     events.attrs[SOURCE_ATTR] = where
     return events
+
+
+def read_event_chunks(
+    path: str | Path,
+    mapping: ColumnMapping,
+    rows_per_chunk: int,
+    columns: Sequence[str] | None = None,
+    dictionary: Sequence[str] = (),
+) -> Iterator[pd.DataFrame]:
+    """An event-log file as standard frames (:func:`load_events`) of at most ``rows_per_chunk`` input rows, in
+    file order, so no step needs the whole log in memory: Parquet row batches, CSV chunks. ``columns``: the
+    file's columns to read (all by default); ``dictionary``: Parquet string columns to read dictionary-encoded.
+    Each chunk's messages name its rows."""
+    path = Path(path)
+    if not check_table_file(path):
+        raw_chunks: Iterator[pd.DataFrame] = iter(
+            pd.read_csv(
+                path,
+                sep=csv_separator(path),
+                usecols=columns,
+                dtype={mapping.customer_id: str},
+                chunksize=rows_per_chunk,
+                encoding_errors="replace",  # as read_csv
+            )
+        )
+    else:
+        try:
+            parquet = pq.ParquetFile(path, read_dictionary=list(dictionary) or None)
+        except (pa.ArrowInvalid, OSError) as error:
+            raise InputError(f"{path}: not a readable Parquet file ({error})") from error
+        batches = parquet.iter_batches(batch_size=rows_per_chunk, columns=list(columns) if columns else None)
+        raw_chunks = (batch.to_pandas() for batch in batches)
+    first_row = 0
+    for raw in raw_chunks:
+        name = f"{path} (rows {first_row:,} to {first_row + len(raw) - 1:,} of the data)"
+        yield load_events(raw, mapping, name=name)
+        first_row += len(raw)
 
 
 def source_of(frame: pd.DataFrame, default: str) -> str:

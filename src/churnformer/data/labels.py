@@ -119,22 +119,30 @@ def make_labels(
 
 
 def horizon_labels(
-    events: pd.DataFrame, window: Window, grid: HorizonGrid, customer_ids: np.ndarray, spec: LabelSpec = LabelSpec()
+    events: pd.DataFrame,
+    window: Window,
+    grid: HorizonGrid,
+    customer_ids: np.ndarray,
+    spec: LabelSpec = LabelSpec(),
+    log_end: int | None = None,
 ) -> pd.DataFrame:
     """:func:`make_labels` at every horizon of ``grid`` after ``window.feature_end``: ``churn_<h>d``,
     ``spend_<h>d``, ``no_purchase_<h>d`` (what the survival head learns; ``churn_<h>d`` itself unless the
     definition is a decline), ``purchases_<h>d`` (the days with a purchase: several purchases on one day count
     once, as BG/NBD counts transactions) and ``observed_<h>d`` (1 when the horizon's window ends within the
     log, see :func:`log_end_ns`; where it does not, the labels count only what the log holds, and training
-    leaves them out), and ``churn``/``spend``/``purchases`` at the main horizon."""
+    leaves them out), and ``churn``/``spend``/``purchases`` at the main horizon. ``log_end`` (ns): where the
+    whole log ends, when ``events`` is a part of it (one partition of its customers); by default the end of
+    ``events``."""
     stamps = events[TIMESTAMP].to_numpy(dtype="datetime64[ns]").view(np.int64)
-    if len(stamps) and stamps.max() < window.feature_end_ns:
+    if log_end is None and len(stamps) and stamps.max() < window.feature_end_ns:
         raise InputError(
             f"{source_of(events, 'events')}: no events after the cutoff {window} (the log ends at "
             f"{pd.Timestamp(stamps.max())}), so churn and spend in the {window.horizon_days:g}-day horizon "
             f"cannot be observed. Choose a cutoff at least {window.horizon_days:g} days before the end of the log."
         )
-    log_end = log_end_ns(stamps) if len(stamps) else window.feature_end_ns
+    if log_end is None:
+        log_end = log_end_ns(stamps) if len(stamps) else window.feature_end_ns
     longest = window.feature_end_ns + round(max(grid.days) * NS_PER_DAY)
     after = (stamps >= window.feature_end_ns) & (stamps < longest)
     future = events.loc[after]

@@ -8,7 +8,7 @@ events rather than customers x max_len, and batches of similar lengths waste no 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -46,6 +46,18 @@ class BuildReport:
     customers_truncated: int = 0
     unknown_categories: dict[str, int] = field(default_factory=dict)
     customers_without_static: int = 0
+
+
+def combined_report(reports: list[BuildReport]) -> BuildReport:
+    """One report of builds over disjoint sets of customers (the partitions of a log): every count added."""
+    combined = BuildReport()
+    for report in reports:
+        for item in fields(BuildReport):
+            if item.name != "unknown_categories":
+                setattr(combined, item.name, getattr(combined, item.name) + getattr(report, item.name))
+        for column, count in report.unknown_categories.items():
+            combined.unknown_categories[column] = combined.unknown_categories.get(column, 0) + count
+    return combined
 
 
 @dataclass

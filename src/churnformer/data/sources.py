@@ -8,13 +8,13 @@ one more ``conf/data/*.yaml`` naming it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
 
-from churnformer.data.events import ColumnMapping, load_customers, load_events
+from churnformer.data.events import ColumnMapping, load_customers, load_events, read_event_chunks
 from churnformer.errors import InputError
 
 Table = str | Path | pd.DataFrame
@@ -37,6 +37,18 @@ class EventLogSource(ABC):
     def origins(self) -> tuple[Table | None, Table | None]:
         """The events and customers as files or DataFrames, for the run's fingerprints (``run_info.json``)."""
 
+    def event_chunks(self, rows_per_chunk: int) -> Iterator[pd.DataFrame]:
+        """The standard events frame in chunks of at most ``rows_per_chunk`` rows (a partitioned featurization
+        reads the log this way, twice): a source backed by a file streams it; by default, slices of
+        :meth:`load`'s frame."""
+        events = self.load()[0]
+        for start in range(0, len(events), rows_per_chunk):
+            yield events.iloc[start : start + rows_per_chunk]
+
+    def customer_table(self) -> pd.DataFrame | None:
+        """The standard customers frame alone (one row per customer: small next to the events)."""
+        return self.load()[1]
+
 
 class EventLogFiles(EventLogSource):
     """The user's own log (``data=csv``): CSV or Parquet files, or DataFrames through the Python API, with the
@@ -48,12 +60,18 @@ class EventLogFiles(EventLogSource):
         self.columns = ColumnMapping().overridden(columns)
 
     def load(self) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-        events = load_events(self.events, self.columns)
-        customers = load_customers(self.customers, self.columns.customer_id) if self.customers is not None else None
-        return events, customers
+        return load_events(self.events, self.columns), self.customer_table()
 
     def origins(self) -> tuple[Table | None, Table | None]:
         return self.events, self.customers
+
+    def event_chunks(self, rows_per_chunk: int) -> Iterator[pd.DataFrame]:
+        if isinstance(self.events, pd.DataFrame):
+            return super().event_chunks(rows_per_chunk)
+        return read_event_chunks(self.events, self.columns, rows_per_chunk)
+
+    def customer_table(self) -> pd.DataFrame | None:
+        return load_customers(self.customers, self.columns.customer_id) if self.customers is not None else None
 
 
 class SyntheticWorld(EventLogSource):
@@ -78,11 +96,16 @@ class SyntheticWorld(EventLogSource):
             write_world(self.world, self.directory)
 
     def load(self) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-        events, customers = self.files
-        return load_events(events), load_customers(customers)
+        return load_events(self.files[0]), self.customer_table()
 
     def origins(self) -> tuple[Table | None, Table | None]:
         return self.files
+
+    def event_chunks(self, rows_per_chunk: int) -> Iterator[pd.DataFrame]:
+        return read_event_chunks(self.files[0], self.columns, rows_per_chunk)
+
+    def customer_table(self) -> pd.DataFrame | None:
+        return load_customers(self.files[1])
 
 
 class CdnowLog(EventLogSource):

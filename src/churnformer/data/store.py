@@ -30,18 +30,19 @@ from churnformer import __version__
 from churnformer.data.events import CUSTOMER_ID
 from churnformer.data.featurizer import Featurizer
 from churnformer.data.labels import ChurnDefinition, LabelSpec
-from churnformer.data.sequences import BuildReport
+from churnformer.data.sequences import BuildReport, Sequences
 from churnformer.data.sharded import Shard, ShardedSequences
 from churnformer.data.training_set import TrainingSet
 from churnformer.data.window import HorizonGrid
 from churnformer.errors import InputError
 
-FORMAT = "churnformer-training-set/1"
+FORMAT = "churnformer-training-set/2"
 MANIFEST = "manifest.json"
 TEXT_TABLE = "text_table.npy"
 # Examples per shard: a few hundred MB of events at most for the longest histories (max_len 128 events each).
 SHARD_EXAMPLES = 50_000
 _LENGTH_COLUMN, _TOTAL_COLUMN, _VALIDATION_COLUMN = "length", "n_events_total", "is_validation"
+_CUTOFF_COLUMN = "cutoff"
 
 
 def dataset_key(settings: dict[str, Any], inputs: list[dict[str, Any] | None]) -> str:
@@ -92,10 +93,8 @@ def _shapes(arrays: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
     return {name: {"dtype": str(values.dtype), "shape": list(values.shape[1:])} for name, values in arrays.items()}
 
 
-def lengths_histogram(lengths: np.ndarray) -> dict[str, int]:
-    """Examples by length, in powers of two: ``"1"``, ``"2-3"``, ``"4-7"``, ..."""
-    bins = np.floor(np.log2(np.maximum(lengths, 1))).astype(int)
-    counts = np.bincount(bins)
+def _histogram(counts: np.ndarray) -> dict[str, int]:
+    """Counts per power-of-two bin (``counts[b]``: lengths in ``[2**b, 2**(b+1))``) by the bins' labels."""
     return {(f"{2**b}" if b == 0 else f"{2**b}-{2 ** (b + 1) - 1}"): int(n) for b, n in enumerate(counts) if n}
 
 
@@ -110,60 +109,99 @@ def write_training_set(
     """Write ``data`` to ``directory`` (created; files already there are replaced), with the ``settings`` and
     ``inputs`` it was built from in the manifest, and ``extra`` entries (the source, the log's facts). The
     manifest is written last: a directory with one is complete."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / MANIFEST).unlink(missing_ok=True)
-    sequences = data.sequences
-    is_validation = np.zeros(len(sequences), dtype=bool)
+    writer = TrainingSetWriter(directory, shard_examples)
+    is_validation = np.zeros(len(data.sequences), dtype=bool)
     is_validation[data.val_rows] = True
-    label_columns = [c for c in data.labels.columns if c != CUSTOMER_ID]
-    shards = []
-    for number, start in enumerate(range(0, len(sequences), shard_examples)):
-        rows = np.arange(start, min(start + shard_examples, len(sequences)))
-        part = sequences.subset(rows)
-        name = f"shard-{number:05d}"
-        examples = {
-            CUSTOMER_ID: pa.array(part.customer_ids),
-            _LENGTH_COLUMN: pa.array(part.lengths.astype(np.int64)),
-            _TOTAL_COLUMN: pa.array(part.n_events_total.astype(np.int64)),
-            _VALIDATION_COLUMN: pa.array(is_validation[rows]),
-            **_columns("customer:", part.customers),
-            **{f"label:{c}": pa.array(data.labels[c].to_numpy()[rows]) for c in label_columns},
+    writer.add(data.sequences, data.labels, is_validation, data.cutoffs)
+    return writer.close(data.featurizer, data.grid, data.spec, data.sequences.report, settings, inputs, extra)
+
+
+class TrainingSetWriter:
+    """Writes a training set to ``directory`` in parts (:meth:`add`, as many as its builder makes: one, or one
+    per partition of the log's customers), then its manifest (:meth:`close`). Shards hold at most
+    ``shard_examples`` examples of one part each; :func:`load_training_set` reads the examples back in the
+    training set's own order (by cutoff, then customer) whatever the order of the parts."""
+
+    def __init__(self, directory: str | Path, shard_examples: int = SHARD_EXAMPLES) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / MANIFEST).unlink(missing_ok=True)
+        self.shard_examples = shard_examples
+        self.shards: list[dict[str, Any]] = []
+        self.counts = {"examples": 0, "main_count": 0, "training_examples": 0, "validation_examples": 0}
+        self.length_bins = np.zeros(0, dtype=np.int64)
+        self.shapes: dict[str, dict[str, Any]] = {}
+        self.label_columns: list[str] = []
+        self.text_table: np.ndarray | None = None
+
+    def add(self, sequences: Sequences, labels: pd.DataFrame, is_validation: np.ndarray, cutoffs: np.ndarray) -> None:
+        """Examples with their labels (rows alike), validation flags and cutoff indexes (0: the main cutoff)."""
+        self.label_columns = [c for c in labels.columns if c != CUSTOMER_ID]
+        for start in range(0, len(sequences), self.shard_examples):
+            rows = np.arange(start, min(start + self.shard_examples, len(sequences)))
+            part = sequences.subset(rows)
+            name = f"shard-{len(self.shards):05d}"
+            examples = {
+                CUSTOMER_ID: pa.array(part.customer_ids),
+                _CUTOFF_COLUMN: pa.array(np.asarray(cutoffs[rows], dtype=np.int16)),
+                _LENGTH_COLUMN: pa.array(part.lengths.astype(np.int64)),
+                _TOTAL_COLUMN: pa.array(part.n_events_total.astype(np.int64)),
+                _VALIDATION_COLUMN: pa.array(is_validation[rows]),
+                **_columns("customer:", part.customers),
+                **{f"label:{c}": pa.array(labels[c].to_numpy()[rows]) for c in self.label_columns},
+            }
+            _write_table(self.directory / f"{name}.examples.arrow", examples)
+            _write_table(self.directory / f"{name}.events.arrow", _columns("", part.events))
+            self.shards.append({"name": name, "examples": len(rows), "events": int(part.offsets[-1])})
+        bins = np.bincount(np.floor(np.log2(np.maximum(sequences.lengths, 1))).astype(int))
+        self.length_bins = np.pad(self.length_bins, (0, max(0, len(bins) - len(self.length_bins))))
+        self.length_bins[: len(bins)] += bins
+        self.counts["examples"] += len(sequences)
+        self.counts["main_count"] += int((cutoffs == 0).sum())
+        self.counts["validation_examples"] += int(is_validation.sum())
+        self.counts["training_examples"] += int((~is_validation).sum())
+        self.shapes = {"events_arrays": _shapes(sequences.events), "customer_arrays": _shapes(sequences.customers)}
+        if sequences.text_table is not None:
+            self.text_table = sequences.text_table
+
+    def close(
+        self,
+        featurizer: Featurizer,
+        grid: HorizonGrid,
+        spec: LabelSpec,
+        report: BuildReport,
+        settings: dict[str, Any],
+        inputs: list[dict[str, Any]],
+        extra: dict[str, Any] | None = None,
+    ) -> Path:
+        """Write the manifest (the featurization state, ``report`` of the main cutoff, the counts), last."""
+        if self.text_table is not None:
+            np.save(self.directory / TEXT_TABLE, self.text_table)
+        manifest = {
+            "format": FORMAT,
+            "version": __version__,
+            "key": dataset_key(settings, inputs),
+            "settings": settings,
+            "inputs": inputs,
+            "featurizer": json.loads(featurizer.to_json()),
+            "grid": {"days": list(grid.days), "main": grid.main},
+            "labels": {
+                "purchase_types": list(spec.purchase_types) if spec.purchase_types else None,
+                "event_type_column": spec.event_type_column,
+                "churn_definition": spec.churn.name,
+                "decline_threshold": spec.churn.decline_threshold,
+                "columns": self.label_columns,
+            },
+            **self.counts,
+            "events": int(sum(shard["events"] for shard in self.shards)),
+            "lengths_histogram": _histogram(self.length_bins),
+            **self.shapes,
+            "report": asdict(report),
+            "shards": self.shards,
+            **(extra or {}),
         }
-        _write_table(directory / f"{name}.examples.arrow", examples)
-        _write_table(directory / f"{name}.events.arrow", _columns("", part.events))
-        shards.append({"name": name, "examples": len(rows), "events": int(part.offsets[-1])})
-    if sequences.text_table is not None:
-        np.save(directory / TEXT_TABLE, sequences.text_table)
-    manifest = {
-        "format": FORMAT,
-        "version": __version__,
-        "key": dataset_key(settings, inputs),
-        "settings": settings,
-        "inputs": inputs,
-        "featurizer": json.loads(data.featurizer.to_json()),
-        "grid": {"days": list(data.grid.days), "main": data.grid.main},
-        "labels": {
-            "purchase_types": list(data.spec.purchase_types) if data.spec.purchase_types else None,
-            "event_type_column": data.spec.event_type_column,
-            "churn_definition": data.spec.churn.name,
-            "decline_threshold": data.spec.churn.decline_threshold,
-            "columns": label_columns,
-        },
-        "examples": len(sequences),
-        "main_count": data.main_count,
-        "training_examples": len(data.train_rows),
-        "validation_examples": len(data.val_rows),
-        "events": int(sum(shard["events"] for shard in shards)),
-        "lengths_histogram": lengths_histogram(sequences.lengths),
-        "events_arrays": _shapes(sequences.events),
-        "customer_arrays": _shapes(sequences.customers),
-        "report": asdict(sequences.report),
-        "shards": shards,
-        **(extra or {}),
-    }
-    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
-    return directory
+        (self.directory / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+        return self.directory
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
@@ -203,28 +241,32 @@ def load_training_set(directory: str | Path) -> TrainingSet:
         parts.append((number, examples, lengths))
     examples = pa.concat_tables([table for _, table, _ in parts])
     lengths = np.concatenate([lengths for _, _, lengths in parts]).astype(np.int64)
-    customer_ids = examples[CUSTOMER_ID].to_numpy()
+    shard = np.concatenate([np.full(len(n), number, dtype=np.int32) for number, _, n in parts])
+    local = np.concatenate([np.arange(len(n), dtype=np.int64) for _, _, n in parts])
+    customer_ids = examples[CUSTOMER_ID].to_numpy(zero_copy_only=False)
+    cutoffs = examples[_CUTOFF_COLUMN].to_numpy()
+    order = training_order(cutoffs, customer_ids)
     labels = pd.DataFrame(
         {
-            CUSTOMER_ID: customer_ids,
-            **{c: examples[f"label:{c}"].to_numpy() for c in manifest["labels"]["columns"]},
+            CUSTOMER_ID: customer_ids[order],
+            **{c: examples[f"label:{c}"].to_numpy()[order] for c in manifest["labels"]["columns"]},
         }
     )
     text_table = np.load(directory / TEXT_TABLE) if (directory / TEXT_TABLE).is_file() else None
     sequences = ShardedSequences(
-        customer_ids=customer_ids,
-        lengths=lengths,
+        customer_ids=labels[CUSTOMER_ID].to_numpy(),
+        lengths=lengths[order],
         customers={
-            name: np.array(_array(examples, f"customer:{name}", spec)) for name, spec in customer_shapes.items()
+            name: np.array(_array(examples, f"customer:{name}", spec))[order] for name, spec in customer_shapes.items()
         },
-        n_events_total=examples[_TOTAL_COLUMN].to_numpy(),
+        n_events_total=examples[_TOTAL_COLUMN].to_numpy()[order],
         report=BuildReport(**manifest["report"]),
         shards=shards,
-        shard=np.concatenate([np.full(len(n), number, dtype=np.int32) for number, _, n in parts]),
-        local=np.concatenate([np.arange(len(n), dtype=np.int64) for _, _, n in parts]),
+        shard=shard[order],
+        local=local[order],
         text_table=text_table,
     )
-    is_validation = examples[_VALIDATION_COLUMN].to_numpy(zero_copy_only=False)
+    is_validation = examples[_VALIDATION_COLUMN].to_numpy(zero_copy_only=False)[order]
     spec = manifest["labels"]
     return TrainingSet(
         featurizer=Featurizer.from_json(json.dumps(manifest["featurizer"])),
@@ -239,4 +281,13 @@ def load_training_set(directory: str | Path) -> TrainingSet:
             spec["event_type_column"],
             ChurnDefinition(spec["churn_definition"], spec["decline_threshold"]),
         ),
+        cutoffs=cutoffs[order],
     )
+
+
+def training_order(cutoffs: np.ndarray, customer_ids: np.ndarray) -> np.ndarray | slice:
+    """The order of a training set's examples: by cutoff (the main one first), then by customer id, as
+    :func:`~churnformer.data.training_set.build_training_set` builds them (a slice when already in it)."""
+    ranks = pd.factorize(customer_ids, sort=True)[0]
+    order = np.lexsort((ranks, cutoffs))
+    return slice(None) if np.array_equal(order, np.arange(len(order))) else order

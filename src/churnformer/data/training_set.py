@@ -78,6 +78,7 @@ class TrainingSet:
     val_rows: np.ndarray
     main_count: int
     grid: HorizonGrid  # the horizons observed at some training cutoff (the others are dropped)
+    cutoffs: np.ndarray  # per example, the index of its cutoff (0: the main one)
     spec: LabelSpec = LabelSpec()
 
     def by_horizon(self, column: str) -> np.ndarray:
@@ -137,9 +138,41 @@ def build_training_set(
     main cutoff only. Horizons whose window ends after the log at every cutoff are dropped (a warning says
     so); the main horizon must be observed at the main cutoff. ``texts`` embeds the text columns
     (``features.text``), if any; ``spec`` says what a purchase and a churn are."""
-    main = windows[0]
-    require_events_before(events[TIMESTAMP], main, source_of(events, "events"))
-    grid = observable_grid(events, windows, grid)
+    where = source_of(events, "events")
+    require_events_before(events[TIMESTAMP], windows[0], where)
+    grid = observable_grid(log_end_ns(events[TIMESTAMP].to_numpy(dtype="datetime64[ns]")), windows, grid, where)
+    featurizer = fit_training_featurizer(events, customers, windows[0], features, val_fraction, texts)
+    parts = window_examples(events, customers, windows, grid, featurizer, val_fraction, spec, texts)
+    sequences = concat_sequences([part.sequences for part in parts])
+    main_count = len(parts[0].sequences)
+    is_val = np.zeros(len(sequences), dtype=bool)
+    is_val[:main_count] = parts[0].is_validation
+    train_rows, val_rows = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+    require_split(main_count, len(train_rows), len(val_rows), val_fraction, where)
+    labels = pd.concat([part.labels for part in parts], ignore_index=True)
+    cutoffs = np.concatenate([np.full(len(part.sequences), part.cutoff, dtype=np.int16) for part in parts])
+    return TrainingSet(featurizer, sequences, labels, train_rows, val_rows, main_count, grid, cutoffs, spec)
+
+
+def require_split(customers: int, training: int, validation: int, val_fraction: float, where: str) -> None:
+    """An error when the customers at the main cutoff leave either side of the split empty."""
+    if training == 0 or validation == 0:
+        raise InputError(
+            f"{where}: {customers} customers are too few for a train/validation split "
+            f"(data.val_fraction={val_fraction})"
+        )
+
+
+def fit_training_featurizer(
+    events: pd.DataFrame,
+    customers: pd.DataFrame | None,
+    main: Window,
+    features: FeaturizerConfig,
+    val_fraction: float,
+    texts: TextEmbeddings | None = None,
+) -> Featurizer:
+    """The featurizer fitted on the training customers' events before the main cutoff (never a validation
+    customer's, never a later event). ``events`` may be a sample of the log's customers (all their events)."""
     before = events[TIMESTAMP] < main.feature_end
     population = np.sort(events.loc[before, CUSTOMER_ID].unique())
     train_ids = population[~validation_mask(population, val_fraction)]
@@ -150,34 +183,49 @@ def build_training_set(
         if texts is None:
             raise ValueError("features.text names text columns: build_training_set needs texts=TextEmbeddings(...)")
         featurizer.text_encoder = asdict(texts.encoder.identity)
-    parts, labels = [], []
+    return featurizer
+
+
+@dataclass
+class CutoffExamples:
+    """The examples of one cutoff (``cutoff``: its index in the windows, 0 the main one)."""
+
+    cutoff: int
+    sequences: Sequences
+    labels: pd.DataFrame
+    is_validation: np.ndarray
+
+
+def window_examples(
+    events: pd.DataFrame,
+    customers: pd.DataFrame | None,
+    windows: list[Window],
+    grid: HorizonGrid,
+    featurizer: Featurizer,
+    val_fraction: float,
+    spec: LabelSpec,
+    texts: TextEmbeddings | None = None,
+    log_end: int | None = None,
+) -> list[CutoffExamples]:
+    """Sequences and labels of ``events``' customers at every window that has some: at the main one
+    (``windows[0]``) every customer, validation ones included; at earlier ones the training customers only.
+    ``events`` may hold some of the log's customers (all their events), with ``log_end`` the whole log's."""
+    parts = []
     for index, window in enumerate(windows):
         sequences = build_sequences(events, window, featurizer, customers, texts)
+        is_validation = validation_mask(sequences.customer_ids, val_fraction)
         if index > 0:  # earlier cutoffs: extra examples of the training customers only
-            sequences = sequences.subset(np.flatnonzero(~validation_mask(sequences.customer_ids, val_fraction)))
+            sequences, is_validation = sequences.subset(np.flatnonzero(~is_validation)), is_validation[~is_validation]
         if len(sequences):
-            parts.append(sequences)
-            labels.append(horizon_labels(events, window, grid, sequences.customer_ids, spec))
-    sequences = concat_sequences(parts)
-    main_count = len(parts[0])
-    is_val = np.zeros(len(sequences), dtype=bool)
-    is_val[:main_count] = validation_mask(parts[0].customer_ids, val_fraction)
-    train_rows, val_rows = np.flatnonzero(~is_val), np.flatnonzero(is_val)
-    if len(train_rows) == 0 or len(val_rows) == 0:
-        raise InputError(
-            f"{source_of(events, 'events')}: {main_count} customers are too few for a train/validation split "
-            f"(data.val_fraction={val_fraction})"
-        )
-    labels = pd.concat(labels, ignore_index=True)
-    return TrainingSet(featurizer, sequences, labels, train_rows, val_rows, main_count, grid, spec)
+            labels = horizon_labels(events, window, grid, sequences.customer_ids, spec, log_end)
+            parts.append(CutoffExamples(index, sequences, labels, is_validation))
+    return parts
 
 
-def observable_grid(events: pd.DataFrame, windows: list[Window], grid: HorizonGrid) -> HorizonGrid:
-    """``grid`` without the horizons no training window observes (the log ends first); an error when the
-    main horizon is not observed at the main cutoff."""
-    end = log_end_ns(events[TIMESTAMP].to_numpy(dtype="datetime64[ns]"))
+def observable_grid(end: int, windows: list[Window], grid: HorizonGrid, where: str) -> HorizonGrid:
+    """``grid`` without the horizons no training window observes (the log, which ends at ``end`` ns, ends
+    first); an error naming ``where`` when the main horizon is not observed at the main cutoff."""
     earliest_end = min(window.feature_end_ns for window in windows)
-    where = source_of(events, "events")
     if windows[0].feature_end_ns + round(grid.main * NS_PER_DAY) > end:
         raise ConfigError(
             f"{where}: the main horizon of {grid.main:g} days after the cutoff {windows[0]} runs past the end of "

@@ -32,6 +32,7 @@ from churnformer.data.events import (
     check_table_file,
     csv_separator,
     load_events,
+    read_event_chunks,
     read_table,
     require_columns,
 )
@@ -141,25 +142,7 @@ class EventSource:
 
     def chunks(self, rows_per_chunk: int) -> Iterator[pd.DataFrame]:
         """Standard frames of at most ``rows_per_chunk`` input rows each, in file order."""
-        if not self.is_parquet:
-            reader = pd.read_csv(
-                self.path,
-                sep=csv_separator(self.path),
-                usecols=self.columns,
-                dtype={self.mapping.customer_id: str},
-                chunksize=rows_per_chunk,
-                encoding_errors="replace",  # as data.events.read_csv
-            )
-            raw_chunks: Iterator[pd.DataFrame] = iter(reader)
-        else:
-            parquet = _parquet_file(self.path, self.dictionary_columns)
-            batches = parquet.iter_batches(batch_size=rows_per_chunk, columns=self.columns)
-            raw_chunks = (batch.to_pandas() for batch in batches)
-        first_row = 0
-        for raw in raw_chunks:
-            name = f"{self.path} (rows {first_row:,} to {first_row + len(raw) - 1:,} of the data)"
-            yield load_events(raw, self.mapping, name=name)
-            first_row += len(raw)
+        return read_event_chunks(self.path, self.mapping, rows_per_chunk, self.columns, self.dictionary_columns)
 
 
 def file_columns(path: Path, is_parquet: bool) -> list[str]:

@@ -27,6 +27,7 @@ from churnformer.data.sources import EventLogSource, TrainingSetDirectory
 from churnformer.data.store import (
     MANIFEST,
     SHARD_EXAMPLES,
+    TrainingSetWriter,
     dataset_key,
     load_training_set,
     read_manifest,
@@ -40,6 +41,7 @@ from churnformer.model_card import log_facts
 from churnformer.schema import LABELS_BY_HORIZON, RUN_TEXT_EMBEDDINGS, RUN_TEXT_ENCODER, by_horizon
 from churnformer.text.embeddings import TextEmbeddings
 from churnformer.text.encoder import TextEncoder, require_text_support
+from churnformer.training.partitioned import PartitionedBuild, featurize_partitioned
 from churnformer.training.run_info import fingerprint
 from churnformer.training.sampler import LengthBucketBatchSampler
 from churnformer.training.stacking import StackingSettings, stack_trees
@@ -270,15 +272,44 @@ class ChurnDataModule(pl.LightningDataModule):
         directory: Path,
         shard_examples: int = SHARD_EXAMPLES,
         identity: tuple[dict[str, Any], list[dict[str, Any] | None]] | None = None,
-    ) -> TrainingSet:
+        build: PartitionedBuild | None = None,
+        spill_dir: str | Path | None = None,
+    ) -> None:
         """Featurize the log and write the training set to ``directory`` (``churnformer-featurize``'s format),
         with what reads the log again (its ``data.source`` config; None for DataFrames). ``identity``: the
-        :meth:`dataset_identity` already computed (the inputs are hashed once)."""
-        data = self.featurize()
+        :meth:`dataset_identity` already computed (the inputs are hashed once). ``build``: featurize partition
+        by partition within a memory budget (:mod:`churnformer.training.partitioned`; spill files under
+        ``spill_dir``) rather than in memory."""
         settings, inputs = identity or self.dataset_identity()
-        extra = {"source": self.source_config, "columns": settings["columns"], "log_facts": self.log_facts}
-        write_training_set(data, directory, settings, inputs, extra, shard_examples)
-        return data
+        extra: dict[str, Any] = {"source": self.source_config, "columns": settings["columns"]}
+        if build is None or not build.enabled:
+            data = self.featurize()
+            extra["log_facts"] = self.log_facts
+            write_training_set(data, directory, settings, inputs, extra, shard_examples)
+            return
+        writer = TrainingSetWriter(directory, shard_examples)
+        rolling = self.settings.rolling_cutoffs
+        featurizer, grid, result, report = featurize_partitioned(
+            self.source,
+            writer,
+            rolling_windows(self.window, int(rolling["count"]), float(rolling["step_days"])),
+            self.grid,
+            FeaturizerConfig(**self.settings.features),
+            self.settings.val_fraction,
+            self.settings.labels,
+            self.settings.sample_customers,
+            build,
+            spill_dir,
+        )
+        self.log_facts = result.log_facts
+        if result.fit_share < 1:  # another featurizer than the in-memory one: another dataset
+            settings = settings | {"featurizer_fit_share": result.fit_share}
+        extra |= {
+            "log_facts": result.log_facts,
+            "partitions": result.partitions,
+            "featurizer_fit_share": result.fit_share,
+        }
+        writer.close(featurizer, grid, self.settings.labels, report, settings, inputs, extra)
 
     def featurized_once(self, root: Path) -> TrainingSet:
         """The training set from ``root/<key>`` (``data.dataset_dir``), written there first if no run with these

@@ -13,6 +13,7 @@ from churnformer.data.sources import TrainingSetDirectory
 from churnformer.data.store import read_manifest
 from churnformer.errors import ConfigError
 from churnformer.training.job import build_datamodule
+from churnformer.training.partitioned import PartitionedBuild
 
 
 def featurize(cfg: DictConfig) -> Path:
@@ -23,12 +24,23 @@ def featurize(cfg: DictConfig) -> Path:
     if isinstance(datamodule.source, TrainingSetDirectory):
         raise ConfigError("data=dataset is a featurized dataset already: featurize the log it came from (data=csv ...)")
     output = Path(cfg.output)
-    datamodule.write_dataset(output, int(cfg.shard_examples))
+    build = PartitionedBuild(cfg.memory_budget_mb, cfg.partitions)
+    datamodule.write_dataset(output, int(cfg.shard_examples), build=build, spill_dir=cfg.spill_dir)
     manifest = read_manifest(output)
     print(
         f"featurized {manifest['examples']:,} examples ({manifest['training_examples']:,} training, "
         f"{manifest['validation_examples']:,} validation) and {manifest['events']:,} events into "
-        f"{len(manifest['shards'])} shard(s) in {time.perf_counter() - started:.1f} s: {output}\n"
+        f"{len(manifest['shards'])} shard(s){partitioned(manifest)} in {time.perf_counter() - started:.1f} s: "
+        f"{output}\n"
         f"train from it: churnformer-train data=dataset data.path={output}"
     )
     return output
+
+
+def partitioned(manifest: dict) -> str:
+    """How a partitioned featurization went, for the summary line ('' in memory)."""
+    if "partitions" not in manifest:
+        return ""
+    share = manifest["featurizer_fit_share"]
+    fitted = "every customer" if share == 1 else f"a sample of {share:.1%} of the customers"
+    return f" from {manifest['partitions']} partition(s), the featurizer fitted on {fitted},"

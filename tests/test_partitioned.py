@@ -1,0 +1,146 @@
+"""Featurizing in bounded memory (``churnformer-featurize memory_budget_mb=... | partitions=N``): partition by
+partition of the customers, the shards hold exactly the in-memory training set while the featurizer is fitted
+on every customer; a log too large for the budget fits it on a hash sample of whole customers, and says so."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from churnformer.data.events import CUSTOMER_ID, load_events
+from churnformer.data.sources import EventLogFiles, SyntheticWorld
+from churnformer.data.store import MANIFEST, load_training_set
+from churnformer.data.synthetic import SyntheticWorldConfig
+from churnformer.errors import ConfigError
+from churnformer.training import partitioned
+from churnformer.training.datamodule import ChurnDataModule, DataSettings
+from churnformer.training.partitioned import LogPass, PartitionedBuild, fit_bucket
+
+AGGREGATES = {"enabled": True, "windows_days": [30, 90], "top_values": 4}
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> SyntheticWorld:
+    """800 customers of the synthetic world, as Parquet."""
+    world = SyntheticWorld(
+        tmp_path_factory.mktemp("world"), asdict(SyntheticWorldConfig.with_defaults(n_customers=800, seed=4))
+    )
+    world.prepare()
+    return world
+
+
+@pytest.fixture(scope="module")
+def world(source: SyntheticWorld) -> Path:
+    return source.directory
+
+
+def datamodule(source: SyntheticWorld | EventLogFiles, tmp_path: Path, **changes: object) -> ChurnDataModule:
+    features = {**DataSettings.defaults().features, "aggregates": AGGREGATES}
+    settings = DataSettings.defaults(cutoff="2024-06-30", features=features, **changes)
+    return ChurnDataModule(source, settings, tmp_path / "run")
+
+
+def assert_same_training_set(expected: Path, actual: Path) -> None:
+    """The same examples in the same order: labels, splits, featurizer, every padded input; the same manifest
+    but for how the shards were cut."""
+    a, b = load_training_set(expected), load_training_set(actual)
+    pd.testing.assert_frame_equal(b.labels, a.labels)
+    assert b.featurizer.to_json() == a.featurizer.to_json()
+    np.testing.assert_array_equal(b.train_rows, a.train_rows)
+    np.testing.assert_array_equal(b.val_rows, a.val_rows)
+    np.testing.assert_array_equal(b.cutoffs, a.cutoffs)
+    padded_a, padded_b = a.sequences.pad(), b.sequences.pad()
+    for name in padded_a:
+        np.testing.assert_array_equal(padded_b[name], padded_a[name], err_msg=name)
+    manifest_a = json.loads((expected / MANIFEST).read_text())
+    manifest_b = json.loads((actual / MANIFEST).read_text())
+    assert manifest_b["featurizer_fit_share"] == 1
+    for key in set(manifest_a) - {"shards"}:
+        assert manifest_b[key] == manifest_a[key], key
+
+
+@pytest.mark.parametrize("changes", [{}, {"sample_customers": 0.5}], ids=["everyone", "sample"])
+def test_partitions_hold_exactly_the_in_memory_training_set(
+    source: SyntheticWorld, tmp_path: Path, changes: dict
+) -> None:
+    module = datamodule(source, tmp_path, **changes)
+    module.write_dataset(tmp_path / "memory", 500)
+    module.write_dataset(tmp_path / "partitioned", 500, build=PartitionedBuild(partitions=3), spill_dir=tmp_path)
+    assert_same_training_set(tmp_path / "memory", tmp_path / "partitioned")
+    assert json.loads((tmp_path / "partitioned" / MANIFEST).read_text())["partitions"] == 3
+    assert [path.name for path in tmp_path.iterdir() if path.name.startswith("churnformer-spill-")] == []
+
+
+def test_a_csv_log_read_in_chunks_gives_the_same_training_set(
+    world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CSV read a few thousand rows at a time (each chunk's types inferred on its own), with other column
+    names."""
+    events = pd.read_parquet(world / "events.parquet").rename(columns={"customer_id": "client", "amount": "value"})
+    events.to_csv(tmp_path / "events.csv", index=False)
+    columns = {"customer_id": "client", "amount": "value"}
+    customers = pd.read_parquet(world / "customers.parquet").rename(columns={"customer_id": "client"})
+    customers.to_csv(tmp_path / "customers.csv", index=False)
+    source = EventLogFiles(tmp_path / "events.csv", tmp_path / "customers.csv", columns)
+    monkeypatch.setattr(partitioned, "CHUNK_ROWS", 7_000)
+    module = datamodule(source, tmp_path)
+    module.write_dataset(tmp_path / "memory", 500)
+    module.write_dataset(tmp_path / "partitioned", 500, build=PartitionedBuild(partitions=2))
+    assert_same_training_set(tmp_path / "memory", tmp_path / "partitioned")
+
+
+def test_the_fit_sample_halves_until_it_fits_and_keeps_whole_customers(world: Path) -> None:
+    events = load_events(world / "events.parquet")
+    sample = LogPass()
+    cap = len(events) // 5
+    for start in range(0, len(events), 10_000):
+        sample.add(events.iloc[start : start + 10_000], cap)
+    kept = pd.concat(sample.fit_events)
+    assert sample.fit_buckets in (8, 16) and len(kept) <= cap and sample.events == len(events)
+    chosen = fit_bucket(events[CUSTOMER_ID], sample.fit_buckets) == 0
+    assert set(kept[CUSTOMER_ID]) == set(events.loc[chosen, CUSTOMER_ID])
+    assert len(kept) == int(chosen.sum())  # every event of every sampled customer
+
+
+def test_a_budget_too_small_for_the_log_fits_on_a_sample_and_names_it(
+    source: SyntheticWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The featurizer of a sample is another featurizer: the manifest gives its share, and the key differs from
+    the in-memory dataset's; the examples and labels are the same (they do not depend on the featurizer)."""
+    monkeypatch.setattr(partitioned, "FIT_BYTES_PER_EVENT", 2**18)  # a 1,300 MB budget then fits ~400 events...
+    monkeypatch.setattr(partitioned, "BUILD_BYTES_PER_EVENT", 2**14)  # ...and ~6,000 per partition
+    module = datamodule(source, tmp_path)
+    module.write_dataset(tmp_path / "memory", 500)
+    module.write_dataset(tmp_path / "budget", 500, build=PartitionedBuild(memory_budget_mb=1300))
+    manifest = json.loads((tmp_path / "budget" / MANIFEST).read_text())
+    memory = json.loads((tmp_path / "memory" / MANIFEST).read_text())
+    assert manifest["featurizer_fit_share"] < 1 and manifest["partitions"] > 1
+    assert manifest["settings"]["featurizer_fit_share"] == manifest["featurizer_fit_share"]
+    assert manifest["key"] != memory["key"]
+    pd.testing.assert_frame_equal(
+        load_training_set(tmp_path / "budget").labels, load_training_set(tmp_path / "memory").labels
+    )
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        ({"partitions": 0}, "partitions=0"),
+        ({"memory_budget_mb": 500}, "memory_budget_mb=500 is below"),
+    ],
+)
+def test_impossible_settings_are_named(build: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        PartitionedBuild(**build)
+
+
+def test_text_columns_are_refused_with_what_to_do(source: SyntheticWorld, tmp_path: Path) -> None:
+    features = {**DataSettings.defaults().features, "text": ["note"]}
+    module = ChurnDataModule(source, DataSettings.defaults(cutoff="2024-06-30", features=features), tmp_path)
+    with pytest.raises(ConfigError, match="featurize in memory"):
+        module.write_dataset(tmp_path / "out", build=PartitionedBuild(partitions=2))
