@@ -31,10 +31,11 @@ from churnformer.data.events import CUSTOMER_ID
 from churnformer.data.featurizer import Featurizer
 from churnformer.data.labels import ChurnDefinition, LabelSpec
 from churnformer.data.sequences import BuildReport, Sequences
-from churnformer.data.sharded import Shard, ShardedSequences
+from churnformer.data.sharded import Shard, ShardedArray, ShardedLabels, ShardedSequences
 from churnformer.data.training_set import TrainingSet
 from churnformer.data.window import HorizonGrid
 from churnformer.errors import InputError
+from churnformer.schema import LABELS_BY_HORIZON, per_horizon
 
 FORMAT = "churnformer-training-set/2"
 MANIFEST = "manifest.json"
@@ -75,8 +76,8 @@ def _array(table: pa.Table, name: str, spec: dict[str, Any]) -> np.ndarray:
     if shape_tail and not int(np.prod(shape_tail)):
         return np.zeros((table.num_rows, *shape_tail), dtype=spec["dtype"])
     column = table[name]
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
+    if isinstance(column, pa.ChunkedArray):  # one chunk as written: no copy
+        column = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
     if not shape_tail:
         return column.to_numpy(zero_copy_only=False)
     flat = column.flatten().to_numpy(zero_copy_only=True)
@@ -112,7 +113,7 @@ def write_training_set(
     writer = TrainingSetWriter(directory, shard_examples)
     is_validation = np.zeros(len(data.sequences), dtype=bool)
     is_validation[data.val_rows] = True
-    writer.add(data.sequences, data.labels, is_validation, data.cutoffs)
+    writer.add(data.sequences, data.labels, data.grid.days, is_validation, data.cutoffs)
     return writer.close(data.featurizer, data.grid, data.spec, data.sequences.report, settings, inputs, extra)
 
 
@@ -134,9 +135,20 @@ class TrainingSetWriter:
         self.label_columns: list[str] = []
         self.text_table: np.ndarray | None = None
 
-    def add(self, sequences: Sequences, labels: pd.DataFrame, is_validation: np.ndarray, cutoffs: np.ndarray) -> None:
-        """Examples with their labels (rows alike), validation flags and cutoff indexes (0: the main cutoff)."""
+    def add(
+        self,
+        sequences: Sequences,
+        labels: pd.DataFrame,
+        days: tuple[float, ...],
+        is_validation: np.ndarray,
+        cutoffs: np.ndarray,
+    ) -> None:
+        """Examples with their labels (rows alike: :func:`~churnformer.data.labels.horizon_labels` at horizons
+        ``days``), validation flags and cutoff indexes (0: the main cutoff)."""
         self.label_columns = [c for c in labels.columns if c != CUSTOMER_ID]
+        by_horizon = {
+            label: labels[[per_horizon(label, d) for d in days]].to_numpy(np.float32) for label in LABELS_BY_HORIZON
+        }
         for start in range(0, len(sequences), self.shard_examples):
             rows = np.arange(start, min(start + self.shard_examples, len(sequences)))
             part = sequences.subset(rows)
@@ -148,7 +160,7 @@ class TrainingSetWriter:
                 _TOTAL_COLUMN: pa.array(part.n_events_total.astype(np.int64)),
                 _VALIDATION_COLUMN: pa.array(is_validation[rows]),
                 **_columns("customer:", part.customers),
-                **{f"label:{c}": pa.array(labels[c].to_numpy()[rows]) for c in self.label_columns},
+                **_columns("label:", {label: values[rows] for label, values in by_horizon.items()}),
             }
             _write_table(self.directory / f"{name}.examples.arrow", examples)
             _write_table(self.directory / f"{name}.events.arrow", _columns("", part.events))
@@ -222,66 +234,71 @@ def _mapped_table(path: Path) -> tuple[pa.Table, mmap.mmap]:
 
 
 def load_training_set(directory: str | Path) -> TrainingSet:
-    """The training set of ``directory``: per-example arrays and labels in memory, events memory-mapped."""
+    """The training set of ``directory``, memory-mapped: ids, lengths and where each example is in memory; events,
+    customer inputs and labels read from the shards by rows."""
     directory = Path(directory)
     manifest = read_manifest(directory)
     event_shapes, customer_shapes = manifest["events_arrays"], manifest["customer_arrays"]
-    parts, shards = [], []
-    for number, entry in enumerate(manifest["shards"]):
-        examples = pa.ipc.open_file(pa.memory_map(str(directory / f"{entry['name']}.examples.arrow"))).read_all()
-        events, mapping = _mapped_table(directory / f"{entry['name']}.events.arrow")
+    shards, tables = [], []
+    for entry in manifest["shards"]:
+        examples, examples_mapping = _mapped_table(directory / f"{entry['name']}.examples.arrow")
+        events, events_mapping = _mapped_table(directory / f"{entry['name']}.events.arrow")
         lengths = examples[_LENGTH_COLUMN].to_numpy()
         shards.append(
             Shard(
                 offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
                 events={name: _array(events, name, spec) for name, spec in event_shapes.items()},
-                mapping=mapping,
+                mappings=(examples_mapping, events_mapping),
             )
         )
-        parts.append((number, examples, lengths))
-    examples = pa.concat_tables([table for _, table, _ in parts])
-    lengths = np.concatenate([lengths for _, _, lengths in parts]).astype(np.int64)
-    shard = np.concatenate([np.full(len(n), number, dtype=np.int32) for number, _, n in parts])
-    local = np.concatenate([np.arange(len(n), dtype=np.int64) for _, _, n in parts])
-    customer_ids = examples[CUSTOMER_ID].to_numpy(zero_copy_only=False)
-    cutoffs = examples[_CUTOFF_COLUMN].to_numpy()
+        tables.append(examples)
+    shard = np.concatenate([np.full(table.num_rows, number, dtype=np.int32) for number, table in enumerate(tables)])
+    local = np.concatenate([np.arange(table.num_rows, dtype=np.int32) for table in tables])
+    customer_ids = np.concatenate([table[CUSTOMER_ID].to_numpy(zero_copy_only=False) for table in tables])
+    cutoffs = np.concatenate([table[_CUTOFF_COLUMN].to_numpy() for table in tables])
     order = training_order(cutoffs, customer_ids)
-    labels = pd.DataFrame(
-        {
-            CUSTOMER_ID: customer_ids[order],
-            **{c: examples[f"label:{c}"].to_numpy()[order] for c in manifest["labels"]["columns"]},
-        }
+    shard, local, customer_ids = shard[order], local[order], customer_ids[order]
+
+    def stored(name: str, spec: dict[str, Any]) -> ShardedArray:
+        return ShardedArray([_array(table, name, spec) for table in tables], shard, local)
+
+    grid = HorizonGrid(tuple(manifest["grid"]["days"]), manifest["grid"]["main"])
+    horizons = {"dtype": "float32", "shape": [len(grid.days)]}
+    labels = ShardedLabels(
+        customer_ids,
+        {label: stored(f"label:{label}", horizons) for label in LABELS_BY_HORIZON},
+        grid.days,
+        grid.main,
+        manifest["labels"]["columns"],
     )
-    text_table = np.load(directory / TEXT_TABLE) if (directory / TEXT_TABLE).is_file() else None
     sequences = ShardedSequences(
-        customer_ids=labels[CUSTOMER_ID].to_numpy(),
-        lengths=lengths[order],
-        customers={
-            name: np.array(_array(examples, f"customer:{name}", spec))[order] for name, spec in customer_shapes.items()
-        },
-        n_events_total=examples[_TOTAL_COLUMN].to_numpy()[order],
+        customer_ids=customer_ids,
+        lengths=np.concatenate([table[_LENGTH_COLUMN].to_numpy() for table in tables])[order],
+        customers={name: stored(f"customer:{name}", spec) for name, spec in customer_shapes.items()},
+        n_events_total=stored(_TOTAL_COLUMN, {"dtype": "int64", "shape": []}),
         report=BuildReport(**manifest["report"]),
         shards=shards,
-        shard=shard[order],
-        local=local[order],
-        text_table=text_table,
+        shard=shard,
+        local=local,
+        text_table=np.load(directory / TEXT_TABLE) if (directory / TEXT_TABLE).is_file() else None,
     )
-    is_validation = examples[_VALIDATION_COLUMN].to_numpy(zero_copy_only=False)[order]
+    is_validation = np.concatenate([table[_VALIDATION_COLUMN].to_numpy(zero_copy_only=False) for table in tables])
+    sequences.release()  # the pages the columns above were read from
     spec = manifest["labels"]
     return TrainingSet(
         featurizer=Featurizer.from_json(json.dumps(manifest["featurizer"])),
         sequences=sequences,
         labels=labels,
-        train_rows=np.flatnonzero(~is_validation),
-        val_rows=np.flatnonzero(is_validation),
+        train_rows=np.flatnonzero(~is_validation[order]),
+        val_rows=np.flatnonzero(is_validation[order]),
         main_count=int(manifest["main_count"]),
-        grid=HorizonGrid(tuple(manifest["grid"]["days"]), manifest["grid"]["main"]),
+        grid=grid,
+        cutoffs=cutoffs[order],
         spec=LabelSpec(
             tuple(spec["purchase_types"]) if spec["purchase_types"] else None,
             spec["event_type_column"],
             ChurnDefinition(spec["churn_definition"], spec["decline_threshold"]),
         ),
-        cutoffs=cutoffs[order],
     )
 
 

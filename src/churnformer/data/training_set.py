@@ -19,6 +19,7 @@ from churnformer.data.events import CUSTOMER_ID, TIMESTAMP, source_of
 from churnformer.data.featurizer import Featurizer, FeaturizerConfig, fit_featurizer
 from churnformer.data.labels import LabelSpec, horizon_labels, make_labels
 from churnformer.data.sequences import Sequences, build_sequences, concat_sequences
+from churnformer.data.sharded import ShardedArray, ShardedLabels, ShardedSequences
 from churnformer.data.window import NS_PER_DAY, HorizonGrid, Window, log_end_ns, require_events_before
 from churnformer.errors import ConfigError, InputError
 from churnformer.schema import CHURN, CUSTOMER_AGG, NO_PURCHASE, OBSERVED, PURCHASES, SPEND, per_horizon
@@ -72,8 +73,8 @@ class TrainingSet:
     validation customers among them); later rows are training customers at earlier cutoffs."""
 
     featurizer: Featurizer
-    sequences: Sequences
-    labels: pd.DataFrame
+    sequences: Sequences | ShardedSequences
+    labels: pd.DataFrame | ShardedLabels
     train_rows: np.ndarray
     val_rows: np.ndarray
     main_count: int
@@ -81,9 +82,18 @@ class TrainingSet:
     cutoffs: np.ndarray  # per example, the index of its cutoff (0: the main one)
     spec: LabelSpec = LabelSpec()
 
-    def by_horizon(self, column: str) -> np.ndarray:
-        """``column`` (a label of ``schema.LABELS_BY_HORIZON``) at every horizon of the grid: (examples, K) float32."""
+    def by_horizon(self, column: str) -> np.ndarray | ShardedArray:
+        """``column`` (a label of ``schema.LABELS_BY_HORIZON``) at every horizon of the grid: (examples, K) float32
+        (read from the shards by rows, for a training set on disk)."""
+        if isinstance(self.labels, ShardedLabels):
+            return self.labels.by_horizon[column]
         return self.labels[[per_horizon(column, days) for days in self.grid.days]].to_numpy(np.float32)
+
+    def label_frame(self, rows: np.ndarray) -> pd.DataFrame:
+        """The labels of examples ``rows`` (:func:`~churnformer.data.labels.horizon_labels`' columns)."""
+        if isinstance(self.labels, ShardedLabels):
+            return self.labels.frame(rows)
+        return self.labels.iloc[rows]
 
     @property
     def main_train_rows(self) -> np.ndarray:

@@ -385,7 +385,7 @@ def explain_validation(model: Path, datamodule: ChurnDataModule) -> pd.DataFrame
     explanation settings), at most :data:`EXPLAINED_VALIDATION_CUSTOMERS` of them (a seeded sample: the mean
     effects need no more, and a large log's validation set would cost a dozen scorings of itself):
     :func:`churnformer.serving.explain.driver_summary`; None when there are too few."""
-    labels = datamodule.data.labels.iloc[datamodule.data.val_rows]
+    labels = datamodule.data.label_frame(datamodule.data.val_rows)
     if len(labels) < MIN_CUSTOMERS:
         return None
     if len(labels) > EXPLAINED_VALIDATION_CUSTOMERS:
@@ -409,7 +409,7 @@ def report_validation(
     that reads text, the text branch's gains (:func:`text_gains`); returns the predictions joined with the
     labels (None when there are too few customers) and the gains. Calibration was fitted on these
     customers, so its calibration metrics here are optimistic."""
-    labels = datamodule.data.labels.iloc[datamodule.data.val_rows]
+    labels = datamodule.data.label_frame(datamodule.data.val_rows)
     if len(labels) < MIN_CUSTOMERS:
         return None, {}
     predictions = result.predictions[result.predictions[CUSTOMER_ID].isin(labels[CUSTOMER_ID])]
@@ -458,7 +458,7 @@ def model_card(
         data={
             "log": datamodule.log_facts,
             "events_file": events_file,
-            "training_customers": int(pd.unique(data.labels[CUSTOMER_ID].to_numpy()[data.main_train_rows]).size),
+            "training_customers": int(pd.unique(data.sequences.customer_ids[data.main_train_rows]).size),
             "training_examples": len(data.train_rows),
             "validation_customers": len(data.val_rows),
             "rolling_cutoffs": int(datamodule.settings.rolling_cutoffs["count"]),
@@ -513,7 +513,7 @@ def review_horizons(
 def quantize(model: Path, datamodule: ChurnDataModule) -> None:
     """model.int8.onnx, kept only if the validation churn AUC holds (see churnformer.artifacts.quantize)."""
     events, customers = datamodule.load_frames()
-    labels = datamodule.data.labels.iloc[datamodule.data.val_rows]
+    labels = datamodule.data.label_frame(datamodule.data.val_rows)
     quantize_checked(model, events, customers, datamodule.settings.cutoff, labels)
 
 

@@ -44,12 +44,14 @@ from churnformer.serving.job import release_memory
 from churnformer.serving.partition import SpillWriter, customer_hash, read_partition, spill_directory
 
 # Peak resident bytes per event of a partition while it is featurized at every cutoff (the partition's frame,
-# its sequences and labels, the shards being written), and per event of the sample the featurizer is fitted on.
-# Measured on the training benchmark's log (python -m scripts.benchmarks.featurize --partitions), rounded up.
-BUILD_BYTES_PER_EVENT = 700
-FIT_BYTES_PER_EVENT = 400
-# What the process holds before any event: interpreter, pandas, Arrow and torch (imported with the trainer).
-BASE_BYTES = 1200 * 2**20
+# its sequences and labels, the shards being written; the spill pass before the first), and per event of the
+# sample the featurizer is fitted on (the first pass's frames, then the fit). Measured on the training benchmark's
+# 10 M-event log (3 rolling cutoffs, in 1 and 4 partitions): at most 310 and 125 bytes; rounded up.
+BUILD_BYTES_PER_EVENT = 400
+FIT_BYTES_PER_EVENT = 160
+# What the process holds besides them: interpreter, pandas, Arrow and torch (530 MB measured), and what the
+# partitions featurized so far leave allocated (up to 350 MB over 4 partitions of the 10 M-event log).
+BASE_BYTES = 900 * 2**20
 # Input rows read at a time in both passes.
 CHUNK_ROWS = 500_000
 
@@ -203,7 +205,8 @@ def featurize_partitioned(
                 else None
             )
             for part in window_examples(events, mine, windows, grid, featurizer, val_fraction, spec, log_end=end):
-                writer.add(part.sequences, part.labels, part.is_validation, np.full(len(part.sequences), part.cutoff))
+                cutoffs = np.full(len(part.sequences), part.cutoff)
+                writer.add(part.sequences, part.labels, grid.days, part.is_validation, cutoffs)
                 if part.cutoff == 0:
                     reports.append(part.sequences.report)
                     main_count += len(part.sequences)
