@@ -345,3 +345,20 @@ def text_run(text_world: tuple[Path, Path], tmp_path_factory: pytest.TempPathFac
         cwd=run_dir,
     )
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[object]:
+    """One local Spark session (2 cores, 2 task retries) for every Spark test; needs the spark extra and Java."""
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    session = (
+        SparkSession.builder.master("local[2, 2]")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "4")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()

@@ -12,14 +12,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from churnformer.data import parts
 from churnformer.data.events import CUSTOMER_ID, load_events
+from churnformer.data.parts import PartitionedBuild, fit_bucket
 from churnformer.data.sources import EventLogFiles, SyntheticWorld
 from churnformer.data.store import MANIFEST, load_training_set
 from churnformer.data.synthetic import SyntheticWorldConfig
 from churnformer.errors import ConfigError
 from churnformer.training import partitioned
 from churnformer.training.datamodule import ChurnDataModule, DataSettings
-from churnformer.training.partitioned import LogPass, PartitionedBuild, fit_bucket
+from churnformer.training.partitioned import LogPass
 
 AGGREGATES = {"enabled": True, "windows_days": [30, 90], "top_values": 4}
 
@@ -45,9 +47,10 @@ def datamodule(source: SyntheticWorld | EventLogFiles, tmp_path: Path, **changes
     return ChurnDataModule(source, settings, tmp_path / "run")
 
 
-def assert_same_training_set(expected: Path, actual: Path) -> None:
+def assert_same_training_set(expected: Path, actual: Path, fit_share: float = 1) -> None:
     """The same examples in the same order: labels, splits, featurizer, every padded input; the same manifest
-    but for how the shards were cut."""
+    but for how the shards were cut (and how many partitions or buckets cut them), the featurizer fitted on
+    ``fit_share`` of the customers."""
     a, b = load_training_set(expected), load_training_set(actual)
     every = np.arange(len(a.sequences))
     pd.testing.assert_frame_equal(b.label_frame(every), a.label_frame(every))
@@ -60,8 +63,8 @@ def assert_same_training_set(expected: Path, actual: Path) -> None:
         np.testing.assert_array_equal(padded_b[name], padded_a[name], err_msg=name)
     manifest_a = json.loads((expected / MANIFEST).read_text())
     manifest_b = json.loads((actual / MANIFEST).read_text())
-    assert manifest_b["featurizer_fit_share"] == 1
-    for key in set(manifest_a) - {"shards"}:
+    assert manifest_b["featurizer_fit_share"] == fit_share
+    for key in set(manifest_a) - {"shards", "partitions"}:
         assert manifest_b[key] == manifest_a[key], key
 
 
@@ -113,10 +116,8 @@ def test_a_budget_too_small_for_the_log_fits_on_a_sample_and_names_it(
 ) -> None:
     """The featurizer of a sample is another featurizer: the manifest gives its share, and the key differs from
     the in-memory dataset's; the examples and labels are the same (they do not depend on the featurizer)."""
-    monkeypatch.setattr(
-        partitioned, "FIT_BYTES_PER_EVENT", 2**18
-    )  # 1,000 MB, 100 over the base, then fit ~400 events...
-    monkeypatch.setattr(partitioned, "BUILD_BYTES_PER_EVENT", 2**14)  # ...and ~6,000 per partition
+    monkeypatch.setattr(parts, "FIT_BYTES_PER_EVENT", 2**18)  # 1,000 MB, 100 over the base: fit ~400 events...
+    monkeypatch.setattr(parts, "BUILD_BYTES_PER_EVENT", 2**14)  # ...and ~6,000 per partition
     module = datamodule(source, tmp_path)
     module.write_dataset(tmp_path / "memory", 500)
     module.write_dataset(tmp_path / "budget", 500, build=PartitionedBuild(memory_budget_mb=1000))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -40,20 +39,6 @@ from churnformer.spark.job import flat_settings, read_table  # noqa: E402
 
 CSV_TEXT = TableReading(csv_text=True)
 CSV_ORIGIN = TableOrigin(events_reading=CSV_TEXT)
-
-
-@pytest.fixture(scope="session")
-def spark() -> SparkSession:
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    session = (
-        SparkSession.builder.master("local[2, 2]")
-        .config("spark.ui.enabled", "false")
-        .config("spark.sql.shuffle.partitions", "4")
-        .getOrCreate()
-    )
-    session.sparkContext.setLogLevel("ERROR")
-    yield session
-    session.stop()
 
 
 @pytest.fixture(scope="module")

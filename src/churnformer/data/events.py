@@ -340,6 +340,20 @@ def read_event_chunks(
         first_row += len(raw)
 
 
+def customer_hash(ids: pd.Series | np.ndarray) -> np.ndarray:
+    """A stable 64-bit hash per id (pandas' fixed-key SipHash): the same on every machine and run.
+
+    Numeric ids are hashed as they are. Other ids are factorized first and each distinct id hashed once:
+    a Series of Arrow strings (what pandas reads from Parquet) is factorized by Arrow without a Python
+    object per row. Either way each id gets the value ``pd.util.hash_array(np.asarray(ids), categorize=True)``
+    gives it, so shards stay the same across versions."""
+    values = ids if isinstance(ids, pd.Series) else np.asarray(ids)
+    if pd.api.types.is_numeric_dtype(values.dtype) or pd.api.types.is_datetime64_any_dtype(values.dtype):
+        return pd.util.hash_array(np.asarray(values))
+    codes, uniques = pd.factorize(values, use_na_sentinel=False)
+    return pd.util.hash_array(np.asarray(uniques, dtype=object), categorize=False)[codes]
+
+
 def source_of(frame: pd.DataFrame, default: str) -> str:
     """The file (or DataFrame) a standard frame was loaded from, for messages; ``default`` if unknown."""
     return str(frame.attrs.get(SOURCE_ATTR, default))

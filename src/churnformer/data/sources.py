@@ -49,6 +49,11 @@ class EventLogSource(ABC):
         """The standard customers frame alone (one row per customer: small next to the events)."""
         return self.load()[1]
 
+    def event_files(self) -> tuple[Path, Path | None] | None:
+        """The events file and the customer table's file (None without one) that the standard frames are read
+        from as they are, with :attr:`columns` (what Spark reads); None when the log is made in memory."""
+        return None
+
 
 class EventLogFiles(EventLogSource):
     """The user's own log (``data=csv``): CSV or Parquet files, or DataFrames through the Python API, with the
@@ -72,6 +77,11 @@ class EventLogFiles(EventLogSource):
 
     def customer_table(self) -> pd.DataFrame | None:
         return load_customers(self.customers, self.columns.customer_id) if self.customers is not None else None
+
+    def event_files(self) -> tuple[Path, Path | None] | None:
+        if isinstance(self.events, pd.DataFrame) or isinstance(self.customers, pd.DataFrame):
+            return None
+        return Path(self.events), Path(self.customers) if self.customers is not None else None
 
 
 class SyntheticWorld(EventLogSource):
@@ -106,6 +116,9 @@ class SyntheticWorld(EventLogSource):
 
     def customer_table(self) -> pd.DataFrame | None:
         return load_customers(self.files[1])
+
+    def event_files(self) -> tuple[Path, Path | None] | None:
+        return self.files
 
 
 class CdnowLog(EventLogSource):

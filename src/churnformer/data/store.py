@@ -123,11 +123,14 @@ class TrainingSetWriter:
     ``shard_examples`` examples of one part each; :func:`load_training_set` reads the examples back in the
     training set's own order (by cutoff, then customer) whatever the order of the parts."""
 
-    def __init__(self, directory: str | Path, shard_examples: int = SHARD_EXAMPLES) -> None:
+    def __init__(self, directory: str | Path, shard_examples: int = SHARD_EXAMPLES, prefix: str = "shard") -> None:
+        """``prefix``: the shards' names (``<prefix>-00000``...): writers of one dataset side by side (Spark's
+        buckets) each take their own."""
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         (self.directory / MANIFEST).unlink(missing_ok=True)
         self.shard_examples = shard_examples
+        self.prefix = prefix
         self.shards: list[dict[str, Any]] = []
         self.counts = {"examples": 0, "main_count": 0, "training_examples": 0, "validation_examples": 0}
         self.length_bins = np.zeros(0, dtype=np.int64)
@@ -152,7 +155,7 @@ class TrainingSetWriter:
         for start in range(0, len(sequences), self.shard_examples):
             rows = np.arange(start, min(start + self.shard_examples, len(sequences)))
             part = sequences.subset(rows)
-            name = f"shard-{len(self.shards):05d}"
+            name = f"{self.prefix}-{len(self.shards):05d}"
             examples = {
                 CUSTOMER_ID: pa.array(part.customer_ids),
                 _CUTOFF_COLUMN: pa.array(np.asarray(cutoffs[rows], dtype=np.int16)),
@@ -165,9 +168,7 @@ class TrainingSetWriter:
             _write_table(self.directory / f"{name}.examples.arrow", examples)
             _write_table(self.directory / f"{name}.events.arrow", _columns("", part.events))
             self.shards.append({"name": name, "examples": len(rows), "events": int(part.offsets[-1])})
-        bins = np.bincount(np.floor(np.log2(np.maximum(sequences.lengths, 1))).astype(int))
-        self.length_bins = np.pad(self.length_bins, (0, max(0, len(bins) - len(self.length_bins))))
-        self.length_bins[: len(bins)] += bins
+        self._add_lengths(np.bincount(np.floor(np.log2(np.maximum(sequences.lengths, 1))).astype(int)))
         self.counts["examples"] += len(sequences)
         self.counts["main_count"] += int((cutoffs == 0).sum())
         self.counts["validation_examples"] += int(is_validation.sum())
@@ -175,6 +176,29 @@ class TrainingSetWriter:
         self.shapes = {"events_arrays": _shapes(sequences.events), "customer_arrays": _shapes(sequences.customers)}
         if sequences.text_table is not None:
             self.text_table = sequences.text_table
+
+    def state(self) -> dict[str, Any]:
+        """What this writer wrote, as JSON can carry it (from a Spark worker to the driver's :meth:`absorb`)."""
+        return {
+            "shards": self.shards,
+            "counts": self.counts,
+            "length_bins": self.length_bins.tolist(),
+            "shapes": self.shapes,
+            "label_columns": self.label_columns,
+        }
+
+    def absorb(self, state: dict[str, Any]) -> None:
+        """Count in the shards another writer of this directory wrote (its :meth:`state`)."""
+        self.shards += state["shards"]
+        self.counts = {name: count + state["counts"][name] for name, count in self.counts.items()}
+        self._add_lengths(np.asarray(state["length_bins"], dtype=np.int64))
+        self.shapes = state["shapes"] or self.shapes
+        self.label_columns = state["label_columns"] or self.label_columns
+
+    def _add_lengths(self, bins: np.ndarray) -> None:
+        """Add counts of examples per power-of-two length bin."""
+        self.length_bins = np.pad(self.length_bins, (0, max(0, len(bins) - len(self.length_bins))))
+        self.length_bins[: len(bins)] += bins
 
     def close(
         self,

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import pandas as pd
 
-from churnformer.data.events import CUSTOMER_ID, TIMESTAMP
+from churnformer.data.events import CUSTOMER_ID, TIMESTAMP, customer_hash
 from churnformer.data.featurizer import Featurizer
 from churnformer.data.sequences import Sequences, build_sequences, concat_sequences, empty_histories
 from churnformer.data.values import UNKNOWN_ID, numeric_values
@@ -41,7 +41,6 @@ from churnformer.schema import (
     SEGMENTS,
     VALUE_DECILE,
 )
-from churnformer.serving.partition import customer_hash
 
 if TYPE_CHECKING:
     from churnformer.serving.retention import ReferencePercentiles

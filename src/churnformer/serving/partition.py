@@ -31,6 +31,7 @@ from churnformer.data.events import (
     ColumnMapping,
     check_table_file,
     csv_separator,
+    customer_hash,
     load_events,
     read_event_chunks,
     read_table,
@@ -76,20 +77,6 @@ class Shard:
         """Which of the customers with these :func:`customer_hash` values belong to this shard (low half of
         the hash; spill partitions use the high half)."""
         return hashes % np.uint64(self.count) == self.index
-
-
-def customer_hash(ids: pd.Series | np.ndarray) -> np.ndarray:
-    """A stable 64-bit hash per id (pandas' fixed-key SipHash): the same on every machine and run.
-
-    Numeric ids are hashed as they are. Other ids are factorized first and each distinct id hashed once:
-    a Series of Arrow strings (what pandas reads from Parquet) is factorized by Arrow without a Python
-    object per row. Either way each id gets the value ``pd.util.hash_array(np.asarray(ids), categorize=True)``
-    gives it, so shards stay the same across versions."""
-    values = ids if isinstance(ids, pd.Series) else np.asarray(ids)
-    if pd.api.types.is_numeric_dtype(values.dtype) or pd.api.types.is_datetime64_any_dtype(values.dtype):
-        return pd.util.hash_array(np.asarray(values))
-    codes, uniques = pd.factorize(values, use_na_sentinel=False)
-    return pd.util.hash_array(np.asarray(uniques, dtype=object), categorize=False)[codes]
 
 
 def keep_shard(frame: pd.DataFrame, shard: Shard) -> pd.DataFrame:

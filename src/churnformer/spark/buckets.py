@@ -24,9 +24,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from churnformer.data.events import TIMESTAMP, ColumnMapping, load_customers, load_events, read_csv
+from churnformer.data.events import TIMESTAMP, ColumnMapping, customer_hash, load_customers, load_events, read_csv
 from churnformer.files import ModelBytes
-from churnformer.serving.partition import customer_hash, spill_partition
+from churnformer.serving.partition import spill_partition
 from churnformer.serving.predictor import Predictor
 from churnformer.serving.settings import ScoringSettings
 

@@ -91,9 +91,11 @@ def run_spark_prediction(config: dict[str, Any]) -> dict[str, Path]:
     return paths
 
 
-def start_session(settings: dict[str, Any], progress: bool, debug: bool) -> SparkSession:
-    """The session the job runs in: ``spark.master`` and every ``spark.conf.*`` setting passed through;
-    an active session (the job called from a notebook) is used as it is."""
+def start_session(
+    settings: dict[str, Any], progress: bool, debug: bool, app: str = "churnformer-predict"
+) -> SparkSession:
+    """The session the job (Spark's application ``app``) runs in: ``spark.master`` and every ``spark.conf.*``
+    setting passed through; an active session (the job called from a notebook) is used as it is."""
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
@@ -101,7 +103,7 @@ def start_session(settings: dict[str, Any], progress: bool, debug: bool) -> Spar
         raise ConfigError("engine=spark needs a Java 17 (or newer) runtime: java is not on PATH and JAVA_HOME is unset")
     # Workers run this interpreter, which has churnformer installed; a cluster sets its own.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    builder = SparkSession.builder.appName("churnformer-predict")
+    builder = SparkSession.builder.appName(app)
     if settings["master"]:
         builder = builder.master(settings["master"])
     logging = files("churnformer.spark").joinpath("log4j2.properties")

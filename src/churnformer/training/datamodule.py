@@ -22,6 +22,7 @@ from churnformer.artifacts.stacked_trees import StackedTrees
 from churnformer.data.events import CUSTOMER_ID
 from churnformer.data.featurizer import FeaturizerConfig
 from churnformer.data.labels import LabelSpec
+from churnformer.data.parts import PartitionedBuild
 from churnformer.data.sharded import ShardedSequences
 from churnformer.data.sources import EventLogSource, TrainingSetDirectory
 from churnformer.data.store import (
@@ -41,7 +42,7 @@ from churnformer.model_card import log_facts
 from churnformer.schema import LABELS_BY_HORIZON, RUN_TEXT_EMBEDDINGS, RUN_TEXT_ENCODER, by_horizon
 from churnformer.text.embeddings import TextEmbeddings
 from churnformer.text.encoder import TextEncoder, require_text_support
-from churnformer.training.partitioned import PartitionedBuild, featurize_partitioned
+from churnformer.training.partitioned import featurize_partitioned
 from churnformer.training.run_info import fingerprint
 from churnformer.training.sampler import LengthBucketBatchSampler
 from churnformer.training.stacking import StackingSettings, stack_trees
@@ -274,22 +275,25 @@ class ChurnDataModule(pl.LightningDataModule):
         identity: tuple[dict[str, Any], list[dict[str, Any] | None]] | None = None,
         build: PartitionedBuild | None = None,
         spill_dir: str | Path | None = None,
+        spark: dict[str, Any] | None = None,
     ) -> None:
         """Featurize the log and write the training set to ``directory`` (``churnformer-featurize``'s format),
         with what reads the log again (its ``data.source`` config; None for DataFrames). ``identity``: the
         :meth:`dataset_identity` already computed (the inputs are hashed once). ``build``: featurize partition
         by partition within a memory budget (:mod:`churnformer.training.partitioned`; spill files under
-        ``spill_dir``) rather than in memory."""
+        ``spill_dir``) rather than in memory; ``spark``: the same on Spark, with these settings (``master``,
+        ``buckets``, ``conf``; :mod:`churnformer.spark.featurize`)."""
         settings, inputs = identity or self.dataset_identity()
         extra: dict[str, Any] = {"source": self.source_config, "columns": settings["columns"]}
-        if build is None or not build.enabled:
+        build = build or PartitionedBuild()
+        if spark is None and not build.enabled:
             data = self.featurize()
             extra["log_facts"] = self.log_facts
             write_training_set(data, directory, settings, inputs, extra, shard_examples)
             return
         writer = TrainingSetWriter(directory, shard_examples)
         rolling = self.settings.rolling_cutoffs
-        featurizer, grid, result, report = featurize_partitioned(
+        arguments = (
             self.source,
             writer,
             rolling_windows(self.window, int(rolling["count"]), float(rolling["step_days"])),
@@ -299,8 +303,13 @@ class ChurnDataModule(pl.LightningDataModule):
             self.settings.labels,
             self.settings.sample_customers,
             build,
-            spill_dir,
         )
+        if spark is not None:
+            from churnformer.spark.featurize import featurize_with_spark  # the spark extra
+
+            featurizer, grid, result, report = featurize_with_spark(*arguments, spark)
+        else:
+            featurizer, grid, result, report = featurize_partitioned(*arguments, spill_dir)
         self.log_facts = result.log_facts
         if result.fit_share < 1:  # another featurizer than the in-memory one: another dataset
             settings = settings | {"featurizer_fit_share": result.fit_share}

@@ -7,13 +7,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from churnformer.data.parts import PartitionedBuild
 from churnformer.data.sources import TrainingSetDirectory
 from churnformer.data.store import read_manifest
 from churnformer.errors import ConfigError
 from churnformer.training.job import build_datamodule
-from churnformer.training.partitioned import PartitionedBuild
 
 
 def featurize(cfg: DictConfig) -> Path:
@@ -25,7 +25,10 @@ def featurize(cfg: DictConfig) -> Path:
         raise ConfigError("data=dataset is a featurized dataset already: featurize the log it came from (data=csv ...)")
     output = Path(cfg.output)
     build = PartitionedBuild(cfg.memory_budget_mb, cfg.partitions)
-    datamodule.write_dataset(output, int(cfg.shard_examples), build=build, spill_dir=cfg.spill_dir)
+    if cfg.engine not in ("local", "spark"):
+        raise ConfigError(f"engine={cfg.engine}: local (this process) or spark")
+    spark = OmegaConf.to_container(cfg.spark, resolve=True) if cfg.engine == "spark" else None
+    datamodule.write_dataset(output, int(cfg.shard_examples), build=build, spill_dir=cfg.spill_dir, spark=spark)
     manifest = read_manifest(output)
     print(
         f"featurized {manifest['examples']:,} examples ({manifest['training_examples']:,} training, "
@@ -43,4 +46,4 @@ def partitioned(manifest: dict) -> str:
         return ""
     share = manifest["featurizer_fit_share"]
     fitted = "every customer" if share == 1 else f"a sample of {share:.1%} of the customers"
-    return f" from {manifest['partitions']} partition(s), the featurizer fitted on {fitted},"
+    return f" from {manifest['partitions']} partition(s) or bucket(s), the featurizer fitted on {fitted},"
