@@ -4,8 +4,8 @@ training from it: does either step's memory grow with the log?
 Usage::
 
     python -m scripts.benchmarks.dataset [--events 10000000 50000000] [--events-per-customer 20]
-                                    [--memory-budget-mb 3000] [--train-batches N] [--workdir DIR]
-                                    [--record PATH]
+                                    [--memory-budget-mb 3000] [--train-batches N] [--ddp-batches 400]
+                                    [--workdir DIR] [--record PATH]
 
 For each size, the scoring benchmark's generated log (``scripts.common.logs.generate_events``, Parquet, the cutoff
 one year in as ``scripts.benchmarks.train`` has it), each step a child process measured by
@@ -14,7 +14,9 @@ one year in as ``scripts.benchmarks.train`` has it), each step a child process m
 * ``churnformer-featurize ... memory_budget_mb=B``: the two passes over the log, the spill to partitions and the
   featurization of each partition (``churnformer.training.partitioned``);
 * ``churnformer-train data=dataset data.path=...``: one epoch from the shards (``--train-batches N``: its first
-  N batches), nothing after it (no calibration, export, scoring or explanations).
+  N batches), nothing after it (no calibration, export, scoring or explanations);
+* the same with ``trainer=ddp`` (two ranks on this machine, the first ``--ddp-batches`` batches of each; 0: not
+  run): the peak RSS of both ranks together (each rank's own high-water mark, summed), against one process's.
 """
 
 from __future__ import annotations
@@ -59,12 +61,13 @@ def featurize(log: Path, output: Path, budget_mb: float) -> dict:
     }
 
 
-def train(dataset: Path, run_dir: Path, batches: int | None) -> dict:
+def train(dataset: Path, run_dir: Path, batches: int | None, ddp: bool = False) -> dict:
     shutil.rmtree(run_dir, ignore_errors=True)
     command = [
         str(BIN / "churnformer-train"),
         "data=dataset",
         f"data.path={dataset}",
+        *(["trainer=ddp", "threads=1"] if ddp else []),
         "trainer.max_epochs=1",
         *([f"+trainer.limit_train_batches={batches}"] if batches else []),
         "calibrate=false",
@@ -75,7 +78,8 @@ def train(dataset: Path, run_dir: Path, batches: int | None) -> dict:
         f"hydra.run.dir={run_dir}",
     ]
     usage, _ = run_measured(command)
-    return {"train_s": usage.wall_s, "train_peak_rss_mb": usage.peak_rss_mb}
+    prefix = "ddp_" if ddp else "train_"
+    return {f"{prefix}s": usage.wall_s, f"{prefix}peak_rss_mb": usage.peak_rss_mb}
 
 
 def table(results: dict[str, dict]) -> dict[str, list]:
@@ -88,6 +92,9 @@ def table(results: dict[str, dict]) -> dict[str, list]:
         ("train from it, s", lambda r: f"{r['train_s']:.0f}"),
         ("train from it, peak RSS MB", lambda r: f"{r['train_peak_rss_mb']:,.0f}"),
     ]
+    if all("ddp_peak_rss_mb" in r for r in results.values()):
+        rows.append(("trainer=ddp, 2 ranks: peak RSS MB, both", lambda r: f"{r['ddp_peak_rss_mb']:,.0f}"))
+        rows.append(("both ranks / one process", lambda r: f"{r['ddp_peak_rss_mb'] / r['train_peak_rss_mb']:.2f}"))
     names = list(results)
     return record.table(["", *names], [[label, *(cell(results[n]) for n in names)] for label, cell in rows])
 
@@ -98,6 +105,7 @@ def main() -> None:
     parser.add_argument("--events-per-customer", type=int, default=20)
     parser.add_argument("--memory-budget-mb", type=float, default=3000)
     parser.add_argument("--train-batches", type=int, help="train on the epoch's first N batches (default: all)")
+    parser.add_argument("--ddp-batches", type=int, default=400, help="trainer=ddp on the first N batches (0: skip)")
     parser.add_argument("--workdir", type=Path, default=Path("bench-dataset"))
     record.add_argument(parser)
     args = parser.parse_args()
@@ -111,6 +119,8 @@ def main() -> None:
             dataset = args.workdir / f"dataset-{events}"
             results[name] = featurize(log, dataset, args.memory_budget_mb)
             results[name] |= train(dataset, args.workdir / f"run-{events}", args.train_batches)
+            if args.ddp_batches:
+                results[name] |= train(dataset, args.workdir / f"ddp-{events}", args.ddp_batches, ddp=True)
             print(name, json.dumps(results[name]))
         run.figures = results
         run.tables["dataset"] = table(results)
