@@ -28,9 +28,9 @@ AGGREGATES = {"enabled": True, "windows_days": [30, 90], "top_values": 4}
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory) -> SyntheticWorld:
-    """800 customers of the synthetic world, as Parquet."""
+    """600 customers of the synthetic world, as Parquet."""
     world = SyntheticWorld(
-        tmp_path_factory.mktemp("world"), asdict(SyntheticWorldConfig.with_defaults(n_customers=800, seed=4))
+        tmp_path_factory.mktemp("world"), asdict(SyntheticWorldConfig.with_defaults(n_customers=600, seed=4))
     )
     world.prepare()
     return world
@@ -39,6 +39,14 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> SyntheticWorld:
 @pytest.fixture(scope="module")
 def world(source: SyntheticWorld) -> Path:
     return source.directory
+
+
+@pytest.fixture(scope="module")
+def in_memory(source: SyntheticWorld, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The world's training set featurized in memory, as churnformer-train builds it."""
+    directory = tmp_path_factory.mktemp("memory")
+    datamodule(source, directory).write_dataset(directory / "dataset", 500)
+    return directory / "dataset"
 
 
 def datamodule(source: SyntheticWorld | EventLogFiles, tmp_path: Path, **changes: object) -> ChurnDataModule:
@@ -68,23 +76,22 @@ def assert_same_training_set(expected: Path, actual: Path, fit_share: float = 1)
         assert manifest_b[key] == manifest_a[key], key
 
 
-@pytest.mark.parametrize("changes", [{}, {"sample_customers": 0.5}], ids=["everyone", "sample"])
 def test_partitions_hold_exactly_the_in_memory_training_set(
-    source: SyntheticWorld, tmp_path: Path, changes: dict
+    source: SyntheticWorld, in_memory: Path, tmp_path: Path
 ) -> None:
-    module = datamodule(source, tmp_path, **changes)
-    module.write_dataset(tmp_path / "memory", 500)
+    module = datamodule(source, tmp_path)
     module.write_dataset(tmp_path / "partitioned", 500, build=PartitionedBuild(partitions=3), spill_dir=tmp_path)
-    assert_same_training_set(tmp_path / "memory", tmp_path / "partitioned")
+    assert_same_training_set(in_memory, tmp_path / "partitioned")
     assert json.loads((tmp_path / "partitioned" / MANIFEST).read_text())["partitions"] == 3
     assert [path.name for path in tmp_path.iterdir() if path.name.startswith("churnformer-spill-")] == []
 
 
+@pytest.mark.slow  # two more featurizations of the world: the full suite runs it
 def test_a_csv_log_read_in_chunks_gives_the_same_training_set(
     world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A CSV read a few thousand rows at a time (each chunk's types inferred on its own), with other column
-    names."""
+    names, and a sample of the customers (``data.sample_customers``)."""
     events = pd.read_parquet(world / "events.parquet").rename(columns={"customer_id": "client", "amount": "value"})
     events.to_csv(tmp_path / "events.csv", index=False)
     columns = {"customer_id": "client", "amount": "value"}
@@ -92,7 +99,7 @@ def test_a_csv_log_read_in_chunks_gives_the_same_training_set(
     customers.to_csv(tmp_path / "customers.csv", index=False)
     source = EventLogFiles(tmp_path / "events.csv", tmp_path / "customers.csv", columns)
     monkeypatch.setattr(partitioned, "CHUNK_ROWS", 7_000)
-    module = datamodule(source, tmp_path)
+    module = datamodule(source, tmp_path, sample_customers=0.5)
     module.write_dataset(tmp_path / "memory", 500)
     module.write_dataset(tmp_path / "partitioned", 500, build=PartitionedBuild(partitions=2))
     assert_same_training_set(tmp_path / "memory", tmp_path / "partitioned")
@@ -112,21 +119,19 @@ def test_the_fit_sample_halves_until_it_fits_and_keeps_whole_customers(world: Pa
 
 
 def test_a_budget_too_small_for_the_log_fits_on_a_sample_and_names_it(
-    source: SyntheticWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    source: SyntheticWorld, in_memory: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The featurizer of a sample is another featurizer: the manifest gives its share, and the key differs from
     the in-memory dataset's; the examples and labels are the same (they do not depend on the featurizer)."""
     monkeypatch.setattr(parts, "FIT_BYTES_PER_EVENT", 2**18)  # 1,000 MB, 100 over the base: fit ~400 events...
     monkeypatch.setattr(parts, "BUILD_BYTES_PER_EVENT", 2**14)  # ...and ~6,000 per partition
-    module = datamodule(source, tmp_path)
-    module.write_dataset(tmp_path / "memory", 500)
-    module.write_dataset(tmp_path / "budget", 500, build=PartitionedBuild(memory_budget_mb=1000))
+    datamodule(source, tmp_path).write_dataset(tmp_path / "budget", 500, build=PartitionedBuild(memory_budget_mb=1000))
     manifest = json.loads((tmp_path / "budget" / MANIFEST).read_text())
-    memory = json.loads((tmp_path / "memory" / MANIFEST).read_text())
+    memory = json.loads((in_memory / MANIFEST).read_text())
     assert manifest["featurizer_fit_share"] < 1 and manifest["partitions"] > 1
     assert manifest["settings"]["featurizer_fit_share"] == manifest["featurizer_fit_share"]
     assert manifest["key"] != memory["key"]
-    sampled, everyone = load_training_set(tmp_path / "budget"), load_training_set(tmp_path / "memory")
+    sampled, everyone = load_training_set(tmp_path / "budget"), load_training_set(in_memory)
     every = np.arange(len(everyone.sequences))
     pd.testing.assert_frame_equal(sampled.label_frame(every), everyone.label_frame(every))
 
