@@ -105,12 +105,12 @@ def test_ddp_validation_metrics_are_over_the_whole_validation_set(ddp_run: tuple
     datamodule.setup("fit")
     metadata = hparams["export_metadata"]
     main = metadata[META_HORIZONS].index(metadata[META_HORIZON_DAYS])
-    single, _ = evaluate_network(network, datamodule.validation_loader(), main)
+    single, _ = evaluate_network(network, datamodule.validation_loader(), metadata[META_HORIZONS], main)
 
     board = EventMultiplexer(size_guidance={"scalars": 0})
     board.AddRunsFromDirectory(str(run_dir / "tensorboard"))
     board.Reload()
-    best_epoch = int(board.Scalars(".", "best/epoch")[0].value)
+    best_epoch = int(board.Scalars(".", "validation_best/epoch")[0].value)
     for name, value in single.items():
         tag = name.removesuffix("/val")
         per_epoch = board.Scalars("val", tag)[best_epoch].value  # logged by the 2 ranks during training

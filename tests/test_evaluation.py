@@ -30,7 +30,7 @@ from churnformer.evaluation.metrics import (
     spearman,
 )
 from churnformer.evaluation.report import evaluate
-from churnformer.training.metrics import NormalizedGini
+from churnformer.training.metrics import NumpyMetric
 
 METRIC_KEYS = {
     "churn_auc",
@@ -153,11 +153,14 @@ def test_ece_and_gini_agree_with_the_training_metrics_on_continuous_data() -> No
     p, y = torch.tensor(probability), torch.tensor(label)
     reference_ece = BinaryCalibrationError(n_bins=10, norm="l1")(p, y.long()).item()
     assert expected_calibration_error(probability, label) == pytest.approx(reference_ece, abs=1e-5)
-    # The training metric accumulates batches and must give the offline number.
-    training_gini = NormalizedGini()
-    training_gini.update(torch.tensor(expected[:400]), torch.tensor(spend[:400]))
-    training_gini.update(torch.tensor(expected[400:]), torch.tensor(spend[400:]))
+    # The training metrics accumulate batches and must give the offline numbers.
+    training_gini = NumpyMetric(lambda predicted, actual: normalized_gini(actual, predicted))
+    training_ece = NumpyMetric(expected_calibration_error)
+    for part in (slice(0, 400), slice(400, None)):
+        training_gini.update(torch.tensor(expected[part]), torch.tensor(spend[part]))
+        training_ece.update(p[part], y[part])
     assert training_gini.compute().item() == pytest.approx(normalized_gini(spend, expected), abs=1e-6)
+    assert training_ece.compute().item() == pytest.approx(expected_calibration_error(probability, label), abs=1e-6)
 
 
 # --- joining predictions and labels ---------------------------------------------------------------------------

@@ -227,7 +227,7 @@ def test_a_training_run_reports_the_validation_drivers(trained_run: Path) -> Non
     board = EventMultiplexer(size_guidance={"images": 0})
     board.AddRunsFromDirectory(str(trained_run / "tensorboard"))
     board.Reload()
-    assert "best/drivers" in board.Runs()["."]["images"]
+    assert "validation_best/calibrated/drivers" in board.Runs()["."]["images"]
 
 
 # --- batch jobs -------------------------------------------------------------------------------------------------

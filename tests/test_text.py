@@ -270,7 +270,7 @@ def test_the_report_and_tensorboard_show_what_text_adds(text_run: Path) -> None:
     board.AddRunsFromDirectory(str(text_run / "tensorboard"))
     board.Reload()
     tags = {tag for run in board.Runs() for tag in board.GetAccumulator(run).Tags()["scalars"]}
-    assert {"best/text_gain/churn_auc", "best/text_gain/spend_gini"} <= tags
+    assert {"validation_best/calibrated/text_gain/churn_auc", "validation_best/calibrated/text_gain/spend_gini"} <= tags
     assert not any("Sent from" in t or "order" in t for t in tags)
 
 

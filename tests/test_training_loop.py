@@ -9,29 +9,35 @@ import numpy as np
 import pytest
 import torch
 
-from churnformer.evaluation.metrics import average_precision, normalized_gini, roc_auc
+from churnformer.evaluation.metrics import average_precision, expected_calibration_error, normalized_gini, roc_auc
 from churnformer.training.metrics import EpochMetrics
 from churnformer.training.module import fused_on_cuda
 
 GROUPS = {"churn": "probability", "spend": "expectation"}
 
 
+HORIZONS = [30.0, 90.0]  # the main one second
+
+
 def batches(seed: int, sizes: tuple[int, ...]) -> list[tuple]:
+    """(losses, per group (prediction, label) at both horizons, observed): the first horizon observed for about
+    two customers in three."""
     rng = np.random.default_rng(seed)
     made = []
     for size in sizes:
-        p_churn = torch.tensor(rng.random(size), dtype=torch.float32)
-        churn = torch.tensor(rng.random(size) < p_churn.numpy(), dtype=torch.float32)
-        expected = torch.tensor(rng.lognormal(2, 1, size), dtype=torch.float32)
-        spend = torch.tensor(rng.lognormal(2, 1, size) * (churn.numpy() == 0), dtype=torch.float32)
+        p_churn = torch.tensor(rng.random((size, 2)), dtype=torch.float32)
+        churn = torch.tensor(rng.random((size, 2)) < p_churn.numpy(), dtype=torch.float32)
+        expected = torch.tensor(rng.lognormal(2, 1, (size, 2)), dtype=torch.float32)
+        spend = torch.tensor(rng.lognormal(2, 1, (size, 2)) * (churn.numpy() == 0), dtype=torch.float32)
+        observed = torch.tensor(np.stack([rng.random(size) < 0.7, np.ones(size, bool)], axis=1), dtype=torch.float32)
         losses = {name: torch.tensor(float(rng.random()), requires_grad=True) for name in ("joint", *GROUPS)}
-        made.append((losses, {"churn": (p_churn, churn), "spend": (expected, spend)}))
+        made.append((losses, {"churn": (p_churn, churn), "spend": (expected, spend)}, observed))
     return made
 
 
 def test_epoch_metrics_are_those_of_the_whole_epoch_with_losses_weighted_by_batch_size() -> None:
     epoch = batches(0, (256, 256, 17, 100))
-    metrics = EpochMetrics("train", GROUPS, keep_predictions=True, sync=False)
+    metrics = EpochMetrics("train", GROUPS, main=1, keep_predictions=True, sync=False, horizons=HORIZONS)
     for batch in epoch:
         metrics.update(*batch)
     values = metrics.compute()
@@ -41,16 +47,29 @@ def test_epoch_metrics_are_those_of_the_whole_epoch_with_losses_weighted_by_batc
     p_churn, churn, expected, spend = (
         torch.cat([b[1][group][i] for b in epoch]).numpy() for group in GROUPS for i in (0, 1)
     )
+    observed = torch.cat([b[2] for b in epoch]).numpy() > 0
     joint = np.array([b[0]["joint"].item() for b in epoch])
     assert values["joint/loss/train"] == pytest.approx((joint * sizes).sum() / sizes.sum(), rel=1e-6)
-    assert values["churn/auroc/train"] == pytest.approx(roc_auc(churn, p_churn), abs=1e-6)
-    assert values["churn/pr_auc/train"] == pytest.approx(average_precision(churn, p_churn), abs=1e-6)
-    assert values["churn/brier/train"] == pytest.approx(np.mean((p_churn - churn) ** 2), rel=1e-5)
-    assert values["spend/gini/train"] == pytest.approx(normalized_gini(spend, expected), abs=1e-6)
-    assert values["spend/mae/train"] == pytest.approx(np.mean(np.abs(expected - spend)), rel=1e-5)
+    assert values["churn/auroc/train"] == pytest.approx(roc_auc(churn[:, 1], p_churn[:, 1]), abs=1e-6)
+    assert values["churn/pr_auc/train"] == pytest.approx(average_precision(churn[:, 1], p_churn[:, 1]), abs=1e-6)
+    assert values["churn/brier/train"] == pytest.approx(np.mean((p_churn[:, 1] - churn[:, 1]) ** 2), rel=1e-5)
+    assert values["churn/ece/train"] == pytest.approx(expected_calibration_error(p_churn[:, 1], churn[:, 1]), abs=1e-6)
+    assert values["spend/gini/train"] == pytest.approx(normalized_gini(spend[:, 1], expected[:, 1]), abs=1e-6)
+    assert values["spend/mae/train"] == pytest.approx(np.mean(np.abs(expected[:, 1] - spend[:, 1])), rel=1e-5)
+    # Every horizon, over the customers whose horizon is observed; the main one's equal the metrics above.
+    seen = observed[:, 0]
+    assert values["horizons/churn_auc/30d/train"] == pytest.approx(roc_auc(churn[seen, 0], p_churn[seen, 0]), abs=1e-6)
+    assert values["horizons/churn_ece/30d/train"] == pytest.approx(
+        expected_calibration_error(p_churn[seen, 0], churn[seen, 0]), abs=1e-6
+    )
+    assert values["horizons/spend_gini/30d/train"] == pytest.approx(
+        normalized_gini(spend[seen, 0], expected[seen, 0]), abs=1e-6
+    )
+    assert values["horizons/churn_auc/90d/train"] == pytest.approx(values["churn/auroc/train"], abs=1e-6)
+    assert values["horizons/spend_gini/90d/train"] == pytest.approx(values["spend/gini/train"], abs=1e-6)
     kept = metrics.all_predictions()
     assert [len(t) for pair in kept.values() for t in pair] == [sizes.sum()] * 4
-    assert torch.equal(kept["churn"][0], torch.from_numpy(p_churn))
+    assert torch.equal(kept["churn"][0], torch.from_numpy(p_churn[:, 1]))
 
     metrics.reset()
     later = batches(1, (64,))

@@ -6,6 +6,7 @@ counts) and is legible at TensorBoard's card size; spend axes are in the log's c
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import matplotlib
@@ -26,7 +27,10 @@ from churnformer.evaluation.metrics import (
 matplotlib.use("Agg")  # figures are rendered to files and images, never shown
 
 SPEND_UNITS = "spend (currency units of the log)"
+# Inches at 100 dpi: one panel fits a TensorBoard card at its default width, text readable; figures of two
+# panels stack them (TALL) rather than set them side by side, which a card would shrink to half their size.
 SIZE = (5.0, 4.0)
+TALL = (5.0, 7.0)
 
 
 def calibration_figure(probability: np.ndarray, label: np.ndarray) -> Figure:
@@ -128,8 +132,8 @@ def _gains_panel(axes: Any, actual: np.ndarray, score: np.ndarray, what: str, ra
 
 def gains_figure(expected: np.ndarray, spend: np.ndarray, probability: np.ndarray, churn: np.ndarray) -> Figure:
     """How much of the spend, and of the churners, the top of each ranking captures, against perfect and random."""
-    figure = Figure(figsize=(9, 4), layout="constrained")
-    spend_axes, churn_axes = figure.subplots(1, 2)
+    figure = Figure(figsize=TALL, layout="constrained")
+    spend_axes, churn_axes = figure.subplots(2, 1)
     _gains_panel(spend_axes, spend, expected, "actual spend", "expected spend")
     _gains_panel(churn_axes, churn, probability, "churners", "churn probability")
     figure.suptitle("Cumulative gains")
@@ -163,8 +167,8 @@ def horizons_figure(
 ) -> Figure:
     """Mean predicted S(t) against the observed share with no purchase by t, and mean expected against actual
     cumulative spend, at every horizon (N, K arrays); horizons the log does not cover have no observed point."""
-    figure = Figure(figsize=(9, 4), layout="constrained")
-    survival_axes, spend_axes = figure.subplots(1, 2)
+    figure = Figure(figsize=TALL, layout="constrained")
+    survival_axes, spend_axes = figure.subplots(2, 1)
     seen = observed.all(axis=0)
     days = np.r_[0.0, horizons]
     survival_axes.plot(days, np.r_[1.0, survival.mean(0)], marker="o", label="mean predicted S(t)")
@@ -209,18 +213,45 @@ def horizon_calibration_figure(
     return figure
 
 
+# Metrics by horizon drawn against the horizon, by panel: those where higher ranks better, and the errors.
+RANKING_METRICS = ("_auc", "_gini", "_spearman")
+ERROR_METRICS = ("_ece", "_brier")
+
+
+def horizon_metrics_figure(by_horizon: Mapping[str, Mapping[float, float]]) -> Figure:
+    """Each metric (``churn_auc``: {days: value}) against the horizon in days: ranking metrics above, calibration
+    errors below (the other metrics, on scales of their own, are in the table beside it)."""
+    figure = Figure(figsize=TALL, layout="constrained")
+    ranking_axes, error_axes = figure.subplots(2, 1, sharex=True)
+    for axes, endings, ylabel in (
+        (ranking_axes, RANKING_METRICS, "AUC, normalized Gini, Spearman"),
+        (error_axes, ERROR_METRICS, "ECE, Brier"),
+    ):
+        for name, values in by_horizon.items():
+            if name.endswith(endings):
+                days = sorted(values)
+                axes.plot(days, [values[d] for d in days], marker="o", label=name)
+        axes.set(ylabel=ylabel)
+        if axes.has_data():
+            axes.legend(loc="best", fontsize=7)
+    error_axes.set(xlabel="horizon (days after the cutoff)")
+    figure.suptitle("Validation metrics by horizon (exported model, calibrated)")
+    return figure
+
+
 def drivers_figure(summary: pd.DataFrame) -> Figure:
     """Mean absolute effect of each driver group on churn probability and on expected spend, over every
     customer explained and over the top risk decile (``churnformer.serving.explain.driver_summary``)."""
-    figure = Figure(figsize=(9, max(3.0, 0.3 * len(summary) + 1.5)), layout="constrained")
-    churn_axes, spend_axes = figure.subplots(1, 2, sharey=True)
+    figure = Figure(figsize=(5.0, max(5.0, 0.6 * len(summary) + 2.0)), layout="constrained")
+    churn_axes, spend_axes = figure.subplots(2, 1, sharey=True)
     y = np.arange(len(summary))
     for axes, what, label in ((churn_axes, "churn", "churn probability"), (spend_axes, "spend", SPEND_UNITS)):
         axes.barh(y - 0.2, summary[f"mean_abs_{what}_effect"], height=0.4, label="all explained")
         axes.barh(y + 0.2, summary[f"top_risk_decile_mean_abs_{what}_effect"], height=0.4, label="top risk decile")
         axes.set(xlabel=f"mean |effect| on {label}")
         axes.legend(loc="lower right", fontsize=7)
-    churn_axes.set(yticks=y, yticklabels=summary["group"])
+    for axes in (churn_axes, spend_axes):
+        axes.set(yticks=y, yticklabels=summary["group"])
     churn_axes.invert_yaxis()
-    figure.suptitle("Driver groups: what removing each changes (association in the model, not cause)")
+    figure.suptitle("Driver groups: what removing each changes\n(association in the model, not cause)")
     return figure

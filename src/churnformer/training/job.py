@@ -76,6 +76,7 @@ from churnformer.training.module import ChurnFormerModule, evaluate_network
 from churnformer.training.pretraining import PretrainSettings, pretrain
 from churnformer.training.review import (
     SAMPLES_PER_PLUGIN,
+    BestCheckpoint,
     SplitRunsLogger,
     log_best,
     log_drivers,
@@ -97,11 +98,18 @@ TEXT_GAIN_METRICS = ("churn_auc", "churn_pr_auc", "spend_gini")
 
 @dataclass(frozen=True)
 class Fitted:
-    """What the fit left: the best checkpoint (by the monitored metric) and the epochs run."""
+    """What the fit left: the best checkpoint (by the monitored metric), its epoch and training step, and the
+    epochs run."""
 
     best_checkpoint: Path
     best_epoch: int
+    best_step: int
     epochs: int
+
+    @property
+    def best(self) -> BestCheckpoint:
+        """Where TensorBoard puts the best checkpoint's numbers and figures."""
+        return BestCheckpoint(self.best_epoch, self.best_step, self.epochs - 1)
 
 
 def train(
@@ -130,7 +138,8 @@ def train(
     fitted = fit_result(trainer)
     run_dir = Path(cfg.paths.output_dir)
     network, _ = load_checkpoint(fitted.best_checkpoint)
-    metrics, predictions = evaluate_network(network, datamodule.validation_loader(), datamodule.data.grid.main_index)
+    grid = datamodule.data.grid
+    metrics, predictions = evaluate_network(network, datamodule.validation_loader(), list(grid.days), grid.main_index)
     record_run(cfg, run_dir, metrics, datamodule)
     review_run(cfg, trainer, metrics, fitted, predictions, run_dir)
     calibration = calibrate(cfg, network, datamodule, run_dir) if cfg.calibrate else None
@@ -140,7 +149,7 @@ def train(
         result = score_training_log(model, datamodule)
         drivers = explain_validation(model, datamodule) if cfg.explain_validation else None
         joined, gains = report_validation(model, result, datamodule, run_dir / RUN_EVALUATION, drivers)
-        review_horizons(trainer, joined, fitted.best_epoch, drivers, gains)
+        review_horizons(trainer, joined, fitted.best, drivers, gains)
         card = model_card(
             cfg, run_dir, fitted, datamodule, describe_calibration(network, calibration) if calibration else None
         )
@@ -278,8 +287,9 @@ def fit_result(trainer: pl.Trainer) -> Fitted:
     if not monitored or not monitored[0].best_model_path:
         raise ConfigError("no best checkpoint was written: keep callbacks.model_checkpoint (it monitors a metric)")
     best = Path(monitored[0].best_model_path)
-    best_epoch = int(torch.load(best, map_location="cpu", weights_only=True)["epoch"])
-    return Fitted(best_checkpoint=best, best_epoch=best_epoch, epochs=trainer.current_epoch)
+    saved = torch.load(best, map_location="cpu", weights_only=True)
+    # Lightning logs an epoch's metrics at the index of its last step: one below the steps taken by then.
+    return Fitted(best, int(saved["epoch"]), int(saved["global_step"]) - 1, trainer.current_epoch)
 
 
 def resolve_ckpt_path(ckpt_path: str | None, callbacks: list[Any]) -> str | None:
@@ -324,13 +334,13 @@ def review_run(
     predictions: dict[str, tuple[torch.Tensor, torch.Tensor]],
     run_dir: Path,
 ) -> None:
-    """TensorBoard: the best checkpoint's metrics and figures (``best/``), the HPARAMS session, the run's
-    config and record as text; none of it in the per-epoch curves."""
+    """TensorBoard: the best checkpoint's metrics and figures (``validation_best/``), the HPARAMS session, the
+    run's config and record as text; none of it in the per-epoch curves."""
     logger = next((lg for lg in trainer.loggers if isinstance(lg, SplitRunsLogger)), None)
     if logger is None:
         return
     writer = logger.experiment
-    log_best(writer, metrics, fitted.best_epoch, predictions)
+    log_best(writer, metrics, fitted.best, predictions)
     hydra_config = HydraConfig.get() if HydraConfig.initialized() else None
     given = [o.split("=", 1)[0].lstrip("+~") for o in hydra_config.overrides.task] if hydra_config else []
     sweep = dict(hydra_config.sweeper.get("params") or {}) if hydra_config else {}
@@ -495,19 +505,19 @@ def text_gains(
 def review_horizons(
     trainer: pl.Trainer,
     joined: pd.DataFrame | None,
-    best_epoch: int,
+    best: BestCheckpoint,
     drivers: pd.DataFrame | None = None,
     text_gains: dict[str, float] | None = None,
 ) -> None:
-    """TensorBoard: the exported model's validation metrics by horizon, the figures over the grid, the driver
-    groups (figure and table) and the text branch's gains (``best/text_gain/<metric>``)."""
+    """TensorBoard: the exported (calibrated) model's validation metrics by horizon, the figures over the grid,
+    the driver groups (figure and table) and the text branch's gains (``validation_best/calibrated/...``)."""
     logger = next((lg for lg in trainer.loggers if isinstance(lg, SplitRunsLogger)), None)
     if logger is None or joined is None:
         return
-    log_text_gains(logger.experiment, text_gains or {}, best_epoch)
-    log_horizons(logger.experiment, horizon_metrics(joined), horizon_figures(joined), best_epoch)
+    log_text_gains(logger.experiment, text_gains or {}, best)
+    log_horizons(logger.experiment, horizon_metrics(joined), horizon_figures(joined), best)
     if drivers is not None:
-        log_drivers(logger.experiment, drivers, drivers_figure(drivers), best_epoch)
+        log_drivers(logger.experiment, drivers, drivers_figure(drivers), best)
 
 
 def quantize(model: Path, datamodule: ChurnDataModule) -> None:

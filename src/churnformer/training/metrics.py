@@ -13,19 +13,21 @@ Updating ten metric objects per step was per-step Python overhead of the kind th
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torchmetrics import CatMetric, MeanMetric, Metric, MetricCollection
-from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision, BinaryCalibrationError
+from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision
 from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, SpearmanCorrCoef
 from torchmetrics.utilities import dim_zero_cat
 
-from churnformer.evaluation.metrics import normalized_gini
-from churnformer.schema import EXPECTATION, PROBABILITY
+from churnformer.evaluation.metrics import expected_calibration_error, normalized_gini, roc_auc
+from churnformer.schema import EXPECTATION, PROBABILITY, horizon_name
 
 JOINT = "joint"
+HORIZONS = "horizons"
 
 
 def metric_name(group: str, metric: str, split: str) -> str:
@@ -33,25 +35,71 @@ def metric_name(group: str, metric: str, split: str) -> str:
     return f"{group}/{metric}/{split}"
 
 
-class NormalizedGini(Metric):
-    """Normalized Gini of expected spend (Wang et al., 2019), accumulated over an epoch."""
+def horizon_metric_name(group: str, metric: str, days: float, split: str) -> str:
+    """``horizons/churn_auc/30d/val``: one horizon's metric, a curve over the epochs like the others."""
+    return f"{HORIZONS}/{group}_{metric}/{horizon_name(days)}/{split}"
 
-    higher_is_better = True
+
+class NumpyMetric(Metric):
+    """A metric of ``churnformer.evaluation.metrics`` (``fn(predicted, actual)``), accumulated over an epoch and
+    computed on every prediction at once: the numbers ``churnformer-evaluate`` and ``metrics.json`` give, by one
+    definition."""
+
     full_state_update = False
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, fn: Callable[[np.ndarray, np.ndarray], float], **kwargs) -> None:
         super().__init__(**kwargs)
-        self.add_state("score", default=[], dist_reduce_fx="cat")
+        self.fn = fn
+        self.add_state("predicted", default=[], dist_reduce_fx="cat")
         self.add_state("actual", default=[], dist_reduce_fx="cat")
 
-    def update(self, score: torch.Tensor, actual: torch.Tensor) -> None:
-        self.score.append(score.detach())
+    def update(self, predicted: torch.Tensor, actual: torch.Tensor) -> None:
+        self.predicted.append(predicted.detach())
         self.actual.append(actual.detach())
 
     def compute(self) -> torch.Tensor:
-        """The same numbers as ``churnformer-evaluate`` (ties in the score count as their group average)."""
-        actual, score = (dim_zero_cat(t).double().cpu().numpy() for t in (self.actual, self.score))
-        return torch.tensor(normalized_gini(actual, score), dtype=torch.float32)
+        predicted, actual = (dim_zero_cat(t).double().cpu().numpy() for t in (self.predicted, self.actual))
+        return torch.tensor(self.fn(predicted, actual), dtype=torch.float32)
+
+
+# Per horizon of the grid, what judges a head's prediction there, by its kind, over the customers whose horizon
+# window is observed: fn(predicted, actual), the definitions of churnformer.evaluation.metrics.
+HORIZON_METRICS: dict[str, dict[str, Callable[[np.ndarray, np.ndarray], float]]] = {
+    PROBABILITY: {
+        "auc": lambda p, y: roc_auc(y, p),
+        "ece": expected_calibration_error,
+    },
+    EXPECTATION: {"gini": lambda p, y: normalized_gini(y, p)},
+}
+
+
+class HorizonMetric(Metric):
+    """A head's :data:`HORIZON_METRICS` at every horizon, accumulated over an epoch: (metrics, horizons), NaN
+    where a horizon has no observed customer (or one class only)."""
+
+    full_state_update = False
+
+    def __init__(self, kind: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.functions = list(HORIZON_METRICS[kind].values())
+        for name in ("predicted", "actual", "observed"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    def update(self, predicted: torch.Tensor, actual: torch.Tensor, observed: torch.Tensor) -> None:
+        self.predicted.append(predicted.detach())
+        self.actual.append(actual.detach())
+        self.observed.append(observed.detach())
+
+    def compute(self) -> torch.Tensor:
+        predicted, actual, observed = (
+            dim_zero_cat(t).double().cpu().numpy() for t in (self.predicted, self.actual, self.observed)
+        )
+        values = np.full((len(self.functions), predicted.shape[1]), np.nan)
+        for k in range(predicted.shape[1]):
+            seen = observed[:, k] > 0
+            if seen.any():
+                values[:, k] = [fn(predicted[seen, k], actual[seen, k]) for fn in self.functions]
+        return torch.tensor(values, dtype=torch.float32)
 
 
 def _spearman(options: dict[str, bool]) -> SpearmanCorrCoef:
@@ -67,12 +115,12 @@ _METRICS: dict[str, dict[str, Callable[[dict[str, bool]], Metric]]] = {
         "auroc": lambda options: BinaryAUROC(**options),
         "pr_auc": lambda options: BinaryAveragePrecision(**options),
         "brier": lambda options: MeanSquaredError(**options),
-        "ece": lambda options: BinaryCalibrationError(n_bins=10, norm="l1", **options),
+        "ece": lambda options: NumpyMetric(expected_calibration_error, **options),
     },
     EXPECTATION: {
         "mae": lambda options: MeanAbsoluteError(**options),
         "spearman": _spearman,
-        "gini": lambda options: NormalizedGini(**options),
+        "gini": lambda options: NumpyMetric(lambda p, y: normalized_gini(y, p), **options),
     },
 }
 KIND_METRICS = {kind: tuple(metrics) for kind, metrics in _METRICS.items()}
@@ -84,14 +132,30 @@ class EpochMetrics(nn.Module):
     AUROC, PR-AUC (positive = 1), Brier and 10-bin ECE of a probability; MAE, Spearman and normalized Gini of an
     expectation), plus the joint loss; with ``keep_predictions`` every prediction and label, for the figures.
 
-    ``sync=False``: compute on this process's data only (an evaluation that runs on rank 0 alone).
+    ``main``: the index of the main horizon, where the per-group metrics are taken. ``horizons``: the grid's
+    horizons (days): then also each group's :data:`HORIZON_METRICS` at every horizon, as
+    ``horizons/<group>_<metric>/<h>d/<split>``. ``sync=False``: compute on this process's data only (an evaluation
+    that runs on rank 0 alone).
     """
 
-    def __init__(self, split: str, groups: dict[str, str], keep_predictions: bool = False, sync: bool = True) -> None:
+    def __init__(
+        self,
+        split: str,
+        groups: dict[str, str],
+        main: int = 0,
+        keep_predictions: bool = False,
+        sync: bool = True,
+        horizons: Sequence[float] = (),
+    ) -> None:
         super().__init__()
         self.split = split
+        self.main = main
         self.groups = dict(groups)
+        self.horizons = list(horizons)
         options = {"sync_on_compute": sync}
+        self.by_horizon = nn.ModuleDict(
+            {group: HorizonMetric(kind, **options) for group, kind in self.groups.items()} if self.horizons else {}
+        )
         self.losses = nn.ModuleDict({name: MeanMetric(**options) for name in [JOINT, *self.groups]})
         self.metrics = nn.ModuleDict(
             {
@@ -109,14 +173,29 @@ class EpochMetrics(nn.Module):
         self._pending: list[tuple[torch.Tensor, ...]] = []
 
     @torch.no_grad()
-    def update(self, losses: dict[str, torch.Tensor], pairs: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def update(
+        self,
+        losses: dict[str, torch.Tensor],
+        pairs: dict[str, tuple[torch.Tensor, torch.Tensor]],
+        observed: torch.Tensor | None = None,
+    ) -> None:
         """Keep one batch for the epoch's metrics: its losses (``joint`` and one per group) and per group the
-        (prediction, label) at the main horizon; detached, where they are (no copy to the host, no sync)."""
+        (prediction, label) at every horizon, (B, K), with ``observed`` (B, K) where the horizons are kept;
+        detached, where they are (no copy to the host, no sync)."""
         first = next(iter(pairs.values()))[1]
         size = torch.full((1,), len(first), dtype=torch.float32, device=first.device)
         batch_losses = torch.stack([losses[name].detach().float() for name in self.losses])
         values = [tensor.detach() for group in self.groups for tensor in pairs[group]]
-        self._pending.append((batch_losses, size, *values))
+        horizons = [observed.detach()] if self.horizons and observed is not None else []
+        self._pending.append((batch_losses, size, *values, *horizons))
+
+    @torch.no_grad()
+    def running_loss(self) -> torch.Tensor:
+        """The joint loss's mean over this process's batches of the epoch so far, weighted by batch size (the
+        epoch's mean as it builds up; the batches not yet absorbed by :meth:`compute`, which ends the epoch)."""
+        losses = torch.stack([batch[0][0] for batch in self._pending])
+        sizes = torch.cat([batch[1] for batch in self._pending])
+        return (losses * sizes).sum() / sizes.sum()
 
     @torch.no_grad()
     def _absorb_pending(self) -> None:
@@ -128,8 +207,12 @@ class EpochMetrics(nn.Module):
         losses = losses.view(-1, len(self.losses))
         for index, metric in enumerate(self.losses.values()):
             metric.update(losses[:, index], weight=sizes)
+        observed = values[2 * len(self.groups)] if len(values) > 2 * len(self.groups) else None
         for index, (group, kind) in enumerate(self.groups.items()):
-            predicted, label = values[2 * index], values[2 * index + 1]
+            every_horizon, every_label = values[2 * index], values[2 * index + 1]
+            if observed is not None:
+                self.by_horizon[group].update(every_horizon, every_label, observed)
+            predicted, label = every_horizon[:, self.main], every_label[:, self.main]
             self.metrics[group].update(predicted, label.long() if kind == PROBABILITY else label)
             if self.predictions is not None:
                 self.predictions[f"{group}_predicted"].update(predicted.float())
@@ -141,6 +224,12 @@ class EpochMetrics(nn.Module):
         values = {metric_name(name, "loss", self.split): metric.compute() for name, metric in self.losses.items()}
         for group, collection in self.metrics.items():
             values |= {metric_name(group, k, self.split): v for k, v in collection.compute().items()}
+        for group, metric in self.by_horizon.items():
+            names = HORIZON_METRICS[self.groups[group]]
+            for row, name in zip(metric.compute(), names, strict=True):
+                for days, value in zip(self.horizons, row, strict=True):
+                    if not torch.isnan(value):  # a horizon no customer of this split observes has no number
+                        values[horizon_metric_name(group, name, days, self.split)] = value
         return {name: float(value) for name, value in sorted(values.items())}
 
     def all_predictions(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -23,7 +23,14 @@ from churnformer.artifacts.stacked_trees import STACKED_COLUMNS
 from churnformer.data.featurizer import Featurizer
 from churnformer.errors import ConfigError
 from churnformer.modeling.network import ChurnFormer
-from churnformer.schema import LABELS_BY_HORIZON, META_HORIZON_DAYS, META_HORIZONS, OBSERVED_BY_HORIZON, by_horizon
+from churnformer.schema import (
+    LABELS_BY_HORIZON,
+    META_HORIZON_DAYS,
+    META_HORIZONS,
+    OBSERVED,
+    OBSERVED_BY_HORIZON,
+    by_horizon,
+)
 from churnformer.training.augment import hide_static_attributes
 from churnformer.training.metrics import EpochMetrics, metric_name
 from churnformer.training.pretraining import freeze_pretrained
@@ -32,6 +39,9 @@ from churnformer.training.review import SplitRunsLogger, architecture_text
 RESUME_STATE = "churnformer_resume_state"
 # The training loss every log_every_n_steps (the epoch means are joint/loss/train and so on).
 STEP_LOSS = metric_name("joint", "loss_per_step", "train")
+# Beside it: the epoch's mean so far (this process's batches), the trend the noisy step loss hides.
+RUNNING_LOSS = metric_name("joint", "loss_epoch_mean_so_far", "train")
+GRAD_NORM = "optim/grad_norm"
 
 
 def rng_states() -> dict[str, Any]:
@@ -48,25 +58,26 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 
 def step(network: ChurnFormer, batch: dict[str, torch.Tensor], metrics: EpochMetrics, main: int) -> torch.Tensor:
-    """Forward, losses, metric update at the main horizon (index ``main`` of the grid); returns the joint loss
-    (training, validation and final evaluation)."""
+    """Forward, losses, metric update (at every horizon; ``main``: the index of the main one in the grid);
+    returns the joint loss (training, validation and final evaluation)."""
     raw = network(batch)
     labels = {label: batch[by_horizon(label)] for label in LABELS_BY_HORIZON if by_horizon(label) in batch}
     losses = network.heads.loss(raw, labels)
     with torch.no_grad():
         raw = {head: {name: value.float() for name, value in outputs.items()} for head, outputs in raw.items()}
         predicted = network.heads.predict(raw, None, main)
-    metrics.update(losses, network.heads.main_predictions(predicted, labels, main))
+    metrics.update(losses, network.heads.horizon_predictions(predicted, labels), labels.get(OBSERVED))
     return losses["joint"]
 
 
 @torch.no_grad()
 def evaluate_network(
-    network: ChurnFormer, batches: Iterable[dict[str, torch.Tensor]], main: int
+    network: ChurnFormer, batches: Iterable[dict[str, torch.Tensor]], horizons: list[float], main: int
 ) -> tuple[dict[str, float], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
-    """The validation metrics (the names and definitions of the per-epoch ones) and the predictions of a
-    network over ``batches`` in this process alone: no collective, so rank 0 can run it after a DDP fit."""
-    metrics = EpochMetrics("val", network.heads.kinds(), keep_predictions=True, sync=False)
+    """The validation metrics (the names and definitions of the per-epoch ones, at the main horizon, index ``main``
+    of ``horizons``, and at every horizon) and the main horizon's predictions of a network over ``batches`` in this
+    process alone: no collective, so rank 0 can run it after a DDP fit."""
+    metrics = EpochMetrics("val", network.heads.kinds(), main, keep_predictions=True, sync=False, horizons=horizons)
     network.eval()
     for batch in batches:
         step(network, batch, metrics, main)
@@ -119,8 +130,8 @@ class ChurnFormerModule(pl.LightningModule):
         # Keyed by split, with a prefix: nn.Module already has a ``train`` attribute.
         self.epoch_metrics = torch.nn.ModuleDict(
             {
-                "split_train": EpochMetrics("train", groups),
-                "split_val": EpochMetrics("val", groups, keep_predictions=True),
+                "split_train": EpochMetrics("train", groups, self.main, horizons=horizons),
+                "split_val": EpochMetrics("val", groups, self.main, keep_predictions=True, horizons=horizons),
             }
         )
         self._resume_state: dict[str, Any] | None = None
@@ -133,7 +144,17 @@ class ChurnFormerModule(pl.LightningModule):
         if self._step_is_logged():
             size = len(batch[OBSERVED_BY_HORIZON])
             self.log(STEP_LOSS, loss.detach(), on_step=True, on_epoch=False, batch_size=size)
+            running = self.epoch_metrics["split_train"].running_loss()
+            self.log(RUNNING_LOSS, running, on_step=True, on_epoch=False, batch_size=size)
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """The gradients' global L2 norm before clipping (``trainer.gradient_clip_val`` cuts it there), on the
+        steps whose loss is logged: whether clipping acts, and how often."""
+        if self._step_is_logged():
+            grads = [p.grad for p in self.parameters() if p.grad is not None]
+            if grads:
+                self.log(GRAD_NORM, torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
 
     def _step_is_logged(self) -> bool:
         """Whether Lightning writes this step's logs (every ``trainer.log_every_n_steps`` optimizer steps): the
@@ -159,7 +180,7 @@ class ChurnFormerModule(pl.LightningModule):
         predictions = metrics.all_predictions()  # collective too: every rank gathers, rank 0 draws
         logger = self.review_logger()
         if logger is not None and not self.trainer.sanity_checking:
-            logger.stage_review(predictions)
+            logger.stage_review(predictions, self.current_epoch)
         metrics.reset()
 
     def on_fit_start(self) -> None:

@@ -11,7 +11,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from churnformer.schema import RUN_CONFIG, RUN_LOG, RUN_METRICS, RUN_MODEL, RUN_PREDICTIONS
-from churnformer.training.review import HPARAMS, display_value
+from churnformer.training.review import display_value, knob_name, training_knobs
 
 DEFAULT_METRICS = (
     "churn/auroc/val",
@@ -41,7 +41,7 @@ def collect_runs(root: Path) -> pd.DataFrame:
         if OmegaConf.select(config, "task_name") is None:  # not a churnformer-train run
             continue
         row: dict[str, object] = {"run": str(run_dir.relative_to(root)) or ".", "status": run_status(run_dir, config)}
-        row.update({key: OmegaConf.select(config, key, default=None) for key in HPARAMS})
+        row.update(training_knobs(config))
         metrics_file = run_dir / RUN_METRICS
         if metrics_file.is_file():
             row.update(json.loads(metrics_file.read_text()))
@@ -77,13 +77,17 @@ def runs_table(runs: pd.DataFrame, sort: str, metrics: tuple[str, ...] = DEFAULT
         runs = runs.assign(**{sort: float("nan")})
     ascending = any(word in sort for word in LOWER_IS_BETTER)
     knobs = [
-        k for k in HPARAMS if k in runs.columns and (runs[k].nunique(dropna=False) > 1 or k in CONSTANT_COLUMNS_SHOWN)
+        k
+        for k in runs.columns
+        if k not in ("run", "status")
+        and "/" not in k  # metrics are group/metric/split
+        and (runs[k].astype(str).nunique(dropna=False) > 1 or k in CONSTANT_COLUMNS_SHOWN)
     ]
     shown = [m for m in dict.fromkeys((sort, *metrics)) if m in runs.columns]
     table = runs.sort_values(sort, ascending=ascending, kind="stable", na_position="last")
     table = table[["run", "status", *knobs, *shown]].reset_index(drop=True)
     table[knobs] = table[knobs].map(display_value)
-    return table.rename(columns=HPARAMS)
+    return table.rename(columns={k: knob_name(k) for k in knobs})
 
 
 def main(argv: list[str] | None = None) -> int:

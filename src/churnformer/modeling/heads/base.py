@@ -260,10 +260,6 @@ class Heads(nn.ModuleDict):
         at_horizons = [predicted[key][:, index] for index in range(k) for _, key in grid]
         return (*self.main_outputs(predicted, main).values(), *at_horizons)
 
-    def main_predictions(self, predicted: Predicted, labels: Labels, main: int) -> dict[str, tuple[torch.Tensor, ...]]:
-        """Per metric group, (prediction, label) at the main horizon: what the epoch metrics judge."""
-        pairs = {}
-        for head in self.values():
-            group = self.group(head)
-            pairs[group] = (predicted[head.quantity][:, main], labels[group][:, main])
-        return pairs
+    def horizon_predictions(self, predicted: Predicted, labels: Labels) -> dict[str, tuple[torch.Tensor, ...]]:
+        """Per metric group, (prediction, label) at every horizon, (B, K) each: what the epoch metrics judge."""
+        return {self.group(head): (predicted[head.quantity], labels[self.group(head)]) for head in self.values()}
