@@ -2,9 +2,11 @@
 
 A run's TensorBoard directory holds three runs: ``train`` and ``val`` (Keras' convention: the same tag
 names in sibling runs, so every tab overlays training and validation in two colours with a legend), and
-the directory itself, which holds what describes the run as a whole: the HPARAMS session (the knobs, and
-the metrics of the best checkpoint as ``best/...``), the best epoch's figures and PR curve under ``best/``,
-and the architecture and config as text. Nothing after training writes into the per-epoch curves.
+the directory itself, which holds what describes the run as a whole: the HPARAMS session (every training knob,
+and the metrics of the best checkpoint as ``validation_best/...``), the best epoch's figures and PR curve under
+``validation_best/``, the exported (calibrated) model's numbers under ``validation_best/calibrated/``, and the
+architecture and config as text. Nothing after training writes into the per-epoch curves; every scalar is at a
+training step (an epoch's at the step it ended).
 """
 
 from __future__ import annotations
