@@ -183,7 +183,7 @@ def card_markdown(card: Mapping[str, Any]) -> str:
         f"{run['best_epoch']})",
         *(f"- `{key}`: {value}" for key, value in card["training"].items()),
         "",
-        "## Validation (the exported model, on the validation customers)",
+        "## Validation (the exported model, calibrated, on the validation customers)",
         "",
         "| metric | value |",
         "|---|---|",
