@@ -6,6 +6,7 @@ import contextlib
 import io
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -345,6 +346,17 @@ def text_run(text_world: tuple[Path, Path], tmp_path_factory: pytest.TempPathFac
         cwd=run_dir,
     )
     return run_dir
+
+
+# The marks of a module of Spark tests (with ``pytest.importorskip("pyspark")`` at its top): the full suite only,
+# and skipped without a Java runtime.
+SPARK_TESTS = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        shutil.which("java") is None and not os.environ.get("JAVA_HOME"),
+        reason="Spark needs a Java 17+ runtime: java is not on PATH and JAVA_HOME is unset (.ci/run installs one)",
+    ),
+]
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ One local[2, 2] session (two cores; a failed task is retried once, as on a clust
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -19,16 +18,10 @@ import pytest
 from churnformer.errors import InputError, ModelFileError
 from churnformer.schema import META_CALIBRATION, METADATA_PREFIX
 from churnformer.serving.predictor import Predictor
-from tests.conftest import TINY_CUTOFF, run_cli, run_in_process, run_predict, write_messy_log
+from tests.conftest import SPARK_TESTS, TINY_CUTOFF, run_cli, run_in_process, run_predict, write_messy_log
 
 pytest.importorskip("pyspark", reason="the spark extra is not installed (pip install -e '.[dev]' installs it)")
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        shutil.which("java") is None and not os.environ.get("JAVA_HOME"),
-        reason="Spark needs a Java 17+ runtime: java is not on PATH and JAVA_HOME is unset (.ci/run installs one)",
-    ),
-]
+pytestmark = SPARK_TESTS
 
 from pyspark.sql import SparkSession  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402

@@ -4,8 +4,6 @@ example for example (labels, splits, featurizer, every padded input, the manifes
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -16,17 +14,11 @@ from churnformer.data.parts import PartitionedBuild
 from churnformer.data.sources import EventLogFiles
 from churnformer.data.store import MANIFEST
 from churnformer.training.datamodule import ChurnDataModule, DataSettings
-from tests.conftest import TINY_CUTOFF
+from tests.conftest import SPARK_TESTS, TINY_CUTOFF
 from tests.test_partitioned import AGGREGATES, assert_same_training_set
 
 pytest.importorskip("pyspark", reason="the spark extra is not installed (pip install -e '.[dev]' installs it)")
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        shutil.which("java") is None and not os.environ.get("JAVA_HOME"),
-        reason="Spark needs a Java 17+ runtime: java is not on PATH and JAVA_HOME is unset (.ci/run installs one)",
-    ),
-]
+pytestmark = SPARK_TESTS
 SPARK = {"master": None, "buckets": 3, "conf": {}}
 
 

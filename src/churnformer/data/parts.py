@@ -19,8 +19,9 @@ from churnformer.data.events import CUSTOMER_ID, TIMESTAMP, customer_hash
 from churnformer.data.featurizer import Featurizer, FeaturizerConfig
 from churnformer.data.labels import LabelSpec
 from churnformer.data.sequences import BuildReport, combined_report
+from churnformer.data.sources import EventLogSource
 from churnformer.data.store import TrainingSetWriter
-from churnformer.data.training_set import observable_grid, window_examples
+from churnformer.data.training_set import fit_training_featurizer, observable_grid, window_examples
 from churnformer.data.window import HorizonGrid, Window, log_end_ns, require_events_before
 from churnformer.errors import ConfigError
 
@@ -93,6 +94,23 @@ class PartitionedBuild:
         if self.partitions is not None:
             return int(self.partitions)
         return max(1, math.ceil(events / self._events_within(BUILD_BYTES_PER_EVENT)))
+
+
+@dataclass(frozen=True)
+class FeaturizeRequest:
+    """What a partitioned featurization builds, whatever engine runs it (this machine, Spark): the log, where the
+    shards go, the cutoffs and horizons, the features, the split, what a purchase and a churn are, the customers
+    kept (``data.sample_customers``) and the memory it may take."""
+
+    source: EventLogSource
+    writer: TrainingSetWriter
+    windows: list[Window]
+    grid: HorizonGrid
+    features: FeaturizerConfig
+    val_fraction: float
+    spec: LabelSpec
+    sample_customers: float | int | None
+    build: PartitionedBuild
 
 
 @dataclass
@@ -179,6 +197,16 @@ def featurize_part(
             tally.validation += int(part.is_validation.sum())
         tally.training += int((~part.is_validation).sum())
     return tally
+
+
+def fit_on_sample(
+    request: FeaturizeRequest, fit_events: pd.DataFrame, kept: np.ndarray | None, customers: pd.DataFrame | None
+) -> Featurizer:
+    """The featurizer, fitted on the fit sample's events (every event of its customers, in the file's order) of the
+    customers ``data.sample_customers`` keeps (``kept``; None: all), as the in-memory build fits it."""
+    if kept is not None:
+        fit_events = fit_events.loc[fit_events[CUSTOMER_ID].isin(kept).to_numpy()]
+    return fit_training_featurizer(fit_events, customers, request.windows[0], request.features, request.val_fraction)
 
 
 def observed_log(first_ns: int, last_ns: int, windows: list[Window], grid: HorizonGrid) -> tuple[int, HorizonGrid]:

@@ -34,25 +34,24 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from churnformer.data.events import CUSTOMER_ID, TIMESTAMP, ColumnMapping, load_customers, load_events
-from churnformer.data.featurizer import Featurizer, FeaturizerConfig
-from churnformer.data.labels import LabelSpec
+from churnformer.data.featurizer import Featurizer
 from churnformer.data.parts import (
     Featurization,
-    PartitionedBuild,
+    FeaturizeRequest,
     PartitionedResult,
     Tally,
     featurize_part,
     fit_bucket,
     fit_buckets_within,
+    fit_on_sample,
     fit_sample_counts,
     observed_log,
     refuse_text,
 )
 from churnformer.data.sequences import BuildReport
-from churnformer.data.sources import EventLogSource
 from churnformer.data.store import TrainingSetWriter
-from churnformer.data.training_set import fit_training_featurizer, require_split, sampled_customers
-from churnformer.data.window import HorizonGrid, Window
+from churnformer.data.training_set import require_split, sampled_customers
+from churnformer.data.window import HorizonGrid
 from churnformer.errors import ConfigError, InputError
 from churnformer.spark.buckets import BUCKET, TableReading
 from churnformer.spark.job import read_table, start_session
@@ -145,19 +144,11 @@ def featurize_bucket(job: BucketFeaturizer, key: tuple[Any, ...], events: pa.Tab
 
 
 def featurize_with_spark(
-    source: EventLogSource,
-    writer: TrainingSetWriter,
-    windows: list[Window],
-    grid: HorizonGrid,
-    features: FeaturizerConfig,
-    val_fraction: float,
-    spec: LabelSpec,
-    sample_customers: float | int | None,
-    build: PartitionedBuild,
-    spark_settings: dict[str, Any],
+    request: FeaturizeRequest, spark_settings: dict[str, Any]
 ) -> tuple[Featurizer, HorizonGrid, PartitionedResult, BuildReport]:
     """:func:`~churnformer.training.partitioned.featurize_partitioned` on Spark: the same returns, the same shards'
     contents. ``spark_settings``: ``master``, ``buckets``, ``conf`` (as ``churnformer-predict``'s)."""
+    source, writer, windows, features = request.source, request.writer, request.windows, request.features
     refuse_text(features)
     files = source.event_files()
     if files is None:
@@ -168,21 +159,19 @@ def featurize_with_spark(
     frame = frame.withColumn(ROW, F.monotonically_increasing_id())
     events_reading = Reading(reading, source.columns, str(events_path))
     with worker_errors():
-        first, kept = _survey(frame, events_reading, sample_customers)
-        end, grid = observed_log(first["first_ns"], first["last_ns"], windows, grid)
-        buckets = fit_buckets_within(np.asarray(first["fit_counts"]), build.fit_cap)
+        first, kept = _survey(frame, events_reading, request.sample_customers)
+        end, grid = observed_log(first["first_ns"], first["last_ns"], windows, request.grid)
+        buckets = fit_buckets_within(np.asarray(first["fit_counts"]), request.build.fit_cap)
         sample = frame.mapInArrow(partial(fit_rows, events_reading, buckets), schema=frame.schema).toArrow()
         order = np.argsort(sample[ROW].to_numpy(), kind="stable")
         fit_events = events_reading.events(sample.take(order), "the featurizer's sample")
-        if kept is not None:
-            fit_events = fit_events.loc[fit_events[CUSTOMER_ID].isin(kept).to_numpy()]
         customers = source.customer_table()
-        featurizer = fit_training_featurizer(fit_events, customers, windows[0], features, val_fraction)
-        plan = Featurization(featurizer, windows, grid, val_fraction, spec, end)
+        featurizer = fit_on_sample(request, fit_events, kept, customers)
+        plan = Featurization(featurizer, windows, grid, request.val_fraction, request.spec, end)
         tally, count = _featurize_buckets(
             spark, frame, events_reading, customers_path, plan, kept, writer, spark_settings
         )
-    require_split(tally.main_count, tally.training, tally.validation, val_fraction, str(events_path))
+    require_split(tally.main_count, tally.training, tally.validation, request.val_fraction, str(events_path))
     result = PartitionedResult(count, 1 / buckets, tally.log_facts(customers))
     return featurizer, grid, result, tally.report()
 

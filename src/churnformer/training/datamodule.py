@@ -22,7 +22,7 @@ from churnformer.artifacts.stacked_trees import StackedTrees
 from churnformer.data.events import CUSTOMER_ID
 from churnformer.data.featurizer import FeaturizerConfig
 from churnformer.data.labels import LabelSpec
-from churnformer.data.parts import PartitionedBuild
+from churnformer.data.parts import FeaturizeRequest, PartitionedBuild
 from churnformer.data.sharded import ShardedSequences
 from churnformer.data.sources import EventLogSource, TrainingSetDirectory
 from churnformer.data.store import (
@@ -293,7 +293,7 @@ class ChurnDataModule(pl.LightningDataModule):
             return
         writer = TrainingSetWriter(directory, shard_examples)
         rolling = self.settings.rolling_cutoffs
-        arguments = (
+        request = FeaturizeRequest(
             self.source,
             writer,
             rolling_windows(self.window, int(rolling["count"]), float(rolling["step_days"])),
@@ -307,9 +307,9 @@ class ChurnDataModule(pl.LightningDataModule):
         if spark is not None:
             from churnformer.spark.featurize import featurize_with_spark  # the spark extra
 
-            featurizer, grid, result, report = featurize_with_spark(*arguments, spark)
+            featurizer, grid, result, report = featurize_with_spark(request, spark)
         else:
-            featurizer, grid, result, report = featurize_partitioned(*arguments, spill_dir)
+            featurizer, grid, result, report = featurize_partitioned(request, spill_dir)
         self.log_facts = result.log_facts
         if result.fit_share < 1:  # another featurizer than the in-memory one: another dataset
             settings = settings | {"featurizer_fit_share": result.fit_share}

@@ -25,24 +25,23 @@ import numpy as np
 import pandas as pd
 
 from churnformer.data.events import AMOUNT, CUSTOMER_ID, TIMESTAMP, customer_hash
-from churnformer.data.featurizer import Featurizer, FeaturizerConfig
+from churnformer.data.featurizer import Featurizer
 from churnformer.data.labels import LabelSpec
 from churnformer.data.parts import (
     Featurization,
-    PartitionedBuild,
+    FeaturizeRequest,
     PartitionedResult,
     Tally,
     customers_of,
     featurize_part,
     fit_bucket,
+    fit_on_sample,
     observed_log,
     refuse_text,
 )
 from churnformer.data.sequences import BuildReport
-from churnformer.data.sources import EventLogSource
-from churnformer.data.store import TrainingSetWriter
-from churnformer.data.training_set import fit_training_featurizer, require_split, sampled_customers
-from churnformer.data.window import HorizonGrid, Window
+from churnformer.data.training_set import require_split, sampled_customers
+from churnformer.data.window import HorizonGrid
 from churnformer.errors import InputError
 from churnformer.serving.job import release_memory
 from churnformer.serving.partition import SpillWriter, read_partition, spill_directory
@@ -81,34 +80,27 @@ class LogPass:
 
 
 def featurize_partitioned(
-    source: EventLogSource,
-    writer: TrainingSetWriter,
-    windows: list[Window],
-    grid: HorizonGrid,
-    features: FeaturizerConfig,
-    val_fraction: float,
-    spec: LabelSpec,
-    sample_customers: float | int | None,
-    build: PartitionedBuild,
-    spill_dir: str | Path | None = None,
+    request: FeaturizeRequest, spill_dir: str | Path | None = None
 ) -> tuple[Featurizer, HorizonGrid, PartitionedResult, BuildReport]:
-    """Featurize ``source``'s log into ``writer`` partition by partition; returns the featurizer, the observed
-    horizon grid, what was done and the main cutoff's build report (for :meth:`TrainingSetWriter.close`)."""
+    """Featurize the request's log into its writer partition by partition (spill files under ``spill_dir``);
+    returns the featurizer, the observed horizon grid, what was done and the main cutoff's build report (for
+    :meth:`TrainingSetWriter.close`)."""
+    source, writer, windows, build = request.source, request.writer, request.windows, request.build
+    features, val_fraction, spec = request.features, request.val_fraction, request.spec
     refuse_text(features)
     first = LogPass()
     for chunk in source.event_chunks(CHUNK_ROWS):
         first.add(chunk, build.fit_cap)
     if first.events == 0:
         raise InputError("the event log has no events")
-    end, grid = observed_log(first.first_ns, first.last_ns, windows, grid)
+    end, grid = observed_log(first.first_ns, first.last_ns, windows, request.grid)
     all_ids = np.unique(np.concatenate(first.ids)) if len(first.ids) > 1 else np.sort(first.ids[0])
-    kept = sampled_customers(all_ids, sample_customers) if sample_customers is not None else None
+    sample = request.sample_customers
+    kept = sampled_customers(all_ids, sample) if sample is not None else None
     customers = source.customer_table()
     fit_events = pd.concat(first.fit_events, ignore_index=True)
     first.fit_events = []
-    if kept is not None:
-        fit_events = fit_events.loc[fit_events[CUSTOMER_ID].isin(kept).to_numpy()]
-    featurizer = fit_training_featurizer(fit_events, customers, windows[0], features, val_fraction)
+    featurizer = fit_on_sample(request, fit_events, kept, customers)
     del fit_events
     release_memory()
     plan = Featurization(featurizer, windows, grid, val_fraction, spec, end)
