@@ -77,6 +77,22 @@ def test_epoch_metrics_are_those_of_the_whole_epoch_with_losses_weighted_by_batc
     assert len(metrics.all_predictions()["churn"][0]) == 64  # nothing of the earlier epoch is left
 
 
+def test_a_sample_of_the_epoch_is_every_nth_example_across_batches_and_the_losses_all() -> None:
+    """A long epoch's predictions are sampled (``sample_every``) so the metrics' memory stays bounded: every third
+    example of the epoch, counted across batches of sizes that are not multiples of three."""
+    epoch = batches(2, (100, 7, 64, 50))
+    metrics = EpochMetrics("train", GROUPS, main=1, sync=False, horizons=HORIZONS)
+    metrics.sample_every = 3
+    for batch in epoch:
+        metrics.update(*batch)
+    values = metrics.compute()
+    p_churn, churn = (torch.cat([b[1]["churn"][i] for b in epoch]).numpy()[::3, 1] for i in (0, 1))
+    assert values["churn/auroc/train"] == pytest.approx(roc_auc(churn, p_churn), abs=1e-6)
+    sizes = np.array([len(b[1]["churn"][1]) for b in epoch])
+    joint = np.array([b[0]["joint"].item() for b in epoch])
+    assert values["joint/loss/train"] == pytest.approx((joint * sizes).sum() / sizes.sum(), rel=1e-6)
+
+
 def test_adamw_is_fused_on_a_gpu_unless_the_config_says_otherwise() -> None:
     adamw = functools.partial(torch.optim.AdamW, lr=0.001)
     assert fused_on_cuda(adamw, torch.device("cuda", 0)).keywords == {"lr": 0.001, "fused": True}

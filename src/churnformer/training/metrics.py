@@ -171,6 +171,10 @@ class EpochMetrics(nn.Module):
             else None
         )
         self._pending: list[tuple[torch.Tensor, ...]] = []
+        # The predictions kept for the metrics other than the losses: every sample_every-th example of the epoch
+        # (set per epoch by the LightningModule from the epoch's size), so their memory does not grow with it.
+        self.sample_every = 1
+        self._seen = 0
 
     @torch.no_grad()
     def update(
@@ -185,9 +189,19 @@ class EpochMetrics(nn.Module):
         first = next(iter(pairs.values()))[1]
         size = torch.full((1,), len(first), dtype=torch.float32, device=first.device)
         batch_losses = torch.stack([losses[name].detach().float() for name in self.losses])
-        values = [tensor.detach() for group in self.groups for tensor in pairs[group]]
-        horizons = [observed.detach()] if self.horizons and observed is not None else []
+        kept = self._sampled_rows(len(first), first.device)
+        values = [tensor.detach()[kept] for group in self.groups for tensor in pairs[group]]
+        horizons = [observed.detach()[kept]] if self.horizons and observed is not None else []
         self._pending.append((batch_losses, size, *values, *horizons))
+
+    def _sampled_rows(self, batch: int, device: torch.device) -> torch.Tensor | slice:
+        """The rows of the next batch that the metrics keep: every ``sample_every``-th example of the epoch,
+        counted across batches (all of them by default)."""
+        first = -self._seen % self.sample_every
+        self._seen += batch
+        if self.sample_every == 1:
+            return slice(None)
+        return torch.arange(first, batch, self.sample_every, device=device)
 
     @torch.no_grad()
     def running_loss(self) -> torch.Tensor:
@@ -242,5 +256,6 @@ class EpochMetrics(nn.Module):
 
     def reset(self) -> None:
         self._pending = []
+        self._seen = 0
         for metric in [*self.losses.values(), *self.metrics.values(), *(self.predictions or {}).values()]:
             metric.reset()

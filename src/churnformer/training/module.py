@@ -42,6 +42,8 @@ STEP_LOSS = metric_name("joint", "loss_per_step", "train")
 # Beside it: the epoch's mean so far (this process's batches), the trend the noisy step loss hides.
 RUNNING_LOSS = metric_name("joint", "loss_epoch_mean_so_far", "train")
 GRAD_NORM = "optim/grad_norm"
+# The most training examples per epoch whose predictions the training curves' metrics other than the losses judge.
+TRAIN_METRIC_EXAMPLES = 200_000
 
 
 def rng_states() -> dict[str, Any]:
@@ -171,6 +173,12 @@ class ChurnFormerModule(pl.LightningModule):
         # alone (from its progress bar), the hang this design avoids.
         self.log_dict(metrics.compute(), sync_dist=False)
         return metrics
+
+    def on_train_epoch_start(self) -> None:
+        # The training curves' AUC, ECE, Gini... judge a systematic sample of at most TRAIN_METRIC_EXAMPLES of the
+        # epoch's examples (the losses every one): the predictions kept for them would otherwise grow with the log.
+        examples = len(self.trainer.train_dataloader.dataset)
+        self.epoch_metrics["split_train"].sample_every = max(1, math.ceil(examples / TRAIN_METRIC_EXAMPLES))
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train").reset()
