@@ -8,6 +8,10 @@ and Python workers) is measured as its process tree: each process's own mark is 
 ``POLL_S``), and the tree's peak is the sum of its processes' marks, by role if asked: exact for one process,
 an upper bound for several (they need not peak together). Nothing samples resident memory in a loop, which on 2
 cores took CPU from the job it measured.
+
+Resident memory counts the page-cache pages a process maps from files (a training set's memory-mapped shards) as
+well as its own: a child's private (anonymous) memory at the same readings gives ``peak_anon_mb``, the memory it
+needs for itself (sampled, so a peak shorter than ``POLL_S`` can be missed).
 """
 
 from __future__ import annotations
@@ -37,6 +41,18 @@ class Usage:
     peak_rss_mb: float = 0.0
     start_rss_mb: float = 0.0
     peak_rss_mb_by_role: dict[str, float] = field(default_factory=dict)
+    peak_anon_mb: float = 0.0
+
+
+def anonymous_mb(pid: int) -> float:
+    """The process's private resident memory now (``RssAnon``), in MB; 0 when it cannot be read."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024 / MB
+    except OSError:
+        pass
+    return 0.0
 
 
 def high_water_mark_mb(pid: int | str = "self") -> float:
@@ -78,6 +94,7 @@ def run_measured(argv: Sequence[str], role: Role | None = None, **kwargs) -> tup
     and output; a failure ends the benchmark with the command's output."""
     usage = Usage()
     marks: dict[int, tuple[str, float]] = {}  # pid: (role, its high-water mark)
+    anonymous: dict[int, float] = {}  # pid: its largest private memory read
     with tempfile.TemporaryFile("w+") as output:
         started = time.perf_counter()
         child = subprocess.Popen(list(argv), stdout=output, stderr=subprocess.STDOUT, text=True, **kwargs)
@@ -95,6 +112,7 @@ def run_measured(argv: Sequence[str], role: Role | None = None, **kwargs) -> tup
                     except psutil.Error:
                         continue
                     marks[process.pid] = (name, max(mark, marks.get(process.pid, (name, 0.0))[1]))
+                    anonymous[process.pid] = max(anonymous_mb(process.pid), anonymous.get(process.pid, 0.0))
             time.sleep(POLL_S)
         child.wait()
         usage.wall_s = time.perf_counter() - started
@@ -105,4 +123,5 @@ def run_measured(argv: Sequence[str], role: Role | None = None, **kwargs) -> tup
     for name, mark in marks.values():
         usage.peak_rss_mb_by_role[name] = usage.peak_rss_mb_by_role.get(name, 0.0) + mark
     usage.peak_rss_mb = sum(usage.peak_rss_mb_by_role.values())
+    usage.peak_anon_mb = sum(anonymous.values())
     return usage, text
