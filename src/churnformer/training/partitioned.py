@@ -46,6 +46,8 @@ from churnformer.errors import InputError
 from churnformer.serving.job import release_memory
 from churnformer.serving.partition import SpillWriter, read_partition, spill_directory
 
+# Chunks after which the first pass merges the ids it has seen (each chunk's distinct ids, kept until then).
+IDS_MERGED_EVERY = 8
 # Input rows read at a time in both passes.
 CHUNK_ROWS = 500_000
 
@@ -68,6 +70,8 @@ class LogPass:
         self.first_ns = min(stamps.min(), self.first_ns if self.first_ns is not None else stamps.min())
         self.last_ns = max(stamps.max(), self.last_ns if self.last_ns is not None else stamps.max())
         self.ids.append(pd.unique(chunk[CUSTOMER_ID].to_numpy()))
+        if len(self.ids) >= IDS_MERGED_EVERY:  # a customer's id once, not once per chunk it appears in
+            self.ids = [pd.unique(np.concatenate(self.ids))]
         self.fit_events.append(self._in_sample(chunk))
         while sum(map(len, self.fit_events)) > fit_cap:  # halve the sample: drop the customers of odd buckets
             self.fit_buckets *= 2
