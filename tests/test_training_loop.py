@@ -75,6 +75,8 @@ def test_epoch_metrics_are_those_of_the_whole_epoch_with_losses_weighted_by_batc
     later = batches(1, (64,))
     metrics.update(*later[0])
     assert len(metrics.all_predictions()["churn"][0]) == 64  # nothing of the earlier epoch is left
+    again = metrics.compute()
+    assert again["horizons/churn_auc/90d/train"] == pytest.approx(again["churn/auroc/train"], abs=1e-6)
 
 
 def test_a_sample_of_the_epoch_is_every_nth_example_across_batches_and_the_losses_all() -> None:

@@ -257,5 +257,11 @@ class EpochMetrics(nn.Module):
     def reset(self) -> None:
         self._pending = []
         self._seen = 0
-        for metric in [*self.losses.values(), *self.metrics.values(), *(self.predictions or {}).values()]:
+        kept = [
+            *self.losses.values(),
+            *self.metrics.values(),
+            *self.by_horizon.values(),
+            *(self.predictions or {}).values(),
+        ]
+        for metric in kept:
             metric.reset()
