@@ -175,6 +175,7 @@ class EpochMetrics(nn.Module):
         # (set per epoch by the LightningModule from the epoch's size), so their memory does not grow with it.
         self.sample_every = 1
         self._seen = 0
+        self._running: torch.Tensor | None = None  # the epoch's (joint loss x size, size) sums so far
 
     @torch.no_grad()
     def update(
@@ -193,6 +194,8 @@ class EpochMetrics(nn.Module):
         values = [tensor.detach()[kept] for group in self.groups for tensor in pairs[group]]
         horizons = [observed.detach()[kept]] if self.horizons and observed is not None else []
         self._pending.append((batch_losses, size, *values, *horizons))
+        running = torch.stack([batch_losses[0] * size[0], size[0]])
+        self._running = running if self._running is None else self._running + running
 
     def _sampled_rows(self, batch: int, device: torch.device) -> torch.Tensor | slice:
         """The rows of the next batch that the metrics keep: every ``sample_every``-th example of the epoch,
@@ -206,10 +209,8 @@ class EpochMetrics(nn.Module):
     @torch.no_grad()
     def running_loss(self) -> torch.Tensor:
         """The joint loss's mean over this process's batches of the epoch so far, weighted by batch size (the
-        epoch's mean as it builds up; the batches not yet absorbed by :meth:`compute`, which ends the epoch)."""
-        losses = torch.stack([batch[0][0] for batch in self._pending])
-        sizes = torch.cat([batch[1] for batch in self._pending])
-        return (losses * sizes).sum() / sizes.sum()
+        epoch's mean as it builds up), from running sums: no pass over the epoch's batches."""
+        return self._running[0] / self._running[1]
 
     @torch.no_grad()
     def _absorb_pending(self) -> None:
@@ -257,6 +258,7 @@ class EpochMetrics(nn.Module):
     def reset(self) -> None:
         self._pending = []
         self._seen = 0
+        self._running = None
         kept = [
             *self.losses.values(),
             *self.metrics.values(),
