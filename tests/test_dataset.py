@@ -5,6 +5,8 @@ a second run with the same settings and inputs reuses it; a dataset's own settin
 from __future__ import annotations
 
 import json
+import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -91,16 +93,34 @@ def test_views_and_subsets_come_from_the_shards_as_from_memory(
             np.testing.assert_array_equal(actual.customers[name], expected.customers[name])
 
 
-def test_pages_handed_back_are_read_again_unchanged(
+def test_reading_maps_no_shard_and_a_loader_process_reads_the_same(
     training_set: TrainingSet, stored: tuple[Path, TrainingSet]
 ) -> None:
-    _, back = stored
-    rows = np.arange(0, len(training_set.sequences), 3)
-    before = back.sequences.pad(rows)
-    back.sequences.release()
-    after = back.sequences.pad(rows)
-    for name in before:
-        np.testing.assert_array_equal(after[name], before[name])
+    """Batches are read with pread, not mapped (a mapped page would count in the process's memory); a copy sent
+    to a loader worker (pickled, without the open descriptors) reads the same batches; a few rows (one read each)
+    and many (a shard's whole column) read alike."""
+    directory, back = stored
+    few, many = np.array([3, len(training_set.sequences) - 1, 700]), np.arange(0, len(training_set.sequences), 3)
+    for rows in (few, many):
+        expected = training_set.sequences.pad(rows)
+        for sequences in (back.sequences, pickle.loads(pickle.dumps(back.sequences))):
+            actual = sequences.pad(rows)
+            for name in expected:
+                np.testing.assert_array_equal(actual[name], expected[name], err_msg=name)
+    assert str(directory) not in Path("/proc/self/maps").read_text()
+
+
+def test_a_truncated_shard_is_named(
+    training_set: TrainingSet, stored: tuple[Path, TrainingSet], tmp_path: Path
+) -> None:
+    directory, _ = stored
+    copy = tmp_path / "dataset"
+    shutil.copytree(directory, copy)
+    back = load_training_set(copy)
+    events = copy / "shard-00000.events.arrow"
+    events.write_bytes(events.read_bytes()[:200])
+    with pytest.raises(InputError, match=r"shard-00000\.events\.arrow: shorter than"):
+        back.sequences.pad(np.arange(0, 600, 50))
 
 
 def test_a_log_without_a_customer_table_stores_its_empty_attribute_arrays(tmp_path: Path) -> None:

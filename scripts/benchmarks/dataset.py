@@ -18,9 +18,8 @@ one year in as ``scripts.benchmarks.train`` has it), each step a child process m
 * the same with ``trainer=ddp`` (two ranks on this machine, the first ``--ddp-batches`` batches of each; 0: not
   run): the peak RSS of both ranks together (each rank's own high-water mark, summed), against one process's.
 
-Training's peak RSS includes the page-cache pages of the memory-mapped shards it has mapped since it last handed
-them back (every 64 batches): each is shared, reclaimable cache, and on a recent kernel every random access maps
-64 KB around it. ``peak private (anonymous)``: the memory the process holds for itself.
+Training reads the shards with ``pread`` (nothing mapped), so its RSS is its own memory and the page cache's
+pages of the shards count in no process; ``peak private (anonymous)``: the memory the process holds for itself.
 """
 
 from __future__ import annotations

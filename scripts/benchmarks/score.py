@@ -143,7 +143,7 @@ def session_sweep(model: Path, log: Path, customers: int, rounds: int = 3) -> li
     import onnxruntime as ort
 
     from churnformer.serving.batching import fill_rows, padded_width, token_budget_batches
-    from churnformer.serving.job import reuse_freed_memory
+    from churnformer.memory import reuse_freed_memory
     from churnformer.serving.predictor import available_cores, session_options
 
     reuse_freed_memory()  # as churnformer-predict does

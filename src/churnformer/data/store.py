@@ -5,8 +5,9 @@ A directory holds ``manifest.json`` and, per shard of at most ``shard_examples``
 training set's own order: the customers at the main cutoff sorted by id, then each earlier cutoff's training
 customers), ``shard-NNNNN.examples.arrow`` (one row per example: customer id, length, validation flag, customer
 inputs, labels) and ``shard-NNNNN.events.arrow`` (the examples' events back to back: one row per event, one
-column per event input). Files are uncompressed Arrow IPC, so the events are memory-mapped and read without a
-copy (:mod:`churnformer.data.sharded`); a text model's embedded texts are ``text_table.npy``.
+column per event input). Files are uncompressed Arrow IPC, so a reader finds each example's values at a
+byte offset and reads just those (:mod:`churnformer.data.sharded`); a text model's embedded texts are
+``text_table.npy``.
 
 The manifest records the featurization state (the featurizer, the horizon grid, what a purchase and a churn
 are), the counts and a histogram of lengths, the settings the set was built with and the input files' hashes:
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import mmap
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,14 @@ from churnformer.data.events import CUSTOMER_ID
 from churnformer.data.featurizer import Featurizer
 from churnformer.data.labels import ChurnDefinition, LabelSpec
 from churnformer.data.sequences import BuildReport, Sequences
-from churnformer.data.sharded import Shard, ShardedArray, ShardedLabels, ShardedSequences
+from churnformer.data.sharded import (
+    Placement,
+    ShardedArray,
+    ShardedLabels,
+    ShardedSequences,
+    ShardFile,
+    StoredColumn,
+)
 from churnformer.data.training_set import TrainingSet
 from churnformer.data.window import HorizonGrid
 from churnformer.errors import InputError
@@ -68,20 +75,6 @@ def _columns(prefix: str, arrays: dict[str, np.ndarray]) -> dict[str, pa.Array]:
             flat = pa.array(np.ascontiguousarray(values).reshape(-1))
             columns[f"{prefix}{name}"] = pa.FixedSizeListArray.from_arrays(flat, width)
     return columns
-
-
-def _array(table: pa.Table, name: str, spec: dict[str, Any]) -> np.ndarray:
-    """A stored array back as numpy, without a copy where Arrow allows it."""
-    shape_tail = spec["shape"]
-    if shape_tail and not int(np.prod(shape_tail)):
-        return np.zeros((table.num_rows, *shape_tail), dtype=spec["dtype"])
-    column = table[name]
-    if isinstance(column, pa.ChunkedArray):  # one chunk as written: no copy
-        column = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
-    if not shape_tail:
-        return column.to_numpy(zero_copy_only=False)
-    flat = column.flatten().to_numpy(zero_copy_only=True)
-    return flat.reshape(len(column), *shape_tail)
 
 
 def _write_table(path: Path, columns: dict[str, pa.Array]) -> None:
@@ -251,74 +244,82 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def _mapped_table(path: Path) -> tuple[pa.Table, mmap.mmap]:
-    with open(path, "rb") as handle:
-        mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-    mapping.madvise(mmap.MADV_RANDOM)  # batches read examples at random: no read-ahead from a cold cache
-    return pa.ipc.open_file(pa.py_buffer(mapping)).read_all(), mapping
-
-
 def load_training_set(directory: str | Path) -> TrainingSet:
-    """The training set of ``directory``, memory-mapped: ids, lengths and where each example is in memory; events,
-    customer inputs and labels read from the shards by rows."""
+    """The training set of ``directory``: ids, lengths and where each example is stored in memory; events,
+    customer inputs and labels read from the shards by rows (:mod:`churnformer.data.sharded`)."""
     directory = Path(directory)
     manifest = read_manifest(directory)
     event_shapes, customer_shapes = manifest["events_arrays"], manifest["customer_arrays"]
-    shards, tables = [], []
+    horizons = {"dtype": "float32", "shape": [len(manifest["grid"]["days"])]}
+    stored_shapes = {
+        **{f"customer:{name}": spec for name, spec in customer_shapes.items()},
+        **{f"label:{label}": horizons for label in LABELS_BY_HORIZON},
+        _TOTAL_COLUMN: {"dtype": "int64", "shape": []},
+    }
+    present = {name: spec for name, spec in stored_shapes.items() if int(np.prod(spec["shape"]))}
+    event_files, example_files, event_offsets = [], [], []
+    ids, lengths, cutoffs, is_validation = [], [], [], []
     for entry in manifest["shards"]:
-        examples, examples_mapping = _mapped_table(directory / f"{entry['name']}.examples.arrow")
-        events, events_mapping = _mapped_table(directory / f"{entry['name']}.events.arrow")
-        lengths = examples[_LENGTH_COLUMN].to_numpy()
-        shards.append(
-            Shard(
-                offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-                events={name: _array(events, name, spec) for name, spec in event_shapes.items()},
-                mappings=(examples_mapping, events_mapping),
-            )
+        events_file = ShardFile.locate(directory / f"{entry['name']}.events.arrow", list(event_shapes))[0]
+        examples_file, examples = ShardFile.locate(
+            directory / f"{entry['name']}.examples.arrow", [CUSTOMER_ID, *present]
         )
-        tables.append(examples)
-    shard = np.concatenate([np.full(table.num_rows, number, dtype=np.int32) for number, table in enumerate(tables)])
-    local = np.concatenate([np.arange(table.num_rows, dtype=np.int32) for table in tables])
-    customer_ids = np.concatenate([table[CUSTOMER_ID].to_numpy(zero_copy_only=False) for table in tables])
-    cutoffs = np.concatenate([table[_CUTOFF_COLUMN].to_numpy() for table in tables])
-    order = training_order(cutoffs, customer_ids)
-    shard, local, customer_ids = shard[order], local[order], customer_ids[order]
+        shard_lengths = examples[_LENGTH_COLUMN].to_numpy()
+        starts = np.cumsum(shard_lengths) - shard_lengths
+        event_offsets.append(starts.astype(np.int32 if entry["events"] < 2**31 else np.int64))
+        ids.append(examples[CUSTOMER_ID].to_numpy(zero_copy_only=False))
+        lengths.append(shard_lengths)
+        cutoffs.append(examples[_CUTOFF_COLUMN].to_numpy().astype(np.int16))
+        is_validation.append(examples[_VALIDATION_COLUMN].to_numpy(zero_copy_only=False))
+        event_files.append(events_file)
+        example_files.append(examples_file)
+        del examples  # the mapping closes with its last reference: nothing of the file stays mapped
+    cutoff = np.concatenate(cutoffs)
+    order = training_order(cutoff, np.concatenate(ids))
+    del ids
+    bounds = np.cumsum([0, *(file.rows for file in example_files)])
+    index = np.int32 if bounds[-1] < 2**31 else np.int64  # per example: what a training process holds
+    placement = Placement(np.arange(bounds[-1], dtype=index)[order], bounds)
+    all_lengths = np.concatenate(lengths)[order]
+    all_lengths = all_lengths.astype(np.uint16 if all_lengths.max(initial=0) < 2**16 else np.int32)
 
-    def stored(name: str, spec: dict[str, Any]) -> ShardedArray:
-        return ShardedArray([_array(table, name, spec) for table in tables], shard, local)
+    def stored(name: str) -> ShardedArray:
+        spec = stored_shapes[name]
+        return ShardedArray(example_files, name, placement, np.dtype(spec["dtype"]), tuple(spec["shape"]))
 
+    id_column = example_files[0].columns[CUSTOMER_ID]
+    id_dtype = id_column.dtype if isinstance(id_column, StoredColumn) else np.dtype(object)
+    customer_ids = ShardedArray(example_files, CUSTOMER_ID, placement, id_dtype, ())
     grid = HorizonGrid(tuple(manifest["grid"]["days"]), manifest["grid"]["main"])
-    horizons = {"dtype": "float32", "shape": [len(grid.days)]}
     labels = ShardedLabels(
         customer_ids,
-        {label: stored(f"label:{label}", horizons) for label in LABELS_BY_HORIZON},
+        {label: stored(f"label:{label}") for label in LABELS_BY_HORIZON},
         grid.days,
         grid.main,
         manifest["labels"]["columns"],
     )
     sequences = ShardedSequences(
         customer_ids=customer_ids,
-        lengths=np.concatenate([table[_LENGTH_COLUMN].to_numpy() for table in tables])[order],
-        customers={name: stored(f"customer:{name}", spec) for name, spec in customer_shapes.items()},
-        n_events_total=stored(_TOTAL_COLUMN, {"dtype": "int64", "shape": []}),
+        lengths=all_lengths,
+        customers={name: stored(f"customer:{name}") for name in customer_shapes},
+        n_events_total=stored(_TOTAL_COLUMN),
         report=BuildReport(**manifest["report"]),
-        shards=shards,
-        shard=shard,
-        local=local,
+        placement=placement,
+        event_files=event_files,
+        event_offsets=event_offsets,
         text_table=np.load(directory / TEXT_TABLE) if (directory / TEXT_TABLE).is_file() else None,
     )
-    is_validation = np.concatenate([table[_VALIDATION_COLUMN].to_numpy(zero_copy_only=False) for table in tables])
-    sequences.release()  # the pages the columns above were read from
+    validation = np.concatenate(is_validation)[order]
     spec = manifest["labels"]
     return TrainingSet(
         featurizer=Featurizer.from_json(json.dumps(manifest["featurizer"])),
         sequences=sequences,
         labels=labels,
-        train_rows=np.flatnonzero(~is_validation[order]),
-        val_rows=np.flatnonzero(is_validation[order]),
+        train_rows=np.flatnonzero(~validation).astype(index),
+        val_rows=np.flatnonzero(validation).astype(index),
         main_count=int(manifest["main_count"]),
         grid=grid,
-        cutoffs=cutoffs[order],
+        cutoffs=cutoff[order],
         spec=LabelSpec(
             tuple(spec["purchase_types"]) if spec["purchase_types"] else None,
             spec["event_type_column"],
@@ -330,6 +331,6 @@ def load_training_set(directory: str | Path) -> TrainingSet:
 def training_order(cutoffs: np.ndarray, customer_ids: np.ndarray) -> np.ndarray | slice:
     """The order of a training set's examples: by cutoff (the main one first), then by customer id, as
     :func:`~churnformer.data.training_set.build_training_set` builds them (a slice when already in it)."""
-    ranks = pd.factorize(customer_ids, sort=True)[0]
+    ranks = customer_ids if customer_ids.dtype.kind in "iu" else pd.factorize(customer_ids, sort=True)[0]
     order = np.lexsort((ranks, cutoffs))
     return slice(None) if np.array_equal(order, np.arange(len(order))) else order

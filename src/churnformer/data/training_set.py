@@ -104,15 +104,7 @@ class TrainingSet:
         """The training examples' quantiles of each engineered aggregate (where the network's numeric encoding
         puts its bins); None for a featurizer without aggregates."""
         values = self.sequences.customers.get(CUSTOMER_AGG)
-        quantiles = None if values is None else aggregate_quantiles(values[self.train_rows])
-        self.release_pages()
-        return quantiles
-
-    def release_pages(self) -> None:
-        """Hand back the pages of a training set on disk that reading every example brought in (a statistic over
-        all of them): the page cache keeps them, this process's memory does not. Nothing for one in memory."""
-        if isinstance(self.sequences, ShardedSequences):
-            self.sequences.release()
+        return None if values is None else aggregate_quantiles(values[self.train_rows])
 
     def label_stats(self) -> dict[str, dict[str, list[float]]]:
         """Per label (churn, no_purchase, spend, purchases), per horizon of the grid, over the training examples
@@ -138,7 +130,6 @@ class TrainingSet:
                 summary["log_positive_mean"].append(float(np.log(positive).mean()) if len(positive) else 0.0)
                 summary["log_positive_std"].append(float(np.log(positive).std()) if len(positive) > 1 else 1.0)
             stats[label] = summary
-        self.release_pages()
         return stats
 
 

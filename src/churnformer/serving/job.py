@@ -10,8 +10,6 @@ either scored or listed in the rejects file with the reason.
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import os
 import sys
 import time
@@ -24,12 +22,12 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 from tqdm.auto import tqdm
 
 from churnformer.data.events import CUSTOMER_ID, TIMESTAMP, ColumnMapping, load_customers
 from churnformer.data.window import require_events_before
 from churnformer.errors import ConfigError
+from churnformer.memory import release_memory, reuse_freed_memory
 from churnformer.model_card import summary_line as card_summary
 from churnformer.serving.output import ScoringResult, ScoringSummary, check_output_path, describe, write_result
 from churnformer.serving.partition import (
@@ -187,47 +185,6 @@ def check_spill_dir(spill_dir: str | Path | None) -> None:
         raise ConfigError(f"spill_dir={spill_dir}: no such directory; create it or leave spill_dir unset")
     if not os.access(path, os.W_OK | os.X_OK):
         raise ConfigError(f"spill_dir={spill_dir}: the directory is not writable")
-
-
-def release_memory() -> None:
-    """Hand memory freed by the last step back to the system before the next one allocates, so peaks
-    do not stack up across partitions (Arrow keeps freed buffers in its own pool otherwise)."""
-    gc.collect()
-    pa.default_memory_pool().release_unused()
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)  # glibc keeps freed heap pages mapped; this returns them
-
-
-# glibc mallopt parameters (malloc.h).
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
-
-
-def reuse_freed_memory() -> None:
-    """Keep freed blocks in the heap for the next batch instead of unmapping them.
-
-    glibc hands large freed blocks straight back to the OS, so every batch faults its pages in afresh;
-    on a VM that costs more than the arithmetic (inference on the benchmark log: 49 s -> 25 s). Memory
-    then stays at its high-water mark until :func:`release_memory` trims it between partitions.
-
-    One heap for every thread: the scoring streams (:func:`churnformer.serving.predictor.stream_layout`)
-    otherwise get a glibc arena each, whose memory is not reused across partitions; on the CRM-shaped
-    benchmark log that faulted in 0.6-2.4 M pages instead of 0.3 M and cost 2-4 s of 35.
-    """
-    if _LIBC is not None:
-        _LIBC.mallopt(M_MMAP_THRESHOLD, 256 * 2**20)
-        _LIBC.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
-        _LIBC.mallopt(M_ARENA_MAX, 1)
-
-
-def _glibc() -> ctypes.CDLL | None:
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return libc if hasattr(libc, "malloc_trim") else None
-    except OSError:  # not glibc (macOS, musl): nothing to trim
-        return None
-
-
-_LIBC = _glibc()
 
 
 def combine(parts: list[ScoringResult], predictor: Predictor) -> ScoringResult:

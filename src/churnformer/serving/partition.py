@@ -46,7 +46,7 @@ from churnformer.errors import ConfigError, InputError
 PEAK_BYTES_PER_EVENT = 448
 # Memory in use besides the block being scored: interpreter, libraries and the onnxruntime session (about
 # 165 MB), what the spill pass leaves allocated (about 300 MB), and freed heap that scoring keeps for reuse
-# (serving.job.reuse_freed_memory; up to about 400 MB measured on the benchmark log), rounded up.
+# (churnformer.memory.reuse_freed_memory; up to about 400 MB measured on the benchmark log), rounded up.
 BASE_BYTES = 900 * 2**20
 # Each scoring stream after the first holds one more batch in flight (serving.predictor.stream_layout): its
 # padded inputs and onnxruntime's intermediates. A second stream added about 70 MB to the benchmark jobs'

@@ -141,11 +141,6 @@ def wait_for(path: Path, seconds: float, what: str) -> None:
         time.sleep(1)
 
 
-# A training set on disk (data.dataset_dir, data=dataset): the pages of its shards a process has read are handed
-# back to the page cache every this many batches, so resident memory stays flat over an epoch.
-RELEASE_EVERY_BATCHES = 64
-
-
 class SequenceDataset(torch.utils.data.Dataset):
     """Index-only dataset; batches are padded in :meth:`collate` from the ragged sequences."""
 
@@ -153,7 +148,6 @@ class SequenceDataset(torch.utils.data.Dataset):
         self.sequences = data.sequences
         self.labels = {by_horizon(label): data.by_horizon(label) for label in LABELS_BY_HORIZON}
         self.rows = rows
-        self._batches = 0
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -165,9 +159,6 @@ class SequenceDataset(torch.utils.data.Dataset):
         rows_array = np.asarray(rows, dtype=np.int64)
         batch = {name: torch.from_numpy(a) for name, a in self.sequences.pad(rows_array).items()}
         batch.update({name: torch.from_numpy(values[rows_array]) for name, values in self.labels.items()})
-        self._batches += 1
-        if isinstance(self.sequences, ShardedSequences) and self._batches % RELEASE_EVERY_BATCHES == 0:
-            self.sequences.release()
         return batch
 
 

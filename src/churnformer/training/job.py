@@ -66,7 +66,7 @@ from churnformer.schema import (
     RUN_PREDICTIONS,
 )
 from churnformer.serving.explain import driver_summary
-from churnformer.serving.input_profile import input_profile
+from churnformer.serving.input_profile import add_profiles, input_profile
 from churnformer.serving.model_file import add_metadata
 from churnformer.serving.output import describe, write_result
 from churnformer.serving.predictor import AS_LOADED, Predictor, ScoringResult
@@ -90,6 +90,8 @@ from churnformer.training.run_info import run_info
 SCORING = ScoringSettings.defaults(progress=False)
 # Validation customers explained for the training-time view of the driver groups.
 EXPLAINED_VALIDATION_CUSTOMERS = 20_000
+# Validation examples gathered at a time for the reference input profile (a training set on disk holds none).
+PROFILE_EXAMPLES = 50_000
 # Contrastive pretraining's mean loss per pretraining epoch (pretrain.enabled).
 PRETRAIN_LOSS = "pretrain/contrastive_loss"
 # The validation metrics whose gain from the text branch the report and TensorBoard show.
@@ -363,7 +365,10 @@ def calibrate(cfg: DictConfig, network: ChurnFormer, datamodule: ChurnDataModule
         shapes_from_all=cfg.calibration_shapes == "all",
     )
     data = datamodule.data  # the reference population's input too, for churnformer-monitor reference=<model>
-    calibration.reference_inputs = input_profile(data.sequences.subset(data.val_rows), data.featurizer)
+    calibration.reference_inputs = {}
+    for start in range(0, len(data.val_rows), PROFILE_EXAMPLES):  # counts add up: a part at a time in memory
+        part = data.sequences.subset(data.val_rows[start : start + PROFILE_EXAMPLES])
+        add_profiles(calibration.reference_inputs, input_profile(part, data.featurizer))
     calibration.save(run_dir / RUN_CALIBRATION)
     print(
         f"calibration (shapes from {cfg.calibration_shapes}, levels from {cfg.calibration_levels} customers): "

@@ -22,6 +22,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 from churnformer.artifacts.stacked_trees import STACKED_COLUMNS
 from churnformer.data.featurizer import Featurizer
 from churnformer.errors import ConfigError
+from churnformer.memory import trim_heap
 from churnformer.modeling.network import ChurnFormer
 from churnformer.schema import (
     LABELS_BY_HORIZON,
@@ -44,6 +45,9 @@ RUNNING_LOSS = metric_name("joint", "loss_epoch_mean_so_far", "train")
 GRAD_NORM = "optim/grad_norm"
 # The most training examples per epoch whose predictions the training curves' metrics other than the losses judge.
 TRAIN_METRIC_EXAMPLES = 200_000
+# Batches between two hand-backs of the heap's free pages (churnformer.memory: without them the heap of a long
+# validation pass grows by hundreds of MB that it no longer uses).
+TRIM_HEAP_EVERY_BATCHES = 32
 
 
 def rng_states() -> dict[str, Any]:
@@ -166,6 +170,14 @@ class ChurnFormerModule(pl.LightningModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if (batch_idx + 1) % TRIM_HEAP_EVERY_BATCHES == 0:
+            trim_heap()
+
+    def on_validation_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if (batch_idx + 1) % TRIM_HEAP_EVERY_BATCHES == 0:
+            trim_heap()
 
     def _log_epoch(self, split: str) -> EpochMetrics:
         metrics = self.epoch_metrics[f"split_{split}"]

@@ -43,7 +43,7 @@ from churnformer.data.sequences import BuildReport
 from churnformer.data.training_set import require_split, sampled_customers
 from churnformer.data.window import HorizonGrid
 from churnformer.errors import InputError
-from churnformer.serving.job import release_memory
+from churnformer.memory import release_memory
 from churnformer.serving.partition import SpillWriter, read_partition, spill_directory
 
 # Chunks after which the first pass merges the ids it has seen (each chunk's distinct ids, kept until then).
