@@ -4,7 +4,9 @@ a second run with the same settings and inputs reuses it; a dataset's own settin
 
 from __future__ import annotations
 
+import gc
 import json
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -108,6 +110,21 @@ def test_reading_maps_no_shard_and_a_loader_process_reads_the_same(
             for name in expected:
                 np.testing.assert_array_equal(actual[name], expected[name], err_msg=name)
     assert str(directory) not in Path("/proc/self/maps").read_text()
+
+
+def test_a_dropped_training_set_closes_its_shard_files(stored: tuple[Path, TrainingSet]) -> None:
+    directory, _ = stored
+
+    def open_shards() -> int:
+        return sum(str(directory) in os.path.realpath(fd) for fd in Path("/proc/self/fd").iterdir())
+
+    before = open_shards()  # the module's own copy may hold some
+    back = load_training_set(directory)
+    back.sequences.pad(np.arange(0, len(back.sequences), 97))
+    assert open_shards() > before
+    del back
+    gc.collect()
+    assert open_shards() == before
 
 
 def test_a_truncated_shard_is_named(

@@ -15,6 +15,7 @@ in 1.5 ms by ``pread`` against 7.5 ms mapped (``docs/benchmarks.md``).
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 from dataclasses import dataclass, field
@@ -46,7 +47,7 @@ class StoredColumn:
 
     @property
     def row_bytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        return math.prod(self.shape) * self.dtype.itemsize
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,10 @@ class ShardFile:
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_descriptor": None}
 
+    def __del__(self) -> None:  # a notebook that loads many datasets does not run out of descriptors
+        if self._descriptor is not None and self._descriptor[0] == os.getpid():
+            os.close(self._descriptor[1])
+
     def _fd(self) -> int:
         if self._descriptor is None or self._descriptor[0] != os.getpid():
             self._descriptor = (os.getpid(), os.open(self.path, os.O_RDONLY | os.O_CLOEXEC))
@@ -105,7 +110,10 @@ class ShardFile:
 
     def _read(self, destination: memoryview, offset: int) -> None:
         if os.preadv(self._fd(), [destination], offset) != len(destination):
-            raise InputError(f"{self.path}: shorter than its columns say (truncated? featurize the dataset again)")
+            raise self._truncated()
+
+    def _truncated(self) -> InputError:
+        return InputError(f"{self.path}: shorter than its columns say (truncated? featurize the dataset again)")
 
     def read_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
         """Rows ``rows`` of column ``name``: one read per row, or the whole column once for many rows."""
@@ -125,10 +133,11 @@ class ShardFile:
     def _runs(self, column: StoredColumn, firsts: np.ndarray, counts: np.ndarray) -> np.ndarray:
         values = np.empty((int(counts.sum()), *column.shape), dtype=column.dtype)
         if values.nbytes:
-            view, at = memoryview(values).cast("B"), 0
+            view, at, row_bytes, fd = memoryview(values).cast("B"), 0, column.row_bytes, self._fd()
             for first, count in zip(firsts.tolist(), counts.tolist(), strict=True):
-                size = count * column.row_bytes
-                self._read(view[at : at + size], column.offset + first * column.row_bytes)
+                size = count * row_bytes
+                if os.preadv(fd, [view[at : at + size]], column.offset + first * row_bytes) != size:
+                    raise self._truncated()
                 at += size
         return values
 
@@ -155,7 +164,7 @@ class ShardFile:
 @dataclass
 class Placement:
     """Where each example of a training set is stored: ``place[i]``, its row among all the shards' rows in file
-    order (int32: 2 billion examples), and ``bounds``, each shard's first such row (and the total)."""
+    order (int32 up to 2 billion examples), and ``bounds``, each shard's first such row (and the total)."""
 
     place: np.ndarray
     bounds: np.ndarray
