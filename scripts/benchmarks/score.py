@@ -142,8 +142,8 @@ def session_sweep(model: Path, log: Path, customers: int, rounds: int = 3) -> li
     side by side (``streams``), each variant changing one setting of it."""
     import onnxruntime as ort
 
-    from churnformer.serving.batching import fill_rows, padded_width, token_budget_batches
     from churnformer.memory import reuse_freed_memory
+    from churnformer.serving.batching import fill_rows, padded_width, token_budget_batches
     from churnformer.serving.predictor import available_cores, session_options
 
     reuse_freed_memory()  # as churnformer-predict does

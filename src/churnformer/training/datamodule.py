@@ -23,7 +23,6 @@ from churnformer.data.events import CUSTOMER_ID
 from churnformer.data.featurizer import FeaturizerConfig
 from churnformer.data.labels import LabelSpec
 from churnformer.data.parts import FeaturizeRequest, PartitionedBuild
-from churnformer.data.sharded import ShardedSequences
 from churnformer.data.sources import EventLogSource, TrainingSetDirectory
 from churnformer.data.store import (
     MANIFEST,
