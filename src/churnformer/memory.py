@@ -5,7 +5,7 @@ largest block freed so far, so a loop whose steps allocate and free large tempor
 (a batch's predictions, kept for the epoch's metrics) ends up with those small objects spread over a heap that
 cannot shrink: the heap grows to the step's peak times the spread. Measured in training from a 50 M-event dataset:
 0.35-0.5 GB above the loop's working set within the first seconds of validation, gone with a fixed threshold
-(at 2.7 times the wall time) or with :func:`trim_heap` every few dozen batches (at no measurable cost).
+(at 2.7 times the wall time) or with :func:`trim_heap` every 32 batches (wall time 176 s against 172 s without).
 """
 
 from __future__ import annotations

@@ -273,7 +273,7 @@ def load_training_set(directory: str | Path) -> TrainingSet:
         is_validation.append(examples[_VALIDATION_COLUMN].to_numpy(zero_copy_only=False))
         event_files.append(events_file)
         example_files.append(examples_file)
-        del examples  # the mapping closes with its last reference: nothing of the file stays mapped
+        del examples  # the file is unmapped with the last column read from it, by the end of this load
     cutoff = np.concatenate(cutoffs)
     order = training_order(cutoff, np.concatenate(ids))
     del ids

@@ -90,7 +90,8 @@ from churnformer.training.run_info import run_info
 SCORING = ScoringSettings.defaults(progress=False)
 # Validation customers explained for the training-time view of the driver groups.
 EXPLAINED_VALIDATION_CUSTOMERS = 20_000
-# Validation examples gathered at a time for the reference input profile (a training set on disk holds none).
+# Validation examples gathered at a time for the reference input profile (a validation set on disk is never
+# gathered whole).
 PROFILE_EXAMPLES = 50_000
 # Contrastive pretraining's mean loss per pretraining epoch (pretrain.enabled).
 PRETRAIN_LOSS = "pretrain/contrastive_loss"
