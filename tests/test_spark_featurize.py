@@ -13,6 +13,7 @@ from churnformer.data import parts
 from churnformer.data.parts import PartitionedBuild
 from churnformer.data.sources import EventLogFiles
 from churnformer.data.store import MANIFEST
+from churnformer.errors import ConfigError
 from churnformer.training.datamodule import ChurnDataModule, DataSettings
 from tests.conftest import SPARK_TESTS, TINY_CUTOFF
 from tests.test_partitioned import AGGREGATES, assert_same_training_set
@@ -60,3 +61,12 @@ def test_a_sample_of_customers_and_a_featurizer_fitted_on_a_sample(
     local = json.loads((tmp_path / "local" / MANIFEST).read_text())
     assert local["featurizer_fit_share"] < 1
     assert_same_training_set(tmp_path / "local", tmp_path / "spark", fit_share=local["featurizer_fit_share"])
+
+
+def test_text_columns_are_refused_with_what_to_do(tiny_world: tuple[Path, Path], tmp_path: Path) -> None:
+    features = {**DataSettings.defaults().features, "text": ["note"]}
+    module = ChurnDataModule(
+        EventLogFiles(*tiny_world, {}), DataSettings.defaults(cutoff=TINY_CUTOFF, features=features), tmp_path
+    )
+    with pytest.raises(ConfigError, match="Spark does not embed texts yet; featurize on this machine"):
+        module.write_dataset(tmp_path / "out", spark=SPARK)

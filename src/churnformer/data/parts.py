@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,9 @@ from churnformer.data.store import TrainingSetWriter
 from churnformer.data.training_set import fit_training_featurizer, observable_grid, window_examples
 from churnformer.data.window import HorizonGrid, Window, log_end_ns, require_events_before
 from churnformer.errors import ConfigError
+
+if TYPE_CHECKING:
+    from churnformer.text.embeddings import TextEmbeddings
 
 # Peak resident bytes per event of a partition while it is featurized at every cutoff (the partition's frame,
 # its sequences and labels, the shards being written; the spill pass before the first), and per event of the
@@ -100,7 +104,8 @@ class PartitionedBuild:
 class FeaturizeRequest:
     """What a partitioned featurization builds, whatever engine runs it (this machine, Spark): the log, where the
     shards go, the cutoffs and horizons, the features, the split, what a purchase and a churn are, the customers
-    kept (``data.sample_customers``) and the memory it may take."""
+    kept (``data.sample_customers``), the memory it may take and, for text columns, the job's table of embedded
+    texts (one for every part: its rows never move, so the parts' events index the same table)."""
 
     source: EventLogSource
     writer: TrainingSetWriter
@@ -111,6 +116,7 @@ class FeaturizeRequest:
     spec: LabelSpec
     sample_customers: float | int | None
     build: PartitionedBuild
+    texts: TextEmbeddings | None = None
 
 
 @dataclass
@@ -125,7 +131,8 @@ class PartitionedResult:
 @dataclass(frozen=True)
 class Featurization:
     """What featurizes every part of the log alike (partitions here, Spark's buckets): the fitted featurizer, the
-    cutoffs, the horizons the log observes, the split, what a purchase and a churn are, and where the log ends."""
+    cutoffs, the horizons the log observes, the split, what a purchase and a churn are, where the log ends and the
+    table the texts are embedded into (None: no text columns)."""
 
     featurizer: Featurizer
     windows: list[Window]
@@ -133,6 +140,7 @@ class Featurization:
     val_fraction: float
     spec: LabelSpec
     log_end: int
+    texts: TextEmbeddings | None = None
 
 
 @dataclass
@@ -186,7 +194,15 @@ def featurize_part(
         last_ns=int(stamps.max()),
     )
     parts = window_examples(
-        events, customers, plan.windows, plan.grid, plan.featurizer, plan.val_fraction, plan.spec, log_end=plan.log_end
+        events,
+        customers,
+        plan.windows,
+        plan.grid,
+        plan.featurizer,
+        plan.val_fraction,
+        plan.spec,
+        plan.texts,
+        log_end=plan.log_end,
     )
     for part in parts:
         cutoffs = np.full(len(part.sequences), part.cutoff)
@@ -206,7 +222,9 @@ def fit_on_sample(
     customers ``data.sample_customers`` keeps (``kept``; None: all), as the in-memory build fits it."""
     if kept is not None:
         fit_events = fit_events.loc[fit_events[CUSTOMER_ID].isin(kept).to_numpy()]
-    return fit_training_featurizer(fit_events, customers, request.windows[0], request.features, request.val_fraction)
+    return fit_training_featurizer(
+        fit_events, customers, request.windows[0], request.features, request.val_fraction, request.texts
+    )
 
 
 def observed_log(first_ns: int, last_ns: int, windows: list[Window], grid: HorizonGrid) -> tuple[int, HorizonGrid]:
@@ -223,11 +241,3 @@ def customers_of(customers: pd.DataFrame | None, events: pd.DataFrame) -> pd.Dat
     if customers is None:
         return None
     return customers.loc[customers[CUSTOMER_ID].isin(events[CUSTOMER_ID]).to_numpy()]
-
-
-def refuse_text(features: FeaturizerConfig) -> None:
-    if features.text:
-        raise ConfigError(
-            f"data.features.text={list(features.text)} with memory_budget_mb, partitions or engine=spark: a "
-            "partitioned featurization does not embed texts yet; featurize in memory (leave them out)"
-        )

@@ -46,7 +46,6 @@ from churnformer.data.parts import (
     fit_on_sample,
     fit_sample_counts,
     observed_log,
-    refuse_text,
 )
 from churnformer.data.sequences import BuildReport
 from churnformer.data.store import TrainingSetWriter
@@ -149,7 +148,11 @@ def featurize_with_spark(
     """:func:`~churnformer.training.partitioned.featurize_partitioned` on Spark: the same returns, the same shards'
     contents. ``spark_settings``: ``master``, ``buckets``, ``conf`` (as ``churnformer-predict``'s)."""
     source, writer, windows, features = request.source, request.writer, request.windows, request.features
-    refuse_text(features)
+    if features.text:  # each bucket's worker would embed into its own table: rows that do not agree
+        raise ConfigError(
+            f"data.features.text={list(features.text)} with engine=spark: Spark does not embed texts yet; "
+            "featurize on this machine (engine=local, with memory_budget_mb or partitions)"
+        )
     files = source.event_files()
     if files is None:
         raise ConfigError("engine=spark featurizes files: a log given as files (data=csv, data=synthetic)")

@@ -249,9 +249,13 @@ class ChurnDataModule(pl.LightningDataModule):
             self.settings.labels,
             texts,
         )
+        self.save_text_embeddings(texts)
+        return data
+
+    def save_text_embeddings(self, texts: TextEmbeddings | None) -> None:
+        """The run's embedded texts into its directory (rank 0), for the next featurization of this run."""
         if texts is not None and rank_zero_only.rank == 0:
             texts.save(self.run_dir / RUN_TEXT_EMBEDDINGS)
-        return data
 
     def dataset_identity(self) -> tuple[dict[str, Any], list[dict[str, Any] | None]]:
         """The settings and inputs a featurized dataset of this run is keyed by."""
@@ -283,6 +287,7 @@ class ChurnDataModule(pl.LightningDataModule):
             return
         writer = TrainingSetWriter(directory, shard_examples)
         rolling = self.settings.rolling_cutoffs
+        texts = self.text_embeddings() if spark is None else None  # Spark refuses text columns
         request = FeaturizeRequest(
             self.source,
             writer,
@@ -293,6 +298,7 @@ class ChurnDataModule(pl.LightningDataModule):
             self.settings.labels,
             self.settings.sample_customers,
             build,
+            texts,
         )
         if spark is not None:
             from churnformer.spark.featurize import featurize_with_spark  # the spark extra
@@ -300,6 +306,7 @@ class ChurnDataModule(pl.LightningDataModule):
             featurizer, grid, result, report = featurize_with_spark(request, spark)
         else:
             featurizer, grid, result, report = featurize_partitioned(request, spill_dir)
+        self.save_text_embeddings(texts)
         self.log_facts = result.log_facts
         if result.fit_share < 1:  # another featurizer than the in-memory one: another dataset
             settings = settings | {"featurizer_fit_share": result.fit_share}

@@ -37,7 +37,6 @@ from churnformer.data.parts import (
     fit_bucket,
     fit_on_sample,
     observed_log,
-    refuse_text,
 )
 from churnformer.data.sequences import BuildReport
 from churnformer.data.training_set import require_split, sampled_customers
@@ -90,8 +89,7 @@ def featurize_partitioned(
     returns the featurizer, the observed horizon grid, what was done and the main cutoff's build report (for
     :meth:`TrainingSetWriter.close`)."""
     source, writer, windows, build = request.source, request.writer, request.windows, request.build
-    features, val_fraction, spec = request.features, request.val_fraction, request.spec
-    refuse_text(features)
+    val_fraction, spec = request.val_fraction, request.spec
     first = LogPass()
     for chunk in source.event_chunks(CHUNK_ROWS):
         first.add(chunk, build.fit_cap)
@@ -107,7 +105,7 @@ def featurize_partitioned(
     featurizer = fit_on_sample(request, fit_events, kept, customers)
     del fit_events
     release_memory()
-    plan = Featurization(featurizer, windows, grid, val_fraction, spec, end)
+    plan = Featurization(featurizer, windows, grid, val_fraction, spec, end, request.texts)
     count = build.partitions_for(first.events)
     logging.getLogger(__name__).info(
         "featurizing %d events in %d partition(s); featurizer fitted on 1/%d of the customers",
