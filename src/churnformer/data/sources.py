@@ -92,8 +92,9 @@ class SyntheticWorld(EventLogSource):
 
         self.world = SyntheticWorldConfig(**world)
         self.directory = Path(directory)
-        if self.world.text:  # the same world with a text column: its own files
-            self.directory = self.directory.with_name(self.directory.name + "-text")
+        for variant in ("text", "campaigns"):  # the same world with a text column, with campaigns: its own files
+            if getattr(self.world, variant):
+                self.directory = self.directory.with_name(f"{self.directory.name}-{variant}")
 
     @property
     def files(self) -> tuple[Path, Path]:

@@ -4,13 +4,16 @@ The generator exists so that the whole pipeline can be trained, tested and bench
 data, and so that we know the ground truth: who declines, why (static attributes, complaints) and when.
 Customers move through a weekly state machine healthy -> declining -> churned; everything is vectorized
 over customers and only the weeks are looped over, so half a million customers take well under a minute.
+With ``campaigns``, randomized retention contacts change the weeks after them
+(:mod:`churnformer.data.synthetic_campaigns`), and each contact's true effect is known: the expected churn and
+spend after it with and without the offer, from the customer's hidden state at the contact.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,25 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from churnformer.data.synthetic_campaigns import (
+    AVERSE_HAZARD,
+    COMPLAINT_RELIEF,
+    COUPON_LIFT,
+    COUPON_PROTECTION,
+    OFFER_WEEKS,
+    RESCUE_COMPLAINTS,
+    RESCUE_PROBABILITY,
+    TRUTH_HORIZONS_DAYS,
+    TRUTH_REPLICAS,
+    CampaignLog,
+    Responsiveness,
+    campaign_weeks,
+    draw_contacts,
+    too_short_for_campaigns,
+    truth_columns,
+)
 from churnformer.data.synthetic_text import UNHAPPY_WEEKS, event_texts
+from churnformer.errors import ConfigError
 
 WEEK_SECONDS = 7 * 24 * 3600
 DAY_SECONDS = 24 * 3600
@@ -47,6 +68,10 @@ COMPLAINT_HAZARD = 0.2  # weekly hazard added per unit of decayed complaint coun
 COMPLAINT_DECAY = 0.75  # weekly decay of the complaint count: complaints matter for a few weeks
 DECLINE_WEEKS = (3, 10)  # inclusive range of the declining phase's length
 SIGNUP_SPAN = 0.6  # customers sign up during the first 60% of the log
+EXTRA_ITEMS = 1.2  # a basket holds 1 + Poisson(EXTRA_ITEMS) items
+PRICE_NOISE = 0.25  # a basket's unit price: the customer's times lognormal(0, PRICE_NOISE)
+COMPLAINT_SHARE = 0.6  # of bad purchases, complained about
+REFUND_SHARE = 0.3  # of bad purchases, (partly) refunded
 
 
 @dataclass(frozen=True)
@@ -59,6 +84,7 @@ class SyntheticWorldConfig:
     n_weeks: int
     seed: int
     text: bool = False  # add a free-text column (churnformer.data.synthetic_text); the other columns stay equal
+    campaigns: bool = False  # randomized retention contacts and their true effects (synthetic_campaigns)
 
     @classmethod
     def with_defaults(cls, **changes: Any) -> SyntheticWorldConfig:
@@ -84,6 +110,12 @@ class _Customers:
     region: np.ndarray
     age_band: np.ndarray
     signup_channel: np.ndarray
+    price_sensitivity: np.ndarray  # how a coupon moves the customer (zeros without campaigns)
+    contact_averse: np.ndarray
+
+    def take(self, rows: np.ndarray) -> _Customers:
+        """The customers at ``rows`` (repeats allowed: replicas of one customer)."""
+        return _Customers(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
 
 
 @dataclass
@@ -93,6 +125,7 @@ class _State:
     phase: np.ndarray  # HEALTHY, DECLINING or CHURNED
     decline_start: np.ndarray  # first declining week (valid while DECLINING)
     complaints: np.ndarray  # decayed count of recent complaints
+    offer_until: np.ndarray  # the first week the last offer sent no longer works (0: none sent)
 
     @classmethod
     def initial(cls, n_customers: int) -> _State:
@@ -101,7 +134,12 @@ class _State:
             phase=np.full(n_customers, HEALTHY, dtype=np.int8),
             decline_start=np.zeros(n_customers, dtype=np.int64),
             complaints=np.zeros(n_customers),
+            offer_until=np.zeros(n_customers, dtype=np.int64),
         )
+
+    def take(self, rows: np.ndarray) -> _State:
+        """A copy of the state of the customers at ``rows``."""
+        return _State(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
 
 
 @dataclass
@@ -163,6 +201,7 @@ def _draw_customers(rng: np.random.Generator, config: SyntheticWorldConfig) -> _
         region=region,
         age_band=age_band,
         signup_channel=signup_channel,
+        **vars(Responsiveness.none(n)),
     )
 
 
@@ -197,14 +236,14 @@ def _purchases(
     """Emit purchases plus the complaints and refunds of bad ones; return who complained (per event)."""
     seconds = _offsets(rng, world, customer, week)
     channel = _channels(rng, world, customer)
-    n_items = 1 + rng.poisson(1.2, size=len(customer))
-    price = world.unit_price[customer] * rng.lognormal(0.0, 0.25, size=len(customer)) * basket_scale
+    n_items = 1 + rng.poisson(EXTRA_ITEMS, size=len(customer))
+    price = world.unit_price[customer] * rng.lognormal(0.0, PRICE_NOISE, size=len(customer)) * basket_scale
     amount = np.round(n_items * price, 2)
     out.add(customer, seconds, PURCHASE, channel, amount, n_items)
 
     bad = rng.random(len(customer)) < world.bad_purchase_prob[customer]
-    complaint = bad & (rng.random(len(customer)) < 0.6)
-    refund = bad & (rng.random(len(customer)) < 0.3)
+    complaint = bad & (rng.random(len(customer)) < COMPLAINT_SHARE)
+    refund = bad & (rng.random(len(customer)) < REFUND_SHARE)
     delay = rng.integers(DAY_SECONDS // 4, 5 * DAY_SECONDS, size=int(complaint.sum()))
     out.add(customer[complaint], seconds[complaint] + delay, COMPLAINT, channel[complaint])
 
@@ -222,6 +261,31 @@ def _simple_events(
     out.add(customer, _offsets(rng, world, customer, week), kind, _channels(rng, world, customer))
 
 
+@dataclass(frozen=True)
+class _Week:
+    """Where the active customers stand this week: how far into their decline (0 when healthy), their
+    engagement, their expected purchases, and whether their decline ends this week."""
+
+    progress: np.ndarray
+    engagement: np.ndarray
+    purchases: np.ndarray
+    ending: np.ndarray
+
+
+def _this_week(world: _Customers, state: _State, active: np.ndarray, week: int, season: float) -> _Week:
+    declining = state.phase[active] == DECLINING
+    weeks_declining = week - state.decline_start[active] + 1
+    progress = np.where(declining, weeks_declining / (world.decline_weeks[active] + 1), 0.0)
+    engagement = 1.0 - 0.85 * progress
+    lift = 1.0 + COUPON_LIFT * world.price_sensitivity[active] * (state.offer_until[active] > week)
+    return _Week(
+        progress=progress,
+        engagement=engagement,
+        purchases=world.purchase_rate[active] * season * engagement * lift,
+        ending=declining & (weeks_declining >= world.decline_weeks[active]),
+    )
+
+
 def _simulate_week(
     rng: np.random.Generator, world: _Customers, state: _State, week: int, season: float, out: _EventColumns
 ) -> None:
@@ -230,23 +294,20 @@ def _simulate_week(
     out.add(signups, week * WEEK_SECONDS + world.signup_offset[signups], VISIT, _channels(rng, world, signups))
 
     active = np.flatnonzero((world.signup_week <= week) & (state.phase != CHURNED))
-    declining = state.phase[active] == DECLINING
-    weeks_declining = week - state.decline_start[active] + 1
-    progress = np.where(declining, weeks_declining / (world.decline_weeks[active] + 1), 0.0)
-    engagement = 1.0 - 0.85 * progress
+    now = _this_week(world, state, active, week, season)
 
-    purchase_counts = rng.poisson(world.purchase_rate[active] * season * engagement)
+    purchase_counts = rng.poisson(now.purchases)
     buyers = np.repeat(active, purchase_counts)
-    basket_scale = np.repeat(1.0 - 0.5 * progress, purchase_counts)
+    basket_scale = np.repeat(1.0 - 0.5 * now.progress, purchase_counts)
     complainers = _purchases(rng, world, buyers, basket_scale, week, out)
-    visit_rate = world.purchase_rate[active] * world.visit_ratio[active] * engagement
+    visit_rate = world.purchase_rate[active] * world.visit_ratio[active] * now.engagement
     _simple_events(rng, world, np.repeat(active, rng.poisson(visit_rate)), VISIT, week, out)
-    ticket_counts = rng.poisson(0.01 + 0.25 * progress)
+    ticket_counts = rng.poisson(0.01 + 0.25 * now.progress)
     _simple_events(rng, world, np.repeat(active, ticket_counts), SUPPORT_TICKET, week, out)
 
     state.complaints *= COMPLAINT_DECAY
     state.complaints += np.bincount(complainers, minlength=len(state.complaints))
-    _advance(rng, world, state, active, declining & (weeks_declining >= world.decline_weeks[active]), week)
+    _advance(rng, world, state, active, now.ending, week)
 
 
 def _advance(
@@ -255,7 +316,13 @@ def _advance(
     """Move healthy customers into decline by their hazard and customers whose decline is over to churned."""
     tenure = week - world.signup_week[active]
     early = 1.0 + EARLY_HAZARD * np.exp(-tenure / EARLY_WEEKS)
-    hazard = world.hazard[active] * early + COMPLAINT_HAZARD * state.complaints[active]
+    offer = state.offer_until[active] > week
+    protection = 1.0 - COUPON_PROTECTION * world.price_sensitivity[active] * offer
+    hazard = (
+        world.hazard[active] * early * protection
+        + COMPLAINT_HAZARD * state.complaints[active]
+        + AVERSE_HAZARD * (world.contact_averse[active] & offer)
+    )
     starts = active[(state.phase[active] == HEALTHY) & (rng.random(len(active)) < hazard)]
     state.phase[starts] = DECLINING
     state.decline_start[starts] = week + 1
@@ -305,21 +372,49 @@ def _events_frame(
     return frame
 
 
+@dataclass(frozen=True)
+class SyntheticFrames:
+    """What the world writes: the event log and customer table, and with ``campaigns`` the contacts a CRM
+    system logs and each contact's true effect (what no real log has: for benchmarks)."""
+
+    events: pd.DataFrame
+    customers: pd.DataFrame
+    campaigns: pd.DataFrame | None = None
+    true_uplift: pd.DataFrame | None = None
+
+    def by_name(self) -> dict[str, pd.DataFrame]:
+        """The frames to write, by file name (without the extension)."""
+        names = ("events", "customers", "campaigns", "true_uplift")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+
 def generate_world(config: SyntheticWorldConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Return (events, customers) for the configured world.
+    """Return (events, customers) for the configured world (:func:`simulate_world` has its campaigns too)."""
+    frames = simulate_world(config)
+    return frames.events, frames.customers
+
+
+def simulate_world(config: SyntheticWorldConfig) -> SyntheticFrames:
+    """Every frame of the configured world.
 
     Every customer has a signup visit inside the log, so the customers table lists exactly the
     customers that appear in the events. Timestamps are whole seconds stored as datetime64[ns], the
     resolution the event-log contract normalizes to. A complaint or refund follows its purchase by up to
     two weeks, so it can land shortly after the customer's last purchase (even once churned); no other
-    event does.
+    event does. A campaign's contacts happen at the start of its week (midnight), before any event of it.
     """
     rng = np.random.default_rng(config.seed)
     start = pd.Timestamp(config.start).normalize()
     world = _draw_customers(rng, config)
     state = _State.initial(config.n_customers)
     out = _EventColumns([], [], [], [], [], [])
-    for week, season in enumerate(_seasonality(start, config.n_weeks)):
+    seasons = _seasonality(start, config.n_weeks)
+    contacts = _Contacts.of(config, world) if config.campaigns else None
+    if contacts is not None:
+        world = contacts.world
+    for week, season in enumerate(seasons):
+        if contacts is not None and week in contacts.weeks:
+            contacts.send(state, week, seasons)
         _simulate_week(rng, world, state, week, float(season), out)
     ids = _customer_ids(config.n_customers)
     customers = pd.DataFrame(
@@ -331,7 +426,98 @@ def generate_world(config: SyntheticWorldConfig) -> tuple[pd.DataFrame, pd.DataF
         }
     )
     texts = _unhappiness(config.seed, state) if config.text else None
-    return _events_frame(out, ids, start, config.n_weeks, texts), customers
+    events = _events_frame(out, ids, start, config.n_weeks, texts)
+    if contacts is None:
+        return SyntheticFrames(events, customers)
+    return SyntheticFrames(events, customers, *contacts.log.frames(ids, start))
+
+
+@dataclass
+class _Contacts:
+    """The campaigns of a world: their own random stream, the weeks they go out, the customers' responsiveness
+    (``world``: the customers with it drawn) and what was sent so far."""
+
+    seed: int
+    rng: np.random.Generator
+    weeks: set[int]
+    world: _Customers
+    log: CampaignLog
+
+    @classmethod
+    def of(cls, config: SyntheticWorldConfig, world: _Customers) -> _Contacts:
+        weeks = set(campaign_weeks(config.n_weeks))
+        if not weeks:
+            raise ConfigError(too_short_for_campaigns(config.n_weeks))
+        rng = np.random.default_rng([config.seed, 2])
+        traits = Responsiveness.draw(rng, world.unit_price, world.signup_channel)
+        return cls(config.seed, rng, weeks, replace(world, **vars(traits)), CampaignLog.empty())
+
+    def send(self, state: _State, week: int, seasons: np.ndarray) -> None:
+        """Pick this week's contacts and holdout, record each contact's true effect, and send the offers."""
+        contacted, treated = draw_contacts(self.rng, self.world.signup_week, state.phase != CHURNED, week)
+        churn, spend = {}, {}
+        for arm in (False, True):
+            churn[arm], spend[arm] = _expected_outcomes(self.world, state, contacted, week, seasons, arm, self.seed)
+        self.log.add(week, contacted, treated, truth_columns(churn, spend, TRUTH_HORIZONS_DAYS))
+        _contact(self.rng, self.world, state, contacted[treated], week)
+
+
+def _contact(rng: np.random.Generator, world: _Customers, state: _State, sent: np.ndarray, week: int) -> None:
+    """The offer reaches ``sent`` at the start of ``week``: it works for :data:`OFFER_WEEKS` weeks, their recent
+    complaints are mostly resolved, and declining customers with recent complaints may be won back."""
+    state.offer_until[sent] = week + OFFER_WEEKS
+    complained = state.complaints[sent] >= RESCUE_COMPLAINTS
+    won_back = sent[(state.phase[sent] == DECLINING) & complained & (rng.random(len(sent)) < RESCUE_PROBABILITY)]
+    state.phase[won_back] = HEALTHY
+    state.complaints[sent] *= COMPLAINT_RELIEF
+
+
+def _expected_outcomes(
+    world: _Customers,
+    state: _State,
+    customers: np.ndarray,
+    week: int,
+    seasons: np.ndarray,
+    sent: bool,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The churn probability and expected net spend (customers, :data:`TRUTH_HORIZONS_DAYS`) of ``customers``
+    over the days from the start of ``week``, without or with the offer (``sent``), from their state now.
+
+    The weeks after are simulated :data:`TRUTH_REPLICAS` times by the world's own rules (who starts declining,
+    who complains), and in each replica churn and spend are taken as expected values given its path: no purchase
+    with probability exp(-expected purchases), spend the expected purchases times the expected net basket. Both
+    arms draw from the same stream, so the difference between them is mostly the offer's."""
+    replicas = np.tile(customers, TRUTH_REPLICAS)
+    world, state = world.take(replicas), state.take(replicas)
+    if sent:
+        _contact(np.random.default_rng([seed, 4, week]), world, state, np.arange(len(replicas)), week)
+    rng = np.random.default_rng([seed, 3, week])
+    horizons = np.asarray(TRUTH_HORIZONS_DAYS, dtype=np.float64)
+    purchases = np.zeros((len(replicas), len(horizons)))
+    spend = np.zeros_like(purchases)
+    everyone = np.arange(len(replicas))
+    for offset in range(int(np.ceil(horizons.max() / 7))):
+        active = everyone[state.phase != CHURNED]
+        now = _this_week(world, state, active, week + offset, float(seasons[week + offset]))
+        share = np.clip((horizons - 7 * offset) / 7, 0.0, 1.0)  # of this week inside each horizon
+        purchases[active] += now.purchases[:, None] * share
+        basket = _expected_net_basket(world, active, 1.0 - 0.5 * now.progress)
+        spend[active] += (now.purchases * basket)[:, None] * share
+        state.complaints *= COMPLAINT_DECAY
+        state.complaints[active] += rng.poisson(now.purchases * world.bad_purchase_prob[active] * COMPLAINT_SHARE)
+        _advance(rng, world, state, active, now.ending, week + offset)
+    shape = (TRUTH_REPLICAS, len(customers), len(horizons))
+    return np.exp(-purchases).reshape(shape).mean(axis=0), spend.reshape(shape).mean(axis=0)
+
+
+def _expected_net_basket(world: _Customers, customers: np.ndarray, basket_scale: np.ndarray) -> np.ndarray:
+    """A purchase's expected amount less its expected refund (:func:`_purchases`' draws): 1 + EXTRA_ITEMS items
+    at the customer's unit price times the basket noise's mean; a refund returns 1 to all of its items, on
+    average (2 + EXTRA_ITEMS) / 2 of them."""
+    price = world.unit_price[customers] * basket_scale * np.exp(PRICE_NOISE**2 / 2)
+    refunded_items = REFUND_SHARE * world.bad_purchase_prob[customers] * (2 + EXTRA_ITEMS) / 2
+    return price * (1 + EXTRA_ITEMS - refunded_items)
 
 
 def _unhappiness(seed: int, state: _State) -> tuple[np.random.Generator, np.ndarray]:
@@ -360,14 +546,14 @@ def _write_frames(frames: dict[str, pd.DataFrame], out_dir: Path, fmt: str) -> t
 
 
 def write_world(config: SyntheticWorldConfig, out_dir: Path, fmt: str = "parquet") -> tuple[Path, Path]:
-    """Write events.<fmt> and customers.<fmt> (fmt in {"parquet", "csv"}) into out_dir (created).
+    """Write events.<fmt> and customers.<fmt> (fmt in {"parquet", "csv"}) into out_dir (created), and with
+    campaigns campaigns.<fmt> and true_uplift.<fmt>.
 
     Returns (events_path, customers_path). The format is checked before the (possibly long) generation.
     """
     if fmt not in ("parquet", "csv"):
         raise ValueError(f"unknown format {fmt!r}; use 'parquet' or 'csv'")
-    events, customers = generate_world(config)
-    events_path, customers_path = _write_frames({"events": events, "customers": customers}, out_dir, fmt)
+    events_path, customers_path, *_ = _write_frames(simulate_world(config).by_name(), out_dir, fmt)
     return events_path, customers_path
 
 
@@ -385,19 +571,37 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--text", action="store_true", help="add a free-text column: tickets, complaints and reviews (README)"
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--campaigns",
+        action="store_true",
+        help="randomized retention contacts with a holdout: campaigns.<format> and each contact's true effect, "
+        "true_uplift.<format>",
+    )
+    args = parser.parse_args(argv)
+    if args.campaigns and not campaign_weeks(args.weeks):
+        parser.error(too_short_for_campaigns(args.weeks))
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     """Console script `churnformer-synthetic`: write the world and print what was written."""
     args = _parse_args(argv)
     config = SyntheticWorldConfig(
-        n_customers=args.customers, start=args.start, n_weeks=args.weeks, seed=args.seed, text=args.text
+        n_customers=args.customers,
+        start=args.start,
+        n_weeks=args.weeks,
+        seed=args.seed,
+        text=args.text,
+        campaigns=args.campaigns,
     )
     started = time.perf_counter()
-    events, customers = generate_world(config)
-    paths = _write_frames({"events": events, "customers": customers}, args.out, args.format)
+    frames = simulate_world(config)
+    paths = _write_frames(frames.by_name(), args.out, args.format)
     for path in paths:
         print(path)
-    print(f"{len(events)} events, {len(customers)} customers in {time.perf_counter() - started:.1f}s")
+    contacts = "" if frames.campaigns is None else f", {len(frames.campaigns)} contacts"
+    print(
+        f"{len(frames.events)} events, {len(frames.customers)} customers{contacts} in "
+        f"{time.perf_counter() - started:.1f}s"
+    )
     return 0
