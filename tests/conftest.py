@@ -27,7 +27,7 @@ from churnformer.serving.predictor import Predictor
 BIN = Path(sys.executable).parent
 # Fixtures that train or start something big (a console-script training run, the sentence encoder, a sweep,
 # DDP ranks, a Spark session): a test that uses one is in the slow tier (``pytest -m "not slow"`` leaves it out).
-SLOW_FIXTURES = {"cli_run", "text_run", "decline_run", "sweep_dir", "ddp_run", "spark", "stacked_run"}
+SLOW_FIXTURES = {"cli_run", "text_run", "decline_run", "sweep_dir", "ddp_run", "spark", "stacked_run", "campaign_run"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -344,6 +344,44 @@ def text_run(text_world: tuple[Path, Path], tmp_path_factory: pytest.TempPathFac
         f"data.customers={customers}",
         f"hydra.run.dir={run_dir}",
         cwd=run_dir,
+    )
+    return run_dir
+
+
+CAMPAIGN_CUTOFF = "2024-03-31"
+CAMPAIGN_TRAINING = (
+    "data=csv",
+    f"data.cutoff={CAMPAIGN_CUTOFF}",
+    "data.horizon_days=60",
+    "data.horizons_days=[30,60]",
+    "data.batch_size=64",
+    "data.features.max_len=32",
+    "model.network.d_model=16",
+    "model.network.n_layers=1",
+    "model.network.n_heads=2",
+    "trainer.max_epochs=2",
+)
+
+
+@pytest.fixture(scope="session")
+def campaign_world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """600 customers over 80 weeks with campaigns (weeks 26 to 50), as CSV."""
+    out = tmp_path_factory.mktemp("campaign-world")
+    write_world(SyntheticWorldConfig.with_defaults(n_customers=600, n_weeks=80, seed=2, campaigns=True), out, "csv")
+    return {name: out / f"{name}.csv" for name in ("events", "customers", "campaigns", "true_uplift")}
+
+
+@pytest.fixture(scope="session")
+def campaign_run(campaign_world: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run directory trained on the campaign world with its campaigns (data.campaigns), in this process."""
+    run_dir = tmp_path_factory.mktemp("campaign-run")
+    world = campaign_world
+    train_in_process(
+        run_dir,
+        *CAMPAIGN_TRAINING,
+        f"data.events={world['events']}",
+        f"data.customers={world['customers']}",
+        f"data.campaigns={world['campaigns']}",
     )
     return run_dir
 

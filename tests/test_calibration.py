@@ -33,6 +33,7 @@ class KnownHeads(nn.Module):
     would give."""
 
     names = ("survival", "spend")
+    contact = None  # trained without campaigns
 
     def __init__(self) -> None:
         super().__init__()

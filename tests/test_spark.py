@@ -18,7 +18,15 @@ import pytest
 from churnformer.errors import InputError, ModelFileError
 from churnformer.schema import META_CALIBRATION, METADATA_PREFIX
 from churnformer.serving.predictor import Predictor
-from tests.conftest import SPARK_TESTS, TINY_CUTOFF, run_cli, run_in_process, run_predict, write_messy_log
+from tests.conftest import (
+    CAMPAIGN_CUTOFF,
+    SPARK_TESTS,
+    TINY_CUTOFF,
+    run_cli,
+    run_in_process,
+    run_predict,
+    write_messy_log,
+)
 
 pytest.importorskip("pyspark", reason="the spark extra is not installed (pip install -e '.[dev]' installs it)")
 pytestmark = SPARK_TESTS
@@ -266,6 +274,25 @@ def test_a_model_with_aggregates_stacked_trees_and_embeddings_scores_exactly_as_
         customers=read_table(spark, customers)[0],
         settings=settings,
         buckets=4,
+        origin=TableOrigin(events_reading=CSV_TEXT, customers_reading=CSV_TEXT),
+    )
+    assert_same_rows(job.predictions.toPandas(), local.predictions)
+
+
+def test_a_model_trained_with_campaigns_scores_exactly_as_one_machine(
+    spark: SparkSession, campaign_run: Path, campaign_world: dict[str, Path]
+) -> None:
+    """What a contact changes (churn_uplift_*, spend_uplift_*, contact_value, response_segment) per customer in
+    the buckets as on one machine."""
+    events, customers = campaign_world["events"], campaign_world["customers"]
+    local = Predictor(campaign_run).score(events, CAMPAIGN_CUTOFF, customers=customers)
+    assert {"contact_value", "response_segment", "churn_uplift_60d"} <= set(local.predictions.columns)
+    job = score_table(
+        read_table(spark, events)[0],
+        campaign_run / "model.onnx",
+        CAMPAIGN_CUTOFF,
+        customers=read_table(spark, customers)[0],
+        buckets=3,
         origin=TableOrigin(events_reading=CSV_TEXT, customers_reading=CSV_TEXT),
     )
     assert_same_rows(job.predictions.toPandas(), local.predictions)

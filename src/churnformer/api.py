@@ -38,10 +38,12 @@ def train(
     columns: Mapping[str, str] | None = None,
     output_dir: str | Path = "outputs/api",
     overrides: Sequence[str] = (),
+    campaigns: pd.DataFrame | None = None,
 ) -> TrainedRun:
     """Train on DataFrames; ``columns`` maps your column names (``{"customer_id": "user", ...}``, as
     ``data.columns.*``) and the model keeps the mapping for :func:`predict`; ``overrides`` are the CLI's
-    ``key=value`` strings (e.g. ``"trainer.max_epochs=3"``)."""
+    ``key=value`` strings (e.g. ``"trainer.max_epochs=3"``). ``campaigns``: past contacts with a random holdout
+    (``data.campaigns``' table), from which the model also learns what contacting each customer changes."""
     from churnformer.training.job import train as run_training  # torch is imported only when training
 
     output_dir = Path(output_dir).resolve()
@@ -60,7 +62,7 @@ def train(
             ],
         )
     output_dir.mkdir(parents=True, exist_ok=True)
-    metrics = run_training(cfg, events=events, customers=customers)
+    metrics = run_training(cfg, events=events, customers=customers, campaigns=campaigns)
     return TrainedRun(run_dir=output_dir, metrics=metrics)
 
 

@@ -176,6 +176,7 @@ def card_markdown(card: Mapping[str, Any]) -> str:
         f"- Training: {data['training_customers']:,} customers, {data['training_examples']:,} examples "
         f"(with {data['rolling_cutoffs']} earlier cutoffs); validation: {data['validation_customers']:,} customers "
         "(a stable hash of the id)",
+        *_campaign_lines(data.get("campaigns")),
         "",
         "## Training",
         "",
@@ -199,6 +200,18 @@ def card_markdown(card: Mapping[str, Any]) -> str:
     lines += ["## Out of scope", "", *(f"- {text}" for text in card["out_of_scope"]), ""]
     lines += ["## Known limits", "", *(f"- {text}" for text in card["limits"]), ""]
     return "\n".join(lines)
+
+
+def _campaign_lines(campaigns: Mapping[str, Any] | None) -> list[str]:
+    """What a model trained with campaigns learned its contact effects from, and where they hold."""
+    if not campaigns:
+        return []
+    return [
+        f"- Campaigns: {campaigns['contacts']:,} contacts ({campaigns['sent']:,} sent, {campaigns['held_out']:,} held "
+        f"out at random) in {campaigns['campaigns']} campaign(s) from {campaigns['first']} to {campaigns['last']}; "
+        f"offers: {', '.join(campaigns['offers'])}; mean cost {campaigns['cost']:g}. The contact effects "
+        "(churn_uplift, spend_uplift, contact_value) hold where contacts were randomized, for offers like these"
+    ]
 
 
 def _slice_rows(slices: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -19,6 +19,9 @@ CUSTOMER_AGG = "customer_agg"  # (B, Fa) float32: engineered aggregates (data.fe
 EVENT_TEXT = "event_text"  # (B, T, Ct) int32
 TEXT_EMBEDDINGS = "text_embeddings"  # (M, E) float32, row 0 zeros
 MODEL_INPUTS = (EVENT_CAT, EVENT_NUM, LENGTHS, CUSTOMER_CAT, CUSTOMER_NUM)  # a text model adds the two above
+# Training batches of a model trained with campaigns (data.campaigns) only, never a model file's input: 1 where
+# the example is a contact that was sent the offer, 0 where it was held out or is no contact (B,) float32.
+CONTACTED = "contacted"
 # Inputs a model file must have (a model without static categorical features may lack customer_cat).
 REQUIRED_MODEL_INPUTS = (EVENT_CAT, EVENT_NUM, LENGTHS, CUSTOMER_NUM)
 # Dimensions that vary from batch to batch, per input besides the event inputs (those declare their own:
@@ -73,6 +76,12 @@ def per_horizon(column: str, days: float) -> str:
     return f"{column}_{horizon_name(days)}"
 
 
+# Outputs of a model trained with campaigns (data.campaigns; churnformer.modeling.contact): the same customer if
+# contacted now, at the main horizon, and what contacting changes at every horizon (per_horizon).
+CHURN_PROBABILITY_IF_CONTACTED = "churn_probability_if_contacted"
+CHURN_UPLIFT = "churn_uplift"  # churn_probability - churn_probability_if_contacted: the drop in churn
+SPEND_UPLIFT = "spend_uplift"  # expected spend if contacted - expected_spend: the spend contacting adds
+
 # --- what scoring derives from the outputs ------------------------------------------------------------------
 CLV = "clv"  # discounted expected spend over the horizon grid
 EXPECTED_DAYS_TO_NEXT_PURCHASE = "expected_days_to_next_purchase"  # restricted mean within the longest horizon
@@ -84,6 +93,9 @@ CHURN_RISK_DECILE = "churn_risk_decile"  # 1 = highest churn probability, relati
 VALUE_DECILE = "value_decile"  # 1 = highest value (the segments' value basis)
 SEGMENT = "segment"  # {high,low} value {at risk,loyal}
 SEGMENTS = ("high value at risk", "high value loyal", "low value at risk", "low value loyal")
+CONTACT_VALUE = "contact_value"  # spend_uplift at the main horizon minus the offer's cost (models with campaigns)
+RESPONSE_SEGMENT = "response_segment"  # how the customer responds to a contact (RESPONSE_SEGMENTS)
+RESPONSE_SEGMENTS = ("persuadable", "sure thing", "lost cause", "do not disturb")
 
 # --- labels (what happened in the horizon) ------------------------------------------------------------------
 CHURN = "churn"  # 1: churned in the horizon (no purchase by default; a decline with churn_definition=decline)
@@ -124,6 +136,7 @@ META_COLUMNS = "columns"  # the column mapping of the training log (scoring's de
 META_QUANTIZED = "quantized"  # "int8" for a dynamically quantized copy
 META_MODEL_CARD = "model_card"  # churnformer.model_card: the training run's card (JSON)
 META_CHURN_DEFINITION = "churn_definition"  # churnformer.data.labels.ChurnDefinition; absent: no purchase
+META_CAMPAIGNS = "campaigns"  # models trained with campaigns: the contacts learned from and the offers' cost
 REQUIRED_METADATA = (META_FEATURIZER, META_OUTPUTS, META_HORIZON_DAYS, META_HORIZONS)
 
 # --- reference percentiles: levels 1..99 % ------------------------------------------------------------------

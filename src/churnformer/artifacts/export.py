@@ -22,7 +22,7 @@ from churnformer.data.inputs import EVENT_INPUTS, dynamic_axes, example_ids
 from churnformer.files import write_atomically
 from churnformer.modeling.backbones import SelfAttention
 from churnformer.modeling.network import ChurnFormer
-from churnformer.modeling.scoring_model import ScoringModel
+from churnformer.modeling.scoring_model import ScoringModel, contact_columns
 from churnformer.schema import (
     CUSTOMER_AGG,
     CUSTOMER_CAT,
@@ -90,6 +90,8 @@ def export_onnx(
         inputs[CUSTOMER_AGG] = torch.from_numpy(stacked_example(inputs[CUSTOMER_AGG].numpy()))
     horizons = tuple(float(h) for h in metadata[META_HORIZONS])
     outputs = network.heads.output_columns(horizons)
+    if network.contact is not None:
+        outputs += contact_columns(network.heads, horizons)
     main = horizons.index(float(metadata[META_HORIZON_DAYS]))
     model = ScoringModel(network, list(inputs), main, calibration, with_embedding=True)
     model.eval()

@@ -34,11 +34,17 @@ PARQUET_MAGIC = b"PAR1"
 
 @dataclass(frozen=True)
 class ColumnMapping:
-    """Names of the required columns in the user's file (they are renamed to the standard names)."""
+    """Names of the required columns in the user's files (they are renamed to the standard names): the event
+    log's, and a campaign table's (``data.campaigns``, :mod:`churnformer.data.campaigns`; its customer id is
+    ``customer_id`` too)."""
 
     customer_id: str = CUSTOMER_ID
     timestamp: str = TIMESTAMP
     amount: str = AMOUNT
+    contacted_at: str = "contacted_at"
+    treated: str = "treated"
+    offer: str = "offer"
+    cost: str = "cost"
 
     def overridden(self, names: Mapping[str, str | None] | None) -> ColumnMapping:
         """This mapping with the names given in ``names`` replaced; keys left out or null keep this mapping's
@@ -47,7 +53,7 @@ class ColumnMapping:
         unknown = sorted(set(names) - {f.name for f in fields(self)})
         if unknown:
             raise InputError(
-                f"columns: unknown key(s) {unknown}; the mapped columns are customer_id, timestamp and amount"
+                f"columns: unknown key(s) {unknown}; the mapped columns are {', '.join(f.name for f in fields(self))}"
             )
         return replace(self, **{key: str(value) for key, value in names.items() if value is not None})
 
@@ -122,7 +128,7 @@ def read_csv(
     return pd.read_csv(source, sep=separator, usecols=columns, dtype={id_column: str}, encoding_errors="replace")
 
 
-def _first_rows(mask: np.ndarray, limit: int = 5) -> str:
+def first_rows(mask: np.ndarray, limit: int = 5) -> str:
     rows = np.flatnonzero(mask)
     shown = ", ".join(str(r) for r in rows[:limit])
     return f"{len(rows)} row(s), first at row index {shown}"
@@ -148,11 +154,11 @@ def parse_timestamps(values: pd.Series, where: str) -> pd.Series:
         seconds = values.astype("float64")
         bad = ~np.isfinite(seconds.to_numpy())
         if bad.any():
-            raise InputError(f"{where}: missing or non-finite epoch seconds in {_first_rows(bad)}")
+            raise InputError(f"{where}: missing or non-finite epoch seconds in {first_rows(bad)}")
         out = (seconds.abs() > EPOCH_SECONDS_LIMIT).to_numpy()
         if out.any():
             raise InputError(
-                f"{where}: epoch seconds outside 1677..2262 in {_first_rows(out)} (e.g. {values[out].iloc[0]!r}); "
+                f"{where}: epoch seconds outside 1677..2262 in {first_rows(out)} (e.g. {values[out].iloc[0]!r}); "
                 "milliseconds or microseconds? Convert to seconds or to datetimes"
             )
         parsed = pd.to_datetime(seconds, unit="s")
@@ -170,7 +176,7 @@ def parse_timestamps(values: pd.Series, where: str) -> pd.Series:
     if out.any():
         raise InputError(
             f"{where}: timestamps outside {pd.Timestamp.min:%Y-%m-%d}..{pd.Timestamp.max:%Y-%m-%d} in "
-            f"{_first_rows(out)} (e.g. {values[out].iloc[0]!r}); a placeholder such as 9999-12-31? Use a missing "
+            f"{first_rows(out)} (e.g. {values[out].iloc[0]!r}); a placeholder such as 9999-12-31? Use a missing "
             "event instead"
         )
     parsed = parsed.astype("datetime64[ns]")
@@ -178,7 +184,7 @@ def parse_timestamps(values: pd.Series, where: str) -> pd.Series:
     if missing.any():
         example = values[missing].iloc[0]
         raise InputError(
-            f"{where}: missing or unparseable timestamps in {_first_rows(missing)} "
+            f"{where}: missing or unparseable timestamps in {first_rows(missing)} "
             f"(e.g. {example!r}); expected datetime, date, ISO-8601 string or epoch seconds"
         )
     return parsed
@@ -202,7 +208,7 @@ def check_customer_ids(ids: pd.Series, where: str) -> pd.Series:
     """Ids must be all strings or all integers, never missing: they are echoed back as given."""
     missing = ids.isna().to_numpy()
     if missing.any():
-        raise InputError(f"{where}: missing customer ids in {_first_rows(missing)}")
+        raise InputError(f"{where}: missing customer ids in {first_rows(missing)}")
     if pd.api.types.is_integer_dtype(ids.dtype) or pd.api.types.is_string_dtype(ids.dtype):
         if ids.dtype == object:
             kinds = ids.map(lambda value: type(value).__name__)
@@ -213,7 +219,7 @@ def check_customer_ids(ids: pd.Series, where: str) -> pd.Series:
                 mix = ", ".join(f"{count} {kind}" for kind, count in counts.items())
                 raise InputError(
                     f"{where}: customer ids mix types ({mix}); the ones not of type {counts.index[0]} are in "
-                    f"{_first_rows(odd)}; use one type"
+                    f"{first_rows(odd)}; use one type"
                 )
         return ids
     if pd.api.types.is_float_dtype(ids.dtype):
@@ -231,17 +237,17 @@ def _parse_amounts(values: pd.Series, where: str) -> pd.Series:
         bad = (numeric.isna() & values.notna()).to_numpy()
         if bad.any():
             example = values[bad].iloc[0]
-            raise InputError(f"{where}: non-numeric amounts in {_first_rows(bad)} (e.g. {example!r})")
+            raise InputError(f"{where}: non-numeric amounts in {first_rows(bad)} (e.g. {example!r})")
         values = numeric
     amounts = values.astype("float64")
     numbers = amounts.to_numpy()
     bad = ~np.isfinite(numbers)
     if bad.any():
-        raise InputError(f"{where}: missing or infinite amounts in {_first_rows(bad)}; use 0 for non-monetary events")
+        raise InputError(f"{where}: missing or infinite amounts in {first_rows(bad)}; use 0 for non-monetary events")
     extreme = np.abs(numbers) >= MAX_ABS_AMOUNT
     if extreme.any():
         raise InputError(
-            f"{where}: amounts of absolute value >= {MAX_ABS_AMOUNT:.0e} in {_first_rows(extreme)} "
+            f"{where}: amounts of absolute value >= {MAX_ABS_AMOUNT:.0e} in {first_rows(extreme)} "
             f"(e.g. {float(numbers[extreme][0])!r}); no single event is that large: is this the right column and unit?"
         )
     return amounts
@@ -373,7 +379,7 @@ def load_customers(
     frame[CUSTOMER_ID] = check_customer_ids(frame[CUSTOMER_ID], f"{where}, column {customer_id!r}")
     duplicated = frame[CUSTOMER_ID].duplicated().to_numpy()
     if duplicated.any():
-        raise InputError(f"{where}: duplicate customer ids in {_first_rows(duplicated)}")
+        raise InputError(f"{where}: duplicate customer ids in {first_rows(duplicated)}")
     customers = frame.reset_index(drop=True)
     customers.attrs[SOURCE_ATTR] = where
     return customers

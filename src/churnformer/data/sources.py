@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from churnformer.data.campaigns import load_campaigns
 from churnformer.data.events import ColumnMapping, load_customers, load_events, read_event_chunks
 from churnformer.errors import InputError
 
@@ -49,6 +50,16 @@ class EventLogSource(ABC):
         """The standard customers frame alone (one row per customer: small next to the events)."""
         return self.load()[1]
 
+    @property
+    def has_campaigns(self) -> bool:
+        """Whether :meth:`campaign_table` has a table to read."""
+        return False
+
+    def campaign_table(self) -> pd.DataFrame | None:
+        """Past contacts with a random holdout (``data.campaigns``, :func:`~churnformer.data.campaigns.load_campaigns`'s
+        frame), or None: a source without campaigns."""
+        return None
+
     def event_files(self) -> tuple[Path, Path | None] | None:
         """The events file and the customer table's file (None without one) that the standard frames are read
         from as they are, with :attr:`columns` (what Spark reads); None when the log is made in memory."""
@@ -59,10 +70,13 @@ class EventLogFiles(EventLogSource):
     """The user's own log (``data=csv``): CSV or Parquet files, or DataFrames through the Python API, with the
     user's column names mapped by ``columns`` (``data.columns.*``)."""
 
-    def __init__(self, events: Table, customers: Table | None, columns: Mapping[str, str]) -> None:
+    def __init__(
+        self, events: Table, customers: Table | None, columns: Mapping[str, str], campaigns: Table | None = None
+    ) -> None:
         self.events = events
         self.customers = customers
         self.columns = ColumnMapping().overridden(columns)
+        self.campaigns = campaigns
 
     def load(self) -> tuple[pd.DataFrame, pd.DataFrame | None]:
         return load_events(self.events, self.columns), self.customer_table()
@@ -77,6 +91,13 @@ class EventLogFiles(EventLogSource):
 
     def customer_table(self) -> pd.DataFrame | None:
         return load_customers(self.customers, self.columns.customer_id) if self.customers is not None else None
+
+    @property
+    def has_campaigns(self) -> bool:
+        return self.campaigns is not None
+
+    def campaign_table(self) -> pd.DataFrame | None:
+        return load_campaigns(self.campaigns, self.columns) if self.campaigns is not None else None
 
     def event_files(self) -> tuple[Path, Path | None] | None:
         if isinstance(self.events, pd.DataFrame) or isinstance(self.customers, pd.DataFrame):
@@ -117,6 +138,13 @@ class SyntheticWorld(EventLogSource):
 
     def customer_table(self) -> pd.DataFrame | None:
         return load_customers(self.files[1])
+
+    @property
+    def has_campaigns(self) -> bool:
+        return self.world.campaigns
+
+    def campaign_table(self) -> pd.DataFrame | None:
+        return load_campaigns(self.directory / "campaigns.parquet", self.columns) if self.world.campaigns else None
 
     def event_files(self) -> tuple[Path, Path | None] | None:
         return self.files

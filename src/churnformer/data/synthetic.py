@@ -458,7 +458,13 @@ class _Contacts:
         churn, spend = {}, {}
         for arm in (False, True):
             churn[arm], spend[arm] = _expected_outcomes(self.world, state, contacted, week, seasons, arm, self.seed)
-        self.log.add(week, contacted, treated, truth_columns(churn, spend, TRUTH_HORIZONS_DAYS))
+        hidden = {  # what decides the effect, which the log shows only indirectly
+            "hidden_price_sensitivity": self.world.price_sensitivity[contacted],
+            "hidden_contact_averse": self.world.contact_averse[contacted].astype(np.int8),
+            "hidden_declining": (state.phase[contacted] == DECLINING).astype(np.int8),
+            "hidden_recent_complaints": state.complaints[contacted].copy(),
+        }
+        self.log.add(week, contacted, treated, truth_columns(churn, spend, TRUTH_HORIZONS_DAYS) | hidden)
         _contact(self.rng, self.world, state, contacted[treated], week)
 
 

@@ -119,8 +119,8 @@ class CampaignLog:
 
     def frames(self, ids: tuple[str, ...], start: pd.Timestamp) -> tuple[pd.DataFrame, pd.DataFrame]:
         """``campaigns`` (``customer_id, contacted_at, treated, offer, cost``: what a CRM system logs) and
-        ``true_uplift`` (per contact: the expected churn and spend per horizon without and with the offer, and
-        their differences; what no real log has)."""
+        ``true_uplift`` (per contact: the expected churn and spend per horizon without and with the offer, their
+        differences, and the hidden state that decides them, ``hidden_*``; what no real log has)."""
         customer = np.concatenate(self.customers) if self.customers else np.zeros(0, dtype=np.int64)
         week = np.repeat(self.weeks, [len(c) for c in self.customers]).astype(np.int64)
         key = {

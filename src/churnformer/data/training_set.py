@@ -8,13 +8,14 @@ the ones training used without Lightning.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from churnformer.data.aggregates import aggregate_quantiles
+from churnformer.data.campaigns import TREATED, Campaigns, campaign_window, check_campaigns
 from churnformer.data.events import CUSTOMER_ID, TIMESTAMP, source_of
 from churnformer.data.featurizer import Featurizer, FeaturizerConfig, fit_featurizer
 from churnformer.data.labels import LabelSpec, horizon_labels, make_labels
@@ -79,8 +80,18 @@ class TrainingSet:
     val_rows: np.ndarray
     main_count: int
     grid: HorizonGrid  # the horizons observed at some training cutoff (the others are dropped)
-    cutoffs: np.ndarray  # per example, the index of its cutoff (0: the main one)
+    cutoffs: np.ndarray  # per example, the index of its cutoff (0: the main one; after the windows, campaigns')
     spec: LabelSpec = LabelSpec()
+    # With campaigns (data.campaigns): per example 1 (a contact sent the offer), 0 (held out) or -1 (no contact);
+    # the validation customers' contacts (``uplift_rows``) are kept apart to judge the predicted effects on.
+    treated: np.ndarray | None = None
+    uplift_rows: np.ndarray | None = None
+    campaigns: dict | None = None  # Campaigns.summary() of the contacts learned from
+
+    @property
+    def contacted(self) -> np.ndarray | None:
+        """The network's ``schema.CONTACTED`` input per example (float32), None without campaigns."""
+        return None if self.treated is None else (self.treated == 1).astype(np.float32)
 
     def by_horizon(self, column: str) -> np.ndarray | ShardedArray:
         """``column`` (a label of ``schema.LABELS_BY_HORIZON``) at every horizon of the grid: (examples, K) float32
@@ -142,26 +153,38 @@ def build_training_set(
     val_fraction: float,
     spec: LabelSpec,
     texts: TextEmbeddings | None = None,
+    campaigns: pd.DataFrame | None = None,
 ) -> TrainingSet:
     """Fit the featurizer on the training customers' events before the main cutoff (``windows[0]``), then
     build sequences and labels at every window and horizon of ``grid``; validation customers appear at the
     main cutoff only. Horizons whose window ends after the log at every cutoff are dropped (a warning says
     so); the main horizon must be observed at the main cutoff. ``texts`` embeds the text columns
-    (``features.text``), if any; ``spec`` says what a purchase and a churn are."""
+    (``features.text``), if any; ``spec`` says what a purchase and a churn are. ``campaigns`` (the table of
+    :func:`~churnformer.data.campaigns.load_campaigns`): every contact is one more example at its campaign's
+    day, sent or held out (:func:`contact_examples`)."""
     where = source_of(events, "events")
     require_events_before(events[TIMESTAMP], windows[0], where)
-    grid = observable_grid(log_end_ns(events[TIMESTAMP].to_numpy(dtype="datetime64[ns]")), windows, grid, where)
+    end = log_end_ns(events[TIMESTAMP].to_numpy(dtype="datetime64[ns]"))
+    grid = observable_grid(end, windows, grid, where)
     featurizer = fit_training_featurizer(events, customers, windows[0], features, val_fraction, texts)
     parts = window_examples(events, customers, windows, grid, featurizer, val_fraction, spec, texts)
+    checked = check_campaigns(campaigns, events, end) if campaigns is not None else None
+    if checked is not None:
+        parts += contact_examples(events, customers, checked, len(windows), grid, featurizer, val_fraction, spec, texts)
     sequences = concat_sequences([part.sequences for part in parts])
     main_count = len(parts[0].sequences)
     is_val = np.zeros(len(sequences), dtype=bool)
     is_val[:main_count] = parts[0].is_validation
-    train_rows, val_rows = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+    treated = np.concatenate([part.arms() for part in parts])
+    is_uplift = (treated >= 0) & np.concatenate([part.is_validation for part in parts])
+    train_rows, val_rows = np.flatnonzero(~is_val & ~is_uplift), np.flatnonzero(is_val)
     require_split(main_count, len(train_rows), len(val_rows), val_fraction, where)
     labels = pd.concat([part.labels for part in parts], ignore_index=True)
     cutoffs = np.concatenate([np.full(len(part.sequences), part.cutoff, dtype=np.int16) for part in parts])
-    return TrainingSet(featurizer, sequences, labels, train_rows, val_rows, main_count, grid, cutoffs, spec)
+    data = TrainingSet(featurizer, sequences, labels, train_rows, val_rows, main_count, grid, cutoffs, spec)
+    if checked is None:
+        return data
+    return replace(data, treated=treated, uplift_rows=np.flatnonzero(is_uplift), campaigns=checked.summary())
 
 
 def require_split(customers: int, training: int, validation: int, val_fraction: float, where: str) -> None:
@@ -204,6 +227,11 @@ class CutoffExamples:
     sequences: Sequences
     labels: pd.DataFrame
     is_validation: np.ndarray
+    treated: np.ndarray | None = None  # a campaign's: per example 1 (sent) or 0 (held out)
+
+    def arms(self) -> np.ndarray:
+        """Per example 1 (sent), 0 (held out) or -1 (no contact: a window's example), int8."""
+        return np.full(len(self.sequences), -1, dtype=np.int8) if self.treated is None else self.treated
 
 
 def window_examples(
@@ -229,6 +257,40 @@ def window_examples(
         if len(sequences):
             labels = horizon_labels(events, window, grid, sequences.customer_ids, spec, log_end)
             parts.append(CutoffExamples(index, sequences, labels, is_validation))
+    return parts
+
+
+def contact_examples(
+    events: pd.DataFrame,
+    customers: pd.DataFrame | None,
+    campaigns: Campaigns,
+    first_index: int,
+    grid: HorizonGrid,
+    featurizer: Featurizer,
+    val_fraction: float,
+    spec: LabelSpec,
+    texts: TextEmbeddings | None = None,
+) -> list[CutoffExamples]:
+    """One example per contact, campaign by campaign (cutoff indices from ``first_index``): the contacted
+    customer's sequence before the campaign's day, the labels from the day on, and whether the offer was sent.
+    Contacts of customers with no event before their day cannot be featurized: left out, with a warning."""
+    parts, unseen = [], 0
+    for offset, day in enumerate(campaigns.days):
+        contacts = campaigns.on(day)
+        contacted = events.loc[events[CUSTOMER_ID].isin(contacts[CUSTOMER_ID]).to_numpy()]
+        window = campaign_window(day, grid.main)
+        sequences = build_sequences(contacted, window, featurizer, customers, texts)
+        unseen += len(contacts) - len(sequences)
+        if not len(sequences):
+            continue
+        treated = contacts.set_index(CUSTOMER_ID)[TREATED].loc[sequences.customer_ids].to_numpy(np.int8)
+        labels = horizon_labels(contacted, window, grid, sequences.customer_ids, spec, campaigns.log_end_ns)
+        is_validation = validation_mask(sequences.customer_ids, val_fraction)
+        parts.append(CutoffExamples(first_index + offset, sequences, labels, is_validation, treated))
+    if unseen:
+        logging.getLogger(__name__).warning(
+            "data.campaigns: %d contact(s) of customers with no event before their campaign's day left out", unseen
+        )
     return parts
 
 

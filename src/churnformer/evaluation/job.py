@@ -46,4 +46,5 @@ def run_evaluation(config: dict[str, Any]) -> dict[str, Path]:
         spec=spec,
         output_dir=config["output"],
         customers=config["customers"],
+        campaigns=config["campaigns"],
     )

@@ -30,6 +30,7 @@ from churnformer.data.events import (
 from churnformer.data.labels import LabelSpec, horizon_labels
 from churnformer.data.window import HorizonGrid, Window, require_events_before
 from churnformer.errors import InputError
+from churnformer.evaluation.campaign import evaluate_campaign
 from churnformer.evaluation.figures import horizon_calibration_figure, horizons_figure, review_figures
 from churnformer.evaluation.metrics import (
     aggregate_error,
@@ -317,7 +318,7 @@ def horizon_figures(joined: pd.DataFrame) -> dict[str, Figure]:
 
 def format_value(name: str, value: float) -> str:
     """Counts as integers, undefined metrics (one class, no spend) as n/a, the rest to four decimals."""
-    if name == "n_customers":
+    if name in ("n_customers", "uplift_contacts"):
         return f"{int(value):,}"
     return "n/a" if not math.isfinite(value) else f"{value:.4f}"
 
@@ -334,10 +335,12 @@ def write_report(
     out_dir: str | Path,
     title: str,
     slices: pd.DataFrame | None = None,
+    uplift: pd.DataFrame | None = None,
 ) -> dict[str, Path]:
     """``metrics.json`` (undefined metrics as null, so strict JSON readers accept it), one PNG per figure,
-    ``slices.csv`` with the metrics per customer slice when given, and ``report.md`` with the metrics table,
-    the slices and the figures linked; returns the paths by name."""
+    ``slices.csv`` with the metrics per customer slice when given, ``uplift_deciles.csv`` with the observed effect
+    by decile of predicted uplift when given, and ``report.md`` with the metrics table, the slices, the deciles and
+    the figures linked; returns the paths by name."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"metrics": out_dir / "metrics.json", "report": out_dir / "report.md"}
@@ -353,11 +356,50 @@ def write_report(
         paths["slices"] = out_dir / "slices.csv"
         slices.to_csv(paths["slices"], index=False)
         by_slice = ["## Slices\n", slices_markdown(slices), ""]
+    by_decile = []
+    if uplift is not None:
+        paths["uplift_deciles"] = out_dir / "uplift_deciles.csv"
+        uplift.to_csv(paths["uplift_deciles"], index=False)
+        by_decile = [
+            f"## Effect of the contact by decile of predicted uplift\n\n{UPLIFT_NOTE}\n",
+            uplift_markdown(uplift),
+            "",
+        ]
     markdown = "\n".join(
-        [f"# {title}\n", "| metric | value |", "|---|---|", *rows, "", f"{DECILE_NOTE}\n", *by_slice, *links]
+        [
+            f"# {title}\n",
+            "| metric | value |",
+            "|---|---|",
+            *rows,
+            "",
+            f"{DECILE_NOTE}\n",
+            *by_slice,
+            *by_decile,
+            *links,
+        ]
     )
     paths["report"].write_text(markdown)
     return paths
+
+
+UPLIFT_NOTE = (
+    "Decile 1 holds the contacts with the highest predicted uplift. Observed: the mean outcome of those sent the "
+    "offer minus that of those held out (retention, 1 - churn, for churn; spend for spend), with its 95% interval."
+)
+
+
+def uplift_markdown(deciles: pd.DataFrame) -> str:
+    """The deciles of :func:`churnformer.evaluation.uplift.uplift_by_decile` (with an ``outcome`` column) as a
+    markdown table."""
+    rows = []
+    for row in deciles.itertuples():
+        interval = f"[{format_value('low', row.low)}, {format_value('high', row.high)}]"
+        rows.append(
+            f"| {row.outcome} | {row.decile} | {row.contacts:,} | {row.sent:,} | {row.held_out:,} | "
+            f"{row.predicted:.4f} | {format_value('observed', row.observed)} | {interval} |"
+        )
+    header = "| outcome | decile | contacts | sent | held out | predicted | observed | 95% interval |"
+    return "\n".join([header, "|---|---|---|---|---|---|---|---|", *rows])
 
 
 # --- files and config -----------------------------------------------------------------------------------------
@@ -432,10 +474,13 @@ def evaluate_files(
     spec: LabelSpec = LabelSpec(),
     output_dir: str | Path = "evaluation",
     customers: str | Path | None = None,
+    campaigns: str | Path | None = None,
 ) -> dict[str, Path]:
     """Evaluate a predictions file against a labels file, or against labels computed from an event log, and
     write the report to ``output_dir``; prints the metrics and where the report went. Metrics per slice: by
-    the predictions' segments, and by every attribute of the ``customers`` table when given."""
+    the predictions' segments, and by every attribute of the ``customers`` table when given. ``campaigns``: a
+    campaign table of contacts made after the cutoff (needs ``events``): the predicted effects of contacting
+    judged against its holdout (:mod:`churnformer.evaluation.campaign`)."""
     # A directory is the Parquet dataset churnformer-predict engine=spark writes.
     predicted = pd.read_parquet(predictions) if Path(predictions).is_dir() else read_table(predictions, CUSTOMER_ID)
     horizons = predicted_horizons(predicted)
@@ -454,8 +499,18 @@ def evaluate_files(
     columns = columns or ColumnMapping()
     static = load_customers(customers, columns.customer_id) if customers is not None else None
     slices = slice_metrics(joined, static, predicted)
+    uplift = None
+    if campaigns is not None:
+        if events is None or cutoff is None or horizon_days is None:
+            raise InputError(
+                "campaigns=PATH needs events=PATH, cutoff= and horizon_days=: the outcomes after each contact"
+            )
+        campaign_metrics, uplift = evaluate_campaign(
+            predicted, campaigns, events, cutoff, float(horizon_days), columns, spec
+        )
+        metrics |= campaign_metrics
     title = f"Evaluation of {predictions} against {label_source}"
-    paths = write_report(metrics, report_figures(joined), output_dir, title, slices)
+    paths = write_report(metrics, report_figures(joined), output_dir, title, slices, uplift)
     print(format_metrics(metrics))
     print(f"report: {paths['report']}  metrics: {paths['metrics']}")
     return paths

@@ -19,10 +19,11 @@ from torch import nn
 from churnformer.data.featurizer import Featurizer
 from churnformer.modeling.backbones import build_backbone
 from churnformer.modeling.config import FeatureSizes, ModelConfig
+from churnformer.modeling.contact import ContactEffect
 from churnformer.modeling.encoders import CustomerEncoder, EventEncoder
 from churnformer.modeling.fusion import AggregateFusion, FusionConfig
 from churnformer.modeling.heads.base import Heads, Raw
-from churnformer.schema import CUSTOMER_AGG, CUSTOMER_CAT, CUSTOMER_NUM, LENGTHS
+from churnformer.schema import CONTACTED, CUSTOMER_AGG, CUSTOMER_CAT, CUSTOMER_NUM, LENGTHS
 
 
 class ChurnFormer(nn.Module):
@@ -50,6 +51,12 @@ class ChurnFormer(nn.Module):
         )
         self.heads = Heads.build(heads, config.d_model, n_horizons)
         self.apply(_init_weights)
+        # Trained with campaigns: what a contact changes in the representation (CONTACTED in training batches).
+        # Made last, so that every other weight starts as it does in a network without it.
+        self.contact = ContactEffect(config.d_model) if config.contact_effect else None
+        if self.contact is not None:
+            self.contact.apply(_init_weights)
+            self.contact.start_at_no_effect()
 
     @classmethod
     def build(
@@ -68,7 +75,19 @@ class ChurnFormer(nn.Module):
         return cls(ModelConfig(**network), sizes, n_horizons, heads)
 
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, Raw]:
-        return self.heads_of(self.represent(inputs), inputs)
+        """Each head's raw outputs; in a batch with ``schema.CONTACTED`` (trained with campaigns), for the customers
+        it marks, as contacted."""
+        representation = self.represent(inputs)
+        if self.contact is not None and CONTACTED in inputs:
+            representation = self.contact(representation, inputs[CONTACTED])
+        return self.heads_of(representation, inputs)
+
+    def heads_if_contacted(self, representation: torch.Tensor, inputs: Mapping[str, torch.Tensor]) -> dict[str, Raw]:
+        """Each head's raw outputs for every customer as if contacted now (a model trained with campaigns)."""
+        if self.contact is None:
+            raise ValueError("this network was not trained with campaigns: it has no contact effect")
+        contacted = torch.ones(representation.shape[0], dtype=representation.dtype, device=representation.device)
+        return self.heads_of(self.contact(representation, contacted), inputs)
 
     def heads_of(self, representation: torch.Tensor, inputs: Mapping[str, torch.Tensor]) -> dict[str, Raw]:
         """Each head's raw outputs from the customer representation (:meth:`represent`)."""

@@ -10,7 +10,42 @@ import torch
 from torch import nn
 
 from churnformer.calibration import Calibration
+from churnformer.modeling.heads.base import Heads, Predicted
 from churnformer.modeling.network import ChurnFormer
+from churnformer.schema import (
+    CHURN_PROBABILITY,
+    CHURN_PROBABILITY_IF_CONTACTED,
+    CHURN_UPLIFT,
+    SPEND,
+    SPEND_UPLIFT,
+    per_horizon,
+)
+
+
+def contact_columns(heads: Heads, horizons: tuple[float, ...]) -> list[str]:
+    """The outputs a model trained with campaigns adds after its heads' (:meth:`Heads.output_columns`):
+    ``churn_probability_if_contacted`` (main horizon), then at every horizon ``churn_uplift`` (the drop in churn
+    from contacting) and, with a spend head, ``spend_uplift`` (the expected spend it adds)."""
+    uplifts = [CHURN_UPLIFT] + ([SPEND_UPLIFT] if spend_quantity(heads) else [])
+    return [CHURN_PROBABILITY_IF_CONTACTED] + [per_horizon(name, days) for days in horizons for name in uplifts]
+
+
+def contact_outputs(heads: Heads, predicted: Predicted, contacted: Predicted, main: int) -> tuple[torch.Tensor, ...]:
+    """The tensors of :func:`contact_columns`, each (B,), from the calibrated predictions without and with the
+    contact."""
+    churn = next(head.quantity for head in heads.values() if heads.column(head) == CHURN_PROBABILITY)
+    spend = spend_quantity(heads)
+    outputs = [contacted[churn][:, main]]
+    for k in range(predicted[churn].shape[1]):
+        outputs.append(predicted[churn][:, k] - contacted[churn][:, k])
+        if spend:
+            outputs.append(contacted[spend][:, k] - predicted[spend][:, k])
+    return tuple(outputs)
+
+
+def spend_quantity(heads: Heads) -> str | None:
+    """What the spend head predicts (``expected_spend``), None without one."""
+    return next((head.quantity for head in heads.values() if head.label == SPEND), None)
 
 
 class CalibrationParameters(nn.Module):
@@ -29,7 +64,8 @@ class CalibrationParameters(nn.Module):
 
 class ScoringModel(nn.Module):
     """Positional inputs in the order of ``input_names`` (ONNX inputs are positional); outputs, each (B,), in
-    the order of ``network.heads.output_columns(horizons)``, with index ``main`` of the grid the main horizon.
+    the order of ``network.heads.output_columns(horizons)`` (then :func:`contact_columns` for a network trained
+    with campaigns), with index ``main`` of the grid the main horizon.
 
     Calibration keeps the guarantees of the heads (S non-increasing, expected spend non-decreasing over the grid;
     see each head). A head the calibration does not name is exported uncalibrated (its identity parameters).
@@ -62,8 +98,13 @@ class ScoringModel(nn.Module):
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         heads = self.network.heads
         named = dict(zip(self.input_names, inputs, strict=True))
-        representation = self.network.represent(named) if self.with_embedding else None
+        contact = self.network.contact is not None
+        representation = self.network.represent(named) if self.with_embedding or contact else None
         raw = self.network(named) if representation is None else self.network.heads_of(representation, named)
         params = {name: parameters.values() for name, parameters in self.calibration.items()}
-        outputs = heads.outputs(heads.predict(raw, params, self.main, extras=True), self.main)
-        return outputs if representation is None else (*outputs, representation)
+        predicted = heads.predict(raw, params, self.main, extras=True)
+        outputs = heads.outputs(predicted, self.main)
+        if contact:  # the same customers as if contacted now, with the same calibration
+            contacted = heads.predict(self.network.heads_if_contacted(representation, named), params, self.main)
+            outputs = (*outputs, *contact_outputs(heads, predicted, contacted, self.main))
+        return (*outputs, representation) if self.with_embedding else outputs

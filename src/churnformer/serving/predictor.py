@@ -32,6 +32,7 @@ from churnformer.data.window import Window, require_events_before
 from churnformer.errors import ModelFileError
 from churnformer.files import ModelBytes
 from churnformer.schema import (
+    CHURN_PROBABILITY_IF_CONTACTED,
     EMBEDDING,
     EMBEDDING_PREFIX,
     META_COLUMNS,
@@ -44,6 +45,7 @@ from churnformer.schema import (
     N_EVENTS,
 )
 from churnformer.serving.batching import fill_rows, padded_width, token_budget_batches
+from churnformer.serving.contact import add_contact_columns
 from churnformer.serving.explain import EXPLAINED, Explainer, ExplainSettings, drivers_last
 from churnformer.serving.input_profile import input_profile
 from churnformer.serving.model_file import load_model
@@ -200,6 +202,15 @@ class Predictor:
         frame.insert(0, CUSTOMER_ID, sequences.customer_ids)
         frame[N_EVENTS] = sequences.n_events_total
         frame = add_value_columns(frame, self.horizons, self.settings.discount_rate)
+        if CHURN_PROBABILITY_IF_CONTACTED in self.outputs:
+            rules = self.settings.contact
+            frame = add_contact_columns(
+                frame,
+                float(self.metadata[META_HORIZON_DAYS]),
+                rules.cost_for(self.metadata),
+                rules.uplift_threshold,
+                self.settings.segments.risk_threshold,
+            )
         if embedding:
             columns = [f"{EMBEDDING_PREFIX}{i}" for i in range(embedding)]
             frame = pd.concat([frame, pd.DataFrame(results[:, len(self.outputs) :], columns=columns)], axis=1)

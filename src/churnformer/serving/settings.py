@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from churnformer.defaults import serving_defaults
+from churnformer.serving.contact import ContactRules
 from churnformer.serving.explain import ExplainSettings
 from churnformer.serving.retention import SegmentRules, check_discount_rate
 
@@ -31,6 +32,7 @@ class ScoringSettings:
     memory_budget_mb: float
     spill_dir: str | None
     progress: bool
+    contact: ContactRules  # contact_value and response_segment of models trained with campaigns
     embeddings: bool = False  # add the customer representation as embedding_0.. columns
     explain: ExplainSettings | None = field(default=None)
 
@@ -40,11 +42,13 @@ class ScoringSettings:
     @classmethod
     def of(cls, config: Mapping[str, Any]) -> ScoringSettings:
         """From predict.yaml's settings as a plain dict (the job's own keys, its files and engine, are ignored)."""
-        values = {f.name: config[f.name] for f in fields(cls) if f.name not in ("segments", "discount_rate", "explain")}
+        nested = ("segments", "discount_rate", "explain", "contact")
+        values = {f.name: config[f.name] for f in fields(cls) if f.name not in nested}
         explain = {key: value for key, value in config["explain"].items() if key != "enabled"}
         return cls(
             **values,
             segments=SegmentRules(**config["segments"]),
+            contact=ContactRules(**config["contact"]),
             discount_rate=config["clv"]["discount_rate"],
             explain=ExplainSettings(**explain) if config["explain"]["enabled"] else None,
         )

@@ -38,7 +38,7 @@ from churnformer.data.window import HorizonGrid, Window
 from churnformer.defaults import yaml_defaults
 from churnformer.errors import ConfigError
 from churnformer.model_card import log_facts
-from churnformer.schema import LABELS_BY_HORIZON, RUN_TEXT_EMBEDDINGS, RUN_TEXT_ENCODER, by_horizon
+from churnformer.schema import CONTACTED, LABELS_BY_HORIZON, RUN_TEXT_EMBEDDINGS, RUN_TEXT_ENCODER, by_horizon
 from churnformer.text.embeddings import TextEmbeddings
 from churnformer.text.encoder import TextEncoder, require_text_support
 from churnformer.training.partitioned import featurize_partitioned
@@ -146,6 +146,8 @@ class SequenceDataset(torch.utils.data.Dataset):
     def __init__(self, data: TrainingSet, rows: np.ndarray) -> None:
         self.sequences = data.sequences
         self.labels = {by_horizon(label): data.by_horizon(label) for label in LABELS_BY_HORIZON}
+        if data.contacted is not None:  # trained with campaigns: which examples were sent the offer
+            self.labels[CONTACTED] = data.contacted
         self.rows = rows
 
     def __len__(self) -> int:
@@ -248,6 +250,7 @@ class ChurnDataModule(pl.LightningDataModule):
             self.settings.val_fraction,
             self.settings.labels,
             texts,
+            self.source.campaign_table(),
         )
         self.save_text_embeddings(texts)
         return data
@@ -277,6 +280,7 @@ class ChurnDataModule(pl.LightningDataModule):
         by partition within a memory budget (:mod:`churnformer.training.partitioned`; spill files under
         ``spill_dir``) rather than in memory; ``spark``: the same on Spark, with these settings (``master``,
         ``buckets``, ``conf``; :mod:`churnformer.spark.featurize`)."""
+        self.refuse_campaigns("a featurized dataset (churnformer-featurize, data.dataset_dir)")
         settings, inputs = identity or self.dataset_identity()
         extra: dict[str, Any] = {"source": self.source_config, "columns": settings["columns"]}
         build = build or PartitionedBuild()
@@ -316,6 +320,11 @@ class ChurnDataModule(pl.LightningDataModule):
             "featurizer_fit_share": result.fit_share,
         }
         writer.close(featurizer, grid, self.settings.labels, report, settings, inputs, extra)
+
+    def refuse_campaigns(self, what: str) -> None:
+        """Campaigns are learned from in memory only, so far."""
+        if self.source.has_campaigns:
+            raise ConfigError(f"data.campaigns with {what}: not yet; train in memory (leave data.dataset_dir out)")
 
     def featurized_once(self, root: Path) -> TrainingSet:
         """The training set from ``root/<key>`` (``data.dataset_dir``), written there first if no run with these
@@ -398,6 +407,12 @@ class ChurnDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.data.val_rows, shuffle=False)
+
+    def uplift_loader(self) -> DataLoader | None:
+        """The validation customers' contacts (trained with campaigns), where the predicted effects are judged;
+        None without campaigns."""
+        rows = self.data.uplift_rows
+        return None if rows is None or not len(rows) else self._loader(rows, shuffle=False, sharded=False)
 
     def validation_loader(self) -> DataLoader:
         """Every validation customer on this process (not split across DDP ranks): final evaluation and

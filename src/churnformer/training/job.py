@@ -51,6 +51,7 @@ from churnformer.evaluation.slices import slice_metrics
 from churnformer.model_card import CARD_KNOBS, build_card, card_markdown
 from churnformer.modeling.network import ChurnFormer
 from churnformer.schema import (
+    META_CAMPAIGNS,
     META_COLUMNS,
     META_HORIZON_DAYS,
     META_HORIZONS,
@@ -71,6 +72,7 @@ from churnformer.serving.model_file import add_metadata
 from churnformer.serving.output import describe, write_result
 from churnformer.serving.predictor import AS_LOADED, Predictor, ScoringResult
 from churnformer.serving.settings import ScoringSettings
+from churnformer.training.contacts import evaluate_contacts
 from churnformer.training.datamodule import ChurnDataModule, DataSettings
 from churnformer.training.module import ChurnFormerModule, evaluate_network
 from churnformer.training.pretraining import PretrainSettings, pretrain
@@ -116,11 +118,14 @@ class Fitted:
 
 
 def train(
-    cfg: DictConfig, events: pd.DataFrame | None = None, customers: pd.DataFrame | None = None
+    cfg: DictConfig,
+    events: pd.DataFrame | None = None,
+    customers: pd.DataFrame | None = None,
+    campaigns: pd.DataFrame | None = None,
 ) -> dict[str, float]:
     """Run one training job; return the validation metrics of the best checkpoint (empty on DDP ranks > 0).
 
-    ``events``/``customers`` DataFrames (the Python API) replace the configured source's files.
+    ``events``/``customers``/``campaigns`` DataFrames (the Python API) replace the configured source's files.
     """
     started = time.perf_counter()
     silence_known_noise()
@@ -130,7 +135,7 @@ def train(
         torch.set_num_threads(cfg.threads)
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.callbacks or {}).values() if c and "_target_" in c]
     resume_from = resolve_ckpt_path(cfg.ckpt_path, callbacks)  # before any data is read: a wrong path fails fast
-    datamodule = build_datamodule(cfg, events, customers)
+    datamodule = build_datamodule(cfg, events, customers, campaigns=campaigns)
     module = build_module(cfg, datamodule)
     trainer = build_trainer(cfg, callbacks)
     if not resume_from:  # a resumed run's checkpoint already holds the pretrained weights
@@ -143,6 +148,7 @@ def train(
     network, _ = load_checkpoint(fitted.best_checkpoint)
     grid = datamodule.data.grid
     metrics, predictions = evaluate_network(network, datamodule.validation_loader(), list(grid.days), grid.main_index)
+    metrics |= evaluate_contacts(network, datamodule, run_dir / RUN_EVALUATION)  # trained with campaigns only
     record_run(cfg, run_dir, metrics, datamodule)
     review_run(cfg, trainer, metrics, fitted, predictions, run_dir)
     calibration = calibrate(cfg, network, datamodule, run_dir) if cfg.calibrate else None
@@ -199,13 +205,17 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def build_datamodule(
-    cfg: DictConfig, events: pd.DataFrame | None, customers: pd.DataFrame | None, setup: bool = True
+    cfg: DictConfig,
+    events: pd.DataFrame | None,
+    customers: pd.DataFrame | None,
+    setup: bool = True,
+    campaigns: pd.DataFrame | None = None,
 ) -> ChurnDataModule:
     """The configured source (or the API's DataFrames, with the configured column mapping), set up. A featurized
     dataset (``data=dataset``) brings its own featurization settings (cutoff, horizons, features)."""
     source_config = None
     if events is not None:
-        source = EventLogFiles(events, customers, OmegaConf.to_container(cfg.data.columns))
+        source = EventLogFiles(events, customers, OmegaConf.to_container(cfg.data.columns), campaigns)
     else:
         source = hydra.utils.instantiate(cfg.data.source)
         source_config = OmegaConf.to_container(cfg.data.source, resolve=True)
@@ -228,10 +238,15 @@ def build_module(cfg: DictConfig, datamodule: ChurnDataModule) -> ChurnFormerMod
         META_COLUMNS: asdict(datamodule.source.columns),
         **datamodule.settings.labels.churn.to_metadata(),
     }
+    network = OmegaConf.to_container(cfg.model.network, resolve=True)
+    if datamodule.data.campaigns is not None:  # learned from campaigns: the heads also predict each customer contacted
+        export_metadata[META_CAMPAIGNS] = datamodule.data.campaigns
+        network["contact_effect"] = True
     return hydra.utils.instantiate(
         cfg.model,
         _recursive_=False,
         _convert_="all",
+        network=network,
         featurizer_json=datamodule.data.featurizer.to_json(),
         label_stats=datamodule.data.label_stats(),
         export_metadata=export_metadata,
@@ -478,6 +493,7 @@ def model_card(
             "training_examples": len(data.train_rows),
             "validation_customers": len(data.val_rows),
             "rolling_cutoffs": int(datamodule.settings.rolling_cutoffs["count"]),
+            "campaigns": data.campaigns,
         },
         knobs={key: display_knob(OmegaConf.select(cfg, key, default=None)) for key in CARD_KNOBS},
         validation={name: value for name, value in validation.items() if value is not None},

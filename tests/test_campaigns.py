@@ -1,0 +1,325 @@
+"""Learning from past campaigns (``data.campaigns``): the contact table read and checked, each contact an example
+at its campaign's day with nothing of that day or later among its features, a network that predicts every
+customer with and without a contact, and what scoring adds (``churn_uplift_*``, ``contact_value``,
+``response_segment``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from churnformer.baselines.uplift import t_learner
+from churnformer.data.campaigns import check_campaigns, load_campaigns
+from churnformer.data.events import ColumnMapping, load_customers, load_events
+from churnformer.data.sequences import build_sequences
+from churnformer.data.sources import EventLogFiles
+from churnformer.data.training_set import validation_mask
+from churnformer.data.window import Window
+from churnformer.errors import InputError
+from churnformer.evaluation.uplift import qini_auuc, qini_curve, uplift_by_decile
+from churnformer.modeling.network import ChurnFormer
+from churnformer.schema import (
+    CHURN_PROBABILITY,
+    CHURN_PROBABILITY_IF_CONTACTED,
+    CONTACT_VALUE,
+    CONTACTED,
+    META_CAMPAIGNS,
+    RESPONSE_SEGMENT,
+    per_horizon,
+)
+from churnformer.serving.model_file import load_model
+from churnformer.training.datamodule import ChurnDataModule, DataSettings
+from tests.conftest import (
+    CAMPAIGN_CUTOFF,
+    CAMPAIGN_TRAINING,
+    network_config,
+    run_in_process,
+    run_predict,
+    tightest_budget_mb,
+)
+
+
+@pytest.fixture(scope="module")
+def events(campaign_world: dict[str, Path]) -> pd.DataFrame:
+    return load_events(campaign_world["events"])
+
+
+def campaigns_of(world: dict[str, Path]) -> pd.DataFrame:
+    return pd.read_csv(world["campaigns"], dtype={"customer_id": str})
+
+
+# --- the table -------------------------------------------------------------------------------------------------
+
+
+def test_a_table_with_its_own_column_names_reads_into_the_standard_one(campaign_world: dict[str, Path]) -> None:
+    theirs = campaigns_of(campaign_world).rename(columns={"contacted_at": "sent_on", "treated": "group"})
+    table = load_campaigns(
+        theirs.drop(columns=["offer", "cost"]), ColumnMapping(contacted_at="sent_on", treated="group")
+    )
+    assert list(table.columns) == ["customer_id", "contacted_at", "treated", "offer", "cost"]
+    assert table["treated"].dtype == np.int8 and set(table["treated"]) == {0, 1}
+    assert (table["offer"] == "offer").all() and (table["cost"] == 0).all()  # neither column: the defaults
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda t: t.drop(columns=["treated"]), r"campaign column\(s\) \['treated'\] not found"),
+        (lambda t: t.assign(treated=t["treated"].replace(1, 2)), r"treated must be 1 \(sent the offer\) or 0"),
+        (lambda t: t.assign(treated=t["treated"].astype(str).replace("1", "yes")), "got 'yes'"),
+        (lambda t: t.assign(cost=-1.0), r"a cost must be a number >= 0, got -1.0"),
+        (lambda t: pd.concat([t, t.iloc[:1]]), "the same customer contacted at the same time twice"),
+        (lambda t: t.iloc[:0], "no contacts"),
+        (lambda t: t.assign(contacted_at="someday"), "unparseable timestamps"),
+    ],
+)
+def test_bad_tables_are_named(campaign_world: dict[str, Path], change, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        load_campaigns(change(campaigns_of(campaign_world)).reset_index(drop=True), ColumnMapping())
+
+
+def test_contacts_after_the_log_and_campaigns_without_a_holdout_are_refused(
+    campaign_world: dict[str, Path], events: pd.DataFrame
+) -> None:
+    table = load_campaigns(campaigns_of(campaign_world), ColumnMapping())
+    end = int(events["timestamp"].max().value) + 1
+    late = table.copy()
+    late.loc[3, "contacted_at"] = pd.Timestamp(end) + pd.Timedelta(days=1)
+    with pytest.raises(InputError, match=r"contacts at or after the end of the event log .* in 1 row\(s\), first at"):
+        check_campaigns(late, events, end)
+    first_day = table["contacted_at"].min()
+    everyone_sent = table.assign(treated=np.where(table["contacted_at"] == first_day, 1, table["treated"]))
+    with pytest.raises(InputError, match=r"the campaign of .* has no held-out \(treated=0\) customers"):
+        check_campaigns(everyone_sent.astype({"treated": np.int8}), events, end)
+
+
+def test_contacts_of_customers_not_in_the_log_are_left_out_with_a_warning(
+    campaign_world: dict[str, Path], events: pd.DataFrame, caplog: pytest.LogCaptureFixture
+) -> None:
+    table = load_campaigns(campaigns_of(campaign_world), ColumnMapping())
+    stranger = table.iloc[:2].assign(customer_id=["nobody", "nobody-else"])
+    end = int(events["timestamp"].max().value) + 1
+    with caplog.at_level(logging.WARNING):
+        checked = check_campaigns(pd.concat([table, stranger], ignore_index=True), events, end)
+    assert len(checked.table) == len(table)
+    assert "2 contact(s) of customers with no event in the log left out" in caplog.text
+
+
+# --- the training set ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def datamodules(
+    campaign_world: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[bool, ChurnDataModule]:
+    settings = DataSettings.defaults(cutoff=CAMPAIGN_CUTOFF, horizon_days=60, horizons_days=[30, 60])
+    modules = {}
+    for with_campaigns in (False, True):
+        source = EventLogFiles(
+            campaign_world["events"],
+            campaign_world["customers"],
+            {},
+            campaign_world["campaigns"] if with_campaigns else None,
+        )
+        modules[with_campaigns] = ChurnDataModule(source, settings, tmp_path_factory.mktemp("run"))
+        modules[with_campaigns].setup()
+    return modules
+
+
+def test_each_contact_is_an_example_at_its_campaign_s_day_with_no_feature_from_that_day_on(
+    datamodules: dict[bool, ChurnDataModule], campaign_world: dict[str, Path], events: pd.DataFrame
+) -> None:
+    data = datamodules[True].data
+    contacts = np.flatnonzero(data.treated >= 0)
+    table = campaigns_of(campaign_world).sort_values(["contacted_at", "customer_id"])
+    assert len(contacts) == len(table)  # every contacted customer has a history before the contact here
+    np.testing.assert_array_equal(data.sequences.customer_ids[contacts], table["customer_id"].to_numpy())
+    np.testing.assert_array_equal(data.treated[contacts], table["treated"].to_numpy())
+    days = pd.to_datetime(table["contacted_at"]).to_numpy()
+    customers = load_customers(campaign_world["customers"])
+    for day in np.unique(days)[:2]:  # built again from the events before the day alone: the same inputs
+        at_day = contacts[days == day]
+        ids = data.sequences.customer_ids[at_day]
+        before = events.loc[(events["timestamp"] < day) & events["customer_id"].isin(ids)]
+        rebuilt = build_sequences(before, Window(pd.Timestamp(day), 60), data.featurizer, customers).pad()
+        stored = data.sequences.subset(at_day).pad()
+        for name, values in rebuilt.items():
+            np.testing.assert_array_equal(stored[name], values, err_msg=name)
+
+
+def test_validation_customers_contacts_are_kept_apart_and_the_rest_is_unchanged(
+    datamodules: dict[bool, ChurnDataModule],
+) -> None:
+    plain, with_campaigns = datamodules[False].data, datamodules[True].data
+    assert plain.treated is None and plain.contacted is None
+    np.testing.assert_array_equal(with_campaigns.val_rows, plain.val_rows)
+    first_contact = len(plain.sequences)
+    np.testing.assert_array_equal(with_campaigns.train_rows[: len(plain.train_rows)], plain.train_rows)
+    pd.testing.assert_frame_equal(
+        with_campaigns.label_frame(np.arange(first_contact)), plain.label_frame(np.arange(first_contact))
+    )
+    contacts = np.flatnonzero(with_campaigns.treated >= 0)
+    validation = np.isin(contacts, with_campaigns.uplift_rows)
+    assert validation.any() and (~validation).any()
+    assert not np.isin(with_campaigns.uplift_rows, with_campaigns.train_rows).any()
+    assert np.isin(contacts[~validation], with_campaigns.train_rows).all()
+    assert with_campaigns.contacted[contacts].sum() == (with_campaigns.treated == 1).sum()
+    batch = next(iter(datamodules[True].uplift_loader()))
+    assert CONTACTED in batch and set(batch[CONTACTED].unique().tolist()) <= {0.0, 1.0}
+
+
+# --- the network -----------------------------------------------------------------------------------------------
+
+
+def test_the_contact_effect_starts_at_nothing_and_leaves_the_rest_of_the_network_as_it_was(
+    datamodules: dict[bool, ChurnDataModule],
+) -> None:
+    data = datamodules[True].data
+    heads = {"survival": {"_target_": "churnformer.modeling.heads.survival.SurvivalHead"}}
+    networks = {}
+    for contact in (False, True):
+        torch.manual_seed(0)
+        networks[contact] = ChurnFormer.build(asdict(network_config(contact_effect=contact)), data.featurizer, 2, heads)
+    plain, contacting = (networks[c].state_dict() for c in (False, True))
+    assert set(contacting) - set(plain) == {name for name in contacting if name.startswith("contact.")}
+    for name, value in plain.items():
+        torch.testing.assert_close(contacting[name], value, rtol=0, atol=0)
+    inputs = {k: torch.from_numpy(v) for k, v in data.sequences.pad(np.arange(8)).items()}
+    network = networks[True].eval()
+    representation = network.represent(inputs)
+    before = network.heads_of(representation, inputs)["survival"]["hazard_logits"]
+    after = network.heads_if_contacted(representation, inputs)["survival"]["hazard_logits"]
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+
+
+# --- the metrics -----------------------------------------------------------------------------------------------
+
+
+def test_the_qini_measure_rewards_finding_the_customers_a_contact_changes() -> None:
+    rng = np.random.default_rng(0)
+    n = 20_000
+    effect = rng.uniform(0, 0.3, n)  # each customer's true rise in retention when contacted
+    treated = rng.integers(0, 2, n)
+    retained = (rng.random(n) < 0.4 + effect * treated).astype(float)
+    best, random = qini_auuc(effect, retained, treated), qini_auuc(rng.random(n), retained, treated)
+    assert best > 0.01 and abs(random) < best / 4
+    assert qini_auuc(-effect, retained, treated) < -0.01
+    assert qini_curve(np.zeros(n), retained, treated)[n // 2] == pytest.approx(
+        qini_curve(effect, retained, treated)[-1] / 2
+    )
+    deciles = uplift_by_decile(effect, retained, treated)
+    assert deciles["observed"].iloc[0] > deciles["observed"].iloc[-1] + 0.1
+    assert (deciles["low"] < deciles["observed"]).all() and (deciles["contacts"].sum() == n)
+
+
+# --- end to end ------------------------------------------------------------------------------------------------
+
+
+def test_a_model_trained_with_campaigns_scores_each_customer_with_and_without_a_contact(campaign_run: Path) -> None:
+    predictions = pd.read_parquet(campaign_run / "predictions.parquet")
+    for days in (30, 60):
+        assert {per_horizon("churn_uplift", days), per_horizon("spend_uplift", days)} <= set(predictions.columns)
+    churn, uplift = predictions[CHURN_PROBABILITY], predictions["churn_uplift_60d"]
+    np.testing.assert_allclose(uplift, churn - predictions[CHURN_PROBABILITY_IF_CONTACTED], atol=1e-6)
+    _, _, metadata = load_model(campaign_run / "model.onnx")
+    learned = json.loads(metadata[META_CAMPAIGNS])
+    assert learned["sent"] > 0 and learned["held_out"] > 0 and learned["cost"] == pytest.approx(5.0)
+    np.testing.assert_allclose(predictions[CONTACT_VALUE], predictions["spend_uplift_60d"] - 5.0, atol=1e-4)
+    expected = np.where(churn >= 0.5, "lost cause", "sure thing").astype(object)
+    expected[uplift >= 0.02], expected[uplift <= -0.02] = "persuadable", "do not disturb"
+    np.testing.assert_array_equal(predictions[RESPONSE_SEGMENT].to_numpy(dtype=object), expected)
+    metrics = json.loads((campaign_run / "metrics.json").read_text())
+    assert metrics["uplift/contacts/val"] > 0 and np.isfinite(metrics["uplift/churn_qini_auuc/val"])
+    assert "- Campaigns: " in (campaign_run / "model_card.md").read_text()
+    deciles = pd.read_csv(campaign_run / "evaluation" / "uplift_deciles.csv")
+    assert (
+        set(deciles["outcome"]) == {"churn", "spend"}
+        and deciles["contacts"].sum() == 2 * metrics["uplift/contacts/val"]
+    )
+
+
+def test_scoring_with_a_contact_cost_and_in_spilled_partitions_gives_the_same_rows(
+    campaign_run: Path, campaign_world: dict[str, Path], tmp_path: Path
+) -> None:
+    world = campaign_world
+    whole, spilled = tmp_path / "whole.parquet", tmp_path / "spilled.parquet"
+    common = (f"customers={world['customers']}", "contact.cost=2.5")
+    run_predict(campaign_run / "model.onnx", world["events"], whole, *common, cutoff=CAMPAIGN_CUTOFF)
+    run_predict(
+        campaign_run / "model.onnx",
+        world["events"],
+        spilled,
+        *common,
+        f"memory_budget_mb={tightest_budget_mb()}",
+        cutoff=CAMPAIGN_CUTOFF,
+    )
+    a, b = pd.read_parquet(whole), pd.read_parquet(spilled)
+    pd.testing.assert_frame_equal(
+        b.sort_values("customer_id").reset_index(drop=True), a.sort_values("customer_id").reset_index(drop=True)
+    )
+    np.testing.assert_allclose(a[CONTACT_VALUE], a["spend_uplift_60d"] - 2.5, atol=1e-4)
+
+
+def test_bad_campaign_input_ends_in_one_line(campaign_world: dict[str, Path], tmp_path: Path) -> None:
+    world = campaign_world
+    bad = campaigns_of(world).assign(treated=lambda t: t["treated"].replace(1, 7))
+    bad.to_csv(tmp_path / "campaigns.csv", index=False)
+    finished = run_in_process(
+        "churnformer-train",
+        *CAMPAIGN_TRAINING,
+        f"data.events={world['events']}",
+        f"data.campaigns={tmp_path / 'campaigns.csv'}",
+        f"paths.output_dir={tmp_path / 'run'}",
+    )
+    assert "treated must be 1 (sent the offer) or 0 (held out), got 7" in finished.error_line
+
+
+def test_a_campaign_after_the_scores_judges_their_predicted_effects(
+    campaign_run: Path, campaign_world: dict[str, Path], tmp_path: Path
+) -> None:
+    """churnformer-evaluate campaigns=...: the campaigns after the cutoff against their holdout; the earlier
+    ones are left out (the scores' features may hold what followed them)."""
+    world, cutoff = campaign_world, "2023-12-10"  # before the last campaign (2023-12-17)
+    scores = tmp_path / "scores.parquet"
+    run_predict(campaign_run / "model.onnx", world["events"], scores, f"customers={world['customers']}", cutoff=cutoff)
+    finished = run_in_process(
+        "churnformer-evaluate",
+        f"predictions={scores}",
+        f"events={world['events']}",
+        f"cutoff={cutoff}",
+        "horizon_days=60",
+        f"campaigns={world['campaigns']}",
+        f"output={tmp_path / 'evaluation'}",
+    )
+    assert finished.code == 0, finished.err[-3000:]
+    metrics = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())
+    last = campaigns_of(world).loc[lambda t: t["contacted_at"] == t["contacted_at"].max()]
+    assert metrics["uplift_contacts"] == len(last)
+    assert np.isfinite(metrics["uplift_churn_qini_auuc"]) and np.isfinite(metrics["uplift_spend_observed"])
+    report = (tmp_path / "evaluation" / "report.md").read_text()
+    assert "Effect of the contact by decile of predicted uplift" in report
+    assert len(pd.read_csv(tmp_path / "evaluation" / "uplift_deciles.csv")) == 20
+
+
+def test_the_two_model_baseline_predicts_an_effect_for_each_contact(
+    campaign_world: dict[str, Path], events: pd.DataFrame
+) -> None:
+    contacts = pd.read_csv(campaign_world["campaigns"], dtype={"customer_id": str}, parse_dates=["contacted_at"])
+    held = validation_mask(contacts["customer_id"].to_numpy(), 0.3)
+    train, test = contacts.loc[~held], contacts.loc[held]
+    effects = t_learner(events, train, test, 60, num_threads=1)
+    assert len(effects) == len(test)
+    keys = test.assign(day=test["contacted_at"].dt.normalize())[["customer_id", "day"]]
+    pd.testing.assert_frame_equal(
+        effects[["customer_id", "day"]].sort_values(["day", "customer_id"]).reset_index(drop=True),
+        keys.sort_values(["day", "customer_id"]).reset_index(drop=True),
+        check_dtype=False,
+    )
+    assert np.isfinite(effects[["churn_uplift", "spend_uplift", "churn_probability"]].to_numpy()).all()
