@@ -349,17 +349,11 @@ def text_run(text_world: tuple[Path, Path], tmp_path_factory: pytest.TempPathFac
 
 
 CAMPAIGN_CUTOFF = "2024-03-31"
+# The tiny world's training at the campaign world's cutoff, on the horizons its 80 weeks observe.
 CAMPAIGN_TRAINING = (
-    "data=csv",
+    *(o for o in TRAIN_OVERRIDES if not o.startswith("data.cutoff=")),
     f"data.cutoff={CAMPAIGN_CUTOFF}",
-    "data.horizon_days=60",
     "data.horizons_days=[30,60]",
-    "data.batch_size=64",
-    "data.features.max_len=32",
-    "model.network.d_model=16",
-    "model.network.n_layers=1",
-    "model.network.n_heads=2",
-    "trainer.max_epochs=2",
 )
 
 

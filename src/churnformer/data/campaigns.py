@@ -107,14 +107,14 @@ def _treated(values: pd.Series, where: str) -> np.ndarray:
     numbers = pd.to_numeric(values, errors="coerce") if not pd.api.types.is_bool_dtype(values.dtype) else values
     bad = ~np.isin(np.asarray(numbers, dtype=np.float64), (0.0, 1.0))
     if bad.any():
-        example = as_python(values[bad].iloc[0])
+        example = _as_python(values[bad].iloc[0])
         raise InputError(
             f"{where}: treated must be 1 (sent the offer) or 0 (held out), got {example!r} in {first_rows(bad)}"
         )
     return np.asarray(numbers, dtype=np.int8)
 
 
-def as_python(value: object) -> object:
+def _as_python(value: object) -> object:
     """A numpy scalar as the Python number it holds (its repr in a message reads ``7``, not ``np.int64(7)``)."""
     return value.item() if isinstance(value, np.generic) else value
 
@@ -129,7 +129,7 @@ def _costs(values: pd.Series, where: str) -> np.ndarray:
     costs = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
     bad = ~np.isfinite(costs) | (costs < 0)
     if bad.any():
-        example = as_python(values[bad].iloc[0])
+        example = _as_python(values[bad].iloc[0])
         raise InputError(f"{where}: a cost must be a number >= 0, got {example!r} in {first_rows(bad)}")
     return costs
 

@@ -16,7 +16,7 @@ from churnformer.data.events import CUSTOMER_ID, TIMESTAMP, ColumnMapping, load_
 from churnformer.data.labels import LabelSpec, horizon_labels
 from churnformer.data.window import HorizonGrid, Window, log_end_ns
 from churnformer.errors import InputError
-from churnformer.evaluation.uplift import observed_effect, qini_auuc, uplift_by_decile
+from churnformer.evaluation.uplift import judge_effects
 from churnformer.schema import CHURN, CHURN_UPLIFT, OBSERVED, SPEND, SPEND_UPLIFT, per_horizon
 
 
@@ -90,17 +90,9 @@ def evaluate_campaign(
             f"{campaigns}: no contact of a scored customer whose {horizon_days:g}-day horizon from its campaign "
             f"(from {first_contact.date()}) the log covers"
         )
-    treated = joined[TREATED].to_numpy()
-    metrics: dict[str, float] = {"uplift_contacts": float(len(joined))}
-    deciles = []
-    for name, outcome, predicted_effect in (
-        ("churn", 1.0 - joined[CHURN].to_numpy(np.float64), joined[columns_needed[0]].to_numpy(np.float64)),
-        ("spend", joined[SPEND].to_numpy(np.float64), joined[columns_needed[1]].to_numpy(np.float64)),
-    ):
-        effect, error = observed_effect(outcome, treated)
-        metrics[f"uplift_{name}_qini_auuc"] = qini_auuc(predicted_effect, outcome, treated)
-        metrics[f"uplift_{name}_observed"] = effect
-        metrics[f"uplift_{name}_observed_se"] = error
-        metrics[f"uplift_{name}_predicted"] = float(predicted_effect.mean())
-        deciles.append(uplift_by_decile(predicted_effect, outcome, treated).assign(outcome=name))
-    return metrics, pd.concat(deciles, ignore_index=True)
+    effects = {
+        "churn": (1.0 - joined[CHURN].to_numpy(np.float64), joined[columns_needed[0]].to_numpy(np.float64)),
+        "spend": (joined[SPEND].to_numpy(np.float64), joined[columns_needed[1]].to_numpy(np.float64)),
+    }
+    judged, deciles = judge_effects(effects, joined[TREATED].to_numpy())
+    return {"uplift_contacts": float(len(joined)), **{f"uplift_{k}": v for k, v in judged.items()}}, deciles

@@ -16,6 +16,8 @@ average.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pandas as pd
 
@@ -83,3 +85,23 @@ def top_share_value(score: np.ndarray, value: np.ndarray, share: float) -> float
     them gains when ``value`` is each one's (true) incremental value."""
     count = round(share * len(score))
     return float(np.asarray(value, dtype=np.float64)[np.argsort(-np.asarray(score), kind="stable")[:count]].sum())
+
+
+def judge_effects(
+    effects: Mapping[str, tuple[np.ndarray, np.ndarray]], treated: np.ndarray
+) -> tuple[dict[str, float], pd.DataFrame]:
+    """For each outcome (name -> what contacting should raise, and its predicted rise per contact): its Qini AUUC,
+    the observed effect and its standard error, and the mean predicted effect (``<name>_qini_auuc``,
+    ``<name>_observed``, ``<name>_observed_se``, ``<name>_predicted``); and the deciles of every outcome, with an
+    ``outcome`` column."""
+    metrics: dict[str, float] = {}
+    deciles = []
+    for name, (outcome, predicted) in effects.items():
+        outcome, predicted = np.asarray(outcome, dtype=np.float64), np.asarray(predicted, dtype=np.float64)
+        effect, error = observed_effect(outcome, treated)
+        metrics[f"{name}_qini_auuc"] = qini_auuc(predicted, outcome, treated)
+        metrics[f"{name}_observed"] = effect
+        metrics[f"{name}_observed_se"] = error
+        metrics[f"{name}_predicted"] = float(predicted.mean())
+        deciles.append(uplift_by_decile(predicted, outcome, treated).assign(outcome=name))
+    return metrics, pd.concat(deciles, ignore_index=True)

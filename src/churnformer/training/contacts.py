@@ -7,13 +7,14 @@ The network's predictions without and with the contact, uncalibrated (calibratio
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from churnformer.evaluation.uplift import observed_effect, qini_auuc, uplift_by_decile
+from churnformer.evaluation.uplift import judge_effects
 from churnformer.modeling.network import ChurnFormer
 from churnformer.modeling.scoring_model import spend_quantity
 from churnformer.schema import (
@@ -29,7 +30,7 @@ UPLIFT_DECILES = "uplift_deciles.csv"
 
 
 @torch.no_grad()
-def contact_predictions(network: ChurnFormer, batches, main: int) -> pd.DataFrame:
+def contact_predictions(network: ChurnFormer, batches: Iterable[dict[str, torch.Tensor]], main: int) -> pd.DataFrame:
     """Per contact: whether it was sent, its observed churn and spend at the main horizon (only contacts whose
     main horizon the log observes), and the network's churn probability and expected spend without and with it."""
     heads = network.heads
@@ -65,20 +66,11 @@ def evaluate_contacts(network: ChurnFormer, datamodule: ChurnDataModule, directo
     if network.contact is None or loader is None:
         return {}
     frame = contact_predictions(network, loader, datamodule.data.grid.main_index)
-    treated = frame["treated"].to_numpy().astype(np.int8)
-    outcomes = {"churn": (1.0 - frame["churn"].to_numpy(), frame["churn_without"] - frame["churn_with"])}
+    effects = {"churn": (1.0 - frame["churn"].to_numpy(), frame["churn_without"] - frame["churn_with"])}
     if "spend_without" in frame:
-        outcomes["spend"] = (frame["spend"].to_numpy(), frame["spend_with"] - frame["spend_without"])
-    metrics = {"uplift/contacts/val": float(len(frame))}
-    deciles = []
-    for name, (outcome, predicted) in outcomes.items():
-        score = predicted.to_numpy(np.float64)
-        effect, error = observed_effect(outcome, treated)
-        metrics[f"uplift/{name}_qini_auuc/val"] = qini_auuc(score, outcome, treated)
-        metrics[f"uplift/{name}_observed/val"] = effect
-        metrics[f"uplift/{name}_observed_se/val"] = error
-        metrics[f"uplift/{name}_predicted/val"] = float(score.mean())
-        deciles.append(uplift_by_decile(score, outcome, treated).assign(outcome=name))
+        effects["spend"] = (frame["spend"].to_numpy(), frame["spend_with"] - frame["spend_without"])
+    judged, deciles = judge_effects(effects, frame["treated"].to_numpy().astype(np.int8))
+    metrics = {"uplift/contacts/val": float(len(frame)), **{f"uplift/{k}/val": v for k, v in judged.items()}}
     directory.mkdir(parents=True, exist_ok=True)
-    pd.concat(deciles, ignore_index=True).to_csv(directory / UPLIFT_DECILES, index=False)
+    deciles.to_csv(directory / UPLIFT_DECILES, index=False)
     return metrics

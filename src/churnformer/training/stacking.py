@@ -21,7 +21,7 @@ from churnformer.artifacts.stacked_trees import STACKED_COLUMNS, StackedTrees, s
 from churnformer.baselines.gbm import BASE_PARAMS, CHURN_PARAMS, SPEND_PARAMS, cross_validated_booster
 from churnformer.data.training_set import TrainingSet
 from churnformer.errors import ConfigError
-from churnformer.schema import CHURN, CUSTOMER_AGG, SPEND
+from churnformer.schema import CHURN, CUSTOMER_AGG, OBSERVED, SPEND
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,9 @@ def stack_trees(data: TrainingSet, settings: StackingSettings, seed: int) -> Sta
     if settings.folds < 2:
         raise ConfigError(f"data.stacking.folds={settings.folds}: at least 2 folds give out-of-fold predictions")
     aggregates = data.sequences.customers[CUSTOMER_AGG]
-    rows = data.train_rows
     main = data.grid.main_index
+    # Examples whose main horizon the log observes (a late campaign's contacts may not be: data.campaigns).
+    rows = data.train_rows[np.asarray(data.by_horizon(OBSERVED)[data.train_rows, main]) > 0]
     fold = _customer_folds(data.sequences.customer_ids[rows], settings.folds, seed)
     folds = [(np.flatnonzero(fold != k), np.flatnonzero(fold == k)) for k in range(settings.folds)]
     common = {**BASE_PARAMS, "seed": seed, **settings.params}  # params may set num_threads (default: every core)
