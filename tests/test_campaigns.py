@@ -24,6 +24,7 @@ from churnformer.data.training_set import validation_mask
 from churnformer.data.window import Window
 from churnformer.errors import InputError
 from churnformer.evaluation.uplift import qini_auuc, qini_curve, uplift_by_decile
+from churnformer.modeling.contact import NO_CONTACT, SENT, ContactEffect
 from churnformer.modeling.network import ChurnFormer
 from churnformer.schema import (
     CHURN_PROBABILITY,
@@ -195,8 +196,22 @@ def test_the_contact_effect_starts_at_nothing_and_leaves_the_rest_of_the_network
     network = networks[True].eval()
     representation = network.represent(inputs)
     before = network.heads_of(representation, inputs)["survival"]["hazard_logits"]
-    after = network.heads_if_contacted(representation, inputs)["survival"]["hazard_logits"]
-    torch.testing.assert_close(after, before, rtol=0, atol=0)
+    for contacted in (False, True):
+        after = network.heads_in_campaign(representation, inputs, contacted)["survival"]["hazard_logits"]
+        torch.testing.assert_close(after, before, rtol=0, atol=0)
+
+
+def test_each_example_is_read_in_its_arm_and_the_effect_is_the_difference_between_a_campaign_s_arms() -> None:
+    torch.manual_seed(0)
+    contact = ContactEffect(8)  # trained-looking: no zeroed layer
+    representation = torch.randn(6, 8)
+    arm = torch.tensor([NO_CONTACT, 0, SENT, NO_CONTACT, 0, SENT], dtype=torch.float32)
+    moved = contact(representation, arm)
+    held, sent = contact.in_campaign(representation, False), contact.in_campaign(representation, True)
+    torch.testing.assert_close(moved[[0, 3]], representation[[0, 3]], rtol=0, atol=0)
+    torch.testing.assert_close(moved[[1, 4]], held[[1, 4]], rtol=0, atol=0)
+    torch.testing.assert_close(moved[[2, 5]], sent[[2, 5]], rtol=0, atol=0)
+    assert not torch.allclose(held, representation) and not torch.allclose(sent, held)
 
 
 # --- the metrics -----------------------------------------------------------------------------------------------
@@ -227,7 +242,8 @@ def test_a_model_trained_with_campaigns_scores_each_customer_with_and_without_a_
     for days in (30, 60):
         assert {per_horizon("churn_uplift", days), per_horizon("spend_uplift", days)} <= set(predictions.columns)
     churn, uplift = predictions[CHURN_PROBABILITY], predictions["churn_uplift_60d"]
-    np.testing.assert_allclose(uplift, churn - predictions[CHURN_PROBABILITY_IF_CONTACTED], atol=1e-6)
+    held_out = uplift + predictions[CHURN_PROBABILITY_IF_CONTACTED]  # the held-out arm: a probability too
+    assert held_out.between(-1e-6, 1 + 1e-6).all() and predictions[CHURN_PROBABILITY_IF_CONTACTED].between(0, 1).all()
     _, _, metadata = load_model(campaign_run / "model.onnx")
     learned = json.loads(metadata[META_CAMPAIGNS])
     assert learned["sent"] > 0 and learned["held_out"] > 0 and learned["cost"] == pytest.approx(5.0)

@@ -36,6 +36,7 @@ def loaded():
     return cfg, source.load()
 
 
+@pytest.mark.slow  # reads the whole package: 1.5 million line items
 def test_every_row_of_the_package_is_one_event(tables, loaded) -> None:
     cfg, (events, customers) = loaded
     counts = events["event_type"].value_counts()
@@ -63,6 +64,7 @@ def test_without_the_package_the_error_names_the_extra(monkeypatch: pytest.Monke
         completejourney.complete_journey_tables()
 
 
+@pytest.mark.slow  # reads the whole package: 1.5 million line items
 def test_its_line_items_through_data_csv_are_the_same_baskets(loaded, tmp_path) -> None:
     """What the loader gives, written as a user's CSV export and read back by ``data=csv``: the same events,
     one per basket, with the data config's features."""

@@ -114,6 +114,7 @@ def test_evaluate_reports_slices_by_the_customers_table(
     assert "## Slices" in paths["report"].read_text()
 
 
+@pytest.mark.slow  # five evaluations with their figures
 def test_past_runs_make_one_table_whose_rows_are_each_runs_own_evaluation(
     trained_run: Path, tiny_world: tuple[Path, Path], tmp_path: Path
 ) -> None:

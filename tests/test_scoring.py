@@ -222,7 +222,7 @@ def test_parquet_string_categories_are_read_dictionary_encoded(tmp_path: Path) -
     assert string_columns(path, ["event_type", "store"]) == ("event_type",)  # numbers are read as they are
 
 
-@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+@pytest.mark.parametrize("fmt", ["csv", pytest.param("parquet", marks=pytest.mark.slow)])
 def test_spilled_chunks_score_exactly_like_memory(
     model: Predictor, tiny_world: tuple[Path, Path], full, tmp_path: Path, fmt: str
 ) -> None:

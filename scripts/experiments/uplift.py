@@ -18,7 +18,9 @@ campaign's day, at the main horizon (90 days):
   (``true_uplift.parquet``, from each customer's hidden state);
 - ``captured_top20``: the true incremental value (spend uplift minus the offer's cost) of contacting the 20% of
   contacts with the highest predicted contact value, as a share of the oracle's (the 20% with the highest true
-  value); ``captured_top20_by_risk``: the same for the 20% with the highest churn probability.
+  value); ``captured_top20_by_risk``: the same for the 20% with the highest churn probability;
+- ``churn_uplift_bias`` / ``spend_uplift_bias``: the mean predicted effect minus the mean true one (what a
+  budget drawn up from the predictions would be off by, per contact).
 
 Baselines on the same contacts: ``t_learner`` (two LightGBM models per outcome on RFM features at each contact's
 day, one per arm: :mod:`churnformer.baselines.uplift`); ``x_learner`` (causalml's X-learner with LightGBM
@@ -61,6 +63,8 @@ METRICS = (
     "spend_uplift_corr",
     "captured_top20",
     "captured_top20_by_risk",
+    "churn_uplift_bias",
+    "spend_uplift_bias",
 )
 
 
@@ -133,6 +137,8 @@ def judged(effects: pd.DataFrame, test: pd.DataFrame, truth: pd.DataFrame, outco
         "captured_top20_by_risk": top_share_value(risk, true_value, TOP_SHARE) / oracle
         if np.isfinite(risk).all()
         else np.nan,
+        "churn_uplift_bias": float(frame["churn_uplift"].mean() - frame[f"churn_uplift_{HORIZON}d"].mean()),
+        "spend_uplift_bias": float(frame["spend_uplift"].mean() - frame[f"spend_uplift_{HORIZON}d"].mean()),
     }
 
 

@@ -20,7 +20,7 @@ EVENT_TEXT = "event_text"  # (B, T, Ct) int32
 TEXT_EMBEDDINGS = "text_embeddings"  # (M, E) float32, row 0 zeros
 MODEL_INPUTS = (EVENT_CAT, EVENT_NUM, LENGTHS, CUSTOMER_CAT, CUSTOMER_NUM)  # a text model adds the two above
 # Training batches of a model trained with campaigns (data.campaigns) only, never a model file's input: 1 where
-# the example is a contact that was sent the offer, 0 where it was held out or is no contact (B,) float32.
+# the example is a contact that was sent the offer, 0 where it was held out, -1 where it is no contact (B,) float32.
 CONTACTED = "contacted"
 # Inputs a model file must have (a model without static categorical features may lack customer_cat).
 REQUIRED_MODEL_INPUTS = (EVENT_CAT, EVENT_NUM, LENGTHS, CUSTOMER_NUM)

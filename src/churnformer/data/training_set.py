@@ -90,8 +90,9 @@ class TrainingSet:
 
     @property
     def contacted(self) -> np.ndarray | None:
-        """The network's ``schema.CONTACTED`` input per example (float32), None without campaigns."""
-        return None if self.treated is None else (self.treated == 1).astype(np.float32)
+        """The network's ``schema.CONTACTED`` input per example (float32: the arm, as ``treated``), None without
+        campaigns."""
+        return None if self.treated is None else self.treated.astype(np.float32)
 
     def by_horizon(self, column: str) -> np.ndarray | ShardedArray:
         """``column`` (a label of ``schema.LABELS_BY_HORIZON``) at every horizon of the grid: (examples, K) float32

@@ -75,19 +75,21 @@ class ChurnFormer(nn.Module):
         return cls(ModelConfig(**network), sizes, n_horizons, heads)
 
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, Raw]:
-        """Each head's raw outputs; in a batch with ``schema.CONTACTED`` (trained with campaigns), for the customers
-        it marks, as contacted."""
+        """Each head's raw outputs; in a batch with ``schema.CONTACTED`` (trained with campaigns), each example in
+        its arm: a contact sent the offer or held out, or no contact."""
         representation = self.represent(inputs)
         if self.contact is not None and CONTACTED in inputs:
             representation = self.contact(representation, inputs[CONTACTED])
         return self.heads_of(representation, inputs)
 
-    def heads_if_contacted(self, representation: torch.Tensor, inputs: Mapping[str, torch.Tensor]) -> dict[str, Raw]:
-        """Each head's raw outputs for every customer as if contacted now (a model trained with campaigns)."""
+    def heads_in_campaign(
+        self, representation: torch.Tensor, inputs: Mapping[str, torch.Tensor], contacted: bool
+    ) -> dict[str, Raw]:
+        """Each head's raw outputs for every customer as one a campaign reaches now, sent the offer
+        (``contacted``) or held out (a model trained with campaigns; :mod:`churnformer.modeling.contact`)."""
         if self.contact is None:
             raise ValueError("this network was not trained with campaigns: it has no contact effect")
-        contacted = torch.ones(representation.shape[0], dtype=representation.dtype, device=representation.device)
-        return self.heads_of(self.contact(representation, contacted), inputs)
+        return self.heads_of(self.contact.in_campaign(representation, contacted), inputs)
 
     def heads_of(self, representation: torch.Tensor, inputs: Mapping[str, torch.Tensor]) -> dict[str, Raw]:
         """Each head's raw outputs from the customer representation (:meth:`represent`)."""

@@ -25,21 +25,23 @@ from churnformer.schema import (
 def contact_columns(heads: Heads, horizons: tuple[float, ...]) -> list[str]:
     """The outputs a model trained with campaigns adds after its heads' (:meth:`Heads.output_columns`):
     ``churn_probability_if_contacted`` (main horizon), then at every horizon ``churn_uplift`` (the drop in churn
-    from contacting) and, with a spend head, ``spend_uplift`` (the expected spend it adds)."""
+    from contacting) and, with a spend head, ``spend_uplift`` (the expected spend it adds): each customer as one
+    a campaign reaches (:mod:`churnformer.modeling.contact`), so ``churn_uplift`` is the held-out arm's churn
+    minus the contacted arm's, not ``churn_probability`` (every customer's) minus the contacted arm's."""
     uplifts = [CHURN_UPLIFT] + ([SPEND_UPLIFT] if spend_quantity(heads) else [])
     return [CHURN_PROBABILITY_IF_CONTACTED] + [per_horizon(name, days) for days in horizons for name in uplifts]
 
 
-def contact_outputs(heads: Heads, predicted: Predicted, contacted: Predicted, main: int) -> tuple[torch.Tensor, ...]:
-    """The tensors of :func:`contact_columns`, each (B,), from the calibrated predictions without and with the
-    contact."""
+def contact_outputs(heads: Heads, held: Predicted, contacted: Predicted, main: int) -> tuple[torch.Tensor, ...]:
+    """The tensors of :func:`contact_columns`, each (B,), from the calibrated predictions of a campaign's two
+    arms: held out and contacted."""
     churn = next(head.quantity for head in heads.values() if heads.column(head) == CHURN_PROBABILITY)
     spend = spend_quantity(heads)
     outputs = [contacted[churn][:, main]]
-    for k in range(predicted[churn].shape[1]):
-        outputs.append(predicted[churn][:, k] - contacted[churn][:, k])
+    for k in range(held[churn].shape[1]):
+        outputs.append(held[churn][:, k] - contacted[churn][:, k])
         if spend:
-            outputs.append(contacted[spend][:, k] - predicted[spend][:, k])
+            outputs.append(contacted[spend][:, k] - held[spend][:, k])
     return tuple(outputs)
 
 
@@ -104,7 +106,8 @@ class ScoringModel(nn.Module):
         params = {name: parameters.values() for name, parameters in self.calibration.items()}
         predicted = heads.predict(raw, params, self.main, extras=True)
         outputs = heads.outputs(predicted, self.main)
-        if contact:  # the same customers as if contacted now, with the same calibration
-            contacted = heads.predict(self.network.heads_if_contacted(representation, named), params, self.main)
-            outputs = (*outputs, *contact_outputs(heads, predicted, contacted, self.main))
+        if contact:  # the same customers as a campaign's, held out and contacted, with the same calibration
+            arms = [self.network.heads_in_campaign(representation, named, contacted) for contacted in (False, True)]
+            held, contacted = (heads.predict(raw, params, self.main) for raw in arms)
+            outputs = (*outputs, *contact_outputs(heads, held, contacted, self.main))
         return (*outputs, representation) if self.with_embedding else outputs

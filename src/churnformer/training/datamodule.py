@@ -146,7 +146,7 @@ class SequenceDataset(torch.utils.data.Dataset):
     def __init__(self, data: TrainingSet, rows: np.ndarray) -> None:
         self.sequences = data.sequences
         self.labels = {by_horizon(label): data.by_horizon(label) for label in LABELS_BY_HORIZON}
-        if data.contacted is not None:  # trained with campaigns: which examples were sent the offer
+        if data.contacted is not None:  # trained with campaigns: each example's arm (sent, held out, no contact)
             self.labels[CONTACTED] = data.contacted
         self.rows = rows
 
