@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from churnformer.baselines.uplift import t_learner
-from churnformer.data.campaigns import check_campaigns, load_campaigns
+from churnformer.data.campaigns import check_campaigns, load_campaigns, one_offer
 from churnformer.data.events import ColumnMapping, load_customers, load_events
 from churnformer.data.sequences import build_sequences
 from churnformer.data.sources import EventLogFiles
@@ -214,6 +214,16 @@ def test_each_example_is_read_in_its_arm_and_the_effect_is_the_difference_betwee
     assert not torch.allclose(held, representation) and not torch.allclose(sent, held)
 
 
+def test_held_out_contacts_train_who_campaigns_reach_and_only_sent_ones_train_the_effect() -> None:
+    torch.manual_seed(0)
+    contact = ContactEffect(8)
+    for arm, trained in ((NO_CONTACT, set()), (0, {"population"}), (SENT, {"population", "effect"})):
+        contact.zero_grad()
+        contact(torch.randn(4, 8), torch.full((4,), float(arm))).square().sum().backward()
+        moved = {name for name in ("population", "effect") if getattr(contact, name)[0].weight.grad.abs().sum() > 0}
+        assert moved == trained, arm
+
+
 # --- the metrics -----------------------------------------------------------------------------------------------
 
 
@@ -283,18 +293,46 @@ def test_scoring_with_a_contact_cost_and_in_spilled_partitions_gives_the_same_ro
     np.testing.assert_allclose(a[CONTACT_VALUE], a["spend_uplift_60d"] - 2.5, atol=1e-4)
 
 
-def test_bad_campaign_input_ends_in_one_line(campaign_world: dict[str, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("change", "override", "message"),
+    [
+        ({"treated": lambda t: t["treated"].replace(1, 7)}, (), "treated must be 1 (sent the offer) or 0 (held out)"),
+        ({}, ("data.offer=call",), "no contacts of offer 'call' (data.offer); its offers: ['coupon']"),
+    ],
+    ids=["treated-not-0-or-1", "unknown-offer"],
+)
+def test_bad_campaign_input_ends_in_one_line(
+    campaign_world: dict[str, Path], tmp_path: Path, change: dict, override: tuple[str, ...], message: str
+) -> None:
     world = campaign_world
-    bad = campaigns_of(world).assign(treated=lambda t: t["treated"].replace(1, 7))
-    bad.to_csv(tmp_path / "campaigns.csv", index=False)
+    campaigns_of(world).assign(**change).to_csv(tmp_path / "campaigns.csv", index=False)
     finished = run_in_process(
         "churnformer-train",
         *CAMPAIGN_TRAINING,
         f"data.events={world['events']}",
         f"data.campaigns={tmp_path / 'campaigns.csv'}",
         f"paths.output_dir={tmp_path / 'run'}",
+        *override,
     )
-    assert "treated must be 1 (sent the offer) or 0 (held out), got 7" in finished.error_line
+    assert message in finished.error_line
+
+
+def test_an_offer_is_learned_from_its_own_contacts_and_several_without_a_choice_are_named(
+    campaign_world: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    table = campaigns_of(campaign_world)
+    table["offer"] = np.where(np.arange(len(table)) % 3 == 0, "call", "coupon")
+    loaded = load_campaigns(table, ColumnMapping(), name="contacts.csv")
+    with caplog.at_level(logging.WARNING):
+        assert one_offer(loaded, None) is loaded
+    assert "contacts.csv: 2 offers (call, coupon): one effect is learned for all of them" in caplog.text
+    calls = one_offer(loaded, "call")
+    assert (calls["offer"] == "call").all() and len(calls) == (loaded["offer"] == "call").sum()
+    assert set(calls["treated"]) == {0, 1} and calls.attrs["source"] == "contacts.csv"
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        one_offer(calls, None)
+    assert not caplog.text
 
 
 def test_a_campaign_after_the_scores_judges_their_predicted_effects(

@@ -134,6 +134,29 @@ def _costs(values: pd.Series, where: str) -> np.ndarray:
     return costs
 
 
+def one_offer(table: pd.DataFrame | None, offer: object) -> pd.DataFrame | None:
+    """The contacts of ``offer`` (``data.offer``), sent and held out; with none chosen, every contact, and a
+    warning when the table holds several offers: one effect is then learned for all of them."""
+    if table is None:
+        return None
+    where = table.attrs.get("source", "the campaign table")
+    offers = sorted(pd.unique(table[OFFER]).tolist())
+    if offer is None:
+        if len(offers) > 1:
+            logging.getLogger(__name__).warning(
+                "%s: %d offers (%s): one effect is learned for all of them; data.offer=NAME learns one offer's",
+                where,
+                len(offers),
+                ", ".join(offers),
+            )
+        return table
+    if str(offer) not in offers:
+        raise InputError(f"{where}: no contacts of offer {str(offer)!r} (data.offer); its offers: {offers}")
+    chosen = table.loc[table[OFFER].to_numpy() == str(offer)].reset_index(drop=True)
+    chosen.attrs = dict(table.attrs)
+    return chosen
+
+
 def check_campaigns(table: pd.DataFrame, events: pd.DataFrame, log_end_ns: int) -> Campaigns:
     """The contacts of ``table`` that a model can learn from, given the log (``events``, standard frame, ending at
     ``log_end_ns``): contacts after the log's end are an error (their outcomes are not in it); contacts of

@@ -19,6 +19,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
 from churnformer.artifacts.stacked_trees import StackedTrees
+from churnformer.data.campaigns import one_offer
 from churnformer.data.events import CUSTOMER_ID
 from churnformer.data.featurizer import FeaturizerConfig
 from churnformer.data.labels import LabelSpec
@@ -68,6 +69,7 @@ class DataSettings:
     stacking: dict[str, Any]
     sample_customers: float | int | None = None
     dataset_dir: str | None = None
+    offer: str | None = None
 
     # What a training set depends on (the keys of a featurized dataset); the rest only shapes batches and fits.
     FEATURIZATION: ClassVar[tuple[str, ...]] = (
@@ -250,7 +252,7 @@ class ChurnDataModule(pl.LightningDataModule):
             self.settings.val_fraction,
             self.settings.labels,
             texts,
-            self.source.campaign_table(),
+            one_offer(self.source.campaign_table(), self.settings.offer),
         )
         self.save_text_embeddings(texts)
         return data
