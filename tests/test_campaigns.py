@@ -18,11 +18,13 @@ import torch
 from churnformer.baselines.uplift import t_learner
 from churnformer.data.campaigns import check_campaigns, load_campaigns, one_offer
 from churnformer.data.events import ColumnMapping, load_customers, load_events
+from churnformer.data.parts import PartitionedBuild
 from churnformer.data.sequences import build_sequences
 from churnformer.data.sources import EventLogFiles
+from churnformer.data.store import load_training_set
 from churnformer.data.training_set import validation_mask
 from churnformer.data.window import Window
-from churnformer.errors import InputError
+from churnformer.errors import ConfigError, InputError
 from churnformer.evaluation.uplift import qini_auuc, qini_curve, uplift_by_decile
 from churnformer.modeling.contact import NO_CONTACT, SENT, ContactEffect
 from churnformer.modeling.network import ChurnFormer
@@ -174,6 +176,31 @@ def test_validation_customers_contacts_are_kept_apart_and_the_rest_is_unchanged(
     assert with_campaigns.contacted[contacts].sum() == (with_campaigns.treated == 1).sum()
     batch = next(iter(datamodules[True].uplift_loader()))
     assert CONTACTED in batch and set(batch[CONTACTED].unique().tolist()) <= {0.0, 1.0}
+
+
+def test_a_featurized_dataset_holds_the_contacts_as_training_in_memory_does(
+    datamodules: dict[bool, ChurnDataModule], tmp_path: Path
+) -> None:
+    """churnformer-featurize and data.dataset_dir: each contact's arm, and the validation customers' contacts
+    kept apart, read back as they were built; the dataset's key covers the campaigns and data.offer."""
+    module = datamodules[True]
+    module.write_dataset(tmp_path / "dataset")
+    built, stored = module.data, load_training_set(tmp_path / "dataset")
+    for name in ("treated", "train_rows", "val_rows", "uplift_rows", "cutoffs"):
+        np.testing.assert_array_equal(getattr(stored, name), getattr(built, name), err_msg=name)
+    assert stored.campaigns == built.campaigns
+    contacts = np.flatnonzero(built.treated >= 0)
+    pd.testing.assert_frame_equal(
+        stored.label_frame(contacts).reset_index(drop=True), built.label_frame(contacts).reset_index(drop=True)
+    )
+    for name, values in built.sequences.pad(contacts[:50]).items():
+        np.testing.assert_array_equal(stored.sequences.pad(contacts[:50])[name], values, err_msg=name)
+    plain_settings, plain_inputs = datamodules[False].dataset_identity()
+    settings, inputs = module.dataset_identity()
+    assert "offer" not in plain_settings and settings["offer"] is None and inputs[:2] == plain_inputs
+    assert len(inputs) == 3 and inputs[2] is not None
+    with pytest.raises(ConfigError, match=r"data\.campaigns with a featurization in partitions or on Spark"):
+        module.write_dataset(tmp_path / "partitioned", build=PartitionedBuild(partitions=2))
 
 
 # --- the network -----------------------------------------------------------------------------------------------

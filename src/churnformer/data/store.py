@@ -51,6 +51,9 @@ TEXT_TABLE = "text_table.npy"
 SHARD_EXAMPLES = 50_000
 _LENGTH_COLUMN, _TOTAL_COLUMN, _VALIDATION_COLUMN = "length", "n_events_total", "is_validation"
 _CUTOFF_COLUMN = "cutoff"
+# With campaigns only: per example 1 (a contact sent the offer), 0 (held out), -1 (no contact); a validation
+# customer's contacts are flagged validation (what the predicted effects are judged on), not trained on.
+_ARM_COLUMN = "arm"
 
 
 def dataset_key(settings: dict[str, Any], inputs: list[dict[str, Any] | None]) -> str:
@@ -106,7 +109,10 @@ def write_training_set(
     writer = TrainingSetWriter(directory, shard_examples)
     is_validation = np.zeros(len(data.sequences), dtype=bool)
     is_validation[data.val_rows] = True
-    writer.add(data.sequences, data.labels, data.grid.days, is_validation, data.cutoffs)
+    if data.uplift_rows is not None:
+        is_validation[data.uplift_rows] = True
+        extra = {**(extra or {}), "campaigns": data.campaigns}
+    writer.add(data.sequences, data.labels, data.grid.days, is_validation, data.cutoffs, data.treated)
     return writer.close(data.featurizer, data.grid, data.spec, data.sequences.report, settings, inputs, extra)
 
 
@@ -138,9 +144,11 @@ class TrainingSetWriter:
         days: tuple[float, ...],
         is_validation: np.ndarray,
         cutoffs: np.ndarray,
+        arms: np.ndarray | None = None,
     ) -> None:
         """Examples with their labels (rows alike: :func:`~churnformer.data.labels.horizon_labels` at horizons
-        ``days``), validation flags and cutoff indexes (0: the main cutoff)."""
+        ``days``), validation flags and cutoff indexes (0: the main cutoff); with campaigns, each example's arm
+        (``TrainingSet.treated``)."""
         self.label_columns = [c for c in labels.columns if c != CUSTOMER_ID]
         by_horizon = {
             label: labels[[per_horizon(label, d) for d in days]].to_numpy(np.float32) for label in LABELS_BY_HORIZON
@@ -155,6 +163,7 @@ class TrainingSetWriter:
                 _LENGTH_COLUMN: pa.array(part.lengths.astype(np.int64)),
                 _TOTAL_COLUMN: pa.array(part.n_events_total.astype(np.int64)),
                 _VALIDATION_COLUMN: pa.array(is_validation[rows]),
+                **({_ARM_COLUMN: pa.array(arms[rows])} if arms is not None else {}),
                 **_columns("customer:", part.customers),
                 **_columns("label:", {label: values[rows] for label, values in by_horizon.items()}),
             }
@@ -258,7 +267,8 @@ def load_training_set(directory: str | Path) -> TrainingSet:
     }
     present = {name: spec for name, spec in stored_shapes.items() if int(np.prod(spec["shape"]))}
     event_files, example_files, event_offsets = [], [], []
-    ids, lengths, cutoffs, is_validation = [], [], [], []
+    ids, lengths, cutoffs, is_validation, arms = [], [], [], [], []
+    campaigns = manifest.get("campaigns")
     for entry in manifest["shards"]:
         events_file = ShardFile.locate(directory / f"{entry['name']}.events.arrow", list(event_shapes))[0]
         examples_file, examples = ShardFile.locate(
@@ -271,6 +281,8 @@ def load_training_set(directory: str | Path) -> TrainingSet:
         lengths.append(shard_lengths)
         cutoffs.append(examples[_CUTOFF_COLUMN].to_numpy().astype(np.int16))
         is_validation.append(examples[_VALIDATION_COLUMN].to_numpy(zero_copy_only=False))
+        if campaigns is not None:
+            arms.append(examples[_ARM_COLUMN].to_numpy().astype(np.int8))
         event_files.append(events_file)
         example_files.append(examples_file)
         del examples  # the file is unmapped with the last column read from it, by the end of this load
@@ -310,13 +322,15 @@ def load_training_set(directory: str | Path) -> TrainingSet:
         text_table=np.load(directory / TEXT_TABLE) if (directory / TEXT_TABLE).is_file() else None,
     )
     validation = np.concatenate(is_validation)[order]
+    treated = np.concatenate(arms)[order] if campaigns is not None else None
+    contact = treated >= 0 if treated is not None else np.zeros(len(validation), dtype=bool)
     spec = manifest["labels"]
     return TrainingSet(
         featurizer=Featurizer.from_json(json.dumps(manifest["featurizer"])),
         sequences=sequences,
         labels=labels,
         train_rows=np.flatnonzero(~validation).astype(index),
-        val_rows=np.flatnonzero(validation).astype(index),
+        val_rows=np.flatnonzero(validation & ~contact).astype(index),
         main_count=int(manifest["main_count"]),
         grid=grid,
         cutoffs=cutoff[order],
@@ -325,6 +339,9 @@ def load_training_set(directory: str | Path) -> TrainingSet:
             spec["event_type_column"],
             ChurnDefinition(spec["churn_definition"], spec["decline_threshold"]),
         ),
+        treated=treated,
+        uplift_rows=np.flatnonzero(validation & contact).astype(index) if treated is not None else None,
+        campaigns=campaigns,
     )
 
 

@@ -265,7 +265,11 @@ class ChurnDataModule(pl.LightningDataModule):
     def dataset_identity(self) -> tuple[dict[str, Any], list[dict[str, Any] | None]]:
         """The settings and inputs a featurized dataset of this run is keyed by."""
         settings = self.settings.featurization() | {"columns": asdict(self.source.columns)}
-        return settings, [fingerprint(origin) for origin in self.source.origins()]
+        inputs = [fingerprint(origin) for origin in self.source.origins()]
+        if self.source.has_campaigns:  # their contacts are examples too (only then: other keys stay as they were)
+            settings["offer"] = self.settings.offer
+            inputs.append(fingerprint(self.source.campaign_table()))
+        return settings, inputs
 
     def write_dataset(
         self,
@@ -282,7 +286,6 @@ class ChurnDataModule(pl.LightningDataModule):
         by partition within a memory budget (:mod:`churnformer.training.partitioned`; spill files under
         ``spill_dir``) rather than in memory; ``spark``: the same on Spark, with these settings (``master``,
         ``buckets``, ``conf``; :mod:`churnformer.spark.featurize`)."""
-        self.refuse_campaigns("a featurized dataset (churnformer-featurize, data.dataset_dir)")
         settings, inputs = identity or self.dataset_identity()
         extra: dict[str, Any] = {"source": self.source_config, "columns": settings["columns"]}
         build = build or PartitionedBuild()
@@ -291,6 +294,11 @@ class ChurnDataModule(pl.LightningDataModule):
             extra["log_facts"] = self.log_facts
             write_training_set(data, directory, settings, inputs, extra, shard_examples)
             return
+        if self.source.has_campaigns:
+            raise ConfigError(
+                "data.campaigns with a featurization in partitions or on Spark (memory_budget_mb, partitions, "
+                "engine=spark): not yet; featurize it in memory (leave those out)"
+            )
         writer = TrainingSetWriter(directory, shard_examples)
         rolling = self.settings.rolling_cutoffs
         texts = self.text_embeddings() if spark is None else None  # Spark refuses text columns
@@ -322,11 +330,6 @@ class ChurnDataModule(pl.LightningDataModule):
             "featurizer_fit_share": result.fit_share,
         }
         writer.close(featurizer, grid, self.settings.labels, report, settings, inputs, extra)
-
-    def refuse_campaigns(self, what: str) -> None:
-        """Campaigns are learned from in memory only, so far."""
-        if self.source.has_campaigns:
-            raise ConfigError(f"data.campaigns with {what}: not yet; train in memory (leave data.dataset_dir out)")
 
     def featurized_once(self, root: Path) -> TrainingSet:
         """The training set from ``root/<key>`` (``data.dataset_dir``), written there first if no run with these
