@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from scripts.common import record
 from scripts.common.measure import measured, run_measured
@@ -31,6 +32,7 @@ def test_a_run_writes_a_record_the_docs_can_render(tmp_path: Path) -> None:
     assert f"`{written['command']}`" in hooks.provenance(written)
 
 
+@pytest.mark.slow  # a child process that fills memory
 def test_peak_memory_is_the_work_s_own_in_this_process_and_in_a_child() -> None:
     block = 200 * 2**20
     with measured() as usage:

@@ -125,6 +125,7 @@ def test_the_fit_sample_halves_until_it_fits_and_keeps_whole_customers(world: Pa
     assert len(kept) == int(chosen.sum())  # every event of every sampled customer
 
 
+@pytest.mark.slow  # featurizes the log twice
 def test_a_budget_too_small_for_the_log_fits_on_a_sample_and_names_it(
     source: SyntheticWorld, in_memory: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
