@@ -106,6 +106,7 @@ def run_in_process(tool: str, *overrides: str) -> Finished:
         "churnformer-predict": cli.predict,
         "churnformer-export": cli.export,
         "churnformer-evaluate": cli.evaluate,
+        "churnformer-backtest": cli.backtest,
     }[tool]
     out, err = io.StringIO(), io.StringIO()
     code = 0
