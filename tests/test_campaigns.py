@@ -223,9 +223,8 @@ def test_the_contact_effect_starts_at_nothing_and_leaves_the_rest_of_the_network
     network = networks[True].eval()
     representation = network.represent(inputs)
     before = network.heads_of(representation, inputs)["survival"]["hazard_logits"]
-    for contacted in (False, True):
-        after = network.heads_in_campaign(representation, inputs, contacted)["survival"]["hazard_logits"]
-        torch.testing.assert_close(after, before, rtol=0, atol=0)
+    for arm in network.heads_in_campaign(representation, inputs):
+        torch.testing.assert_close(arm["survival"]["hazard_logits"], before, rtol=0, atol=0)
 
 
 def test_each_example_is_read_in_its_arm_and_the_effect_is_the_difference_between_a_campaign_s_arms() -> None:
@@ -234,7 +233,7 @@ def test_each_example_is_read_in_its_arm_and_the_effect_is_the_difference_betwee
     representation = torch.randn(6, 8)
     arm = torch.tensor([NO_CONTACT, 0, SENT, NO_CONTACT, 0, SENT], dtype=torch.float32)
     moved = contact(representation, arm)
-    held, sent = contact.in_campaign(representation, False), contact.in_campaign(representation, True)
+    held, sent = contact.arms(representation)
     torch.testing.assert_close(moved[[0, 3]], representation[[0, 3]], rtol=0, atol=0)
     torch.testing.assert_close(moved[[1, 4]], held[[1, 4]], rtol=0, atol=0)
     torch.testing.assert_close(moved[[2, 5]], sent[[2, 5]], rtol=0, atol=0)

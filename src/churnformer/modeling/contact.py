@@ -53,7 +53,7 @@ class ContactEffect(nn.Module):
         reached = representation + in_campaign * self.population(representation)
         return reached + sent * self.effect(reached)
 
-    def in_campaign(self, representation: torch.Tensor, contacted: bool) -> torch.Tensor:
-        """Every customer as one a campaign reaches, sent the offer (``contacted``) or held out."""
+    def arms(self, representation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every customer as one a campaign reaches: (held out, sent the offer)."""
         reached = representation + self.population(representation)
-        return reached + self.effect(reached) if contacted else reached
+        return reached, reached + self.effect(reached)

@@ -83,13 +83,14 @@ class ChurnFormer(nn.Module):
         return self.heads_of(representation, inputs)
 
     def heads_in_campaign(
-        self, representation: torch.Tensor, inputs: Mapping[str, torch.Tensor], contacted: bool
-    ) -> dict[str, Raw]:
-        """Each head's raw outputs for every customer as one a campaign reaches now, sent the offer
-        (``contacted``) or held out (a model trained with campaigns; :mod:`churnformer.modeling.contact`)."""
+        self, representation: torch.Tensor, inputs: Mapping[str, torch.Tensor]
+    ) -> tuple[dict[str, Raw], dict[str, Raw]]:
+        """Each head's raw outputs for every customer as one a campaign reaches now: (held out, sent the offer)
+        (a model trained with campaigns; :mod:`churnformer.modeling.contact`)."""
         if self.contact is None:
             raise ValueError("this network was not trained with campaigns: it has no contact effect")
-        return self.heads_of(self.contact.in_campaign(representation, contacted), inputs)
+        held, sent = self.contact.arms(representation)
+        return self.heads_of(held, inputs), self.heads_of(sent, inputs)
 
     def heads_of(self, representation: torch.Tensor, inputs: Mapping[str, torch.Tensor]) -> dict[str, Raw]:
         """Each head's raw outputs from the customer representation (:meth:`represent`)."""

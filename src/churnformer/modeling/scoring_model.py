@@ -107,7 +107,7 @@ class ScoringModel(nn.Module):
         predicted = heads.predict(raw, params, self.main, extras=True)
         outputs = heads.outputs(predicted, self.main)
         if contact:  # the same customers as a campaign's, held out and contacted, with the same calibration
-            arms = [self.network.heads_in_campaign(representation, named, contacted) for contacted in (False, True)]
+            arms = self.network.heads_in_campaign(representation, named)
             held, contacted = (heads.predict(raw, params, self.main) for raw in arms)
             outputs = (*outputs, *contact_outputs(heads, held, contacted, self.main))
         return (*outputs, representation) if self.with_embedding else outputs

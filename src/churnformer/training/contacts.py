@@ -41,8 +41,9 @@ def contact_predictions(network: ChurnFormer, batches: Iterable[dict[str, torch.
     for batch in batches:
         inputs = {name: values for name, values in batch.items() if name != CONTACTED}
         representation = network.represent(inputs)
-        without = heads.predict(network.heads_in_campaign(representation, inputs, contacted=False), None, main)
-        with_contact = heads.predict(network.heads_in_campaign(representation, inputs, contacted=True), None, main)
+        without, with_contact = (
+            heads.predict(raw, None, main) for raw in network.heads_in_campaign(representation, inputs)
+        )
         part = {
             "treated": batch[CONTACTED].numpy(),
             "observed": batch[OBSERVED_BY_HORIZON][:, main].numpy(),
