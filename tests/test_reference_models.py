@@ -30,9 +30,14 @@ def stored(name: str) -> pd.DataFrame:
     return pd.read_parquet(REFERENCE / name / "predictions.parquet")
 
 
+# Scores agree to float32's precision, not bit for bit: the packages a fresh install gets move a customer's
+# outputs by a bit or two (seen on 2026-12-07: one customer of 300 per model, up to 2 ulps), with no change here.
+SAME_SCORES = {"check_exact": False, "rtol": 1e-5, "atol": 1e-6}
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_a_stored_model_file_scores_as_it_did(name: str) -> None:
-    pd.testing.assert_frame_equal(scores(REFERENCE / name / "model.onnx"), stored(name), check_exact=True)
+    pd.testing.assert_frame_equal(scores(REFERENCE / name / "model.onnx"), stored(name), **SAME_SCORES)
 
 
 @pytest.mark.slow  # one ONNX export per stored model (~5 s each): the full suite
@@ -51,7 +56,7 @@ def test_a_stored_checkpoint_exports_to_the_same_scores(name: str, tmp_path: Pat
         assert list(now.columns) == list(before.columns)
     else:  # a decline model also gives its P(no purchase) at the main horizon now
         assert set(now.columns) - set(before.columns) == {"no_purchase_probability"}
-    pd.testing.assert_frame_equal(now[before.columns], before, check_exact=False, rtol=1e-5, atol=1e-6)
+    pd.testing.assert_frame_equal(now[before.columns], before, **SAME_SCORES)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -80,9 +85,10 @@ def test_a_stored_checkpoint_calibrated_again_gives_the_same_calibration(name: s
     refit = calibrate(train_config, network, datamodule, tmp_path)
     before = Calibration.load(REFERENCE / name / "calibration.json")
     assert refit.fallback == before.fallback
+    # An iterative fit, stopped at its tolerance: inputs a bit or two apart (SAME_SCORES) move it by up to 5e-4.
     for head, params in before.heads.items():
         for key, value in params.items():
-            assert refit.heads[head][key] == pytest.approx(value, rel=1e-4, abs=1e-5), (head, key)
+            assert refit.heads[head][key] == pytest.approx(value, rel=2e-3, abs=1e-4), (head, key)
     for column, values in before.percentiles.items():
         assert refit.percentiles[column] == pytest.approx(values, rel=1e-4, abs=1e-6), column
     assert np.isfinite(list(refit.percentiles["churn_probability"])).all()
