@@ -16,19 +16,21 @@ import pytest
 import torch
 
 from churnformer.baselines.uplift import t_learner
-from churnformer.data.campaigns import check_campaigns, load_campaigns, one_offer
+from churnformer.data.campaigns import NO_CONTACT, check_campaigns, contact_arm, load_campaigns, one_offer
 from churnformer.data.events import ColumnMapping, load_customers, load_events
 from churnformer.data.parts import PartitionedBuild
 from churnformer.data.sequences import build_sequences
 from churnformer.data.sources import EventLogFiles
 from churnformer.data.store import load_training_set
+from churnformer.data.synthetic import SyntheticWorldConfig, write_world
 from churnformer.data.training_set import validation_mask
 from churnformer.data.window import Window
 from churnformer.errors import ConfigError, InputError
 from churnformer.evaluation.uplift import qini_auuc, qini_curve, uplift_by_decile
-from churnformer.modeling.contact import NO_CONTACT, SENT, ContactEffect
+from churnformer.modeling.contact import ContactEffect
 from churnformer.modeling.network import ChurnFormer
 from churnformer.schema import (
+    BEST_OFFER,
     CHURN_PROBABILITY,
     CHURN_PROBABILITY_IF_CONTACTED,
     CONTACT_VALUE,
@@ -36,6 +38,7 @@ from churnformer.schema import (
     META_CAMPAIGNS,
     RESPONSE_SEGMENT,
     per_horizon,
+    per_offer,
 )
 from churnformer.serving.model_file import load_model
 from churnformer.training.datamodule import ChurnDataModule, DataSettings
@@ -46,6 +49,7 @@ from tests.conftest import (
     run_in_process,
     run_predict,
     tightest_budget_mb,
+    train_in_process,
 )
 
 
@@ -214,7 +218,9 @@ def test_the_contact_effect_starts_at_nothing_and_leaves_the_rest_of_the_network
     networks = {}
     for contact in (False, True):
         torch.manual_seed(0)
-        networks[contact] = ChurnFormer.build(asdict(network_config(contact_effect=contact)), data.featurizer, 2, heads)
+        networks[contact] = ChurnFormer.build(
+            asdict(network_config(contact_offers=("coupon",) if contact else ())), data.featurizer, 2, heads
+        )
     plain, contacting = (networks[c].state_dict() for c in (False, True))
     assert set(contacting) - set(plain) == {name for name in contacting if name.startswith("contact.")}
     for name, value in plain.items():
@@ -223,8 +229,12 @@ def test_the_contact_effect_starts_at_nothing_and_leaves_the_rest_of_the_network
     network = networks[True].eval()
     representation = network.represent(inputs)
     before = network.heads_of(representation, inputs)["survival"]["hazard_logits"]
-    for arm in network.heads_in_campaign(representation, inputs):
+    held, sent = network.heads_in_campaign(representation, inputs)
+    for arm in (held, *sent):
         torch.testing.assert_close(arm["survival"]["hazard_logits"], before, rtol=0, atol=0)
+
+
+SENT = 1  # with one offer, a sent contact's arm (contact_arm)
 
 
 def test_each_example_is_read_in_its_arm_and_the_effect_is_the_difference_between_a_campaign_s_arms() -> None:
@@ -233,21 +243,51 @@ def test_each_example_is_read_in_its_arm_and_the_effect_is_the_difference_betwee
     representation = torch.randn(6, 8)
     arm = torch.tensor([NO_CONTACT, 0, SENT, NO_CONTACT, 0, SENT], dtype=torch.float32)
     moved = contact(representation, arm)
-    held, sent = contact.arms(representation)
+    held, (sent,) = contact.arms(representation)
     torch.testing.assert_close(moved[[0, 3]], representation[[0, 3]], rtol=0, atol=0)
     torch.testing.assert_close(moved[[1, 4]], held[[1, 4]], rtol=0, atol=0)
     torch.testing.assert_close(moved[[2, 5]], sent[[2, 5]], rtol=0, atol=0)
     assert not torch.allclose(held, representation) and not torch.allclose(sent, held)
 
 
-def test_held_out_contacts_train_who_campaigns_reach_and_only_sent_ones_train_the_effect() -> None:
+def test_with_several_offers_each_sent_contact_is_moved_by_its_own_offer_and_every_held_out_one_alike() -> None:
     torch.manual_seed(0)
-    contact = ContactEffect(8)
-    for arm, trained in ((NO_CONTACT, set()), (0, {"population"}), (SENT, {"population", "effect"})):
-        contact.zero_grad()
-        contact(torch.randn(4, 8), torch.full((4,), float(arm))).square().sum().backward()
-        moved = {name for name in ("population", "effect") if getattr(contact, name)[0].weight.grad.abs().sum() > 0}
-        assert moved == trained, arm
+    contact = ContactEffect(8, ("call", "coupon"))
+    representation = torch.randn(6, 8)
+    treated, offer = np.array([0, 0, 1, 1, 0, 1]), np.array([0, 1, 0, 1, 0, 1])
+    arm = torch.from_numpy(contact_arm(treated, offer).astype(np.float32))
+    arm[4] = NO_CONTACT
+    moved = contact(representation, arm)
+    held, (call, coupon) = contact.arms(representation)
+    torch.testing.assert_close(moved[[0, 1]], held[[0, 1]], rtol=0, atol=0)
+    torch.testing.assert_close(moved[2], call[2], rtol=0, atol=0)
+    torch.testing.assert_close(moved[[3, 5]], coupon[[3, 5]], rtol=0, atol=0)
+    torch.testing.assert_close(moved[4], representation[4], rtol=0, atol=0)
+    assert not torch.allclose(call, coupon)
+
+
+@pytest.mark.parametrize(
+    ("treated", "offer", "trained"),
+    [
+        (None, 0, set()),
+        (0, 0, {"population"}),
+        (0, 1, {"population"}),
+        (1, 0, {"population", "effects.0"}),
+        (1, 1, {"population", "effects.1"}),
+    ],
+)
+def test_held_out_contacts_train_who_campaigns_reach_and_only_sent_ones_train_their_offer_s_effect(
+    treated: int | None, offer: int, trained: set[str]
+) -> None:
+    torch.manual_seed(0)
+    contact = ContactEffect(8, ("call", "coupon"))
+    arm = NO_CONTACT if treated is None else int(contact_arm(np.array([treated]), np.array([offer]))[0])
+    contact(torch.randn(4, 8), torch.full((4,), float(arm))).square().sum().backward()
+    layers = {"population": contact.population, "effects.0": contact.effects[0], "effects.1": contact.effects[1]}
+    moved = {
+        name for name, mlp in layers.items() if mlp[0].weight.grad is not None and mlp[0].weight.grad.abs().sum() > 0
+    }
+    assert moved == trained
 
 
 # --- the metrics -----------------------------------------------------------------------------------------------
@@ -343,22 +383,21 @@ def test_bad_campaign_input_ends_in_one_line(
     assert message in finished.error_line
 
 
-def test_an_offer_is_learned_from_its_own_contacts_and_several_without_a_choice_are_named(
-    campaign_world: dict[str, Path], caplog: pytest.LogCaptureFixture
+def test_an_offer_is_learned_from_its_own_contacts_and_several_without_a_choice_each_from_theirs(
+    campaign_world: dict[str, Path], events: pd.DataFrame
 ) -> None:
     table = campaigns_of(campaign_world)
     table["offer"] = np.where(np.arange(len(table)) % 3 == 0, "call", "coupon")
     loaded = load_campaigns(table, ColumnMapping(), name="contacts.csv")
-    with caplog.at_level(logging.WARNING):
-        assert one_offer(loaded, None) is loaded
-    assert "contacts.csv: 2 offers (call, coupon): one effect is learned for all of them" in caplog.text
+    assert one_offer(loaded, None) is loaded
     calls = one_offer(loaded, "call")
     assert (calls["offer"] == "call").all() and len(calls) == (loaded["offer"] == "call").sum()
     assert set(calls["treated"]) == {0, 1} and calls.attrs["source"] == "contacts.csv"
-    caplog.clear()
-    with caplog.at_level(logging.WARNING):
-        one_offer(calls, None)
-    assert not caplog.text
+    checked = check_campaigns(loaded, events, int(events["timestamp"].max().value) + 1)
+    arms = checked.arms(checked.table)
+    assert checked.offers == ["call", "coupon"] and checked.summary()["costs"] == {"call": 5.0, "coupon": 5.0}
+    expected = 2 * (checked.table["offer"] == "coupon").to_numpy() + checked.table["treated"].to_numpy()
+    np.testing.assert_array_equal(arms, expected)
 
 
 def test_a_campaign_after_the_scores_judges_their_predicted_effects(
@@ -403,3 +442,105 @@ def test_the_two_model_baseline_predicts_an_effect_for_each_contact(
         check_dtype=False,
     )
     assert np.isfinite(effects[["churn_uplift", "spend_uplift", "churn_probability"]].to_numpy()).all()
+
+
+# --- several offers --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_offer_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Path], Path]:
+    """The campaign world's customers with two offers (a call and a coupon, at random), and a run trained on it
+    without data.offer: one network, an effect per offer."""
+    out = tmp_path_factory.mktemp("two-offer-world")
+    config = SyntheticWorldConfig.with_defaults(n_customers=600, n_weeks=80, seed=2, campaigns=True, campaign_offers=2)
+    write_world(config, out, "csv")
+    world = {name: out / f"{name}.csv" for name in ("events", "customers", "campaigns")}
+    run_dir = tmp_path_factory.mktemp("two-offer-run")
+    train_in_process(
+        run_dir,
+        *CAMPAIGN_TRAINING,
+        f"data.events={world['events']}",
+        f"data.customers={world['customers']}",
+        f"data.campaigns={world['campaigns']}",
+    )
+    return world, run_dir
+
+
+@pytest.mark.slow
+def test_one_network_of_several_offers_scores_each_and_picks_each_customer_s_best(
+    two_offer_run: tuple[dict[str, Path], Path], tmp_path: Path
+) -> None:
+    world, run_dir = two_offer_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for offer in ("call", "coupon"):
+        assert metrics[f"uplift/{offer}/contacts/val"] > 0 and np.isfinite(
+            metrics[f"uplift/{offer}/churn_qini_auuc/val"]
+        )
+    assert metrics["uplift/call/contacts/val"] + metrics["uplift/coupon/contacts/val"] == metrics["uplift/contacts/val"]
+    scores = tmp_path / "scores.parquet"
+    run_predict(
+        run_dir / "model.onnx", world["events"], scores, f"customers={world['customers']}", cutoff=CAMPAIGN_CUTOFF
+    )
+    predictions = pd.read_parquet(scores)
+    spend = {offer: predictions[per_offer("spend_uplift_60d", offer)].to_numpy() for offer in ("call", "coupon")}
+    np.testing.assert_allclose(predictions[per_offer(CONTACT_VALUE, "call")], spend["call"] - 2.0, atol=1e-4)
+    np.testing.assert_allclose(predictions[per_offer(CONTACT_VALUE, "coupon")], spend["coupon"] - 12.0, atol=1e-4)
+    # Costs that make each offer the better one for about half of the customers.
+    coupon_cost = float(np.median(spend["coupon"] - spend["call"]))
+    run_predict(
+        run_dir / "model.onnx",
+        world["events"],
+        scores,
+        f"customers={world['customers']}",
+        f"contact.cost={{call: 0, coupon: {coupon_cost}}}",
+        cutoff=CAMPAIGN_CUTOFF,
+    )
+    predictions = pd.read_parquet(scores)
+    run_predict(
+        run_dir / "model.onnx",
+        world["events"],
+        tmp_path / "spilled.parquet",
+        f"customers={world['customers']}",
+        f"contact.cost={{call: 0, coupon: {coupon_cost}}}",
+        f"memory_budget_mb={tightest_budget_mb()}",
+        cutoff=CAMPAIGN_CUTOFF,
+    )
+    spilled = pd.read_parquet(tmp_path / "spilled.parquet").sort_values("customer_id", ignore_index=True)
+    pd.testing.assert_frame_equal(spilled, predictions.sort_values("customer_id", ignore_index=True))
+    value = {offer: predictions[per_offer(CONTACT_VALUE, offer)].to_numpy() for offer in ("call", "coupon")}
+    np.testing.assert_allclose(value["coupon"], spend["coupon"] - coupon_cost, atol=1e-4)
+    best = np.where(value["coupon"] > value["call"], "coupon", "call")  # the first offer where they tie
+    np.testing.assert_array_equal(predictions[BEST_OFFER].to_numpy(dtype=object), best)
+    assert 0.3 < (best == "call").mean() < 0.7
+    for column in (CONTACT_VALUE, CHURN_PROBABILITY_IF_CONTACTED, "churn_uplift_30d", "spend_uplift_60d"):
+        own = np.where(best == "call", predictions[per_offer(column, "call")], predictions[per_offer(column, "coupon")])
+        np.testing.assert_array_equal(predictions[column].to_numpy(), own)
+    missing = run_predict(
+        run_dir / "model.onnx", world["events"], scores, "contact.cost={call: 1}", cutoff=CAMPAIGN_CUTOFF, check=False
+    )
+    assert "contact.cost names no cost for offer(s) ['coupon']; the model's offers: ['call', 'coupon']" in (
+        missing.error_line
+    )
+
+
+@pytest.mark.slow
+def test_one_offer_s_contacts_judge_its_predicted_effects(
+    two_offer_run: tuple[dict[str, Path], Path], tmp_path: Path
+) -> None:
+    world, run_dir = two_offer_run
+    cutoff, scores = "2023-12-10", tmp_path / "scores.parquet"  # before the last campaign (2023-12-17)
+    run_predict(run_dir / "model.onnx", world["events"], scores, f"customers={world['customers']}", cutoff=cutoff)
+    contacts = campaigns_of(world).loc[lambda t: t["contacted_at"] == t["contacted_at"].max()]
+    common = (f"predictions={scores}", f"events={world['events']}", f"cutoff={cutoff}", "horizon_days=60")
+    for offer, expected in ((None, len(contacts)), ("call", int((contacts["offer"] == "call").sum()))):
+        output = tmp_path / f"evaluation-{offer}"
+        chosen = () if offer is None else (f"offer={offer}",)
+        finished = run_in_process(
+            "churnformer-evaluate", *common, f"campaigns={world['campaigns']}", f"output={output}", *chosen
+        )
+        assert finished.code == 0, finished.err[-3000:]
+        assert json.loads((output / "metrics.json").read_text())["uplift_contacts"] == expected
+    unknown = run_in_process(
+        "churnformer-evaluate", *common, f"campaigns={world['campaigns']}", f"output={tmp_path / 'x'}", "offer=sms"
+    )
+    assert "no contacts of offer 'sms'" in unknown.error_line

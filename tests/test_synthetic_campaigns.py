@@ -13,8 +13,7 @@ from churnformer.data.synthetic import SyntheticFrames, SyntheticWorldConfig, ma
 from churnformer.data.synthetic_campaigns import (
     FIRST_CAMPAIGN_WEEK,
     HOLDOUT_SHARE,
-    OFFER,
-    OFFER_COST,
+    OFFERS,
     TRUTH_HORIZONS_DAYS,
     campaign_weeks,
 )
@@ -44,7 +43,8 @@ def test_contacts_go_to_active_customers_with_a_random_holdout(world: SyntheticF
     assert set(campaigns["treated"]) == {0, 1}
     held_out = 1 - campaigns["treated"].mean()
     assert abs(held_out - HOLDOUT_SHARE) < 4 * np.sqrt(HOLDOUT_SHARE * (1 - HOLDOUT_SHARE) / len(campaigns))
-    assert (campaigns["offer"] == OFFER).all() and (campaigns["cost"] == OFFER_COST).all()
+    (coupon,) = OFFERS[1]
+    assert (campaigns["offer"] == coupon.name).all() and (campaigns["cost"] == coupon.cost).all()
     start = pd.Timestamp(CONFIG.start)
     weeks = sorted(campaigns["contacted_at"].unique())
     assert weeks == [start + pd.Timedelta(weeks=week) for week in campaign_weeks(CONFIG.n_weeks)]
@@ -58,8 +58,15 @@ def test_contacts_go_to_active_customers_with_a_random_holdout(world: SyntheticF
 
 @pytest.mark.parametrize("days", [30, 90])
 def test_the_randomized_contrast_in_the_log_agrees_with_the_true_effects(world: SyntheticFrames, days: int) -> None:
+    for outcome, contrast, true, error in randomized_contrasts(world, days):
+        assert abs(contrast - true) < 3.5 * error, (outcome, contrast, true, error)
+        assert abs(true) > 2 * error  # an effect the log can show
+
+
+def randomized_contrasts(world: SyntheticFrames, days: int) -> list[tuple[str, float, float, float]]:
     """Churn (no purchase) and net spend in the days after each contact, observed in the events: treated minus
-    held-out customers estimates the average effect, which the true effects must match within its error."""
+    held-out customers estimates the average effect, which the true effects must match within its error.
+    Per outcome: (outcome, the contrast, the mean true effect, the contrast's standard error)."""
     contacts = world.campaigns[["customer_id", "contacted_at", "treated"]]
     events = world.events.merge(contacts, on="customer_id")
     after = (events["timestamp"] >= events["contacted_at"]) & (
@@ -73,14 +80,13 @@ def test_the_randomized_contrast_in_the_log_agrees_with_the_true_effects(world: 
         "spend": np.maximum(window["amount"].sum().reindex(key, fill_value=0.0).to_numpy(), 0.0),
     }
     sent = contacts["treated"].to_numpy() == 1
-    truth = world.true_uplift
+    results = []
     for outcome, sign in (("churn", -1), ("spend", 1)):  # churn_uplift is the drop in churn
         values = observed[outcome]
         contrast = sign * (values[sent].mean() - values[~sent].mean())
         error = np.sqrt(values[sent].var() / sent.sum() + values[~sent].var() / (~sent).sum())
-        true = truth[f"{outcome}_uplift_{days}d"].mean()
-        assert abs(contrast - true) < 3.5 * error, (outcome, contrast, true, error)
-        assert abs(true) > 2 * error  # an effect the log can show
+        results.append((outcome, contrast, world.true_uplift[f"{outcome}_uplift_{days}d"].mean(), error))
+    return results
 
 
 def test_the_offer_helps_some_customers_and_drives_others_away(world: SyntheticFrames) -> None:
@@ -114,3 +120,66 @@ def test_the_cli_writes_the_campaigns_and_their_true_effects(tmp_path, capsys: p
     pd.testing.assert_frame_equal(truth[["customer_id", "contacted_at"]], campaigns[["customer_id", "contacted_at"]])
     assert {f"churn_uplift_{days}d" for days in TRUTH_HORIZONS_DAYS} <= set(truth.columns)
     assert f"{len(campaigns)} contacts" in capsys.readouterr().out
+
+
+# --- a world of two offers ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_offers() -> SyntheticFrames:
+    return simulate_world(replace(CONFIG, campaign_offers=2))
+
+
+def test_with_two_offers_each_contact_gets_one_at_random_with_its_cost_and_its_own_holdout(
+    world: SyntheticFrames, two_offers: SyntheticFrames
+) -> None:
+    campaigns = two_offers.campaigns
+    pd.testing.assert_frame_equal(two_offers.customers, world.customers)
+    assert {offer.name: offer.cost for offer in OFFERS[2]} == dict(campaigns.groupby("offer")["cost"].first())
+    shares = campaigns["offer"].value_counts(normalize=True)
+    assert abs(shares["call"] - 0.5) < 4 * np.sqrt(0.25 / len(campaigns))
+    assert (campaigns.groupby(["contacted_at", "offer"])["treated"].nunique() == 2).all()
+
+
+def test_with_two_offers_the_truth_holds_each_offer_s_effect_and_the_best_offer_differs_by_customer(
+    two_offers: SyntheticFrames,
+) -> None:
+    truth, offer = two_offers.true_uplift, two_offers.campaigns["offer"].to_numpy()
+    for column in ("churn_uplift_90d", "spend_uplift_90d", "churn_probability_if_contacted_30d"):
+        own = np.where(offer == "call", truth[f"{column}__call"], truth[f"{column}__coupon"])
+        np.testing.assert_array_equal(truth[column], own)
+    value = np.stack([truth[f"spend_uplift_90d__{o.name}"] - o.cost for o in OFFERS[2]], axis=1)
+    best, worth_it = value.argmax(axis=1), value.max(axis=1) > 0
+    for index, _ in enumerate(OFFERS[2]):  # each offer is the one worth sending to some customers
+        assert ((best == index) & worth_it).mean() > 0.02
+    # A call resolves complaints: its churn effect is larger for those with recent complaints; a coupon's spend
+    # effect larger for the price-sensitive.
+    complained = truth["hidden_recent_complaints"] >= 0.5
+    sensitive = truth["hidden_price_sensitivity"] > 0.5
+    call, coupon = truth["churn_uplift_90d__call"], truth["spend_uplift_90d__coupon"]
+    assert call[complained].mean() > call[~complained].mean() + 0.02
+    assert coupon[sensitive].mean() > coupon[~sensitive].mean()
+
+
+@pytest.mark.parametrize("offer", ["call", "coupon"])
+def test_with_two_offers_each_offer_s_randomized_contrast_agrees_with_its_true_effect(
+    two_offers: SyntheticFrames, offer: str
+) -> None:
+    chosen = (two_offers.campaigns["offer"] == offer).to_numpy()
+    frames = SyntheticFrames(
+        two_offers.events,
+        two_offers.customers,
+        two_offers.campaigns.loc[chosen].reset_index(drop=True),
+        two_offers.true_uplift.loc[chosen].reset_index(drop=True),
+    )
+    for outcome, contrast, true, error in randomized_contrasts(frames, 90):
+        assert abs(contrast - true) < 3.5 * error, (outcome, contrast, true, error)
+
+
+def test_the_cli_writes_a_world_of_two_offers(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "world"
+    assert main(["--customers", "300", "--weeks", "60", "--campaigns", "--offers", "2", "--out", str(out)]) == 0
+    assert set(pd.read_parquet(out / "campaigns.parquet")["offer"]) == {"call", "coupon"}
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--offers", "2", "--out", str(out)])
+    assert exit_info.value.code == 2 and "--offers is for a world with --campaigns" in capsys.readouterr().err

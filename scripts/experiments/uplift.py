@@ -45,7 +45,7 @@ from churnformer.baselines.uplift import ContactRows, t_learner
 from churnformer.data.events import CUSTOMER_ID
 from churnformer.data.labels import LabelSpec
 from churnformer.data.synthetic import SyntheticWorldConfig, simulate_world
-from churnformer.data.synthetic_campaigns import OFFER_COST
+from churnformer.data.synthetic_campaigns import OFFERS
 from churnformer.data.training_set import validation_mask
 from churnformer.evaluation.uplift import qini_auuc, top_share_value
 from churnformer.serving.predictor import Predictor
@@ -56,6 +56,7 @@ CUTOFF = "2024-06-30"
 HORIZON = 90
 VAL_FRACTION = 0.2
 TOP_SHARE = 0.2
+OFFER_COST = OFFERS[1][0].cost  # the one-offer world's coupon
 METRICS = (
     "churn_qini_auuc",
     "spend_qini_auuc",
@@ -75,27 +76,30 @@ def contacts_of(campaigns: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return contacts.loc[~held].reset_index(drop=True), contacts.loc[held].reset_index(drop=True)
 
 
-def churnformer_effects(model: Path, events: pd.DataFrame, customers: pd.DataFrame, test: pd.DataFrame) -> pd.DataFrame:
-    """The exported model's predictions for each test contact, scored as of the day before its campaign (features
-    from the events before the campaign's day, as in training)."""
+def scored_at_contacts(model: Path, events: pd.DataFrame, customers: pd.DataFrame, test: pd.DataFrame) -> pd.DataFrame:
+    """The exported model's predictions (every column) for each test contact, with its ``day``, scored as of the
+    day before its campaign (features from the events before the campaign's day, as in training)."""
     predictor = Predictor(model, ScoringSettings.defaults(progress=False))
     parts = []
     for day, group in test.groupby("day", sort=True):
         cutoff = str((day - pd.Timedelta(days=1)).date())
         scored = predictor.score(events, cutoff, customers).predictions
-        scored = scored.loc[scored[CUSTOMER_ID].isin(group[CUSTOMER_ID])]
-        parts.append(
-            pd.DataFrame(
-                {
-                    CUSTOMER_ID: scored[CUSTOMER_ID].to_numpy(),
-                    "day": day,
-                    "churn_uplift": scored[f"churn_uplift_{HORIZON}d"].to_numpy(),
-                    "spend_uplift": scored[f"spend_uplift_{HORIZON}d"].to_numpy(),
-                    "churn_probability": scored["churn_probability"].to_numpy(),
-                }
-            )
-        )
+        parts.append(scored.loc[scored[CUSTOMER_ID].isin(group[CUSTOMER_ID])].assign(day=day))
     return pd.concat(parts, ignore_index=True)
+
+
+def churnformer_effects(model: Path, events: pd.DataFrame, customers: pd.DataFrame, test: pd.DataFrame) -> pd.DataFrame:
+    """The model's effects and churn probability at the protocol's horizon for each test contact."""
+    scored = scored_at_contacts(model, events, customers, test)
+    return pd.DataFrame(
+        {
+            CUSTOMER_ID: scored[CUSTOMER_ID].to_numpy(),
+            "day": scored["day"].to_numpy(),
+            "churn_uplift": scored[f"churn_uplift_{HORIZON}d"].to_numpy(),
+            "spend_uplift": scored[f"spend_uplift_{HORIZON}d"].to_numpy(),
+            "churn_probability": scored["churn_probability"].to_numpy(),
+        }
+    )
 
 
 def x_learner(events: pd.DataFrame, train_contacts: pd.DataFrame, test: pd.DataFrame, seed: int) -> pd.DataFrame:
@@ -186,12 +190,12 @@ def run_seed(seed: int, args: argparse.Namespace, workdir: Path) -> list[dict]:
     return rows
 
 
-def summary(rows: list[dict]) -> pd.DataFrame:
+def summary(rows: list[dict], metrics: tuple[str, ...] = METRICS) -> pd.DataFrame:
     """Mean ± std over seeds per model."""
     frame = pd.DataFrame(rows)
-    grouped = frame.groupby("model", sort=False)[list(METRICS)]
+    grouped = frame.groupby("model", sort=False)[list(metrics)]
     means, stds = grouped.mean(), grouped.std(ddof=1).fillna(0.0)
-    cells = {m: [f"{means.loc[i, m]:.4f} ± {stds.loc[i, m]:.4f}" for i in means.index] for m in METRICS}
+    cells = {m: [f"{means.loc[i, m]:.4f} ± {stds.loc[i, m]:.4f}" for i in means.index] for m in metrics}
     return pd.DataFrame({"model": means.index, **cells})
 
 

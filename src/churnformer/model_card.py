@@ -206,11 +206,15 @@ def _campaign_lines(campaigns: Mapping[str, Any] | None) -> list[str]:
     """What a model trained with campaigns learned its contact effects from, and where they hold."""
     if not campaigns:
         return []
+    costs = campaigns.get("costs") or dict.fromkeys(campaigns["offers"], campaigns["cost"])
+    offers = ", ".join(f"{offer} (mean cost {cost:g})" for offer, cost in costs.items())
+    several = len(costs) > 1
     return [
         f"- Campaigns: {campaigns['contacts']:,} contacts ({campaigns['sent']:,} sent, {campaigns['held_out']:,} held "
         f"out at random) in {campaigns['campaigns']} campaign(s) from {campaigns['first']} to {campaigns['last']}; "
-        f"offers: {', '.join(campaigns['offers'])}; mean cost {campaigns['cost']:g}. The contact effects "
-        "(churn_uplift, spend_uplift, contact_value) hold where contacts were randomized, for offers like these"
+        f"offers: {offers}{'; an effect learned per offer, best_offer the one of most value' if several else ''}. "
+        "The contact effects (churn_uplift, spend_uplift, contact_value) hold where contacts were randomized, for "
+        "offers like these"
     ]
 
 

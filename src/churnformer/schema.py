@@ -19,8 +19,8 @@ CUSTOMER_AGG = "customer_agg"  # (B, Fa) float32: engineered aggregates (data.fe
 EVENT_TEXT = "event_text"  # (B, T, Ct) int32
 TEXT_EMBEDDINGS = "text_embeddings"  # (M, E) float32, row 0 zeros
 MODEL_INPUTS = (EVENT_CAT, EVENT_NUM, LENGTHS, CUSTOMER_CAT, CUSTOMER_NUM)  # a text model adds the two above
-# Training batches of a model trained with campaigns (data.campaigns) only, never a model file's input: 1 where
-# the example is a contact that was sent the offer, 0 where it was held out, -1 where it is no contact (B,) float32.
+# Training batches of a model trained with campaigns (data.campaigns) only, never a model file's input: each
+# example's arm (data.campaigns.contact_arm: with one offer 1 sent, 0 held out; -1 no contact) (B,) float32.
 CONTACTED = "contacted"
 # Inputs a model file must have (a model without static categorical features may lack customer_cat).
 REQUIRED_MODEL_INPUTS = (EVENT_CAT, EVENT_NUM, LENGTHS, CUSTOMER_NUM)
@@ -81,6 +81,15 @@ def per_horizon(column: str, days: float) -> str:
 CHURN_PROBABILITY_IF_CONTACTED = "churn_probability_if_contacted"
 CHURN_UPLIFT = "churn_uplift"  # churn_probability - churn_probability_if_contacted: the drop in churn
 SPEND_UPLIFT = "spend_uplift"  # expected spend if contacted - expected_spend: the spend contacting adds
+# A model trained on several offers has these columns per offer (per_offer), and the ones above for each
+# customer's best offer (BEST_OFFER: the highest contact_value; without a spend head, the largest churn uplift).
+BEST_OFFER = "best_offer"
+
+
+def per_offer(column: str, offer: str) -> str:
+    """``contact_value__coupon``: a column of one offer, for a model trained on several."""
+    return f"{column}__{offer}"
+
 
 # --- what scoring derives from the outputs ------------------------------------------------------------------
 CLV = "clv"  # discounted expected spend over the horizon grid

@@ -91,7 +91,7 @@ def export_onnx(
     horizons = tuple(float(h) for h in metadata[META_HORIZONS])
     outputs = network.heads.output_columns(horizons)
     if network.contact is not None:
-        outputs += contact_columns(network.heads, horizons)
+        outputs += contact_columns(network.heads, horizons, network.contact.offers)
     main = horizons.index(float(metadata[META_HORIZON_DAYS]))
     model = ScoringModel(network, list(inputs), main, calibration, with_embedding=True)
     model.eval()

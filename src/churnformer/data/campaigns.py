@@ -3,11 +3,14 @@ checked against the event log.
 
 One row per contact: ``customer_id``, ``contacted_at`` (when the offer went out, or would have), ``treated``
 (1: sent; 0: held out at random) and optionally ``offer`` (its type) and ``cost`` (of sending it to this
-customer), mapped with ``data.columns.*`` like the event log. A campaign is the contacts of one day: it must
-hold both sent and held-out customers, or its effect cannot be told from who was picked.
+customer), mapped with ``data.columns.*`` like the event log. A campaign is the contacts of one offer on one
+day: it must hold both sent and held-out customers, or its effect cannot be told from who was picked.
 
 Each campaign's day is a cutoff (:func:`campaign_window`): features from the events before that day, outcomes
 (churn and spend per horizon) from it on. The contact itself is never an event a model reads.
+
+A table of several offers teaches one effect per offer (:func:`contact_arm` says how a training example carries
+its offer), or one offer's alone with ``data.offer``.
 """
 
 from __future__ import annotations
@@ -35,6 +38,25 @@ TREATED = "treated"
 OFFER = "offer"
 COST = "cost"
 DEFAULT_OFFER = "offer"  # the offer of a table without an offer column
+NO_CONTACT = -1  # the arm of an example that is no contact (a rolling cutoff's)
+
+
+def contact_arm(treated: np.ndarray, offer_index: np.ndarray) -> np.ndarray:
+    """A contact's arm, one number per training example (the network's ``schema.CONTACTED`` input, the arm
+    column of a featurized dataset): ``2 * offer_index + treated``, so with one offer 1 is sent and 0 held out;
+    :data:`NO_CONTACT` is no contact. Every held-out contact is the same arm to the network (no offer reached
+    them); the offer they were held out of says which sent contacts they are compared with when judged."""
+    return (2 * np.asarray(offer_index, dtype=np.int64) + np.asarray(treated, dtype=np.int64)).astype(np.int8)
+
+
+def arm_sent(arm: np.ndarray) -> np.ndarray:
+    """Whether each arm of :func:`contact_arm` was sent its offer (numpy arrays or torch tensors alike)."""
+    return (arm >= 0) & (arm % 2 == 1)
+
+
+def arm_offer(arm: np.ndarray) -> np.ndarray:
+    """The offer index of each contact's arm (:func:`contact_arm`); 0 for :data:`NO_CONTACT`."""
+    return (arm * (arm >= 0)) // 2
 
 
 @dataclass(frozen=True)
@@ -53,10 +75,22 @@ class Campaigns:
         """The contacts of the campaign of ``day``."""
         return self.table.loc[self.table["day"].to_numpy() == np.datetime64(day)]
 
+    @property
+    def offers(self) -> list[str]:
+        """The offers, sorted: an offer's index in a contact's arm (:func:`contact_arm`) is its place here."""
+        return sorted(pd.unique(self.table[OFFER]).tolist())
+
+    def arms(self, contacts: pd.DataFrame) -> np.ndarray:
+        """The arm (:func:`contact_arm`) of each of ``contacts`` (rows of :attr:`table`)."""
+        index = pd.Index(self.offers).get_indexer(contacts[OFFER])
+        return contact_arm(contacts[TREATED].to_numpy(), index)
+
     def summary(self) -> dict[str, object]:
         """What a model trained on them records (``schema.META_CAMPAIGNS``): counts, days, offers and the mean
-        cost of sending one (what ``contact_value`` subtracts unless scoring is told another)."""
+        cost of sending one, overall and per offer (what ``contact_value`` subtracts unless scoring is told
+        another)."""
         sent = self.table["treated"].to_numpy() == 1
+        costs = self.table.groupby(OFFER)[COST].mean()
         return {
             "contacts": len(self.table),
             "sent": int(sent.sum()),
@@ -64,8 +98,9 @@ class Campaigns:
             "campaigns": len(self.days),
             "first": str(self.days[0].date()),
             "last": str(self.days[-1].date()),
-            "offers": sorted(self.table["offer"].unique().tolist()),
+            "offers": self.offers,
             "cost": float(self.table["cost"].mean()),
+            "costs": {offer: float(costs[offer]) for offer in self.offers},
         }
 
 
@@ -135,21 +170,12 @@ def _costs(values: pd.Series, where: str) -> np.ndarray:
 
 
 def one_offer(table: pd.DataFrame | None, offer: object) -> pd.DataFrame | None:
-    """The contacts of ``offer`` (``data.offer``), sent and held out; with none chosen, every contact, and a
-    warning when the table holds several offers: one effect is then learned for all of them."""
-    if table is None:
-        return None
+    """The contacts of ``offer`` (``data.offer``), sent and held out; with none chosen, every contact (a table
+    of several offers then teaches one effect per offer)."""
+    if table is None or offer is None:
+        return table
     where = table.attrs.get("source", "the campaign table")
     offers = sorted(pd.unique(table[OFFER]).tolist())
-    if offer is None:
-        if len(offers) > 1:
-            logging.getLogger(__name__).warning(
-                "%s: %d offers (%s): one effect is learned for all of them; data.offer=NAME learns one offer's",
-                where,
-                len(offers),
-                ", ".join(offers),
-            )
-        return table
     if str(offer) not in offers:
         raise InputError(f"{where}: no contacts of offer {str(offer)!r} (data.offer); its offers: {offers}")
     chosen = table.loc[table[OFFER].to_numpy() == str(offer)].reset_index(drop=True)
@@ -181,15 +207,22 @@ def check_campaigns(table: pd.DataFrame, events: pd.DataFrame, log_end_ns: int) 
     table = table.loc[known].assign(day=lambda frame: frame[CONTACTED_AT].dt.normalize())
     if table.empty:
         raise InputError(f"{where}: none of its customers is in the event log")
-    arms = table.groupby("day")[TREATED].agg(["min", "max"])
+    twice = table.duplicated([CUSTOMER_ID, "day"]).to_numpy()
+    if twice.any():
+        raise InputError(
+            f"{where}: customer {table.loc[twice, CUSTOMER_ID].iloc[0]!r} contacted twice on "
+            f"{table.loc[twice, 'day'].iloc[0].date()} (in {first_rows(twice)}): a campaign's day is one cutoff, "
+            "with one contact per customer"
+        )
+    arms = table.groupby(["day", OFFER])[TREATED].agg(["min", "max"])
     one_armed = arms.loc[arms["min"] == arms["max"]]
     if len(one_armed):
-        day, arm = one_armed.index[0], int(one_armed["min"].iloc[0])
+        (day, offer), arm = one_armed.index[0], int(one_armed["min"].iloc[0])
         lacking = "held-out (treated=0)" if arm == 1 else "sent (treated=1)"
         raise InputError(
-            f"{where}: the campaign of {day.date()} has no {lacking} customers ({len(one_armed)} campaign day(s) "
-            "like it): its effect cannot be told from who was picked; keep a random holdout in every campaign, or "
-            "leave such campaigns out"
+            f"{where}: the campaign of {day.date()} (offer {offer!r}) has no {lacking} customers "
+            f"({len(one_armed)} campaign(s) like it): its effect cannot be told from who was picked; keep a random "
+            "holdout in every campaign, or leave such campaigns out"
         )
     return Campaigns(table.sort_values(["day", CUSTOMER_ID], kind="stable").reset_index(drop=True), log_end_ns)
 

@@ -116,6 +116,8 @@ class SyntheticWorld(EventLogSource):
         for variant in ("text", "campaigns"):  # the same world with a text column, with campaigns: its own files
             if getattr(self.world, variant):
                 self.directory = self.directory.with_name(f"{self.directory.name}-{variant}")
+        if self.world.campaigns and self.world.campaign_offers > 1:
+            self.directory = self.directory.with_name(f"{self.directory.name}-{self.world.campaign_offers}offers")
 
     @property
     def files(self) -> tuple[Path, Path]:

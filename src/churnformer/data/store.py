@@ -51,8 +51,8 @@ TEXT_TABLE = "text_table.npy"
 SHARD_EXAMPLES = 50_000
 _LENGTH_COLUMN, _TOTAL_COLUMN, _VALIDATION_COLUMN = "length", "n_events_total", "is_validation"
 _CUTOFF_COLUMN = "cutoff"
-# With campaigns only: per example 1 (a contact sent the offer), 0 (held out), -1 (no contact); a validation
-# customer's contacts are flagged validation (what the predicted effects are judged on), not trained on.
+# With campaigns only: per example its arm (data.campaigns.contact_arm; -1: no contact); a validation customer's
+# contacts are flagged validation (what the predicted effects are judged on), not trained on.
 _ARM_COLUMN = "arm"
 
 

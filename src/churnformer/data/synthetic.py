@@ -27,11 +27,13 @@ from churnformer.data.synthetic_campaigns import (
     COUPON_LIFT,
     COUPON_PROTECTION,
     OFFER_WEEKS,
+    OFFERS,
     RESCUE_COMPLAINTS,
     RESCUE_PROBABILITY,
     TRUTH_HORIZONS_DAYS,
     TRUTH_REPLICAS,
     CampaignLog,
+    Offer,
     Responsiveness,
     campaign_weeks,
     draw_contacts,
@@ -40,6 +42,7 @@ from churnformer.data.synthetic_campaigns import (
 )
 from churnformer.data.synthetic_text import UNHAPPY_WEEKS, event_texts
 from churnformer.errors import ConfigError
+from churnformer.schema import per_offer
 
 WEEK_SECONDS = 7 * 24 * 3600
 DAY_SECONDS = 24 * 3600
@@ -85,6 +88,7 @@ class SyntheticWorldConfig:
     seed: int
     text: bool = False  # add a free-text column (churnformer.data.synthetic_text); the other columns stay equal
     campaigns: bool = False  # randomized retention contacts and their true effects (synthetic_campaigns)
+    campaign_offers: int = 1  # the offers they send: 1 (a coupon) or 2 (a call and a coupon; OFFERS)
 
     @classmethod
     def with_defaults(cls, **changes: Any) -> SyntheticWorldConfig:
@@ -125,7 +129,8 @@ class _State:
     phase: np.ndarray  # HEALTHY, DECLINING or CHURNED
     decline_start: np.ndarray  # first declining week (valid while DECLINING)
     complaints: np.ndarray  # decayed count of recent complaints
-    offer_until: np.ndarray  # the first week the last offer sent no longer works (0: none sent)
+    contact_until: np.ndarray  # the first week the last contact no longer works (0: none sent)
+    coupon_until: np.ndarray  # the first week the last coupon sent no longer works (0: none sent)
 
     @classmethod
     def initial(cls, n_customers: int) -> _State:
@@ -134,7 +139,8 @@ class _State:
             phase=np.full(n_customers, HEALTHY, dtype=np.int8),
             decline_start=np.zeros(n_customers, dtype=np.int64),
             complaints=np.zeros(n_customers),
-            offer_until=np.zeros(n_customers, dtype=np.int64),
+            contact_until=np.zeros(n_customers, dtype=np.int64),
+            coupon_until=np.zeros(n_customers, dtype=np.int64),
         )
 
     def take(self, rows: np.ndarray) -> _State:
@@ -277,7 +283,7 @@ def _this_week(world: _Customers, state: _State, active: np.ndarray, week: int, 
     weeks_declining = week - state.decline_start[active] + 1
     progress = np.where(declining, weeks_declining / (world.decline_weeks[active] + 1), 0.0)
     engagement = 1.0 - 0.85 * progress
-    lift = 1.0 + COUPON_LIFT * world.price_sensitivity[active] * (state.offer_until[active] > week)
+    lift = 1.0 + COUPON_LIFT * world.price_sensitivity[active] * (state.coupon_until[active] > week)
     return _Week(
         progress=progress,
         engagement=engagement,
@@ -316,12 +322,12 @@ def _advance(
     """Move healthy customers into decline by their hazard and customers whose decline is over to churned."""
     tenure = week - world.signup_week[active]
     early = 1.0 + EARLY_HAZARD * np.exp(-tenure / EARLY_WEEKS)
-    offer = state.offer_until[active] > week
-    protection = 1.0 - COUPON_PROTECTION * world.price_sensitivity[active] * offer
+    coupon = state.coupon_until[active] > week
+    protection = 1.0 - COUPON_PROTECTION * world.price_sensitivity[active] * coupon
     hazard = (
         world.hazard[active] * early * protection
         + COMPLAINT_HAZARD * state.complaints[active]
-        + AVERSE_HAZARD * (world.contact_averse[active] & offer)
+        + AVERSE_HAZARD * (world.contact_averse[active] & (state.contact_until[active] > week))
     )
     starts = active[(state.phase[active] == HEALTHY) & (rng.random(len(active)) < hazard)]
     state.phase[starts] = DECLINING
@@ -441,6 +447,7 @@ class _Contacts:
     rng: np.random.Generator
     weeks: set[int]
     world: _Customers
+    offers: tuple[Offer, ...]
     log: CampaignLog
 
     @classmethod
@@ -448,34 +455,65 @@ class _Contacts:
         weeks = set(campaign_weeks(config.n_weeks))
         if not weeks:
             raise ConfigError(too_short_for_campaigns(config.n_weeks))
+        if config.campaign_offers not in OFFERS:
+            raise ConfigError(
+                f"campaign_offers must be one of {sorted(OFFERS)} (the offers the synthetic world can send), "
+                f"got {config.campaign_offers!r}"
+            )
         rng = np.random.default_rng([config.seed, 2])
         traits = Responsiveness.draw(rng, world.unit_price, world.signup_channel)
-        return cls(config.seed, rng, weeks, replace(world, **vars(traits)), CampaignLog.empty())
+        offers = OFFERS[config.campaign_offers]
+        return cls(config.seed, rng, weeks, replace(world, **vars(traits)), offers, CampaignLog.empty(offers))
 
     def send(self, state: _State, week: int, seasons: np.ndarray) -> None:
-        """Pick this week's contacts and holdout, record each contact's true effect, and send the offers."""
-        contacted, treated = draw_contacts(self.rng, self.world.signup_week, state.phase != CHURNED, week)
-        churn, spend = {}, {}
-        for arm in (False, True):
-            churn[arm], spend[arm] = _expected_outcomes(self.world, state, contacted, week, seasons, arm, self.seed)
+        """Pick this week's contacts, their offers and holdout, record each contact's true effect (of its own
+        offer, and with several offers of each), and send the offers."""
+        active = state.phase != CHURNED
+        contacted, treated, offer = draw_contacts(self.rng, self.world.signup_week, active, week, len(self.offers))
+        without = _expected_outcomes(self.world, state, contacted, week, seasons, None, self.seed, 0)
+        sent = [
+            _expected_outcomes(self.world, state, contacted, week, seasons, each, self.seed, k + 1)
+            for k, each in enumerate(self.offers)
+        ]
+        rows = np.arange(len(contacted))
+        own = tuple(np.stack([outcome[i] for outcome in sent])[offer, rows] for i in (0, 1))
+        truth = _truth(without, own)
+        for each, outcome in zip(self.offers if len(self.offers) > 1 else (), sent, strict=False):
+            per_offer_truth = _truth(without, outcome).items()
+            truth |= {
+                per_offer(name, each.name): v for name, v in per_offer_truth if "contacted" in name or "uplift" in name
+            }
         hidden = {  # what decides the effect, which the log shows only indirectly
             "hidden_price_sensitivity": self.world.price_sensitivity[contacted],
             "hidden_contact_averse": self.world.contact_averse[contacted].astype(np.int8),
             "hidden_declining": (state.phase[contacted] == DECLINING).astype(np.int8),
             "hidden_recent_complaints": state.complaints[contacted].copy(),
         }
-        self.log.add(week, contacted, treated, truth_columns(churn, spend, TRUTH_HORIZONS_DAYS) | hidden)
-        _contact(self.rng, self.world, state, contacted[treated], week)
+        self.log.add(week, contacted, treated, offer, truth | hidden)
+        for k, sent in enumerate(self.offers):
+            _contact(self.rng, self.world, state, contacted[treated & (offer == k)], week, sent)
 
 
-def _contact(rng: np.random.Generator, world: _Customers, state: _State, sent: np.ndarray, week: int) -> None:
-    """The offer reaches ``sent`` at the start of ``week``: it works for :data:`OFFER_WEEKS` weeks, their recent
-    complaints are mostly resolved, and declining customers with recent complaints may be won back."""
-    state.offer_until[sent] = week + OFFER_WEEKS
-    complained = state.complaints[sent] >= RESCUE_COMPLAINTS
-    won_back = sent[(state.phase[sent] == DECLINING) & complained & (rng.random(len(sent)) < RESCUE_PROBABILITY)]
-    state.phase[won_back] = HEALTHY
-    state.complaints[sent] *= COMPLAINT_RELIEF
+def _truth(without: tuple[np.ndarray, np.ndarray], sent: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
+    """The true-effect columns (:func:`truth_columns`) from the expected (churn, spend) without and with an
+    offer."""
+    return truth_columns({False: without[0], True: sent[0]}, {False: without[1], True: sent[1]}, TRUTH_HORIZONS_DAYS)
+
+
+def _contact(
+    rng: np.random.Generator, world: _Customers, state: _State, sent: np.ndarray, week: int, offer: Offer
+) -> None:
+    """``offer`` reaches ``sent`` at the start of ``week`` and works for :data:`OFFER_WEEKS` weeks: a coupon
+    while it runs, and an offer that resolves complaints at once (recent complaints mostly resolved, declining
+    customers with recent complaints maybe won back)."""
+    state.contact_until[sent] = week + OFFER_WEEKS
+    if offer.coupon:
+        state.coupon_until[sent] = week + OFFER_WEEKS
+    if offer.resolves_complaints:
+        complained = state.complaints[sent] >= RESCUE_COMPLAINTS
+        rescued = (state.phase[sent] == DECLINING) & complained & (rng.random(len(sent)) < RESCUE_PROBABILITY)
+        state.phase[sent[rescued]] = HEALTHY
+        state.complaints[sent] *= COMPLAINT_RELIEF
 
 
 def _expected_outcomes(
@@ -484,11 +522,13 @@ def _expected_outcomes(
     customers: np.ndarray,
     week: int,
     seasons: np.ndarray,
-    sent: bool,
+    sent: Offer | None,
     seed: int,
+    arm: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The churn probability and expected net spend (customers, :data:`TRUTH_HORIZONS_DAYS`) of ``customers``
-    over the days from the start of ``week``, without or with the offer (``sent``), from their state now.
+    over the days from the start of ``week``, without an offer or with ``sent``, from their state now (``arm``:
+    0 without, k with the world's k-th offer).
 
     The weeks after are simulated :data:`TRUTH_REPLICAS` times by the world's own rules (who starts declining,
     who complains), and in each replica churn and spend are taken as expected values given its path: no purchase
@@ -496,8 +536,9 @@ def _expected_outcomes(
     arms draw from the same stream, so the difference between them is mostly the offer's."""
     replicas = np.tile(customers, TRUTH_REPLICAS)
     world, state = world.take(replicas), state.take(replicas)
-    if sent:
-        _contact(np.random.default_rng([seed, 4, week]), world, state, np.arange(len(replicas)), week)
+    if sent is not None:  # the first offer's stream is the one-offer world's
+        contact_rng = np.random.default_rng([seed, 4, week, *([arm] if arm > 1 else [])])
+        _contact(contact_rng, world, state, np.arange(len(replicas)), week, sent)
     rng = np.random.default_rng([seed, 3, week])
     horizons = np.asarray(TRUTH_HORIZONS_DAYS, dtype=np.float64)
     purchases = np.zeros((len(replicas), len(horizons)))
@@ -583,9 +624,18 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="randomized retention contacts with a holdout: campaigns.<format> and each contact's true effect, "
         "true_uplift.<format>",
     )
+    parser.add_argument(
+        "--offers",
+        type=int,
+        choices=sorted(OFFERS),
+        default=defaults.campaign_offers,
+        help="with --campaigns, the offers sent: 1 (a coupon) or 2 (a call and a coupon, given at random)",
+    )
     args = parser.parse_args(argv)
     if args.campaigns and not campaign_weeks(args.weeks):
         parser.error(too_short_for_campaigns(args.weeks))
+    if args.offers != defaults.campaign_offers and not args.campaigns:
+        parser.error("--offers is for a world with --campaigns")
     return args
 
 
@@ -599,6 +649,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         text=args.text,
         campaigns=args.campaigns,
+        campaign_offers=args.offers,
     )
     started = time.perf_counter()
     frames = simulate_world(config)

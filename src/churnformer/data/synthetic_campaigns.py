@@ -3,16 +3,20 @@ contacted when, who is held out, how each customer responds, and the frames writ
 
 Every ``CAMPAIGN_EVERY_WEEKS`` weeks a random share of the active customers (signed up for at least
 ``MIN_TENURE_WEEKS``, not churned: a CRM system's active list) is picked; of those, a random ``HOLDOUT_SHARE``
-is held out (``treated`` 0) and the rest are sent a coupon (``treated`` 1). The coupon's effect depends on
+is held out (``treated`` 0) and the rest are sent the offer (``treated`` 1). An offer's effect depends on
 hidden traits the log shows only indirectly:
 
-- **complaint-driven risk** responds to the contact: the customer's recent complaints are mostly resolved
-  (their weight on the hazard of starting to decline falls), and a customer already declining with recent
-  complaints is won back with probability ``RESCUE_PROBABILITY``;
+- **complaint-driven risk** responds to an offer that resolves complaints: the customer's recent complaints are
+  mostly resolved (their weight on the hazard of starting to decline falls), and a customer already declining
+  with recent complaints is won back with probability ``RESCUE_PROBABILITY``;
 - **price-sensitive** customers (``price_sensitivity``, higher for customers with cheaper baskets) buy more
-  while the coupon runs and are less likely to start declining;
+  while a coupon runs and are less likely to start declining;
 - **contact-averse** customers ("sleeping dogs", more often among paid-social sign-ups) are more likely to
-  start declining while the contact is recent.
+  start declining while any contact is recent.
+
+A world has one offer (a coupon that does all of the above) or two (``campaign_offers=2``: a call that resolves
+complaints, and a coupon that moves the price-sensitive): each contacted customer is given one of them at random,
+and the best offer differs from customer to customer (:data:`OFFERS`).
 
 The draws come from their own random stream, so a world without campaigns is the world it always was; with
 them, the weeks after the first campaign differ (treated customers behave differently).
@@ -30,9 +34,7 @@ FIRST_CAMPAIGN_WEEK = 26
 MIN_TENURE_WEEKS = 4
 CONTACT_SHARE = 0.3  # of the eligible customers, contacted at each campaign (treated or held out)
 HOLDOUT_SHARE = 0.5  # of the contacted, held out at random
-OFFER = "coupon"
-OFFER_COST = 5.0  # what sending the offer to one customer costs, in the log's currency
-OFFER_WEEKS = 4  # weeks the coupon's effects last, from the contact week on
+OFFER_WEEKS = 4  # weeks an offer's effects last, from the contact week on
 
 # Effects of the coupon while it runs.
 COUPON_LIFT = 1.2  # purchase-rate multiplier: 1 + COUPON_LIFT * price_sensitivity
@@ -50,6 +52,28 @@ AVERSE_SHARE = (0.05, 0.3, 0.03)
 # each contact they are averaged over (churn and spend are expected values given each replica's path).
 TRUTH_HORIZONS_DAYS = (30, 90, 180)
 TRUTH_REPLICAS = 32
+
+
+@dataclass(frozen=True)
+class Offer:
+    """One kind of contact, what sending it to one customer costs (in the log's currency) and what it does."""
+
+    name: str
+    cost: float
+    coupon: bool  # the price-sensitive buy more and decline less while it runs
+    resolves_complaints: bool  # recent complaints mostly resolved; declining complainers may be won back
+
+
+# The offers of a world, by how many it has (sorted by name: a model's order of offers). With two, the call is
+# cheap and worth it for the few whose risk is their complaints; the coupon's discount costs more, and pays
+# where the customer is price-sensitive.
+OFFERS = {
+    1: (Offer("coupon", 5.0, coupon=True, resolves_complaints=True),),
+    2: (
+        Offer("call", 2.0, coupon=False, resolves_complaints=True),
+        Offer("coupon", 12.0, coupon=True, resolves_complaints=False),
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -89,38 +113,46 @@ def too_short_for_campaigns(n_weeks: int) -> str:
 
 
 def draw_contacts(
-    rng: np.random.Generator, signup_week: np.ndarray, active: np.ndarray, week: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The customers contacted at ``week`` (sorted numbers; ``active``: not churned) and whether each was sent
-    the offer."""
+    rng: np.random.Generator, signup_week: np.ndarray, active: np.ndarray, week: int, offers: int = 1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The customers contacted at ``week`` (sorted numbers; ``active``: not churned), whether each was sent its
+    offer, and which offer (an index of ``offers``, drawn at random when there are several)."""
     eligible = np.flatnonzero((signup_week <= week - MIN_TENURE_WEEKS) & active)
     contacted = eligible[rng.random(len(eligible)) < CONTACT_SHARE]
-    return contacted, rng.random(len(contacted)) >= HOLDOUT_SHARE
+    treated = rng.random(len(contacted)) >= HOLDOUT_SHARE
+    offer = rng.integers(offers, size=len(contacted)) if offers > 1 else np.zeros(len(contacted), dtype=np.int64)
+    return contacted, treated, offer
 
 
 @dataclass
 class CampaignLog:
     """The contacts made so far and their true effects, per campaign; frames once the log is written."""
 
+    offers: tuple[Offer, ...]
     weeks: list[int]
     customers: list[np.ndarray]
     treated: list[np.ndarray]
+    offer: list[np.ndarray]  # per contact, its offer's index in ``offers``
     truth: list[dict[str, np.ndarray]]
 
     @classmethod
-    def empty(cls) -> CampaignLog:
-        return cls([], [], [], [])
+    def empty(cls, offers: tuple[Offer, ...]) -> CampaignLog:
+        return cls(offers, [], [], [], [], [])
 
-    def add(self, week: int, customers: np.ndarray, treated: np.ndarray, truth: dict[str, np.ndarray]) -> None:
+    def add(
+        self, week: int, customers: np.ndarray, treated: np.ndarray, offer: np.ndarray, truth: dict[str, np.ndarray]
+    ) -> None:
         self.weeks.append(week)
         self.customers.append(customers)
         self.treated.append(treated)
+        self.offer.append(offer)
         self.truth.append(truth)
 
     def frames(self, ids: tuple[str, ...], start: pd.Timestamp) -> tuple[pd.DataFrame, pd.DataFrame]:
         """``campaigns`` (``customer_id, contacted_at, treated, offer, cost``: what a CRM system logs) and
-        ``true_uplift`` (per contact: the expected churn and spend per horizon without and with the offer, their
-        differences, and the hidden state that decides them, ``hidden_*``; what no real log has)."""
+        ``true_uplift`` (per contact: the expected churn and spend per horizon without and with its offer, their
+        differences, with several offers each offer's too (``schema.per_offer``), and the hidden state that
+        decides them, ``hidden_*``; what no real log has)."""
         customer = np.concatenate(self.customers) if self.customers else np.zeros(0, dtype=np.int64)
         week = np.repeat(self.weeks, [len(c) for c in self.customers]).astype(np.int64)
         key = {
@@ -128,10 +160,13 @@ class CampaignLog:
             "contacted_at": (start + pd.to_timedelta(week * 7, unit="D")).astype("datetime64[ns]"),
         }
         treated = np.concatenate(self.treated) if self.treated else np.zeros(0, dtype=bool)
+        offer = np.concatenate(self.offer) if self.offer else np.zeros(0, dtype=np.int64)
+        names = np.asarray([o.name for o in self.offers], dtype=object)
+        costs = np.asarray([o.cost for o in self.offers], dtype=np.float64)
         campaigns = pd.DataFrame(
-            {**key, "treated": treated.astype(np.int8), "offer": pd.array([OFFER] * len(customer), dtype="str")}
+            {**key, "treated": treated.astype(np.int8), "offer": pd.array(names[offer], dtype="str")}
         )
-        campaigns["cost"] = OFFER_COST
+        campaigns["cost"] = costs[offer]
         truth = pd.DataFrame(key)
         for name in self.truth[0] if self.truth else ():
             truth[name] = np.concatenate([part[name] for part in self.truth])

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from churnformer.data.aggregates import aggregate_quantiles
-from churnformer.data.campaigns import TREATED, Campaigns, campaign_window, check_campaigns
+from churnformer.data.campaigns import Campaigns, campaign_window, check_campaigns
 from churnformer.data.events import CUSTOMER_ID, TIMESTAMP, source_of
 from churnformer.data.featurizer import Featurizer, FeaturizerConfig, fit_featurizer
 from churnformer.data.labels import LabelSpec, horizon_labels, make_labels
@@ -82,15 +82,15 @@ class TrainingSet:
     grid: HorizonGrid  # the horizons observed at some training cutoff (the others are dropped)
     cutoffs: np.ndarray  # per example, the index of its cutoff (0: the main one; after the windows, campaigns')
     spec: LabelSpec = LabelSpec()
-    # With campaigns (data.campaigns): per example 1 (a contact sent the offer), 0 (held out) or -1 (no contact);
-    # the validation customers' contacts (``uplift_rows``) are kept apart to judge the predicted effects on.
+    # With campaigns (data.campaigns): per example its arm (data.campaigns.contact_arm: with one offer 1 sent, 0 held
+    # out; -1 no contact); the validation customers' contacts (``uplift_rows``) are kept apart to judge effects on.
     treated: np.ndarray | None = None
     uplift_rows: np.ndarray | None = None
     campaigns: dict | None = None  # Campaigns.summary() of the contacts learned from
 
     @property
     def contacted(self) -> np.ndarray | None:
-        """The network's ``schema.CONTACTED`` input per example (float32: the arm, as ``treated``), None without
+        """The network's ``schema.CONTACTED`` input per example (float32: the arm of ``treated``), None without
         campaigns."""
         return None if self.treated is None else self.treated.astype(np.float32)
 
@@ -228,10 +228,10 @@ class CutoffExamples:
     sequences: Sequences
     labels: pd.DataFrame
     is_validation: np.ndarray
-    treated: np.ndarray | None = None  # a campaign's: per example 1 (sent) or 0 (held out)
+    treated: np.ndarray | None = None  # a campaign's: per example its arm (data.campaigns.contact_arm)
 
     def arms(self) -> np.ndarray:
-        """Per example 1 (sent), 0 (held out) or -1 (no contact: a window's example), int8."""
+        """Per example its arm, or -1 (no contact: a window's example), int8."""
         return np.full(len(self.sequences), -1, dtype=np.int8) if self.treated is None else self.treated
 
 
@@ -273,7 +273,8 @@ def contact_examples(
     texts: TextEmbeddings | None = None,
 ) -> list[CutoffExamples]:
     """One example per contact, campaign by campaign (cutoff indices from ``first_index``): the contacted
-    customer's sequence before the campaign's day, the labels from the day on, and whether the offer was sent.
+    customer's sequence before the campaign's day, the labels from the day on, and its arm (which offer, and
+    whether it was sent).
     Contacts of customers with no event before their day cannot be featurized: left out, with a warning."""
     parts, unseen = [], 0
     for offset, day in enumerate(campaigns.days):
@@ -284,7 +285,8 @@ def contact_examples(
         unseen += len(contacts) - len(sequences)
         if not len(sequences):
             continue
-        treated = contacts.set_index(CUSTOMER_ID)[TREATED].loc[sequences.customer_ids].to_numpy(np.int8)
+        treated = pd.Series(campaigns.arms(contacts), index=contacts[CUSTOMER_ID]).loc[sequences.customer_ids]
+        treated = treated.to_numpy(np.int8)
         labels = horizon_labels(contacted, window, grid, sequences.customer_ids, spec, campaigns.log_end_ns)
         is_validation = validation_mask(sequences.customer_ids, val_fraction)
         parts.append(CutoffExamples(first_index + offset, sequences, labels, is_validation, treated))

@@ -47,4 +47,5 @@ def run_evaluation(config: dict[str, Any]) -> dict[str, Path]:
         output_dir=config["output"],
         customers=config["customers"],
         campaigns=config["campaigns"],
+        offer=config["offer"],
     )

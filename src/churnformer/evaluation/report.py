@@ -475,12 +475,13 @@ def evaluate_files(
     output_dir: str | Path = "evaluation",
     customers: str | Path | None = None,
     campaigns: str | Path | None = None,
+    offer: str | None = None,
 ) -> dict[str, Path]:
     """Evaluate a predictions file against a labels file, or against labels computed from an event log, and
     write the report to ``output_dir``; prints the metrics and where the report went. Metrics per slice: by
     the predictions' segments, and by every attribute of the ``customers`` table when given. ``campaigns``: a
     campaign table of contacts made after the cutoff (needs ``events``): the predicted effects of contacting
-    judged against its holdout (:mod:`churnformer.evaluation.campaign`)."""
+    judged against its holdout (:mod:`churnformer.evaluation.campaign`); ``offer``: that offer's contacts only."""
     # A directory is the Parquet dataset churnformer-predict engine=spark writes.
     predicted = pd.read_parquet(predictions) if Path(predictions).is_dir() else read_table(predictions, CUSTOMER_ID)
     horizons = predicted_horizons(predicted)
@@ -506,7 +507,7 @@ def evaluate_files(
                 "campaigns=PATH needs events=PATH, cutoff= and horizon_days=: the outcomes after each contact"
             )
         campaign_metrics, uplift = evaluate_campaign(
-            predicted, campaigns, events, cutoff, float(horizon_days), columns, spec
+            predicted, campaigns, events, cutoff, float(horizon_days), columns, spec, offer
         )
         metrics |= campaign_metrics
     title = f"Evaluation of {predictions} against {label_source}"

@@ -28,9 +28,10 @@ class ModelConfig:
     # How the engineered aggregates are encoded and fused with the sequence (churnformer.modeling.fusion.FusionConfig;
     # read by models with data.features.aggregates only).
     fusion: dict[str, Any] | None = None
-    # Set by the training job when it learns from campaigns (data.campaigns): the heads then also predict each
-    # customer as if contacted (churnformer.modeling.contact). Not a knob: it follows from the data.
-    contact_effect: bool = False
+    # Set by the training job when it learns from campaigns (data.campaigns): the offers whose effects it learns
+    # (sorted; empty without campaigns), and the heads then also predict each customer as if sent each one
+    # (churnformer.modeling.contact). Not a knob: it follows from the data.
+    contact_offers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,8 @@ class ChurnFormer(nn.Module):
         self.apply(_init_weights)
         # Trained with campaigns: what a contact changes in the representation (CONTACTED in training batches).
         # Made last, so that every other weight starts as it does in a network without it.
-        self.contact = ContactEffect(config.d_model) if config.contact_effect else None
+        offers = tuple(config.contact_offers)
+        self.contact = ContactEffect(config.d_model, offers) if offers else None
         if self.contact is not None:
             self.contact.apply(_init_weights)
             self.contact.start_at_no_effect()
@@ -76,7 +77,7 @@ class ChurnFormer(nn.Module):
 
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, Raw]:
         """Each head's raw outputs; in a batch with ``schema.CONTACTED`` (trained with campaigns), each example in
-        its arm: a contact sent the offer or held out, or no contact."""
+        its arm: a contact sent an offer or held out, or no contact."""
         representation = self.represent(inputs)
         if self.contact is not None and CONTACTED in inputs:
             representation = self.contact(representation, inputs[CONTACTED])
@@ -84,13 +85,13 @@ class ChurnFormer(nn.Module):
 
     def heads_in_campaign(
         self, representation: torch.Tensor, inputs: Mapping[str, torch.Tensor]
-    ) -> tuple[dict[str, Raw], dict[str, Raw]]:
-        """Each head's raw outputs for every customer as one a campaign reaches now: (held out, sent the offer)
-        (a model trained with campaigns; :mod:`churnformer.modeling.contact`)."""
+    ) -> tuple[dict[str, Raw], list[dict[str, Raw]]]:
+        """Each head's raw outputs for every customer as one a campaign reaches now: held out, and sent each
+        offer (``contact_offers``' order) (a model trained with campaigns; :mod:`churnformer.modeling.contact`)."""
         if self.contact is None:
             raise ValueError("this network was not trained with campaigns: it has no contact effect")
         held, sent = self.contact.arms(representation)
-        return self.heads_of(held, inputs), self.heads_of(sent, inputs)
+        return self.heads_of(held, inputs), [self.heads_of(offer, inputs) for offer in sent]
 
     def heads_of(self, representation: torch.Tensor, inputs: Mapping[str, torch.Tensor]) -> dict[str, Raw]:
         """Each head's raw outputs from the customer representation (:meth:`represent`)."""

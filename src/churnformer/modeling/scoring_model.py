@@ -19,29 +19,36 @@ from churnformer.schema import (
     SPEND,
     SPEND_UPLIFT,
     per_horizon,
+    per_offer,
 )
 
 
-def contact_columns(heads: Heads, horizons: tuple[float, ...]) -> list[str]:
+def contact_columns(heads: Heads, horizons: tuple[float, ...], offers: tuple[str, ...]) -> list[str]:
     """The outputs a model trained with campaigns adds after its heads' (:meth:`Heads.output_columns`):
     ``churn_probability_if_contacted`` (main horizon), then at every horizon ``churn_uplift`` (the drop in churn
     from contacting) and, with a spend head, ``spend_uplift`` (the expected spend it adds): each customer as one
     a campaign reaches (:mod:`churnformer.modeling.contact`), so ``churn_uplift`` is the held-out arm's churn
-    minus the contacted arm's, not ``churn_probability`` (every customer's) minus the contacted arm's."""
+    minus the contacted arm's, not ``churn_probability`` (every customer's) minus the contacted arm's. A model
+    of several offers has them per offer (``schema.per_offer``), offer after offer; scoring picks the best."""
     uplifts = [CHURN_UPLIFT] + ([SPEND_UPLIFT] if spend_quantity(heads) else [])
-    return [CHURN_PROBABILITY_IF_CONTACTED] + [per_horizon(name, days) for days in horizons for name in uplifts]
+    columns = [CHURN_PROBABILITY_IF_CONTACTED] + [per_horizon(name, days) for days in horizons for name in uplifts]
+    if len(offers) == 1:
+        return columns
+    return [per_offer(column, offer) for offer in offers for column in columns]
 
 
-def contact_outputs(heads: Heads, held: Predicted, contacted: Predicted, main: int) -> tuple[torch.Tensor, ...]:
-    """The tensors of :func:`contact_columns`, each (B,), from the calibrated predictions of a campaign's two
-    arms: held out and contacted."""
+def contact_outputs(heads: Heads, held: Predicted, contacted: list[Predicted], main: int) -> tuple[torch.Tensor, ...]:
+    """The tensors of :func:`contact_columns`, each (B,), from the calibrated predictions of a campaign's arms:
+    held out, and sent each offer."""
     churn = next(head.quantity for head in heads.values() if heads.column(head) == CHURN_PROBABILITY)
     spend = spend_quantity(heads)
-    outputs = [contacted[churn][:, main]]
-    for k in range(held[churn].shape[1]):
-        outputs.append(held[churn][:, k] - contacted[churn][:, k])
-        if spend:
-            outputs.append(contacted[spend][:, k] - held[spend][:, k])
+    outputs = []
+    for sent in contacted:
+        outputs.append(sent[churn][:, main])
+        for k in range(held[churn].shape[1]):
+            outputs.append(held[churn][:, k] - sent[churn][:, k])
+            if spend:
+                outputs.append(sent[spend][:, k] - held[spend][:, k])
     return tuple(outputs)
 
 
@@ -107,7 +114,7 @@ class ScoringModel(nn.Module):
         predicted = heads.predict(raw, params, self.main, extras=True)
         outputs = heads.outputs(predicted, self.main)
         if contact:  # the same customers as a campaign's, held out and contacted, with the same calibration
-            arms = self.network.heads_in_campaign(representation, named)
-            held, contacted = (heads.predict(raw, params, self.main) for raw in arms)
-            outputs = (*outputs, *contact_outputs(heads, held, contacted, self.main))
+            held, sent = self.network.heads_in_campaign(representation, named)
+            contacted = [heads.predict(raw, params, self.main) for raw in sent]
+            outputs = (*outputs, *contact_outputs(heads, heads.predict(held, params, self.main), contacted, self.main))
         return (*outputs, representation) if self.with_embedding else outputs

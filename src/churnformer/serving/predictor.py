@@ -32,9 +32,9 @@ from churnformer.data.window import Window, require_events_before
 from churnformer.errors import ModelFileError
 from churnformer.files import ModelBytes
 from churnformer.schema import (
-    CHURN_PROBABILITY_IF_CONTACTED,
     EMBEDDING,
     EMBEDDING_PREFIX,
+    META_CAMPAIGNS,
     META_COLUMNS,
     META_FEATURIZER,
     META_HORIZON_DAYS,
@@ -99,6 +99,9 @@ class Predictor:
         self.outputs = json.loads(self.metadata[META_OUTPUTS])
         self.horizons = [float(days) for days in json.loads(self.metadata[META_HORIZONS])]
         self.reference = ReferencePercentiles.from_metadata(self.metadata)
+        # Trained with campaigns: what contacting costs, per offer (a contact.cost naming no cost for one of the
+        # model's offers is refused here, before any event is read).
+        self.contact_costs = settings.contact.costs_for(self.metadata) if META_CAMPAIGNS in self.metadata else None
         # The training run's model card (models exported before it: none).
         self.card = json.loads(self.metadata[META_MODEL_CARD]) if META_MODEL_CARD in self.metadata else None
         requested = settings.providers or default_providers()
@@ -202,13 +205,13 @@ class Predictor:
         frame.insert(0, CUSTOMER_ID, sequences.customer_ids)
         frame[N_EVENTS] = sequences.n_events_total
         frame = add_value_columns(frame, self.horizons, self.settings.discount_rate)
-        if CHURN_PROBABILITY_IF_CONTACTED in self.outputs:
-            rules = self.settings.contact
+        if self.contact_costs is not None:
             frame = add_contact_columns(
                 frame,
+                tuple(self.horizons),
                 float(self.metadata[META_HORIZON_DAYS]),
-                rules.cost_for(self.metadata),
-                rules.uplift_threshold,
+                self.contact_costs,
+                self.settings.contact.uplift_threshold,
                 self.settings.segments.risk_threshold,
             )
         if embedding:

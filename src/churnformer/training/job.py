@@ -241,7 +241,7 @@ def build_module(cfg: DictConfig, datamodule: ChurnDataModule) -> ChurnFormerMod
     network = OmegaConf.to_container(cfg.model.network, resolve=True)
     if datamodule.data.campaigns is not None:  # learned from campaigns: the heads also predict each customer contacted
         export_metadata[META_CAMPAIGNS] = datamodule.data.campaigns
-        network["contact_effect"] = True
+        network["contact_offers"] = list(datamodule.data.campaigns["offers"])
     return hydra.utils.instantiate(
         cfg.model,
         _recursive_=False,
