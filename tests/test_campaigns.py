@@ -25,7 +25,7 @@ from churnformer.data.store import load_training_set
 from churnformer.data.synthetic import SyntheticWorldConfig, write_world
 from churnformer.data.training_set import validation_mask
 from churnformer.data.window import Window
-from churnformer.errors import ConfigError, InputError
+from churnformer.errors import InputError
 from churnformer.evaluation.uplift import qini_auuc, qini_curve, uplift_by_decile
 from churnformer.modeling.contact import ContactEffect
 from churnformer.modeling.network import ChurnFormer
@@ -182,13 +182,16 @@ def test_validation_customers_contacts_are_kept_apart_and_the_rest_is_unchanged(
     assert CONTACTED in batch and set(batch[CONTACTED].unique().tolist()) <= {0.0, 1.0}
 
 
+@pytest.mark.parametrize("partitions", [None, 3], ids=["in-memory", "in-partitions"])
 def test_a_featurized_dataset_holds_the_contacts_as_training_in_memory_does(
-    datamodules: dict[bool, ChurnDataModule], tmp_path: Path
+    datamodules: dict[bool, ChurnDataModule], tmp_path: Path, partitions: int | None
 ) -> None:
-    """churnformer-featurize and data.dataset_dir: each contact's arm, and the validation customers' contacts
-    kept apart, read back as they were built; the dataset's key covers the campaigns and data.offer."""
+    """churnformer-featurize and data.dataset_dir, in memory or partition by partition: each contact's arm, and
+    the validation customers' contacts kept apart, read back as the in-memory build made them; the dataset's key
+    covers the campaigns and data.offer."""
     module = datamodules[True]
-    module.write_dataset(tmp_path / "dataset")
+    build = PartitionedBuild(partitions=partitions) if partitions else None
+    module.write_dataset(tmp_path / "dataset", build=build)
     built, stored = module.data, load_training_set(tmp_path / "dataset")
     for name in ("treated", "train_rows", "val_rows", "uplift_rows", "cutoffs"):
         np.testing.assert_array_equal(getattr(stored, name), getattr(built, name), err_msg=name)
@@ -203,8 +206,6 @@ def test_a_featurized_dataset_holds_the_contacts_as_training_in_memory_does(
     settings, inputs = module.dataset_identity()
     assert "offer" not in plain_settings and settings["offer"] is None and inputs[:2] == plain_inputs
     assert len(inputs) == 3 and inputs[2] is not None
-    with pytest.raises(ConfigError, match=r"data\.campaigns with a featurization in partitions or on Spark"):
-        module.write_dataset(tmp_path / "partitioned", build=PartitionedBuild(partitions=2))
 
 
 # --- the network -----------------------------------------------------------------------------------------------
@@ -395,7 +396,7 @@ def test_an_offer_is_learned_from_its_own_contacts_and_several_without_a_choice_
     assert set(calls["treated"]) == {0, 1} and calls.attrs["source"] == "contacts.csv"
     checked = check_campaigns(loaded, events, int(events["timestamp"].max().value) + 1)
     arms = checked.arms(checked.table)
-    assert checked.offers == ["call", "coupon"] and checked.summary()["costs"] == {"call": 5.0, "coupon": 5.0}
+    assert checked.offers == ("call", "coupon") and checked.summary()["costs"] == {"call": 5.0, "coupon": 5.0}
     expected = 2 * (checked.table["offer"] == "coupon").to_numpy() + checked.table["treated"].to_numpy()
     np.testing.assert_array_equal(arms, expected)
 

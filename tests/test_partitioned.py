@@ -69,6 +69,8 @@ def assert_same_training_set(expected: Path, actual: Path, fit_share: float = 1)
     np.testing.assert_array_equal(b.train_rows, a.train_rows)
     np.testing.assert_array_equal(b.val_rows, a.val_rows)
     np.testing.assert_array_equal(b.cutoffs, a.cutoffs)
+    for name in ("treated", "uplift_rows"):  # with campaigns: each example's arm, the contacts judged on
+        np.testing.assert_array_equal(getattr(b, name), getattr(a, name), err_msg=name)
     padded_a, padded_b = a.sequences.pad(), b.sequences.pad()
     if TEXT_EMBEDDINGS in padded_a:
         vectors_a = padded_a.pop(TEXT_EMBEDDINGS)[padded_a.pop(EVENT_TEXT)]

@@ -12,10 +12,10 @@ import pytest
 from churnformer.data import parts
 from churnformer.data.parts import PartitionedBuild
 from churnformer.data.sources import EventLogFiles
-from churnformer.data.store import MANIFEST
+from churnformer.data.store import MANIFEST, load_training_set
 from churnformer.errors import ConfigError
 from churnformer.training.datamodule import ChurnDataModule, DataSettings
-from tests.conftest import SPARK_TESTS, TINY_CUTOFF
+from tests.conftest import CAMPAIGN_CUTOFF, SPARK_TESTS, TINY_CUTOFF
 from tests.test_partitioned import AGGREGATES, assert_same_training_set
 
 pytest.importorskip("pyspark", reason="the spark extra is not installed (pip install -e '.[dev]' installs it)")
@@ -61,6 +61,22 @@ def test_a_sample_of_customers_and_a_featurizer_fitted_on_a_sample(
     local = json.loads((tmp_path / "local" / MANIFEST).read_text())
     assert local["featurizer_fit_share"] < 1
     assert_same_training_set(tmp_path / "local", tmp_path / "spark", fit_share=local["featurizer_fit_share"])
+
+
+def test_campaign_contacts_are_featurized_in_their_customers_buckets(
+    spark: object, campaign_world: dict[str, Path], tmp_path: Path
+) -> None:
+    """data.campaigns: each contact an example of its customer's bucket, with its arm, as the local build
+    makes it (which equals the in-memory one, tests/test_campaigns.py)."""
+    world = campaign_world
+    source = EventLogFiles(world["events"], world["customers"], {}, world["campaigns"])
+    settings = DataSettings.defaults(cutoff=CAMPAIGN_CUTOFF, horizon_days=60, horizons_days=[30, 60])
+    module = ChurnDataModule(source, settings, tmp_path / "run")
+    module.write_dataset(tmp_path / "local", 100, build=PartitionedBuild(partitions=2))
+    module.write_dataset(tmp_path / "spark", 100, spark=SPARK)
+    assert_same_training_set(tmp_path / "local", tmp_path / "spark")
+    stored = load_training_set(tmp_path / "spark")
+    assert stored.campaigns["contacts"] > 0 and (stored.treated >= 0).sum() > 0
 
 
 def test_text_columns_are_refused_with_what_to_do(tiny_world: tuple[Path, Path], tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ its offer), or one offer's alone with ``data.offer``.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -62,23 +62,27 @@ def arm_offer(arm: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class Campaigns:
     """Checked contacts, sorted by day and customer: ``customer_id``, ``contacted_at`` (datetime64[ns]),
-    ``treated`` (int8, 0 or 1), ``offer`` (str), ``cost`` (float64, >= 0), and ``day`` (the campaign's day)."""
+    ``treated`` (int8, 0 or 1), ``offer`` (str), ``cost`` (float64, >= 0), and ``day`` (the campaign's day).
+    ``days`` and ``offers`` are those of every contact checked, also in :meth:`among`'s part of them: a
+    campaign's cutoff index and an offer's index in an arm are the same in every part of the log."""
 
     table: pd.DataFrame
     log_end_ns: int  # where the event log they were checked against ends
+    days: tuple[pd.Timestamp, ...]
+    offers: tuple[str, ...]  # sorted: an offer's index in a contact's arm (contact_arm) is its place here
 
-    @property
-    def days(self) -> list[pd.Timestamp]:
-        return [pd.Timestamp(day) for day in sorted(pd.unique(self.table["day"]))]
+    @classmethod
+    def of(cls, table: pd.DataFrame, log_end_ns: int) -> Campaigns:
+        days = tuple(pd.Timestamp(day) for day in sorted(pd.unique(table["day"])))
+        return cls(table, log_end_ns, days, tuple(sorted(pd.unique(table[OFFER]).tolist())))
+
+    def among(self, customer_ids: np.ndarray | pd.Series) -> Campaigns:
+        """The contacts of these customers (a partition of the log's), with every contact's days and offers."""
+        return replace(self, table=self.table.loc[self.table[CUSTOMER_ID].isin(customer_ids).to_numpy()])
 
     def on(self, day: pd.Timestamp) -> pd.DataFrame:
         """The contacts of the campaign of ``day``."""
         return self.table.loc[self.table["day"].to_numpy() == np.datetime64(day)]
-
-    @property
-    def offers(self) -> list[str]:
-        """The offers, sorted: an offer's index in a contact's arm (:func:`contact_arm`) is its place here."""
-        return sorted(pd.unique(self.table[OFFER]).tolist())
 
     def arms(self, contacts: pd.DataFrame) -> np.ndarray:
         """The arm (:func:`contact_arm`) of each of ``contacts`` (rows of :attr:`table`)."""
@@ -98,7 +102,7 @@ class Campaigns:
             "campaigns": len(self.days),
             "first": str(self.days[0].date()),
             "last": str(self.days[-1].date()),
-            "offers": self.offers,
+            "offers": list(self.offers),
             "cost": float(self.table["cost"].mean()),
             "costs": {offer: float(costs[offer]) for offer in self.offers},
         }
@@ -224,7 +228,7 @@ def check_campaigns(table: pd.DataFrame, events: pd.DataFrame, log_end_ns: int) 
             f"({len(one_armed)} campaign(s) like it): its effect cannot be told from who was picked; keep a random "
             "holdout in every campaign, or leave such campaigns out"
         )
-    return Campaigns(table.sort_values(["day", CUSTOMER_ID], kind="stable").reset_index(drop=True), log_end_ns)
+    return Campaigns.of(table.sort_values(["day", CUSTOMER_ID], kind="stable").reset_index(drop=True), log_end_ns)
 
 
 def campaign_window(day: pd.Timestamp, horizon_days: float) -> Window:

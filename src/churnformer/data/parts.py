@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from churnformer.data.campaigns import Campaigns
 from churnformer.data.events import CUSTOMER_ID, TIMESTAMP, customer_hash
 from churnformer.data.featurizer import Featurizer, FeaturizerConfig
 from churnformer.data.labels import LabelSpec
 from churnformer.data.sequences import BuildReport, combined_report
 from churnformer.data.sources import EventLogSource
 from churnformer.data.store import TrainingSetWriter
-from churnformer.data.training_set import fit_training_featurizer, observable_grid, window_examples
+from churnformer.data.training_set import contact_examples, fit_training_featurizer, observable_grid, window_examples
 from churnformer.data.window import HorizonGrid, Window, log_end_ns, require_events_before
 from churnformer.errors import ConfigError
 
@@ -117,22 +118,26 @@ class FeaturizeRequest:
     sample_customers: float | int | None
     build: PartitionedBuild
     texts: TextEmbeddings | None = None
+    campaigns: pd.DataFrame | None = None  # data.campaigns' table (load_campaigns), checked once the log is read
 
 
 @dataclass
 class PartitionedResult:
-    """What a partitioned featurization wrote, for the manifest and the model card."""
+    """What a partitioned featurization wrote, for the manifest and the model card (``campaigns``: the
+    summary of the contacts learned from, None without)."""
 
     partitions: int
     fit_share: float
     log_facts: dict
+    campaigns: dict | None = None
 
 
 @dataclass(frozen=True)
 class Featurization:
     """What featurizes every part of the log alike (partitions here, Spark's buckets): the fitted featurizer, the
     cutoffs, the horizons the log observes, the split, what a purchase and a churn are, where the log ends and the
-    table the texts are embedded into (None: no text columns)."""
+    table the texts are embedded into (None: no text columns), and the checked campaigns (None: none), whose
+    contacts each part featurizes for its customers."""
 
     featurizer: Featurizer
     windows: list[Window]
@@ -141,6 +146,7 @@ class Featurization:
     spec: LabelSpec
     log_end: int
     texts: TextEmbeddings | None = None
+    campaigns: Campaigns | None = None
 
 
 @dataclass
@@ -185,7 +191,7 @@ def featurize_part(
     events: pd.DataFrame, customers: pd.DataFrame | None, plan: Featurization, writer: TrainingSetWriter
 ) -> Tally:
     """Featurize some of the log's customers (every event of theirs, and their rows of the customer table) at every
-    cutoff into ``writer``; what they hold."""
+    cutoff, and their contacts at their campaigns' days, into ``writer``; what they hold."""
     stamps = events[TIMESTAMP].to_numpy(dtype="datetime64[ns]").view(np.int64)
     tally = Tally(
         events=len(events),
@@ -204,9 +210,23 @@ def featurize_part(
         plan.texts,
         log_end=plan.log_end,
     )
+    if plan.campaigns is not None:
+        contacts = plan.campaigns.among(pd.unique(events[CUSTOMER_ID]))
+        parts += contact_examples(
+            events,
+            customers,
+            contacts,
+            len(plan.windows),
+            plan.grid,
+            plan.featurizer,
+            plan.val_fraction,
+            plan.spec,
+            plan.texts,
+        )
     for part in parts:
         cutoffs = np.full(len(part.sequences), part.cutoff)
-        writer.add(part.sequences, part.labels, plan.grid.days, part.is_validation, cutoffs)
+        arms = part.arms() if plan.campaigns is not None else None
+        writer.add(part.sequences, part.labels, plan.grid.days, part.is_validation, cutoffs, arms)
         if part.cutoff == 0:
             tally.reports.append(asdict(part.sequences.report))
             tally.main_count += len(part.sequences)

@@ -279,6 +279,8 @@ def contact_examples(
     parts, unseen = [], 0
     for offset, day in enumerate(campaigns.days):
         contacts = campaigns.on(day)
+        if contacts.empty:  # a part of the log's customers (Campaigns.among) none of whom it contacted
+            continue
         contacted = events.loc[events[CUSTOMER_ID].isin(contacts[CUSTOMER_ID]).to_numpy()]
         window = campaign_window(day, grid.main)
         sequences = build_sequences(contacted, window, featurizer, customers, texts)

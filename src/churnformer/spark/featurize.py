@@ -33,6 +33,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from churnformer.data.campaigns import check_campaigns
 from churnformer.data.events import CUSTOMER_ID, TIMESTAMP, ColumnMapping, load_customers, load_events
 from churnformer.data.featurizer import Featurizer
 from churnformer.data.parts import (
@@ -162,28 +163,35 @@ def featurize_with_spark(
     frame = frame.withColumn(ROW, F.monotonically_increasing_id())
     events_reading = Reading(reading, source.columns, str(events_path))
     with worker_errors():
-        first, kept = _survey(frame, events_reading, request.sample_customers)
+        first, ids, kept = _survey(frame, events_reading, request.sample_customers, request.campaigns is not None)
         end, grid = observed_log(first["first_ns"], first["last_ns"], windows, request.grid)
+        campaigns = None
+        if request.campaigns is not None:  # checked on the driver, against the customers featurized
+            featurized = pd.DataFrame({CUSTOMER_ID: kept if kept is not None else ids})
+            campaigns = check_campaigns(request.campaigns, featurized, end)
         buckets = fit_buckets_within(np.asarray(first["fit_counts"]), request.build.fit_cap)
         sample = frame.mapInArrow(partial(fit_rows, events_reading, buckets), schema=frame.schema).toArrow()
         order = np.argsort(sample[ROW].to_numpy(), kind="stable")
         fit_events = events_reading.events(sample.take(order), "the featurizer's sample")
         customers = source.customer_table()
         featurizer = fit_on_sample(request, fit_events, kept, customers)
-        plan = Featurization(featurizer, windows, grid, request.val_fraction, request.spec, end)
+        plan = Featurization(featurizer, windows, grid, request.val_fraction, request.spec, end, None, campaigns)
         tally, count = _featurize_buckets(
             spark, frame, events_reading, customers_path, plan, kept, writer, spark_settings
         )
     require_split(tally.main_count, tally.training, tally.validation, request.val_fraction, str(events_path))
-    result = PartitionedResult(count, 1 / buckets, tally.log_facts(customers))
+    summary = campaigns.summary() if campaigns is not None else None
+    result = PartitionedResult(count, 1 / buckets, tally.log_facts(customers), summary)
     return featurizer, grid, result, tally.report()
 
 
 def _survey(
-    frame: DataFrame, reading: Reading, sample_customers: float | int | None
-) -> tuple[dict[str, Any], np.ndarray | None]:
-    """Pass 1 summed over the batches; the customers kept by ``data.sample_customers`` (None: everyone)."""
-    rows = frame.mapInArrow(partial(survey, reading, sample_customers is not None), SUMMARY_SCHEMA).collect()
+    frame: DataFrame, reading: Reading, sample_customers: float | int | None, with_ids: bool
+) -> tuple[dict[str, Any], np.ndarray | None, np.ndarray | None]:
+    """Pass 1 summed over the batches; every customer's id (when ``data.sample_customers`` or ``with_ids`` asks
+    for them, else None) and the customers ``data.sample_customers`` keeps (None: everyone)."""
+    with_ids = with_ids or sample_customers is not None
+    rows = frame.mapInArrow(partial(survey, reading, with_ids), SUMMARY_SCHEMA).collect()
     if not rows:
         raise InputError(f"{reading.source}: no events (the table is empty)")
     parts = [json.loads(row[SUMMARY]) for row in rows]
@@ -193,10 +201,10 @@ def _survey(
         "events": sum(p["events"] for p in parts),
         "fit_counts": np.sum([p["fit_counts"] for p in parts], axis=0),
     }
-    if sample_customers is None:
-        return total, None
+    if not with_ids:
+        return total, None, None
     ids = pd.unique(np.concatenate([np.asarray(p["ids"]) for p in parts]))
-    return total, sampled_customers(ids, sample_customers)
+    return total, ids, sampled_customers(ids, sample_customers) if sample_customers is not None else None
 
 
 def _featurize_buckets(

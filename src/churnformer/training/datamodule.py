@@ -294,11 +294,6 @@ class ChurnDataModule(pl.LightningDataModule):
             extra["log_facts"] = self.log_facts
             write_training_set(data, directory, settings, inputs, extra, shard_examples)
             return
-        if self.source.has_campaigns:
-            raise ConfigError(
-                "data.campaigns with a featurization in partitions or on Spark (memory_budget_mb, partitions, "
-                "engine=spark): not yet; featurize it in memory (leave those out)"
-            )
         writer = TrainingSetWriter(directory, shard_examples)
         rolling = self.settings.rolling_cutoffs
         texts = self.text_embeddings() if spark is None else None  # Spark refuses text columns
@@ -313,6 +308,7 @@ class ChurnDataModule(pl.LightningDataModule):
             self.settings.sample_customers,
             build,
             texts,
+            one_offer(self.source.campaign_table(), self.settings.offer),
         )
         if spark is not None:
             from churnformer.spark.featurize import featurize_with_spark  # the spark extra
@@ -329,6 +325,8 @@ class ChurnDataModule(pl.LightningDataModule):
             "partitions": result.partitions,
             "featurizer_fit_share": result.fit_share,
         }
+        if result.campaigns is not None:
+            extra["campaigns"] = result.campaigns
         writer.close(featurizer, grid, self.settings.labels, report, settings, inputs, extra)
 
     def featurized_once(self, root: Path) -> TrainingSet:

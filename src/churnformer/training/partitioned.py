@@ -6,8 +6,9 @@ pass finds where the log ends and which customers it holds, and keeps the events
 the featurizer on: every customer while they fit in the budget, then half of them by a hash of the id, then a
 quarter, ... (every event of each customer kept). The second pass writes the chunks into hash partitions on disk,
 in the fitted featurizer's column types. Each partition, every event of its customers, is then featurized at
-every cutoff against the whole log's end and written as shards (:class:`~churnformer.data.store.TrainingSetWriter`):
-no step holds more than one partition's events, and the shards read back in the training set's order.
+every cutoff against the whole log's end and written as shards (:class:`~churnformer.data.store.TrainingSetWriter`),
+with its customers' contacts (``data.campaigns``): no step holds more than one partition's events, and the shards
+read back in the training set's order.
 
 Features and labels are per customer, so when the featurizer is fitted on every customer the shards hold exactly
 the training set :func:`~churnformer.data.training_set.build_training_set` builds in memory, whatever the number
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from churnformer.data.campaigns import check_campaigns
 from churnformer.data.events import AMOUNT, CUSTOMER_ID, TIMESTAMP, customer_hash
 from churnformer.data.featurizer import Featurizer
 from churnformer.data.labels import LabelSpec
@@ -105,7 +107,11 @@ def featurize_partitioned(
     featurizer = fit_on_sample(request, fit_events, kept, customers)
     del fit_events
     release_memory()
-    plan = Featurization(featurizer, windows, grid, val_fraction, spec, end, request.texts)
+    campaigns = None
+    if request.campaigns is not None:  # checked against the customers featurized and the whole log's end
+        featurized = pd.DataFrame({CUSTOMER_ID: kept if kept is not None else all_ids})
+        campaigns = check_campaigns(request.campaigns, featurized, end)
+    plan = Featurization(featurizer, windows, grid, val_fraction, spec, end, request.texts, campaigns)
     count = build.partitions_for(first.events)
     logging.getLogger(__name__).info(
         "featurizing %d events in %d partition(s); featurizer fitted on 1/%d of the customers",
@@ -127,7 +133,8 @@ def featurize_partitioned(
             del events
             release_memory()
     require_split(tally.main_count, tally.training, tally.validation, val_fraction, "the event log")
-    result = PartitionedResult(count, 1 / first.fit_buckets, tally.log_facts(customers))
+    summary = campaigns.summary() if campaigns is not None else None
+    result = PartitionedResult(count, 1 / first.fit_buckets, tally.log_facts(customers), summary)
     return featurizer, grid, result, tally.report()
 
 
