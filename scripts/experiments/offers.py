@@ -32,7 +32,6 @@ two-model LightGBM of protocol U on that offer's contacts). Prints mean ± std o
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -45,15 +44,15 @@ from churnformer.data.synthetic import SyntheticWorldConfig, simulate_world
 from churnformer.data.synthetic_campaigns import OFFERS
 from churnformer.evaluation.uplift import qini_auuc, top_share_value
 from churnformer.schema import per_offer
-from scripts.common import record
 from scripts.experiments.uplift import (
     CUTOFF,
     HORIZON,
     TOP_SHARE,
     contacts_of,
     observed_outcomes,
+    protocol_arguments,
+    run_protocol,
     scored_at_contacts,
-    summary,
 )
 
 WORLD_OFFERS = OFFERS[2]
@@ -170,22 +169,9 @@ def run_seed(seed: int, args: argparse.Namespace, workdir: Path) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--customers", type=int, default=10_000)
-    models = ["churnformer", "churnformer_per_offer", "t_learner"]
-    parser.add_argument("--models", nargs="+", default=models, choices=models)
-    parser.add_argument("--override", nargs="*", default=[], help="Hydra overrides for churnformer")
-    parser.add_argument("--gbm-threads", type=int, default=2)
-    parser.add_argument("--workdir", type=Path, default=None, help="where training runs go (default: a temp dir)")
-    record.add_argument(parser)
-    args = parser.parse_args()
-    with record.recorded("experiments.offers", args) as run, tempfile.TemporaryDirectory() as scratch:
-        workdir = args.workdir or Path(scratch)
-        rows = [row for seed in args.seeds for row in run_seed(seed, args, workdir)]
-        table = summary(rows, METRICS)
-        print(table.to_string(index=False))
-        run.figures = {"rows": rows}
-        run.tables = {"Protocol O: which offer for whom, two offers (mean ± std over seeds)": record.frame_table(table)}
+    protocol_arguments(parser, 10_000, ["churnformer", "churnformer_per_offer", "t_learner"])
+    title = "Protocol O: which offer for whom, two offers (mean ± std over seeds)"
+    run_protocol("experiments.offers", title, parser.parse_args(), run_seed, METRICS)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -199,32 +200,39 @@ def summary(rows: list[dict], metrics: tuple[str, ...] = METRICS) -> pd.DataFram
     return pd.DataFrame({"model": means.index, **cells})
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def protocol_arguments(parser: argparse.ArgumentParser, customers: int, models: list[str]) -> None:
+    """The arguments of every campaign protocol (this one, ``scripts.experiments.offers``)."""
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--customers", type=int, default=20_000)
-    parser.add_argument(
-        "--models",
-        nargs="+",
-        default=["churnformer", "t_learner", "x_learner", "t_learner_hidden"],
-        choices=["churnformer", "t_learner", "x_learner", "t_learner_hidden"],
-    )
+    parser.add_argument("--customers", type=int, default=customers)
+    parser.add_argument("--models", nargs="+", default=models, choices=models)
     parser.add_argument("--override", nargs="*", default=[], help="Hydra overrides for churnformer")
     parser.add_argument("--gbm-threads", type=int, default=2)
     parser.add_argument("--workdir", type=Path, default=None, help="where training runs go (default: a temp dir)")
     record.add_argument(parser)
-    args = parser.parse_args()
-    with record.recorded("experiments.uplift", args) as run, tempfile.TemporaryDirectory() as scratch:
+
+
+def run_protocol(
+    benchmark: str,
+    title: str,
+    args: argparse.Namespace,
+    run_seed: Callable[[int, argparse.Namespace, Path], list[dict]],
+    metrics: tuple[str, ...],
+) -> None:
+    """Every seed's rows, recorded, and their mean ± std per model printed and tabled as ``title``."""
+    with record.recorded(benchmark, args) as run, tempfile.TemporaryDirectory() as scratch:
         workdir = args.workdir or Path(scratch)
         rows = [row for seed in args.seeds for row in run_seed(seed, args, workdir)]
-        table = summary(rows)
+        table = summary(rows, metrics)
         print(table.to_string(index=False))
         run.figures = {"rows": rows}
-        run.tables = {
-            "Protocol U: uplift on the synthetic world with campaigns (mean ± std over seeds)": record.frame_table(
-                table
-            )
-        }
+        run.tables = {title: record.frame_table(table)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    protocol_arguments(parser, 20_000, ["churnformer", "t_learner", "x_learner", "t_learner_hidden"])
+    title = "Protocol U: uplift on the synthetic world with campaigns (mean ± std over seeds)"
+    run_protocol("experiments.uplift", title, parser.parse_args(), run_seed, METRICS)
 
 
 if __name__ == "__main__":
