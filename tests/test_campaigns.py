@@ -330,6 +330,14 @@ def test_a_model_trained_with_campaigns_scores_each_customer_with_and_without_a_
     np.testing.assert_array_equal(predictions[RESPONSE_SEGMENT].to_numpy(dtype=object), expected)
     metrics = json.loads((campaign_run / "metrics.json").read_text())
     assert metrics["uplift/contacts/val"] > 0 and np.isfinite(metrics["uplift/churn_qini_auuc/val"])
+    for arm in ("held_out", "sent"):  # each arm's level beside what its contacts did
+        assert (
+            0 < metrics[f"uplift/churn_{arm}_predicted/val"] < 1
+            and 0 <= metrics[f"uplift/churn_{arm}_observed/val"] <= 1
+        )
+        assert metrics[f"uplift/spend_{arm}_predicted/val"] > 0 and metrics[f"uplift/spend_{arm}_observed/val"] >= 0
+    observed = metrics["uplift/churn_held_out_observed/val"] - metrics["uplift/churn_sent_observed/val"]
+    assert observed == pytest.approx(metrics["uplift/churn_observed/val"], abs=1e-6)
     assert "- Campaigns: " in (campaign_run / "model_card.md").read_text()
     deciles = pd.read_csv(campaign_run / "evaluation" / "uplift_deciles.csv")
     assert (

@@ -74,8 +74,9 @@ def _own_offer(per_offer: list[torch.Tensor], offer: np.ndarray, rows: np.ndarra
 
 def evaluate_contacts(network: ChurnFormer, datamodule: ChurnDataModule, directory: Path) -> dict[str, float]:
     """``uplift/<metric>/val`` metrics of the validation contacts (each judged by its own offer's predicted
-    effect), and with several offers each offer's, ``uplift/<offer>/<metric>/val``; the deciles of all of them
-    in ``directory`` (``uplift_deciles.csv``); {} for a model trained without campaigns."""
+    effect; each arm's predicted and observed levels too), and with several offers each offer's,
+    ``uplift/<offer>/<metric>/val``; the deciles of all of them in ``directory`` (``uplift_deciles.csv``); {} for
+    a model trained without campaigns."""
     loader = datamodule.uplift_loader()
     if network.contact is None or loader is None:
         return {}
@@ -100,4 +101,18 @@ def _judged(frame: pd.DataFrame, prefix: str) -> tuple[dict[str, float], pd.Data
         effects["spend"] = (frame["spend"].to_numpy(), frame["spend_with"] - frame["spend_without"])
     judged, deciles = judge_effects(effects, frame["treated"].to_numpy().astype(np.int8))
     metrics = {f"{prefix}/contacts/val": float(len(frame)), **{f"{prefix}/{k}/val": v for k, v in judged.items()}}
-    return metrics, deciles
+    return metrics | _arm_levels(frame, prefix), deciles
+
+
+def _arm_levels(frame: pd.DataFrame, prefix: str) -> dict[str, float]:
+    """Each arm's mean predicted and observed churn and spend (``<prefix>/churn_held_out_predicted/val``, ...):
+    an effect that is off shows here which arm is (the held-out one, when campaigns reach customers unlike the
+    log's others)."""
+    levels = {}
+    for arm, sent, column in (("held_out", 0, "without"), ("sent", 1, "with")):
+        rows = frame["treated"].to_numpy() == sent
+        for outcome in ("churn", "spend"):
+            if f"{outcome}_{column}" in frame and rows.any():
+                levels[f"{prefix}/{outcome}_{arm}_predicted/val"] = float(frame[f"{outcome}_{column}"][rows].mean())
+                levels[f"{prefix}/{outcome}_{arm}_observed/val"] = float(frame[outcome][rows].mean())
+    return levels
