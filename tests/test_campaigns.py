@@ -182,7 +182,9 @@ def test_validation_customers_contacts_are_kept_apart_and_the_rest_is_unchanged(
     assert CONTACTED in batch and set(batch[CONTACTED].unique().tolist()) <= {0.0, 1.0}
 
 
-@pytest.mark.parametrize("partitions", [None, 3], ids=["in-memory", "in-partitions"])
+@pytest.mark.parametrize(
+    "partitions", [None, pytest.param(3, marks=pytest.mark.slow)], ids=["in-memory", "in-partitions"]
+)
 def test_a_featurized_dataset_holds_the_contacts_as_training_in_memory_does(
     datamodules: dict[bool, ChurnDataModule], tmp_path: Path, partitions: int | None
 ) -> None:
