@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from churnformer.data.events import load_events
-from tests.conftest import TINY_CUTOFF, run_cli
+from tests.conftest import TINY_CUTOFF, run_cli, run_in_process
 
 
 def run_predict(model: Path, events: Path, output: Path, *overrides: str) -> None:
@@ -144,11 +144,6 @@ def test_export_cli_writes_the_portable_form(trained_run: Path, tmp_path: Path) 
     ("tool", "arguments", "message"),
     [
         (
-            "churnformer-train",
-            ("data=csv", "data.events=missing.csv", "data.cutoff=2024-01-01"),
-            "missing.csv: file not",
-        ),
-        (
             "churnformer-predict",
             ("model=missing.onnx", "events=e.csv", "cutoff=2024-01-01"),
             "missing.onnx: model file",
@@ -158,17 +153,37 @@ def test_export_cli_writes_the_portable_form(trained_run: Path, tmp_path: Path) 
             ("predictions=missing.parquet", "labels=missing.csv"),
             "missing.parquet: file not found",
         ),
-        ("churnformer-export", ("ckpt=missing.ckpt",), "missing.ckpt: checkpoint file not found"),
         ("churnformer-train", ("model=tranformer",), "Could not find 'model/tranformer'"),
     ],
-    ids=["train", "predict", "evaluate", "export", "hydra"],
+    ids=["predict", "evaluate", "train"],
 )
 def test_each_entry_point_reports_an_error_in_one_line(tool: str, arguments: tuple, message: str, tmp_path) -> None:
-    """The console scripts themselves (the error paths are tested in process in test_validation.py)."""
+    """The console scripts themselves, each a new interpreter: nothing but the error line, on stderr (the error
+    paths are tested in process in test_validation.py)."""
     result = run_cli(tool, *arguments, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, check=False)
     assert result.returncode == 2 and result.stdout == ""
     (line,) = result.stderr.splitlines()
     assert line.startswith("error: ") and message in line
+
+
+@pytest.mark.parametrize(
+    ("tool", "arguments", "message"),
+    [
+        (
+            "churnformer-train",
+            ("data=csv", "data.events=missing.csv", "data.cutoff=2024-01-01"),
+            "missing.csv: file not",
+        ),
+        ("churnformer-export", ("ckpt=missing.ckpt",), "missing.ckpt: checkpoint file not found"),
+    ],
+    ids=["train", "export"],
+)
+def test_a_missing_input_file_is_one_error_line(tool: str, arguments: tuple, message: str, tmp_path) -> None:
+    """The entry points that import torch before they read their input, run in this process (a new interpreter
+    costs them seconds of imports; the console scripts run as users run them in the tests above)."""
+    paths = (a.replace("=missing", f"={tmp_path}/missing") for a in arguments)
+    finished = run_in_process(tool, *paths, f"hydra.run.dir={tmp_path / 'run'}")
+    assert message in finished.error_line
 
 
 def test_evaluate_cli_scores_predictions_against_the_horizon(predictions, tiny_world, tmp_path: Path) -> None:

