@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -96,6 +97,10 @@ class Finished:
         return lines[0]
 
 
+# Entry points whose Hydra run directory defaults to outputs/<task>/<time> in the working directory.
+RUN_DIR_TOOLS = ("churnformer-train", "churnformer-backtest")
+
+
 def run_in_process(tool: str, *overrides: str) -> Finished:
     """Run a console entry point's function in this process (no interpreter start-up): the error paths,
     which need no subprocess. One test per entry point still runs the real console script."""
@@ -108,6 +113,9 @@ def run_in_process(tool: str, *overrides: str) -> Finished:
         "churnformer-evaluate": cli.evaluate,
         "churnformer-backtest": cli.backtest,
     }[tool]
+    if tool in RUN_DIR_TOOLS and not any(o.startswith("hydra.run.dir=") for o in overrides):
+        # Hydra's run directory (cli.log) in a temporary folder, not outputs/ under the working directory.
+        overrides = (*overrides, f"hydra.run.dir={tempfile.mkdtemp(prefix=f'{tool}-')}")
     out, err = io.StringIO(), io.StringIO()
     code = 0
     with mock.patch.object(sys, "argv", [tool, *overrides]), contextlib.redirect_stdout(out), kept_logging():
