@@ -101,9 +101,11 @@ class Finished:
 RUN_DIR_TOOLS = ("churnformer-train", "churnformer-backtest")
 
 
-def run_in_process(tool: str, *overrides: str) -> Finished:
+def run_in_process(tool: str, *overrides: str, temporary_run_dir: bool = True) -> Finished:
     """Run a console entry point's function in this process (no interpreter start-up): the error paths,
-    which need no subprocess. One test per entry point still runs the real console script."""
+    which need no subprocess. One test per entry point still runs the real console script.
+    ``temporary_run_dir``: Hydra's run directory (cli.log) in a temporary folder rather than outputs/ under the
+    working directory, unless the command line names one."""
     from churnformer import cli
 
     entry = {
@@ -113,8 +115,7 @@ def run_in_process(tool: str, *overrides: str) -> Finished:
         "churnformer-evaluate": cli.evaluate,
         "churnformer-backtest": cli.backtest,
     }[tool]
-    if tool in RUN_DIR_TOOLS and not any(o.startswith("hydra.run.dir=") for o in overrides):
-        # Hydra's run directory (cli.log) in a temporary folder, not outputs/ under the working directory.
+    if temporary_run_dir and tool in RUN_DIR_TOOLS and not any(o.startswith("hydra.run.dir=") for o in overrides):
         overrides = (*overrides, f"hydra.run.dir={tempfile.mkdtemp(prefix=f'{tool}-')}")
     out, err = io.StringIO(), io.StringIO()
     code = 0

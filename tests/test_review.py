@@ -309,7 +309,8 @@ def test_torchrun_without_a_run_directory_is_refused(
     """Every rank torchrun starts would name its own time-stamped run directory: refused before any data."""
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
     monkeypatch.chdir(tmp_path)
-    result = run_in_process("churnformer-train", "trainer=ddp", *TRAIN_OVERRIDES, f"data.events={tiny_world[0]}")
+    overrides = ("trainer=ddp", *TRAIN_OVERRIDES, f"data.events={tiny_world[0]}")
+    result = run_in_process("churnformer-train", *overrides, temporary_run_dir=False)
     assert result.code == 2
     assert result.error_line.startswith("error: launched by torchrun") and "hydra.run.dir=DIR" in result.error_line
 
