@@ -490,8 +490,8 @@ class _Contacts:
             "hidden_recent_complaints": state.complaints[contacted].copy(),
         }
         self.log.add(week, contacted, treated, offer, truth | hidden)
-        for k, sent in enumerate(self.offers):
-            _contact(self.rng, self.world, state, contacted[treated & (offer == k)], week, sent)
+        for k, each in enumerate(self.offers):
+            _contact(self.rng, self.world, state, contacted[treated & (offer == k)], week, each)
 
 
 def _truth(without: tuple[np.ndarray, np.ndarray], sent: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:

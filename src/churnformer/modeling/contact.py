@@ -53,8 +53,6 @@ class ContactEffect(nn.Module):
         in_campaign = (arm != NO_CONTACT).to(representation.dtype).unsqueeze(-1)
         sent = arm_sent(arm).to(representation.dtype).unsqueeze(-1)
         reached = representation + in_campaign * self.population(representation)
-        if len(self.effects) == 1:
-            return reached + sent * self.effects[0](reached)
         effects = torch.stack([effect(reached) for effect in self.effects], dim=1)  # (B, offers, D)
         offer = arm_offer(arm).long().clamp(0, len(self.effects) - 1)
         chosen = effects.gather(1, offer.view(-1, 1, 1).expand(-1, 1, effects.shape[-1])).squeeze(1)
